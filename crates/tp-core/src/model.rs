@@ -1,0 +1,656 @@
+//! The domain model: tenants, users, devices, profiles, typed values, telemetry,
+//! attributes, events and the downlink (command) log.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// Milliseconds since the Unix epoch (UTC). Every timestamp in the platform uses this unit.
+pub type Timestamp = i64;
+
+/// The current wall-clock time in milliseconds.
+pub fn now_ms() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident, $entity:literal) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new random identifier.
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Uuid::parse_str(s)
+                    .map(Self)
+                    .map_err(|e| Error::invalid(concat!($entity, "_id"), e.to_string()))
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a tenant: the unit of isolation between customers.
+    TenantId,
+    "tenant"
+);
+id_type!(
+    /// Identifies a user.
+    UserId,
+    "user"
+);
+id_type!(
+    /// Internal device identifier (the public one is [`Device::device_number`]).
+    DeviceId,
+    "device"
+);
+id_type!(
+    /// Identifies a device profile (ThingsPanel's "device configuration").
+    ProfileId,
+    "profile"
+);
+id_type!(
+    /// Identifies a downlink log row.
+    CommandId,
+    "command"
+);
+
+/// A customer of the installation. Every resource belongs to exactly one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Identifier.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Built-in authorities, named as in ThingsPanel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    /// Operates the installation: tenants and their admins.
+    SysAdmin,
+    /// Manages one tenant: devices, users, rules.
+    TenantAdmin,
+    /// Uses one tenant's devices.
+    TenantUser,
+}
+
+impl Role {
+    /// The wire name (`"SYS_ADMIN"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SysAdmin => "SYS_ADMIN",
+            Role::TenantAdmin => "TENANT_ADMIN",
+            Role::TenantUser => "TENANT_USER",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "SYS_ADMIN" => Ok(Role::SysAdmin),
+            "TENANT_ADMIN" => Ok(Role::TenantAdmin),
+            "TENANT_USER" => Ok(Role::TenantUser),
+            other => Err(Error::invalid("role", format!("unknown role {other:?}"))),
+        }
+    }
+}
+
+/// A person or integration that signs in to the API.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Identifier.
+    pub id: UserId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Login name; unique across the installation, stored lower-case.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// PHC string of the argon2 hash of the password.
+    pub password_hash: String,
+    /// Authority.
+    pub role: Role,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for User {
+    // The hash stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a profile's devices are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceType {
+    /// Connects on its own.
+    #[default]
+    Direct,
+    /// Connects on behalf of sub-devices.
+    Gateway,
+    /// Reached through a gateway.
+    SubDevice,
+}
+
+/// Shared configuration of a class of devices (ThingsPanel's `device_configs`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    /// Identifier.
+    pub id: ProfileId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Direct device, gateway or sub-device.
+    pub device_type: DeviceType,
+    /// Heartbeat mode: offline after this many seconds without any message.
+    pub heartbeat_secs: Option<u32>,
+    /// Online-timeout mode: connection state honoured, plus offline after this silence.
+    pub online_timeout_secs: Option<u32>,
+    /// Whether devices may self-register with the profile secret.
+    pub auto_register: bool,
+    /// Hash of the one-type-one-secret provisioning secret.
+    pub provision_secret_hash: Option<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for DeviceProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceProfile")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("device_type", &self.device_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A device's MQTT login ("voucher"). Only a SHA-256 digest of the password is kept:
+/// passwords are random 128-bit secrets, so a fast hash is enough and keeps the
+/// connect path cheap, while a leaked database does not leak usable credentials.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCredentials {
+    /// MQTT username; unique across the installation.
+    pub username: String,
+    /// Hex SHA-256 of the password.
+    pub password_hash: String,
+}
+
+impl fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceCredentials {
+    /// New random credentials; returns them with the plaintext password, which is
+    /// shown to the caller once and never stored.
+    pub fn generate() -> (Self, String) {
+        let username = random_token(12);
+        let password = random_token(16);
+        (Self::from_plain(username, &password), password)
+    }
+
+    /// Credentials for a given username and plaintext password.
+    pub fn from_plain(username: String, password: &str) -> Self {
+        Self {
+            username,
+            password_hash: hash_secret(password),
+        }
+    }
+
+    /// Constant-time check of a presented password.
+    pub fn verify(&self, password: &str) -> bool {
+        let presented = hash_secret(password);
+        presented
+            .as_bytes()
+            .ct_eq(self.password_hash.as_bytes())
+            .into()
+    }
+}
+
+/// Hex SHA-256 of a high-entropy secret (device passwords, API keys, profile secrets).
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_token(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    rand::fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// A device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Internal identifier.
+    pub id: DeviceId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Public identity used in downlink topics; unique across the installation.
+    pub device_number: String,
+    /// MQTT login.
+    pub credentials: DeviceCredentials,
+    /// Profile, if any.
+    pub profile_id: Option<ProfileId>,
+    /// Gateway this sub-device sits behind.
+    pub parent_id: Option<DeviceId>,
+    /// Address of this sub-device under its gateway.
+    pub sub_device_addr: Option<String>,
+    /// Free-form label.
+    pub label: Option<String>,
+    /// Disabled devices cannot connect.
+    pub enabled: bool,
+    /// Last known connection state.
+    pub online: bool,
+    /// Time of the last message or state change.
+    pub last_seen: Option<Timestamp>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last metadata change.
+    pub updated_at: Timestamp,
+}
+
+impl Device {
+    /// A new enabled, offline device with fresh credentials; returns the plaintext password too.
+    pub fn new(tenant_id: TenantId, name: String, device_number: Option<String>) -> (Self, String) {
+        let (credentials, password) = DeviceCredentials::generate();
+        let now = now_ms();
+        let id = DeviceId::new();
+        let device_number = device_number.unwrap_or_else(|| id.0.simple().to_string());
+        (
+            Self {
+                id,
+                tenant_id,
+                name,
+                device_number,
+                credentials,
+                profile_id: None,
+                parent_id: None,
+                sub_device_addr: None,
+                label: None,
+                enabled: true,
+                online: false,
+                last_seen: None,
+                created_at: now,
+                updated_at: now,
+            },
+            password,
+        )
+    }
+}
+
+/// Checks that a device number can appear as one MQTT topic level.
+pub fn validate_device_number(number: &str) -> Result<()> {
+    if number.is_empty() || number.len() > 100 {
+        return Err(Error::invalid(
+            "device_number",
+            "must be 1 to 100 characters",
+        ));
+    }
+    if number
+        .chars()
+        .any(|c| matches!(c, '/' | '+' | '#' | '$') || c.is_control() || c.is_whitespace())
+    {
+        return Err(Error::invalid(
+            "device_number",
+            "must not contain '/', '+', '#', '$', spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A typed value of telemetry or an attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `true` / `false`.
+    Bool(bool),
+    /// A JSON number without fraction that fits `i64`.
+    Integer(i64),
+    /// Any other JSON number.
+    Float(f64),
+    /// A JSON string.
+    String(String),
+    /// A JSON object or array, kept as is.
+    Json(serde_json::Value),
+}
+
+impl Value {
+    /// Classifies a JSON value. `null` is not a value and yields `None`.
+    pub fn from_json(v: serde_json::Value) -> Option<Self> {
+        Some(match v {
+            serde_json::Value::Null => return None,
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Integer(i),
+                None => Value::Float(n.as_f64()?),
+            },
+            serde_json::Value::String(s) => Value::String(s),
+            other => Value::Json(other),
+        })
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Integer(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::String(s) => serde_json::Value::String(s.clone()),
+            Value::Json(j) => j.clone(),
+        }
+    }
+
+    /// Numeric view used by aggregations: integers and floats, booleans as 0/1.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::Integer(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Type tag used by SQL backends (`0` bool, `1` integer, `2` float, `3` string, `4` json).
+    pub fn type_tag(&self) -> i64 {
+        match self {
+            Value::Bool(_) => 0,
+            Value::Integer(_) => 1,
+            Value::Float(_) => 2,
+            Value::String(_) => 3,
+            Value::Json(_) => 4,
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Value::from_json(v).ok_or_else(|| serde::de::Error::custom("null is not a value"))
+    }
+}
+
+/// One telemetry sample of one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryPoint {
+    /// Device.
+    pub device_id: DeviceId,
+    /// Key, e.g. `"temperature"`.
+    pub key: String,
+    /// Sample time (device time when the device sent one, else server time).
+    pub ts: Timestamp,
+    /// Value.
+    pub value: Value,
+}
+
+/// A keyed value at a time: the row shape of latest values, history, aggregates and attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// Key.
+    pub key: String,
+    /// Time (for aggregates: the start of the bucket).
+    pub ts: Timestamp,
+    /// Value.
+    pub value: Value,
+}
+
+/// An event reported by a device (`devices/event/{message_id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    /// Device.
+    pub device_id: DeviceId,
+    /// Server receive time.
+    pub ts: Timestamp,
+    /// The message id from the topic.
+    pub message_id: String,
+    /// Event identifier (`method`).
+    pub method: String,
+    /// Event parameters.
+    pub params: serde_json::Value,
+}
+
+/// What a downlink log row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// `devices/command/{device_number}/{message_id}`.
+    Command,
+    /// `devices/attributes/set/{device_number}/{message_id}`.
+    AttributeSet,
+    /// `devices/attributes/get/{device_number}`.
+    AttributeGet,
+    /// `devices/telemetry/control/{device_number}`.
+    TelemetryControl,
+}
+
+/// Lifecycle of a downlink: pending -> sent -> replied, or failed / expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Logged, not yet handed to the device.
+    Pending,
+    /// Published to the device.
+    Sent,
+    /// The device answered with success.
+    Replied,
+    /// Delivery failed or the device answered with an error.
+    Failed,
+    /// Not delivered before its expiry.
+    Expired,
+}
+
+impl CommandStatus {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Pending => "pending",
+            CommandStatus::Sent => "sent",
+            CommandStatus::Replied => "replied",
+            CommandStatus::Failed => "failed",
+            CommandStatus::Expired => "expired",
+        }
+    }
+}
+
+impl FromStr for CommandStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => CommandStatus::Pending,
+            "sent" => CommandStatus::Sent,
+            "replied" => CommandStatus::Replied,
+            "failed" => CommandStatus::Failed,
+            "expired" => CommandStatus::Expired,
+            other => return Err(Error::invalid("status", format!("unknown {other:?}"))),
+        })
+    }
+}
+
+impl CommandKind {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Command => "command",
+            CommandKind::AttributeSet => "attribute_set",
+            CommandKind::AttributeGet => "attribute_get",
+            CommandKind::TelemetryControl => "telemetry_control",
+        }
+    }
+}
+
+impl FromStr for CommandKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "command" => CommandKind::Command,
+            "attribute_set" => CommandKind::AttributeSet,
+            "attribute_get" => CommandKind::AttributeGet,
+            "telemetry_control" => CommandKind::TelemetryControl,
+            other => return Err(Error::invalid("kind", format!("unknown {other:?}"))),
+        })
+    }
+}
+
+/// One downlink and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandLog {
+    /// Identifier.
+    pub id: CommandId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Target device.
+    pub device_id: DeviceId,
+    /// Correlates the device's response.
+    pub message_id: String,
+    /// What was sent.
+    pub kind: CommandKind,
+    /// The payload sent to the device.
+    pub payload: serde_json::Value,
+    /// Where it stands.
+    pub status: CommandStatus,
+    /// The device's response object, once it replied.
+    pub response: Option<serde_json::Value>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last status change.
+    pub updated_at: Timestamp,
+    /// Give up delivering after this time.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Offset/limit paging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Rows to skip.
+    pub offset: u64,
+    /// Rows to return at most.
+    pub limit: u64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: 100,
+        }
+    }
+}
+
+/// One page of results and the total count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paged<T> {
+    /// The page.
+    pub items: Vec<T>,
+    /// All matching rows.
+    pub total: u64,
+}
+
+/// Filter for listing devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Case-insensitive substring of name or device number.
+    pub search: Option<String>,
+    /// Paging.
+    pub page: Page,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_verify_only_the_right_password() {
+        let (c, pw) = DeviceCredentials::generate();
+        assert!(c.verify(&pw));
+        assert!(!c.verify("wrong"));
+        assert!(!format!("{c:?}").contains(&c.password_hash));
+    }
+
+    #[test]
+    fn values_classify_json() {
+        assert_eq!(
+            Value::from_json(serde_json::json!(3)),
+            Some(Value::Integer(3))
+        );
+        assert_eq!(
+            Value::from_json(serde_json::json!(3.5)),
+            Some(Value::Float(3.5))
+        );
+        assert_eq!(Value::from_json(serde_json::json!(null)), None);
+        assert_eq!(
+            Value::from_json(serde_json::json!({"a":1})),
+            Some(Value::Json(serde_json::json!({"a":1})))
+        );
+    }
+
+    #[test]
+    fn device_numbers_must_be_one_topic_level() {
+        assert!(validate_device_number("dev-1").is_ok());
+        for bad in ["", "a/b", "a+", "#", "$sys", "a b"] {
+            assert!(validate_device_number(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The persistence contracts: [`MetadataStore`] and [`TimeSeriesStore`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::model::*;
+
+/// Persistent registry of tenants, users, devices, attributes and the downlink log.
+///
+/// # Contract
+/// - Tenant-scoped reads (`get_device(tenant, id)`, `list_devices(tenant, ..)`) never
+///   return another tenant's rows; a row of another tenant is [`crate::Error::NotFound`].
+/// - Unique values (user email, device number, device username) are enforced by the
+///   store and violations are [`crate::Error::AlreadyExists`].
+/// - Reads after a successful write observe the write.
+/// - Implementations must pass every case of `tp_core::testing::metadata`.
+#[async_trait]
+pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
+    /// Stable backend name used in errors and metrics (`"sqlite"`, `"postgres"`).
+    fn backend(&self) -> &'static str;
+    /// Cheap round trip proving the store is usable (for `/readyz`).
+    async fn healthcheck(&self) -> Result<()>;
+
+    /// Creates a tenant.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    /// Looks a tenant up.
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
+    /// Lists tenants by creation time.
+    async fn list_tenants(&self, page: Page) -> Result<Paged<Tenant>>;
+
+    /// Creates a user; the email is unique installation-wide.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    /// Looks a user up by id.
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+    /// Looks a user up by (lower-case) email, for login.
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>>;
+    /// Replaces a user's mutable fields (name, password hash, role).
+    async fn update_user(&self, user: &User) -> Result<()>;
+    /// Deletes a user of a tenant.
+    async fn delete_user(&self, tenant: TenantId, id: UserId) -> Result<()>;
+    /// Lists a tenant's users by creation time.
+    async fn list_users(&self, tenant: TenantId, page: Page) -> Result<Paged<User>>;
+    /// Number of users installation-wide (bootstrap check).
+    async fn count_users(&self) -> Result<u64>;
+
+    /// Creates a device.
+    async fn create_device(&self, device: &Device) -> Result<()>;
+    /// Looks a device of a tenant up.
+    async fn get_device(&self, tenant: TenantId, id: DeviceId) -> Result<Option<Device>>;
+    /// Looks any device up by id (internal paths such as ingest).
+    async fn get_device_by_id(&self, id: DeviceId) -> Result<Option<Device>>;
+    /// Looks a device up by its MQTT username (connect path).
+    async fn get_device_by_username(&self, username: &str) -> Result<Option<Device>>;
+    /// Looks a device up by its device number.
+    async fn get_device_by_number(&self, device_number: &str) -> Result<Option<Device>>;
+    /// Lists a tenant's devices by creation time, optionally filtered.
+    async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>>;
+    /// Replaces a device's mutable fields; scoped by `device.tenant_id`.
+    async fn update_device(&self, device: &Device) -> Result<()>;
+    /// Deletes a device of a tenant with its attributes and downlink log.
+    async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()>;
+    /// Records a connection state change.
+    async fn set_device_online(&self, id: DeviceId, online: bool, at: Timestamp) -> Result<()>;
+
+    /// Upserts attributes; a key keeps the value with the newest `ts`.
+    async fn upsert_attributes(&self, device: DeviceId, attrs: &[KeyValue]) -> Result<()>;
+    /// A device's attributes ordered by key, optionally only `keys`.
+    async fn get_attributes(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<KeyValue>>;
+
+    /// Logs a downlink.
+    async fn create_command(&self, command: &CommandLog) -> Result<()>;
+    /// Updates status, response and `updated_at` of a logged downlink.
+    async fn update_command(&self, command: &CommandLog) -> Result<()>;
+    /// Finds the downlink a device response refers to.
+    async fn get_command_by_message_id(
+        &self,
+        device: DeviceId,
+        message_id: &str,
+    ) -> Result<Option<CommandLog>>;
+    /// A device's downlink log, newest first.
+    async fn list_commands(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: Page,
+    ) -> Result<Paged<CommandLog>>;
+}
+
+/// Shared handle to a metadata store.
+pub type MetadataStoreRef = Arc<dyn MetadataStore>;
+
+/// Aggregation functions over fixed intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Mean of numeric values.
+    Avg,
+    /// Smallest numeric value.
+    Min,
+    /// Largest numeric value.
+    Max,
+    /// Sum of numeric values.
+    Sum,
+    /// Number of samples of any type.
+    Count,
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "avg" => Aggregation::Avg,
+            "min" => Aggregation::Min,
+            "max" => Aggregation::Max,
+            "sum" => Aggregation::Sum,
+            "count" => Aggregation::Count,
+            other => {
+                return Err(crate::Error::invalid(
+                    "agg",
+                    format!("{other:?} is not one of avg, min, max, sum, count"),
+                ));
+            }
+        })
+    }
+}
+
+/// Result order by time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// A history query over `[start, end)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TsQuery {
+    /// Device.
+    pub device_id: DeviceId,
+    /// Keys to return; empty means all keys.
+    pub keys: Vec<String>,
+    /// Inclusive start (ms).
+    pub start: Timestamp,
+    /// Exclusive end (ms).
+    pub end: Timestamp,
+    /// Aggregate into buckets `[start + k*interval, start + (k+1)*interval)`.
+    pub aggregation: Option<(Aggregation, i64)>,
+    /// At most this many rows per key.
+    pub limit: Option<u64>,
+    /// Time order within each key.
+    pub order: Order,
+}
+
+/// Time-series storage of telemetry and events.
+///
+/// # Contract
+/// - `write` is idempotent per `(device, key, ts)`: writing the same point twice keeps one.
+/// - `latest` returns, per key, the point with the greatest `ts` ever written (and not deleted).
+/// - `query` returns rows grouped by key (keys ascending), each key's rows in `order`,
+///   at most `limit` per key. With an aggregation, a row is one non-empty bucket with
+///   `ts` = bucket start; `avg/min/max/sum` use numeric values (booleans count as 0/1;
+///   strings and JSON are ignored) and yield [`Value::Float`]; `count` counts every
+///   sample and yields [`Value::Integer`]. Buckets with no usable values are omitted.
+/// - `delete_range` removes history in `[start, end)` and keeps `latest` consistent
+///   with what remains.
+/// - Implementations must pass every case of `tp_core::testing::timeseries`.
+#[async_trait]
+pub trait TimeSeriesStore: std::fmt::Debug + Send + Sync + 'static {
+    /// Stable backend name.
+    fn backend(&self) -> &'static str;
+    /// Cheap round trip proving the store is usable.
+    async fn healthcheck(&self) -> Result<()>;
+    /// Writes a batch of points (any devices, any keys) and updates latest values.
+    async fn write(&self, points: &[TelemetryPoint]) -> Result<()>;
+    /// Latest value per key of a device, keys ascending; `keys` restricts the keys.
+    async fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> Result<Vec<KeyValue>>;
+    /// History or aggregates.
+    async fn query(&self, query: &TsQuery) -> Result<Vec<KeyValue>>;
+    /// Deletes history in `[start, end)`; `keys` restricts the keys. Returns rows deleted.
+    async fn delete_range(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Result<u64>;
+    /// Stores device events.
+    async fn write_events(&self, events: &[DeviceEvent]) -> Result<()>;
+    /// A device's events in `[start, end)` in `order`, at most `limit`.
+    async fn query_events(
+        &self,
+        device: DeviceId,
+        start: Timestamp,
+        end: Timestamp,
+        limit: u64,
+        order: Order,
+    ) -> Result<Vec<DeviceEvent>>;
+}
+
+/// Shared handle to a time-series store.
+pub type TimeSeriesStoreRef = Arc<dyn TimeSeriesStore>;

@@ -1,0 +1,29 @@
+//! Conformance suites: every backend of a trait runs all of them.
+//!
+//! Each suite is a set of `pub async fn case(store: &dyn Trait)` functions plus a
+//! macro that stamps out one `#[tokio::test]` per case for a backend constructor, so
+//! a new backend gets the whole suite with one line and nextest reports each case.
+//! Cases create their own tenants/devices (fresh UUIDs), so they run in parallel on
+//! one shared database.
+
+pub mod cache;
+pub mod metadata;
+pub mod timeseries;
+pub mod transport;
+
+/// The URL of an external test service from `var`, or `None` to skip the test.
+///
+/// When `TP_REQUIRE_SERVICES` is set (CI), a missing variable panics instead, so a
+/// misconfigured CI cannot go green by skipping.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("TP_REQUIRE_SERVICES").is_some() => {
+            panic!("{var} is not set but TP_REQUIRE_SERVICES is: the test needs this service")
+        }
+        _ => {
+            eprintln!("skipping: {var} is not set");
+            None
+        }
+    }
+}
