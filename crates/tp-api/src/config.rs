@@ -1,0 +1,1 @@
+//! Typed configuration of the all-in-one node (owned by the platform module).

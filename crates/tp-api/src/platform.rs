@@ -1,0 +1,1 @@
+//! Composition of broker + API + storage into one node.
