@@ -654,3 +654,9 @@ mod tests {
         }
     }
 }
+
+/// Cache key under which a device row is cached for the MQTT connect path. Whoever
+/// deletes, disables or re-keys a device deletes this key for its old username.
+pub fn credential_cache_key(username: &str) -> String {
+    format!("device:cred:{username}")
+}
