@@ -1,1 +1,1 @@
-
+//! criterion benches of the hot paths: see `benches/hot_paths.rs`.

@@ -1,1 +1,260 @@
-//! Typed configuration of the all-in-one node (owned by the platform module).
+//! Typed configuration of a node: real defaults, then an optional TOML file, then
+//! `TP_*` environment variables, then command-line flags (later layers win).
+//!
+//! Environment: `TP_DATA_DIR`, `TP_ADMIN_EMAIL`, `TP_ADMIN_PASSWORD`, and any field as
+//! `TP_<SECTION>__<FIELD>` (e.g. `TP_HTTP__LISTEN=0.0.0.0:8080`,
+//! `TP_MQTT__MAX_CONNECTIONS=5000`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tp_broker::BrokerConfig;
+use tp_storage::writer::WriterConfig;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Directory of the embedded SQLite files and the generated JWT secret (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// REST API.
+    pub http: HttpConfig,
+    /// Embedded MQTT broker.
+    pub mqtt: BrokerConfig,
+    /// Where metadata, time series and cache live.
+    pub storage: StorageConfig,
+    /// Batching of time-series writes.
+    pub writer: WriterConfig,
+    /// Authentication of API users.
+    pub auth: AuthSettings,
+    /// Longest wait on SIGINT/SIGTERM for acknowledged messages to reach the store (seconds).
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            mqtt: BrokerConfig::default(),
+            storage: StorageConfig::default(),
+            writer: WriterConfig::default(),
+            auth: AuthSettings::default(),
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// REST API settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address (`--http-listen`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// Backend URLs. Empty metadata/timeseries URLs mean SQLite files in `data_dir`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Metadata store URL (`sqlite://path`, `sqlite::memory:`); default `<data_dir>/metadata.db`.
+    pub metadata: String,
+    /// Time-series store URL; default `<data_dir>/timeseries.db`.
+    pub timeseries: String,
+    /// Cache URL (`memory://`).
+    pub cache: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            metadata: String::new(),
+            timeseries: String::new(),
+            cache: "memory://".to_owned(),
+        }
+    }
+}
+
+/// API user authentication.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 signing secret; generated and kept in `<data_dir>/jwt.secret` when unset.
+    pub jwt_secret: Option<String>,
+    /// Lifetime of an access token (seconds).
+    pub token_ttl_secs: u64,
+    /// First admin's email, used on first start only (`TP_ADMIN_EMAIL`).
+    pub admin_email: Option<String>,
+    /// First admin's password, used on first start only (`TP_ADMIN_PASSWORD`); generated
+    /// and printed once when unset.
+    pub admin_password: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 12 * 3600,
+            admin_email: None,
+            admin_password: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A configuration that cannot be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl PlatformConfig {
+    /// Loads defaults <- `file` (must exist when given) <- `TP_*` env <- `overrides`
+    /// (dotted keys such as `("http.listen", "127.0.0.1:8081")`), then validates.
+    ///
+    /// # Errors
+    /// A message naming the file, key and problem.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(PlatformConfig::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("TP_").filter_map(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            match key.as_str() {
+                "data_dir" => Some(key.into()),
+                "admin_email" | "admin_password" => Some(format!("auth.{key}").into()),
+                k if k.contains("__") => Some(k.replace("__", ".").into()),
+                _ => None,
+            }
+        }));
+        for (key, value) in overrides {
+            // Parsed like an environment value, so "5000" is a number and "true" a bool.
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.as_str()));
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let config: PlatformConfig = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.mqtt.max_connections == 0 {
+            return bad("mqtt.max_connections", "must be at least 1");
+        }
+        if self.mqtt.max_payload_size == 0 {
+            return bad("mqtt.max_payload_size", "must be at least 1");
+        }
+        if self.writer.batch_size == 0 {
+            return bad("writer.batch_size", "must be at least 1");
+        }
+        if self.writer.queue_capacity == 0 {
+            return bad("writer.queue_capacity", "must be at least 1");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs", "must be at least 1");
+        }
+        if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 32) {
+            return bad("auth.jwt_secret", "must be at least 32 characters");
+        }
+        Ok(())
+    }
+
+    /// The default configuration as TOML (`thingspanel print-config`).
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&PlatformConfig::default()).unwrap_or_default()
+    }
+
+    /// The metadata URL with the data-dir default applied.
+    pub fn metadata_url(&self) -> String {
+        or_sqlite(&self.storage.metadata, &self.data_dir, "metadata.db")
+    }
+
+    /// The time-series URL with the data-dir default applied.
+    pub fn timeseries_url(&self) -> String {
+        or_sqlite(&self.storage.timeseries, &self.data_dir, "timeseries.db")
+    }
+}
+
+fn or_sqlite(url: &str, dir: &Path, file: &str) -> String {
+    if url.is_empty() {
+        format!("sqlite://{}", dir.join(file).display())
+    } else {
+        url.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_back_to_the_defaults() {
+        let parsed: PlatformConfig = toml::from_str(&PlatformConfig::default_toml()).unwrap();
+        assert_eq!(parsed, PlatformConfig::default());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tp.toml");
+        std::fs::write(&file, "data_dir = \"/from/file\"\n[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let c = PlatformConfig::load(Some(&file), &[("http.listen", "127.0.0.1:9001".into())]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.http.listen.port(), 9001);
+        assert_eq!(c.metadata_url(), "sqlite:///from/file/metadata.db");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tp.toml");
+        std::fs::write(&file, "[mqtt]\nlisten = \"not an address\"\n").unwrap();
+        let err = PlatformConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        std::fs::write(&file, "[mqtt]\nbogus = 1\n").unwrap();
+        let err = PlatformConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = PlatformConfig::load(Some(&dir.path().join("missing.toml")), &[]).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+        let err = PlatformConfig::load(None, &[("writer.batch_size", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("writer.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut c = PlatformConfig::default();
+        c.auth.admin_password = Some("hunter2-secret".into());
+        c.auth.jwt_secret = Some("x".repeat(40));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains(&"x".repeat(40)));
+    }
+}

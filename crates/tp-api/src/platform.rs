@@ -1,1 +1,277 @@
-//! Composition of broker + API + storage into one node.
+//! The all-in-one node: embedded broker + REST API + storage, composed from the
+//! crates' public parts. An integrator can run the whole platform from their own
+//! `main` with [`Platform::start`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tp_broker::{BrokerDeps, DrainReport, EmbeddedBroker};
+use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_storage::writer::{BatchWriter, WriterHandle};
+
+use crate::auth::AuthConfig;
+use crate::config::PlatformConfig;
+use crate::state::AppState;
+
+/// A node that failed to start, naming the setting to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// A setting is wrong or a backend is unreachable.
+    #[error("{setting}: {message}")]
+    Setting {
+        /// The setting (and flag) to look at.
+        setting: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The MQTT listener could not start.
+    #[error(transparent)]
+    Broker(#[from] tp_broker::BrokerError),
+}
+
+fn setting(setting: &'static str) -> impl FnOnce(tp_core::Error) -> PlatformError {
+    move |e| PlatformError::Setting {
+        setting,
+        message: e.to_string(),
+    }
+}
+
+/// The first admin created on an empty installation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapAdmin {
+    /// Login email.
+    pub email: String,
+    /// The generated password, when none was configured (shown once).
+    pub generated_password: Option<String>,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Platform {
+    metadata: MetadataStoreRef,
+    timeseries: TimeSeriesStoreRef,
+    cache: CacheRef,
+    writer: WriterHandle,
+    broker: Arc<EmbeddedBroker>,
+    http_addr: SocketAddr,
+    http: JoinHandle<()>,
+    stop_http: CancellationToken,
+    drain_timeout: Duration,
+    bootstrap: Option<BootstrapAdmin>,
+}
+
+/// The process-wide Prometheus recorder (installed once; later nodes in the same
+/// process share it).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+impl Platform {
+    /// Opens the stores, creates the first admin if needed, starts the broker, the
+    /// ingest pipeline and the HTTP server.
+    ///
+    /// # Errors
+    /// [`PlatformError`] naming the setting to change (bad URL, taken port, ...).
+    pub async fn start(config: PlatformConfig) -> Result<Self, PlatformError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| PlatformError::Setting {
+            setting: "data_dir (--data-dir)",
+            message: format!("cannot create {}: {e}", config.data_dir.display()),
+        })?;
+        let metadata = tp_storage::open_metadata(&config.metadata_url())
+            .await
+            .map_err(setting("storage.metadata"))?;
+        let timeseries = tp_storage::open_timeseries(&config.timeseries_url())
+            .await
+            .map_err(setting("storage.timeseries"))?;
+        let cache = tp_storage::open_cache(&config.storage.cache)
+            .await
+            .map_err(setting("storage.cache"))?;
+
+        let bootstrap = crate::auth::bootstrap_admin(
+            metadata.as_ref(),
+            config.auth.admin_email.clone(),
+            config.auth.admin_password.clone(),
+        )
+        .await
+        .map_err(setting("auth.admin_email / auth.admin_password"))?
+        .map(|(email, generated_password)| BootstrapAdmin {
+            email,
+            generated_password,
+        });
+
+        let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
+        let broker = Arc::new(
+            EmbeddedBroker::start(
+                &config.mqtt,
+                BrokerDeps {
+                    metadata: metadata.clone(),
+                    cache: cache.clone(),
+                    writer: writer.clone(),
+                },
+            )
+            .await?,
+        );
+
+        let jwt_secret = match &config.auth.jwt_secret {
+            Some(s) => s.clone(),
+            None => load_or_create_secret(&config.data_dir.join("jwt.secret"))?,
+        };
+        let mut state = AppState::new(
+            metadata.clone(),
+            timeseries.clone(),
+            cache.clone(),
+            AuthConfig {
+                jwt_secret,
+                token_ttl_secs: config.auth.token_ttl_secs,
+            },
+        )
+        .with_transport(broker.transport());
+        if let Some(handle) = prometheus() {
+            state = state.with_metrics(handle);
+        }
+        let probe = broker.clone();
+        state = state.with_readiness_check(
+            "mqtt",
+            Arc::new(move || {
+                let healthy = probe.is_healthy();
+                Box::pin(async move {
+                    if healthy {
+                        Ok(())
+                    } else {
+                        Err(tp_core::Error::Unavailable {
+                            backend: "mqtt",
+                            source: "listener or ingest loop stopped".into(),
+                        })
+                    }
+                })
+            }),
+        );
+
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| PlatformError::Setting {
+                setting: "http.listen (--http-listen)",
+                message: format!("cannot listen on {}: {e}", config.http.listen),
+            })?;
+        let http_addr = listener.local_addr().map_err(|e| PlatformError::Setting {
+            setting: "http.listen (--http-listen)",
+            message: e.to_string(),
+        })?;
+        let stop_http = CancellationToken::new();
+        let stop = stop_http.clone();
+        let app = crate::router(state);
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tracing::info!(%http_addr, mqtt = %broker.local_addr(), "node started");
+
+        Ok(Self {
+            metadata,
+            timeseries,
+            cache,
+            writer,
+            broker,
+            http_addr,
+            http,
+            stop_http,
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+            bootstrap,
+        })
+    }
+
+    /// Where the REST API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where MQTT devices connect.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// The admin created by this start, if the installation was empty.
+    pub fn bootstrap_admin(&self) -> Option<&BootstrapAdmin> {
+        self.bootstrap.as_ref()
+    }
+
+    /// The metadata store.
+    pub fn metadata(&self) -> &MetadataStoreRef {
+        &self.metadata
+    }
+
+    /// The time-series store.
+    pub fn timeseries(&self) -> &TimeSeriesStoreRef {
+        &self.timeseries
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &CacheRef {
+        &self.cache
+    }
+
+    /// Graceful stop: refuse new MQTT work, get every acknowledged message into the
+    /// store, then stop the HTTP server.
+    pub async fn shutdown(self) -> Result<DrainReport, PlatformError> {
+        let report = self.broker.drain(self.drain_timeout).await?;
+        self.writer
+            .clone()
+            .shutdown()
+            .await
+            .map_err(setting("storage.timeseries"))?;
+        self.stop_http.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        tracing::info!(accepted = report.accepted, stored = report.consumed, "node stopped");
+        Ok(report)
+    }
+}
+
+/// Reads the JWT secret kept in the data dir, or creates it (mode 0600), so tokens
+/// stay valid across restarts.
+fn load_or_create_secret(path: &Path) -> Result<String, PlatformError> {
+    let err = |e: std::io::Error| PlatformError::Setting {
+        setting: "auth.jwt_secret",
+        message: format!("{}: {e}", path.display()),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().to_owned()),
+        Ok(_) => {
+            return Err(PlatformError::Setting {
+                setting: "auth.jwt_secret",
+                message: format!("{} holds fewer than 32 characters", path.display()),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let secret = tp_core::random_token(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(secret.as_bytes()).map_err(err)?;
+    Ok(secret)
+}

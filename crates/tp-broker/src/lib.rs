@@ -1,1 +1,283 @@
-//! placeholder
+//! # tp-broker
+//!
+//! Device access for the platform: an embedded [rumqttd] broker plus our connection
+//! layer, which
+//! - authenticates each CONNECT by the device's MQTT username/password (cache, then
+//!   the metadata store) and refuses disabled devices;
+//! - knows which device sent each PUBLISH and enforces the topic ACL: a device
+//!   publishes only uplink topics and subscribes only to its own `device_number`'s
+//!   downlink topics, every filter of a SUBSCRIBE checked;
+//! - ingests telemetry (through the batching writer), attributes, events and command
+//!   responses, acknowledges attribute and event reports as ThingsPanel does;
+//! - tracks online/offline per device (several sessions of one device count once);
+//! - delivers downlink through [`MqttTransport`], a [`tp_core::DeviceTransport`];
+//! - drains on shutdown: refuses new publishes, consumes everything acknowledged, and
+//!   flushes the writer.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use tp_broker::{BrokerConfig, BrokerDeps, EmbeddedBroker};
+//! use tp_storage::{open_cache, open_metadata, open_timeseries, writer::{BatchWriter, WriterConfig}};
+//!
+//! let metadata = open_metadata("sqlite::memory:").await?;
+//! let writer = BatchWriter::spawn(open_timeseries("sqlite::memory:").await?, WriterConfig::default());
+//! let cache = open_cache("memory://").await?;
+//! let config = BrokerConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() };
+//! let broker = EmbeddedBroker::start(&config, BrokerDeps { metadata, cache, writer }).await?;
+//! println!("MQTT on {}", broker.local_addr());
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod config;
+mod error;
+mod ingest;
+mod session;
+mod transport;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub use config::BrokerConfig;
+pub use error::BrokerError;
+pub use transport::MqttTransport;
+
+use rumqttd::local::LinkBuilder;
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::task::JoinHandle;
+use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, now_ms};
+use tp_storage::writer::WriterHandle;
+
+use crate::ingest::Ingest;
+use crate::session::{DeviceProtocol, INGEST_TOPIC, Shared};
+use crate::transport::LinkPublisher;
+
+/// Extra router connection slots beyond `max_connections`: our own local link, and
+/// sessions the router still counts while their disconnect is in flight.
+const ROUTER_HEADROOM: usize = 1024;
+
+/// What the broker needs from the rest of the platform.
+#[derive(Debug, Clone)]
+pub struct BrokerDeps {
+    /// Devices and credentials, attributes, command log, online state.
+    pub metadata: MetadataStoreRef,
+    /// Credential cache.
+    pub cache: CacheRef,
+    /// Telemetry and events go through the batching writer.
+    pub writer: WriterHandle,
+}
+
+/// Outcome of [`EmbeddedBroker::drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Publishes accepted (and acknowledged) since start.
+    pub accepted: u64,
+    /// Publishes fully processed since start.
+    pub consumed: u64,
+}
+
+/// Counters of a running broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Publishes accepted (and acknowledged to QoS 1 publishers).
+    pub accepted: u64,
+    /// Publishes the ingest loop finished with (stored or rejected).
+    pub consumed: u64,
+    /// Publishes rejected by the ingest loop (malformed payloads); nothing of them stored.
+    pub rejected: u64,
+    /// Devices with at least one session.
+    pub connected_devices: usize,
+}
+
+/// A running embedded broker with its ingest loop.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    shared: Arc<Shared>,
+    transport: Arc<MqttTransport>,
+    writer: WriterHandle,
+    local_addr: SocketAddr,
+    listener: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Binds the listener and starts the router, the ingest loop and status tracking.
+    ///
+    /// # Errors
+    /// [`BrokerError::Bind`] when the listen address is taken or not bindable.
+    pub async fn start(config: &BrokerConfig, deps: BrokerDeps) -> Result<Self, BrokerError> {
+        // rumqttd binds inside its accept loop and only logs a failure; bind once here
+        // so a taken port is a clear startup error, and to resolve port 0.
+        let probe = std::net::TcpListener::bind(config.listen).map_err(|source| BrokerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        drop(probe);
+
+        let (shared, mut status_rx) = Shared::new(
+            deps.metadata.clone(),
+            deps.cache.clone(),
+            Duration::from_secs(config.credential_cache_ttl_secs),
+            config.max_connections,
+        );
+
+        let router = Router::new(
+            0,
+            RouterConfig {
+                max_connections: config.max_connections + ROUTER_HEADROOM,
+                max_outgoing_packet_count: 200,
+                max_segment_size: config.segment_size.max(config.max_payload_size * 2),
+                max_segment_count: config.segment_count.max(2),
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+        );
+        let router_tx = router.spawn();
+
+        let (mut link_tx, link_rx, _) = LinkBuilder::new("tp-platform", router_tx.clone())
+            .build()
+            .map_err(|e| BrokerError::Router(e.to_string()))?;
+        link_tx
+            .subscribe(INGEST_TOPIC)
+            .map_err(|e| BrokerError::Router(e.to_string()))?;
+        let publisher = Arc::new(LinkPublisher::new(link_tx));
+
+        let mut connections = ConnectionSettings {
+            connection_timeout_ms: config.connection_timeout_ms,
+            max_payload_size: config.max_payload_size,
+            max_inflight_count: config.max_inflight_count,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        let auth_shared = shared.clone();
+        connections.set_auth_handler(move |client_id, username, password| {
+            let shared = auth_shared.clone();
+            async move { shared.authenticate(client_id, username, password).await }
+        });
+        let settings = ServerSettings {
+            name: "mqtt-v4".to_owned(),
+            listen: local_addr,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections,
+        };
+        let mut server = Server::new(settings, router_tx, DeviceProtocol::new(V4, shared.clone()));
+        let listener = tokio::spawn(async move {
+            if let Err(e) = server.start(LinkType::Remote).await {
+                tracing::error!(error = %e, "MQTT listener stopped");
+            }
+        });
+        wait_until_bound(local_addr).await;
+
+        let ingest = tokio::spawn(
+            Ingest {
+                shared: shared.clone(),
+                writer: deps.writer.clone(),
+                publisher: publisher.clone(),
+            }
+            .run(link_rx),
+        );
+
+        let metadata = deps.metadata.clone();
+        tokio::spawn(async move {
+            while let Some(change) = status_rx.recv().await {
+                tracing::info!(device_id = %change.device_id, online = change.online, "device connection state");
+                if let Err(e) = metadata.set_device_online(change.device_id, change.online, now_ms()).await {
+                    tracing::error!(device_id = %change.device_id, error = %e, "cannot record online state");
+                }
+            }
+        });
+
+        tracing::info!(%local_addr, "MQTT listening");
+        Ok(Self {
+            transport: Arc::new(MqttTransport {
+                shared: shared.clone(),
+                publisher,
+            }),
+            shared,
+            writer: deps.writer,
+            local_addr,
+            listener,
+            ingest,
+        })
+    }
+
+    /// The bound MQTT address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Downlink to this node's devices.
+    pub fn transport(&self) -> DeviceTransportRef {
+        self.transport.clone()
+    }
+
+    /// Devices with at least one open session.
+    pub fn connected_devices(&self) -> usize {
+        self.shared.connected_devices()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            accepted: self.shared.accepted.load(Ordering::Acquire),
+            consumed: self.shared.consumed.load(Ordering::Acquire),
+            rejected: self.shared.rejected.load(Ordering::Acquire),
+            connected_devices: self.shared.connected_devices(),
+        }
+    }
+
+    /// Healthy while the listener and the ingest loop run.
+    pub fn is_healthy(&self) -> bool {
+        !self.listener.is_finished() && !self.ingest.is_finished()
+    }
+
+    /// Stops accepting connections and publishes (unacknowledged publishes stay with
+    /// their devices), waits up to `timeout` until every acknowledged publish has been
+    /// processed, then flushes the writer so it is all in the store.
+    pub async fn drain(&self, timeout: Duration) -> Result<DrainReport, BrokerError> {
+        self.shared.draining.store(true, Ordering::Release);
+        self.listener.abort();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let accepted = self.shared.accepted.load(Ordering::Acquire);
+            let consumed = self.shared.consumed.load(Ordering::Acquire);
+            if consumed >= accepted || tokio::time::Instant::now() >= deadline || self.ingest.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.writer.flush().await?;
+        let report = DrainReport {
+            accepted: self.shared.accepted.load(Ordering::Acquire),
+            consumed: self.shared.consumed.load(Ordering::Acquire),
+        };
+        if report.consumed < report.accepted {
+            tracing::error!(?report, "drain timed out before every acknowledged message was processed");
+        }
+        Ok(report)
+    }
+}
+
+/// Waits until rumqttd's accept loop holds the port (a second bind then fails).
+async fn wait_until_bound(addr: SocketAddr) {
+    for _ in 0..500 {
+        if std::net::TcpListener::bind(addr).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,43 @@
+//! Typed configuration of the embedded MQTT broker.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the embedded broker and its connection layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 listen address (flag `--mqtt-listen`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Most device connections this node accepts; further CONNECTs are refused.
+    pub max_connections: usize,
+    /// Largest accepted PUBLISH payload in bytes; larger ones close the connection.
+    pub max_payload_size: usize,
+    /// How long a new TCP connection may take to send CONNECT (ms, at most 65535).
+    pub connection_timeout_ms: u16,
+    /// Unacknowledged QoS 1/2 messages in flight per connection.
+    pub max_inflight_count: usize,
+    /// How long a resolved credential stays in the cache (seconds).
+    pub credential_cache_ttl_secs: u64,
+    /// Size of one segment of the broker's in-memory ingest log (bytes). The log holds
+    /// `segment_size * segment_count` bytes of acknowledged messages not yet consumed.
+    pub segment_size: usize,
+    /// Number of segments of the in-memory ingest log.
+    pub segment_count: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 100_000,
+            max_payload_size: 256 * 1024,
+            connection_timeout_ms: 10_000,
+            max_inflight_count: 100,
+            credential_cache_ttl_secs: 300,
+            segment_size: 16 * 1024 * 1024,
+            segment_count: 8,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Errors of the broker crate.
+
+/// What can go wrong starting or running the broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen for MQTT on {addr}: {source} (change it with --mqtt-listen or mqtt.listen)")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded router refused our internal link.
+    #[error("embedded MQTT router: {0}")]
+    Router(String),
+    /// A store or cache failed.
+    #[error(transparent)]
+    Core(#[from] tp_core::Error),
+}

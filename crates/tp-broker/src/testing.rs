@@ -1,0 +1,231 @@
+//! Test support (feature `testing`): a real MQTT client for end-to-end tests.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// A device connected over a real socket with rumqttc (MQTT 3.1.1). Events are
+/// pumped into a channel; the first connection error ends the session (no reconnects).
+#[derive(Debug)]
+pub struct MqttTestClient {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    pending: Vec<Packet>,
+}
+
+impl MqttTestClient {
+    /// Connects and waits for the CONNACK; `Err` with the reason if the broker refused
+    /// or closed the connection.
+    pub async fn connect(addr: std::net::SocketAddr, client_id: &str, username: &str, password: &str) -> Result<Self, String> {
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_credentials(username, password);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut me = Self {
+            client,
+            events,
+            pending: Vec::new(),
+        };
+        me.wait_for(|p| matches!(p, Packet::ConnAck(_)), Duration::from_secs(10))
+            .await
+            .map(|_| me)
+    }
+
+    /// Waits for an incoming packet matching `want`, keeping publishes that arrive
+    /// meanwhile for [`Self::recv_publish`]. `Err` if the connection closes or times out.
+    async fn wait_for(&mut self, want: impl Fn(&Packet) -> bool, timeout: Duration) -> Result<Packet, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return Err("timed out".into()),
+                Ok(None) => return Err("connection closed".into()),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(p))) if want(&p) => return Ok(p),
+                Ok(Some(Ok(p @ Packet::Publish(_)))) => self.pending.push(p),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<(), String> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wait_for(|p| matches!(p, Packet::PubAck(_)), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Subscribes at QoS 1 to all `filters` in one SUBSCRIBE and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filters: &[&str]) -> Result<(), String> {
+        let filters = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wait_for(|p| matches!(p, Packet::SubAck(_)), Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// The next message received, or `None` after `timeout` or when the connection closed.
+    pub async fn recv_publish(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        let p = if self.pending.is_empty() {
+            self.wait_for(|p| matches!(p, Packet::Publish(_)), timeout).await.ok()?
+        } else {
+            self.pending.remove(0)
+        };
+        match p {
+            Packet::Publish(p) => Some((p.topic, p.payload.to_vec())),
+            _ => None,
+        }
+    }
+
+    /// Whether the broker closes the connection within `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.wait_for(|_| false, timeout).await.is_err_and(|e| e != "timed out")
+    }
+
+    /// Sends DISCONNECT and waits until the connection is gone.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = self.wait_for(|_| false, Duration::from_secs(5)).await;
+    }
+}
+
+/// An embedded broker on an ephemeral loopback port over in-memory SQLite stores,
+/// with one tenant to create devices in.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// The broker.
+    pub broker: crate::EmbeddedBroker,
+    /// Its metadata store.
+    pub metadata: tp_core::MetadataStoreRef,
+    /// Its time-series store.
+    pub timeseries: tp_core::TimeSeriesStoreRef,
+    /// The writer in front of `timeseries`.
+    pub writer: tp_storage::writer::WriterHandle,
+    /// The tenant devices are created in.
+    pub tenant: tp_core::TenantId,
+}
+
+impl TestBroker {
+    /// Starts with `configure` applied to a config listening on `127.0.0.1:0`.
+    pub async fn start(configure: impl FnOnce(&mut crate::BrokerConfig)) -> Self {
+        let metadata = tp_storage::open_metadata("sqlite::memory:").await.expect("metadata");
+        let timeseries = tp_storage::open_timeseries("sqlite::memory:").await.expect("timeseries");
+        let cache = tp_storage::open_cache("memory://").await.expect("cache");
+        let writer = tp_storage::writer::BatchWriter::spawn(timeseries.clone(), Default::default());
+        let tenant = tp_core::Tenant {
+            id: tp_core::TenantId::new(),
+            name: "test".into(),
+            created_at: tp_core::now_ms(),
+        };
+        metadata.create_tenant(&tenant).await.expect("tenant");
+        let mut config = crate::BrokerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        configure(&mut config);
+        let broker = crate::EmbeddedBroker::start(
+            &config,
+            crate::BrokerDeps {
+                metadata: metadata.clone(),
+                cache,
+                writer: writer.clone(),
+            },
+        )
+        .await
+        .expect("broker starts");
+        Self {
+            broker,
+            metadata,
+            timeseries,
+            writer,
+            tenant: tenant.id,
+        }
+    }
+
+    /// Registers a device; returns it with its plaintext password.
+    pub async fn create_device(&self) -> (tp_core::Device, String) {
+        let (device, password) = tp_core::Device::new(self.tenant, "test device".into(), None);
+        self.metadata.create_device(&device).await.expect("device");
+        (device, password)
+    }
+
+    /// Connects a device with its own credentials and client id `mqtt_<number>`.
+    pub async fn connect(&self, device: &tp_core::Device, password: &str) -> Result<MqttTestClient, String> {
+        MqttTestClient::connect(
+            self.broker.local_addr(),
+            &format!("mqtt_{}", device.device_number),
+            &device.credentials.username,
+            password,
+        )
+        .await
+    }
+}
+
+struct HarnessSession {
+    device: tp_core::Device,
+    client: MqttTestClient,
+}
+
+#[async_trait::async_trait]
+impl tp_core::testing::transport::DeviceSession for HarnessSession {
+    fn device_id(&self) -> tp_core::DeviceId {
+        self.device.id
+    }
+
+    fn device_number(&self) -> String {
+        self.device.device_number.clone()
+    }
+
+    async fn recv(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        self.client.recv_publish(timeout).await
+    }
+
+    async fn disconnect(self: Box<Self>) {
+        self.client.disconnect().await
+    }
+}
+
+#[async_trait::async_trait]
+impl tp_core::testing::transport::TransportHarness for TestBroker {
+    fn transport(&self) -> tp_core::DeviceTransportRef {
+        self.broker.transport()
+    }
+
+    async fn connect_device(&self) -> Box<dyn tp_core::testing::transport::DeviceSession> {
+        let (device, password) = self.create_device().await;
+        let mut client = self.connect(&device, &password).await.expect("connect");
+        let n = &device.device_number;
+        client
+            .subscribe(&[&format!("devices/command/{n}/+"), &format!("devices/telemetry/control/{n}")])
+            .await
+            .expect("subscribe");
+        Box::new(HarnessSession { device, client })
+    }
+}

@@ -1,0 +1,286 @@
+//! End-to-end tests of the embedded broker over real sockets with rumqttc devices.
+
+use std::time::Duration;
+
+use tp_broker::testing::{MqttTestClient, TestBroker};
+use tp_core::protocol::ResponseObject;
+use tp_core::{
+    CommandId, CommandKind, CommandLog, CommandStatus, Order, TsQuery, Value, now_ms,
+};
+
+mod transport {
+    tp_core::transport_conformance!(tp_broker::testing::TestBroker::start(|_| {}));
+}
+
+const CLOSE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_refused() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let addr = node.broker.local_addr();
+    assert!(MqttTestClient::connect(addr, "c1", &device.credentials.username, "wrong").await.is_err());
+    assert!(MqttTestClient::connect(addr, "c2", "no-such-user", &password).await.is_err());
+    assert!(node.connect(&device, &password).await.is_ok());
+    // a disabled device cannot connect (never looked up before, so not cached)
+    let (d3, pw3) = node.create_device().await;
+    let mut d3_disabled = d3.clone();
+    d3_disabled.enabled = false;
+    node.metadata.update_device(&d3_disabled).await.unwrap();
+    assert!(node.connect(&d3, &pw3).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_is_stored_under_the_publishing_device() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    let before = now_ms();
+    client.publish("devices/telemetry", r#"{"temp":21.5,"on":true,"mode":"eco"}"#).await.unwrap();
+    client
+        .publish("devices/telemetry", r#"[{"ts":1700000000000,"values":{"temp":19}},{"ts":1700000001000,"values":{"temp":20}}]"#)
+        .await
+        .unwrap();
+    node.writer.flush().await.unwrap();
+    // the broker acknowledged; wait until ingest consumed it, then flush again
+    wait_consumed(&node, 2).await;
+    node.writer.flush().await.unwrap();
+
+    let latest = node.timeseries.latest(device.id, None).await.unwrap();
+    let get = |k: &str| latest.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone());
+    assert_eq!(get("temp"), Some(Value::Float(21.5)));
+    assert_eq!(get("on"), Some(Value::Bool(true)));
+    assert_eq!(get("mode"), Some(Value::String("eco".into())));
+    assert!(latest.iter().all(|kv| kv.ts >= before));
+
+    let history = node
+        .timeseries
+        .query(&TsQuery {
+            device_id: device.id,
+            keys: vec!["temp".into()],
+            start: 1_700_000_000_000,
+            end: 1_700_000_002_000,
+            aggregation: None,
+            limit: None,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
+    let values: Vec<_> = history.iter().map(|kv| (kv.ts, kv.value.clone())).collect();
+    assert_eq!(values, vec![(1_700_000_000_000, Value::Integer(19)), (1_700_000_001_000, Value::Integer(20))]);
+}
+
+async fn wait_consumed(node: &TestBroker, at_least: u64) {
+    for _ in 0..500 {
+        if node.broker.stats().consumed >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("ingest never consumed {at_least} messages: {:?}", node.broker.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_outside_the_acl_closes_the_connection_and_stores_nothing() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    for topic in ["devices/status/x", "$tp/ingest", "other/topic", "devices/telemetry/control/x", "devices/attributes/+"] {
+        let mut client = node.connect(&device, &password).await.unwrap();
+        let result = client.publish(topic, r#"{"temp":1}"#).await;
+        assert!(result.is_err(), "{topic} was acknowledged");
+    }
+    assert_eq!(node.broker.stats().accepted, 0);
+    node.writer.flush().await.unwrap();
+    assert!(node.timeseries.latest(device.id, None).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_to_another_devices_topics_is_refused() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let (other, _) = node.create_device().await;
+    let own = format!("devices/command/{}/+", device.device_number);
+    let theirs = format!("devices/command/{}/+", other.device_number);
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client.subscribe(&[&own]).await.unwrap();
+    // every filter of one SUBSCRIBE is checked, not only the first
+    assert!(client.subscribe(&[&own, &theirs]).await.is_err());
+    for filter in ["devices/command/+/+", "#", "devices/#", "$tp/ingest"] {
+        let mut client = node.connect(&device, &password).await.unwrap();
+        assert!(client.subscribe(&[filter]).await.is_err(), "{filter} was granted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_id_reconnecting_does_not_kill_the_listener() {
+    // rumqttd 0.20 issue #1062: the second attempt of a client id the router refused
+    // after auth poisoned the listener's mutex and every later connection failed.
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let addr = node.broker.local_addr();
+    for _ in 0..3 {
+        let r = MqttTestClient::connect(addr, "site/dev5", &device.credentials.username, &password).await;
+        assert!(r.is_err());
+    }
+    let mut ok = node.connect(&device, &password).await.expect("listener still accepts");
+    ok.publish("devices/telemetry", r#"{"a":1}"#).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_without_breaking_the_listener() {
+    let node = TestBroker::start(|c| c.max_connections = 2).await;
+    let mut devices = Vec::new();
+    for _ in 0..4 {
+        devices.push(node.create_device().await);
+    }
+    let a = node.connect(&devices[0].0, &devices[0].1).await.unwrap();
+    let _b = node.connect(&devices[1].0, &devices[1].1).await.unwrap();
+    for _ in 0..2 {
+        assert!(node.connect(&devices[2].0, &devices[2].1).await.is_err());
+    }
+    a.disconnect().await;
+    for _ in 0..500 {
+        if node.broker.stats().connected_devices < 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = node.connect(&devices[2].0, &devices[2].1).await.expect("a slot is free again");
+    c.publish("devices/telemetry", r#"{"a":1}"#).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_rejected_without_harming_other_devices() {
+    let node = TestBroker::start(|_| {}).await;
+    let (bad, bad_pw) = node.create_device().await;
+    let (good, good_pw) = node.create_device().await;
+    let mut b = node.connect(&bad, &bad_pw).await.unwrap();
+    let mut g = node.connect(&good, &good_pw).await.unwrap();
+    for payload in ["not json", "{}", r#"{"a":null}"#, "[1,2]", r#"{"ts":"x","values":{"a":1}}"#] {
+        b.publish("devices/telemetry", payload).await.unwrap();
+    }
+    g.publish("devices/telemetry", r#"{"ok":1}"#).await.unwrap();
+    b.publish("devices/telemetry", r#"{"fine":2}"#).await.unwrap();
+    wait_consumed(&node, 7).await;
+    node.writer.flush().await.unwrap();
+    assert_eq!(node.broker.stats().rejected, 5);
+    let good_latest = node.timeseries.latest(good.id, None).await.unwrap();
+    assert_eq!(good_latest.len(), 1);
+    assert_eq!(good_latest[0].value, Value::Integer(1));
+    let bad_latest = node.timeseries.latest(bad.id, None).await.unwrap();
+    assert_eq!(bad_latest.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), vec!["fine"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_state_follows_the_session() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let client = node.connect(&device, &password).await.unwrap();
+    wait_online(&node, device.id, true).await;
+    client.disconnect().await;
+    wait_online(&node, device.id, false).await;
+}
+
+async fn wait_online(node: &TestBroker, id: tp_core::DeviceId, want: bool) {
+    for _ in 0..500 {
+        let d = node.metadata.get_device_by_id(id).await.unwrap().unwrap();
+        if d.online == want {
+            assert!(d.last_seen.is_some());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("device never became online={want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_and_events_are_stored_and_acknowledged() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let n = &device.device_number;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .subscribe(&[&format!("devices/attributes/response/{n}/+"), &format!("devices/event/response/{n}/+")])
+        .await
+        .unwrap();
+    client.publish("devices/attributes/a1", r#"{"ip":"10.0.0.2","port":1883}"#).await.unwrap();
+    let (topic, payload) = client.recv_publish(CLOSE).await.expect("attribute ack");
+    assert_eq!(topic, format!("devices/attributes/response/{n}/a1"));
+    assert!(ResponseObject::decode(&payload).unwrap().is_success());
+
+    client.publish("devices/event/e1", r#"{"method":"FindAnimal","params":{"count":2}}"#).await.unwrap();
+    let (topic, payload) = client.recv_publish(CLOSE).await.expect("event ack");
+    assert_eq!(topic, format!("devices/event/response/{n}/e1"));
+    let ack = ResponseObject::decode(&payload).unwrap();
+    assert_eq!((ack.result, ack.method.as_deref()), (0, Some("FindAnimal")));
+
+    // a malformed attribute report is answered with result 1
+    client.publish("devices/attributes/a2", "nope").await.unwrap();
+    let (_, payload) = client.recv_publish(CLOSE).await.expect("error ack");
+    assert_eq!(ResponseObject::decode(&payload).unwrap().result, 1);
+
+    let attrs = node.metadata.get_attributes(device.id, None).await.unwrap();
+    let kv: Vec<_> = attrs.iter().map(|a| (a.key.as_str(), a.value.clone())).collect();
+    assert_eq!(kv, vec![("ip", Value::String("10.0.0.2".into())), ("port", Value::Integer(1883))]);
+    node.writer.flush().await.unwrap();
+    let events = node.timeseries.query_events(device.id, 0, i64::MAX, 10, Order::Asc).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].message_id.as_str(), events[0].method.as_str()), ("e1", "FindAnimal"));
+    assert_eq!(events[0].params, serde_json::json!({"count":2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_response_marks_the_log_row_replied() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let now = now_ms();
+    let log = CommandLog {
+        id: CommandId::new(),
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        message_id: "m42".into(),
+        kind: CommandKind::Command,
+        payload: serde_json::json!({"method":"ReSet","params":{}}),
+        status: CommandStatus::Sent,
+        response: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+    };
+    node.metadata.create_command(&log).await.unwrap();
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .publish("devices/command/response/m42", r#"{"result":0,"message":"success","ts":1609143039}"#)
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        let row = node.metadata.get_command_by_message_id(device.id, "m42").await.unwrap().unwrap();
+        if row.status == CommandStatus::Replied {
+            assert_eq!(row.response.unwrap()["message"], "success");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("command never marked replied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stores_everything_acknowledged_and_refuses_more() {
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    for i in 0..200 {
+        client.publish("devices/telemetry", format!(r#"{{"ts":{},"values":{{"n":{i}}}}}"#, 1_000 + i)).await.unwrap();
+    }
+    let report = node.broker.drain(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.accepted, report.consumed), (200, 200));
+    let stored = node
+        .timeseries
+        .query(&TsQuery { device_id: device.id, keys: vec![], start: 0, end: i64::MAX, aggregation: None, limit: None, order: Order::Asc })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 200);
+    // after the drain a publish is not acknowledged: the connection is closed instead
+    assert!(client.publish("devices/telemetry", r#"{"late":1}"#).await.is_err());
+    assert_eq!(node.broker.stats().accepted, 200);
+}

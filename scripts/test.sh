@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (the README's quick start and .ci/run both call it):
+# starts the services the tests need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto_pub >/dev/null 2>&1; then
+  # the device quick start and some end-to-end tests use the mosquitto clients
+  (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >&2) || true
+fi
+eval "$(scripts/services.sh)"
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
