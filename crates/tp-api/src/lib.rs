@@ -3,5 +3,13 @@
 //! REST API of the platform (axum on hyper) and the all-in-one node composition.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod auth;
 pub mod config;
+pub mod error;
+pub mod openapi;
 pub mod platform;
+mod routes;
+pub mod state;
+
+pub use openapi::openapi;
+pub use routes::router;

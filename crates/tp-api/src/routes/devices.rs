@@ -1,0 +1,434 @@
+//! `/api/v1/devices`: device CRUD and credential rotation.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::extract::{DeviceIdPath, Json, Query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::{AppState, device_cred_cache_key};
+use tp_core::{Device, DeviceCredentials, DeviceFilter, Page, now_ms, validate_device_number};
+
+/// Largest `page_size` of the device list.
+pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
+
+/// A device as the API shows it (never the credential hash).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeviceResponse {
+    /// Device id.
+    id: Uuid,
+    /// Display name.
+    name: String,
+    /// Public identity, used in downlink topics.
+    device_number: String,
+    /// Free-form label.
+    label: Option<String>,
+    /// Disabled devices cannot connect.
+    enabled: bool,
+    /// Last known connection state.
+    online: bool,
+    /// Time of the last message or state change (ms).
+    last_seen: Option<i64>,
+    /// Creation time (ms).
+    created_at: i64,
+    /// Last change (ms).
+    updated_at: i64,
+    /// MQTT login (username only).
+    credentials: CredentialsView,
+}
+
+/// The MQTT username of a device.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CredentialsView {
+    /// MQTT username.
+    username: String,
+}
+
+/// A device just created, with its MQTT password (shown only once).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedDeviceResponse {
+    /// Device id.
+    id: Uuid,
+    /// Display name.
+    name: String,
+    /// Public identity, used in downlink topics.
+    device_number: String,
+    /// Free-form label.
+    label: Option<String>,
+    /// Disabled devices cannot connect.
+    enabled: bool,
+    /// Last known connection state.
+    online: bool,
+    /// Time of the last message or state change (ms).
+    last_seen: Option<i64>,
+    /// Creation time (ms).
+    created_at: i64,
+    /// Last change (ms).
+    updated_at: i64,
+    /// MQTT login with the plaintext password.
+    credentials: NewCredentials,
+}
+
+/// MQTT credentials with the plaintext password; it is not stored and cannot be shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NewCredentials {
+    /// MQTT username.
+    username: String,
+    /// MQTT password.
+    password: String,
+}
+
+impl DeviceResponse {
+    fn from_device(d: Device) -> Self {
+        Self {
+            id: d.id.0,
+            name: d.name,
+            device_number: d.device_number,
+            label: d.label,
+            enabled: d.enabled,
+            online: d.online,
+            last_seen: d.last_seen,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            credentials: CredentialsView {
+                username: d.credentials.username,
+            },
+        }
+    }
+}
+
+/// A page of devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeviceList {
+    /// The page.
+    items: Vec<DeviceResponse>,
+    /// Devices matching the filter.
+    total: u64,
+}
+
+/// New device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateDeviceRequest {
+    /// Display name, 1 to 255 characters.
+    name: String,
+    /// Public identity (one MQTT topic level); generated when absent.
+    #[serde(default)]
+    device_number: Option<String>,
+    /// Free-form label.
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// Changes to a device; absent fields stay as they are, `"label": null` clears the label.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateDeviceRequest {
+    /// Display name, 1 to 255 characters.
+    #[serde(default)]
+    name: Option<String>,
+    /// Free-form label; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
+    label: Option<Option<String>>,
+    /// Disabled devices cannot connect.
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Device list paging and filter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page number, from 1 (default 1).
+    page: Option<u64>,
+    /// Devices per page, 1 to 1000 (default 20).
+    page_size: Option<u64>,
+    /// Case-insensitive substring of name or device number.
+    search: Option<String>,
+}
+
+fn validate_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if len == 0 || len > 255 {
+        return Err(ApiError::invalid("name", "must be 1 to 255 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_label(label: Option<String>) -> ApiResult<Option<String>> {
+    match label {
+        Some(l) if l.chars().count() > 255 => {
+            Err(ApiError::invalid("label", "must be at most 255 characters"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Loads a device of the caller's tenant or fails with 404.
+pub(crate) async fn load_device(
+    state: &AppState,
+    caller: &Caller,
+    id: tp_core::DeviceId,
+) -> ApiResult<Device> {
+    state
+        .metadata
+        .get_device(caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| tp_core::Error::not_found("device", id).into())
+}
+
+/// Forgets what the broker cached for a username.
+async fn invalidate_credentials(state: &AppState, username: &str) -> ApiResult<()> {
+    state.cache.delete(&device_cred_cache_key(username)).await?;
+    Ok(())
+}
+
+/// Creates a device with fresh MQTT credentials.
+#[utoipa::path(
+    post,
+    path = "/devices",
+    tag = "devices",
+    request_body = CreateDeviceRequest,
+    responses(
+        (status = 201, description = "Created; the password is shown only here", body = CreatedDeviceResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not create devices", body = ErrorBody),
+        (status = 409, description = "Device number taken", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_device(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(req): Json<CreateDeviceRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CreatedDeviceResponse>)> {
+    caller.require_admin()?;
+    let name = validate_name(&req.name)?;
+    if let Some(n) = &req.device_number {
+        validate_device_number(n)?;
+    }
+    let label = validate_label(req.label)?;
+    let (mut device, password) = Device::new(caller.tenant_id, name, req.device_number);
+    device.label = label;
+    state.metadata.create_device(&device).await?;
+    let d = DeviceResponse::from_device(device);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedDeviceResponse {
+            id: d.id,
+            name: d.name,
+            device_number: d.device_number,
+            label: d.label,
+            enabled: d.enabled,
+            online: d.online,
+            last_seen: d.last_seen,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            credentials: NewCredentials {
+                username: d.credentials.username,
+                password,
+            },
+        }),
+    ))
+}
+
+/// Lists the tenant's devices, oldest first.
+#[utoipa::path(
+    get,
+    path = "/devices",
+    tag = "devices",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of devices", body = DeviceList),
+        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_devices(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<axum::Json<DeviceList>> {
+    let page = q.page.unwrap_or(1);
+    if page == 0 {
+        return Err(ApiError::invalid("page", "must be at least 1"));
+    }
+    let page_size = q.page_size.unwrap_or(20);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::invalid(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let offset = (page - 1)
+        .checked_mul(page_size)
+        .filter(|o| *o <= i64::MAX as u64)
+        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    let search = q
+        .search
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    if search.as_ref().is_some_and(|s| s.chars().count() > 255) {
+        return Err(ApiError::invalid(
+            "search",
+            "must be at most 255 characters",
+        ));
+    }
+    let filter = DeviceFilter {
+        search,
+        page: Page {
+            offset,
+            limit: page_size,
+        },
+    };
+    let paged = state
+        .metadata
+        .list_devices(caller.tenant_id, &filter)
+        .await?;
+    Ok(axum::Json(DeviceList {
+        items: paged
+            .items
+            .into_iter()
+            .map(DeviceResponse::from_device)
+            .collect(),
+        total: paged.total,
+    }))
+}
+
+/// One device.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = DeviceResponse),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_device(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+) -> ApiResult<axum::Json<DeviceResponse>> {
+    let device = load_device(&state, &caller, id).await?;
+    Ok(axum::Json(DeviceResponse::from_device(device)))
+}
+
+/// Changes name, label or enabled flag.
+#[utoipa::path(
+    patch,
+    path = "/devices/{id}",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = UpdateDeviceRequest,
+    responses(
+        (status = 200, description = "The updated device", body = DeviceResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not change devices", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn update_device(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Json(req): Json<UpdateDeviceRequest>,
+) -> ApiResult<axum::Json<DeviceResponse>> {
+    caller.require_admin()?;
+    let name = req.name.as_deref().map(validate_name).transpose()?;
+    let label = req.label.map(validate_label).transpose()?;
+    let mut device = load_device(&state, &caller, id).await?;
+    if let Some(name) = name {
+        device.name = name;
+    }
+    if let Some(label) = label {
+        device.label = label;
+    }
+    if let Some(enabled) = req.enabled {
+        device.enabled = enabled;
+    }
+    device.updated_at = now_ms();
+    state.metadata.update_device(&device).await?;
+    // The broker must not keep using a cached copy (e.g. of a now disabled device).
+    invalidate_credentials(&state, &device.credentials.username).await?;
+    Ok(axum::Json(DeviceResponse::from_device(device)))
+}
+
+/// Deletes a device with its attributes and downlink log.
+#[utoipa::path(
+    delete,
+    path = "/devices/{id}",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not delete devices", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete_device(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let device = load_device(&state, &caller, id).await?;
+    state.metadata.delete_device(caller.tenant_id, id).await?;
+    invalidate_credentials(&state, &device.credentials.username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces the device's MQTT credentials; the old ones stop working.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/credentials",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The new credentials; the password is shown only here", body = NewCredentials),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not rotate credentials", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn rotate_credentials(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+) -> ApiResult<axum::Json<NewCredentials>> {
+    caller.require_admin()?;
+    let mut device = load_device(&state, &caller, id).await?;
+    let (credentials, password) = DeviceCredentials::generate();
+    let old = std::mem::replace(&mut device.credentials, credentials);
+    device.updated_at = now_ms();
+    state.metadata.update_device(&device).await?;
+    invalidate_credentials(&state, &old.username).await?;
+    Ok(axum::Json(NewCredentials {
+        username: device.credentials.username,
+        password,
+    }))
+}

@@ -1,0 +1,140 @@
+//! Extractors whose rejections use the API's JSON error format and name the field.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use tp_core::DeviceId;
+
+use crate::error::ApiError;
+
+/// The field a serde error is about: the path to it, else the field named by a
+/// "missing field `x`" / "unknown field `x`" message, else `fallback`.
+fn serde_field(path: &serde_path_to_error::Path, message: &str, fallback: &str) -> String {
+    let p = path.to_string();
+    if p != "." && !p.is_empty() {
+        return p;
+    }
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(rest) = message.split_once(marker).map(|(_, r)| r)
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            return name.to_owned();
+        }
+    }
+    fallback.to_owned()
+}
+
+/// Finds the `serde_path_to_error` error with inner error `E` in a source chain.
+fn find_path_error<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a serde_path_to_error::Error<E>> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<serde_path_to_error::Error<E>>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Finds the innermost error of a chain, for its message.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// JSON request body; rejections become 400 (naming the field), 413 or 415.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Json<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a request with Content-Type: application/json",
+        ),
+        JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            )
+        }
+        JsonRejection::JsonDataError(ref e) => body_error(e),
+        JsonRejection::JsonSyntaxError(ref e) => body_error(e),
+        other => ApiError::invalid("body", other.body_text()),
+    }
+}
+
+fn body_error(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    match find_path_error::<serde_json::Error>(err) {
+        // A type error names its field; malformed JSON is the body's fault.
+        Some(e) if e.inner().is_data() => {
+            let msg = e.inner().to_string();
+            ApiError::invalid(serde_field(e.path(), &msg, "body"), msg)
+        }
+        Some(e) => ApiError::invalid("body", e.inner().to_string()),
+        None => ApiError::invalid("body", innermost(err)),
+    }
+}
+
+/// Query string; rejections become 400 naming the parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rejection) => Err(query_rejection(&rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: &QueryRejection) -> ApiError {
+    match find_path_error::<serde::de::value::Error>(rejection) {
+        Some(e) => {
+            let msg = e.inner().to_string();
+            ApiError::invalid(serde_field(e.path(), &msg, "query"), msg)
+        }
+        None => ApiError::invalid("query", innermost(rejection)),
+    }
+}
+
+/// The `{id}` path parameter of device routes, parsed as a [`DeviceId`]; a malformed
+/// id is a 400 naming `id`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceIdPath(pub(crate) DeviceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeviceIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid("id", r.body_text()))?;
+        uuid::Uuid::parse_str(&raw)
+            .map(|u| DeviceIdPath(DeviceId(u)))
+            .map_err(|e| ApiError::invalid("id", format!("not a valid UUID: {e}")))
+    }
+}

@@ -1,0 +1,95 @@
+//! Route table, request middleware and fallbacks.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::error::{ApiError, ErrorDetail};
+use crate::openapi::{ApiDoc, OPENAPI_PATH};
+use crate::state::AppState;
+
+mod auth;
+mod devices;
+mod extract;
+mod system;
+mod telemetry;
+
+/// Every documented route, with its OpenAPI description (state not yet applied).
+pub(crate) fn api_router() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(devices::create_device, devices::list_devices))
+        .routes(routes!(
+            devices::get_device,
+            devices::update_device,
+            devices::delete_device
+        ))
+        .routes(routes!(devices::rotate_credentials))
+        .routes(routes!(telemetry::latest_telemetry))
+        .routes(routes!(
+            telemetry::telemetry_history,
+            telemetry::delete_telemetry
+        ))
+        .routes(routes!(telemetry::attributes))
+        .routes(routes!(telemetry::events));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", v1)
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi_json))
+}
+
+/// The complete application: every route, the Swagger UI at `/docs`, JSON fallbacks,
+/// request metrics and error logging, with `state` applied.
+pub fn router(state: AppState) -> Router {
+    let (api, _spec) = api_router().split_for_parts();
+    let docs: Router<AppState> = SwaggerUi::new("/docs")
+        .config(Config::new([OPENAPI_PATH]))
+        .into();
+    api.merge(docs)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::http(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// Counts requests by method and status, and logs server-side failures with their detail.
+async fn observe(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    metrics::counter!(
+        "tp_http_requests_total",
+        "method" => method.as_str().to_owned(),
+        "status" => status.as_str().to_owned(),
+    )
+    .increment(1);
+    if let Some(ErrorDetail(detail)) = resp.extensions().get::<ErrorDetail>() {
+        tracing::error!(%method, %path, status = status.as_u16(), error = %detail, "Request failed.");
+    }
+    resp.into_response()
+}
+
+#[cfg(test)]
+mod tests;

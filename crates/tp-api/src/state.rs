@@ -1,0 +1,116 @@
+//! Shared state of the API handlers.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
+
+use crate::auth::{AuthConfig, AuthKeys};
+
+/// A boxed, sendable future (same type as `futures_util::future::BoxFuture<'static, T>`).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A named readiness probe added to `/readyz`, e.g. the MQTT broker's health.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<tp_core::Result<()>> + Send + Sync>;
+
+/// The cache key under which the broker caches a device resolved from its MQTT username
+/// (JSON of [`tp_core::Device`]). The API deletes it whenever a device is deleted,
+/// changed or its credentials are rotated. Same as [`tp_core::credential_cache_key`].
+pub fn device_cred_cache_key(username: &str) -> String {
+    tp_core::credential_cache_key(username)
+}
+
+/// Everything the handlers need: the stores, the cache, the JWT keys and optional
+/// extras (device transport, Prometheus handle, extra readiness checks).
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) metadata: MetadataStoreRef,
+    pub(crate) timeseries: TimeSeriesStoreRef,
+    pub(crate) cache: CacheRef,
+    pub(crate) auth: Arc<AuthKeys>,
+    pub(crate) transport: Option<DeviceTransportRef>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) readiness: Arc<Vec<(&'static str, ReadinessCheck)>>,
+}
+
+impl AppState {
+    /// State over the given backends.
+    ///
+    /// An empty `auth.jwt_secret` is replaced by a random per-process secret (tokens
+    /// then do not survive a restart and are not shared between nodes); a warning is logged.
+    pub fn new(
+        metadata: MetadataStoreRef,
+        timeseries: TimeSeriesStoreRef,
+        cache: CacheRef,
+        auth: AuthConfig,
+    ) -> Self {
+        Self {
+            metadata,
+            timeseries,
+            cache,
+            auth: Arc::new(AuthKeys::new(&auth)),
+            transport: None,
+            metrics: None,
+            readiness: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Adds the transport used by downlink endpoints.
+    pub fn with_transport(mut self, transport: DeviceTransportRef) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Adds the Prometheus handle rendered by `/metrics` (without it `/metrics` is empty).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Adds a named check to `/readyz` (the stores and the cache are always checked).
+    pub fn with_readiness_check(mut self, name: &'static str, check: ReadinessCheck) -> Self {
+        Arc::make_mut(&mut self.readiness).push((name, check));
+        self
+    }
+
+    /// The metadata store.
+    pub fn metadata(&self) -> &MetadataStoreRef {
+        &self.metadata
+    }
+
+    /// The time-series store.
+    pub fn timeseries(&self) -> &TimeSeriesStoreRef {
+        &self.timeseries
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &CacheRef {
+        &self.cache
+    }
+
+    /// The device transport, if one was added.
+    pub fn transport(&self) -> Option<&DeviceTransportRef> {
+        self.transport.as_ref()
+    }
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("metadata", &self.metadata.backend())
+            .field("timeseries", &self.timeseries.backend())
+            .field("cache", &self.cache.backend())
+            .field("transport", &self.transport.as_ref().map(|t| t.name()))
+            .field("metrics", &self.metrics.is_some())
+            .field(
+                "readiness",
+                &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
