@@ -1,1 +1,248 @@
-//! placeholder
+//! # tp-storage
+//!
+//! Storage backends for the traits of `tp-core`, plus the batching writer that sits
+//! between ingest and the time-series store.
+//!
+//! | Trait | Backend | URL |
+//! |---|---|---|
+//! | [`MetadataStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
+//! | [`TimeSeriesStore`] | [`sqlite::SqliteTimeSeriesStore`] | `sqlite://<path>`, `sqlite::memory:` |
+//! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
+//!
+//! SQLite is the embedded default of a single-node installation: WAL mode, one writer
+//! connection, a small pool of readers, migrations embedded in the binary. Every
+//! backend passes the conformance suites of `tp_core::testing`.
+//!
+//! [`open_metadata`], [`open_timeseries`] and [`open_cache`] build a backend from a
+//! URL, which is what configuration files carry. [`writer::BatchWriter`] batches
+//! telemetry in front of a [`TimeSeriesStore`] with a bounded queue.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tp_core::Result<()> {
+//! use tp_core::{DeviceId, TelemetryPoint, Value};
+//!
+//! let ts = tp_storage::open_timeseries("sqlite::memory:").await?;
+//! let device = DeviceId::new();
+//! ts.write(&[
+//!     TelemetryPoint { device_id: device, key: "temp".into(), ts: 2_000, value: Value::Float(21.5) },
+//!     TelemetryPoint { device_id: device, key: "temp".into(), ts: 1_000, value: Value::Float(20.0) },
+//! ])
+//! .await?;
+//! let latest = ts.latest(device, None).await?;
+//! assert_eq!(latest[0].value, Value::Float(21.5));
+//!
+//! let cache = tp_storage::open_cache("memory://?capacity=1000").await?;
+//! assert!(cache.set_nx("lock:job", b"node-1", None).await?);
+//! assert!(!cache.set_nx("lock:job", b"node-2", None).await?);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod sqlite;
+#[cfg(feature = "tdengine")]
+pub mod tdengine;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[cfg(doc)]
+use tp_core::{Cache, MetadataStore, TimeSeriesStore};
+use tp_core::{CacheRef, Error, MetadataStoreRef, Result, TimeSeriesStoreRef};
+
+/// Entries of a `memory://` cache without `?capacity=`.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
+
+/// Where a `sqlite` URL points.
+#[derive(Debug, PartialEq, Eq)]
+enum SqliteTarget {
+    Memory,
+    File(PathBuf),
+}
+
+fn parse_sqlite(url: &str, field: &str) -> Result<SqliteTarget> {
+    let url = url.trim();
+    if matches!(url, "sqlite::memory:" | "sqlite://:memory:") {
+        return Ok(SqliteTarget::Memory);
+    }
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+        return Err(Error::invalid(
+            field,
+            format!(
+                "unsupported URL {url:?} (scheme {scheme:?}): expected sqlite://<path> or sqlite::memory:"
+            ),
+        ));
+    };
+    if path.is_empty() {
+        return Err(Error::invalid(
+            field,
+            format!("{url:?} names no file: expected sqlite://<path>"),
+        ));
+    }
+    if path.contains('?') {
+        return Err(Error::invalid(
+            field,
+            format!("{url:?}: sqlite URLs take no query parameters"),
+        ));
+    }
+    Ok(SqliteTarget::File(PathBuf::from(path)))
+}
+
+/// Opens the metadata store a URL names: `sqlite://<path>` (file and parent
+/// directories created if missing; `sqlite:///abs/path` for absolute paths) or
+/// `sqlite::memory:`.
+///
+/// # Errors
+/// [`Error::Invalid`] (field `storage.metadata`) for an unsupported or malformed URL;
+/// backend errors when the store cannot be opened.
+pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
+    Ok(match parse_sqlite(url, "storage.metadata")? {
+        SqliteTarget::Memory => Arc::new(sqlite::SqliteMetadataStore::in_memory().await?),
+        SqliteTarget::File(path) => Arc::new(sqlite::SqliteMetadataStore::open(&path).await?),
+    })
+}
+
+/// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`].
+///
+/// # Errors
+/// [`Error::Invalid`] (field `storage.timeseries`) for an unsupported or malformed URL;
+/// backend errors when the store cannot be opened.
+pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
+    Ok(match parse_sqlite(url, "storage.timeseries")? {
+        SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),
+        SqliteTarget::File(path) => Arc::new(sqlite::SqliteTimeSeriesStore::open(&path).await?),
+    })
+}
+
+/// Opens the cache a URL names: `memory://` or `memory://?capacity=N` (entries).
+///
+/// # Errors
+/// [`Error::Invalid`] (field `storage.cache`) for an unsupported or malformed URL.
+pub async fn open_cache(url: &str) -> Result<CacheRef> {
+    const FIELD: &str = "storage.cache";
+    let url = url.trim();
+    let Some(rest) = url.strip_prefix("memory://") else {
+        return Err(Error::invalid(
+            FIELD,
+            format!("unsupported URL {url:?}: expected memory:// or memory://?capacity=N"),
+        ));
+    };
+    let mut capacity = DEFAULT_CACHE_CAPACITY;
+    match rest.split_once('?') {
+        None if rest.is_empty() => {}
+        Some(("", query)) => {
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("capacity", n)) => {
+                        capacity = n.parse().map_err(|_| {
+                            Error::invalid(
+                                FIELD,
+                                format!("{url:?}: capacity must be a whole number, got {n:?}"),
+                            )
+                        })?;
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            FIELD,
+                            format!("{url:?}: unknown parameter {pair:?} (supported: capacity)"),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(Error::invalid(
+                FIELD,
+                format!("{url:?}: a memory cache has no host or path"),
+            ));
+        }
+    }
+    Ok(Arc::new(memory::MemoryCache::new(capacity)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn invalid_field<T: std::fmt::Debug>(r: Result<T>) -> String {
+        match r {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(
+            parse_sqlite("sqlite::memory:", "f").expect("ok"),
+            SqliteTarget::Memory
+        );
+        assert_eq!(
+            parse_sqlite("sqlite:///var/lib/tp/meta.db", "f").expect("ok"),
+            SqliteTarget::File("/var/lib/tp/meta.db".into())
+        );
+        assert_eq!(
+            parse_sqlite("sqlite://data/meta.db", "f").expect("ok"),
+            SqliteTarget::File("data/meta.db".into())
+        );
+        for bad in [
+            "postgres://x/y",
+            "sqlite://",
+            "sqlite://a.db?mode=ro",
+            "",
+            "meta.db",
+        ] {
+            assert_eq!(invalid_field(parse_sqlite(bad, "f")), "f", "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_by_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/tp.db");
+        let url = format!("sqlite://{}", path.display());
+        let meta = open_metadata(&url).await.expect("metadata");
+        let ts = open_timeseries(&url).await.expect("timeseries");
+        meta.healthcheck().await.expect("healthy");
+        ts.healthcheck().await.expect("healthy");
+        assert!(path.exists());
+        open_metadata("sqlite::memory:").await.expect("memory");
+
+        assert_eq!(
+            invalid_field(open_metadata("redis://localhost").await),
+            "storage.metadata"
+        );
+        assert_eq!(
+            invalid_field(open_timeseries("taos+ws://localhost").await),
+            "storage.timeseries"
+        );
+    }
+
+    #[tokio::test]
+    async fn cache_urls() {
+        open_cache("memory://").await.expect("default");
+        open_cache("memory://?capacity=10").await.expect("capacity");
+        for bad in [
+            "redis://localhost",
+            "memory://?capacity=lots",
+            "memory://?size=1",
+            "memory://host",
+        ] {
+            assert_eq!(
+                invalid_field(open_cache(bad).await),
+                "storage.cache",
+                "{bad}"
+            );
+        }
+    }
+}

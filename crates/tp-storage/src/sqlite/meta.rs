@@ -1,0 +1,752 @@
+//! [`SqliteMetadataStore`].
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tp_core::{
+    CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, Error, KeyValue,
+    MetadataStore, Page, Paged, ProfileId, Result, Tenant, TenantId, Timestamp, User, UserId,
+};
+use uuid::Uuid;
+
+use super::error::{self, SqliteError, conflict, db};
+use super::{Pools, ROWS_PER_INSERT, like_escape, migrator, to_i64, value};
+
+/// [`MetadataStore`] on SQLite.
+///
+/// Ids are stored as UUID text, emails lower-case. `update_device` replaces every
+/// field except `id`, `tenant_id`, `created_at`, `online` and `last_seen` (the last two
+/// belong to [`MetadataStore::set_device_online`]). Device search is case-insensitive
+/// for ASCII letters.
+#[derive(Debug)]
+pub struct SqliteMetadataStore {
+    pools: Pools,
+}
+
+impl SqliteMetadataStore {
+    /// Opens (creating if missing, with parent directories) the database file at
+    /// `path` and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the file cannot be created or opened or a migration fails.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let m = migrator(sqlx::migrate!("./migrations/sqlite_meta"));
+        Ok(Self {
+            pools: Pools::open_file(path, &m).await?,
+        })
+    }
+
+    /// A private in-memory database, dropped with the store (tests, demos).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when SQLite cannot be initialised.
+    pub async fn in_memory() -> Result<Self> {
+        let m = migrator(sqlx::migrate!("./migrations/sqlite_meta"));
+        Ok(Self {
+            pools: Pools::open_memory(&m).await?,
+        })
+    }
+}
+
+fn uuid_col(row: &SqliteRow, col: &'static str) -> std::result::Result<Uuid, SqliteError> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| SqliteError::decode(col, e))
+}
+
+fn opt_uuid_col(
+    row: &SqliteRow,
+    col: &'static str,
+) -> std::result::Result<Option<Uuid>, SqliteError> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| Uuid::parse_str(&s).map_err(|e| SqliteError::decode(col, e)))
+        .transpose()
+}
+
+fn parse_col<T: FromStr<Err = Error>>(
+    row: &SqliteRow,
+    col: &'static str,
+) -> std::result::Result<T, SqliteError> {
+    let s: String = row.try_get(col)?;
+    T::from_str(&s).map_err(|e| SqliteError::decode(col, e))
+}
+
+fn json_col(
+    row: &SqliteRow,
+    col: &'static str,
+) -> std::result::Result<Option<serde_json::Value>, SqliteError> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| serde_json::from_str(&s).map_err(|e| SqliteError::decode(col, e)))
+        .transpose()
+}
+
+fn tenant_from_row(row: &SqliteRow) -> std::result::Result<Tenant, SqliteError> {
+    Ok(Tenant {
+        id: TenantId(uuid_col(row, "id")?),
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> std::result::Result<User, SqliteError> {
+    Ok(User {
+        id: UserId(uuid_col(row, "id")?),
+        tenant_id: TenantId(uuid_col(row, "tenant_id")?),
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        role: parse_col(row, "role")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn device_from_row(row: &SqliteRow) -> std::result::Result<Device, SqliteError> {
+    Ok(Device {
+        id: DeviceId(uuid_col(row, "id")?),
+        tenant_id: TenantId(uuid_col(row, "tenant_id")?),
+        name: row.try_get("name")?,
+        device_number: row.try_get("device_number")?,
+        credentials: DeviceCredentials {
+            username: row.try_get("username")?,
+            password_hash: row.try_get("password_hash")?,
+        },
+        profile_id: opt_uuid_col(row, "profile_id")?.map(ProfileId),
+        parent_id: opt_uuid_col(row, "parent_id")?.map(DeviceId),
+        sub_device_addr: row.try_get("sub_device_addr")?,
+        label: row.try_get("label")?,
+        enabled: row.try_get("enabled")?,
+        online: row.try_get("online")?,
+        last_seen: row.try_get("last_seen")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn command_from_row(row: &SqliteRow) -> std::result::Result<CommandLog, SqliteError> {
+    Ok(CommandLog {
+        id: CommandId(uuid_col(row, "id")?),
+        tenant_id: TenantId(uuid_col(row, "tenant_id")?),
+        device_id: DeviceId(uuid_col(row, "device_id")?),
+        message_id: row.try_get("message_id")?,
+        kind: parse_col(row, "kind")?,
+        payload: json_col(row, "payload")?.unwrap_or(serde_json::Value::Null),
+        status: parse_col(row, "status")?,
+        response: json_col(row, "response")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn attribute_from_row(row: &SqliteRow) -> std::result::Result<KeyValue, SqliteError> {
+    Ok(KeyValue {
+        key: row.try_get("key")?,
+        ts: row.try_get("ts")?,
+        value: value::decode(row)?,
+    })
+}
+
+/// Decodes rows, mapping the first failure.
+fn decode_all<T>(
+    rows: &[SqliteRow],
+    f: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
+) -> Result<Vec<T>> {
+    rows.iter().map(|r| f(r).map_err(Error::from)).collect()
+}
+
+fn decode_opt<T>(
+    row: Option<SqliteRow>,
+    f: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
+) -> Result<Option<T>> {
+    row.as_ref().map(|r| f(r).map_err(Error::from)).transpose()
+}
+
+macro_rules! device_cols {
+    () => {
+        "id, tenant_id, name, device_number, username, password_hash, profile_id, parent_id, \
+         sub_device_addr, label, enabled, online, last_seen, created_at, updated_at"
+    };
+}
+
+macro_rules! user_cols {
+    () => {
+        "id, tenant_id, email, name, password_hash, role, created_at"
+    };
+}
+
+macro_rules! command_cols {
+    () => {
+        "id, tenant_id, device_id, message_id, kind, payload, status, response, created_at, \
+         updated_at, expires_at"
+    };
+}
+
+/// Which value of a device a unique violation is about.
+fn device_conflict(device: &Device) -> impl FnOnce(&str) -> String + '_ {
+    move |msg| {
+        if msg.contains("devices.device_number") {
+            device.device_number.clone()
+        } else if msg.contains("devices.username") {
+            device.credentials.username.clone()
+        } else {
+            device.id.to_string()
+        }
+    }
+}
+
+fn paging(page: Page) -> (i64, i64) {
+    (to_i64(page.limit), to_i64(page.offset))
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadataStore {
+    fn backend(&self) -> &'static str {
+        error::BACKEND
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        self.pools.healthcheck().await
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(tenant.id.to_string())
+            .bind(&tenant.name)
+            .bind(tenant.created_at)
+            .execute(&self.pools.writer)
+            .await
+            .map_err(|e| conflict(e, "tenant", |_| tenant.id.to_string()))?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        decode_opt(row, tenant_from_row)
+    }
+
+    async fn list_tenants(&self, page: Page) -> Result<Paged<Tenant>> {
+        let (limit, offset) = paging(page);
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM tenants ORDER BY created_at, id LIMIT ? OFFSET ?",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
+            .fetch_one(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, tenant_from_row)?,
+            total: total.unsigned_abs(),
+        })
+    }
+
+    async fn create_user(&self, user: &User) -> Result<()> {
+        let email = user.email.to_lowercase();
+        sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_cols!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(user.id.to_string())
+        .bind(user.tenant_id.to_string())
+        .bind(&email)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.created_at)
+        .execute(&self.pools.writer)
+        .await
+        .map_err(|e| {
+            conflict(e, "user", |msg| {
+                if msg.contains("users.email") {
+                    email.clone()
+                } else {
+                    user.id.to_string()
+                }
+            })
+        })?;
+        Ok(())
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>> {
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        decode_opt(row, user_from_row)
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE email = ?"
+        ))
+        .bind(email.to_lowercase())
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, user_from_row)
+    }
+
+    async fn update_user(&self, user: &User) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE users SET name = ?, password_hash = ?, role = ? WHERE id = ?")
+                .bind(&user.name)
+                .bind(&user.password_hash)
+                .bind(user.role.as_str())
+                .bind(user.id.to_string())
+                .execute(&self.pools.writer)
+                .await
+                .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("user", user.id));
+        }
+        Ok(())
+    }
+
+    async fn delete_user(&self, tenant: TenantId, id: UserId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM users WHERE id = ? AND tenant_id = ?")
+            .bind(id.to_string())
+            .bind(tenant.to_string())
+            .execute(&self.pools.writer)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("user", id));
+        }
+        Ok(())
+    }
+
+    async fn list_users(&self, tenant: TenantId, page: Page) -> Result<Paged<User>> {
+        let (limit, offset) = paging(page);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE tenant_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?"
+        ))
+        .bind(tenant.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = ?")
+            .bind(tenant.to_string())
+            .fetch_one(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, user_from_row)?,
+            total: total.unsigned_abs(),
+        })
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        Ok(total.unsigned_abs())
+    }
+
+    async fn create_device(&self, device: &Device) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO devices (",
+            device_cols!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(device.id.to_string())
+        .bind(device.tenant_id.to_string())
+        .bind(&device.name)
+        .bind(&device.device_number)
+        .bind(&device.credentials.username)
+        .bind(&device.credentials.password_hash)
+        .bind(device.profile_id.map(|p| p.to_string()))
+        .bind(device.parent_id.map(|p| p.to_string()))
+        .bind(&device.sub_device_addr)
+        .bind(&device.label)
+        .bind(device.enabled)
+        .bind(device.online)
+        .bind(device.last_seen)
+        .bind(device.created_at)
+        .bind(device.updated_at)
+        .execute(&self.pools.writer)
+        .await
+        .map_err(|e| conflict(e, "device", device_conflict(device)))?;
+        Ok(())
+    }
+
+    async fn get_device(&self, tenant: TenantId, id: DeviceId) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE id = ? AND tenant_id = ?"
+        ))
+        .bind(id.to_string())
+        .bind(tenant.to_string())
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
+    async fn get_device_by_id(&self, id: DeviceId) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
+    async fn get_device_by_username(&self, username: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE username = ?"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
+    async fn get_device_by_number(&self, device_number: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE device_number = ?"
+        ))
+        .bind(device_number)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
+    async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>> {
+        let (limit, offset) = paging(filter.page);
+        let pattern = filter
+            .search
+            .as_deref()
+            .map(|s| format!("%{}%", like_escape(&s.to_lowercase())));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE tenant_id = ? AND (? IS NULL \
+             OR lower(name) LIKE ? ESCAPE '\\' OR lower(device_number) LIKE ? ESCAPE '\\') \
+             ORDER BY created_at, id LIMIT ? OFFSET ?"
+        ))
+        .bind(tenant.to_string())
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM devices WHERE tenant_id = ? AND (? IS NULL \
+             OR lower(name) LIKE ? ESCAPE '\\' OR lower(device_number) LIKE ? ESCAPE '\\')",
+        )
+        .bind(tenant.to_string())
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .fetch_one(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, device_from_row)?,
+            total: total.unsigned_abs(),
+        })
+    }
+
+    async fn update_device(&self, device: &Device) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE devices SET name = ?, device_number = ?, username = ?, password_hash = ?, \
+             profile_id = ?, parent_id = ?, sub_device_addr = ?, label = ?, enabled = ?, \
+             updated_at = ? WHERE id = ? AND tenant_id = ?",
+        )
+        .bind(&device.name)
+        .bind(&device.device_number)
+        .bind(&device.credentials.username)
+        .bind(&device.credentials.password_hash)
+        .bind(device.profile_id.map(|p| p.to_string()))
+        .bind(device.parent_id.map(|p| p.to_string()))
+        .bind(&device.sub_device_addr)
+        .bind(&device.label)
+        .bind(device.enabled)
+        .bind(device.updated_at)
+        .bind(device.id.to_string())
+        .bind(device.tenant_id.to_string())
+        .execute(&self.pools.writer)
+        .await
+        .map_err(|e| conflict(e, "device", device_conflict(device)))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("device", device.id));
+        }
+        Ok(())
+    }
+
+    async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()> {
+        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let done = sqlx::query("DELETE FROM devices WHERE id = ? AND tenant_id = ?")
+            .bind(id.to_string())
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("device", id));
+        }
+        for sql in [
+            "DELETE FROM attributes WHERE device_id = ?",
+            "DELETE FROM commands WHERE device_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn set_device_online(&self, id: DeviceId, online: bool, at: Timestamp) -> Result<()> {
+        let done = sqlx::query("UPDATE devices SET online = ?, last_seen = ? WHERE id = ?")
+            .bind(online)
+            .bind(at)
+            .bind(id.to_string())
+            .execute(&self.pools.writer)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("device", id));
+        }
+        Ok(())
+    }
+
+    async fn upsert_attributes(&self, device: DeviceId, attrs: &[KeyValue]) -> Result<()> {
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        let device = device.to_string();
+        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        for chunk in attrs.chunks(ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO attributes (device_id, key, ts, vtype, v_int, v_real, v_text) ",
+            );
+            qb.push_values(chunk, |mut row, kv| {
+                let v = value::encode(&kv.value);
+                row.push_bind(device.clone())
+                    .push_bind(kv.key.clone())
+                    .push_bind(kv.ts)
+                    .push_bind(v.tag)
+                    .push_bind(v.int)
+                    .push_bind(v.real)
+                    .push_bind(v.text);
+            });
+            qb.push(
+                " ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, \
+                 vtype = excluded.vtype, v_int = excluded.v_int, v_real = excluded.v_real, \
+                 v_text = excluded.v_text WHERE excluded.ts >= attributes.ts",
+            );
+            qb.build().execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_attributes(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<KeyValue>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT key, ts, vtype, v_int, v_real, v_text FROM attributes WHERE device_id = ",
+        );
+        qb.push_bind(device.to_string());
+        if let Some(keys) = keys {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND key IN (");
+            let mut list = qb.separated(", ");
+            for k in keys {
+                list.push_bind(k.clone());
+            }
+            list.push_unseparated(")");
+        }
+        qb.push(" ORDER BY key");
+        let rows = qb.build().fetch_all(&self.pools.reader).await.map_err(db)?;
+        decode_all(&rows, attribute_from_row)
+    }
+
+    async fn create_command(&self, command: &CommandLog) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO commands (",
+            command_cols!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(command.id.to_string())
+        .bind(command.tenant_id.to_string())
+        .bind(command.device_id.to_string())
+        .bind(&command.message_id)
+        .bind(command.kind.as_str())
+        .bind(command.payload.to_string())
+        .bind(command.status.as_str())
+        .bind(command.response.as_ref().map(|r| r.to_string()))
+        .bind(command.created_at)
+        .bind(command.updated_at)
+        .bind(command.expires_at)
+        .execute(&self.pools.writer)
+        .await
+        .map_err(|e| conflict(e, "command", |_| command.id.to_string()))?;
+        Ok(())
+    }
+
+    async fn update_command(&self, command: &CommandLog) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE commands SET status = ?, response = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(command.status.as_str())
+        .bind(command.response.as_ref().map(|r| r.to_string()))
+        .bind(command.updated_at)
+        .bind(command.id.to_string())
+        .execute(&self.pools.writer)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("command", command.id));
+        }
+        Ok(())
+    }
+
+    async fn get_command_by_message_id(
+        &self,
+        device: DeviceId,
+        message_id: &str,
+    ) -> Result<Option<CommandLog>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE device_id = ? AND message_id = ? \
+              ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(device.to_string())
+        .bind(message_id)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, command_from_row)
+    }
+
+    async fn list_commands(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: Page,
+    ) -> Result<Paged<CommandLog>> {
+        let (limit, offset) = paging(page);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE tenant_id = ? AND device_id = ? \
+              ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(tenant.to_string())
+        .bind(device.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM commands WHERE tenant_id = ? AND device_id = ?",
+        )
+        .bind(tenant.to_string())
+        .bind(device.to_string())
+        .fetch_one(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, command_from_row)?,
+            total: total.unsigned_abs(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn emails_are_case_insensitive() {
+        let store = SqliteMetadataStore::in_memory().await.expect("open");
+        let user = User {
+            id: UserId::new(),
+            tenant_id: TenantId::new(),
+            email: "Alice@Example.COM".into(),
+            name: "Alice".into(),
+            password_hash: "h".into(),
+            role: tp_core::Role::TenantAdmin,
+            created_at: 1,
+        };
+        store.create_user(&user).await.expect("create");
+        let got = store
+            .get_user_by_email("ALICE@example.com")
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(got.email, "alice@example.com");
+        let mut dup = user.clone();
+        dup.id = UserId::new();
+        dup.email = "alice@EXAMPLE.com".into();
+        match store.create_user(&dup).await {
+            Err(Error::AlreadyExists { entity, id }) => {
+                assert_eq!((entity, id.as_str()), ("user", "alice@example.com"));
+            }
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn device_conflicts_name_the_value() {
+        let store = SqliteMetadataStore::in_memory().await.expect("open");
+        let (a, _) = Device::new(TenantId::new(), "a".into(), Some("num-a".into()));
+        store.create_device(&a).await.expect("create");
+        let (mut b, _) = Device::new(TenantId::new(), "b".into(), Some("num-a".into()));
+        match store.create_device(&b).await {
+            Err(Error::AlreadyExists { entity, id }) => {
+                assert_eq!((entity, id.as_str()), ("device", "num-a"))
+            }
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        b.device_number = "num-b".into();
+        b.credentials.username = a.credentials.username.clone();
+        match store.create_device(&b).await {
+            Err(Error::AlreadyExists { entity, id }) => {
+                assert_eq!((entity, id), ("device", a.credentials.username.clone()));
+            }
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+    }
+}

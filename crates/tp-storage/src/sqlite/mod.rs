@@ -1,0 +1,157 @@
+//! SQLite backends: the embedded default of a single-node installation.
+//!
+//! - [`SqliteMetadataStore`]: tenants, users, devices, attributes, downlink log.
+//! - [`SqliteTimeSeriesStore`]: telemetry history (`ts_kv`, a `WITHOUT ROWID` table keyed
+//!   by `(device_id, key, ts)`), latest values (`ts_latest`) and events.
+//!
+//! Both open a database file in WAL mode with `synchronous = NORMAL` and a busy
+//! timeout, write through a single-connection pool (SQLite has one writer) and read
+//! through a small pool of readers. Both may use the same file: their migrations use
+//! disjoint version ranges. `in_memory()` keeps a private in-memory database alive for
+//! the life of the store and serves reads and writes through one connection.
+
+mod error;
+mod meta;
+mod timeseries;
+mod value;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use tokio::sync::Mutex;
+
+pub use meta::SqliteMetadataStore;
+pub use timeseries::SqliteTimeSeriesStore;
+
+use error::SqliteError;
+
+/// How long a statement waits for the write lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the read pool of a file database.
+const READERS: u32 = 4;
+
+/// The connections of one SQLite database.
+#[derive(Debug)]
+struct Pools {
+    /// The only connection that writes.
+    writer: SqlitePool,
+    /// Connections for reads (the writer pool itself for in-memory databases).
+    reader: SqlitePool,
+    /// Keeps an in-memory database alive while the store exists.
+    _anchor: Option<Mutex<SqliteConnection>>,
+}
+
+impl Pools {
+    async fn open_file(path: &Path, migrator: &Migrator) -> tp_core::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| SqliteError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(SqliteError::from)?;
+        migrator.run(&writer).await.map_err(SqliteError::from)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(SqliteError::from)?;
+        Ok(Self {
+            writer,
+            reader,
+            _anchor: None,
+        })
+    }
+
+    async fn open_memory(migrator: &Migrator) -> tp_core::Result<Self> {
+        // `sqlite::memory:` names a fresh shared-cache in-memory database; it lives as
+        // long as one connection to it is open, so the anchor holds one.
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(SqliteError::from)?
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let anchor = options.connect().await.map_err(SqliteError::from)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(SqliteError::from)?;
+        migrator.run(&pool).await.map_err(SqliteError::from)?;
+        Ok(Self {
+            writer: pool.clone(),
+            reader: pool,
+            _anchor: Some(Mutex::new(anchor)),
+        })
+    }
+
+    async fn healthcheck(&self) -> tp_core::Result<()> {
+        for pool in [&self.reader, &self.writer] {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(error::db)?;
+        }
+        Ok(())
+    }
+}
+
+/// A migrator that tolerates the other store's migrations in a shared file.
+fn migrator(mut m: Migrator) -> Migrator {
+    m.set_ignore_missing(true);
+    m
+}
+
+/// Rows per multi-row `INSERT`: 7 bound values per row stays far below SQLite's
+/// variable limit (32 766), and full chunks reuse one prepared statement.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Clamps a `u64` count to SQLite's `INTEGER`.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Escapes `\`, `%` and `_` for a `LIKE .. ESCAPE '\'` pattern.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_escape(r"a%b_c\d"), r"a\%b\_c\\d");
+        assert_eq!(to_i64(u64::MAX), i64::MAX);
+    }
+}

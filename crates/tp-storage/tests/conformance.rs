@@ -1,0 +1,118 @@
+//! Every backend of this crate against the conformance suites of `tp_core::testing`.
+
+use std::sync::Arc;
+
+use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_storage::memory::MemoryCache;
+use tp_storage::sqlite::{SqliteMetadataStore, SqliteTimeSeriesStore};
+
+/// A database file in a fresh temporary directory, removed when the test ends.
+struct TempDb {
+    dir: tempfile::TempDir,
+}
+
+impl TempDb {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("db/tp.db")
+    }
+}
+
+/// Keeps the temporary directory alive as long as the store.
+struct Held<S: ?Sized> {
+    store: Arc<S>,
+    _dir: Option<TempDb>,
+}
+
+impl<S: ?Sized> std::ops::Deref for Held<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.store
+    }
+}
+
+async fn sqlite_meta_file() -> Option<Held<dyn tp_core::MetadataStore>> {
+    let db = TempDb::new();
+    let store: MetadataStoreRef =
+        Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+    Some(Held {
+        store,
+        _dir: Some(db),
+    })
+}
+
+async fn sqlite_ts_file() -> Option<Held<dyn tp_core::TimeSeriesStore>> {
+    let db = TempDb::new();
+    let store: TimeSeriesStoreRef =
+        Arc::new(SqliteTimeSeriesStore::open(&db.path()).await.expect("open"));
+    Some(Held {
+        store,
+        _dir: Some(db),
+    })
+}
+
+mod sqlite_file_metadata {
+    tp_core::metadata_conformance!(super::sqlite_meta_file());
+}
+
+mod sqlite_file_timeseries {
+    tp_core::timeseries_conformance!(super::sqlite_ts_file());
+}
+
+mod sqlite_memory_metadata {
+    use super::*;
+    tp_core::metadata_conformance!(async {
+        let store: MetadataStoreRef =
+            Arc::new(SqliteMetadataStore::in_memory().await.expect("open"));
+        Some(store)
+    });
+}
+
+mod sqlite_memory_timeseries {
+    use super::*;
+    tp_core::timeseries_conformance!(async {
+        let store: TimeSeriesStoreRef =
+            Arc::new(SqliteTimeSeriesStore::in_memory().await.expect("open"));
+        Some(store)
+    });
+}
+
+/// Through URL dispatch, metadata and time series sharing one file.
+mod sqlite_url_shared_file {
+    use super::*;
+
+    async fn shared() -> Option<Held<dyn tp_core::TimeSeriesStore>> {
+        let db = TempDb::new();
+        let url = format!("sqlite://{}", db.path().display());
+        let _meta = tp_storage::open_metadata(&url).await.expect("metadata");
+        let store = tp_storage::open_timeseries(&url).await.expect("timeseries");
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    }
+
+    tp_core::timeseries_conformance!(shared());
+}
+
+mod memory_cache {
+    use super::*;
+    tp_core::cache_conformance!(async {
+        let cache: CacheRef = Arc::new(MemoryCache::new(10_000));
+        Some(cache)
+    });
+}
+
+mod memory_cache_by_url {
+    tp_core::cache_conformance!(async {
+        Some(
+            tp_storage::open_cache("memory://?capacity=1000")
+                .await
+                .expect("open"),
+        )
+    });
+}
