@@ -29,7 +29,7 @@ use tp_core::{
 };
 
 /// Internal topic every accepted device publish is rewritten to.
-pub(crate) const INGEST_TOPIC: &str = "$tp/ingest";
+pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
 
 /// A session opened or closed.
 #[derive(Debug, Clone)]

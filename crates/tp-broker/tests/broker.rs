@@ -84,7 +84,7 @@ async fn wait_consumed(node: &TestBroker, at_least: u64) {
 async fn publishing_outside_the_acl_closes_the_connection_and_stores_nothing() {
     let node = TestBroker::start(|_| {}).await;
     let (device, password) = node.create_device().await;
-    for topic in ["devices/status/x", "$tp/ingest", "other/topic", "devices/telemetry/control/x", "devices/attributes/+"] {
+    for topic in ["devices/status/x", "tp-internal/ingest", "other/topic", "devices/telemetry/control/x", "devices/attributes/+"] {
         let mut client = node.connect(&device, &password).await.unwrap();
         let result = client.publish(topic, r#"{"temp":1}"#).await;
         assert!(result.is_err(), "{topic} was acknowledged");
@@ -105,7 +105,7 @@ async fn subscribing_to_another_devices_topics_is_refused() {
     client.subscribe(&[&own]).await.unwrap();
     // every filter of one SUBSCRIBE is checked, not only the first
     assert!(client.subscribe(&[&own, &theirs]).await.is_err());
-    for filter in ["devices/command/+/+", "#", "devices/#", "$tp/ingest"] {
+    for filter in ["devices/command/+/+", "#", "devices/#", "tp-internal/ingest"] {
         let mut client = node.connect(&device, &password).await.unwrap();
         assert!(client.subscribe(&[filter]).await.is_err(), "{filter} was granted");
     }
