@@ -10,15 +10,25 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 use tp_core::{
-    Cache, DeviceEvent, DeviceId, KeyValue, MetadataStore, Role, TelemetryPoint, Tenant, TenantId,
-    TimeSeriesStore, User, UserId, Value, now_ms,
+    CacheRef, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, Role, TelemetryPoint, Tenant,
+    TenantId, TimeSeriesStoreRef, User, UserId, Value, now_ms,
 };
 
 use crate::auth::{AuthConfig, bootstrap_admin, hash_password};
 use crate::state::{AppState, ReadinessCheck, device_cred_cache_key};
 
 mod mem;
-use mem::{MemCache, MemMetadata, MemTimeSeries};
+use mem::SwitchableCache;
+use tp_storage::memory::MemoryCache;
+use tp_storage::sqlite::{SqliteMetadataStore, SqliteTimeSeriesStore};
+
+async fn sqlite_meta() -> Result<MetadataStoreRef> {
+    Ok(Arc::new(SqliteMetadataStore::in_memory().await?))
+}
+
+async fn sqlite_ts() -> Result<TimeSeriesStoreRef> {
+    Ok(Arc::new(SqliteTimeSeriesStore::in_memory().await?))
+}
 
 const SECRET: &str = "test-secret-test-secret-test-secret";
 const ADMIN_EMAIL: &str = "admin@example.com";
@@ -26,14 +36,14 @@ const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 struct Harness {
     app: Router,
-    meta: Arc<MemMetadata>,
-    ts: Arc<MemTimeSeries>,
-    cache: Arc<MemCache>,
+    meta: MetadataStoreRef,
+    ts: TimeSeriesStoreRef,
+    cache: CacheRef,
     /// Token of the bootstrap SYS_ADMIN of tenant "default".
     token: String,
 }
 
-fn state(meta: &Arc<MemMetadata>, ts: &Arc<MemTimeSeries>, cache: &Arc<MemCache>) -> AppState {
+fn state(meta: &MetadataStoreRef, ts: &TimeSeriesStoreRef, cache: &CacheRef) -> AppState {
     AppState::new(
         meta.clone(),
         ts.clone(),
@@ -46,14 +56,22 @@ fn state(meta: &Arc<MemMetadata>, ts: &Arc<MemTimeSeries>, cache: &Arc<MemCache>
 }
 
 impl Harness {
+    /// The API over in-memory SQLite stores and the moka cache.
     async fn new() -> Result<Self> {
         Self::with(|s| s).await
     }
 
     async fn with(customize: impl FnOnce(AppState) -> AppState) -> Result<Self> {
-        let meta = Arc::new(MemMetadata::default());
-        let ts = Arc::new(MemTimeSeries::default());
-        let cache = Arc::new(MemCache::default());
+        let cache: CacheRef = Arc::new(MemoryCache::new(10_000));
+        Self::over(sqlite_meta().await?, sqlite_ts().await?, cache, customize).await
+    }
+
+    async fn over(
+        meta: MetadataStoreRef,
+        ts: TimeSeriesStoreRef,
+        cache: CacheRef,
+        customize: impl FnOnce(AppState) -> AppState,
+    ) -> Result<Self> {
         let created = bootstrap_admin(
             meta.as_ref(),
             Some(ADMIN_EMAIL.into()),
@@ -222,7 +240,7 @@ async fn api_routes_need_a_valid_bearer_token() -> Result<()> {
         assert_error(&got, 401, "unauthenticated", None);
     }
     // Signed with another secret.
-    let meta = Arc::new(MemMetadata::default());
+    let meta = sqlite_meta().await?;
     let other = crate::auth::AuthKeys::new(&AuthConfig {
         jwt_secret: "another-secret".into(),
         token_ttl_secs: 60,
@@ -315,8 +333,9 @@ async fn login_issues_tokens_and_does_not_enumerate_users() -> Result<()> {
 
 #[tokio::test]
 async fn bootstrap_generates_a_password_once() -> Result<()> {
-    let meta = MemMetadata::default();
-    let (email, password) = bootstrap_admin(&meta, None, None)
+    let meta = sqlite_meta().await?;
+    let meta = meta.as_ref();
+    let (email, password) = bootstrap_admin(meta, None, None)
         .await?
         .context("created")?;
     assert_eq!(email, "admin@thingspanel.local");
@@ -327,7 +346,7 @@ async fn bootstrap_generates_a_password_once() -> Result<()> {
     let tenant = meta.get_tenant(user.tenant_id).await?.context("tenant")?;
     assert_eq!(tenant.name, "default");
     assert!(crate::auth::verify_password(password, Some(user.password_hash)).await?);
-    assert_eq!(bootstrap_admin(&meta, None, None).await?, None);
+    assert_eq!(bootstrap_admin(meta, None, None).await?, None);
     assert_eq!(meta.count_users().await?, 1);
     Ok(())
 }
@@ -966,7 +985,14 @@ async fn health_readiness_and_metrics() -> Result<()> {
         })
     });
     let passing: ReadinessCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let h = Harness::with(|s| s.with_readiness_check("broker", passing)).await?;
+    let cache = Arc::new(SwitchableCache::new());
+    let h = Harness::over(
+        sqlite_meta().await?,
+        sqlite_ts().await?,
+        cache.clone(),
+        |s| s.with_readiness_check("broker", passing),
+    )
+    .await?;
 
     let (status, body) = h.call("GET", "/healthz", None, None).await?;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
@@ -976,7 +1002,7 @@ async fn health_readiness_and_metrics() -> Result<()> {
         body,
         json!({"status": "ready", "checks": {"broker": "ok", "cache": "ok", "metadata": "ok", "timeseries": "ok"}})
     );
-    h.cache.down.store(true, Ordering::SeqCst);
+    cache.down.store(true, Ordering::SeqCst);
     let (status, body) = h.call("GET", "/readyz", None, None).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "not_ready");
