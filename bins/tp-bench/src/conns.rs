@@ -1,0 +1,101 @@
+//! Idle authenticated connections: how many one node holds, how fast they connect,
+//! and the server's memory per connection. Uses bare TCP sockets with an encoded
+//! CONNECT (rumqttc's codec) so the load generator itself stays small per connection.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{Api, BenchDevice, Report, ServerProbe, now_ms, progress, sleep_until};
+use crate::scenarios::ApiOpts;
+
+/// Options of the connections scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ConnOpts {
+    /// MQTT port of the server under test (connections spread over 127.0.0.1..N).
+    #[arg(long, default_value_t = 1883)]
+    pub(crate) port: u16,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connections: usize,
+    /// Distinct loopback destination addresses (each gives ~28k ephemeral ports).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) addresses: u8,
+    /// New connections per second.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) connect_rate: u64,
+    /// Seconds to hold the connections open before measuring memory.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) hold: u64,
+    /// PID of the server process.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+}
+
+async fn open(addr: SocketAddr, device: &BenchDevice) -> anyhow::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut connect = rumqttc::Connect::new(format!("mqtt_{}", device.number));
+    connect.keep_alive = 600;
+    connect.set_login(device.username.clone(), device.password.clone());
+    let mut buf = BytesMut::new();
+    connect.write(&mut buf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    stream.write_all(&buf).await?;
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await?;
+    anyhow::ensure!(ack[0] == 0x20 && ack[3] == 0, "CONNACK refused: {ack:?}");
+    Ok(stream)
+}
+
+pub(crate) async fn connections(opts: ConnOpts, api_opts: ApiOpts) -> anyhow::Result<Report> {
+    let mut report = Report::new("connections", json!({"connections": opts.connections, "connect_rate": opts.connect_rate}));
+    let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
+    let bar = progress(opts.connections as u64, "provisioning");
+    let devices = api.create_devices(&format!("conn{}", now_ms()), opts.connections, 64, &bar).await?;
+    bar.finish_and_clear();
+    let probe = ServerProbe::new(opts.server_pid);
+    let rss_before = probe.rss_bytes();
+
+    let failed = Arc::new(AtomicU64::new(0));
+    let bar = progress(opts.connections as u64, "connecting");
+    let start = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / opts.connect_rate.max(1) as f64);
+    let streams: Vec<Option<TcpStream>> = futures_util::stream::iter(devices.iter().enumerate())
+        .map(|(i, d)| {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % opts.addresses.max(1) as usize) as u8)), opts.port);
+            let failed = failed.clone();
+            async move {
+                sleep_until(start + gap * i as u32).await;
+                match open(addr, d).await {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(8192)
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let open_count = streams.iter().filter(|s| s.is_some()).count();
+    tokio::time::sleep(Duration::from_secs(opts.hold)).await;
+    report.add("connected", open_count as f64, "connections");
+    report.add("failed", failed.load(Ordering::Relaxed) as f64, "connections");
+    report.add("connect rate", open_count as f64 / secs, "conn/s");
+    if let (Some(a), Some(b)) = (rss_before, probe.rss_bytes()) {
+        report.add("server RSS", b as f64 / 1048576.0, "MiB");
+        report.add("server memory per connection", b.saturating_sub(a) as f64 / open_count.max(1) as f64 / 1024.0, "KiB");
+    }
+    drop(streams);
+    Ok(report)
+}
