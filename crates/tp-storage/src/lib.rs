@@ -41,11 +41,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod memory;
-#[cfg(feature = "redis")]
-pub mod redis;
 pub mod sqlite;
-#[cfg(feature = "tdengine")]
-pub mod tdengine;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -116,3 +116,56 @@ mod memory_cache_by_url {
         )
     });
 }
+
+/// All cases on one database file, each case with its own store (and so its own
+/// writer connection): the parallel, shared-database setting the suites are written
+/// for, including write-lock contention between stores.
+mod sqlite_one_shared_file {
+    use super::*;
+
+    static SHARED: tokio::sync::OnceCell<(tempfile::TempDir, std::path::PathBuf)> =
+        tokio::sync::OnceCell::const_new();
+
+    async fn shared_path() -> std::path::PathBuf {
+        let (_, path) = SHARED
+            .get_or_init(|| async {
+                let dir = tempfile::Builder::new()
+                    .prefix("tp-storage-shared")
+                    .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                    .expect("tempdir");
+                let path = dir.path().join("shared.db");
+                // Apply both schemas once, before cases open the file concurrently.
+                SqliteMetadataStore::open(&path).await.expect("metadata");
+                SqliteTimeSeriesStore::open(&path)
+                    .await
+                    .expect("timeseries");
+                (dir, path)
+            })
+            .await;
+        path.clone()
+    }
+
+    mod metadata {
+        use super::*;
+        tp_core::metadata_conformance!(async {
+            let store: MetadataStoreRef = Arc::new(
+                SqliteMetadataStore::open(&shared_path().await)
+                    .await
+                    .expect("open"),
+            );
+            Some(store)
+        });
+    }
+
+    mod timeseries {
+        use super::*;
+        tp_core::timeseries_conformance!(async {
+            let store: TimeSeriesStoreRef = Arc::new(
+                SqliteTimeSeriesStore::open(&shared_path().await)
+                    .await
+                    .expect("open"),
+            );
+            Some(store)
+        });
+    }
+}

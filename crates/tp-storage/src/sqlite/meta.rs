@@ -508,7 +508,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()> {
-        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let mut tx = self.pools.begin_write().await?;
         let done = sqlx::query("DELETE FROM devices WHERE id = ? AND tenant_id = ?")
             .bind(id.to_string())
             .bind(tenant.to_string())
@@ -550,7 +550,7 @@ impl MetadataStore for SqliteMetadataStore {
             return Ok(());
         }
         let device = device.to_string();
-        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let mut tx = self.pools.begin_write().await?;
         for chunk in attrs.chunks(ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO attributes (device_id, key, ts, vtype, v_int, v_real, v_text) ",

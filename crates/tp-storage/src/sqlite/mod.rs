@@ -107,6 +107,16 @@ impl Pools {
         })
     }
 
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`), so
+    /// another connection holding it makes this wait (busy timeout) instead of failing
+    /// a read-then-write transaction with `SQLITE_BUSY`.
+    async fn begin_write(&self) -> tp_core::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(error::db)
+    }
+
     async fn healthcheck(&self) -> tp_core::Result<()> {
         for pool in [&self.reader, &self.writer] {
             sqlx::query("SELECT 1")

@@ -186,7 +186,7 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
         let all: Vec<&TelemetryPoint> = points.iter().collect();
         let latest: Vec<&TelemetryPoint> = newest.into_values().collect();
 
-        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let mut tx = self.pools.begin_write().await?;
         insert_points(
             &mut tx,
             "ts_kv",
@@ -321,7 +321,7 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
             return Ok(0);
         }
         let blob = device_blob(device).to_vec();
-        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let mut tx = self.pools.begin_write().await?;
         let keys: Vec<String> = match keys {
             Some(keys) => keys.to_vec(),
             None => sqlx::query_scalar("SELECT key FROM ts_latest WHERE device_id = ?")
@@ -376,7 +376,7 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pools.writer.begin().await.map_err(db)?;
+        let mut tx = self.pools.begin_write().await?;
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO ts_events (device_id, ts, message_id, method, params) ",
