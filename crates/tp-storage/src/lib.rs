@@ -8,6 +8,8 @@
 //! | [`MetadataStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
 //! | [`TimeSeriesStore`] | [`sqlite::SqliteTimeSeriesStore`] | `sqlite://<path>`, `sqlite::memory:` |
 //! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
+//! | [`Cache`] | `redis::RedisCache` (feature `redis`) | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
+//! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` (feature `tdengine`) | `taos+ws://user:pass@host:6041/db?keep_days=N` |
 //!
 //! SQLite is the embedded default of a single-node installation: WAL mode, one writer
 //! connection, a small pool of readers, migrations embedded in the binary. Every
@@ -41,7 +43,11 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod sqlite;
+#[cfg(feature = "tdengine")]
+pub mod tdengine;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -93,6 +99,23 @@ fn parse_sqlite(url: &str, field: &str) -> Result<SqliteTarget> {
     Ok(SqliteTarget::File(PathBuf::from(path)))
 }
 
+/// Whether a URL names a Redis server or cluster.
+#[cfg(feature = "redis")]
+fn is_redis(url: &str) -> bool {
+    let scheme = url.trim().split_once("://").map_or("", |(s, _)| s);
+    matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster"
+    )
+}
+
+/// Whether a URL names a TDengine server (`taos+ws://` or `taos+wss://`).
+#[cfg(feature = "tdengine")]
+fn is_tdengine(url: &str) -> bool {
+    let scheme = url.trim().split_once("://").map_or("", |(s, _)| s);
+    matches!(scheme.to_ascii_lowercase().as_str(), "taos+ws" | "taos+wss")
+}
+
 /// Opens the metadata store a URL names: `sqlite://<path>` (file and parent
 /// directories created if missing; `sqlite:///abs/path` for absolute paths) or
 /// `sqlite::memory:`.
@@ -107,23 +130,38 @@ pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
     })
 }
 
-/// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`].
+/// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`],
+/// and with the `tdengine` feature `taos+ws://..` / `taos+wss://..` (see
+/// `tdengine::parse_url`).
 ///
 /// # Errors
 /// [`Error::Invalid`] (field `storage.timeseries`) for an unsupported or malformed URL;
 /// backend errors when the store cannot be opened.
 pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
+    #[cfg(feature = "tdengine")]
+    if is_tdengine(url) {
+        let (dsn, options) = tdengine::parse_url(url)?;
+        return Ok(Arc::new(
+            tdengine::TdengineTimeSeriesStore::connect(&dsn, options).await?,
+        ));
+    }
     Ok(match parse_sqlite(url, "storage.timeseries")? {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),
         SqliteTarget::File(path) => Arc::new(sqlite::SqliteTimeSeriesStore::open(&path).await?),
     })
 }
 
-/// Opens the cache a URL names: `memory://` or `memory://?capacity=N` (entries).
+/// Opens the cache a URL names: `memory://` or `memory://?capacity=N` (entries); with
+/// the `redis` feature also `redis://`, `rediss://`, `redis+unix://`, `redis+cluster://`
+/// and `rediss+cluster://` (see `redis::RedisCache`).
 ///
 /// # Errors
 /// [`Error::Invalid`] (field `storage.cache`) for an unsupported or malformed URL.
 pub async fn open_cache(url: &str) -> Result<CacheRef> {
+    #[cfg(feature = "redis")]
+    if is_redis(url) {
+        return Ok(Arc::new(self::redis::RedisCache::connect(url).await?));
+    }
     const FIELD: &str = "storage.cache";
     let url = url.trim();
     let Some(rest) = url.strip_prefix("memory://") else {
@@ -219,8 +257,26 @@ mod tests {
             "storage.metadata"
         );
         assert_eq!(
-            invalid_field(open_timeseries("taos+ws://localhost").await),
+            invalid_field(open_timeseries("influxdb://localhost").await),
             "storage.timeseries"
+        );
+    }
+
+    #[cfg(all(feature = "redis", feature = "tdengine"))]
+    #[tokio::test]
+    async fn redis_and_tdengine_urls_dispatch_to_their_backends() {
+        // Malformed URLs of these schemes fail in the backend's own parser, offline.
+        assert_eq!(
+            invalid_field(open_cache("redis+cluster://h1:1,,h2:2").await),
+            "redis url"
+        );
+        assert_eq!(
+            invalid_field(open_timeseries("taos+ws://h:1/bad-name").await),
+            "database"
+        );
+        assert_eq!(
+            invalid_field(open_timeseries("taos+wss://h:1?keep_days=x").await),
+            "keep_days"
         );
     }
 
@@ -229,7 +285,7 @@ mod tests {
         open_cache("memory://").await.expect("default");
         open_cache("memory://?capacity=10").await.expect("capacity");
         for bad in [
-            "redis://localhost",
+            "mongodb://localhost",
             "memory://?capacity=lots",
             "memory://?size=1",
             "memory://host",
