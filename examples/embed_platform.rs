@@ -14,8 +14,10 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = tempfile_dir()?;
     // Start from the defaults (or PlatformConfig::load for file + env layering) and
     // override what your service needs.
-    let mut config = PlatformConfig::default();
-    config.data_dir = data_dir.clone();
+    let mut config = PlatformConfig {
+        data_dir: data_dir.clone(),
+        ..Default::default()
+    };
     config.http.listen = "127.0.0.1:0".parse()?;
     config.mqtt.listen = "127.0.0.1:0".parse()?;
     config.auth.admin_email = Some("ops@example.com".into());

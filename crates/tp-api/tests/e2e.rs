@@ -15,13 +15,14 @@ const ADMIN: &str = "admin@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 
 fn config(data_dir: &std::path::Path) -> PlatformConfig {
-    let mut c = PlatformConfig::default();
-    c.data_dir = data_dir.to_owned();
-    c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    c.auth.admin_email = Some(ADMIN.into());
-    c.auth.admin_password = Some(PASSWORD.into());
-    c
+    let overrides = [
+        ("data_dir", data_dir.display().to_string()),
+        ("http.listen", "127.0.0.1:0".to_owned()),
+        ("mqtt.listen", "127.0.0.1:0".to_owned()),
+        ("auth.admin_email", ADMIN.to_owned()),
+        ("auth.admin_password", PASSWORD.to_owned()),
+    ];
+    PlatformConfig::load(None, &overrides).unwrap()
 }
 
 struct Api {

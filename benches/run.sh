@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end benchmark scenarios (issue: benchmark harness). Builds release binaries,
+# starts a fresh node on its embedded defaults in a temporary data dir, runs tp-bench
+# against it, and writes benches/results/<scenario>.{json,md}. Each run prints the exact
+# command lines that reproduce it.
+#
+#   benches/run.sh ingest        1,000 devices x 10 points, QoS 1, on the embedded store
+#   benches/run.sh small         1-point messages, QoS 1: platform, then raw Mosquitto and
+#                                the platform's broker with the same harness
+#   benches/run.sh connections   idle authenticated devices (N=${CONNS:-100000})
+#   benches/run.sh api           latest-value queries and one-day history aggregation
+#
+# Knobs: RATE, DURATION, DEVICES, CONNS, MQTT_PORT (default 1884; Mosquitto holds 1883).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario=${1:?usage: benches/run.sh ingest|small|connections|api}
+MQTT_PORT=${MQTT_PORT:-1884}
+HTTP_PORT=${HTTP_PORT:-18080}
+DURATION=${DURATION:-30}
+export TP_ADMIN_EMAIL=bench@example.com TP_ADMIN_PASSWORD=bench-password-123
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q -p thingspanel -p tp-bench
+bench=target/release/tp-bench
+data=$(mktemp -d /tmp/tp-bench-data.XXXX)
+node_cmd="target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
+echo "+ $node_cmd"
+RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
+node=$!
+trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
+api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_ADMIN_PASSWORD"
+
+run() { # name, args...
+  local name=$1; shift
+  echo "+ $bench $* --json benches/results/$name.json"
+  "$bench" "$@" --json "benches/results/$name.json" | tee "benches/results/$name.md"
+}
+
+case "$scenario" in
+  ingest)
+    run ingest ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 10 \
+      --rate "${RATE:-20000}" --qos 1 --duration "$DURATION" --server-pid $node ;;
+  small)
+    run small-platform ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 1 \
+      --rate "${RATE:-50000}" --qos 1 --duration "$DURATION" --server-pid $node
+    mosq=$(pgrep -o mosquitto || true)
+    run small-raw-mosquitto raw --mqtt 127.0.0.1:1883 --devices "${DEVICES:-1000}" --points 1 \
+      --rate "${RATE:-50000}" --qos 1 --duration "$DURATION" ${mosq:+--server-pid $mosq} ;;
+  connections)
+    sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
+    run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
+      --addresses 8 --connect-rate 5000 --hold 10 --server-pid $node ;;
+  api)
+    run api api $api --mqtt 127.0.0.1:$MQTT_PORT --devices 100 --concurrency 64 --duration "$DURATION" ;;
+  *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+esac
