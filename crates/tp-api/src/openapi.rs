@@ -24,6 +24,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         (name = "auth", description = "Sign in and the current user"),
         (name = "devices", description = "Device registry and MQTT credentials"),
         (name = "telemetry", description = "Telemetry, attributes and events of a device"),
+        (name = "downlink", description = "Commands, attribute set/get and telemetry control to a device, and their log"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]

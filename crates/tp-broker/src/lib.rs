@@ -10,7 +10,8 @@
 //! - ingests telemetry (through the batching writer), attributes, events and command
 //!   responses, acknowledges attribute and event reports as ThingsPanel does;
 //! - tracks online/offline per device (several sessions of one device count once);
-//! - delivers downlink through [`MqttTransport`], a [`tp_core::DeviceTransport`];
+//! - delivers downlink through [`MqttTransport`], a [`tp_core::DeviceTransport`], and
+//!   queued downlink of devices that were offline once they subscribe ([`downlink`]);
 //! - drains on shutdown: refuses new publishes, consumes everything acknowledged, and
 //!   flushes the writer.
 //!
@@ -31,6 +32,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod config;
+pub mod downlink;
 mod error;
 mod ingest;
 mod session;
@@ -115,17 +117,18 @@ impl EmbeddedBroker {
     pub async fn start(config: &BrokerConfig, deps: BrokerDeps) -> Result<Self, BrokerError> {
         // rumqttd binds inside its accept loop and only logs a failure; bind once here
         // so a taken port is a clear startup error, and to resolve port 0.
-        let probe = std::net::TcpListener::bind(config.listen).map_err(|source| BrokerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let probe =
+            std::net::TcpListener::bind(config.listen).map_err(|source| BrokerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = probe.local_addr().map_err(|source| BrokerError::Bind {
             addr: config.listen,
             source,
         })?;
         drop(probe);
 
-        let (shared, mut status_rx) = Shared::new(
+        let (shared, mut status_rx, subscribed_rx) = Shared::new(
             deps.metadata.clone(),
             deps.cache.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
@@ -191,11 +194,22 @@ impl EmbeddedBroker {
             .run(link_rx),
         );
 
+        tokio::spawn(
+            downlink::Delivery {
+                shared: shared.clone(),
+                publisher: publisher.clone(),
+            }
+            .run(subscribed_rx),
+        );
+
         let metadata = deps.metadata.clone();
         tokio::spawn(async move {
             while let Some(change) = status_rx.recv().await {
                 tracing::info!(device_id = %change.device_id, online = change.online, "device connection state");
-                if let Err(e) = metadata.set_device_online(change.device_id, change.online, now_ms()).await {
+                if let Err(e) = metadata
+                    .set_device_online(change.device_id, change.online, now_ms())
+                    .await
+                {
                     tracing::error!(device_id = %change.device_id, error = %e, "cannot record online state");
                 }
             }
@@ -255,7 +269,10 @@ impl EmbeddedBroker {
         loop {
             let accepted = self.shared.accepted.load(Ordering::Acquire);
             let consumed = self.shared.consumed.load(Ordering::Acquire);
-            if consumed >= accepted || tokio::time::Instant::now() >= deadline || self.ingest.is_finished() {
+            if consumed >= accepted
+                || tokio::time::Instant::now() >= deadline
+                || self.ingest.is_finished()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -266,7 +283,10 @@ impl EmbeddedBroker {
             consumed: self.shared.consumed.load(Ordering::Acquire),
         };
         if report.consumed < report.accepted {
-            tracing::error!(?report, "drain timed out before every acknowledged message was processed");
+            tracing::error!(
+                ?report,
+                "drain timed out before every acknowledged message was processed"
+            );
         }
         Ok(report)
     }

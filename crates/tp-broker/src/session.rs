@@ -13,6 +13,9 @@
 //! - SUBSCRIBE: every filter must be one of the device's own downlink topics.
 //! - A violation closes the connection (rumqttd's codec cannot answer with a reason
 //!   code) and is counted in `tp_mqtt_acl_denied_total`.
+//! - A SUBACK written to the device records the granted filters and wakes downlink
+//!   delivery ([`crate::downlink`]): queued downlink is published only once the router
+//!   holds a matching subscription, so it cannot race the device's SUBSCRIBE.
 //! - Dropping the connection's codec marks the session closed (online/offline).
 
 use std::collections::HashMap;
@@ -21,12 +24,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rumqttd::protocol::{ConnectReturnCode, Error as ProtoError, Packet, Protocol};
+use rumqttd::protocol::{
+    ConnectReturnCode, Error as ProtoError, Packet, Protocol, SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 use tp_core::protocol::{UplinkTopic, check_subscribe};
-use tp_core::{
-    CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key,
-};
+use tp_core::{CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key};
 
 /// Internal topic every accepted device publish is rewritten to.
 pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
@@ -41,6 +44,10 @@ pub(crate) struct StatusChange {
 struct SessionEntry {
     device: Arc<Device>,
     connections: u32,
+    /// Filters the router granted, with the id of the connection holding each.
+    subscriptions: Vec<(u64, String)>,
+    /// Serializes downlink delivery passes of this session (see [`crate::downlink`]).
+    delivery: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct PendingAuth {
@@ -65,6 +72,9 @@ pub(crate) struct Shared {
     /// Publishes the ingest loop rejected (malformed payloads).
     pub(crate) rejected: AtomicU64,
     status_tx: mpsc::UnboundedSender<StatusChange>,
+    /// Devices whose connection was just granted a subscription (downlink delivery).
+    subscribed_tx: mpsc::UnboundedSender<DeviceId>,
+    next_connection_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -82,8 +92,13 @@ impl Shared {
         cache: CacheRef,
         credential_ttl: Duration,
         max_connections: usize,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<StatusChange>) {
+    ) -> (
+        Arc<Self>,
+        mpsc::UnboundedReceiver<StatusChange>,
+        mpsc::UnboundedReceiver<DeviceId>,
+    ) {
         let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Self {
             metadata,
             cache,
@@ -97,12 +112,19 @@ impl Shared {
             consumed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             status_tx,
+            subscribed_tx,
+            next_connection_id: AtomicU64::new(1),
         });
-        (shared, status_rx)
+        (shared, status_rx, subscribed_rx)
     }
 
     /// The auth hook: client id sanity, capacity, credentials, enabled flag.
-    pub(crate) async fn authenticate(&self, client_id: String, username: String, password: String) -> bool {
+    pub(crate) async fn authenticate(
+        &self,
+        client_id: String,
+        username: String,
+        password: String,
+    ) -> bool {
         let refuse = |reason: &'static str| {
             metrics::counter!("tp_mqtt_auth_refused_total", "reason" => reason).increment(1);
             tracing::info!(client_id = %client_id, username = %username, reason, "MQTT connection refused");
@@ -156,7 +178,11 @@ impl Shared {
         let Some(device) = self.metadata.get_device_by_username(username).await? else {
             return Ok(None);
         };
-        if let Err(e) = self.cache.set_json(&key, &device, Some(self.credential_ttl)).await {
+        if let Err(e) = self
+            .cache
+            .set_json(&key, &device, Some(self.credential_ttl))
+            .await
+        {
             tracing::warn!(error = %e, "cache write failed");
         }
         Ok(Some(Arc::new(device)))
@@ -178,6 +204,8 @@ impl Shared {
         let entry = sessions.entry(device.id).or_insert_with(|| SessionEntry {
             device: device.clone(),
             connections: 0,
+            subscriptions: Vec::new(),
+            delivery: Arc::default(),
         });
         entry.device = device.clone();
         entry.connections += 1;
@@ -190,11 +218,12 @@ impl Shared {
         }
     }
 
-    fn session_closed(&self, device_id: DeviceId) {
+    fn session_closed(&self, device_id: DeviceId, connection_id: u64) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = sessions.get_mut(&device_id) else {
             return;
         };
+        entry.subscriptions.retain(|(c, _)| *c != connection_id);
         entry.connections -= 1;
         metrics::gauge!("tp_mqtt_sessions").decrement(1.0);
         if entry.connections == 0 {
@@ -212,9 +241,60 @@ impl Shared {
         sessions.get(&device_id).map(|e| e.device.clone())
     }
 
+    /// The router granted `filters` to a connection of the device: remember them and
+    /// wake downlink delivery for the device.
+    fn subscribed(&self, device_id: DeviceId, connection_id: u64, filters: Vec<String>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = sessions.get_mut(&device_id) else {
+            return;
+        };
+        entry
+            .subscriptions
+            .extend(filters.into_iter().map(|f| (connection_id, f)));
+        drop(sessions);
+        let _ = self.subscribed_tx.send(device_id);
+    }
+
+    /// A connection of the device unsubscribes `filters`: stop counting them.
+    fn unsubscribed(&self, device_id: DeviceId, connection_id: u64, filters: &[String]) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = sessions.get_mut(&device_id) {
+            entry
+                .subscriptions
+                .retain(|(c, f)| *c != connection_id || !filters.contains(f));
+        }
+    }
+
+    /// Whether a downlink on `topic` reaches the device now: `None` without a session,
+    /// `Some(false)` when no granted subscription of the device matches the topic.
+    pub(crate) fn accepts(&self, device_id: DeviceId, topic: &str) -> Option<bool> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sessions.get(&device_id)?;
+        Some(
+            entry
+                .subscriptions
+                .iter()
+                .any(|(_, f)| crate::downlink::topic_matches(f, topic)),
+        )
+    }
+
+    /// The device of a live session with the lock serializing its delivery passes.
+    pub(crate) fn delivery_slot(
+        &self,
+        device_id: DeviceId,
+    ) -> Option<(Arc<Device>, Arc<tokio::sync::Mutex<()>>)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .get(&device_id)
+            .map(|e| (e.device.clone(), e.delivery.clone()))
+    }
+
     /// Devices with at least one session.
     pub(crate) fn connected_devices(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
@@ -226,15 +306,18 @@ pub(crate) fn valid_client_id(id: &str) -> bool {
 /// One device connection, from CONNECT until its codec is dropped.
 struct Connection {
     shared: Arc<Shared>,
+    id: u64,
     username: Option<String>,
     device: OnceLock<Arc<Device>>,
+    /// Filters of SUBSCRIBEs not yet acknowledged, by packet id.
+    subscribing: Mutex<HashMap<u16, Vec<String>>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(device) = self.device.get() {
-            self.shared.session_closed(device.id);
+            self.shared.session_closed(device.id, self.id);
         }
     }
 }
@@ -303,8 +386,13 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                 self.shared.open_connections.fetch_add(1, Ordering::AcqRel);
                 self.conn = Some(Arc::new(Connection {
                     shared: self.shared.clone(),
+                    id: self
+                        .shared
+                        .next_connection_id
+                        .fetch_add(1, Ordering::Relaxed),
                     username: login.as_ref().map(|l| l.username.clone()),
                     device: OnceLock::new(),
+                    subscribing: Mutex::new(HashMap::new()),
                 }));
                 Ok(packet)
             }
@@ -331,6 +419,22 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                         return Err(deny(device, "subscribe", &filter.path));
                     }
                 }
+                if let Some(conn) = &self.conn {
+                    let filters = subscribe.filters.iter().map(|f| f.path.clone()).collect();
+                    conn.subscribing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(subscribe.pkid, filters);
+                }
+                Ok(packet)
+            }
+            Packet::Unsubscribe(ref unsubscribe, _) => {
+                if let Some(conn) = &self.conn
+                    && let Some(device) = conn.device.get()
+                {
+                    self.shared
+                        .unsubscribed(device.id, conn.id, &unsubscribe.filters);
+                }
                 Ok(packet)
             }
             other => Ok(other),
@@ -346,8 +450,39 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
         {
             self.shared.session_opened(&device);
         }
+        // The router sends the SUBACK only after it registered the filters, so from
+        // here on a downlink published on a matching topic reaches this connection.
+        if let (Packet::SubAck(ack, _), Some(conn)) = (&packet, &self.conn)
+            && let Some(device) = conn.device.get()
+        {
+            let requested = conn
+                .subscribing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ack.pkid)
+                .unwrap_or_default();
+            let granted: Vec<String> = requested
+                .into_iter()
+                .zip(&ack.return_codes)
+                .filter(|(_, code)| granted(code))
+                .map(|(f, _)| f)
+                .collect();
+            if !granted.is_empty() {
+                self.shared.subscribed(device.id, conn.id, granted);
+            }
+        }
         self.inner.write(packet, write)
     }
+}
+
+fn granted(code: &SubscribeReasonCode) -> bool {
+    matches!(
+        code,
+        SubscribeReasonCode::QoS0
+            | SubscribeReasonCode::QoS1
+            | SubscribeReasonCode::QoS2
+            | SubscribeReasonCode::Success(_)
+    )
 }
 
 #[cfg(test)]

@@ -53,11 +53,18 @@ impl DeviceTransport for MqttTransport {
         self.shared.session_device(device).is_some()
     }
 
+    /// Publishes to a connected device. `NotFound` (entity `"connection"`) without a
+    /// session, and `NotFound` (entity `"subscription"`) while no subscription of the
+    /// device matches the topic yet: the router would drop the message, so the caller
+    /// should queue it (queued downlink goes out when the device subscribes).
     async fn send(&self, message: Downlink) -> Result<()> {
-        if self.shared.session_device(message.device_id).is_none() {
-            return Err(Error::not_found("connection", message.device_id));
+        match self.shared.accepts(message.device_id, &message.topic) {
+            None => return Err(Error::not_found("connection", message.device_id)),
+            Some(false) => return Err(Error::not_found("subscription", &message.topic)),
+            Some(true) => {}
         }
-        self.publisher.publish(message.topic, message.payload.to_vec())?;
+        self.publisher
+            .publish(message.topic, message.payload.to_vec())?;
         metrics::counter!("tp_downlink_sent_total").increment(1);
         Ok(())
     }

@@ -284,3 +284,25 @@ async fn drain_stores_everything_acknowledged_and_refuses_more() {
     assert!(client.publish("devices/telemetry", r#"{"late":1}"#).await.is_err());
     assert_eq!(node.broker.stats().accepted, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_waits_for_a_matching_subscription() {
+    use tp_core::{Downlink, Error};
+    let node = TestBroker::start(|_| {}).await;
+    let (device, password) = node.create_device().await;
+    let n = &device.device_number;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    let transport = node.broker.transport();
+    let topic = format!("devices/command/{n}/m1");
+    let msg = Downlink { device_id: device.id, topic: topic.clone(), payload: b"{}".to_vec().into() };
+    // connected but not subscribed: the router would drop it, so the caller must queue it
+    assert!(transport.is_connected(device.id).await);
+    let err = transport.send(msg.clone()).await.expect_err("no subscription yet");
+    assert!(matches!(err, Error::NotFound { entity: "subscription", .. }), "{err:?}");
+    // a subscription to another topic does not count
+    client.subscribe(&[&format!("devices/telemetry/control/{n}")]).await.unwrap();
+    assert!(transport.send(msg.clone()).await.is_err());
+    client.subscribe(&[&format!("devices/command/{n}/+")]).await.unwrap();
+    transport.send(msg.clone()).await.expect("subscribed");
+    assert_eq!(client.recv_publish(CLOSE).await, Some((topic, b"{}".to_vec())));
+}

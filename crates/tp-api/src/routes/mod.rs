@@ -16,6 +16,7 @@ use crate::state::AppState;
 
 mod auth;
 mod devices;
+mod downlink;
 mod extract;
 mod system;
 mod telemetry;
@@ -37,8 +38,11 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             telemetry::telemetry_history,
             telemetry::delete_telemetry
         ))
-        .routes(routes!(telemetry::attributes))
-        .routes(routes!(telemetry::events));
+        .routes(routes!(telemetry::attributes, downlink::set_attributes))
+        .routes(routes!(telemetry::events))
+        .routes(routes!(downlink::send_command, downlink::list_commands))
+        .routes(routes!(downlink::get_attributes))
+        .routes(routes!(downlink::telemetry_control));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

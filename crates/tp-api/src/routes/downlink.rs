@@ -1,0 +1,479 @@
+//! `/api/v1/devices/{id}/{commands,attributes,attributes/get,telemetry/control}`:
+//! downlink to a device and its log.
+//!
+//! Every downlink is logged first as `pending` with a fresh 8-hex-character
+//! `message_id`. If the device is connected and subscribed to the topic, the row is
+//! marked `sent` and published on ThingsPanel's topic; otherwise it stays `pending`
+//! and the broker delivers it when the device subscribes, unless it expires first
+//! (see `tp_broker::downlink`). The device's answer on
+//! `devices/command/response/{message_id}` or `devices/attributes/set/response/{message_id}`
+//! moves it to `replied` or `failed`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tp_broker::downlink::{DEFAULT_EXPIRY_SECS, downlink_topic, expire_if_stale, new_message_id};
+use tp_core::protocol::MAX_KEY_LEN;
+use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Device, Downlink, Page, now_ms};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::devices::{MAX_PAGE_SIZE, load_device};
+use super::extract::{DeviceIdPath, Json, Query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+
+/// Longest accepted `expires_in_secs`: 30 days.
+pub(crate) const MAX_EXPIRY_SECS: u32 = 30 * 86_400;
+
+/// Publish attempts of one request: a second attempt closes the window in which the
+/// device's SUBACK was processed between our failed attempt and putting the row back
+/// to `pending` (that delivery pass did not see the row as pending).
+const SEND_ATTEMPTS: usize = 2;
+
+/// One downlink and what became of it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CommandLogResponse {
+    /// Log row id.
+    id: Uuid,
+    /// Correlates the device's response (8 lower-case hex characters).
+    message_id: String,
+    /// `command`, `attribute_set`, `attribute_get` or `telemetry_control`.
+    #[schema(example = "command")]
+    kind: String,
+    /// The payload published to the device.
+    payload: serde_json::Value,
+    /// `pending`, `sent`, `replied`, `failed` or `expired`.
+    #[schema(example = "sent")]
+    status: String,
+    /// The device's response object, once it answered.
+    response: Option<serde_json::Value>,
+    /// Creation time (ms).
+    created_at: i64,
+    /// Last status change (ms).
+    updated_at: i64,
+    /// Not delivered after this time (ms).
+    expires_at: Option<i64>,
+}
+
+impl CommandLogResponse {
+    fn from_row(r: CommandLog) -> Self {
+        Self {
+            id: r.id.0,
+            message_id: r.message_id,
+            kind: r.kind.as_str().to_owned(),
+            payload: r.payload,
+            status: r.status.as_str().to_owned(),
+            response: r.response,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// A page of the downlink log, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CommandLogList {
+    /// The page.
+    items: Vec<CommandLogResponse>,
+    /// All log rows of the device.
+    total: u64,
+}
+
+/// A command: published as `{"method","params"}` on `devices/command/{device_number}/{message_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CommandRequest {
+    /// Command identifier, 1 to 255 bytes.
+    #[schema(example = "ReSet")]
+    method: String,
+    /// Parameters (a JSON object; `{}` when absent).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    params: Option<serde_json::Value>,
+    /// Seconds a queued command waits for an offline device (1 to 2592000, default 86400).
+    #[serde(default)]
+    expires_in_secs: Option<u32>,
+}
+
+/// Attribute values to set: published on `devices/attributes/set/{device_number}/{message_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttributeSetRequest {
+    /// Non-empty object of attribute values.
+    #[schema(value_type = Object)]
+    values: serde_json::Map<String, serde_json::Value>,
+    /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
+    #[serde(default)]
+    expires_in_secs: Option<u32>,
+}
+
+/// Ask the device to report attributes: `{"keys":[..]}` on `devices/attributes/get/{device_number}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttributeGetRequest {
+    /// Keys to report; empty means all.
+    keys: Vec<String>,
+    /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
+    #[serde(default)]
+    expires_in_secs: Option<u32>,
+}
+
+/// Control values: published as the object itself on `devices/telemetry/control/{device_number}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetryControlRequest {
+    /// Non-empty object of values, e.g. `{"switch":true}`.
+    #[schema(value_type = Object)]
+    values: serde_json::Map<String, serde_json::Value>,
+    /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
+    #[serde(default)]
+    expires_in_secs: Option<u32>,
+}
+
+/// Log paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogQuery {
+    /// Page number, from 1 (default 1).
+    page: Option<u64>,
+    /// Rows per page, 1 to 1000 (default 20).
+    page_size: Option<u64>,
+}
+
+fn expiry(secs: Option<u32>) -> ApiResult<i64> {
+    let secs = secs.unwrap_or(DEFAULT_EXPIRY_SECS);
+    if !(1..=MAX_EXPIRY_SECS).contains(&secs) {
+        return Err(ApiError::invalid(
+            "expires_in_secs",
+            format!("must be 1 to {MAX_EXPIRY_SECS}"),
+        ));
+    }
+    Ok(i64::from(secs) * 1000)
+}
+
+fn check_values(
+    values: serde_json::Map<String, serde_json::Value>,
+) -> ApiResult<serde_json::Value> {
+    if values.is_empty() {
+        return Err(ApiError::invalid("values", "must be a non-empty object"));
+    }
+    if let Some(k) = values
+        .keys()
+        .find(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+    {
+        return Err(ApiError::invalid(
+            "values",
+            format!("key {k:?} must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    Ok(serde_json::Value::Object(values))
+}
+
+/// Logs a downlink as pending and publishes it if the device can receive it now.
+async fn issue(
+    state: &AppState,
+    device: &Device,
+    kind: CommandKind,
+    payload: serde_json::Value,
+    lifetime_ms: i64,
+) -> ApiResult<CommandLog> {
+    // 8 hex characters collide eventually; responses are matched by (device, message_id).
+    let mut message_id = new_message_id();
+    for _ in 0..8 {
+        if state
+            .metadata
+            .get_command_by_message_id(device.id, &message_id)
+            .await?
+            .is_none()
+        {
+            break;
+        }
+        message_id = new_message_id();
+    }
+    let now = now_ms();
+    let mut row = CommandLog {
+        id: CommandId::new(),
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        message_id,
+        kind,
+        payload,
+        status: CommandStatus::Pending,
+        response: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(now + lifetime_ms),
+    };
+    state.metadata.create_command(&row).await?;
+    let Some(transport) = &state.transport else {
+        return Ok(row);
+    };
+    let topic = downlink_topic(kind, &device.device_number, &row.message_id);
+    let message = Downlink {
+        device_id: device.id,
+        topic,
+        payload: serde_json::to_vec(&row.payload).unwrap_or_default().into(),
+    };
+    for _ in 0..SEND_ATTEMPTS {
+        if !transport.is_connected(device.id).await {
+            break;
+        }
+        // Sent before publishing, so a fast response is never overwritten by "sent".
+        row.status = CommandStatus::Sent;
+        row.updated_at = now_ms();
+        state.metadata.update_command(&row).await?;
+        let sent = transport.send(message.clone()).await;
+        let Err(e) = sent else {
+            return Ok(row);
+        };
+        row.status = CommandStatus::Pending;
+        row.updated_at = now_ms();
+        state.metadata.update_command(&row).await?;
+        if matches!(e, tp_core::Error::NotFound { .. }) {
+            tracing::debug!(device_id = %device.id, message_id = %row.message_id, reason = %e,
+                "device cannot receive the downlink yet; queued");
+        } else {
+            tracing::warn!(device_id = %device.id, message_id = %row.message_id, error = %e,
+                "cannot publish downlink; queued");
+            break;
+        }
+    }
+    Ok(row)
+}
+
+fn created(row: CommandLog) -> (StatusCode, axum::Json<CommandLogResponse>) {
+    (
+        StatusCode::CREATED,
+        axum::Json(CommandLogResponse::from_row(row)),
+    )
+}
+
+/// Sends a command `{"method","params"}` to the device.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/commands",
+    tag = "downlink",
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = CommandRequest,
+    responses(
+        (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn send_command(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Json(req): Json<CommandRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
+    caller.require_admin()?;
+    if req.method.is_empty() || req.method.len() > MAX_KEY_LEN {
+        return Err(ApiError::invalid(
+            "method",
+            format!("must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    let params = match req.params {
+        None => serde_json::Value::Object(Default::default()),
+        Some(p @ serde_json::Value::Object(_)) => p,
+        Some(_) => return Err(ApiError::invalid("params", "must be a JSON object")),
+    };
+    let lifetime = expiry(req.expires_in_secs)?;
+    let device = load_device(&state, &caller, id).await?;
+    // Exactly ThingsPanel's command payload (tp_core::protocol::MethodCall).
+    let payload = serde_json::json!({ "method": req.method, "params": params });
+    let row = issue(&state, &device, CommandKind::Command, payload, lifetime).await?;
+    Ok(created(row))
+}
+
+/// Sets attributes on the device.
+#[utoipa::path(
+    put,
+    path = "/devices/{id}/attributes",
+    tag = "downlink",
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = AttributeSetRequest,
+    responses(
+        (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn set_attributes(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Json(req): Json<AttributeSetRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
+    caller.require_admin()?;
+    let payload = check_values(req.values)?;
+    let lifetime = expiry(req.expires_in_secs)?;
+    let device = load_device(&state, &caller, id).await?;
+    let row = issue(
+        &state,
+        &device,
+        CommandKind::AttributeSet,
+        payload,
+        lifetime,
+    )
+    .await?;
+    Ok(created(row))
+}
+
+/// Asks the device to report attributes (ThingsPanel's topic has no message id, so
+/// the row goes only from `pending` to `sent`).
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/attributes/get",
+    tag = "downlink",
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = AttributeGetRequest,
+    responses(
+        (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_attributes(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Json(req): Json<AttributeGetRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
+    caller.require_admin()?;
+    if let Some(k) = req
+        .keys
+        .iter()
+        .find(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+    {
+        return Err(ApiError::invalid(
+            "keys",
+            format!("key {k:?} must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    let lifetime = expiry(req.expires_in_secs)?;
+    let device = load_device(&state, &caller, id).await?;
+    let payload = serde_json::json!({ "keys": req.keys });
+    let row = issue(
+        &state,
+        &device,
+        CommandKind::AttributeGet,
+        payload,
+        lifetime,
+    )
+    .await?;
+    Ok(created(row))
+}
+
+/// Sends control values to the device (ThingsPanel's topic has no message id, so the
+/// row goes only from `pending` to `sent`).
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/telemetry/control",
+    tag = "downlink",
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = TelemetryControlRequest,
+    responses(
+        (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn telemetry_control(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Json(req): Json<TelemetryControlRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
+    caller.require_admin()?;
+    let payload = check_values(req.values)?;
+    let lifetime = expiry(req.expires_in_secs)?;
+    let device = load_device(&state, &caller, id).await?;
+    let row = issue(
+        &state,
+        &device,
+        CommandKind::TelemetryControl,
+        payload,
+        lifetime,
+    )
+    .await?;
+    Ok(created(row))
+}
+
+/// The device's downlink log, newest first. Pending rows past their expiry are marked
+/// `expired` as they are listed.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/commands",
+    tag = "downlink",
+    params(("id" = Uuid, Path, description = "Device id"), LogQuery),
+    responses(
+        (status = 200, description = "A page of the log", body = CommandLogList),
+        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_commands(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<axum::Json<CommandLogList>> {
+    let page = q.page.unwrap_or(1);
+    if page == 0 {
+        return Err(ApiError::invalid("page", "must be at least 1"));
+    }
+    let page_size = q.page_size.unwrap_or(20);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::invalid(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let offset = (page - 1)
+        .checked_mul(page_size)
+        .filter(|o| *o <= i64::MAX as u64)
+        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    let device = load_device(&state, &caller, id).await?;
+    let mut paged = state
+        .metadata
+        .list_commands(
+            caller.tenant_id,
+            device.id,
+            Page {
+                offset,
+                limit: page_size,
+            },
+        )
+        .await?;
+    let now = now_ms();
+    for row in &mut paged.items {
+        expire_if_stale(state.metadata.as_ref(), row, now).await?;
+    }
+    Ok(axum::Json(CommandLogList {
+        items: paged
+            .items
+            .into_iter()
+            .map(CommandLogResponse::from_row)
+            .collect(),
+        total: paged.total,
+    }))
+}

@@ -1,0 +1,274 @@
+//! Queued downlink: delivery of logged commands, attribute sets/gets and telemetry
+//! control to devices that were offline when they were issued, plus the helpers the
+//! REST API shares with it (topics, message ids, expiry).
+//!
+//! # Delivery design
+//!
+//! A downlink is logged as a [`CommandLog`] row with status `pending`. Whoever
+//! publishes it (the API for a reachable device, the delivery pass below otherwise)
+//! first marks the row `sent` and then publishes; a failed publish puts it back to
+//! `pending`. Marking before publishing means a fast device response (which marks the
+//! row `replied`/`failed` in ingest) can never be overwritten by a late `sent`.
+//!
+//! Publishing right after the CONNACK would race the device's SUBSCRIBE: the router
+//! drops a message that matches no subscription yet. So delivery is driven by the
+//! SUBACK instead of the CONNACK: the connection codec (the `session` module) sees the
+//! SUBACK the router writes to the device, which the router only produces after it
+//! registered the filters. The codec records the granted filters (and forgets them on
+//! UNSUBSCRIBE and disconnect) and wakes the delivery task, which then publishes
+//! exactly the pending rows whose topic matches a granted filter; rows for topics the
+//! device has not subscribed to yet stay pending and go out on a later SUBACK that
+//! covers them. [`crate::MqttTransport`]'s `send` applies the same rule: a connected
+//! device without a matching subscription is [`tp_core::Error::NotFound`], so the API
+//! leaves the row queued. No timers are involved, so nothing depends on how quickly a
+//! device subscribes.
+//!
+//! Passes of one session are serialized by a per-session lock, so two SUBACKs cannot
+//! deliver a row twice. A downlink issued through the API in the very instant the
+//! device's SUBACK is processed may still be published by both the API and the pass:
+//! delivery is at-least-once (as MQTT QoS 1 is), and the `message_id` lets a device
+//! drop the duplicate. The other way round, a message published to a connection that
+//! drops at that very moment is marked `sent` but never arrives (the platform publishes
+//! at QoS 0 into the router, and sessions are clean).
+//!
+//! Rows past their `expires_at` are marked `expired` instead of delivered (here and
+//! whenever the API lists them), so a stale command never reaches a device.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tp_core::protocol::{DownlinkKind, DownlinkTopic};
+use tp_core::{
+    CommandKind, CommandLog, CommandStatus, DeviceId, MetadataStore, Page, Result, TenantId,
+    Timestamp, now_ms, random_token,
+};
+
+use crate::session::Shared;
+use crate::transport::LinkPublisher;
+
+/// Default lifetime of a queued downlink: one day.
+pub const DEFAULT_EXPIRY_SECS: u32 = 86_400;
+
+/// Rows read per page while scanning a device's log for pending rows.
+const SCAN_PAGE: u64 = 500;
+
+/// The downlink topic a log row of `kind` is published on (ThingsPanel's topics; the
+/// kinds without a `{message_id}` level ignore `message_id`).
+pub fn downlink_topic(kind: CommandKind, device_number: &str, message_id: &str) -> String {
+    let kind = match kind {
+        CommandKind::Command => DownlinkKind::Command,
+        CommandKind::AttributeSet => DownlinkKind::AttributeSet,
+        CommandKind::AttributeGet => DownlinkKind::AttributeGet,
+        CommandKind::TelemetryControl => DownlinkKind::TelemetryControl,
+    };
+    DownlinkTopic {
+        gateway: false,
+        kind,
+        device_number: device_number.to_owned(),
+        message_id: kind.has_message_id().then(|| message_id.to_owned()),
+    }
+    .to_topic()
+}
+
+/// A fresh message id: 8 lower-case hex characters from a random source, like
+/// ThingsPanel's (the first 8 characters of a UUID).
+pub fn new_message_id() -> String {
+    random_token(4)
+}
+
+/// Whether a pending row is past its expiry at `now`.
+pub fn is_expired(row: &CommandLog, now: Timestamp) -> bool {
+    row.status == CommandStatus::Pending && row.expires_at.is_some_and(|at| at < now)
+}
+
+/// Marks `row` expired in the store if it is pending and past its expiry; returns
+/// whether it did.
+pub async fn expire_if_stale(
+    metadata: &dyn MetadataStore,
+    row: &mut CommandLog,
+    now: Timestamp,
+) -> Result<bool> {
+    if !is_expired(row, now) {
+        return Ok(false);
+    }
+    row.status = CommandStatus::Expired;
+    row.updated_at = now;
+    metadata.update_command(row).await?;
+    Ok(true)
+}
+
+/// A device's pending log rows, oldest first.
+pub async fn pending_commands(
+    metadata: &dyn MetadataStore,
+    tenant: TenantId,
+    device: DeviceId,
+) -> Result<Vec<CommandLog>> {
+    let mut seen = HashSet::new();
+    let mut pending = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = metadata
+            .list_commands(
+                tenant,
+                device,
+                Page {
+                    offset,
+                    limit: SCAN_PAGE,
+                },
+            )
+            .await?;
+        let n = page.items.len() as u64;
+        for row in page.items {
+            // Rows inserted meanwhile shift later pages by one: skip repeats.
+            if row.status == CommandStatus::Pending && seen.insert(row.id) {
+                pending.push(row);
+            }
+        }
+        offset += n;
+        if n == 0 || offset >= page.total {
+            break;
+        }
+    }
+    pending.sort_by_key(|r| (r.created_at, r.id));
+    Ok(pending)
+}
+
+/// Whether an MQTT topic filter matches a topic name (`+` one level, `#` the rest).
+pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// The delivery task: one pass per granted subscription of a device.
+pub(crate) struct Delivery {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) publisher: Arc<LinkPublisher>,
+}
+
+impl Delivery {
+    /// Runs until the broker's session layer goes away.
+    pub(crate) async fn run(self, mut subscribed: mpsc::UnboundedReceiver<DeviceId>) {
+        let this = Arc::new(self);
+        while let Some(device_id) = subscribed.recv().await {
+            let this = this.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.pass(device_id).await {
+                    tracing::error!(device_id = %device_id, error = %e, "queued downlink delivery failed");
+                }
+            });
+        }
+    }
+
+    /// Expires stale pending rows of the device and publishes the others whose topic
+    /// the device is subscribed to.
+    async fn pass(&self, device_id: DeviceId) -> Result<()> {
+        let Some((device, lock)) = self.shared.delivery_slot(device_id) else {
+            return Ok(());
+        };
+        let _serialized = lock.lock().await;
+        let metadata = self.shared.metadata.as_ref();
+        let rows = pending_commands(metadata, device.tenant_id, device.id).await?;
+        for mut row in rows {
+            let now = now_ms();
+            if expire_if_stale(metadata, &mut row, now).await? {
+                tracing::info!(device_id = %device.id, message_id = %row.message_id, "queued downlink expired");
+                continue;
+            }
+            let topic = downlink_topic(row.kind, &device.device_number, &row.message_id);
+            match self.shared.accepts(device.id, &topic) {
+                None => return Ok(()),   // disconnected; the next session delivers
+                Some(false) => continue, // not subscribed to this topic (yet)
+                Some(true) => {}
+            }
+            row.status = CommandStatus::Sent;
+            row.updated_at = now;
+            metadata.update_command(&row).await?;
+            let payload = serde_json::to_vec(&row.payload).unwrap_or_default();
+            match self.publisher.publish(topic, payload) {
+                Ok(()) => {
+                    metrics::counter!("tp_downlink_sent_total").increment(1);
+                    tracing::info!(device_id = %device.id, message_id = %row.message_id, "queued downlink delivered");
+                }
+                Err(e) => {
+                    tracing::warn!(device_id = %device.id, message_id = %row.message_id, error = %e,
+                        "cannot publish queued downlink; it stays pending");
+                    row.status = CommandStatus::Pending;
+                    row.updated_at = now_ms();
+                    metadata.update_command(&row).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(topic_matches(
+            "devices/command/d1/+",
+            "devices/command/d1/ab12cd34"
+        ));
+        assert!(!topic_matches("devices/command/d1/+", "devices/command/d1"));
+        assert!(!topic_matches(
+            "devices/command/d1/+",
+            "devices/command/d2/m"
+        ));
+        assert!(topic_matches(
+            "devices/command/d1/#",
+            "devices/command/d1/m"
+        ));
+        assert!(topic_matches(
+            "devices/telemetry/control/d1",
+            "devices/telemetry/control/d1"
+        ));
+        assert!(!topic_matches(
+            "devices/telemetry/control/d1",
+            "devices/telemetry/control/d1/x"
+        ));
+        assert!(topic_matches("#", "a/b"));
+    }
+
+    #[test]
+    fn topics_follow_thingspanel() {
+        assert_eq!(
+            downlink_topic(CommandKind::Command, "d1", "ab12cd34"),
+            "devices/command/d1/ab12cd34"
+        );
+        assert_eq!(
+            downlink_topic(CommandKind::AttributeSet, "d1", "m1"),
+            "devices/attributes/set/d1/m1"
+        );
+        assert_eq!(
+            downlink_topic(CommandKind::AttributeGet, "d1", "m1"),
+            "devices/attributes/get/d1"
+        );
+        assert_eq!(
+            downlink_topic(CommandKind::TelemetryControl, "d1", "m1"),
+            "devices/telemetry/control/d1"
+        );
+    }
+
+    #[test]
+    fn message_ids_are_eight_hex_chars() {
+        let a = new_message_id();
+        assert_eq!(a.len(), 8);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, new_message_id());
+    }
+}
