@@ -10,6 +10,8 @@
 //! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
 //! | [`Cache`] | `redis::RedisCache` (feature `redis`) | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
 //! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` (feature `tdengine`) | `taos+ws://user:pass@host:6041/db?keep_days=N` |
+//! | [`MetadataStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
+//! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres://host/db?schema=s` |
 //!
 //! SQLite is the embedded default of a single-node installation: WAL mode, one writer
 //! connection, a small pool of readers, migrations embedded in the binary. Every
@@ -43,6 +45,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod sqlite;
@@ -99,6 +103,13 @@ fn parse_sqlite(url: &str, field: &str) -> Result<SqliteTarget> {
     Ok(SqliteTarget::File(PathBuf::from(path)))
 }
 
+/// Whether a URL names a PostgreSQL server (`postgres://` or `postgresql://`).
+#[cfg(feature = "postgres")]
+fn is_postgres(url: &str) -> bool {
+    let url = url.trim();
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Whether a URL names a Redis server or cluster.
 #[cfg(feature = "redis")]
 fn is_redis(url: &str) -> bool {
@@ -118,12 +129,17 @@ fn is_tdengine(url: &str) -> bool {
 
 /// Opens the metadata store a URL names: `sqlite://<path>` (file and parent
 /// directories created if missing; `sqlite:///abs/path` for absolute paths) or
-/// `sqlite::memory:`.
+/// `sqlite::memory:`; with the `postgres` feature also `postgres://..` /
+/// `postgresql://..` (see [`postgres`] for `?schema=` and other parameters).
 ///
 /// # Errors
 /// [`Error::Invalid`] (field `storage.metadata`) for an unsupported or malformed URL;
 /// backend errors when the store cannot be opened.
 pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
+    #[cfg(feature = "postgres")]
+    if is_postgres(url) {
+        return Ok(Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?));
+    }
     Ok(match parse_sqlite(url, "storage.metadata")? {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteMetadataStore::in_memory().await?),
         SqliteTarget::File(path) => Arc::new(sqlite::SqliteMetadataStore::open(&path).await?),
@@ -144,6 +160,10 @@ pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
         return Ok(Arc::new(
             tdengine::TdengineTimeSeriesStore::connect(&dsn, options).await?,
         ));
+    }
+    #[cfg(feature = "postgres")]
+    if is_postgres(url) {
+        return Ok(Arc::new(postgres::PostgresTimeSeriesStore::connect(url.trim()).await?));
     }
     Ok(match parse_sqlite(url, "storage.timeseries")? {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),

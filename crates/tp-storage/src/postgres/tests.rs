@@ -1,0 +1,329 @@
+//! Conformance suites and PostgreSQL-specific tests. They need a server: set
+//! `TP_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`); each
+//! test gets its own schema, dropped when the test ends.
+
+use std::ops::Deref;
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tp_core::{Error, MetadataStore, TelemetryPoint, TimeSeriesStore, TsQuery, Value};
+
+use super::*;
+
+/// A store in a fresh schema; dropping it drops the schema.
+pub(super) struct InSchema<S> {
+    store: Option<S>,
+    base_url: String,
+    schema: String,
+}
+
+impl<S> Deref for InSchema<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        self.store.as_ref().expect("store lives until drop")
+    }
+}
+
+impl<S> Drop for InSchema<S> {
+    fn drop(&mut self) {
+        // Close the store's pool first, then drop the schema from a thread with its own
+        // runtime (drop cannot await, and may run inside the test's runtime).
+        drop(self.store.take());
+        let (url, schema) = (self.base_url.clone(), self.schema.clone());
+        let name = schema.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&url).await?;
+                let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema));
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not drop test schema {name}: {done:?}");
+        }
+    }
+}
+
+/// The server URL and a fresh schema name, or `None` to skip.
+fn target() -> Option<(String, String)> {
+    let url = tp_core::testing::service_url("TP_TEST_POSTGRES_URL")?;
+    Some((url, format!("tp_test_{}", uuid::Uuid::new_v4().simple())))
+}
+
+fn with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={schema}&max_connections=4")
+}
+
+async fn metadata_store() -> Option<InSchema<PostgresMetadataStore>> {
+    let (url, schema) = target()?;
+    let store = PostgresMetadataStore::connect(&with_schema(&url, &schema))
+        .await
+        .expect("connect");
+    Some(InSchema {
+        store: Some(store),
+        base_url: url,
+        schema,
+    })
+}
+
+async fn timeseries_store() -> Option<InSchema<PostgresTimeSeriesStore>> {
+    let (url, schema) = target()?;
+    let store = PostgresTimeSeriesStore::connect(&with_schema(&url, &schema))
+        .await
+        .expect("connect");
+    Some(InSchema {
+        store: Some(store),
+        base_url: url,
+        schema,
+    })
+}
+
+mod metadata {
+    tp_core::metadata_conformance!(super::metadata_store());
+}
+
+mod timeseries {
+    tp_core::timeseries_conformance!(super::timeseries_store());
+}
+
+#[test]
+fn urls_are_parsed_and_our_parameters_stripped() {
+    let t = Target::parse(
+        "postgres://u:p@db.example:6543/app?sslmode=disable&schema=tenant_a&max_connections=3&partition_ms=60000",
+    )
+    .unwrap();
+    assert_eq!(t.schema.as_deref(), Some("tenant_a"));
+    assert_eq!(t.max_connections, 3);
+    assert_eq!(t.host(), "db.example");
+    assert_eq!(t.options.get_port(), 6543);
+    assert_eq!(t.options.get_database(), Some("app"));
+    assert_eq!(
+        t.extra,
+        vec![("partition_ms".to_owned(), "60000".to_owned())]
+    );
+
+    let t = Target::parse("postgresql://localhost/db").unwrap();
+    assert_eq!(t.schema, None);
+
+    for bad in [
+        "mysql://localhost/db",
+        "postgres://localhost/db?schema=",
+        "postgres://localhost/db?schema=1abc",
+        "postgres://localhost/db?schema=a;drop",
+        "postgres://localhost/db?max_connections=0",
+        "postgres://localhost:notaport/db",
+    ] {
+        match Target::parse(bad) {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "postgres url", "{bad}"),
+            other => panic!("{bad}: expected Invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn like_patterns_escape_wildcards() {
+    assert_eq!(like_escape(r"a%b_c\d"), r"a\%b\_c\\d");
+    assert_eq!(to_i64(u64::MAX), i64::MAX);
+    assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_naming_host_and_port() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let url = "postgres://postgres@127.0.0.1:1/postgres";
+    for result in [
+        PostgresMetadataStore::connect(url).await.map(drop),
+        PostgresTimeSeriesStore::connect(url).await.map(drop),
+    ] {
+        match result {
+            Err(e @ Error::Unavailable { backend, .. }) => {
+                assert_eq!(backend, "postgres");
+                assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}
+
+const DAY: i64 = 86_400_000;
+
+fn point(device: tp_core::DeviceId, ts: i64, v: i64) -> TelemetryPoint {
+    TelemetryPoint {
+        device_id: device,
+        key: "t".into(),
+        ts,
+        value: Value::Integer(v),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_whole_partitions() {
+    let Some(store) = timeseries_store().await else {
+        return;
+    };
+    assert_eq!(store.layout(), TsLayout::Partitioned { partition_ms: DAY });
+    let d = tp_core::DeviceId::new();
+    let day0 = 19_675 * DAY;
+    // Two points in each of three days.
+    let points: Vec<TelemetryPoint> = (0..3)
+        .flat_map(|day| {
+            [
+                point(d, day0 + day * DAY, day),
+                point(d, day0 + day * DAY + 5, day),
+            ]
+        })
+        .collect();
+    store.write(&points).await.expect("write");
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'ts_kv'::regclass")
+            .fetch_one(store.pool())
+            .await
+            .expect("count partitions");
+    assert_eq!(partitions, 3);
+
+    // A cut inside day 1 drops day 0 only: day 1 straddles it.
+    assert_eq!(
+        store
+            .drop_partitions_before(day0 + DAY + 1)
+            .await
+            .expect("drop"),
+        1
+    );
+    let all = TsQuery {
+        device_id: d,
+        keys: vec![],
+        start: 0,
+        end: i64::MAX,
+        aggregation: None,
+        limit: None,
+        order: tp_core::Order::Asc,
+    };
+    let ts: Vec<i64> = store
+        .query(&all)
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.ts)
+        .collect();
+    assert_eq!(
+        ts,
+        vec![
+            day0 + DAY,
+            day0 + DAY + 5,
+            day0 + 2 * DAY,
+            day0 + 2 * DAY + 5
+        ]
+    );
+    assert_eq!(
+        store.drop_partitions_before(day0 + DAY + 1).await.unwrap(),
+        0
+    );
+
+    // Writing into the dropped day again recreates its partition.
+    store
+        .write(&[point(d, day0 + 1, 7)])
+        .await
+        .expect("write after drop");
+    assert_eq!(store.query(&all).await.expect("query").len(), 5);
+
+    // Latest survives retention: it is current state, not history.
+    assert_eq!(
+        store.drop_partitions_before(day0 + 3 * DAY).await.unwrap(),
+        3
+    );
+    assert!(store.query(&all).await.expect("query").is_empty());
+    let latest = store.latest(d, None).await.expect("latest");
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].ts, day0 + 2 * DAY + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_dropped_elsewhere_is_recreated_on_write() {
+    let Some(store) = timeseries_store().await else {
+        return;
+    };
+    let d = tp_core::DeviceId::new();
+    store.write(&[point(d, 5, 1)]).await.expect("write");
+    // Another process drops the partition behind the store's cache.
+    sqlx::query("DROP TABLE ts_kv_p0")
+        .execute(store.pool())
+        .await
+        .expect("drop");
+    store.write(&[point(d, 6, 2)]).await.expect("write again");
+    let latest = store.latest(d, None).await.expect("latest");
+    assert_eq!(latest[0].ts, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_one_schema() {
+    let Some((url, schema)) = target() else {
+        return;
+    };
+    let full = with_schema(&url, &schema);
+    let meta = PostgresMetadataStore::connect(&full).await.expect("meta");
+    let ts = PostgresTimeSeriesStore::connect(&full).await.expect("ts");
+    let again = PostgresTimeSeriesStore::connect(&full)
+        .await
+        .expect("reconnect");
+    meta.healthcheck().await.expect("meta health");
+    ts.healthcheck().await.expect("ts health");
+    assert_eq!(again.layout(), ts.layout());
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 \
+         AND table_name IN ('devices', 'ts_latest', 'ts_kv')",
+    )
+    .bind(&schema)
+    .fetch_one(meta.pool())
+    .await
+    .expect("count");
+    assert_eq!(tables, 3);
+    drop((meta, ts, again));
+    drop(InSchema::<()> {
+        store: Some(()),
+        base_url: url,
+        schema,
+    });
+}
+
+#[tokio::test]
+async fn url_dispatch_reaches_the_postgres_backends() {
+    // Offline: a bad schema is rejected by this module's parser, for both schemes.
+    for url in [
+        "postgres://localhost/db?schema=bad-name",
+        "postgresql://localhost/db?schema=bad-name",
+    ] {
+        match crate::open_metadata(url).await {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "postgres url"),
+            other => panic!("{url}: expected Invalid, got {other:?}"),
+        }
+        match crate::open_timeseries(url).await {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "postgres url"),
+            other => panic!("{url}: expected Invalid, got {other:?}"),
+        }
+    }
+    let Some((url, schema)) = target() else {
+        return;
+    };
+    let meta = crate::open_metadata(&with_schema(&url, &schema))
+        .await
+        .expect("metadata");
+    let ts = crate::open_timeseries(&with_schema(&url, &schema))
+        .await
+        .expect("timeseries");
+    assert_eq!((meta.backend(), ts.backend()), ("postgres", "postgres"));
+    drop((meta, ts));
+    drop(InSchema::<()> {
+        store: Some(()),
+        base_url: url,
+        schema,
+    });
+}

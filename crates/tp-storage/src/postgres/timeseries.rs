@@ -1,0 +1,986 @@
+//! [`PostgresTimeSeriesStore`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use tp_core::{
+    Aggregation, DeviceEvent, DeviceId, Error, KeyValue, Order, Result, TelemetryPoint,
+    TimeSeriesStore, Timestamp, TsQuery, Value,
+};
+use uuid::Uuid;
+
+use super::error::{self, PgError, db, is_missing_partition};
+use super::timescale::{self, TimescaleSettings};
+use super::value::{self, ValueArrays};
+use super::{Target, healthcheck, invalid_url, migrator, to_i64};
+
+/// One day in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+/// Rows per `INSERT .. SELECT FROM UNNEST` statement.
+const ROWS_PER_STATEMENT: usize = 10_000;
+
+/// Options of [`PostgresTimeSeriesStore`]; each can also be set by a URL query
+/// parameter of the same name (`partition_ms`, `timescale=auto|off`,
+/// `compress_after_ms` (`0` = off), `retention_ms` (`0` = off)).
+///
+/// They take effect when the store first creates `ts_kv` in a schema; later
+/// connections use the layout and partition width recorded then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgTsOptions {
+    /// Width of a history partition (TimescaleDB: chunk) in milliseconds. Default: 1 day.
+    pub partition_ms: i64,
+    /// Use a TimescaleDB hypertable when the extension is available. Default: `true`.
+    pub timescale: bool,
+    /// TimescaleDB only: compress chunks older than this. Default: 7 days.
+    pub compress_after_ms: Option<i64>,
+    /// TimescaleDB only: a retention policy dropping chunks older than this.
+    /// Default: none (use [`PostgresTimeSeriesStore::drop_partitions_before`] from a
+    /// scheduler, which works on both layouts).
+    pub retention_ms: Option<i64>,
+}
+
+impl Default for PgTsOptions {
+    fn default() -> Self {
+        Self {
+            partition_ms: DAY_MS,
+            timescale: true,
+            compress_after_ms: Some(7 * DAY_MS),
+            retention_ms: None,
+        }
+    }
+}
+
+impl PgTsOptions {
+    /// Applies the URL query parameters the module parsed.
+    fn apply(mut self, params: &[(String, String)]) -> Result<Self> {
+        let ms = |k: &str, v: &str| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| invalid_url(format!("{k} must be a non-negative integer (ms)")))
+        };
+        for (k, v) in params {
+            match k.as_str() {
+                "partition_ms" => self.partition_ms = ms(k, v)?,
+                "compress_after_ms" => self.compress_after_ms = Some(ms(k, v)?).filter(|n| *n > 0),
+                "retention_ms" => self.retention_ms = Some(ms(k, v)?).filter(|n| *n > 0),
+                "timescale" => {
+                    self.timescale = match v.as_str() {
+                        "auto" | "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err(invalid_url("timescale must be auto or off")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.partition_ms <= 0 {
+            return Err(invalid_url("partition_ms must be positive"));
+        }
+        Ok(self)
+    }
+}
+
+/// How history is stored in a schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsLayout {
+    /// `ts_kv` is range-partitioned on `ts`; partition `ts_kv_p{k}` (`ts_kv_m{k}` for
+    /// negative `k`) holds `[k * partition_ms, (k + 1) * partition_ms)`.
+    Partitioned {
+        /// Partition width in milliseconds.
+        partition_ms: i64,
+    },
+    /// `ts_kv` is a TimescaleDB hypertable.
+    Timescale {
+        /// Chunk width in milliseconds.
+        chunk_ms: i64,
+    },
+}
+
+/// [`TimeSeriesStore`] on PostgreSQL (optionally TimescaleDB).
+///
+/// - History `ts_kv (device_id, key, ts)` is written with one multi-row
+///   `INSERT .. SELECT FROM UNNEST(..) ON CONFLICT DO UPDATE` per 10 000 points (the
+///   batch is deduplicated first, the last occurrence of a point winning), latest
+///   values `ts_latest` with one upsert per batch guarded by `excluded.ts >= ts`.
+/// - In the partitioned layout, partitions are created on demand before a write
+///   (known ones are cached; creation is serialized by an advisory lock). A batch with
+///   timestamps spread over many partition widths creates that many partitions.
+/// - Retention: [`Self::drop_partitions_before`] drops whole partitions (chunks) and
+///   [`Self::delete_events_before`] trims events. Latest values are kept: they are the
+///   device's current state, not history.
+/// - Aggregation runs in SQL; `query` with a `limit` reads each key through its index.
+#[derive(Debug)]
+pub struct PostgresTimeSeriesStore {
+    pool: PgPool,
+    layout: TsLayout,
+    /// Schema of the timescaledb extension (Timescale layout only).
+    ext_schema: Option<String>,
+    /// Partition indexes `k` known to exist (partitioned layout only).
+    partitions: Mutex<HashSet<i64>>,
+}
+
+/// Serializes DDL on this schema's `ts_kv` across processes.
+const DDL_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.ts_kv'))";
+
+/// The partitioned parent table.
+const CREATE_PARTITIONED_SQL: &str = "CREATE TABLE IF NOT EXISTS ts_kv (\
+     device_id uuid NOT NULL, key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, \
+     vtype smallint NOT NULL, v_int bigint, v_real double precision, v_text text, \
+     PRIMARY KEY (device_id, key, ts)) PARTITION BY RANGE (ts)";
+
+impl PostgresTimeSeriesStore {
+    /// Connects to `url` with [`PgTsOptions::default`] overridden by the URL's query
+    /// parameters (see the [module docs](super)), creates the schema if missing,
+    /// applies migrations and creates `ts_kv` in the layout the server supports.
+    ///
+    /// # Errors
+    /// - [`Error::Invalid`] (`field = "postgres url"`) when the URL or an option is bad.
+    /// - [`Error::Unavailable`] when the server cannot be reached; the message names
+    ///   host and port.
+    /// - [`Error::Backend`] when authentication, a migration or the DDL fails.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PgTsOptions::default()).await
+    }
+
+    /// Like [`Self::connect`] with explicit options (URL parameters still override).
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub async fn connect_with(url: &str, options: PgTsOptions) -> Result<Self> {
+        let target = Target::parse(url)?;
+        let options = options.apply(&target.extra)?;
+        let m = migrator(sqlx::migrate!("./migrations/postgres_ts"));
+        let pool = target.open(&m).await?;
+        let (layout, ext_schema) = init_layout(&pool, &options).await?;
+        tracing::debug!(?layout, "postgres time-series layout");
+        Ok(Self {
+            pool,
+            layout,
+            ext_schema,
+            partitions: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// How history is stored.
+    pub fn layout(&self) -> TsLayout {
+        self.layout
+    }
+
+    /// The connection pool (for administration and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Retention: drops every history partition (TimescaleDB: chunk) whose whole range
+    /// lies before `ts`, and returns how many were dropped. Rows of a partition that
+    /// straddles `ts` are kept; latest values are kept.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] / [`Error::Unavailable`] from the database.
+    pub async fn drop_partitions_before(&self, ts: Timestamp) -> Result<u64> {
+        match self.layout {
+            TsLayout::Timescale { .. } => {
+                let ext = self.ext_schema.as_deref().unwrap_or("public");
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(timescale::drop_chunks_sql(ext)))
+                    .bind(ts)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(n.unsigned_abs())
+            }
+            TsLayout::Partitioned { partition_ms } => {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                sqlx::query(DDL_LOCK_SQL)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT c.relname::text FROM pg_inherits i \
+                     JOIN pg_class c ON c.oid = i.inhrelid \
+                     WHERE i.inhparent = 'ts_kv'::regclass",
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                let mut dropped = Vec::new();
+                for name in names {
+                    let Some(k) = partition_index(&name) else {
+                        continue;
+                    };
+                    let (_, hi) = partition_bounds(k, partition_ms);
+                    if hi.is_some_and(|hi| hi <= ts) {
+                        let sql = format!("DROP TABLE {}", partition_name(k));
+                        sqlx::query(AssertSqlSafe(sql))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                        dropped.push(k);
+                    }
+                }
+                tx.commit().await.map_err(db)?;
+                let mut known = self.known();
+                for k in &dropped {
+                    known.remove(k);
+                }
+                Ok(dropped.len() as u64)
+            }
+        }
+    }
+
+    /// Retention for events: deletes events before `ts`; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] / [`Error::Unavailable`] from the database.
+    pub async fn delete_events_before(&self, ts: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM ts_events WHERE ts < $1")
+            .bind(ts)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        // The set is a cache: a panic while holding it leaves it valid.
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates the partitions `points` need that are not known to exist.
+    async fn ensure_partitions(&self, points: &[&TelemetryPoint]) -> Result<()> {
+        let TsLayout::Partitioned { partition_ms } = self.layout else {
+            return Ok(());
+        };
+        let missing: BTreeSet<i64> = {
+            let known = self.known();
+            points
+                .iter()
+                .map(|p| p.ts.div_euclid(partition_ms))
+                .filter(|k| !known.contains(k))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(DDL_LOCK_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for k in &missing {
+            sqlx::query(AssertSqlSafe(create_partition_sql(*k, partition_ms)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.known().extend(missing);
+        Ok(())
+    }
+
+    async fn write_once(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in points.chunks(ROWS_PER_STATEMENT) {
+            let cols = Columns::of(chunk.iter().copied());
+            sqlx::query(
+                "INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
+                 $5::bigint[], $6::float8[], $7::text[]) \
+                 ON CONFLICT (device_id, key, ts) DO UPDATE SET vtype = excluded.vtype, \
+                 v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text",
+            )
+            .bind(cols.device)
+            .bind(cols.key)
+            .bind(cols.ts)
+            .bind(cols.values.tag)
+            .bind(cols.values.int)
+            .bind(cols.values.real)
+            .bind(cols.values.text)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let latest = newest_per_series(points);
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let cols = Columns::of(chunk.iter().copied());
+            sqlx::query(
+                "INSERT INTO ts_latest (device_id, key, ts, vtype, v_int, v_real, v_text) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
+                 $5::bigint[], $6::float8[], $7::text[]) \
+                 ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, \
+                 vtype = excluded.vtype, v_int = excluded.v_int, v_real = excluded.v_real, \
+                 v_text = excluded.v_text WHERE excluded.ts >= ts_latest.ts",
+            )
+            .bind(cols.device)
+            .bind(cols.key)
+            .bind(cols.ts)
+            .bind(cols.values.tag)
+            .bind(cols.values.int)
+            .bind(cols.values.real)
+            .bind(cols.values.text)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Reads the recorded layout or creates `ts_kv` and records it.
+async fn init_layout(pool: &PgPool, options: &PgTsOptions) -> Result<(TsLayout, Option<String>)> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query(DDL_LOCK_SQL)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT kind, partition_ms FROM ts_layout")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    let (layout, ext) = match row {
+        Some((kind, width)) if kind == "timescale" => {
+            let ext: Option<String> = sqlx::query_scalar(timescale::EXTENSION_SCHEMA_SQL)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            (TsLayout::Timescale { chunk_ms: width }, ext)
+        }
+        Some((_, width)) => (
+            TsLayout::Partitioned {
+                partition_ms: width,
+            },
+            None,
+        ),
+        None => {
+            let ext = if options.timescale {
+                try_timescale(&mut tx, options).await?
+            } else {
+                None
+            };
+            let (layout, kind) = match &ext {
+                Some(_) => (
+                    TsLayout::Timescale {
+                        chunk_ms: options.partition_ms,
+                    },
+                    "timescale",
+                ),
+                None => {
+                    sqlx::query(CREATE_PARTITIONED_SQL)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    (
+                        TsLayout::Partitioned {
+                            partition_ms: options.partition_ms,
+                        },
+                        "partitioned",
+                    )
+                }
+            };
+            sqlx::query("INSERT INTO ts_layout (kind, partition_ms) VALUES ($1, $2)")
+                .bind(kind)
+                .bind(options.partition_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            (layout, ext)
+        }
+    };
+    tx.commit().await.map_err(db)?;
+    Ok((layout, ext))
+}
+
+/// Creates the hypertable when TimescaleDB is available and loads; returns the
+/// extension's schema, or `None` (nothing changed) to fall back to partitions.
+async fn try_timescale(
+    tx: &mut Transaction<'static, Postgres>,
+    options: &PgTsOptions,
+) -> Result<Option<String>> {
+    let available: bool = sqlx::query_scalar(timescale::AVAILABLE_SQL)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    if !available {
+        return Ok(None);
+    }
+    // A savepoint: the extension may be installable but not preloaded.
+    let mut sp = sqlx::Connection::begin(&mut **tx).await.map_err(db)?;
+    let attempt: std::result::Result<String, sqlx::Error> = async {
+        sqlx::query(timescale::CREATE_EXTENSION_SQL)
+            .execute(&mut *sp)
+            .await?;
+        let ext: String = sqlx::query_scalar(timescale::EXTENSION_SCHEMA_SQL)
+            .fetch_one(&mut *sp)
+            .await?;
+        let settings = TimescaleSettings {
+            chunk_ms: options.partition_ms,
+            compress_after_ms: options.compress_after_ms,
+            retention_ms: options.retention_ms,
+        };
+        for sql in timescale::setup_sql(&ext, &settings) {
+            sqlx::query(AssertSqlSafe(sql)).execute(&mut *sp).await?;
+        }
+        Ok(ext)
+    }
+    .await;
+    match attempt {
+        Ok(ext) => {
+            sp.commit().await.map_err(db)?;
+            Ok(Some(ext))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "TimescaleDB is available but unusable; using partitions");
+            sp.rollback().await.map_err(db)?;
+            Ok(None)
+        }
+    }
+}
+
+/// `ts_kv_p{k}` / `ts_kv_m{-k}`.
+fn partition_name(k: i64) -> String {
+    if k >= 0 {
+        format!("ts_kv_p{k}")
+    } else {
+        format!("ts_kv_m{}", k.unsigned_abs())
+    }
+}
+
+/// Inverse of [`partition_name`]; `None` for other tables.
+fn partition_index(name: &str) -> Option<i64> {
+    if let Some(n) = name.strip_prefix("ts_kv_p") {
+        n.parse::<i64>().ok().filter(|k| *k >= 0)
+    } else if let Some(n) = name.strip_prefix("ts_kv_m") {
+        n.parse::<u64>()
+            .ok()
+            .and_then(|k| 0i64.checked_sub_unsigned(k))
+            .filter(|k| *k < 0)
+    } else {
+        None
+    }
+}
+
+/// `[lo, hi)` of partition `k`; `None` is `MINVALUE` / `MAXVALUE` at the ends of `i64`.
+fn partition_bounds(k: i64, width: i64) -> (Option<i64>, Option<i64>) {
+    (
+        k.checked_mul(width),
+        k.checked_add(1).and_then(|k1| k1.checked_mul(width)),
+    )
+}
+
+fn create_partition_sql(k: i64, width: i64) -> String {
+    let (lo, hi) = partition_bounds(k, width);
+    let lo = lo.map_or_else(|| "MINVALUE".to_owned(), |v| v.to_string());
+    let hi = hi.map_or_else(|| "MAXVALUE".to_owned(), |v| v.to_string());
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF ts_kv FOR VALUES FROM ({lo}) TO ({hi})",
+        partition_name(k)
+    )
+}
+
+/// A batch as `UNNEST`-ready arrays.
+struct Columns {
+    device: Vec<Uuid>,
+    key: Vec<String>,
+    ts: Vec<i64>,
+    values: ValueArrays,
+}
+
+impl Columns {
+    fn of<'a>(points: impl ExactSizeIterator<Item = &'a TelemetryPoint>) -> Self {
+        let n = points.len();
+        let mut c = Columns {
+            device: Vec::with_capacity(n),
+            key: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            values: ValueArrays::with_capacity(n),
+        };
+        for p in points {
+            c.device.push(p.device_id.0);
+            c.key.push(p.key.clone());
+            c.ts.push(p.ts);
+            c.values.push(&p.value);
+        }
+        c
+    }
+}
+
+/// The batch without repeated `(device, key, ts)` (the last occurrence wins), sorted
+/// by `(device, key, ts)` so concurrent writers lock rows in one order. Postgres
+/// rejects an `INSERT .. ON CONFLICT DO UPDATE` that touches one row twice.
+fn dedupe(points: &[TelemetryPoint]) -> Vec<&TelemetryPoint> {
+    let mut last: HashMap<(DeviceId, &str, Timestamp), usize> =
+        HashMap::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        last.insert((p.device_id, p.key.as_str(), p.ts), i);
+    }
+    let mut out: Vec<&TelemetryPoint> = if last.len() == points.len() {
+        points.iter().collect()
+    } else {
+        let mut idx: Vec<usize> = last.into_values().collect();
+        idx.sort_unstable();
+        idx.into_iter().map(|i| &points[i]).collect()
+    };
+    out.sort_by(|a, b| {
+        (a.device_id, a.key.as_str(), a.ts).cmp(&(b.device_id, b.key.as_str(), b.ts))
+    });
+    out
+}
+
+/// From a deduplicated, sorted batch: the newest point of each `(device, key)`.
+fn newest_per_series<'a>(sorted: &[&'a TelemetryPoint]) -> Vec<&'a TelemetryPoint> {
+    let mut out: Vec<&TelemetryPoint> = Vec::new();
+    for p in sorted {
+        match out.last_mut() {
+            Some(last) if last.device_id == p.device_id && last.key == p.key => *last = p,
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+fn direction(order: Order) -> &'static str {
+    match order {
+        Order::Asc => "ASC",
+        Order::Desc => "DESC",
+    }
+}
+
+/// `None` for "all keys", else the requested keys.
+fn key_filter(keys: &[String]) -> Option<Vec<String>> {
+    (!keys.is_empty()).then(|| keys.to_vec())
+}
+
+/// History rows without a limit.
+fn history_sql(order: Order) -> String {
+    format!(
+        "SELECT key, ts, vtype, v_int, v_real, v_text FROM ts_kv \
+         WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
+         AND ($4::text[] IS NULL OR key = ANY($4)) ORDER BY key, ts {}",
+        direction(order)
+    )
+}
+
+/// History rows, at most `$5` per key: one index range scan per key. "All keys" are
+/// the device's keys in `ts_latest`, which holds a row for every key with history.
+fn history_limited_sql(order: Order) -> String {
+    let dir = direction(order);
+    format!(
+        "SELECT k.key, t.ts, t.vtype, t.v_int, t.v_real, t.v_text FROM (\
+         SELECT key FROM ts_latest WHERE device_id = $1 AND $4::text[] IS NULL \
+         UNION SELECT unnest($4::text[])) AS k \
+         CROSS JOIN LATERAL (SELECT ts, vtype, v_int, v_real, v_text FROM ts_kv \
+         WHERE device_id = $1 AND key = k.key AND ts >= $2 AND ts < $3 \
+         ORDER BY ts {dir} LIMIT $5) AS t \
+         ORDER BY k.key, t.ts {dir}"
+    )
+}
+
+/// Buckets `[start + n*interval, start + (n+1)*interval)` of one aggregate; `$5` is the
+/// interval, `$6` the optional per-key limit. Booleans count as 0/1 (`v_int`),
+/// strings and JSON (`v_int` and `v_real` NULL) are ignored except by `count`.
+fn aggregate_sql(agg: Aggregation, order: Order) -> String {
+    let dir = direction(order);
+    let (expr, having) = match agg {
+        Aggregation::Avg => ("avg(num)", "HAVING count(num) > 0"),
+        Aggregation::Min => ("min(num)", "HAVING count(num) > 0"),
+        Aggregation::Max => ("max(num)", "HAVING count(num) > 0"),
+        Aggregation::Sum => ("sum(num)", "HAVING count(num) > 0"),
+        Aggregation::Count => ("count(*)", ""),
+    };
+    format!(
+        "WITH b AS (SELECT key, $2::bigint + ((ts - $2::bigint) / $5::bigint) * $5::bigint \
+         AS bucket, {expr} AS v FROM (SELECT key, ts, \
+         CASE WHEN vtype IN (0, 1) THEN v_int::float8 WHEN vtype = 2 THEN v_real END AS num \
+         FROM ts_kv WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
+         AND ($4::text[] IS NULL OR key = ANY($4))) AS s GROUP BY 1, 2 {having}), \
+         r AS (SELECT key, bucket, v, \
+         row_number() OVER (PARTITION BY key ORDER BY bucket {dir}) AS rn FROM b) \
+         SELECT key, bucket, v FROM r WHERE ($6::bigint IS NULL OR rn <= $6) \
+         ORDER BY key, bucket {dir}"
+    )
+}
+
+fn events_sql(order: Order) -> String {
+    let dir = direction(order);
+    format!(
+        "SELECT device_id, ts, message_id, method, params::text AS params FROM ts_events \
+         WHERE device_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts {dir}, id {dir} LIMIT $4"
+    )
+}
+
+fn kv_from_row(row: &PgRow) -> std::result::Result<KeyValue, PgError> {
+    Ok(KeyValue {
+        key: row.try_get("key")?,
+        ts: row.try_get("ts")?,
+        value: value::decode(row)?,
+    })
+}
+
+fn decode_kvs(rows: &[PgRow]) -> Result<Vec<KeyValue>> {
+    rows.iter()
+        .map(|r| kv_from_row(r).map_err(Error::from))
+        .collect()
+}
+
+#[async_trait]
+impl TimeSeriesStore for PostgresTimeSeriesStore {
+    fn backend(&self) -> &'static str {
+        error::BACKEND
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        healthcheck(&self.pool).await
+    }
+
+    async fn write(&self, points: &[TelemetryPoint]) -> Result<()> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points = dedupe(points);
+        self.ensure_partitions(&points).await?;
+        match self.write_once(&points).await {
+            Ok(()) => Ok(()),
+            // A partition we cached was dropped by someone else: forget and retry once.
+            Err(e) if is_missing_partition(&e) => {
+                self.known().clear();
+                self.ensure_partitions(&points).await?;
+                self.write_once(&points).await.map_err(db)
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    async fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> Result<Vec<KeyValue>> {
+        if keys.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT key, ts, vtype, v_int, v_real, v_text FROM ts_latest \
+             WHERE device_id = $1 AND ($2::text[] IS NULL OR key = ANY($2)) ORDER BY key",
+        )
+        .bind(device.0)
+        .bind(keys.map(<[String]>::to_vec))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        decode_kvs(&rows)
+    }
+
+    async fn query(&self, q: &TsQuery) -> Result<Vec<KeyValue>> {
+        if q.start >= q.end || q.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let keys = key_filter(&q.keys);
+        let limit = q.limit.map(to_i64);
+        match q.aggregation {
+            None => {
+                let rows = match limit {
+                    None => {
+                        sqlx::query(AssertSqlSafe(history_sql(q.order)))
+                            .bind(q.device_id.0)
+                            .bind(q.start)
+                            .bind(q.end)
+                            .bind(keys)
+                            .fetch_all(&self.pool)
+                            .await
+                    }
+                    Some(n) => {
+                        sqlx::query(AssertSqlSafe(history_limited_sql(q.order)))
+                            .bind(q.device_id.0)
+                            .bind(q.start)
+                            .bind(q.end)
+                            .bind(keys)
+                            .bind(n)
+                            .fetch_all(&self.pool)
+                            .await
+                    }
+                }
+                .map_err(db)?;
+                decode_kvs(&rows)
+            }
+            Some((agg, interval)) => {
+                if interval <= 0 {
+                    return Err(Error::invalid(
+                        "interval",
+                        format!("must be a positive number of milliseconds, got {interval}"),
+                    ));
+                }
+                let rows = sqlx::query(AssertSqlSafe(aggregate_sql(agg, q.order)))
+                    .bind(q.device_id.0)
+                    .bind(q.start)
+                    .bind(q.end)
+                    .bind(keys)
+                    .bind(interval)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+                rows.iter()
+                    .map(|row| {
+                        let value = if agg == Aggregation::Count {
+                            Value::Integer(row.try_get("v")?)
+                        } else {
+                            Value::Float(row.try_get("v")?)
+                        };
+                        Ok(KeyValue {
+                            key: row.try_get("key")?,
+                            ts: row.try_get("bucket")?,
+                            value,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+                    .map_err(db)
+            }
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Result<u64> {
+        if start >= end || keys.is_some_and(<[String]>::is_empty) {
+            return Ok(0);
+        }
+        let keys = keys.map(<[String]>::to_vec);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let deleted = sqlx::query(
+            "DELETE FROM ts_kv WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
+             AND ($4::text[] IS NULL OR key = ANY($4))",
+        )
+        .bind(device.0)
+        .bind(start)
+        .bind(end)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        // Latest values inside the deleted range fall back to the newest remaining
+        // point; those with none left go.
+        sqlx::query(
+            "UPDATE ts_latest AS l SET ts = n.ts, vtype = n.vtype, v_int = n.v_int, \
+             v_real = n.v_real, v_text = n.v_text \
+             FROM ts_latest AS s CROSS JOIN LATERAL (\
+             SELECT ts, vtype, v_int, v_real, v_text FROM ts_kv \
+             WHERE device_id = s.device_id AND key = s.key ORDER BY ts DESC LIMIT 1) AS n \
+             WHERE s.device_id = $1 AND s.ts >= $2 AND s.ts < $3 \
+             AND ($4::text[] IS NULL OR s.key = ANY($4)) \
+             AND l.device_id = s.device_id AND l.key = s.key",
+        )
+        .bind(device.0)
+        .bind(start)
+        .bind(end)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "DELETE FROM ts_latest WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
+             AND ($4::text[] IS NULL OR key = ANY($4))",
+        )
+        .bind(device.0)
+        .bind(start)
+        .bind(end)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn write_events(&self, events: &[DeviceEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        let (mut device, mut ts, mut message_id, mut method, mut params) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in events {
+            device.push(e.device_id.0);
+            ts.push(e.ts);
+            message_id.push(e.message_id.clone());
+            method.push(e.method.clone());
+            params.push(e.params.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO ts_events (device_id, ts, message_id, method, params) \
+             SELECT d, t, m, f, p::jsonb FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], \
+             $4::text[], $5::text[]) WITH ORDINALITY AS u(d, t, m, f, p, n) ORDER BY n",
+        )
+        .bind(device)
+        .bind(ts)
+        .bind(message_id)
+        .bind(method)
+        .bind(params)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn query_events(
+        &self,
+        device: DeviceId,
+        start: Timestamp,
+        end: Timestamp,
+        limit: u64,
+        order: Order,
+    ) -> Result<Vec<DeviceEvent>> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AssertSqlSafe(events_sql(order)))
+            .bind(device.0)
+            .bind(start)
+            .bind(end)
+            .bind(to_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let params: String = row.try_get("params").map_err(PgError::from)?;
+                Ok(DeviceEvent {
+                    device_id: DeviceId(row.try_get("device_id").map_err(PgError::from)?),
+                    ts: row.try_get("ts").map_err(PgError::from)?,
+                    message_id: row.try_get("message_id").map_err(PgError::from)?,
+                    method: row.try_get("method").map_err(PgError::from)?,
+                    params: serde_json::from_str(&params)
+                        .map_err(|e| PgError::decode("params", e))?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    fn pt(d: DeviceId, key: &str, ts: Timestamp, v: i64) -> TelemetryPoint {
+        TelemetryPoint {
+            device_id: d,
+            key: key.into(),
+            ts,
+            value: Value::Integer(v),
+        }
+    }
+
+    #[test]
+    fn batches_are_deduplicated_last_wins_and_sorted() {
+        let d = DeviceId(Uuid::from_u128(1));
+        let e = DeviceId(Uuid::from_u128(2));
+        let points = [
+            pt(e, "a", 5, 1),
+            pt(d, "b", 2, 2),
+            pt(d, "a", 9, 3),
+            pt(d, "b", 2, 4),
+            pt(d, "a", 1, 5),
+        ];
+        let got: Vec<(DeviceId, &str, i64, Value)> = dedupe(&points)
+            .into_iter()
+            .map(|p| (p.device_id, p.key.as_str(), p.ts, p.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (d, "a", 1, Value::Integer(5)),
+                (d, "a", 9, Value::Integer(3)),
+                (d, "b", 2, Value::Integer(4)),
+                (e, "a", 5, Value::Integer(1)),
+            ]
+        );
+        let newest: Vec<(DeviceId, &str, i64)> = newest_per_series(&dedupe(&points))
+            .into_iter()
+            .map(|p| (p.device_id, p.key.as_str(), p.ts))
+            .collect();
+        assert_eq!(newest, vec![(d, "a", 9), (d, "b", 2), (e, "a", 5)]);
+    }
+
+    #[test]
+    fn partitions_are_named_and_bounded() {
+        for k in [0, 1, 19_675, -1, -19_675, i64::MAX, i64::MIN + 1] {
+            assert_eq!(partition_index(&partition_name(k)), Some(k), "{k}");
+        }
+        assert_eq!(partition_index("ts_kv"), None);
+        assert_eq!(partition_index("ts_kv_pfoo"), None);
+        assert_eq!(partition_index("ts_kv_m0"), None);
+        assert_eq!(
+            create_partition_sql(19_675, DAY_MS),
+            "CREATE TABLE IF NOT EXISTS ts_kv_p19675 PARTITION OF ts_kv \
+             FOR VALUES FROM (1699920000000) TO (1700006400000)"
+        );
+        assert_eq!(
+            create_partition_sql(-1, DAY_MS),
+            "CREATE TABLE IF NOT EXISTS ts_kv_m1 PARTITION OF ts_kv \
+             FOR VALUES FROM (-86400000) TO (0)"
+        );
+        let k = i64::MAX.div_euclid(DAY_MS);
+        assert!(create_partition_sql(k, DAY_MS).ends_with("TO (MAXVALUE)"));
+        let k = i64::MIN.div_euclid(DAY_MS);
+        assert!(create_partition_sql(k, DAY_MS).contains("FROM (MINVALUE)"));
+        // Timestamps map to the partition that holds them.
+        for ts in [0, 1, DAY_MS - 1, DAY_MS, -1, -DAY_MS, 1_700_000_000_000] {
+            let (lo, hi) = partition_bounds(ts.div_euclid(DAY_MS), DAY_MS);
+            assert!(lo.unwrap() <= ts && ts < hi.unwrap(), "{ts}");
+        }
+    }
+
+    #[test]
+    fn url_options_override_defaults() {
+        let params = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let o = PgTsOptions::default()
+            .apply(&params(&[
+                ("partition_ms", "3600000"),
+                ("timescale", "off"),
+                ("compress_after_ms", "0"),
+                ("retention_ms", "86400000"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            o,
+            PgTsOptions {
+                partition_ms: 3_600_000,
+                timescale: false,
+                compress_after_ms: None,
+                retention_ms: Some(DAY_MS),
+            }
+        );
+        for bad in [
+            ("partition_ms", "0"),
+            ("partition_ms", "x"),
+            ("timescale", "maybe"),
+            ("retention_ms", "-1"),
+        ] {
+            assert!(
+                PgTsOptions::default().apply(&params(&[bad])).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn aggregate_sql_uses_numeric_values_and_per_key_limits() {
+        let sql = aggregate_sql(Aggregation::Avg, Order::Desc);
+        assert!(sql.contains("avg(num)") && sql.contains("HAVING count(num) > 0"));
+        assert!(sql.contains("ORDER BY key, bucket DESC"));
+        let sql = aggregate_sql(Aggregation::Count, Order::Asc);
+        assert!(sql.contains("count(*)") && !sql.contains("HAVING"));
+    }
+}
