@@ -104,18 +104,18 @@ impl Platform {
             .await
             .map_err(setting("storage.cache"))?;
 
-        let bootstrap = crate::auth::bootstrap_admin(
-            metadata.as_ref(),
-            config.auth.admin_email.clone(),
-            config.auth.admin_password.clone(),
-        )
-        .await
-        .map_err(setting("auth.admin_email / auth.admin_password"))?
-        .map(|(email, generated_password)| BootstrapAdmin {
-            email,
-            generated_password,
-        });
-
+        // Bind every port before creating the first admin, so a failed start never
+        // prints (and loses) a generated password.
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| PlatformError::Setting {
+                setting: "http.listen (--http-listen)",
+                message: format!("cannot listen on {}: {e}", config.http.listen),
+            })?;
+        let http_addr = listener.local_addr().map_err(|e| PlatformError::Setting {
+            setting: "http.listen (--http-listen)",
+            message: e.to_string(),
+        })?;
         let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
         let broker = Arc::new(
             EmbeddedBroker::start(
@@ -128,6 +128,18 @@ impl Platform {
             )
             .await?,
         );
+
+        let bootstrap = crate::auth::bootstrap_admin(
+            metadata.as_ref(),
+            config.auth.admin_email.clone(),
+            config.auth.admin_password.clone(),
+        )
+        .await
+        .map_err(setting("auth.admin_email / auth.admin_password"))?
+        .map(|(email, generated_password)| BootstrapAdmin {
+            email,
+            generated_password,
+        });
 
         let jwt_secret = match &config.auth.jwt_secret {
             Some(s) => s.clone(),
@@ -164,16 +176,6 @@ impl Platform {
             }),
         );
 
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|e| PlatformError::Setting {
-                setting: "http.listen (--http-listen)",
-                message: format!("cannot listen on {}: {e}", config.http.listen),
-            })?;
-        let http_addr = listener.local_addr().map_err(|e| PlatformError::Setting {
-            setting: "http.listen (--http-listen)",
-            message: e.to_string(),
-        })?;
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
         let app = crate::router(state);
@@ -242,7 +244,11 @@ impl Platform {
             .map_err(setting("storage.timeseries"))?;
         self.stop_http.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
-        tracing::info!(accepted = report.accepted, stored = report.consumed, "node stopped");
+        tracing::info!(
+            accepted = report.accepted,
+            stored = report.consumed,
+            "node stopped"
+        );
         Ok(report)
     }
 }

@@ -27,6 +27,15 @@ pub struct BrokerConfig {
     pub segment_count: usize,
 }
 
+impl BrokerConfig {
+    /// Unread bytes the router's ingest log may hold before publishes are refused:
+    /// all segments but two, so the segment being written and the one being read are
+    /// never the one the router drops when it needs room.
+    pub fn max_ingest_backlog_bytes(&self) -> u64 {
+        (self.segment_size as u64) * (self.segment_count.max(3) as u64 - 2)
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {

@@ -5,7 +5,9 @@
 #[non_exhaustive]
 pub enum BrokerError {
     /// The listen address cannot be bound.
-    #[error("cannot listen for MQTT on {addr}: {source} (change it with --mqtt-listen or mqtt.listen)")]
+    #[error(
+        "cannot listen for MQTT on {addr}: {source} (change it with --mqtt-listen or mqtt.listen)"
+    )]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,

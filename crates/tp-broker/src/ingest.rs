@@ -10,12 +10,10 @@ use tp_core::protocol::{
     DownlinkKind, DownlinkTopic, GatewayEnvelope, ResponseObject, UplinkKind, UplinkTopic,
     decode_attributes, decode_event, decode_telemetry,
 };
-use tp_core::{
-    CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, TelemetryPoint, now_ms,
-};
+use tp_core::{CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, TelemetryPoint, now_ms};
 use tp_storage::writer::WriterHandle;
 
-use crate::session::{Shared, decode_envelope};
+use crate::session::{Shared, decode_envelope, ingest_size};
 use crate::transport::LinkPublisher;
 
 /// Everything the ingest loop needs.
@@ -32,7 +30,7 @@ impl Ingest {
             match rx.next().await {
                 Ok(Some(Notification::Forward(forward))) => {
                     self.handle(&forward.publish.payload).await;
-                    self.shared.consumed.fetch_add(1, Ordering::AcqRel);
+                    self.shared.consumed(ingest_size(&forward.publish.payload));
                 }
                 // The router pauses a link with many pending notifications until it
                 // says it is ready again; without this, delivery stops for good.
@@ -59,15 +57,22 @@ impl Ingest {
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };
-        metrics::counter!("tp_ingest_messages_total", "kind" => kind_name(uplink.kind)).increment(1);
+        metrics::counter!("tp_ingest_messages_total", "kind" => kind_name(uplink.kind))
+            .increment(1);
         if let Err(e) = self.dispatch(device_id, &uplink, &payload).await {
             self.shared.rejected.fetch_add(1, Ordering::AcqRel);
-            metrics::counter!("tp_ingest_rejected_total", "kind" => kind_name(uplink.kind)).increment(1);
+            metrics::counter!("tp_ingest_rejected_total", "kind" => kind_name(uplink.kind))
+                .increment(1);
             tracing::warn!(device_id = %device_id, topic, error = %e, "Rejected device message; nothing stored");
         }
     }
 
-    async fn dispatch(&self, device_id: DeviceId, uplink: &UplinkTopic, payload: &[u8]) -> tp_core::Result<()> {
+    async fn dispatch(
+        &self,
+        device_id: DeviceId,
+        uplink: &UplinkTopic,
+        payload: &[u8],
+    ) -> tp_core::Result<()> {
         let now = now_ms();
         let mid = uplink.message_id.as_deref().unwrap_or_default();
         if uplink.gateway {
@@ -77,7 +82,14 @@ impl Ingest {
             UplinkKind::Telemetry => self.telemetry(device_id, payload, now).await,
             UplinkKind::Attributes => {
                 let result = self.attributes(device_id, payload, now).await;
-                self.ack(device_id, DownlinkKind::AttributeResponse, mid, &result, None).await;
+                self.ack(
+                    device_id,
+                    DownlinkKind::AttributeResponse,
+                    mid,
+                    &result,
+                    None,
+                )
+                .await;
                 result
             }
             UplinkKind::Event => {
@@ -97,7 +109,8 @@ impl Ingest {
                     }
                     Err(e) => Err(e),
                 };
-                self.ack(device_id, DownlinkKind::EventResponse, mid, &stored, method).await;
+                self.ack(device_id, DownlinkKind::EventResponse, mid, &stored, method)
+                    .await;
                 stored
             }
             UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
@@ -119,7 +132,12 @@ impl Ingest {
         }
     }
 
-    async fn telemetry(&self, device_id: DeviceId, payload: &[u8], now: i64) -> tp_core::Result<()> {
+    async fn telemetry(
+        &self,
+        device_id: DeviceId,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
         let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
             .into_iter()
             .map(|s| TelemetryPoint {
@@ -133,18 +151,41 @@ impl Ingest {
         self.writer.write(points).await
     }
 
-    async fn attributes(&self, device_id: DeviceId, payload: &[u8], now: i64) -> tp_core::Result<()> {
+    async fn attributes(
+        &self,
+        device_id: DeviceId,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
         let attrs: Vec<KeyValue> = decode_attributes(payload)?
             .into_iter()
-            .map(|(key, value)| KeyValue { key, ts: now, value })
+            .map(|(key, value)| KeyValue {
+                key,
+                ts: now,
+                value,
+            })
             .collect();
-        self.shared.metadata.upsert_attributes(device_id, &attrs).await
+        self.shared
+            .metadata
+            .upsert_attributes(device_id, &attrs)
+            .await
     }
 
     /// A device answered a command or an attribute set: update its log row.
-    async fn response(&self, device_id: DeviceId, mid: &str, payload: &[u8], now: i64) -> tp_core::Result<()> {
+    async fn response(
+        &self,
+        device_id: DeviceId,
+        mid: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
         let response = ResponseObject::decode(payload)?;
-        let Some(mut log) = self.shared.metadata.get_command_by_message_id(device_id, mid).await? else {
+        let Some(mut log) = self
+            .shared
+            .metadata
+            .get_command_by_message_id(device_id, mid)
+            .await?
+        else {
             return Err(tp_core::Error::not_found("command", mid));
         };
         log.status = if response.is_success() {
@@ -160,7 +201,13 @@ impl Ingest {
     /// Gateway messages: the gateway's own part is stored like a direct device's.
     /// Sub-device routing (by sub-device address under the gateway) is not wired yet:
     /// those parts are counted and logged, not stored.
-    async fn gateway(&self, device_id: DeviceId, uplink: &UplinkTopic, payload: &[u8], now: i64) -> tp_core::Result<()> {
+    async fn gateway(
+        &self,
+        device_id: DeviceId,
+        uplink: &UplinkTopic,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
         let envelope = GatewayEnvelope::decode(payload)?;
         if !envelope.sub_device_data.is_empty() || !envelope.sub_gateway_data.is_empty() {
             metrics::counter!("tp_ingest_gateway_subdevice_unrouted_total").increment(1);
@@ -186,11 +233,24 @@ impl Ingest {
         if let Some(d) = self.shared.session_device(device_id) {
             return Some(d);
         }
-        self.shared.metadata.get_device_by_id(device_id).await.ok().flatten().map(Arc::new)
+        self.shared
+            .metadata
+            .get_device_by_id(device_id)
+            .await
+            .ok()
+            .flatten()
+            .map(Arc::new)
     }
 
     /// ThingsPanel acknowledges attribute and event reports on the device's response topic.
-    async fn ack(&self, device_id: DeviceId, kind: DownlinkKind, mid: &str, result: &tp_core::Result<()>, method: Option<String>) {
+    async fn ack(
+        &self,
+        device_id: DeviceId,
+        kind: DownlinkKind,
+        mid: &str,
+        result: &tp_core::Result<()>,
+        method: Option<String>,
+    ) {
         let Some(device) = self.device(device_id).await else {
             return;
         };

@@ -133,6 +133,7 @@ impl EmbeddedBroker {
             deps.cache.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
             config.max_connections,
+            config.max_ingest_backlog_bytes(),
         );
 
         let router = Router::new(
@@ -141,7 +142,7 @@ impl EmbeddedBroker {
                 max_connections: config.max_connections + ROUTER_HEADROOM,
                 max_outgoing_packet_count: 200,
                 max_segment_size: config.segment_size.max(config.max_payload_size * 2),
-                max_segment_count: config.segment_count.max(2),
+                max_segment_count: config.segment_count.max(3),
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),

@@ -69,6 +69,12 @@ pub(crate) struct Shared {
     pub(crate) accepted: AtomicU64,
     /// Publishes the ingest loop has finished with.
     pub(crate) consumed: AtomicU64,
+    /// Bytes of accepted publishes the router holds for the ingest loop.
+    accepted_bytes: AtomicU64,
+    /// Bytes of publishes the ingest loop has taken from the router.
+    consumed_bytes: AtomicU64,
+    /// Most unconsumed bytes before publishes are refused (see [`Shared::admit`]).
+    max_lag_bytes: u64,
     /// Publishes the ingest loop rejected (malformed payloads).
     pub(crate) rejected: AtomicU64,
     status_tx: mpsc::UnboundedSender<StatusChange>,
@@ -92,6 +98,7 @@ impl Shared {
         cache: CacheRef,
         credential_ttl: Duration,
         max_connections: usize,
+        max_lag_bytes: u64,
     ) -> (
         Arc<Self>,
         mpsc::UnboundedReceiver<StatusChange>,
@@ -110,6 +117,9 @@ impl Shared {
             draining: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            accepted_bytes: AtomicU64::new(0),
+            consumed_bytes: AtomicU64::new(0),
+            max_lag_bytes,
             rejected: AtomicU64::new(0),
             status_tx,
             subscribed_tx,
@@ -186,6 +196,32 @@ impl Shared {
             tracing::warn!(error = %e, "cache write failed");
         }
         Ok(Some(Arc::new(device)))
+    }
+
+    /// Backpressure. rumqttd acknowledges a QoS 1 publish once it is in the router's
+    /// in-memory log, and when that log is full it drops its oldest segment, even if
+    /// our ingest loop has not read it: acknowledged data would be lost. So while the
+    /// unread bytes are at the limit (the store is slower than the devices), publishes
+    /// are refused *before* they are acknowledged: the connection is closed and the
+    /// device resends after reconnecting.
+    pub(crate) fn admit(&self, bytes: u64) -> bool {
+        let lag = self
+            .accepted_bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(self.consumed_bytes.load(Ordering::Acquire));
+        if lag + bytes > self.max_lag_bytes {
+            metrics::counter!("tp_ingest_overload_refused_total").increment(1);
+            return false;
+        }
+        self.accepted_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.accepted.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// The ingest loop finished with a publish of `bytes` (as counted by [`Self::admit`]).
+    pub(crate) fn consumed(&self, bytes: u64) {
+        self.consumed_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.consumed.fetch_add(1, Ordering::AcqRel);
     }
 
     fn take_pending(&self, username: &str) -> Option<Arc<Device>> {
@@ -354,6 +390,11 @@ fn deny(device: &Device, what: &'static str, topic: &str) -> ProtoError {
     ProtoError::IncorrectPacketFormat
 }
 
+/// Bytes a publish occupies in the router's ingest log, as counted for backpressure.
+pub(crate) fn ingest_size(envelope: &[u8]) -> u64 {
+    (envelope.len() + INGEST_TOPIC.len()) as u64
+}
+
 /// `[16-byte device id][u16 topic length][topic][payload]`.
 pub(crate) fn encode_envelope(device: DeviceId, topic: &[u8], payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(18 + topic.len() + payload.len());
@@ -409,7 +450,10 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                 publish.payload = encode_envelope(device.id, &publish.topic, &publish.payload);
                 publish.topic = Bytes::from_static(INGEST_TOPIC.as_bytes());
                 publish.retain = false;
-                self.shared.accepted.fetch_add(1, Ordering::AcqRel);
+                if !self.shared.admit(ingest_size(&publish.payload)) {
+                    tracing::debug!(device_id = %device.id, "ingest backlog full; refusing publish");
+                    return Err(ProtoError::IncorrectPacketFormat);
+                }
                 Ok(Packet::Publish(publish, props))
             }
             Packet::Subscribe(ref subscribe, _) => {

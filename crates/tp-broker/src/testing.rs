@@ -17,7 +17,12 @@ pub struct MqttTestClient {
 impl MqttTestClient {
     /// Connects and waits for the CONNACK; `Err` with the reason if the broker refused
     /// or closed the connection.
-    pub async fn connect(addr: std::net::SocketAddr, client_id: &str, username: &str, password: &str) -> Result<Self, String> {
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
         let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         opts.set_credentials(username, password);
         opts.set_keep_alive(Duration::from_secs(30));
@@ -52,7 +57,11 @@ impl MqttTestClient {
 
     /// Waits for an incoming packet matching `want`, keeping publishes that arrive
     /// meanwhile for [`Self::recv_publish`]. `Err` if the connection closes or times out.
-    async fn wait_for(&mut self, want: impl Fn(&Packet) -> bool, timeout: Duration) -> Result<Packet, String> {
+    async fn wait_for(
+        &mut self,
+        want: impl Fn(&Packet) -> bool,
+        timeout: Duration,
+    ) -> Result<Packet, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -67,7 +76,11 @@ impl MqttTestClient {
     }
 
     /// Publishes at QoS 1 and waits for the PUBACK.
-    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<(), String> {
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), String> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
@@ -94,7 +107,9 @@ impl MqttTestClient {
     /// The next message received, or `None` after `timeout` or when the connection closed.
     pub async fn recv_publish(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
         let p = if self.pending.is_empty() {
-            self.wait_for(|p| matches!(p, Packet::Publish(_)), timeout).await.ok()?
+            self.wait_for(|p| matches!(p, Packet::Publish(_)), timeout)
+                .await
+                .ok()?
         } else {
             self.pending.remove(0)
         };
@@ -106,7 +121,9 @@ impl MqttTestClient {
 
     /// Whether the broker closes the connection within `timeout`.
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.wait_for(|_| false, timeout).await.is_err_and(|e| e != "timed out")
+        self.wait_for(|_| false, timeout)
+            .await
+            .is_err_and(|e| e != "timed out")
     }
 
     /// Sends DISCONNECT and waits until the connection is gone.
@@ -135,8 +152,20 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts with `configure` applied to a config listening on `127.0.0.1:0`.
     pub async fn start(configure: impl FnOnce(&mut crate::BrokerConfig)) -> Self {
-        let metadata = tp_storage::open_metadata("sqlite::memory:").await.expect("metadata");
-        let timeseries = tp_storage::open_timeseries("sqlite::memory:").await.expect("timeseries");
+        let timeseries = tp_storage::open_timeseries("sqlite::memory:")
+            .await
+            .expect("timeseries");
+        Self::start_with(configure, timeseries).await
+    }
+
+    /// Like [`Self::start`], over the given time-series store.
+    pub async fn start_with(
+        configure: impl FnOnce(&mut crate::BrokerConfig),
+        timeseries: tp_core::TimeSeriesStoreRef,
+    ) -> Self {
+        let metadata = tp_storage::open_metadata("sqlite::memory:")
+            .await
+            .expect("metadata");
         let cache = tp_storage::open_cache("memory://").await.expect("cache");
         let writer = tp_storage::writer::BatchWriter::spawn(timeseries.clone(), Default::default());
         let tenant = tp_core::Tenant {
@@ -177,7 +206,11 @@ impl TestBroker {
     }
 
     /// Connects a device with its own credentials and client id `mqtt_<number>`.
-    pub async fn connect(&self, device: &tp_core::Device, password: &str) -> Result<MqttTestClient, String> {
+    pub async fn connect(
+        &self,
+        device: &tp_core::Device,
+        password: &str,
+    ) -> Result<MqttTestClient, String> {
         MqttTestClient::connect(
             self.broker.local_addr(),
             &format!("mqtt_{}", device.device_number),
@@ -223,7 +256,10 @@ impl tp_core::testing::transport::TransportHarness for TestBroker {
         let mut client = self.connect(&device, &password).await.expect("connect");
         let n = &device.device_number;
         client
-            .subscribe(&[&format!("devices/command/{n}/+"), &format!("devices/telemetry/control/{n}")])
+            .subscribe(&[
+                &format!("devices/command/{n}/+"),
+                &format!("devices/telemetry/control/{n}"),
+            ])
             .await
             .expect("subscribe");
         Box::new(HarnessSession { device, client })

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use tp_broker::testing::{MqttTestClient, TestBroker};
 use tp_core::protocol::ResponseObject;
-use tp_core::{
-    CommandId, CommandKind, CommandLog, CommandStatus, Order, TsQuery, Value, now_ms,
-};
+use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Order, TsQuery, Value, now_ms};
 
 mod transport {
     tp_core::transport_conformance!(tp_broker::testing::TestBroker::start(|_| {}));
@@ -19,8 +17,16 @@ async fn wrong_credentials_are_refused() {
     let node = TestBroker::start(|_| {}).await;
     let (device, password) = node.create_device().await;
     let addr = node.broker.local_addr();
-    assert!(MqttTestClient::connect(addr, "c1", &device.credentials.username, "wrong").await.is_err());
-    assert!(MqttTestClient::connect(addr, "c2", "no-such-user", &password).await.is_err());
+    assert!(
+        MqttTestClient::connect(addr, "c1", &device.credentials.username, "wrong")
+            .await
+            .is_err()
+    );
+    assert!(
+        MqttTestClient::connect(addr, "c2", "no-such-user", &password)
+            .await
+            .is_err()
+    );
     assert!(node.connect(&device, &password).await.is_ok());
     // a disabled device cannot connect (never looked up before, so not cached)
     let (d3, pw3) = node.create_device().await;
@@ -36,7 +42,13 @@ async fn telemetry_is_stored_under_the_publishing_device() {
     let (device, password) = node.create_device().await;
     let mut client = node.connect(&device, &password).await.unwrap();
     let before = now_ms();
-    client.publish("devices/telemetry", r#"{"temp":21.5,"on":true,"mode":"eco"}"#).await.unwrap();
+    client
+        .publish(
+            "devices/telemetry",
+            r#"{"temp":21.5,"on":true,"mode":"eco"}"#,
+        )
+        .await
+        .unwrap();
     client
         .publish("devices/telemetry", r#"[{"ts":1700000000000,"values":{"temp":19}},{"ts":1700000001000,"values":{"temp":20}}]"#)
         .await
@@ -47,7 +59,12 @@ async fn telemetry_is_stored_under_the_publishing_device() {
     node.writer.flush().await.unwrap();
 
     let latest = node.timeseries.latest(device.id, None).await.unwrap();
-    let get = |k: &str| latest.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone());
+    let get = |k: &str| {
+        latest
+            .iter()
+            .find(|kv| kv.key == k)
+            .map(|kv| kv.value.clone())
+    };
     assert_eq!(get("temp"), Some(Value::Float(21.5)));
     assert_eq!(get("on"), Some(Value::Bool(true)));
     assert_eq!(get("mode"), Some(Value::String("eco".into())));
@@ -67,7 +84,13 @@ async fn telemetry_is_stored_under_the_publishing_device() {
         .await
         .unwrap();
     let values: Vec<_> = history.iter().map(|kv| (kv.ts, kv.value.clone())).collect();
-    assert_eq!(values, vec![(1_700_000_000_000, Value::Integer(19)), (1_700_000_001_000, Value::Integer(20))]);
+    assert_eq!(
+        values,
+        vec![
+            (1_700_000_000_000, Value::Integer(19)),
+            (1_700_000_001_000, Value::Integer(20))
+        ]
+    );
 }
 
 async fn wait_consumed(node: &TestBroker, at_least: u64) {
@@ -77,21 +100,36 @@ async fn wait_consumed(node: &TestBroker, at_least: u64) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("ingest never consumed {at_least} messages: {:?}", node.broker.stats());
+    panic!(
+        "ingest never consumed {at_least} messages: {:?}",
+        node.broker.stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_outside_the_acl_closes_the_connection_and_stores_nothing() {
     let node = TestBroker::start(|_| {}).await;
     let (device, password) = node.create_device().await;
-    for topic in ["devices/status/x", "tp-internal/ingest", "other/topic", "devices/telemetry/control/x", "devices/attributes/+"] {
+    for topic in [
+        "devices/status/x",
+        "tp-internal/ingest",
+        "other/topic",
+        "devices/telemetry/control/x",
+        "devices/attributes/+",
+    ] {
         let mut client = node.connect(&device, &password).await.unwrap();
         let result = client.publish(topic, r#"{"temp":1}"#).await;
         assert!(result.is_err(), "{topic} was acknowledged");
     }
     assert_eq!(node.broker.stats().accepted, 0);
     node.writer.flush().await.unwrap();
-    assert!(node.timeseries.latest(device.id, None).await.unwrap().is_empty());
+    assert!(
+        node.timeseries
+            .latest(device.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,9 +143,17 @@ async fn subscribing_to_another_devices_topics_is_refused() {
     client.subscribe(&[&own]).await.unwrap();
     // every filter of one SUBSCRIBE is checked, not only the first
     assert!(client.subscribe(&[&own, &theirs]).await.is_err());
-    for filter in ["devices/command/+/+", "#", "devices/#", "tp-internal/ingest"] {
+    for filter in [
+        "devices/command/+/+",
+        "#",
+        "devices/#",
+        "tp-internal/ingest",
+    ] {
         let mut client = node.connect(&device, &password).await.unwrap();
-        assert!(client.subscribe(&[filter]).await.is_err(), "{filter} was granted");
+        assert!(
+            client.subscribe(&[filter]).await.is_err(),
+            "{filter} was granted"
+        );
     }
 }
 
@@ -119,10 +165,14 @@ async fn refused_client_id_reconnecting_does_not_kill_the_listener() {
     let (device, password) = node.create_device().await;
     let addr = node.broker.local_addr();
     for _ in 0..3 {
-        let r = MqttTestClient::connect(addr, "site/dev5", &device.credentials.username, &password).await;
+        let r = MqttTestClient::connect(addr, "site/dev5", &device.credentials.username, &password)
+            .await;
         assert!(r.is_err());
     }
-    let mut ok = node.connect(&device, &password).await.expect("listener still accepts");
+    let mut ok = node
+        .connect(&device, &password)
+        .await
+        .expect("listener still accepts");
     ok.publish("devices/telemetry", r#"{"a":1}"#).await.unwrap();
 }
 
@@ -145,7 +195,10 @@ async fn connections_beyond_the_limit_are_refused_without_breaking_the_listener(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut c = node.connect(&devices[2].0, &devices[2].1).await.expect("a slot is free again");
+    let mut c = node
+        .connect(&devices[2].0, &devices[2].1)
+        .await
+        .expect("a slot is free again");
     c.publish("devices/telemetry", r#"{"a":1}"#).await.unwrap();
 }
 
@@ -156,11 +209,19 @@ async fn malformed_payloads_are_rejected_without_harming_other_devices() {
     let (good, good_pw) = node.create_device().await;
     let mut b = node.connect(&bad, &bad_pw).await.unwrap();
     let mut g = node.connect(&good, &good_pw).await.unwrap();
-    for payload in ["not json", "{}", r#"{"a":null}"#, "[1,2]", r#"{"ts":"x","values":{"a":1}}"#] {
+    for payload in [
+        "not json",
+        "{}",
+        r#"{"a":null}"#,
+        "[1,2]",
+        r#"{"ts":"x","values":{"a":1}}"#,
+    ] {
         b.publish("devices/telemetry", payload).await.unwrap();
     }
     g.publish("devices/telemetry", r#"{"ok":1}"#).await.unwrap();
-    b.publish("devices/telemetry", r#"{"fine":2}"#).await.unwrap();
+    b.publish("devices/telemetry", r#"{"fine":2}"#)
+        .await
+        .unwrap();
     wait_consumed(&node, 7).await;
     node.writer.flush().await.unwrap();
     assert_eq!(node.broker.stats().rejected, 5);
@@ -168,7 +229,13 @@ async fn malformed_payloads_are_rejected_without_harming_other_devices() {
     assert_eq!(good_latest.len(), 1);
     assert_eq!(good_latest[0].value, Value::Integer(1));
     let bad_latest = node.timeseries.latest(bad.id, None).await.unwrap();
-    assert_eq!(bad_latest.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), vec!["fine"]);
+    assert_eq!(
+        bad_latest
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["fine"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,32 +267,63 @@ async fn attributes_and_events_are_stored_and_acknowledged() {
     let n = &device.device_number;
     let mut client = node.connect(&device, &password).await.unwrap();
     client
-        .subscribe(&[&format!("devices/attributes/response/{n}/+"), &format!("devices/event/response/{n}/+")])
+        .subscribe(&[
+            &format!("devices/attributes/response/{n}/+"),
+            &format!("devices/event/response/{n}/+"),
+        ])
         .await
         .unwrap();
-    client.publish("devices/attributes/a1", r#"{"ip":"10.0.0.2","port":1883}"#).await.unwrap();
+    client
+        .publish("devices/attributes/a1", r#"{"ip":"10.0.0.2","port":1883}"#)
+        .await
+        .unwrap();
     let (topic, payload) = client.recv_publish(CLOSE).await.expect("attribute ack");
     assert_eq!(topic, format!("devices/attributes/response/{n}/a1"));
     assert!(ResponseObject::decode(&payload).unwrap().is_success());
 
-    client.publish("devices/event/e1", r#"{"method":"FindAnimal","params":{"count":2}}"#).await.unwrap();
+    client
+        .publish(
+            "devices/event/e1",
+            r#"{"method":"FindAnimal","params":{"count":2}}"#,
+        )
+        .await
+        .unwrap();
     let (topic, payload) = client.recv_publish(CLOSE).await.expect("event ack");
     assert_eq!(topic, format!("devices/event/response/{n}/e1"));
     let ack = ResponseObject::decode(&payload).unwrap();
     assert_eq!((ack.result, ack.method.as_deref()), (0, Some("FindAnimal")));
 
     // a malformed attribute report is answered with result 1
-    client.publish("devices/attributes/a2", "nope").await.unwrap();
+    client
+        .publish("devices/attributes/a2", "nope")
+        .await
+        .unwrap();
     let (_, payload) = client.recv_publish(CLOSE).await.expect("error ack");
     assert_eq!(ResponseObject::decode(&payload).unwrap().result, 1);
 
     let attrs = node.metadata.get_attributes(device.id, None).await.unwrap();
-    let kv: Vec<_> = attrs.iter().map(|a| (a.key.as_str(), a.value.clone())).collect();
-    assert_eq!(kv, vec![("ip", Value::String("10.0.0.2".into())), ("port", Value::Integer(1883))]);
+    let kv: Vec<_> = attrs
+        .iter()
+        .map(|a| (a.key.as_str(), a.value.clone()))
+        .collect();
+    assert_eq!(
+        kv,
+        vec![
+            ("ip", Value::String("10.0.0.2".into())),
+            ("port", Value::Integer(1883))
+        ]
+    );
     node.writer.flush().await.unwrap();
-    let events = node.timeseries.query_events(device.id, 0, i64::MAX, 10, Order::Asc).await.unwrap();
+    let events = node
+        .timeseries
+        .query_events(device.id, 0, i64::MAX, 10, Order::Asc)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].message_id.as_str(), events[0].method.as_str()), ("e1", "FindAnimal"));
+    assert_eq!(
+        (events[0].message_id.as_str(), events[0].method.as_str()),
+        ("e1", "FindAnimal")
+    );
     assert_eq!(events[0].params, serde_json::json!({"count":2}));
 }
 
@@ -250,11 +348,19 @@ async fn a_command_response_marks_the_log_row_replied() {
     node.metadata.create_command(&log).await.unwrap();
     let mut client = node.connect(&device, &password).await.unwrap();
     client
-        .publish("devices/command/response/m42", r#"{"result":0,"message":"success","ts":1609143039}"#)
+        .publish(
+            "devices/command/response/m42",
+            r#"{"result":0,"message":"success","ts":1609143039}"#,
+        )
         .await
         .unwrap();
     for _ in 0..500 {
-        let row = node.metadata.get_command_by_message_id(device.id, "m42").await.unwrap().unwrap();
+        let row = node
+            .metadata
+            .get_command_by_message_id(device.id, "m42")
+            .await
+            .unwrap()
+            .unwrap();
         if row.status == CommandStatus::Replied {
             assert_eq!(row.response.unwrap()["message"], "success");
             return;
@@ -270,18 +376,37 @@ async fn drain_stores_everything_acknowledged_and_refuses_more() {
     let (device, password) = node.create_device().await;
     let mut client = node.connect(&device, &password).await.unwrap();
     for i in 0..200 {
-        client.publish("devices/telemetry", format!(r#"{{"ts":{},"values":{{"n":{i}}}}}"#, 1_000 + i)).await.unwrap();
+        client
+            .publish(
+                "devices/telemetry",
+                format!(r#"{{"ts":{},"values":{{"n":{i}}}}}"#, 1_000 + i),
+            )
+            .await
+            .unwrap();
     }
     let report = node.broker.drain(Duration::from_secs(10)).await.unwrap();
     assert_eq!((report.accepted, report.consumed), (200, 200));
     let stored = node
         .timeseries
-        .query(&TsQuery { device_id: device.id, keys: vec![], start: 0, end: i64::MAX, aggregation: None, limit: None, order: Order::Asc })
+        .query(&TsQuery {
+            device_id: device.id,
+            keys: vec![],
+            start: 0,
+            end: i64::MAX,
+            aggregation: None,
+            limit: None,
+            order: Order::Asc,
+        })
         .await
         .unwrap();
     assert_eq!(stored.len(), 200);
     // after the drain a publish is not acknowledged: the connection is closed instead
-    assert!(client.publish("devices/telemetry", r#"{"late":1}"#).await.is_err());
+    assert!(
+        client
+            .publish("devices/telemetry", r#"{"late":1}"#)
+            .await
+            .is_err()
+    );
     assert_eq!(node.broker.stats().accepted, 200);
 }
 
@@ -294,15 +419,158 @@ async fn downlink_waits_for_a_matching_subscription() {
     let mut client = node.connect(&device, &password).await.unwrap();
     let transport = node.broker.transport();
     let topic = format!("devices/command/{n}/m1");
-    let msg = Downlink { device_id: device.id, topic: topic.clone(), payload: b"{}".to_vec().into() };
+    let msg = Downlink {
+        device_id: device.id,
+        topic: topic.clone(),
+        payload: b"{}".to_vec().into(),
+    };
     // connected but not subscribed: the router would drop it, so the caller must queue it
     assert!(transport.is_connected(device.id).await);
-    let err = transport.send(msg.clone()).await.expect_err("no subscription yet");
-    assert!(matches!(err, Error::NotFound { entity: "subscription", .. }), "{err:?}");
+    let err = transport
+        .send(msg.clone())
+        .await
+        .expect_err("no subscription yet");
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                entity: "subscription",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // a subscription to another topic does not count
-    client.subscribe(&[&format!("devices/telemetry/control/{n}")]).await.unwrap();
+    client
+        .subscribe(&[&format!("devices/telemetry/control/{n}")])
+        .await
+        .unwrap();
     assert!(transport.send(msg.clone()).await.is_err());
-    client.subscribe(&[&format!("devices/command/{n}/+")]).await.unwrap();
+    client
+        .subscribe(&[&format!("devices/command/{n}/+")])
+        .await
+        .unwrap();
     transport.send(msg.clone()).await.expect("subscribed");
-    assert_eq!(client.recv_publish(CLOSE).await, Some((topic, b"{}".to_vec())));
+    assert_eq!(
+        client.recv_publish(CLOSE).await,
+        Some((topic, b"{}".to_vec()))
+    );
+}
+
+/// A time-series store whose writes wait until it is opened, like a store that
+/// cannot keep up.
+#[derive(Debug)]
+struct GatedStore {
+    inner: tp_core::TimeSeriesStoreRef,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl tp_core::TimeSeriesStore for GatedStore {
+    fn backend(&self) -> &'static str {
+        "gated"
+    }
+    async fn healthcheck(&self) -> tp_core::Result<()> {
+        Ok(())
+    }
+    async fn write(&self, points: &[tp_core::TelemetryPoint]) -> tp_core::Result<()> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.write(points).await
+    }
+    async fn latest(
+        &self,
+        d: tp_core::DeviceId,
+        k: Option<&[String]>,
+    ) -> tp_core::Result<Vec<tp_core::KeyValue>> {
+        self.inner.latest(d, k).await
+    }
+    async fn query(&self, q: &TsQuery) -> tp_core::Result<Vec<tp_core::KeyValue>> {
+        self.inner.query(q).await
+    }
+    async fn delete_range(
+        &self,
+        d: tp_core::DeviceId,
+        k: Option<&[String]>,
+        s: i64,
+        e: i64,
+    ) -> tp_core::Result<u64> {
+        self.inner.delete_range(d, k, s, e).await
+    }
+    async fn write_events(&self, e: &[tp_core::DeviceEvent]) -> tp_core::Result<()> {
+        self.inner.write_events(e).await
+    }
+    async fn query_events(
+        &self,
+        d: tp_core::DeviceId,
+        s: i64,
+        e: i64,
+        l: u64,
+        o: Order,
+    ) -> tp_core::Result<Vec<tp_core::DeviceEvent>> {
+        self.inner.query_events(d, s, e, l, o).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_makes_the_broker_refuse_publishes_instead_of_losing_acknowledged_ones() {
+    let (open_tx, open) = tokio::sync::watch::channel(false);
+    let inner = tp_storage::open_timeseries("sqlite::memory:")
+        .await
+        .unwrap();
+    let store = std::sync::Arc::new(GatedStore {
+        inner: inner.clone(),
+        open,
+    });
+    // a tiny ingest log: 3 segments of 64 KiB, so 64 KiB may wait unread
+    let node = TestBroker::start_with(
+        |c| {
+            c.segment_size = 64 * 1024;
+            c.segment_count = 3;
+            c.max_payload_size = 16 * 1024;
+        },
+        store,
+    )
+    .await;
+    let (device, password) = node.create_device().await;
+    let value = "x".repeat(4000);
+    let mut acked = 0u64;
+    let mut refused = false;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    for i in 0..2000 {
+        let payload = format!(r#"{{"ts":{},"values":{{"v":"{value}"}}}}"#, 1_000 + i);
+        if client.publish("devices/telemetry", payload).await.is_ok() {
+            acked += 1;
+        } else {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the broker kept acknowledging while nothing was stored"
+    );
+    assert!(acked > 0);
+    // the store catches up: everything acknowledged is stored, and the device can go on
+    open_tx.send(true).unwrap();
+    wait_consumed(&node, acked).await;
+    node.writer.flush().await.unwrap();
+    let stored = inner
+        .query(&TsQuery {
+            device_id: device.id,
+            keys: vec![],
+            start: 0,
+            end: i64::MAX,
+            aggregation: None,
+            limit: None,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len() as u64, acked);
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .publish("devices/telemetry", r#"{"after":1}"#)
+        .await
+        .unwrap();
 }

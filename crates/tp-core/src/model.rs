@@ -617,6 +617,12 @@ pub struct DeviceFilter {
     pub page: Page,
 }
 
+/// Cache key under which a device row is cached for the MQTT connect path. Whoever
+/// deletes, disables or re-keys a device deletes this key for its old username.
+pub fn credential_cache_key(username: &str) -> String {
+    format!("device:cred:{username}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,10 +659,4 @@ mod tests {
             assert!(validate_device_number(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Cache key under which a device row is cached for the MQTT connect path. Whoever
-/// deletes, disables or re-keys a device deletes this key for its old username.
-pub fn credential_cache_key(username: &str) -> String {
-    format!("device:cred:{username}")
 }
