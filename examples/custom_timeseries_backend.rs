@@ -66,7 +66,14 @@ impl TimeSeriesStore for BTreeTimeSeries {
         for ((d, key, ts), value) in map.iter() {
             if *d == device && in_keys(keys, key) {
                 // keys then ts ascend, so the last one seen per key is the newest
-                latest.insert(key.clone(), KeyValue { key: key.clone(), ts: *ts, value: value.clone() });
+                latest.insert(
+                    key.clone(),
+                    KeyValue {
+                        key: key.clone(),
+                        ts: *ts,
+                        value: value.clone(),
+                    },
+                );
             }
         }
         Ok(latest.into_values().collect())
@@ -77,7 +84,11 @@ impl TimeSeriesStore for BTreeTimeSeries {
         let mut by_key: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
         for ((d, key, ts), value) in map.iter() {
             if *d == q.device_id && in_keys(Some(&q.keys), key) && *ts >= q.start && *ts < q.end {
-                by_key.entry(key.clone()).or_default().push(KeyValue { key: key.clone(), ts: *ts, value: value.clone() });
+                by_key.entry(key.clone()).or_default().push(KeyValue {
+                    key: key.clone(),
+                    ts: *ts,
+                    value: value.clone(),
+                });
             }
         }
         let mut out = Vec::new();
@@ -92,7 +103,13 @@ impl TimeSeriesStore for BTreeTimeSeries {
                     }
                     buckets
                         .into_iter()
-                        .filter_map(|(ts, values)| aggregate(agg, &values).map(|value| KeyValue { key: key.clone(), ts, value }))
+                        .filter_map(|(ts, values)| {
+                            aggregate(agg, &values).map(|value| KeyValue {
+                                key: key.clone(),
+                                ts,
+                                value,
+                            })
+                        })
                         .collect()
                 }
             };
@@ -107,10 +124,18 @@ impl TimeSeriesStore for BTreeTimeSeries {
         Ok(out)
     }
 
-    async fn delete_range(&self, device: DeviceId, keys: Option<&[String]>, start: Timestamp, end: Timestamp) -> Result<u64> {
+    async fn delete_range(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Result<u64> {
         let mut map = self.points.lock().unwrap();
         let before = map.len();
-        map.retain(|(d, key, ts), _| !(*d == device && in_keys(keys, key) && *ts >= start && *ts < end));
+        map.retain(|(d, key, ts), _| {
+            !(*d == device && in_keys(keys, key) && *ts >= start && *ts < end)
+        });
         Ok((before - map.len()) as u64)
     }
 
@@ -119,7 +144,14 @@ impl TimeSeriesStore for BTreeTimeSeries {
         Ok(())
     }
 
-    async fn query_events(&self, device: DeviceId, start: Timestamp, end: Timestamp, limit: u64, order: Order) -> Result<Vec<DeviceEvent>> {
+    async fn query_events(
+        &self,
+        device: DeviceId,
+        start: Timestamp,
+        end: Timestamp,
+        limit: u64,
+        order: Order,
+    ) -> Result<Vec<DeviceEvent>> {
         let mut events: Vec<DeviceEvent> = self
             .events
             .lock()
@@ -142,5 +174,8 @@ async fn main() {
     let store = BTreeTimeSeries::default();
     // The same cases every built-in backend passes (each one panics on a violation).
     suite::run_all(&store).await;
-    println!("{} passes the TimeSeriesStore conformance suite", store.backend());
+    println!(
+        "{} passes the TimeSeriesStore conformance suite",
+        store.backend()
+    );
 }

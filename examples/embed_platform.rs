@@ -9,7 +9,9 @@ use tp_api::platform::Platform;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info,rumqttd=warn").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info,rumqttd=warn")
+        .init();
 
     let data_dir = tempfile_dir()?;
     // Start from the defaults (or PlatformConfig::load for file + env layering) and
@@ -24,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
     config.auth.admin_password = Some("change-me-please".into());
 
     let platform = Platform::start(config).await?;
-    println!("REST API on http://{} (docs at /docs)", platform.http_addr());
+    println!(
+        "REST API on http://{} (docs at /docs)",
+        platform.http_addr()
+    );
     println!("MQTT on {}", platform.mqtt_addr());
     println!("log in as ops@example.com / change-me-please");
 

@@ -19,16 +19,26 @@ fn decode(c: &mut Criterion) {
     let stamped = serde_json::to_vec(&stamped).unwrap();
     let mut g = c.benchmark_group("decode_telemetry");
     g.throughput(Throughput::Elements(10));
-    g.bench_function("flat_10_points", |b| b.iter(|| decode_telemetry(&flat, 0).unwrap()));
-    g.bench_function("ts_array_10_points", |b| b.iter(|| decode_telemetry(&stamped, 0).unwrap()));
+    g.bench_function("flat_10_points", |b| {
+        b.iter(|| decode_telemetry(&flat, 0).unwrap())
+    });
+    g.bench_function("ts_array_10_points", |b| {
+        b.iter(|| decode_telemetry(&stamped, 0).unwrap())
+    });
     g.finish();
 }
 
 fn acl(c: &mut Criterion) {
     let mut g = c.benchmark_group("topic_acl");
-    g.bench_function("publish_uplink_parse", |b| b.iter(|| UplinkTopic::parse("devices/attributes/set/response/abc123").unwrap()));
-    g.bench_function("subscribe_own_command", |b| b.iter(|| check_subscribe("devices/command/dev-000123/+", "dev-000123").unwrap()));
-    g.bench_function("subscribe_denied", |b| b.iter(|| check_subscribe("devices/command/other/+", "dev-000123").unwrap_err()));
+    g.bench_function("publish_uplink_parse", |b| {
+        b.iter(|| UplinkTopic::parse("devices/attributes/set/response/abc123").unwrap())
+    });
+    g.bench_function("subscribe_own_command", |b| {
+        b.iter(|| check_subscribe("devices/command/dev-000123/+", "dev-000123").unwrap())
+    });
+    g.bench_function("subscribe_denied", |b| {
+        b.iter(|| check_subscribe("devices/command/other/+", "dev-000123").unwrap_err())
+    });
     g.finish();
 }
 

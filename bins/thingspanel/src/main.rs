@@ -60,15 +60,30 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = PlatformConfig::load(cli.config.as_deref(), &overrides)?;
     let data_dir = config.data_dir.clone();
-    let platform = Platform::start(config).await.context("cannot start the node")?;
+    let platform = Platform::start(config)
+        .await
+        .context("cannot start the node")?;
 
-    println!("ThingsPanel node is running (data in {})", data_dir.display());
-    println!("  REST API  http://{}/api/v1   (docs: http://{}/docs)", platform.http_addr(), platform.http_addr());
+    println!(
+        "ThingsPanel node is running (data in {})",
+        data_dir.display()
+    );
+    println!(
+        "  REST API  http://{}/api/v1   (docs: http://{}/docs)",
+        platform.http_addr(),
+        platform.http_addr()
+    );
     println!("  MQTT      mqtt://{}", platform.mqtt_addr());
     match platform.bootstrap_admin() {
         Some(admin) => match &admin.generated_password {
-            Some(pw) => println!("  Log in as {} with the generated password {pw} (shown once)", admin.email),
-            None => println!("  Log in as {} with the password from TP_ADMIN_PASSWORD", admin.email),
+            Some(pw) => println!(
+                "  Log in as {} with the generated password {pw} (shown once)",
+                admin.email
+            ),
+            None => println!(
+                "  Log in as {} with the password from TP_ADMIN_PASSWORD",
+                admin.email
+            ),
         },
         None => println!("  Log in with an existing user (POST /api/v1/auth/login)"),
     }
@@ -76,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await;
     println!("Shutting down: storing every acknowledged message...");
     let report = platform.shutdown().await?;
-    println!("Stopped ({} messages accepted, {} processed).", report.accepted, report.consumed);
+    println!(
+        "Stopped ({} messages accepted, {} processed).",
+        report.accepted, report.consumed
+    );
     Ok(())
 }
 

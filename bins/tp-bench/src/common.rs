@@ -45,7 +45,9 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) async fn login(base: &str, email: &str, password: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
         let res = http
             .post(format!("{base}/api/v1/auth/login"))
             .json(&json!({"email": email, "password": password}))
@@ -53,14 +55,31 @@ impl Api {
             .await
             .with_context(|| format!("cannot reach {base}"))?;
         if !res.status().is_success() {
-            bail!("login failed: {} {}", res.status(), res.text().await.unwrap_or_default());
+            bail!(
+                "login failed: {} {}",
+                res.status(),
+                res.text().await.unwrap_or_default()
+            );
         }
-        let token = res.json::<Value>().await?["token"].as_str().unwrap_or_default().to_owned();
-        Ok(Self { http, base: base.to_owned(), token })
+        let token = res.json::<Value>().await?["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Self {
+            http,
+            base: base.to_owned(),
+            token,
+        })
     }
 
     /// Creates `count` devices named `{prefix}-{i}`, `concurrency` requests at a time.
-    pub(crate) async fn create_devices(&self, prefix: &str, count: usize, concurrency: usize, progress: &indicatif::ProgressBar) -> anyhow::Result<Vec<BenchDevice>> {
+    pub(crate) async fn create_devices(
+        &self,
+        prefix: &str,
+        count: usize,
+        concurrency: usize,
+        progress: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Vec<BenchDevice>> {
         let results: Vec<anyhow::Result<BenchDevice>> = futures_util::stream::iter(0..count)
             .map(|i| {
                 let api = self.clone();
@@ -74,14 +93,24 @@ impl Api {
                         .send()
                         .await?;
                     if !res.status().is_success() {
-                        bail!("create device: {} {}", res.status(), res.text().await.unwrap_or_default());
+                        bail!(
+                            "create device: {} {}",
+                            res.status(),
+                            res.text().await.unwrap_or_default()
+                        );
                     }
                     let v: Value = res.json().await?;
                     Ok(BenchDevice {
                         id: v["id"].as_str().unwrap_or_default().to_owned(),
                         number,
-                        username: v["credentials"]["username"].as_str().unwrap_or_default().to_owned(),
-                        password: v["credentials"]["password"].as_str().unwrap_or_default().to_owned(),
+                        username: v["credentials"]["username"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        password: v["credentials"]["password"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
                     })
                 }
             })
@@ -93,7 +122,12 @@ impl Api {
     }
 
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let res = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
         if !res.status().is_success() {
             bail!("GET {path}: {}", res.status());
         }
@@ -101,16 +135,31 @@ impl Api {
     }
 
     /// Points the store holds for a device in `[start, end)`, counted by the store.
-    pub(crate) async fn count_points(&self, device: &str, start: i64, end: i64) -> anyhow::Result<u64> {
+    pub(crate) async fn count_points(
+        &self,
+        device: &str,
+        start: i64,
+        end: i64,
+    ) -> anyhow::Result<u64> {
         let v = self
-            .get(&format!("/api/v1/devices/{device}/telemetry?start={start}&end={end}&agg=count&interval={}", end - start))
+            .get(&format!(
+                "/api/v1/devices/{device}/telemetry?start={start}&end={end}&agg=count&interval={}",
+                end - start
+            ))
             .await?;
-        Ok(v["items"].as_array().map(|a| a.iter().filter_map(|i| i["value"].as_u64()).sum()).unwrap_or(0))
+        Ok(v["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i["value"].as_u64()).sum())
+            .unwrap_or(0))
     }
 
     /// Timestamp of the latest value of `key`.
     pub(crate) async fn latest_ts(&self, device: &str, key: &str) -> anyhow::Result<Option<i64>> {
-        let v = self.get(&format!("/api/v1/devices/{device}/telemetry/latest?keys={key}")).await?;
+        let v = self
+            .get(&format!(
+                "/api/v1/devices/{device}/telemetry/latest?keys={key}"
+            ))
+            .await?;
         Ok(v["items"].get(0).and_then(|i| i["ts"].as_i64()))
     }
 }
@@ -124,14 +173,24 @@ pub(crate) struct ServerProbe {
 
 impl ServerProbe {
     pub(crate) fn new(pid: Option<u32>) -> Self {
-        let mut p = Self { pid, cpu_start: 0.0, wall_start: Instant::now() };
+        let mut p = Self {
+            pid,
+            cpu_start: 0.0,
+            wall_start: Instant::now(),
+        };
         p.cpu_start = p.cpu_seconds().unwrap_or(0.0);
         p
     }
 
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     }
 
@@ -161,7 +220,9 @@ pub(crate) struct Latency(Mutex<Histogram<u64>>);
 
 impl Latency {
     pub(crate) fn new() -> Self {
-        Self(Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")))
+        Self(Mutex::new(
+            Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+        ))
     }
 
     pub(crate) fn record_us(&self, us: u64) {
@@ -179,9 +240,11 @@ impl Latency {
 pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg:<12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:<12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -211,7 +274,10 @@ impl Report {
     }
 
     pub(crate) fn markdown(&self) -> String {
-        let mut s = format!("### {}\n\n`{}`\n\n| metric | value | unit |\n|---|---:|---|\n", self.scenario, self.command);
+        let mut s = format!(
+            "### {}\n\n`{}`\n\n| metric | value | unit |\n|---|---:|---|\n",
+            self.scenario, self.command
+        );
         for (name, value, unit) in &self.results {
             s.push_str(&format!("| {name} | {value:.2} | {unit} |\n"));
         }

@@ -45,7 +45,9 @@ async fn open(addr: SocketAddr, device: &BenchDevice) -> anyhow::Result<TcpStrea
     connect.keep_alive = 600;
     connect.set_login(device.username.clone(), device.password.clone());
     let mut buf = BytesMut::new();
-    connect.write(&mut buf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    connect
+        .write(&mut buf)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     stream.write_all(&buf).await?;
     let mut ack = [0u8; 4];
     stream.read_exact(&mut ack).await?;
@@ -54,10 +56,15 @@ async fn open(addr: SocketAddr, device: &BenchDevice) -> anyhow::Result<TcpStrea
 }
 
 pub(crate) async fn connections(opts: ConnOpts, api_opts: ApiOpts) -> anyhow::Result<Report> {
-    let mut report = Report::new("connections", json!({"connections": opts.connections, "connect_rate": opts.connect_rate}));
+    let mut report = Report::new(
+        "connections",
+        json!({"connections": opts.connections, "connect_rate": opts.connect_rate}),
+    );
     let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
     let bar = progress(opts.connections as u64, "provisioning");
-    let devices = api.create_devices(&format!("conn{}", now_ms()), opts.connections, 64, &bar).await?;
+    let devices = api
+        .create_devices(&format!("conn{}", now_ms()), opts.connections, 64, &bar)
+        .await?;
     bar.finish_and_clear();
     let probe = ServerProbe::new(opts.server_pid);
     let rss_before = probe.rss_bytes();
@@ -68,7 +75,15 @@ pub(crate) async fn connections(opts: ConnOpts, api_opts: ApiOpts) -> anyhow::Re
     let gap = Duration::from_secs_f64(1.0 / opts.connect_rate.max(1) as f64);
     let streams: Vec<Option<TcpStream>> = futures_util::stream::iter(devices.iter().enumerate())
         .map(|(i, d)| {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % opts.addresses.max(1) as usize) as u8)), opts.port);
+            let addr = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    0,
+                    1 + (i % opts.addresses.max(1) as usize) as u8,
+                )),
+                opts.port,
+            );
             let failed = failed.clone();
             async move {
                 sleep_until(start + gap * i as u32).await;
@@ -90,11 +105,19 @@ pub(crate) async fn connections(opts: ConnOpts, api_opts: ApiOpts) -> anyhow::Re
     let open_count = streams.iter().filter(|s| s.is_some()).count();
     tokio::time::sleep(Duration::from_secs(opts.hold)).await;
     report.add("connected", open_count as f64, "connections");
-    report.add("failed", failed.load(Ordering::Relaxed) as f64, "connections");
+    report.add(
+        "failed",
+        failed.load(Ordering::Relaxed) as f64,
+        "connections",
+    );
     report.add("connect rate", open_count as f64 / secs, "conn/s");
     if let (Some(a), Some(b)) = (rss_before, probe.rss_bytes()) {
         report.add("server RSS", b as f64 / 1048576.0, "MiB");
-        report.add("server memory per connection", b.saturating_sub(a) as f64 / open_count.max(1) as f64 / 1024.0, "KiB");
+        report.add(
+            "server memory per connection",
+            b.saturating_sub(a) as f64 / open_count.max(1) as f64 / 1024.0,
+            "KiB",
+        );
     }
     drop(streams);
     Ok(report)

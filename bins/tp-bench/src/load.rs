@@ -78,14 +78,21 @@ pub(crate) async fn connect(spec: ConnectSpec, counters: Arc<Counters>) -> anyho
         }
     });
     match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
-        Ok(Ok(Ok(()))) => Ok(Client { client, last_ts: Arc::new(AtomicI64::new(0)) }),
+        Ok(Ok(Ok(()))) => Ok(Client {
+            client,
+            last_ts: Arc::new(AtomicI64::new(0)),
+        }),
         Ok(Ok(Err(e))) => bail!("connect refused: {e}"),
         _ => bail!("no CONNACK within 30 s"),
     }
 }
 
 pub(crate) fn qos(level: u8) -> QoS {
-    if level == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce }
+    if level == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
 }
 
 /// When and how one client publishes.
@@ -101,8 +108,19 @@ pub(crate) struct Schedule {
 }
 
 /// Publishes `make_payload(seq)` on `topic` by `schedule` until it is stopped.
-pub(crate) async fn publish_loop(client: Arc<Client>, topic: String, schedule: Schedule, make_payload: impl Fn(&Client, u64) -> Vec<u8>) {
-    let Schedule { qos, period, offset, stop, counters } = schedule;
+pub(crate) async fn publish_loop(
+    client: Arc<Client>,
+    topic: String,
+    schedule: Schedule,
+    make_payload: impl Fn(&Client, u64) -> Vec<u8>,
+) {
+    let Schedule {
+        qos,
+        period,
+        offset,
+        stop,
+        counters,
+    } = schedule;
     tokio::time::sleep(offset).await;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,7 +129,12 @@ pub(crate) async fn publish_loop(client: Arc<Client>, topic: String, schedule: S
         ticker.tick().await;
         let payload = make_payload(&client, seq);
         seq += 1;
-        if client.client.publish(topic.clone(), qos, false, payload).await.is_err() {
+        if client
+            .client
+            .publish(topic.clone(), qos, false, payload)
+            .await
+            .is_err()
+        {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -125,7 +148,9 @@ pub(crate) async fn publish_loop(client: Arc<Client>, topic: String, schedule: S
 /// Waits until every publish is acknowledged or `timeout` passes.
 pub(crate) async fn wait_acked(counters: &Counters, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while counters.acked.load(Ordering::Relaxed) < counters.sent.load(Ordering::Relaxed) && Instant::now() < deadline {
+    while counters.acked.load(Ordering::Relaxed) < counters.sent.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

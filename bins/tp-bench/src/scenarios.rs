@@ -10,8 +10,12 @@ use bytes::BufMut;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::common::{Api, BenchDevice, Latency, POLL, Report, ServerProbe, now_ms, now_us, progress, sleep_until};
-use crate::load::{Client, ConnectSpec, Counters, Schedule, connect, publish_loop, qos, wait_acked};
+use crate::common::{
+    Api, BenchDevice, Latency, POLL, Report, ServerProbe, now_ms, now_us, progress, sleep_until,
+};
+use crate::load::{
+    Client, ConnectSpec, Counters, Schedule, connect, publish_loop, qos, wait_acked,
+};
 
 /// Options shared by the load scenarios.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +53,11 @@ pub(crate) struct ApiOpts {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub(crate) api: String,
     /// Login email.
-    #[arg(long, env = "TP_ADMIN_EMAIL", default_value = "admin@thingspanel.local")]
+    #[arg(
+        long,
+        env = "TP_ADMIN_EMAIL",
+        default_value = "admin@thingspanel.local"
+    )]
     pub(crate) email: String,
     /// Login password.
     #[arg(long, env = "TP_ADMIN_PASSWORD")]
@@ -68,31 +76,42 @@ fn values_payload(ts: i64, points: usize, seq: u64) -> Vec<u8> {
     s.into_bytes()
 }
 
-async fn connect_all(specs: Vec<ConnectSpec>, rate: u64, counters: &Arc<Counters>) -> anyhow::Result<(Vec<Arc<Client>>, f64)> {
+async fn connect_all(
+    specs: Vec<ConnectSpec>,
+    rate: u64,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<(Vec<Arc<Client>>, f64)> {
     let bar = progress(specs.len() as u64, "connecting");
     let start = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let clients: Vec<anyhow::Result<Client>> = futures_util::stream::iter(specs.into_iter().enumerate())
-        .map(|(i, spec)| {
-            let counters = counters.clone();
-            async move {
-                sleep_until(start + gap * i as u32).await;
-                connect(spec, counters).await
-            }
-        })
-        .buffer_unordered(4096)
-        .inspect(|_| bar.inc(1))
-        .collect()
-        .await;
+    let clients: Vec<anyhow::Result<Client>> =
+        futures_util::stream::iter(specs.into_iter().enumerate())
+            .map(|(i, spec)| {
+                let counters = counters.clone();
+                async move {
+                    sleep_until(start + gap * i as u32).await;
+                    connect(spec, counters).await
+                }
+            })
+            .buffer_unordered(4096)
+            .inspect(|_| bar.inc(1))
+            .collect()
+            .await;
     let secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let clients: Vec<Arc<Client>> = clients.into_iter().map(|c| c.map(Arc::new)).collect::<anyhow::Result<_>>()?;
+    let clients: Vec<Arc<Client>> = clients
+        .into_iter()
+        .map(|c| c.map(Arc::new))
+        .collect::<anyhow::Result<_>>()?;
     Ok((clients, secs))
 }
 
 /// Publishes through the platform and verifies by counting in its store.
 pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<Report> {
-    let mut report = Report::new("ingest", json!({"devices": load.devices, "points": load.points, "rate": load.rate, "qos": load.qos, "duration_s": load.duration}));
+    let mut report = Report::new(
+        "ingest",
+        json!({"devices": load.devices, "points": load.points, "rate": load.rate, "qos": load.qos, "duration_s": load.duration}),
+    );
     let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
     let mut probe = ServerProbe::new(load.server_pid);
     let prefix = format!("bench{}", now_ms());
@@ -112,9 +131,17 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
         })
         .collect();
     let (clients, connect_secs) = connect_all(specs, load.connect_rate, &counters).await?;
-    report.add("connect rate", clients.len() as f64 / connect_secs, "conn/s");
+    report.add(
+        "connect rate",
+        clients.len() as f64 / connect_secs,
+        "conn/s",
+    );
     if let (Some(a), Some(b)) = (rss_before, probe.rss_bytes()) {
-        report.add("memory per connection", (b.saturating_sub(a)) as f64 / clients.len() as f64 / 1024.0, "KiB");
+        report.add(
+            "memory per connection",
+            (b.saturating_sub(a)) as f64 / clients.len() as f64 / 1024.0,
+            "KiB",
+        );
     }
 
     probe.restart();
@@ -130,18 +157,29 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
             counters: counters.clone(),
         };
         let points = load.points;
-        tokio::spawn(publish_loop(client.clone(), "devices/telemetry".into(), schedule, move |c, seq| {
-            // strictly increasing device timestamps: every message is stored separately
-            let ts = now_ms().max(c.last_ts.load(Ordering::Relaxed) + 1);
-            c.last_ts.store(ts, Ordering::Relaxed);
-            values_payload(ts, points, seq)
-        }));
+        tokio::spawn(publish_loop(
+            client.clone(),
+            "devices/telemetry".into(),
+            schedule,
+            move |c, seq| {
+                // strictly increasing device timestamps: every message is stored separately
+                let ts = now_ms().max(c.last_ts.load(Ordering::Relaxed) + 1);
+                c.last_ts.store(ts, Ordering::Relaxed);
+                values_payload(ts, points, seq)
+            },
+        ));
     }
 
     // Latency probe: time from a publish until the API shows it as the latest value.
     let latency = Arc::new(Latency::new());
     let probe_task = {
-        let (api, clients, devices, latency, stop) = (api.clone(), clients.clone(), devices.clone(), latency.clone(), stop.clone());
+        let (api, clients, devices, latency, stop) = (
+            api.clone(),
+            clients.clone(),
+            devices.clone(),
+            latency.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -150,7 +188,8 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
                 if sent > 0 {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while Instant::now() < deadline {
-                        if matches!(api.latest_ts(&devices[i].id, "k0").await, Ok(Some(ts)) if ts >= sent) {
+                        if matches!(api.latest_ts(&devices[i].id, "k0").await, Ok(Some(ts)) if ts >= sent)
+                        {
                             latency.record_us(((now_ms() - sent).max(0) as u64) * 1000);
                             break;
                         }
@@ -193,10 +232,22 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
 
     report.add("sent", sent as f64 / publish_secs, "msg/s");
     report.add("acknowledged", acked as f64 / publish_secs, "msg/s");
-    report.add("stored (counted in the store)", stored as f64 / publish_secs, "points/s");
-    report.add("stored / expected", stored as f64 / expected.max(1) as f64, "ratio");
+    report.add(
+        "stored (counted in the store)",
+        stored as f64 / publish_secs,
+        "points/s",
+    );
+    report.add(
+        "stored / expected",
+        stored as f64 / expected.max(1) as f64,
+        "ratio",
+    );
     report.add("store drain after publishing", drain_secs, "s");
-    report.add("publish errors", counters.errors.load(Ordering::Relaxed) as f64, "count");
+    report.add(
+        "publish errors",
+        counters.errors.load(Ordering::Relaxed) as f64,
+        "count",
+    );
     let (n, p50, p95, p99) = latency.summary();
     report.add("publish-to-stored samples", n as f64, "count");
     report.add("publish-to-stored p50", p50, "ms");
@@ -211,7 +262,12 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
     Ok(report)
 }
 
-async fn count_all(api: &Api, devices: &[BenchDevice], start: i64, end: i64) -> anyhow::Result<u64> {
+async fn count_all(
+    api: &Api,
+    devices: &[BenchDevice],
+    start: i64,
+    end: i64,
+) -> anyhow::Result<u64> {
     let counts: Vec<anyhow::Result<u64>> = futures_util::stream::iter(devices)
         .map(|d| api.count_points(&d.id, start, end))
         .buffer_unordered(16)
@@ -236,7 +292,10 @@ pub(crate) struct RawOpts {
 
 /// The same load against any MQTT broker: publishers -> broker -> subscribers.
 pub(crate) async fn raw(load: LoadOpts, raw: RawOpts) -> anyhow::Result<Report> {
-    let mut report = Report::new("raw-broker", json!({"devices": load.devices, "points": load.points, "rate": load.rate, "qos": load.qos, "duration_s": load.duration, "subscribers": raw.subscribers}));
+    let mut report = Report::new(
+        "raw-broker",
+        json!({"devices": load.devices, "points": load.points, "rate": load.rate, "qos": load.qos, "duration_s": load.duration, "subscribers": raw.subscribers}),
+    );
     let mut probe = ServerProbe::new(load.server_pid);
     let credentials = raw.username.clone().zip(raw.password.clone());
     let run = now_ms();
@@ -244,21 +303,37 @@ pub(crate) async fn raw(load: LoadOpts, raw: RawOpts) -> anyhow::Result<Report> 
     let sub_counters = Arc::new(Counters::default());
     for j in 0..raw.subscribers {
         let sub = connect(
-            ConnectSpec { addr: load.mqtt, client_id: format!("bench-sub-{run}-{j}"), credentials: credentials.clone(), latency: Some(latency.clone()) },
+            ConnectSpec {
+                addr: load.mqtt,
+                client_id: format!("bench-sub-{run}-{j}"),
+                credentials: credentials.clone(),
+                latency: Some(latency.clone()),
+            },
             sub_counters.clone(),
         )
         .await
         .context("subscriber")?;
-        sub.client.subscribe(format!("bench/{j}/#"), qos(load.qos)).await?;
+        sub.client
+            .subscribe(format!("bench/{j}/#"), qos(load.qos))
+            .await?;
         std::mem::forget(sub); // keep the subscriber connected for the whole run
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counters = Arc::new(Counters::default());
     let specs = (0..load.devices)
-        .map(|i| ConnectSpec { addr: load.mqtt, client_id: format!("bench-pub-{run}-{i}"), credentials: credentials.clone(), latency: None })
+        .map(|i| ConnectSpec {
+            addr: load.mqtt,
+            client_id: format!("bench-pub-{run}-{i}"),
+            credentials: credentials.clone(),
+            latency: None,
+        })
         .collect();
     let (clients, connect_secs) = connect_all(specs, load.connect_rate, &counters).await?;
-    report.add("connect rate", clients.len() as f64 / connect_secs, "conn/s");
+    report.add(
+        "connect rate",
+        clients.len() as f64 / connect_secs,
+        "conn/s",
+    );
     probe.restart();
     let stop = Arc::new(AtomicBool::new(false));
     let period = Duration::from_secs_f64(load.devices as f64 / load.rate.max(1) as f64);
@@ -273,12 +348,17 @@ pub(crate) async fn raw(load: LoadOpts, raw: RawOpts) -> anyhow::Result<Report> 
             counters: counters.clone(),
         };
         let body = body.clone();
-        tokio::spawn(publish_loop(client.clone(), format!("bench/{}/{i}", i % raw.subscribers), schedule, move |_, _| {
-            let mut b = Vec::with_capacity(8 + body.len());
-            b.put_u64(now_us());
-            b.extend_from_slice(&body);
-            b
-        }));
+        tokio::spawn(publish_loop(
+            client.clone(),
+            format!("bench/{}/{i}", i % raw.subscribers),
+            schedule,
+            move |_, _| {
+                let mut b = Vec::with_capacity(8 + body.len());
+                b.put_u64(now_us());
+                b.extend_from_slice(&body);
+                b
+            },
+        ));
     }
     let bar = progress(load.duration, "publishing");
     for _ in 0..load.duration {
@@ -296,9 +376,17 @@ pub(crate) async fn raw(load: LoadOpts, raw: RawOpts) -> anyhow::Result<Report> 
     }
     let received = sub_counters.received.load(Ordering::Relaxed);
     report.add("sent", sent as f64 / secs, "msg/s");
-    report.add("acknowledged", counters.acked.load(Ordering::Relaxed) as f64 / secs, "msg/s");
+    report.add(
+        "acknowledged",
+        counters.acked.load(Ordering::Relaxed) as f64 / secs,
+        "msg/s",
+    );
     report.add("received by subscribers", received as f64 / secs, "msg/s");
-    report.add("received / sent", received as f64 / sent.max(1) as f64, "ratio");
+    report.add(
+        "received / sent",
+        received as f64 / sent.max(1) as f64,
+        "ratio",
+    );
     let (_, p50, p95, p99) = latency.summary();
     report.add("publish-to-subscriber p50", p50, "ms");
     report.add("publish-to-subscriber p95", p95, "ms");
@@ -331,10 +419,15 @@ pub(crate) struct QueryOpts {
 
 /// Latest-value and one-day-history queries under concurrent load.
 pub(crate) async fn api(opts: QueryOpts, api_opts: ApiOpts) -> anyhow::Result<Report> {
-    let mut report = Report::new("api", json!({"concurrency": opts.concurrency, "duration_s": opts.duration, "devices": opts.devices}));
+    let mut report = Report::new(
+        "api",
+        json!({"concurrency": opts.concurrency, "duration_s": opts.duration, "devices": opts.devices}),
+    );
     let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
     let bar = progress(opts.devices as u64, "provisioning");
-    let devices = api.create_devices(&format!("api{}", now_ms()), opts.devices, 32, &bar).await?;
+    let devices = api
+        .create_devices(&format!("api{}", now_ms()), opts.devices, 32, &bar)
+        .await?;
     bar.finish_and_clear();
 
     // Give every device 10 keys, and the first one a day of 1 Hz history for one key.
@@ -342,24 +435,56 @@ pub(crate) async fn api(opts: QueryOpts, api_opts: ApiOpts) -> anyhow::Result<Re
     let day_start = (now_ms() / 86_400_000 - 1) * 86_400_000;
     for (i, d) in devices.iter().enumerate() {
         let c = connect(
-            ConnectSpec { addr: opts.mqtt, client_id: format!("mqtt_{}", d.number), credentials: Some((d.username.clone(), d.password.clone())), latency: None },
+            ConnectSpec {
+                addr: opts.mqtt,
+                client_id: format!("mqtt_{}", d.number),
+                credentials: Some((d.username.clone(), d.password.clone())),
+                latency: None,
+            },
             counters.clone(),
         )
         .await?;
-        c.client.publish("devices/telemetry", qos(1), false, values_payload(now_ms(), 10, 1)).await?;
+        c.client
+            .publish(
+                "devices/telemetry",
+                qos(1),
+                false,
+                values_payload(now_ms(), 10, 1),
+            )
+            .await?;
         if i == 0 {
             for chunk in 0..(86_400 / 1000) {
                 let batch: Vec<serde_json::Value> = (0..1000)
                     .map(|s| json!({"ts": day_start + (chunk * 1000 + s) * 1000, "values": {"temp": ((chunk * 1000 + s) % 100) as f64 / 4.0}}))
                     .collect();
-                c.client.publish("devices/telemetry", qos(1), false, serde_json::to_vec(&batch)?).await?;
+                c.client
+                    .publish(
+                        "devices/telemetry",
+                        qos(1),
+                        false,
+                        serde_json::to_vec(&batch)?,
+                    )
+                    .await?;
             }
-            let rest: Vec<serde_json::Value> = (86_000..86_400).map(|s| json!({"ts": day_start + s * 1000, "values": {"temp": 1.0}})).collect();
-            c.client.publish("devices/telemetry", qos(1), false, serde_json::to_vec(&rest)?).await?;
+            let rest: Vec<serde_json::Value> = (86_000..86_400)
+                .map(|s| json!({"ts": day_start + s * 1000, "values": {"temp": 1.0}}))
+                .collect();
+            c.client
+                .publish(
+                    "devices/telemetry",
+                    qos(1),
+                    false,
+                    serde_json::to_vec(&rest)?,
+                )
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let history_path = format!("/api/v1/devices/{}/telemetry?keys=temp&start={day_start}&end={}&agg=avg&interval=60000&limit=100000", devices[0].id, day_start + 86_400_000);
+    let history_path = format!(
+        "/api/v1/devices/{}/telemetry?keys=temp&start={day_start}&end={}&agg=avg&interval=60000&limit=100000",
+        devices[0].id,
+        day_start + 86_400_000
+    );
     for _ in 0..200 {
         let v = api.get(&history_path).await?;
         if v["items"].as_array().map(|a| a.len()) == Some(1440) {
@@ -374,13 +499,25 @@ pub(crate) async fn api(opts: QueryOpts, api_opts: ApiOpts) -> anyhow::Result<Re
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
     for w in 0..opts.concurrency {
-        let (api, devices, latest, done, errors) = (api.clone(), devices.clone(), latest.clone(), done.clone(), errors.clone());
+        let (api, devices, latest, done, errors) = (
+            api.clone(),
+            devices.clone(),
+            latest.clone(),
+            done.clone(),
+            errors.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut i = w;
             while Instant::now() < stop {
                 i = (i + 13) % devices.len();
                 let t = Instant::now();
-                match api.get(&format!("/api/v1/devices/{}/telemetry/latest", devices[i].id)).await {
+                match api
+                    .get(&format!(
+                        "/api/v1/devices/{}/telemetry/latest",
+                        devices[i].id
+                    ))
+                    .await
+                {
                     Ok(_) => {
                         latest.record_us(t.elapsed().as_micros() as u64);
                         done.fetch_add(1, Ordering::Relaxed);
@@ -396,7 +533,11 @@ pub(crate) async fn api(opts: QueryOpts, api_opts: ApiOpts) -> anyhow::Result<Re
         let _ = w.await;
     }
     let (_, p50, p95, p99) = latest.summary();
-    report.add("latest-value requests", done.load(Ordering::Relaxed) as f64 / opts.duration as f64, "req/s");
+    report.add(
+        "latest-value requests",
+        done.load(Ordering::Relaxed) as f64 / opts.duration as f64,
+        "req/s",
+    );
     report.add("latest-value p50", p50, "ms");
     report.add("latest-value p95", p95, "ms");
     report.add("latest-value p99", p99, "ms");
@@ -407,7 +548,10 @@ pub(crate) async fn api(opts: QueryOpts, api_opts: ApiOpts) -> anyhow::Result<Re
         let t = Instant::now();
         let v = api.get(&history_path).await?;
         history.record_us(t.elapsed().as_micros() as u64);
-        anyhow::ensure!(v["items"].as_array().map(|a| a.len()) == Some(1440), "one day at 1-minute buckets must give 1440 rows");
+        anyhow::ensure!(
+            v["items"].as_array().map(|a| a.len()) == Some(1440),
+            "one day at 1-minute buckets must give 1440 rows"
+        );
     }
     let (_, p50, _, p99) = history.summary();
     report.add("one-day 1-min avg (86,400 points) p50", p50, "ms");

@@ -116,10 +116,16 @@ impl std::fmt::Debug for AuthSettings {
     // Secrets never reach logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthSettings")
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("admin_email", &self.admin_email)
-            .field("admin_password", &self.admin_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -139,7 +145,10 @@ impl PlatformConfig {
         let mut figment = Figment::from(Serialized::defaults(PlatformConfig::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -226,8 +235,13 @@ mod tests {
     fn layers_override_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tp.toml");
-        std::fs::write(&file, "data_dir = \"/from/file\"\n[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let c = PlatformConfig::load(Some(&file), &[("http.listen", "127.0.0.1:9001".into())]).unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\n[http]\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let c =
+            PlatformConfig::load(Some(&file), &[("http.listen", "127.0.0.1:9001".into())]).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.http.listen.port(), 9001);
         assert_eq!(c.metadata_url(), "sqlite:///from/file/metadata.db");
@@ -238,10 +252,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tp.toml");
         std::fs::write(&file, "[mqtt]\nlisten = \"not an address\"\n").unwrap();
-        let err = PlatformConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        let err = PlatformConfig::load(Some(&file), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen"), "{err}");
         std::fs::write(&file, "[mqtt]\nbogus = 1\n").unwrap();
-        let err = PlatformConfig::load(Some(&file), &[]).unwrap_err().to_string();
+        let err = PlatformConfig::load(Some(&file), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
         let err = PlatformConfig::load(Some(&dir.path().join("missing.toml")), &[]).unwrap_err();
         assert!(err.to_string().contains("does not exist"));

@@ -42,12 +42,21 @@ impl Api {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let token = res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        let token = res.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         Self { http, base, token }
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let res = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
         let status = res.status();
         (status, res.json().await.unwrap_or(Value::Null))
     }
@@ -68,13 +77,22 @@ async fn eventually(api: &Api, path: &str, done: impl Fn(&[Value]) -> bool) -> V
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{path} never reached the expected state: {:?}", api.items(path).await);
+    panic!(
+        "{path} never reached the expected state: {:?}",
+        api.items(path).await
+    );
 }
 
 fn kv(items: &[Value]) -> Vec<(String, i64, Value)> {
     items
         .iter()
-        .map(|i| (i["key"].as_str().unwrap().to_owned(), i["ts"].as_i64().unwrap(), i["value"].clone()))
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_owned(),
+                i["ts"].as_i64().unwrap(),
+                i["value"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -85,10 +103,21 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
     let api = Api::login(&platform).await;
 
     // no token, bad token -> 401 with the JSON error body
-    let res = api.http.get(format!("{}/api/v1/devices", api.base)).send().await.unwrap();
+    let res = api
+        .http
+        .get(format!("{}/api/v1/devices", api.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(res.json::<Value>().await.unwrap()["error"]["code"].is_string());
-    let res = api.http.get(format!("{}/api/v1/devices", api.base)).bearer_auth("nope").send().await.unwrap();
+    let res = api
+        .http
+        .get(format!("{}/api/v1/devices", api.base))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
     // create a device
@@ -104,8 +133,14 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
     let created: Value = res.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["device_number"], "boiler-1");
-    let username = created["credentials"]["username"].as_str().unwrap().to_owned();
-    let password = created["credentials"]["password"].as_str().unwrap().to_owned();
+    let username = created["credentials"]["username"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let password = created["credentials"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let other: Value = {
         let res = api
             .http
@@ -123,62 +158,169 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
 
     // the device connects with its credentials; a wrong password is refused
     let mqtt = platform.mqtt_addr();
-    assert!(MqttTestClient::connect(mqtt, "mqtt_boiler", &username, "wrong").await.is_err());
-    let mut device = MqttTestClient::connect(mqtt, "mqtt_boiler", &username, &password).await.unwrap();
+    assert!(
+        MqttTestClient::connect(mqtt, "mqtt_boiler", &username, "wrong")
+            .await
+            .is_err()
+    );
+    let mut device = MqttTestClient::connect(mqtt, "mqtt_boiler", &username, &password)
+        .await
+        .unwrap();
 
-    device.publish("devices/telemetry", r#"{"hum":40,"on":true}"#).await.unwrap();
+    device
+        .publish("devices/telemetry", r#"{"hum":40,"on":true}"#)
+        .await
+        .unwrap();
     let t0 = 1_700_000_000_000i64;
-    let series: Vec<Value> = (0..6).map(|i| json!({"ts": t0 + i * 1000, "values": {"temp": (i + 1) * 10}})).collect();
-    device.publish("devices/telemetry", serde_json::to_vec(&series).unwrap()).await.unwrap();
-    device.publish("devices/telemetry", json!({"ts": t0 + 10_000, "values": {"temp": 21.5}}).to_string()).await.unwrap();
-    device.publish("devices/attributes/a1", r#"{"ip":"10.0.0.7","fw":"1.2.3"}"#).await.unwrap();
-    device.publish("devices/event/e1", r#"{"method":"Alarm","params":{"level":2}}"#).await.unwrap();
+    let series: Vec<Value> = (0..6)
+        .map(|i| json!({"ts": t0 + i * 1000, "values": {"temp": (i + 1) * 10}}))
+        .collect();
+    device
+        .publish("devices/telemetry", serde_json::to_vec(&series).unwrap())
+        .await
+        .unwrap();
+    device
+        .publish(
+            "devices/telemetry",
+            json!({"ts": t0 + 10_000, "values": {"temp": 21.5}}).to_string(),
+        )
+        .await
+        .unwrap();
+    device
+        .publish("devices/attributes/a1", r#"{"ip":"10.0.0.7","fw":"1.2.3"}"#)
+        .await
+        .unwrap();
+    device
+        .publish(
+            "devices/event/e1",
+            r#"{"method":"Alarm","params":{"level":2}}"#,
+        )
+        .await
+        .unwrap();
     // a malformed payload is acknowledged by MQTT but rejected by ingest
-    device.publish("devices/telemetry", "this is not json").await.unwrap();
+    device
+        .publish("devices/telemetry", "this is not json")
+        .await
+        .unwrap();
 
     let base = format!("/api/v1/devices/{id}");
-    let latest = eventually(&api, &format!("{base}/telemetry/latest"), |items| items.len() == 3).await;
+    let latest = eventually(&api, &format!("{base}/telemetry/latest"), |items| {
+        items.len() == 3
+    })
+    .await;
     let latest = kv(&latest);
     assert_eq!(latest[0].0, "hum");
     assert_eq!(latest[0].2, json!(40));
     assert_eq!(latest[1].0, "on");
     assert_eq!(latest[1].2, json!(true));
-    assert_eq!((latest[2].0.as_str(), latest[2].1, &latest[2].2), ("temp", t0 + 10_000, &json!(21.5)));
+    assert_eq!(
+        (latest[2].0.as_str(), latest[2].1, &latest[2].2),
+        ("temp", t0 + 10_000, &json!(21.5))
+    );
 
-    let history = api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}", t0 + 6000)).await;
-    let expected: Vec<_> = (0..6).map(|i| ("temp".to_owned(), t0 + i * 1000, json!((i + 1) * 10))).collect();
+    let history = api
+        .items(&format!(
+            "{base}/telemetry?keys=temp&start={t0}&end={}",
+            t0 + 6000
+        ))
+        .await;
+    let expected: Vec<_> = (0..6)
+        .map(|i| ("temp".to_owned(), t0 + i * 1000, json!((i + 1) * 10)))
+        .collect();
     assert_eq!(kv(&history), expected);
-    let limited = api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}&limit=2&order=desc", t0 + 6000)).await;
+    let limited = api
+        .items(&format!(
+            "{base}/telemetry?keys=temp&start={t0}&end={}&limit=2&order=desc",
+            t0 + 6000
+        ))
+        .await;
     assert_eq!(kv(&limited), vec![expected[5].clone(), expected[4].clone()]);
 
-    let avg = api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}&agg=avg&interval=2000", t0 + 6000)).await;
+    let avg = api
+        .items(&format!(
+            "{base}/telemetry?keys=temp&start={t0}&end={}&agg=avg&interval=2000",
+            t0 + 6000
+        ))
+        .await;
     assert_eq!(
         kv(&avg),
-        vec![("temp".into(), t0, json!(15.0)), ("temp".into(), t0 + 2000, json!(35.0)), ("temp".into(), t0 + 4000, json!(55.0))]
+        vec![
+            ("temp".into(), t0, json!(15.0)),
+            ("temp".into(), t0 + 2000, json!(35.0)),
+            ("temp".into(), t0 + 4000, json!(55.0))
+        ]
     );
-    let max = api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}&agg=max&interval=3000", t0 + 6000)).await;
-    assert_eq!(kv(&max), vec![("temp".into(), t0, json!(30.0)), ("temp".into(), t0 + 3000, json!(60.0))]);
-    let count = api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}&agg=count&interval=6000", t0 + 6000)).await;
+    let max = api
+        .items(&format!(
+            "{base}/telemetry?keys=temp&start={t0}&end={}&agg=max&interval=3000",
+            t0 + 6000
+        ))
+        .await;
+    assert_eq!(
+        kv(&max),
+        vec![
+            ("temp".into(), t0, json!(30.0)),
+            ("temp".into(), t0 + 3000, json!(60.0))
+        ]
+    );
+    let count = api
+        .items(&format!(
+            "{base}/telemetry?keys=temp&start={t0}&end={}&agg=count&interval=6000",
+            t0 + 6000
+        ))
+        .await;
     assert_eq!(kv(&count), vec![("temp".into(), t0, json!(6))]);
 
-    let attrs = eventually(&api, &format!("{base}/attributes"), |items| items.len() == 2).await;
-    let attrs: Vec<_> = attrs.iter().map(|a| (a["key"].clone(), a["value"].clone())).collect();
-    assert_eq!(attrs, vec![(json!("fw"), json!("1.2.3")), (json!("ip"), json!("10.0.0.7"))]);
+    let attrs = eventually(&api, &format!("{base}/attributes"), |items| {
+        items.len() == 2
+    })
+    .await;
+    let attrs: Vec<_> = attrs
+        .iter()
+        .map(|a| (a["key"].clone(), a["value"].clone()))
+        .collect();
+    assert_eq!(
+        attrs,
+        vec![
+            (json!("fw"), json!("1.2.3")),
+            (json!("ip"), json!("10.0.0.7"))
+        ]
+    );
     let events = eventually(&api, &format!("{base}/events"), |items| items.len() == 1).await;
     assert_eq!(events[0]["method"], "Alarm");
     assert_eq!(events[0]["message_id"], "e1");
     assert_eq!(events[0]["params"], json!({"level": 2}));
 
     // the malformed payload was counted
-    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("tp_ingest_rejected_total"), "{metrics}");
 
     // ACL: publishing outside the uplink topics or subscribing to another device's
     // downlink is refused, and nothing of it is stored
-    let mut rogue = MqttTestClient::connect(mqtt, "mqtt_rogue", &username, &password).await.unwrap();
-    assert!(rogue.publish("devices/status/boiler-1", r#"{"evil":1}"#).await.is_err());
-    let mut rogue = MqttTestClient::connect(mqtt, "mqtt_rogue", &username, &password).await.unwrap();
-    let theirs = format!("devices/command/{}/+", other["device_number"].as_str().unwrap());
+    let mut rogue = MqttTestClient::connect(mqtt, "mqtt_rogue", &username, &password)
+        .await
+        .unwrap();
+    assert!(
+        rogue
+            .publish("devices/status/boiler-1", r#"{"evil":1}"#)
+            .await
+            .is_err()
+    );
+    let mut rogue = MqttTestClient::connect(mqtt, "mqtt_rogue", &username, &password)
+        .await
+        .unwrap();
+    let theirs = format!(
+        "devices/command/{}/+",
+        other["device_number"].as_str().unwrap()
+    );
     assert!(rogue.subscribe(&[&theirs]).await.is_err());
     let latest = api.items(&format!("{base}/telemetry/latest")).await;
     assert!(latest.iter().all(|i| i["key"] != "evil"));
@@ -191,17 +333,34 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
     device.disconnect().await;
     platform.shutdown().await.unwrap();
     let platform = Platform::start(config(dir.path())).await.unwrap();
-    assert!(platform.bootstrap_admin().is_none(), "the admin is created only once");
+    assert!(
+        platform.bootstrap_admin().is_none(),
+        "the admin is created only once"
+    );
     let api = Api::login(&platform).await;
     let after = api.items(&format!("{base}/telemetry/latest")).await;
     assert_eq!(kv(&after), kv(&latest));
-    assert_eq!(kv(&api.items(&format!("{base}/telemetry?keys=temp&start={t0}&end={}", t0 + 6000)).await), expected);
+    assert_eq!(
+        kv(&api
+            .items(&format!(
+                "{base}/telemetry?keys=temp&start={t0}&end={}",
+                t0 + 6000
+            ))
+            .await),
+        expected
+    );
     assert_eq!(api.items(&format!("{base}/attributes")).await.len(), 2);
     assert_eq!(api.items(&format!("{base}/events")).await.len(), 1);
     let (_, dev) = api.get(&base).await;
     assert_eq!(dev["online"], false);
     // the device can reconnect after the restart
-    let mut device = MqttTestClient::connect(platform.mqtt_addr(), "mqtt_boiler", &username, &password).await.unwrap();
-    device.publish("devices/telemetry", r#"{"hum":41}"#).await.unwrap();
+    let mut device =
+        MqttTestClient::connect(platform.mqtt_addr(), "mqtt_boiler", &username, &password)
+            .await
+            .unwrap();
+    device
+        .publish("devices/telemetry", r#"{"hum":41}"#)
+        .await
+        .unwrap();
     platform.shutdown().await.unwrap();
 }

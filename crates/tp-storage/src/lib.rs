@@ -138,7 +138,9 @@ fn is_tdengine(url: &str) -> bool {
 pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
     #[cfg(feature = "postgres")]
     if is_postgres(url) {
-        return Ok(Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?));
+        return Ok(Arc::new(
+            postgres::PostgresMetadataStore::connect(url.trim()).await?,
+        ));
     }
     Ok(match parse_sqlite(url, "storage.metadata")? {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteMetadataStore::in_memory().await?),
@@ -163,7 +165,9 @@ pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
     }
     #[cfg(feature = "postgres")]
     if is_postgres(url) {
-        return Ok(Arc::new(postgres::PostgresTimeSeriesStore::connect(url.trim()).await?));
+        return Ok(Arc::new(
+            postgres::PostgresTimeSeriesStore::connect(url.trim()).await?,
+        ));
     }
     Ok(match parse_sqlite(url, "storage.timeseries")? {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),

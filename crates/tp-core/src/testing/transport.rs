@@ -59,7 +59,10 @@ pub async fn send_reaches_connected_device(h: &dyn TransportHarness) {
     })
     .await
     .expect("send to a connected device");
-    let got = dev.recv(Duration::from_secs(5)).await.expect("device received the message");
+    let got = dev
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("device received the message");
     assert_eq!(got, (topic, payload.to_vec()));
     dev.disconnect().await;
 }
@@ -105,7 +108,10 @@ pub async fn messages_reach_only_the_addressed_device(h: &dyn TransportHarness) 
     })
     .await
     .expect("send");
-    assert_eq!(a.recv(Duration::from_secs(5)).await.map(|m| m.0), Some(topic));
+    assert_eq!(
+        a.recv(Duration::from_secs(5)).await.map(|m| m.0),
+        Some(topic)
+    );
     assert_eq!(b.recv(Duration::from_millis(300)).await, None);
     a.disconnect().await;
     b.disconnect().await;
