@@ -667,3 +667,49 @@ macro_rules! timeseries_conformance {
         );
     };
 }
+
+/// Runs every case in turn against one store: for backends outside a test harness
+/// (see `examples/custom_timeseries_backend.rs`). Keep the list in step with
+/// [`timeseries_conformance!`]; `every_case_is_in_run_all` below checks it.
+pub async fn run_all(store: &dyn TimeSeriesStore) {
+    backend_and_healthcheck(store).await;
+    latest_newest_wins_out_of_order(store).await;
+    rewrite_same_point_is_idempotent(store).await;
+    value_types_round_trip(store).await;
+    query_keys_bounds_and_order(store).await;
+    query_limit_per_key(store).await;
+    aggregation_buckets(store).await;
+    aggregation_order_and_limit(store).await;
+    delete_range_recomputes_latest(store).await;
+    events_write_and_query(store).await;
+    large_batch(store).await;
+    empty_writes_are_noops(store).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_case_is_in_run_all() {
+        let src = include_str!("timeseries.rs");
+        let (macro_part, run_all_part) = (
+            &src[src.find("macro_rules! timeseries_conformance").unwrap()..],
+            &src[src.find("pub async fn run_all").unwrap()..],
+        );
+        let macro_part = &macro_part[..macro_part.find(");").unwrap()];
+        let run_all_part = &run_all_part[..run_all_part.find("\n}").unwrap()];
+        for case in src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub async fn "))
+            .filter_map(|l| l.split('(').next())
+        {
+            if case == "run_all" {
+                continue;
+            }
+            assert!(macro_part.contains(case), "{case} missing from the macro");
+            assert!(
+                run_all_part.contains(&format!("{case}(store)")),
+                "{case} missing from run_all"
+            );
+        }
+    }
+}
