@@ -27,6 +27,10 @@ pub enum Error {
         /// The conflicting value.
         id: String,
     },
+    /// The operation conflicts with the current state (e.g. deleting a group that
+    /// still has children).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Input that fails validation: a payload, a topic, a request field or a config value.
     #[error("invalid {field}: {reason}")]
     Invalid {

@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod access;
 pub mod cache;
 mod error;
 pub mod model;
@@ -37,6 +38,7 @@ pub mod transport;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use access::{AccessStore, AccessStoreRef};
 pub use cache::{Cache, CacheExt, CacheRef};
 pub use error::{BoxError, Error, Result};
 pub use model::*;

@@ -90,6 +90,26 @@ id_type!(
     CommandId,
     "command"
 );
+id_type!(
+    /// Identifies a custom role.
+    RoleId,
+    "role"
+);
+id_type!(
+    /// Identifies an API key.
+    ApiKeyId,
+    "api_key"
+);
+id_type!(
+    /// Identifies a device group.
+    GroupId,
+    "group"
+);
+id_type!(
+    /// Identifies an audit log entry.
+    AuditId,
+    "audit"
+);
 
 /// A customer of the installation. Every resource belongs to exactly one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +186,97 @@ impl fmt::Debug for User {
             .field("role", &self.role)
             .finish_non_exhaustive()
     }
+}
+
+/// A tenant-defined role: a name and a set of named permissions such as
+/// `device:read`, `device:write`, `device:command`, `alarm:ack`, `user:manage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomRole {
+    /// Identifier.
+    pub id: RoleId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Unique per tenant.
+    pub name: String,
+    /// Granted permissions, sorted and without duplicates.
+    pub permissions: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A key for integrations (`X-API-Key`), scoped to a tenant and a role. Only a
+/// hash of the key is stored; the key itself is shown once at creation.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Identifier.
+    pub id: ApiKeyId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// [`hash_secret`] of the key; unique.
+    pub key_hash: String,
+    /// Built-in authority the key acts with (never `SYS_ADMIN`).
+    pub role: Role,
+    /// Custom role narrowing the permissions, if any.
+    pub role_id: Option<RoleId>,
+    /// Who created it.
+    pub created_by: UserId,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Refused after this time.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node of a tenant's device-group tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGroup {
+    /// Identifier.
+    pub id: GroupId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Parent group; `None` for a root.
+    pub parent_id: Option<GroupId>,
+    /// Display name, unique among siblings.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Who changed what: one entry of a tenant's audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Identifier.
+    pub id: AuditId,
+    /// Tenant whose resource changed.
+    pub tenant_id: TenantId,
+    /// Acting user (`None` for API keys and the system).
+    pub user_id: Option<UserId>,
+    /// Acting principal as shown to people: an email, `api-key:<name>`, `system`.
+    pub actor: String,
+    /// What was done, e.g. `device.create`, `user.delete`.
+    pub action: String,
+    /// Kind of resource, e.g. `device`.
+    pub resource_type: String,
+    /// Identifier of the resource.
+    pub resource_id: String,
+    /// Extra facts (never secrets).
+    pub detail: serde_json::Value,
+    /// When.
+    pub at: Timestamp,
 }
 
 /// What a profile's devices are.
