@@ -7,6 +7,7 @@
 
 mod common;
 mod conns;
+mod crash;
 mod load;
 mod scenarios;
 
@@ -47,6 +48,15 @@ enum Scenario {
         #[command(flatten)]
         api: scenarios::ApiOpts,
     },
+    /// SIGKILL the server during QoS 1 ingest, restart it, compare acknowledged with stored.
+    Crash {
+        #[command(flatten)]
+        load: scenarios::LoadOpts,
+        #[command(flatten)]
+        api: scenarios::ApiOpts,
+        #[command(flatten)]
+        crash: crash::CrashOpts,
+    },
     /// Latest-value queries under concurrency, and one day of 1 Hz data aggregated.
     Api {
         #[command(flatten)]
@@ -63,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ingest { load, api } => scenarios::ingest(load, api).await?,
         Scenario::Raw { load, raw } => scenarios::raw(load, raw).await?,
         Scenario::Connections { conns, api } => conns::connections(conns, api).await?,
+        Scenario::Crash { load, api, crash } => crash::crash(load, api, crash).await?,
         Scenario::Api { query, api } => scenarios::api(query, api).await?,
     };
     report.emit(cli.json.as_deref())

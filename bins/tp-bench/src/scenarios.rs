@@ -64,7 +64,7 @@ pub(crate) struct ApiOpts {
     pub(crate) password: String,
 }
 
-fn values_payload(ts: i64, points: usize, seq: u64) -> Vec<u8> {
+pub(crate) fn values_payload(ts: i64, points: usize, seq: u64) -> Vec<u8> {
     let mut s = format!("{{\"ts\":{ts},\"values\":{{");
     for k in 0..points {
         if k > 0 {
