@@ -8,12 +8,13 @@
 #   benches/run.sh small         1-point messages, QoS 1: platform, then raw Mosquitto and
 #                                the platform's broker with the same harness
 #   benches/run.sh connections   idle authenticated devices (N=${CONNS:-100000})
+#   benches/run.sh crash         SIGKILL during QoS 1 ingest, restart, acknowledged vs stored
 #   benches/run.sh api           latest-value queries and one-day history aggregation
 #
 # Knobs: RATE, DURATION, DEVICES, CONNS, MQTT_PORT (default 1884; Mosquitto holds 1883).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: benches/run.sh ingest|small|connections|api}
+scenario=${1:?usage: benches/run.sh ingest|small|connections|crash|api}
 MQTT_PORT=${MQTT_PORT:-1884}
 HTTP_PORT=${HTTP_PORT:-18080}
 DURATION=${DURATION:-30}
@@ -27,7 +28,7 @@ node_cmd="target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$H
 echo "+ $node_cmd"
 RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
 node=$!
-trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
+trap 'pkill -f -- "--data-dir $data" 2>/dev/null; sleep 0.5; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
 api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_ADMIN_PASSWORD"
 
@@ -51,6 +52,10 @@ case "$scenario" in
     sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
       --addresses 8 --connect-rate 5000 --hold 10 --server-pid $node ;;
+  crash)
+    run crash crash $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-200}" --points 10 \
+      --rate "${RATE:-5000}" --qos 1 --duration 0 --kill-after 10 --server-pid $node \
+      --restart-cmd "RUST_LOG=warn $node_cmd >> $data/node.log 2>&1" ;;
   api)
     run api api $api --mqtt 127.0.0.1:$MQTT_PORT --devices 100 --concurrency 64 --duration "$DURATION" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
