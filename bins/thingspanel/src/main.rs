@@ -74,6 +74,12 @@ async fn main() -> anyhow::Result<()> {
         platform.http_addr()
     );
     println!("  MQTT      mqtt://{}", platform.mqtt_addr());
+    if let Some(addr) = platform.broker().v5_addr() {
+        println!("  MQTT 5    mqtt://{addr}");
+    }
+    if let Some(addr) = platform.broker().ws_addr() {
+        println!("  MQTT/WS   ws://{addr}/mqtt");
+    }
     match platform.bootstrap_admin() {
         Some(admin) => match &admin.generated_password {
             Some(pw) => println!(

@@ -213,6 +213,11 @@ impl Platform {
         self.broker.local_addr()
     }
 
+    /// The embedded broker (its MQTT 5 and WebSocket addresses, counters).
+    pub fn broker(&self) -> &EmbeddedBroker {
+        &self.broker
+    }
+
     /// The admin created by this start, if the installation was empty.
     pub fn bootstrap_admin(&self) -> Option<&BootstrapAdmin> {
         self.bootstrap.as_ref()

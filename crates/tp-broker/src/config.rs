@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct BrokerConfig {
     /// MQTT 3.1.1 listen address (flag `--mqtt-listen`). Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// MQTT 5 listen address (rumqttd serves each protocol version on its own
+    /// port); unset = no MQTT 5 listener.
+    pub v5_listen: Option<SocketAddr>,
+    /// MQTT 3.1.1 over WebSocket listen address; unset = none.
+    pub ws_listen: Option<SocketAddr>,
     /// Most device connections this node accepts; further CONNECTs are refused.
     pub max_connections: usize,
     /// Largest accepted PUBLISH payload in bytes; larger ones close the connection.
@@ -40,6 +45,8 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            v5_listen: None,
+            ws_listen: None,
             max_connections: 100_000,
             max_payload_size: 256 * 1024,
             connection_timeout_ms: 10_000,

@@ -5,12 +5,12 @@
 #[non_exhaustive]
 pub enum BrokerError {
     /// The listen address cannot be bound.
-    #[error(
-        "cannot listen for MQTT on {addr}: {source} (change it with --mqtt-listen or mqtt.listen)"
-    )]
+    #[error("cannot listen for MQTT on {addr}: {source} (change it with {setting})")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
+        /// The setting or flag that chose it.
+        setting: &'static str,
         /// Why.
         #[source]
         source: std::io::Error,

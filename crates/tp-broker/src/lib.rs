@@ -52,6 +52,7 @@ pub use transport::MqttTransport;
 
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::task::JoinHandle;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, now_ms};
@@ -105,7 +106,9 @@ pub struct EmbeddedBroker {
     transport: Arc<MqttTransport>,
     writer: WriterHandle,
     local_addr: SocketAddr,
-    listener: JoinHandle<()>,
+    v5_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    listeners: Vec<JoinHandle<()>>,
     ingest: JoinHandle<()>,
 }
 
@@ -117,16 +120,15 @@ impl EmbeddedBroker {
     pub async fn start(config: &BrokerConfig, deps: BrokerDeps) -> Result<Self, BrokerError> {
         // rumqttd binds inside its accept loop and only logs a failure; bind once here
         // so a taken port is a clear startup error, and to resolve port 0.
-        let probe =
-            std::net::TcpListener::bind(config.listen).map_err(|source| BrokerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = probe.local_addr().map_err(|source| BrokerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        drop(probe);
+        let local_addr = probe_bind(config.listen, "--mqtt-listen or mqtt.listen")?;
+        let v5_addr = config
+            .v5_listen
+            .map(|a| probe_bind(a, "mqtt.v5_listen"))
+            .transpose()?;
+        let ws_addr = config
+            .ws_listen
+            .map(|a| probe_bind(a, "mqtt.ws_listen"))
+            .transpose()?;
 
         let (shared, mut status_rx, subscribed_rx) = Shared::new(
             deps.metadata.clone(),
@@ -171,20 +173,56 @@ impl EmbeddedBroker {
             let shared = auth_shared.clone();
             async move { shared.authenticate(client_id, username, password).await }
         });
-        let settings = ServerSettings {
-            name: "mqtt-v4".to_owned(),
-            listen: local_addr,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections,
-        };
-        let mut server = Server::new(settings, router_tx, DeviceProtocol::new(V4, shared.clone()));
-        let listener = tokio::spawn(async move {
-            if let Err(e) = server.start(LinkType::Remote).await {
-                tracing::error!(error = %e, "MQTT listener stopped");
-            }
-        });
-        wait_until_bound(local_addr).await;
+        // A macro, not a function: the router's channel type is private to rumqttd.
+        macro_rules! spawn_listener {
+            ($name:expr, $addr:expr, $connections:expr, $router_tx:expr, $protocol:expr, $link:expr $(,)?) => {{
+                let settings = ServerSettings {
+                    name: $name.to_owned(),
+                    listen: $addr,
+                    tls: None,
+                    next_connection_delay_ms: 0,
+                    connections: $connections.clone(),
+                };
+                let mut server = Server::new(settings, $router_tx.clone(), $protocol);
+                tokio::spawn(async move {
+                    if let Err(e) = server.start($link).await {
+                        tracing::error!(listener = $name, error = %e, "MQTT listener stopped");
+                    }
+                })
+            }};
+        }
+        let mut listeners = vec![spawn_listener!(
+            "mqtt-v4",
+            local_addr,
+            &connections,
+            &router_tx,
+            DeviceProtocol::new(V4, shared.clone()),
+            LinkType::Remote,
+        )];
+        if let Some(addr) = v5_addr {
+            listeners.push(spawn_listener!(
+                "mqtt-v5",
+                addr,
+                &connections,
+                &router_tx,
+                DeviceProtocol::new(V5, shared.clone()),
+                LinkType::Remote,
+            ));
+        }
+        if let Some(addr) = ws_addr {
+            // rumqttd serves MQTT over WebSocket for 3.1.1 only.
+            listeners.push(spawn_listener!(
+                "mqtt-ws",
+                addr,
+                &connections,
+                &router_tx,
+                DeviceProtocol::new(V4, shared.clone()),
+                LinkType::Websocket,
+            ));
+        }
+        for addr in [Some(local_addr), v5_addr, ws_addr].into_iter().flatten() {
+            wait_until_bound(addr).await;
+        }
 
         let ingest = tokio::spawn(
             Ingest {
@@ -225,7 +263,9 @@ impl EmbeddedBroker {
             shared,
             writer: deps.writer,
             local_addr,
-            listener,
+            v5_addr,
+            ws_addr,
+            listeners,
             ingest,
         })
     }
@@ -255,9 +295,19 @@ impl EmbeddedBroker {
         }
     }
 
-    /// Healthy while the listener and the ingest loop run.
+    /// The bound MQTT 5 address, when `v5_listen` is set.
+    pub fn v5_addr(&self) -> Option<SocketAddr> {
+        self.v5_addr
+    }
+
+    /// The bound MQTT-over-WebSocket address, when `ws_listen` is set.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Healthy while the listeners and the ingest loop run.
     pub fn is_healthy(&self) -> bool {
-        !self.listener.is_finished() && !self.ingest.is_finished()
+        self.listeners.iter().all(|l| !l.is_finished()) && !self.ingest.is_finished()
     }
 
     /// Stops accepting connections and publishes (unacknowledged publishes stay with
@@ -265,7 +315,9 @@ impl EmbeddedBroker {
     /// processed, then flushes the writer so it is all in the store.
     pub async fn drain(&self, timeout: Duration) -> Result<DrainReport, BrokerError> {
         self.shared.draining.store(true, Ordering::Release);
-        self.listener.abort();
+        for listener in &self.listeners {
+            listener.abort();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let accepted = self.shared.accepted.load(Ordering::Acquire);
@@ -291,6 +343,18 @@ impl EmbeddedBroker {
         }
         Ok(report)
     }
+}
+
+/// Binds and releases `addr`: a taken port becomes an error naming `setting`, and
+/// port 0 resolves to a concrete free port.
+fn probe_bind(addr: SocketAddr, setting: &'static str) -> Result<SocketAddr, BrokerError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .map_err(|source| BrokerError::Bind {
+            addr,
+            setting,
+            source,
+        })
 }
 
 /// Waits until rumqttd's accept loop holds the port (a second bind then fails).

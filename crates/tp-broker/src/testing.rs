@@ -23,7 +23,27 @@ impl MqttTestClient {
         username: &str,
         password: &str,
     ) -> Result<Self, String> {
-        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        let opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        Self::connect_with(opts, username, password).await
+    }
+
+    /// Like [`Self::connect`], over MQTT-over-WebSocket at `ws://{addr}/mqtt`.
+    pub async fn connect_ws(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
+        let mut opts = MqttOptions::new(client_id, format!("ws://{addr}/mqtt"), addr.port());
+        opts.set_transport(rumqttc::Transport::ws());
+        Self::connect_with(opts, username, password).await
+    }
+
+    async fn connect_with(
+        mut opts: MqttOptions,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
         opts.set_credentials(username, password);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);

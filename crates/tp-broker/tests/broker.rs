@@ -574,3 +574,116 @@ async fn a_slow_store_makes_the_broker_refuse_publishes_instead_of_losing_acknow
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_clients_are_authenticated_and_held_to_the_same_acl() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let node = TestBroker::start(|c| c.v5_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = node.broker.v5_addr().expect("v5 listener");
+    let (device, password) = node.create_device().await;
+    let connect = |user: String, pass: String, id: &str| {
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_credentials(user, pass);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        let _ = tx.send(Ok(p));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        (client, rx)
+    };
+    async fn next(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+        want: fn(&Packet) -> bool,
+    ) -> Result<(), String> {
+        loop {
+            match tokio::time::timeout(CLOSE, rx.recv()).await {
+                Ok(Some(Ok(p))) if want(&p) => return Ok(()),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e),
+                _ => return Err("closed or timed out".into()),
+            }
+        }
+    }
+    // wrong password: refused
+    let (_c, mut rx) = connect(
+        device.credentials.username.clone(),
+        "wrong".into(),
+        "v5-bad",
+    );
+    assert!(
+        next(&mut rx, |p| matches!(p, Packet::ConnAck(_)))
+            .await
+            .is_err()
+    );
+    // right password: telemetry stored under the device
+    let (client, mut rx) = connect(
+        device.credentials.username.clone(),
+        password.clone(),
+        "v5-good",
+    );
+    next(&mut rx, |p| matches!(p, Packet::ConnAck(_)))
+        .await
+        .unwrap();
+    client
+        .publish("devices/telemetry", QoS::AtLeastOnce, false, r#"{"v5":5}"#)
+        .await
+        .unwrap();
+    next(&mut rx, |p| matches!(p, Packet::PubAck(_)))
+        .await
+        .unwrap();
+    wait_consumed(&node, 1).await;
+    node.writer.flush().await.unwrap();
+    let latest = node.timeseries.latest(device.id, None).await.unwrap();
+    assert_eq!(latest[0].value, Value::Integer(5));
+    // outside the ACL: connection closed
+    client
+        .publish("devices/status/x", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    assert!(
+        next(&mut rx, |p| matches!(p, Packet::PubAck(_)))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_works_with_the_same_credentials() {
+    let node = TestBroker::start(|c| c.ws_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = node.broker.ws_addr().expect("ws listener");
+    let (device, password) = node.create_device().await;
+    assert!(
+        MqttTestClient::connect_ws(addr, "ws-bad", &device.credentials.username, "wrong")
+            .await
+            .is_err()
+    );
+    let mut client =
+        MqttTestClient::connect_ws(addr, "ws-good", &device.credentials.username, &password)
+            .await
+            .unwrap();
+    client
+        .publish("devices/telemetry", r#"{"ws":1}"#)
+        .await
+        .unwrap();
+    wait_consumed(&node, 1).await;
+    node.writer.flush().await.unwrap();
+    assert_eq!(
+        node.timeseries.latest(device.id, None).await.unwrap()[0].key,
+        "ws"
+    );
+    assert!(client.publish("other/topic", "{}").await.is_err());
+}
