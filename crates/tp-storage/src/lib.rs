@@ -6,11 +6,13 @@
 //! | Trait | Backend | URL |
 //! |---|---|---|
 //! | [`MetadataStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
+//! | [`AccessStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
 //! | [`TimeSeriesStore`] | [`sqlite::SqliteTimeSeriesStore`] | `sqlite://<path>`, `sqlite::memory:` |
 //! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
 //! | [`Cache`] | `redis::RedisCache` (feature `redis`) | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
 //! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` (feature `tdengine`) | `taos+ws://user:pass@host:6041/db?keep_days=N` |
 //! | [`MetadataStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
+//! | [`AccessStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
 //! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres://host/db?schema=s` |
 //!
 //! SQLite is the embedded default of a single-node installation: WAL mode, one writer
@@ -18,7 +20,9 @@
 //! backend passes the conformance suites of `tp_core::testing`.
 //!
 //! [`open_metadata`], [`open_timeseries`] and [`open_cache`] build a backend from a
-//! URL, which is what configuration files carry. [`writer::BatchWriter`] batches
+//! URL, which is what configuration files carry; [`open_access`] builds the metadata
+//! store together with the [`AccessStore`] over the same connection pool.
+//! [`writer::BatchWriter`] batches
 //! telemetry in front of a [`TimeSeriesStore`] with a bounded queue.
 //!
 //! ```
@@ -44,6 +48,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod access_common;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -58,8 +63,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[cfg(doc)]
-use tp_core::{Cache, MetadataStore, TimeSeriesStore};
-use tp_core::{CacheRef, Error, MetadataStoreRef, Result, TimeSeriesStoreRef};
+use tp_core::{AccessStore, Cache, MetadataStore, TimeSeriesStore};
+use tp_core::{AccessStoreRef, CacheRef, Error, MetadataStoreRef, Result, TimeSeriesStoreRef};
 
 /// Entries of a `memory://` cache without `?capacity=`.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
@@ -146,6 +151,25 @@ pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
         SqliteTarget::Memory => Arc::new(sqlite::SqliteMetadataStore::in_memory().await?),
         SqliteTarget::File(path) => Arc::new(sqlite::SqliteMetadataStore::open(&path).await?),
     })
+}
+
+/// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
+/// returns it twice: as the [`MetadataStore`] and as the [`AccessStore`], one store
+/// with one connection pool behind both handles.
+///
+/// # Errors
+/// As [`open_metadata`].
+pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)> {
+    #[cfg(feature = "postgres")]
+    if is_postgres(url) {
+        let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
+        return Ok((store.clone(), store));
+    }
+    let store = Arc::new(match parse_sqlite(url, "storage.metadata")? {
+        SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
+        SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
+    });
+    Ok((store.clone(), store))
 }
 
 /// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`],
@@ -275,6 +299,13 @@ mod tests {
         ts.healthcheck().await.expect("healthy");
         assert!(path.exists());
         open_metadata("sqlite::memory:").await.expect("memory");
+        let (meta, access) = open_access(&url).await.expect("access");
+        assert_eq!((meta.backend(), access.backend()), ("sqlite", "sqlite"));
+        open_access("sqlite::memory:").await.expect("memory");
+        assert_eq!(
+            invalid_field(open_access("redis://localhost").await),
+            "storage.metadata"
+        );
 
         assert_eq!(
             invalid_field(open_metadata("redis://localhost").await),

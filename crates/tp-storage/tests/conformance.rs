@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_core::{AccessStoreRef, CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::memory::MemoryCache;
 use tp_storage::sqlite::{SqliteMetadataStore, SqliteTimeSeriesStore};
 
@@ -53,6 +53,43 @@ async fn sqlite_ts_file() -> Option<Held<dyn tp_core::TimeSeriesStore>> {
         store,
         _dir: Some(db),
     })
+}
+
+/// One SQLite metadata store as both the access store and the metadata store.
+fn access_pair(store: SqliteMetadataStore) -> (AccessStoreRef, MetadataStoreRef) {
+    let store = Arc::new(store);
+    (store.clone(), store)
+}
+
+async fn sqlite_access_file() -> Option<(AccessStoreRef, MetadataStoreRef, TempDb)> {
+    let db = TempDb::new();
+    let store = SqliteMetadataStore::open(&db.path()).await.expect("open");
+    let (access, meta) = access_pair(store);
+    Some((access, meta, db))
+}
+
+mod sqlite_file_access {
+    tp_core::access_conformance!(super::sqlite_access_file());
+}
+
+mod sqlite_memory_access {
+    use super::*;
+    tp_core::access_conformance!(async {
+        Some(access_pair(
+            SqliteMetadataStore::in_memory().await.expect("open"),
+        ))
+    });
+}
+
+/// Through URL dispatch: `open_access` on a file.
+mod sqlite_url_access {
+    use super::*;
+    tp_core::access_conformance!(async {
+        let db = TempDb::new();
+        let url = format!("sqlite://{}", db.path().display());
+        let (meta, access) = tp_storage::open_access(&url).await.expect("open_access");
+        Some((access, meta, db))
+    });
 }
 
 mod sqlite_file_metadata {
@@ -154,6 +191,17 @@ mod sqlite_one_shared_file {
                     .expect("open"),
             );
             Some(store)
+        });
+    }
+
+    mod access {
+        use super::*;
+        tp_core::access_conformance!(async {
+            Some(access_pair(
+                SqliteMetadataStore::open(&shared_path().await)
+                    .await
+                    .expect("open"),
+            ))
         });
     }
 

@@ -6,6 +6,7 @@
 //! Cases create their own tenants/devices (fresh UUIDs), so they run in parallel on
 //! one shared database.
 
+pub mod access;
 pub mod cache;
 pub mod metadata;
 pub mod timeseries;

@@ -53,14 +53,14 @@ impl PostgresMetadataStore {
     }
 }
 
-type RowResult<T> = std::result::Result<T, PgError>;
+pub(super) type RowResult<T> = std::result::Result<T, PgError>;
 
 fn parse_col<T: FromStr<Err = Error>>(row: &PgRow, col: &'static str) -> RowResult<T> {
     let s: String = row.try_get(col)?;
     T::from_str(&s).map_err(|e| PgError::decode(col, e))
 }
 
-fn json_col(row: &PgRow, col: &'static str) -> RowResult<Option<serde_json::Value>> {
+pub(super) fn json_col(row: &PgRow, col: &'static str) -> RowResult<Option<serde_json::Value>> {
     let s: Option<String> = row.try_get(col)?;
     s.map(|s| serde_json::from_str(&s).map_err(|e| PgError::decode(col, e)))
         .transpose()
@@ -86,7 +86,7 @@ fn user_from_row(row: &PgRow) -> RowResult<User> {
     })
 }
 
-fn device_from_row(row: &PgRow) -> RowResult<Device> {
+pub(super) fn device_from_row(row: &PgRow) -> RowResult<Device> {
     Ok(Device {
         id: DeviceId(row.try_get("id")?),
         tenant_id: TenantId(row.try_get("tenant_id")?),
@@ -133,11 +133,14 @@ fn attribute_from_row(row: &PgRow) -> RowResult<KeyValue> {
 }
 
 /// Decodes rows, mapping the first failure.
-fn decode_all<T>(rows: &[PgRow], f: impl Fn(&PgRow) -> RowResult<T>) -> Result<Vec<T>> {
+pub(super) fn decode_all<T>(rows: &[PgRow], f: impl Fn(&PgRow) -> RowResult<T>) -> Result<Vec<T>> {
     rows.iter().map(|r| f(r).map_err(Error::from)).collect()
 }
 
-fn decode_opt<T>(row: Option<PgRow>, f: impl Fn(&PgRow) -> RowResult<T>) -> Result<Option<T>> {
+pub(super) fn decode_opt<T>(
+    row: Option<PgRow>,
+    f: impl Fn(&PgRow) -> RowResult<T>,
+) -> Result<Option<T>> {
     row.as_ref().map(|r| f(r).map_err(Error::from)).transpose()
 }
 
@@ -147,6 +150,7 @@ macro_rules! device_cols {
          sub_device_addr, label, enabled, online, last_seen, created_at, updated_at"
     };
 }
+pub(super) use device_cols;
 
 macro_rules! user_cols {
     () => {
@@ -170,7 +174,7 @@ fn device_conflict(device: &Device) -> impl FnOnce(&str) -> String + '_ {
     }
 }
 
-fn paging(page: Page) -> (i64, i64) {
+pub(super) fn paging(page: Page) -> (i64, i64) {
     (to_i64(page.limit), to_i64(page.offset))
 }
 

@@ -1,6 +1,8 @@
 //! PostgreSQL backends for installations that outgrow SQLite.
 //!
-//! - [`PostgresMetadataStore`]: tenants, users, devices, attributes, downlink log.
+//! - [`PostgresMetadataStore`]: tenants, users, devices, attributes, downlink log; it is
+//!   also the [`tp_core::AccessStore`] (roles, API keys, device groups, profiles, audit
+//!   log) on the same schema and pool.
 //! - [`PostgresTimeSeriesStore`]: telemetry history (`ts_kv`), latest values
 //!   (`ts_latest`) and events (`ts_events`). History is range-partitioned on `ts` with
 //!   partitions created on demand, so retention drops whole partitions
@@ -22,6 +24,7 @@
 //! parameters (`sslmode`, `application_name`, ...) go to sqlx unchanged.
 //! Both stores may share one schema: their migrations use disjoint version ranges.
 
+mod access;
 mod error;
 mod meta;
 mod timescale;

@@ -95,6 +95,52 @@ mod timeseries {
     tp_core::timeseries_conformance!(super::timeseries_store());
 }
 
+/// One metadata store in a fresh schema as both the access and the metadata store;
+/// the third field drops the schema when the test ends.
+async fn access_stores() -> Option<(
+    tp_core::AccessStoreRef,
+    tp_core::MetadataStoreRef,
+    InSchema<()>,
+)> {
+    let (url, schema) = target()?;
+    let store = std::sync::Arc::new(
+        PostgresMetadataStore::connect(&with_schema(&url, &schema))
+            .await
+            .expect("connect"),
+    );
+    let guard = InSchema {
+        store: Some(()),
+        base_url: url,
+        schema,
+    };
+    Some((store.clone(), store, guard))
+}
+
+mod access {
+    tp_core::access_conformance!(super::access_stores());
+}
+
+/// The same suite through URL dispatch: `open_access` hands out one pool for both.
+mod access_by_url {
+    use super::*;
+    tp_core::access_conformance!(async {
+        let (url, schema) = target()?;
+        let (meta, access) = crate::open_access(&with_schema(&url, &schema))
+            .await
+            .expect("open_access");
+        assert_eq!((meta.backend(), access.backend()), ("postgres", "postgres"));
+        Some((
+            access,
+            meta,
+            InSchema {
+                store: Some(()),
+                base_url: url,
+                schema,
+            },
+        ))
+    });
+}
+
 #[test]
 fn urls_are_parsed_and_our_parameters_stripped() {
     let t = Target::parse(

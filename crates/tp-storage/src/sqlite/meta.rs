@@ -23,7 +23,7 @@ use super::{Pools, ROWS_PER_INSERT, like_escape, migrator, to_i64, value};
 /// for ASCII letters.
 #[derive(Debug)]
 pub struct SqliteMetadataStore {
-    pools: Pools,
+    pub(super) pools: Pools,
 }
 
 impl SqliteMetadataStore {
@@ -51,12 +51,15 @@ impl SqliteMetadataStore {
     }
 }
 
-fn uuid_col(row: &SqliteRow, col: &'static str) -> std::result::Result<Uuid, SqliteError> {
+pub(super) fn uuid_col(
+    row: &SqliteRow,
+    col: &'static str,
+) -> std::result::Result<Uuid, SqliteError> {
     let s: String = row.try_get(col)?;
     Uuid::parse_str(&s).map_err(|e| SqliteError::decode(col, e))
 }
 
-fn opt_uuid_col(
+pub(super) fn opt_uuid_col(
     row: &SqliteRow,
     col: &'static str,
 ) -> std::result::Result<Option<Uuid>, SqliteError> {
@@ -73,7 +76,7 @@ fn parse_col<T: FromStr<Err = Error>>(
     T::from_str(&s).map_err(|e| SqliteError::decode(col, e))
 }
 
-fn json_col(
+pub(super) fn json_col(
     row: &SqliteRow,
     col: &'static str,
 ) -> std::result::Result<Option<serde_json::Value>, SqliteError> {
@@ -102,7 +105,7 @@ fn user_from_row(row: &SqliteRow) -> std::result::Result<User, SqliteError> {
     })
 }
 
-fn device_from_row(row: &SqliteRow) -> std::result::Result<Device, SqliteError> {
+pub(super) fn device_from_row(row: &SqliteRow) -> std::result::Result<Device, SqliteError> {
     Ok(Device {
         id: DeviceId(uuid_col(row, "id")?),
         tenant_id: TenantId(uuid_col(row, "tenant_id")?),
@@ -149,14 +152,14 @@ fn attribute_from_row(row: &SqliteRow) -> std::result::Result<KeyValue, SqliteEr
 }
 
 /// Decodes rows, mapping the first failure.
-fn decode_all<T>(
+pub(super) fn decode_all<T>(
     rows: &[SqliteRow],
     f: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
 ) -> Result<Vec<T>> {
     rows.iter().map(|r| f(r).map_err(Error::from)).collect()
 }
 
-fn decode_opt<T>(
+pub(super) fn decode_opt<T>(
     row: Option<SqliteRow>,
     f: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
 ) -> Result<Option<T>> {
@@ -169,6 +172,7 @@ macro_rules! device_cols {
          sub_device_addr, label, enabled, online, last_seen, created_at, updated_at"
     };
 }
+pub(super) use device_cols;
 
 macro_rules! user_cols {
     () => {
@@ -196,7 +200,7 @@ fn device_conflict(device: &Device) -> impl FnOnce(&str) -> String + '_ {
     }
 }
 
-fn paging(page: Page) -> (i64, i64) {
+pub(super) fn paging(page: Page) -> (i64, i64) {
     (to_i64(page.limit), to_i64(page.offset))
 }
 

@@ -1,6 +1,8 @@
 //! SQLite backends: the embedded default of a single-node installation.
 //!
-//! - [`SqliteMetadataStore`]: tenants, users, devices, attributes, downlink log.
+//! - [`SqliteMetadataStore`]: tenants, users, devices, attributes, downlink log; it is
+//!   also the [`tp_core::AccessStore`] (roles, API keys, device groups, profiles, audit
+//!   log) on the same database and pools.
 //! - [`SqliteTimeSeriesStore`]: telemetry history (`ts_kv`, a `WITHOUT ROWID` table keyed
 //!   by `(device_id, key, ts)`), latest values (`ts_latest`) and events.
 //!
@@ -10,6 +12,7 @@
 //! disjoint version ranges. `in_memory()` keeps a private in-memory database alive for
 //! the life of the store and serves reads and writes through one connection.
 
+mod access;
 mod error;
 mod meta;
 mod timeseries;
