@@ -25,6 +25,10 @@ use super::{Target, healthcheck, like_escape, migrator, to_i64};
 /// `tenant_id` in SQL. Device search is case-insensitive (`ILIKE`, Unicode-aware) with
 /// `%` and `_` taken literally. Unique violations are mapped by constraint name to
 /// [`Error::AlreadyExists`] naming the conflicting value.
+///
+/// The same store is the PostgreSQL [`tp_core::AccessStore`] (custom roles, API keys,
+/// device groups, profiles, audit log) on the same schema and pool; see
+/// [`crate::open_access`] for both handles from one URL.
 #[derive(Debug, Clone)]
 pub struct PostgresMetadataStore {
     pool: PgPool,

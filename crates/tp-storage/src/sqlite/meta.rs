@@ -21,6 +21,10 @@ use super::{Pools, ROWS_PER_INSERT, like_escape, migrator, to_i64, value};
 /// field except `id`, `tenant_id`, `created_at`, `online` and `last_seen` (the last two
 /// belong to [`MetadataStore::set_device_online`]). Device search is case-insensitive
 /// for ASCII letters.
+///
+/// The same store is the SQLite [`tp_core::AccessStore`] (custom roles, API keys,
+/// device groups, profiles, audit log) on the same database and pools; see
+/// [`crate::open_access`] for both handles from one URL.
 #[derive(Debug)]
 pub struct SqliteMetadataStore {
     pub(super) pools: Pools,
