@@ -178,7 +178,8 @@ impl Platform {
 
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
-        let app = crate::router(state);
+        // The HTTP device API (device credentials, not user tokens) beside the REST API.
+        let app = crate::router(state).merge(tp_broker::http::device_router(&broker));
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -40,8 +40,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tp_core::protocol::{DownlinkKind, DownlinkTopic};
 use tp_core::{
-    CommandKind, CommandLog, CommandStatus, DeviceId, MetadataStore, Page, Result, TenantId,
-    Timestamp, now_ms, random_token,
+    CommandKind, CommandLog, CommandStatus, Device, DeviceId, MetadataStore, Page, Result,
+    TenantId, Timestamp, now_ms, random_token,
 };
 
 use crate::session::Shared;
@@ -132,6 +132,65 @@ pub async fn pending_commands(
     }
     pending.sort_by_key(|r| (r.created_at, r.id));
     Ok(pending)
+}
+
+/// A downlink handed to a device that polls for it over HTTP or CoAP.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct PolledCommand {
+    /// Correlates the device's response.
+    pub(crate) message_id: String,
+    /// What it is.
+    pub(crate) kind: CommandKind,
+    /// The MQTT topic it would be published on, so a device can treat it alike.
+    pub(crate) topic: String,
+    /// The payload (as published over MQTT).
+    pub(crate) payload: serde_json::Value,
+    /// When it was issued (ms).
+    pub(crate) created_at: Timestamp,
+    /// When it expires (ms), if ever.
+    pub(crate) expires_at: Option<Timestamp>,
+}
+
+/// Takes a polling device's pending downlink, oldest first: expires stale rows and
+/// marks the others `sent` (before returning them, as with MQTT). With `max_bytes`,
+/// stops before the JSON list would grow past it, always taking at least one row;
+/// the rest stay pending for the next poll. Two polls racing may both return a row
+/// (at-least-once, as over MQTT; the `message_id` identifies duplicates).
+pub(crate) async fn poll_pending(
+    metadata: &dyn MetadataStore,
+    device: &Device,
+    max_bytes: Option<usize>,
+) -> Result<Vec<PolledCommand>> {
+    let rows = pending_commands(metadata, device.tenant_id, device.id).await?;
+    let mut taken = Vec::new();
+    let mut size = 2; // "[]"
+    for mut row in rows {
+        let now = now_ms();
+        if expire_if_stale(metadata, &mut row, now).await? {
+            continue;
+        }
+        let polled = PolledCommand {
+            topic: downlink_topic(row.kind, &device.device_number, &row.message_id),
+            message_id: row.message_id.clone(),
+            kind: row.kind,
+            payload: row.payload.clone(),
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        };
+        if let Some(max) = max_bytes {
+            let len = serde_json::to_vec(&polled).map(|v| v.len()).unwrap_or(0) + 1;
+            if !taken.is_empty() && size + len > max {
+                break;
+            }
+            size += len;
+        }
+        row.status = CommandStatus::Sent;
+        row.updated_at = now;
+        metadata.update_command(&row).await?;
+        metrics::counter!("tp_downlink_sent_total").increment(1);
+        taken.push(polled);
+    }
+    Ok(taken)
 }
 
 /// Whether an MQTT topic filter matches a topic name (`+` one level, `#` the rest).

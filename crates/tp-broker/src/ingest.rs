@@ -1,4 +1,8 @@
 //! The ingest loop: decodes what devices published and hands it to the stores.
+//!
+//! Decoding and storing is [`Uplinks`], shared by the MQTT ingest loop and the HTTP
+//! ([`crate::http`]) and CoAP ([`crate::coap`]) device APIs, so every transport stores
+//! a payload the same way.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,8 +11,8 @@ use bytes::Bytes;
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use tp_core::protocol::{
-    DownlinkKind, DownlinkTopic, GatewayEnvelope, ResponseObject, UplinkKind, UplinkTopic,
-    decode_attributes, decode_event, decode_telemetry,
+    DownlinkKind, DownlinkTopic, GatewayEnvelope, MethodCall, ResponseObject, UplinkKind,
+    UplinkTopic, decode_attributes, decode_event, decode_telemetry,
 };
 use tp_core::{CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, TelemetryPoint, now_ms};
 use tp_storage::writer::WriterHandle;
@@ -18,9 +22,17 @@ use crate::transport::LinkPublisher;
 
 /// Everything the ingest loop needs.
 pub(crate) struct Ingest {
+    pub(crate) uplinks: Uplinks,
+    pub(crate) publisher: Arc<LinkPublisher>,
+}
+
+/// Decodes device messages and stores them: telemetry and events through the
+/// batching writer (which waits while its queue is full: backpressure), attributes
+/// and command responses in the metadata store.
+#[derive(Debug, Clone)]
+pub(crate) struct Uplinks {
     pub(crate) shared: Arc<Shared>,
     pub(crate) writer: WriterHandle,
-    pub(crate) publisher: Arc<LinkPublisher>,
 }
 
 impl Ingest {
@@ -30,7 +42,9 @@ impl Ingest {
             match rx.next().await {
                 Ok(Some(Notification::Forward(forward))) => {
                     self.handle(&forward.publish.payload).await;
-                    self.shared.consumed(ingest_size(&forward.publish.payload));
+                    self.uplinks
+                        .shared
+                        .consumed(ingest_size(&forward.publish.payload));
                 }
                 // The router pauses a link with many pending notifications until it
                 // says it is ready again; without this, delivery stops for good.
@@ -60,7 +74,7 @@ impl Ingest {
         metrics::counter!("tp_ingest_messages_total", "kind" => kind_name(uplink.kind))
             .increment(1);
         if let Err(e) = self.dispatch(device_id, &uplink, &payload).await {
-            self.shared.rejected.fetch_add(1, Ordering::AcqRel);
+            self.uplinks.shared.rejected.fetch_add(1, Ordering::AcqRel);
             metrics::counter!("tp_ingest_rejected_total", "kind" => kind_name(uplink.kind))
                 .increment(1);
             tracing::warn!(device_id = %device_id, topic, error = %e, "Rejected device message; nothing stored");
@@ -79,9 +93,9 @@ impl Ingest {
             return self.gateway(device_id, uplink, payload, now).await;
         }
         match uplink.kind {
-            UplinkKind::Telemetry => self.telemetry(device_id, payload, now).await,
+            UplinkKind::Telemetry => self.uplinks.telemetry(device_id, payload, now).await,
             UplinkKind::Attributes => {
-                let result = self.attributes(device_id, payload, now).await;
+                let result = self.uplinks.attributes(device_id, payload, now).await;
                 self.ack(
                     device_id,
                     DownlinkKind::AttributeResponse,
@@ -96,17 +110,7 @@ impl Ingest {
                 let result = decode_event(payload);
                 let method = result.as_ref().ok().map(|c| c.method.clone());
                 let stored = match result {
-                    Ok(call) => {
-                        self.writer
-                            .write_events(vec![DeviceEvent {
-                                device_id,
-                                ts: now,
-                                message_id: mid.to_owned(),
-                                method: call.method,
-                                params: call.params,
-                            }])
-                            .await
-                    }
+                    Ok(call) => self.uplinks.event(device_id, mid, call, now).await,
                     Err(e) => Err(e),
                 };
                 self.ack(device_id, DownlinkKind::EventResponse, mid, &stored, method)
@@ -114,12 +118,13 @@ impl Ingest {
                 stored
             }
             UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
-                self.response(device_id, mid, payload, now).await
+                self.uplinks.response(device_id, mid, payload, now).await
             }
             UplinkKind::OtaProgress => {
                 let params: serde_json::Value = serde_json::from_slice(payload)
                     .map_err(|e| tp_core::Error::invalid("payload", e.to_string()))?;
-                self.writer
+                self.uplinks
+                    .writer
                     .write_events(vec![DeviceEvent {
                         device_id,
                         ts: now,
@@ -130,72 +135,6 @@ impl Ingest {
                     .await
             }
         }
-    }
-
-    async fn telemetry(
-        &self,
-        device_id: DeviceId,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
-            .into_iter()
-            .map(|s| TelemetryPoint {
-                device_id,
-                key: s.key,
-                ts: s.ts,
-                value: s.value,
-            })
-            .collect();
-        metrics::counter!("tp_ingest_points_total").increment(points.len() as u64);
-        self.writer.write(points).await
-    }
-
-    async fn attributes(
-        &self,
-        device_id: DeviceId,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let attrs: Vec<KeyValue> = decode_attributes(payload)?
-            .into_iter()
-            .map(|(key, value)| KeyValue {
-                key,
-                ts: now,
-                value,
-            })
-            .collect();
-        self.shared
-            .metadata
-            .upsert_attributes(device_id, &attrs)
-            .await
-    }
-
-    /// A device answered a command or an attribute set: update its log row.
-    async fn response(
-        &self,
-        device_id: DeviceId,
-        mid: &str,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let response = ResponseObject::decode(payload)?;
-        let Some(mut log) = self
-            .shared
-            .metadata
-            .get_command_by_message_id(device_id, mid)
-            .await?
-        else {
-            return Err(tp_core::Error::not_found("command", mid));
-        };
-        log.status = if response.is_success() {
-            CommandStatus::Replied
-        } else {
-            CommandStatus::Failed
-        };
-        log.response = serde_json::to_value(&response).ok();
-        log.updated_at = now;
-        self.shared.metadata.update_command(&log).await
     }
 
     /// Gateway messages: the gateway's own part is stored like a direct device's.
@@ -223,17 +162,18 @@ impl Ingest {
             message_id: uplink.message_id.clone(),
         };
         match direct.kind {
-            UplinkKind::Telemetry => self.telemetry(device_id, &own, now).await,
-            UplinkKind::Attributes => self.attributes(device_id, &own, now).await,
+            UplinkKind::Telemetry => self.uplinks.telemetry(device_id, &own, now).await,
+            UplinkKind::Attributes => self.uplinks.attributes(device_id, &own, now).await,
             _ => Box::pin(self.dispatch(device_id, &direct, &own)).await,
         }
     }
 
     async fn device(&self, device_id: DeviceId) -> Option<Arc<Device>> {
-        if let Some(d) = self.shared.session_device(device_id) {
+        if let Some(d) = self.uplinks.shared.session_device(device_id) {
             return Some(d);
         }
-        self.shared
+        self.uplinks
+            .shared
             .metadata
             .get_device_by_id(device_id)
             .await
@@ -274,6 +214,96 @@ impl Ingest {
         if let Err(e) = self.publisher.publish(topic.to_topic(), response.encode()) {
             tracing::warn!(device_id = %device_id, error = %e, "cannot send acknowledgement");
         }
+    }
+}
+
+impl Uplinks {
+    /// Queues a decoded event (`{"method","params"}`) reported with message id `mid`.
+    pub(crate) async fn event(
+        &self,
+        device_id: DeviceId,
+        mid: &str,
+        call: MethodCall,
+        now: i64,
+    ) -> tp_core::Result<()> {
+        self.writer
+            .write_events(vec![DeviceEvent {
+                device_id,
+                ts: now,
+                message_id: mid.to_owned(),
+                method: call.method,
+                params: call.params,
+            }])
+            .await
+    }
+
+    /// Decodes a telemetry payload (flat, `{"ts","values"}` or an array of those)
+    /// and queues its points.
+    pub(crate) async fn telemetry(
+        &self,
+        device_id: DeviceId,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
+        let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
+            .into_iter()
+            .map(|s| TelemetryPoint {
+                device_id,
+                key: s.key,
+                ts: s.ts,
+                value: s.value,
+            })
+            .collect();
+        metrics::counter!("tp_ingest_points_total").increment(points.len() as u64);
+        self.writer.write(points).await
+    }
+
+    /// Decodes an attributes payload (a flat object) and upserts the attributes.
+    pub(crate) async fn attributes(
+        &self,
+        device_id: DeviceId,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
+        let attrs: Vec<KeyValue> = decode_attributes(payload)?
+            .into_iter()
+            .map(|(key, value)| KeyValue {
+                key,
+                ts: now,
+                value,
+            })
+            .collect();
+        self.shared
+            .metadata
+            .upsert_attributes(device_id, &attrs)
+            .await
+    }
+
+    /// A device answered a command or an attribute set: update its log row.
+    pub(crate) async fn response(
+        &self,
+        device_id: DeviceId,
+        mid: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
+        let response = ResponseObject::decode(payload)?;
+        let Some(mut log) = self
+            .shared
+            .metadata
+            .get_command_by_message_id(device_id, mid)
+            .await?
+        else {
+            return Err(tp_core::Error::not_found("command", mid));
+        };
+        log.status = if response.is_success() {
+            CommandStatus::Replied
+        } else {
+            CommandStatus::Failed
+        };
+        log.response = serde_json::to_value(&response).ok();
+        log.updated_at = now;
+        self.shared.metadata.update_command(&log).await
     }
 }
 

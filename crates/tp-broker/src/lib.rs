@@ -13,7 +13,9 @@
 //! - delivers downlink through [`MqttTransport`], a [`tp_core::DeviceTransport`], and
 //!   queued downlink of devices that were offline once they subscribe ([`downlink`]);
 //! - drains on shutdown: refuses new publishes, consumes everything acknowledged, and
-//!   flushes the writer.
+//!   flushes the writer;
+//! - serves the same device operations over HTTP ([`http::device_router`], merged into
+//!   the node's API server) with the same credentials, codecs and stores.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -34,6 +36,7 @@
 mod config;
 pub mod downlink;
 mod error;
+pub mod http;
 mod ingest;
 mod session;
 mod transport;
@@ -58,7 +61,7 @@ use tokio::task::JoinHandle;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, now_ms};
 use tp_storage::writer::WriterHandle;
 
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, Uplinks};
 use crate::session::{DeviceProtocol, INGEST_TOPIC, Shared};
 use crate::transport::LinkPublisher;
 
@@ -99,10 +102,19 @@ pub struct BrokerStats {
     pub connected_devices: usize,
 }
 
+/// What the HTTP and CoAP device APIs share with the broker: authentication, the
+/// uplink decoding and storing, and the payload limit.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceApi {
+    pub(crate) uplinks: Uplinks,
+    pub(crate) max_payload_size: usize,
+}
+
 /// A running embedded broker with its ingest loop.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     shared: Arc<Shared>,
+    device_api: DeviceApi,
     transport: Arc<MqttTransport>,
     writer: WriterHandle,
     local_addr: SocketAddr,
@@ -224,10 +236,17 @@ impl EmbeddedBroker {
             wait_until_bound(addr).await;
         }
 
+        let uplinks = Uplinks {
+            shared: shared.clone(),
+            writer: deps.writer.clone(),
+        };
+        let device_api = DeviceApi {
+            uplinks: uplinks.clone(),
+            max_payload_size: config.max_payload_size,
+        };
         let ingest = tokio::spawn(
             Ingest {
-                shared: shared.clone(),
-                writer: deps.writer.clone(),
+                uplinks,
                 publisher: publisher.clone(),
             }
             .run(link_rx),
@@ -261,6 +280,7 @@ impl EmbeddedBroker {
                 publisher,
             }),
             shared,
+            device_api,
             writer: deps.writer,
             local_addr,
             v5_addr,

@@ -153,20 +153,10 @@ impl Shared {
         if self.open_connections.load(Ordering::Acquire) > self.max_connections {
             return refuse("capacity");
         }
-        let device = match self.resolve(&username).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return refuse("unknown_username"),
-            Err(e) => {
-                tracing::error!(error = %e, "credential lookup failed");
-                return refuse("store_error");
-            }
+        let device = match self.check_credentials(&username, &password).await {
+            Ok(d) => d,
+            Err(refused) => return refuse(refused.reason()),
         };
-        if !device.credentials.verify(&password) {
-            return refuse("bad_password");
-        }
-        if !device.enabled {
-            return refuse("disabled");
-        }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let entry = pending.entry(username).or_insert_with(|| PendingAuth {
             device: device.clone(),
@@ -175,6 +165,30 @@ impl Shared {
         entry.device = device;
         entry.pending += 1;
         true
+    }
+
+    /// The enabled device these credentials belong to (the MQTT auth hook and the
+    /// HTTP and CoAP device APIs all authenticate devices here).
+    pub(crate) async fn check_credentials(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Arc<Device>, Refused> {
+        let device = match self.resolve(username).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(Refused::UnknownUsername),
+            Err(e) => {
+                tracing::error!(error = %e, "credential lookup failed");
+                return Err(Refused::Store(e));
+            }
+        };
+        if !device.credentials.verify(password) {
+            return Err(Refused::BadPassword);
+        }
+        if !device.enabled {
+            return Err(Refused::Disabled);
+        }
+        Ok(device)
     }
 
     /// Credentials -> device: cache first, then the metadata store.
@@ -331,6 +345,31 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+/// Why [`Shared::check_credentials`] refused a device.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// No device has this username.
+    UnknownUsername,
+    /// The password does not match.
+    BadPassword,
+    /// The device is disabled.
+    Disabled,
+    /// The credential lookup failed (not the device's fault).
+    Store(tp_core::Error),
+}
+
+impl Refused {
+    /// Short reason for logs and metrics labels.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownUsername => "unknown_username",
+            Self::BadPassword => "bad_password",
+            Self::Disabled => "disabled",
+            Self::Store(_) => "store_error",
+        }
     }
 }
 
