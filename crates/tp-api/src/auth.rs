@@ -1,39 +1,87 @@
-//! Authentication: JWT issuing and checking, password hashing, the [`Caller`]
-//! extractor and the first-start admin bootstrap.
+//! Authentication: JWT access tokens with rotating refresh tokens, revocation and
+//! lockout state in the shared [`tp_core::Cache`] (so they hold on every API node),
+//! API keys, password hashing, the [`Caller`] extractor and the first-start admin
+//! bootstrap.
+//!
+//! Every authenticated request checks, in the cache: that the token's `jti` is not
+//! revoked (logout), that the user's session generation is the token's (a password
+//! change or deletion starts a new one), and the user itself (a short-lived cached
+//! lookup, dropped when the user is deleted or its role changes). The revocation
+//! state must not be evicted before it expires: with Redis, use a no-eviction
+//! policy for the API's keys.
 
 use std::fmt;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tp_core::{
-    Error, MetadataStore, Result, Role, Tenant, TenantId, User, UserId, now_ms, random_token,
+    ApiKeyId, CacheExt, Error, MetadataStore, Result, Role, RoleId, Tenant, TenantId, User, UserId,
+    hash_secret, now_ms, random_token,
 };
+use utoipa::ToSchema;
 
+use crate::authz::{Permission, Permissions, effective_permissions};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Default token lifetime: 12 hours.
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600 * 12;
+/// Default access-token lifetime: 15 minutes.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 15 * 60;
+
+/// Default refresh-token lifetime: 30 days.
+pub const DEFAULT_REFRESH_TTL_SECS: u64 = 30 * 86_400;
+
+/// Default number of failed logins (per email) before the email is locked.
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
+
+/// Default lock duration after too many failed logins: 15 minutes.
+pub const DEFAULT_LOCKOUT_SECS: u64 = 15 * 60;
+
+/// Default lifetime of the cached user lookup done on every request.
+pub const DEFAULT_USER_CACHE_SECS: u64 = 30;
 
 /// Default email of the bootstrap administrator.
 pub const DEFAULT_ADMIN_EMAIL: &str = "admin@thingspanel.local";
 
-/// JWT settings. `Debug` never prints the secret.
+/// Header carrying an API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Shortest accepted password.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+/// Longest accepted password (bounds the hashing work of one request).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Leeway (seconds) accepted on token expiry; revocations outlive tokens by it.
+const LEEWAY_SECS: u64 = 30;
+
+/// Authentication settings. `Debug` never prints the secret.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// HMAC secret of HS256 tokens. Empty means a random per-process secret.
     pub jwt_secret: String,
-    /// Token lifetime in seconds.
+    /// Access-token lifetime in seconds.
     pub token_ttl_secs: u64,
+    /// Refresh-token lifetime in seconds.
+    pub refresh_ttl_secs: u64,
+    /// Failed logins of one email before it is locked.
+    pub max_failed_logins: u32,
+    /// How long a locked email stays locked (seconds); also the window in which
+    /// failures are counted.
+    pub lockout_secs: u64,
+    /// How long the per-request user lookup is cached (seconds). Deleting a user or
+    /// changing its role drops the cached entry at once.
+    pub user_cache_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -41,6 +89,10 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: String::new(),
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            refresh_ttl_secs: DEFAULT_REFRESH_TTL_SECS,
+            max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
+            lockout_secs: DEFAULT_LOCKOUT_SECS,
+            user_cache_secs: DEFAULT_USER_CACHE_SECS,
         }
     }
 }
@@ -57,25 +109,36 @@ impl fmt::Debug for AuthConfig {
                 },
             )
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("refresh_ttl_secs", &self.refresh_ttl_secs)
+            .field("max_failed_logins", &self.max_failed_logins)
+            .field("lockout_secs", &self.lockout_secs)
+            .field("user_cache_secs", &self.user_cache_secs)
             .finish()
     }
 }
 
-/// The claims of an API token.
+/// The claims of an API access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// User id.
     pub sub: UserId,
     /// Tenant id.
     pub tid: TenantId,
-    /// Role.
+    /// Role at issue time (informational: every request uses the current role).
     pub role: Role,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
     /// Issue time (seconds since the epoch).
     pub iat: u64,
-    /// Token id.
+    /// Token id: the key of its revocation.
     pub jti: String,
+    /// Session id shared by the access and refresh tokens of one sign-in.
+    #[serde(default)]
+    pub sid: String,
+    /// The user's session generation at issue time; a password change or deletion
+    /// starts a new generation and so revokes every older token.
+    #[serde(default)]
+    pub generation: String,
 }
 
 /// Keys derived from [`AuthConfig`].
@@ -84,6 +147,10 @@ pub(crate) struct AuthKeys {
     decoding: DecodingKey,
     validation: Validation,
     pub(crate) ttl_secs: u64,
+    pub(crate) refresh_ttl_secs: u64,
+    pub(crate) max_failed_logins: u32,
+    pub(crate) lockout_secs: u64,
+    pub(crate) user_cache_secs: u64,
 }
 
 impl fmt::Debug for AuthKeys {
@@ -92,6 +159,10 @@ impl fmt::Debug for AuthKeys {
             .field("ttl_secs", &self.ttl_secs)
             .finish_non_exhaustive()
     }
+}
+
+fn now_secs() -> u64 {
+    (now_ms() / 1000).max(0) as u64
 }
 
 impl AuthKeys {
@@ -106,18 +177,28 @@ impl AuthKeys {
         };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             ttl_secs: config.token_ttl_secs.max(1),
+            refresh_ttl_secs: config.refresh_ttl_secs.max(1),
+            max_failed_logins: config.max_failed_logins.max(1),
+            lockout_secs: config.lockout_secs.max(1),
+            user_cache_secs: config.user_cache_secs,
         }
     }
 
-    /// Issues a token for a user; returns it with its lifetime in seconds.
-    pub(crate) fn issue(&self, user: &User) -> Result<(String, u64)> {
-        let iat = (now_ms() / 1000).max(0) as u64;
+    /// Issues an access token of session `sid` and generation `generation`;
+    /// returns it with its lifetime in seconds.
+    pub(crate) fn issue_access(
+        &self,
+        user: &User,
+        sid: &str,
+        generation: &str,
+    ) -> Result<(String, u64)> {
+        let iat = now_secs();
         let claims = Claims {
             sub: user.id,
             tid: user.tenant_id,
@@ -125,10 +206,18 @@ impl AuthKeys {
             exp: iat + self.ttl_secs,
             iat,
             jti: random_token(16),
+            sid: sid.to_owned(),
+            generation: generation.to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::backend("jwt", e))?;
         Ok((token, self.ttl_secs))
+    }
+
+    /// Issues a stand-alone access token (no session, no generation).
+    #[cfg(test)]
+    pub(crate) fn issue(&self, user: &User) -> Result<(String, u64)> {
+        self.issue_access(user, "", "")
     }
 
     /// Checks a token and returns its claims.
@@ -140,33 +229,505 @@ impl AuthKeys {
                 _ => Error::Unauthenticated("invalid token".into()),
             })
     }
+
+    /// How long per-user revocation state must outlive any token issued before it.
+    fn generation_ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs.max(self.refresh_ttl_secs) + LEEWAY_SECS + 60)
+    }
 }
 
-/// The authenticated caller of a request, from its bearer token.
+/// Cache keys of the authentication state shared by every API node.
+pub(crate) mod keys {
+    use tp_core::{RoleId, UserId, hash_secret};
+
+    /// Present while an access token (by `jti`) is revoked.
+    pub(crate) fn revoked(jti: &str) -> String {
+        format!("auth:revoked:{jti}")
+    }
+    /// A user's current session generation.
+    pub(crate) fn generation(user: UserId) -> String {
+        format!("auth:gen:{user}")
+    }
+    /// The cached user lookup.
+    pub(crate) fn user(user: UserId) -> String {
+        format!("auth:user:{user}")
+    }
+    /// The cached permissions of a custom role.
+    pub(crate) fn role(role: RoleId) -> String {
+        format!("auth:role:{role}")
+    }
+    /// A refresh token, by the hash of the token.
+    pub(crate) fn refresh(token: &str) -> String {
+        format!("auth:refresh:{}", hash_secret(token))
+    }
+    /// The hash-key of the current refresh token of a session.
+    pub(crate) fn session(sid: &str) -> String {
+        format!("auth:session:{sid}")
+    }
+    /// Failed logins of an email in the current window.
+    pub(crate) fn failures(email: &str) -> String {
+        format!("auth:fail:{}", hash_secret(email))
+    }
+    /// Present while an email is locked; holds the unlock time (ms).
+    pub(crate) fn lock(email: &str) -> String {
+        format!("auth:lock:{}", hash_secret(email))
+    }
+}
+
+/// An access token with its refresh token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenPair {
+    /// JWT for `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Single-use token for `POST /api/v1/auth/refresh`.
+    pub refresh_token: String,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: u64,
+}
+
+/// What the cache keeps per refresh token.
+#[derive(Debug, Serialize, Deserialize)]
+struct RefreshRecord {
+    user: UserId,
+    sid: String,
+    generation: String,
+}
+
+/// The user's session generation, created when absent.
+async fn current_generation(state: &AppState, user: UserId) -> Result<String> {
+    let key = keys::generation(user);
+    if let Some(g) = state.cache.get(&key).await? {
+        return Ok(String::from_utf8_lossy(&g).into_owned());
+    }
+    let fresh = random_token(8);
+    if state
+        .cache
+        .set_nx(&key, fresh.as_bytes(), Some(state.auth.generation_ttl()))
+        .await?
+    {
+        return Ok(fresh);
+    }
+    Ok(state
+        .cache
+        .get(&key)
+        .await?
+        .map(|g| String::from_utf8_lossy(&g).into_owned())
+        .unwrap_or(fresh))
+}
+
+/// Whether a token of generation `claimed` is still valid. A missing generation key
+/// has outlived every token issued under it (its TTL exceeds every token's).
+async fn generation_is_current(state: &AppState, user: UserId, claimed: &str) -> Result<bool> {
+    Ok(match state.cache.get(&keys::generation(user)).await? {
+        Some(g) => g == claimed.as_bytes(),
+        None => true,
+    })
+}
+
+async fn issue_pair(state: &AppState, user: &User, sid: &str) -> Result<TokenPair> {
+    let generation = current_generation(state, user.id).await?;
+    let (token, expires_in) = state.auth.issue_access(user, sid, &generation)?;
+    let refresh_token = random_token(32);
+    let record = RefreshRecord {
+        user: user.id,
+        sid: sid.to_owned(),
+        generation,
+    };
+    let ttl = Duration::from_secs(state.auth.refresh_ttl_secs);
+    let refresh_key = keys::refresh(&refresh_token);
+    state
+        .cache
+        .set_json(&refresh_key, &record, Some(ttl))
+        .await?;
+    state
+        .cache
+        .set(&keys::session(sid), refresh_key.as_bytes(), Some(ttl))
+        .await?;
+    Ok(TokenPair {
+        token,
+        expires_in,
+        refresh_token,
+        refresh_expires_in: state.auth.refresh_ttl_secs,
+    })
+}
+
+/// Starts a session for `user`: a new access token and refresh token.
+pub(crate) async fn start_session(state: &AppState, user: &User) -> Result<TokenPair> {
+    issue_pair(state, user, &random_token(16)).await
+}
+
+/// Exchanges a refresh token for a new pair; the presented token stops working.
+pub(crate) async fn refresh_session(state: &AppState, refresh_token: &str) -> Result<TokenPair> {
+    let refused = || Error::Unauthenticated("invalid or expired refresh token".into());
+    let key = keys::refresh(refresh_token);
+    let record: RefreshRecord = state.cache.get_json(&key).await?.ok_or_else(refused)?;
+    // Single use: only the request that removes the key may continue.
+    if !state.cache.delete(&key).await? {
+        return Err(refused());
+    }
+    if !generation_is_current(state, record.user, &record.generation).await? {
+        return Err(refused());
+    }
+    let user = state
+        .metadata
+        .get_user(record.user)
+        .await?
+        .ok_or_else(refused)?;
+    issue_pair(state, &user, &record.sid).await
+}
+
+/// Ends the caller's session: its access token (until it expires) and its refresh token.
+pub(crate) async fn end_session(state: &AppState, session: &Session) -> Result<()> {
+    let ttl = session.exp.saturating_sub(now_secs()) + LEEWAY_SECS;
+    state
+        .cache
+        .set(
+            &keys::revoked(&session.jti),
+            b"1",
+            Some(Duration::from_secs(ttl)),
+        )
+        .await?;
+    let session_key = keys::session(&session.sid);
+    if let Some(refresh_key) = state.cache.get(&session_key).await? {
+        state
+            .cache
+            .delete(&String::from_utf8_lossy(&refresh_key))
+            .await?;
+        state.cache.delete(&session_key).await?;
+    }
+    Ok(())
+}
+
+/// Revokes every token of a user (password change, deletion) on every node sharing
+/// the cache, and drops its cached lookup.
+pub(crate) async fn revoke_user_sessions(state: &AppState, user: UserId) -> Result<()> {
+    state
+        .cache
+        .set(
+            &keys::generation(user),
+            random_token(8).as_bytes(),
+            Some(state.auth.generation_ttl()),
+        )
+        .await?;
+    forget_user(state, user).await
+}
+
+/// Drops the cached lookup of a user (after a role change).
+pub(crate) async fn forget_user(state: &AppState, user: UserId) -> Result<()> {
+    state.cache.delete(&keys::user(user)).await?;
+    Ok(())
+}
+
+/// Drops the cached permissions of a custom role (after it changed).
+pub(crate) async fn forget_role(state: &AppState, role: RoleId) -> Result<()> {
+    state.cache.delete(&keys::role(role)).await?;
+    Ok(())
+}
+
+/// Refuses a locked email with 429.
+pub(crate) async fn check_lock(state: &AppState, email: &str) -> std::result::Result<(), ApiError> {
+    if let Some(until) = state.cache.get(&keys::lock(email)).await? {
+        let until: i64 = String::from_utf8_lossy(&until).parse().unwrap_or(0);
+        let secs = ((until - now_ms()).max(0) + 999) / 1000;
+        return Err(ApiError::http(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many failed sign-ins; try again in {secs} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts a failed sign-in of an email (known or not) and locks it at the threshold.
+/// The count is a read-modify-write: concurrent failures may be counted once.
+pub(crate) async fn record_failure(state: &AppState, email: &str) -> Result<()> {
+    let window = Duration::from_secs(state.auth.lockout_secs);
+    let key = keys::failures(email);
+    let count = state
+        .cache
+        .get(&key)
+        .await?
+        .and_then(|v| String::from_utf8_lossy(&v).parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    if count >= state.auth.max_failed_logins {
+        let until = now_ms() + (state.auth.lockout_secs * 1000) as i64;
+        state
+            .cache
+            .set(
+                &keys::lock(email),
+                until.to_string().as_bytes(),
+                Some(window),
+            )
+            .await?;
+        state.cache.delete(&key).await?;
+        tracing::warn!("Sign-in locked after repeated failures.");
+    } else {
+        state
+            .cache
+            .set(&key, count.to_string().as_bytes(), Some(window))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Forgets the failures of an email after a successful sign-in.
+pub(crate) async fn clear_failures(state: &AppState, email: &str) -> Result<()> {
+    state.cache.delete(&keys::failures(email)).await?;
+    Ok(())
+}
+
+/// The signed-in session a bearer token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The token's id.
+    pub jti: String,
+    /// The session id.
+    pub sid: String,
+    /// The token's expiry (seconds since the epoch).
+    pub exp: u64,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user with a bearer token.
+    User {
+        /// The user.
+        id: UserId,
+        /// Its email (the audit log's actor).
+        email: String,
+        /// The token's session.
+        session: Session,
+    },
+    /// An integration with an `X-API-Key`.
+    ApiKey {
+        /// The key.
+        id: ApiKeyId,
+        /// Its name (the audit log shows `api-key:<name>`).
+        name: String,
+        /// The user who created it.
+        created_by: UserId,
+    },
+}
+
+/// The authenticated caller of a request, from its bearer token or `X-API-Key`.
 ///
-/// Extracting it rejects the request with 401 when the token is missing, malformed,
-/// forged or expired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Extracting it rejects the request with 401 when the credential is missing,
+/// malformed, forged, expired or revoked, or its user no longer exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The user.
-    pub user_id: UserId,
-    /// The user's tenant: every store call of the request is scoped to it.
+    /// The caller's tenant: every store call of the request is scoped to it.
     pub tenant_id: TenantId,
-    /// The user's role.
+    /// The built-in role (current, not the one in the token).
     pub role: Role,
+    /// The custom role, if any.
+    pub role_id: Option<RoleId>,
+    /// What the caller may do inside its tenant.
+    pub permissions: Permissions,
+    /// User or API key.
+    pub principal: Principal,
 }
 
 impl Caller {
-    /// Rejects with 403 unless the caller may change the tenant's resources
-    /// (`SYS_ADMIN` or `TENANT_ADMIN`).
-    pub fn require_admin(&self) -> std::result::Result<(), ApiError> {
-        match self.role {
-            Role::SysAdmin | Role::TenantAdmin => Ok(()),
-            Role::TenantUser => Err(ApiError::forbidden(
-                "this operation needs the TENANT_ADMIN or SYS_ADMIN role",
+    /// Rejects with 403 unless the caller has `permission`.
+    pub fn require(&self, permission: Permission) -> std::result::Result<(), ApiError> {
+        if self.permissions.has(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this operation needs the {permission} permission"
+            )))
+        }
+    }
+
+    /// Rejects with 403 unless the caller is a `SYS_ADMIN` user.
+    pub fn require_sys_admin(&self) -> std::result::Result<(), ApiError> {
+        if self.role == Role::SysAdmin && matches!(self.principal, Principal::User { .. }) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "this operation needs the SYS_ADMIN role",
+            ))
+        }
+    }
+
+    /// The user and session, or 403 for API keys (which have neither).
+    pub fn require_user(&self) -> std::result::Result<(UserId, &Session), ApiError> {
+        match &self.principal {
+            Principal::User { id, session, .. } => Ok((*id, session)),
+            Principal::ApiKey { .. } => Err(ApiError::forbidden(
+                "this operation needs a signed-in user, not an API key",
             )),
         }
     }
+
+    /// The acting user, if the caller is one.
+    pub fn user_id(&self) -> Option<UserId> {
+        match &self.principal {
+            Principal::User { id, .. } => Some(*id),
+            Principal::ApiKey { .. } => None,
+        }
+    }
+
+    /// The user responsible for the request: the user, or the API key's creator.
+    pub fn responsible_user(&self) -> UserId {
+        match &self.principal {
+            Principal::User { id, .. } => *id,
+            Principal::ApiKey { created_by, .. } => *created_by,
+        }
+    }
+
+    /// The actor shown in the audit log: an email or `api-key:<name>`.
+    pub fn actor(&self) -> String {
+        match &self.principal {
+            Principal::User { email, .. } => email.clone(),
+            Principal::ApiKey { name, .. } => format!("api-key:{name}"),
+        }
+    }
+
+    /// Rejects with 403 unless the caller holds every permission of a principal with
+    /// `role` and `custom` permissions (nobody grants more than it has; only a
+    /// `SYS_ADMIN` manages a `SYS_ADMIN`).
+    pub fn require_may_grant(
+        &self,
+        role: Role,
+        custom: Permissions,
+    ) -> std::result::Result<(), ApiError> {
+        let granted = effective_permissions(role, custom);
+        if (role == Role::SysAdmin && self.role != Role::SysAdmin)
+            || !self.permissions.contains(granted)
+        {
+            return Err(ApiError::forbidden(
+                "cannot grant permissions the caller does not have",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The per-request user lookup kept briefly in the cache.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedUser {
+    tenant_id: TenantId,
+    role: Role,
+    email: String,
+    role_id: Option<RoleId>,
+}
+
+async fn lookup_user(state: &AppState, id: UserId) -> Result<Option<CachedUser>> {
+    let key = keys::user(id);
+    if let Some(hit) = state.cache.get_json::<CachedUser>(&key).await? {
+        return Ok(Some(hit));
+    }
+    let Some(user) = state.metadata.get_user(id).await? else {
+        return Ok(None);
+    };
+    let role_id = state.access.get_user_role(user.tenant_id, id).await?;
+    let cached = CachedUser {
+        tenant_id: user.tenant_id,
+        role: user.role,
+        email: user.email,
+        role_id,
+    };
+    if state.auth.user_cache_secs > 0 {
+        let ttl = Duration::from_secs(state.auth.user_cache_secs);
+        state.cache.set_json(&key, &cached, Some(ttl)).await?;
+    }
+    Ok(Some(cached))
+}
+
+/// The permissions of a custom role (none when it no longer exists).
+pub(crate) async fn role_permissions(
+    state: &AppState,
+    tenant: TenantId,
+    role: Option<RoleId>,
+) -> Result<Permissions> {
+    let Some(role) = role else {
+        return Ok(Permissions::NONE);
+    };
+    let key = keys::role(role);
+    if let Some(names) = state.cache.get_json::<Vec<String>>(&key).await? {
+        return Ok(Permissions::parse_lenient(&names));
+    }
+    let names = state
+        .access
+        .get_role(tenant, role)
+        .await?
+        .map(|r| r.permissions)
+        .unwrap_or_default();
+    if state.auth.user_cache_secs > 0 {
+        let ttl = Duration::from_secs(state.auth.user_cache_secs);
+        state.cache.set_json(&key, &names, Some(ttl)).await?;
+    }
+    Ok(Permissions::parse_lenient(&names))
+}
+
+async fn caller_from_token(state: &AppState, token: &str) -> std::result::Result<Caller, ApiError> {
+    let claims = state.auth.verify(token)?;
+    if state
+        .cache
+        .get(&keys::revoked(&claims.jti))
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::unauthenticated("token revoked"));
+    }
+    if !generation_is_current(state, claims.sub, &claims.generation).await? {
+        return Err(ApiError::unauthenticated("token revoked"));
+    }
+    let user = lookup_user(state, claims.sub)
+        .await?
+        .filter(|u| u.tenant_id == claims.tid)
+        .ok_or_else(|| ApiError::unauthenticated("the token's user no longer exists"))?;
+    let custom = role_permissions(state, user.tenant_id, user.role_id).await?;
+    Ok(Caller {
+        tenant_id: user.tenant_id,
+        role: user.role,
+        role_id: user.role_id,
+        permissions: effective_permissions(user.role, custom),
+        principal: Principal::User {
+            id: claims.sub,
+            email: user.email,
+            session: Session {
+                jti: claims.jti,
+                sid: claims.sid,
+                exp: claims.exp,
+            },
+        },
+    })
+}
+
+async fn caller_from_api_key(state: &AppState, key: &str) -> std::result::Result<Caller, ApiError> {
+    let refused = || ApiError::unauthenticated("invalid API key");
+    if key.is_empty() || key.len() > 256 {
+        return Err(refused());
+    }
+    let key = state
+        .access
+        .get_api_key_by_hash(&hash_secret(key))
+        .await?
+        .ok_or_else(refused)?;
+    if key.expires_at.is_some_and(|t| t <= now_ms()) {
+        return Err(ApiError::unauthenticated("API key expired"));
+    }
+    if key.role == Role::SysAdmin {
+        return Err(refused());
+    }
+    let custom = role_permissions(state, key.tenant_id, key.role_id).await?;
+    Ok(Caller {
+        tenant_id: key.tenant_id,
+        role: key.role,
+        role_id: key.role_id,
+        permissions: effective_permissions(key.role, custom),
+        principal: Principal::ApiKey {
+            id: key.id,
+            name: key.name,
+            created_by: key.created_by,
+        },
+    })
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -176,24 +737,39 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> std::result::Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(ApiError::unauthenticated("missing bearer token")),
-        };
-        let claims = state.auth.verify(token)?;
-        Ok(Caller {
-            user_id: claims.sub,
-            tenant_id: claims.tid,
-            role: claims.role,
-        })
+        if let Some(header) = parts.headers.get(AUTHORIZATION) {
+            let value = header
+                .to_str()
+                .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
+            return match value.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    caller_from_token(state, token.trim()).await
+                }
+                _ => Err(ApiError::unauthenticated("missing bearer token")),
+            };
+        }
+        if let Some(key) = parts.headers.get(API_KEY_HEADER) {
+            let key = key
+                .to_str()
+                .map_err(|_| ApiError::unauthenticated("malformed X-API-Key header"))?;
+            return caller_from_api_key(state, key.trim()).await;
+        }
+        Err(ApiError::unauthenticated(
+            "missing bearer token or X-API-Key",
+        ))
     }
+}
+
+/// Checks a new password's length.
+pub(crate) fn validate_password(field: &str, password: &str) -> Result<()> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Hashes a password with argon2id (PHC string). CPU-heavy: runs on the blocking pool.
@@ -308,7 +884,7 @@ mod tests {
         };
         let s = format!("{c:?}");
         assert!(!s.contains("s3cr3t-value"), "{s}");
-        assert_eq!(AuthConfig::default().token_ttl_secs, 43_200);
+        assert_eq!(AuthConfig::default().token_ttl_secs, 900);
     }
 
     #[test]
@@ -316,6 +892,7 @@ mod tests {
         let keys = AuthKeys::new(&AuthConfig {
             jwt_secret: "a".repeat(32),
             token_ttl_secs: 60,
+            ..AuthConfig::default()
         });
         let user = User {
             id: UserId::new(),
@@ -337,6 +914,7 @@ mod tests {
         let other = AuthKeys::new(&AuthConfig {
             jwt_secret: "b".repeat(32),
             token_ttl_secs: 60,
+            ..AuthConfig::default()
         });
         assert!(matches!(
             other.verify(&token),
@@ -349,6 +927,7 @@ mod tests {
         let keys = AuthKeys::new(&AuthConfig {
             jwt_secret: "a".repeat(32),
             token_ttl_secs: 60,
+            ..AuthConfig::default()
         });
         let claims = Claims {
             sub: UserId::new(),
@@ -357,6 +936,8 @@ mod tests {
             exp: 1_000,
             iat: 900,
             jti: "x".into(),
+            sid: String::new(),
+            generation: String::new(),
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();

@@ -94,6 +94,12 @@ pub struct AuthSettings {
     pub jwt_secret: Option<String>,
     /// Lifetime of an access token (seconds).
     pub token_ttl_secs: u64,
+    /// Lifetime of a refresh token (seconds).
+    pub refresh_ttl_secs: u64,
+    /// Failed sign-ins of one email before it is locked.
+    pub max_failed_logins: u32,
+    /// How long a locked email stays locked (seconds).
+    pub lockout_secs: u64,
     /// First admin's email, used on first start only (`TP_ADMIN_EMAIL`).
     pub admin_email: Option<String>,
     /// First admin's password, used on first start only (`TP_ADMIN_PASSWORD`); generated
@@ -105,9 +111,26 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
-            token_ttl_secs: 12 * 3600,
+            token_ttl_secs: crate::auth::DEFAULT_TOKEN_TTL_SECS,
+            refresh_ttl_secs: crate::auth::DEFAULT_REFRESH_TTL_SECS,
+            max_failed_logins: crate::auth::DEFAULT_MAX_FAILED_LOGINS,
+            lockout_secs: crate::auth::DEFAULT_LOCKOUT_SECS,
             admin_email: None,
             admin_password: None,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The API's [`crate::auth::AuthConfig`] with the given signing secret.
+    pub fn auth_config(&self, jwt_secret: String) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            jwt_secret,
+            token_ttl_secs: self.token_ttl_secs,
+            refresh_ttl_secs: self.refresh_ttl_secs,
+            max_failed_logins: self.max_failed_logins,
+            lockout_secs: self.lockout_secs,
+            ..crate::auth::AuthConfig::default()
         }
     }
 }
@@ -121,6 +144,9 @@ impl std::fmt::Debug for AuthSettings {
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("refresh_ttl_secs", &self.refresh_ttl_secs)
+            .field("max_failed_logins", &self.max_failed_logins)
+            .field("lockout_secs", &self.lockout_secs)
             .field("admin_email", &self.admin_email)
             .field(
                 "admin_password",
@@ -190,6 +216,15 @@ impl PlatformConfig {
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be at least 1");
+        }
+        if self.auth.refresh_ttl_secs == 0 {
+            return bad("auth.refresh_ttl_secs", "must be at least 1");
+        }
+        if self.auth.max_failed_logins == 0 {
+            return bad("auth.max_failed_logins", "must be at least 1");
+        }
+        if self.auth.lockout_secs == 0 {
+            return bad("auth.lockout_secs", "must be at least 1");
         }
         if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 32) {
             return bad("auth.jwt_secret", "must be at least 32 characters");

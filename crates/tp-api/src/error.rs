@@ -92,7 +92,7 @@ impl ApiError {
                 E::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 E::PermissionDenied(_) => StatusCode::FORBIDDEN,
                 E::NotFound { .. } => StatusCode::NOT_FOUND,
-                E::AlreadyExists { .. } => StatusCode::CONFLICT,
+                E::AlreadyExists { .. } | E::Conflict(_) => StatusCode::CONFLICT,
                 E::NotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
                 E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,6 +125,7 @@ impl ApiError {
                     (info("not_found", format!("{entity} not found")), None)
                 }
                 E::AlreadyExists { .. } => (info("already_exists", e.to_string()), None),
+                E::Conflict(m) => (info("conflict", m.clone()), None),
                 E::NotSupported { operation, .. } => (
                     info("not_supported", format!("{operation} is not supported")),
                     None,
@@ -204,6 +205,7 @@ mod tests {
                 .into(),
                 409,
             ),
+            (tp_core::Error::Conflict("has children".into()).into(), 409),
             (
                 tp_core::Error::Unavailable {
                     backend: "sqlite",

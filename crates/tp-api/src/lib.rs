@@ -4,6 +4,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod openapi;

@@ -4,7 +4,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -12,16 +12,26 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Name of the bearer-JWT security scheme.
 pub const BEARER_SCHEME: &str = "bearer";
 
+/// Name of the `X-API-Key` security scheme.
+pub const API_KEY_SCHEME: &str = "api_key";
+
 /// Static part of the document; paths come from the route table.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     tags(
-        (name = "auth", description = "Sign in and the current user"),
+        (name = "auth", description = "Sign in, refresh, sign out, password change and the current user"),
+        (name = "tenants", description = "Tenants and their admins (SYS_ADMIN)"),
+        (name = "users", description = "Users of the caller's tenant"),
+        (name = "roles", description = "Custom roles: named sets of permissions"),
+        (name = "api-keys", description = "API keys for integrations (`X-API-Key`)"),
+        (name = "groups", description = "Device groups (a tree) and their members"),
+        (name = "profiles", description = "Device profiles"),
+        (name = "audit", description = "Who changed what"),
         (name = "devices", description = "Device registry and MQTT credentials"),
         (name = "telemetry", description = "Telemetry, attributes and events of a device"),
         (name = "downlink", description = "Commands, attribute set/get and telemetry control to a device, and their log"),
@@ -44,6 +54,13 @@ impl Modify for SecurityAddon {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An API key created with POST /api/v1/api-keys",
+            ))),
         );
     }
 }

@@ -14,7 +14,6 @@ use tp_broker::{BrokerDeps, DrainReport, EmbeddedBroker};
 use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
-use crate::auth::AuthConfig;
 use crate::config::PlatformConfig;
 use crate::state::AppState;
 
@@ -94,7 +93,7 @@ impl Platform {
             setting: "data_dir (--data-dir)",
             message: format!("cannot create {}: {e}", config.data_dir.display()),
         })?;
-        let metadata = tp_storage::open_metadata(&config.metadata_url())
+        let (metadata, access) = tp_storage::open_access(&config.metadata_url())
             .await
             .map_err(setting("storage.metadata"))?;
         let timeseries = tp_storage::open_timeseries(&config.timeseries_url())
@@ -147,12 +146,10 @@ impl Platform {
         };
         let mut state = AppState::new(
             metadata.clone(),
+            access,
             timeseries.clone(),
             cache.clone(),
-            AuthConfig {
-                jwt_secret,
-                token_ttl_secs: config.auth.token_ttl_secs,
-            },
+            config.auth.auth_config(jwt_secret),
         )
         .with_transport(broker.transport());
         if let Some(handle) = prometheus() {

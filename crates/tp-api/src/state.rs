@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
 
 use crate::auth::{AuthConfig, AuthKeys};
 
@@ -30,6 +30,7 @@ pub fn device_cred_cache_key(username: &str) -> String {
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) metadata: MetadataStoreRef,
+    pub(crate) access: AccessStoreRef,
     pub(crate) timeseries: TimeSeriesStoreRef,
     pub(crate) cache: CacheRef,
     pub(crate) auth: Arc<AuthKeys>,
@@ -39,18 +40,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over the given backends.
+    /// State over the given backends. `metadata` and `access` must be views of the same
+    /// database (as returned together by `tp_storage::open_access`).
     ///
     /// An empty `auth.jwt_secret` is replaced by a random per-process secret (tokens
     /// then do not survive a restart and are not shared between nodes); a warning is logged.
     pub fn new(
         metadata: MetadataStoreRef,
+        access: AccessStoreRef,
         timeseries: TimeSeriesStoreRef,
         cache: CacheRef,
         auth: AuthConfig,
     ) -> Self {
         Self {
             metadata,
+            access,
             timeseries,
             cache,
             auth: Arc::new(AuthKeys::new(&auth)),
@@ -83,6 +87,11 @@ impl AppState {
         &self.metadata
     }
 
+    /// The access-control store.
+    pub fn access(&self) -> &AccessStoreRef {
+        &self.access
+    }
+
     /// The time-series store.
     pub fn timeseries(&self) -> &TimeSeriesStoreRef {
         &self.timeseries
@@ -103,6 +112,7 @@ impl fmt::Debug for AppState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppState")
             .field("metadata", &self.metadata.backend())
+            .field("access", &self.access.backend())
             .field("timeseries", &self.timeseries.backend())
             .field("cache", &self.cache.backend())
             .field("transport", &self.transport.as_ref().map(|t| t.name()))

@@ -1,12 +1,18 @@
-//! `/api/v1/auth/*`: login and the current user.
+//! `/api/v1/auth/*`: sign-in, refresh, sign-out, password change and the current user.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::Json;
-use crate::auth::{Caller, normalize_email, verify_password};
+use super::support::audit;
+use crate::auth::{
+    Caller, Principal, TokenPair, check_lock, clear_failures, end_session, hash_password,
+    normalize_email, record_failure, refresh_session, revoke_user_sessions, start_session,
+    validate_password, verify_password,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
@@ -20,18 +26,27 @@ pub(crate) struct LoginRequest {
     password: String,
 }
 
-/// A bearer token.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct TokenResponse {
-    /// JWT for `Authorization: Bearer <token>`.
-    token: String,
-    /// Seconds until the token expires.
-    expires_in: u64,
+/// Refresh request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshRequest {
+    /// The refresh token of the last pair (single use).
+    refresh_token: String,
 }
 
-/// A user, without credentials.
+/// Password change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordRequest {
+    /// The current password.
+    current_password: String,
+    /// The new password, at least 8 characters.
+    new_password: String,
+}
+
+/// The caller.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct UserResponse {
+pub(crate) struct MeResponse {
     /// User id.
     id: Uuid,
     /// Email address.
@@ -40,69 +55,176 @@ pub(crate) struct UserResponse {
     name: String,
     /// `SYS_ADMIN`, `TENANT_ADMIN` or `TENANT_USER`.
     role: String,
+    /// Custom role, if any.
+    role_id: Option<Uuid>,
+    /// Effective permissions inside the tenant.
+    permissions: Vec<String>,
     /// Owning tenant.
     tenant_id: Uuid,
 }
 
 const BAD_LOGIN: &str = "invalid email or password";
 
-/// Exchanges email and password for a token.
+/// Exchanges email and password for an access token and a refresh token. After
+/// repeated failures the email is locked for a while (429), whether or not it exists.
 #[utoipa::path(
     post,
     path = "/auth/login",
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "Signed in", body = TokenResponse),
+        (status = 200, description = "Signed in", body = TokenPair),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many failed sign-ins; locked for a while", body = ErrorBody),
     ),
     security(())
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
     Json(req): Json<LoginRequest>,
-) -> ApiResult<axum::Json<TokenResponse>> {
-    let user = state
-        .metadata
-        .get_user_by_email(&normalize_email(&req.email))
-        .await?;
+) -> ApiResult<axum::Json<TokenPair>> {
+    let email = normalize_email(&req.email);
+    check_lock(&state, &email).await?;
+    if req.password.len() > crate::auth::MAX_PASSWORD_LEN {
+        return Err(ApiError::unauthenticated(BAD_LOGIN));
+    }
+    let user = state.metadata.get_user_by_email(&email).await?;
     // Unknown users cost one hash verification too, and get the same answer.
     let ok = verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;
     let user = match user {
         Some(u) if ok => u,
-        _ => return Err(ApiError::unauthenticated(BAD_LOGIN)),
+        _ => {
+            record_failure(&state, &email).await?;
+            return Err(ApiError::unauthenticated(BAD_LOGIN));
+        }
     };
-    let (token, expires_in) = state.auth.issue(&user)?;
-    Ok(axum::Json(TokenResponse { token, expires_in }))
+    clear_failures(&state, &email).await?;
+    Ok(axum::Json(start_session(&state, &user).await?))
 }
 
-/// The signed-in user.
+/// Exchanges a refresh token for a new pair; the presented refresh token stops working.
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair", body = TokenPair),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Unknown, used, revoked or expired refresh token", body = ErrorBody),
+    ),
+    security(())
+)]
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> ApiResult<axum::Json<TokenPair>> {
+    Ok(axum::Json(
+        refresh_session(&state, req.refresh_token.trim()).await?,
+    ))
+}
+
+/// Signs out: revokes this access token (on every node) and its refresh token.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "API keys have no session", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub(crate) async fn logout(caller: Caller, State(state): State<AppState>) -> ApiResult<StatusCode> {
+    let (_, session) = caller.require_user()?;
+    end_session(&state, session).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes the caller's password, revokes every other session of the user and
+/// returns a new pair for this one. Wrong current passwords count towards the lockout.
+#[utoipa::path(
+    put,
+    path = "/auth/password",
+    tag = "auth",
+    request_body = PasswordRequest,
+    responses(
+        (status = 200, description = "Changed; the new pair replaces the caller's tokens", body = TokenPair),
+        (status = 400, description = "New password too short or too long", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Wrong current password, or an API key", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub(crate) async fn change_password(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(req): Json<PasswordRequest>,
+) -> ApiResult<axum::Json<TokenPair>> {
+    let (user_id, _) = caller.require_user()?;
+    validate_password("new_password", &req.new_password)?;
+    let mut user = state
+        .metadata
+        .get_user(user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("the token's user no longer exists"))?;
+    check_lock(&state, &user.email).await?;
+    if req.current_password.len() > crate::auth::MAX_PASSWORD_LEN
+        || !verify_password(req.current_password, Some(user.password_hash.clone())).await?
+    {
+        record_failure(&state, &user.email).await?;
+        return Err(ApiError::forbidden("the current password is wrong"));
+    }
+    user.password_hash = hash_password(req.new_password).await?;
+    state.metadata.update_user(&user).await?;
+    revoke_user_sessions(&state, user.id).await?;
+    audit(
+        &state,
+        &caller,
+        user.tenant_id,
+        "user.password_change",
+        "user",
+        user.id,
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(axum::Json(start_session(&state, &user).await?))
+}
+
+/// The signed-in user and its effective permissions.
 #[utoipa::path(
     get,
     path = "/auth/me",
     tag = "auth",
     responses(
-        (status = 200, description = "The caller", body = UserResponse),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 200, description = "The caller", body = MeResponse),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "API keys have no user", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub(crate) async fn me(
     caller: Caller,
     State(state): State<AppState>,
-) -> ApiResult<axum::Json<UserResponse>> {
+) -> ApiResult<axum::Json<MeResponse>> {
+    let (user_id, _) = caller.require_user()?;
     let user = state
         .metadata
-        .get_user(caller.user_id)
+        .get_user(user_id)
         .await?
         .filter(|u| u.tenant_id == caller.tenant_id)
         .ok_or_else(|| ApiError::unauthenticated("the token's user no longer exists"))?;
-    Ok(axum::Json(UserResponse {
+    debug_assert!(matches!(caller.principal, Principal::User { .. }));
+    Ok(axum::Json(MeResponse {
         id: user.id.0,
         email: user.email,
         name: user.name,
         role: user.role.as_str().to_owned(),
+        role_id: caller.role_id.map(|r| r.0),
+        permissions: caller.permissions.names(),
         tenant_id: user.tenant_id.0,
     }))
 }

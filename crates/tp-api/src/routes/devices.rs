@@ -7,7 +7,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{DeviceIdPath, Json, Query};
+use super::support::audit;
 use crate::auth::Caller;
+use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, device_cred_cache_key};
 use tp_core::{Device, DeviceCredentials, DeviceFilter, Page, now_ms, validate_device_number};
@@ -82,7 +84,7 @@ pub(crate) struct NewCredentials {
 }
 
 impl DeviceResponse {
-    fn from_device(d: Device) -> Self {
+    pub(crate) fn from_device(d: Device) -> Self {
         Self {
             id: d.id.0,
             name: d.name,
@@ -104,9 +106,9 @@ impl DeviceResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeviceList {
     /// The page.
-    items: Vec<DeviceResponse>,
+    pub(crate) items: Vec<DeviceResponse>,
     /// Devices matching the filter.
-    total: u64,
+    pub(crate) total: u64,
 }
 
 /// New device.
@@ -203,18 +205,18 @@ async fn invalidate_credentials(state: &AppState, username: &str) -> ApiResult<(
     responses(
         (status = 201, description = "Created; the password is shown only here", body = CreatedDeviceResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not create devices", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 409, description = "Device number taken", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
 pub(crate) async fn create_device(
     caller: Caller,
     State(state): State<AppState>,
     Json(req): Json<CreateDeviceRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedDeviceResponse>)> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceWrite)?;
     let name = validate_name(&req.name)?;
     if let Some(n) = &req.device_number {
         validate_device_number(n)?;
@@ -223,6 +225,16 @@ pub(crate) async fn create_device(
     let (mut device, password) = Device::new(caller.tenant_id, name, req.device_number);
     device.label = label;
     state.metadata.create_device(&device).await?;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "device.create",
+        "device",
+        device.id,
+        serde_json::json!({"name": device.name, "device_number": device.device_number}),
+    )
+    .await;
     let d = DeviceResponse::from_device(device);
     Ok((
         StatusCode::CREATED,
@@ -253,15 +265,17 @@ pub(crate) async fn create_device(
     responses(
         (status = 200, description = "A page of devices", body = DeviceList),
         (status = 400, description = "Invalid paging", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn list_devices(
     caller: Caller,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<axum::Json<DeviceList>> {
+    caller.require(Permission::DeviceRead)?;
     let page = q.page.unwrap_or(1);
     if page == 0 {
         return Err(ApiError::invalid("page", "must be at least 1"));
@@ -317,16 +331,18 @@ pub(crate) async fn list_devices(
     responses(
         (status = 200, description = "The device", body = DeviceResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn get_device(
     caller: Caller,
     State(state): State<AppState>,
     DeviceIdPath(id): DeviceIdPath,
 ) -> ApiResult<axum::Json<DeviceResponse>> {
+    caller.require(Permission::DeviceRead)?;
     let device = load_device(&state, &caller, id).await?;
     Ok(axum::Json(DeviceResponse::from_device(device)))
 }
@@ -341,11 +357,11 @@ pub(crate) async fn get_device(
     responses(
         (status = 200, description = "The updated device", body = DeviceResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not change devices", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
 pub(crate) async fn update_device(
     caller: Caller,
@@ -353,7 +369,7 @@ pub(crate) async fn update_device(
     DeviceIdPath(id): DeviceIdPath,
     Json(req): Json<UpdateDeviceRequest>,
 ) -> ApiResult<axum::Json<DeviceResponse>> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceWrite)?;
     let name = req.name.as_deref().map(validate_name).transpose()?;
     let label = req.label.map(validate_label).transpose()?;
     let mut device = load_device(&state, &caller, id).await?;
@@ -370,6 +386,16 @@ pub(crate) async fn update_device(
     state.metadata.update_device(&device).await?;
     // The broker must not keep using a cached copy (e.g. of a now disabled device).
     invalidate_credentials(&state, &device.credentials.username).await?;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "device.update",
+        "device",
+        device.id,
+        serde_json::json!({"name": device.name, "label": device.label, "enabled": device.enabled}),
+    )
+    .await;
     Ok(axum::Json(DeviceResponse::from_device(device)))
 }
 
@@ -382,21 +408,31 @@ pub(crate) async fn update_device(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not delete devices", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
 pub(crate) async fn delete_device(
     caller: Caller,
     State(state): State<AppState>,
     DeviceIdPath(id): DeviceIdPath,
 ) -> ApiResult<StatusCode> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceWrite)?;
     let device = load_device(&state, &caller, id).await?;
     state.metadata.delete_device(caller.tenant_id, id).await?;
     invalidate_credentials(&state, &device.credentials.username).await?;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "device.delete",
+        "device",
+        id,
+        serde_json::json!({"device_number": device.device_number}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -409,24 +445,34 @@ pub(crate) async fn delete_device(
     responses(
         (status = 200, description = "The new credentials; the password is shown only here", body = NewCredentials),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not rotate credentials", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
 pub(crate) async fn rotate_credentials(
     caller: Caller,
     State(state): State<AppState>,
     DeviceIdPath(id): DeviceIdPath,
 ) -> ApiResult<axum::Json<NewCredentials>> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceWrite)?;
     let mut device = load_device(&state, &caller, id).await?;
     let (credentials, password) = DeviceCredentials::generate();
     let old = std::mem::replace(&mut device.credentials, credentials);
     device.updated_at = now_ms();
     state.metadata.update_device(&device).await?;
     invalidate_credentials(&state, &old.username).await?;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "device.rotate_credentials",
+        "device",
+        id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(axum::Json(NewCredentials {
         username: device.credentials.username,
         password,

@@ -14,13 +14,15 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tp_broker::downlink::{DEFAULT_EXPIRY_SECS, downlink_topic, expire_if_stale, new_message_id};
 use tp_core::protocol::MAX_KEY_LEN;
-use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Device, Downlink, Page, now_ms};
+use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Device, Downlink, now_ms};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::devices::{MAX_PAGE_SIZE, load_device};
+use super::devices::load_device;
 use super::extract::{DeviceIdPath, Json, Query};
+use super::support::{audit, page_of};
 use crate::auth::Caller;
+use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
@@ -244,7 +246,22 @@ async fn issue(
     Ok(row)
 }
 
-fn created(row: CommandLog) -> (StatusCode, axum::Json<CommandLogResponse>) {
+/// Audits a logged downlink and answers 201 with it.
+async fn created(
+    state: &AppState,
+    caller: &Caller,
+    row: CommandLog,
+) -> (StatusCode, axum::Json<CommandLogResponse>) {
+    audit(
+        state,
+        caller,
+        caller.tenant_id,
+        &format!("downlink.{}", row.kind.as_str()),
+        "device",
+        row.device_id,
+        serde_json::json!({"message_id": row.message_id, "status": row.status.as_str()}),
+    )
+    .await;
     (
         StatusCode::CREATED,
         axum::Json(CommandLogResponse::from_row(row)),
@@ -261,11 +278,11 @@ fn created(row: CommandLog) -> (StatusCode, axum::Json<CommandLogResponse>) {
     responses(
         (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:command", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:command"]), ("api_key" = ["device:command"]))
 )]
 pub(crate) async fn send_command(
     caller: Caller,
@@ -273,7 +290,7 @@ pub(crate) async fn send_command(
     DeviceIdPath(id): DeviceIdPath,
     Json(req): Json<CommandRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceCommand)?;
     if req.method.is_empty() || req.method.len() > MAX_KEY_LEN {
         return Err(ApiError::invalid(
             "method",
@@ -290,7 +307,7 @@ pub(crate) async fn send_command(
     // Exactly ThingsPanel's command payload (tp_core::protocol::MethodCall).
     let payload = serde_json::json!({ "method": req.method, "params": params });
     let row = issue(&state, &device, CommandKind::Command, payload, lifetime).await?;
-    Ok(created(row))
+    Ok(created(&state, &caller, row).await)
 }
 
 /// Sets attributes on the device.
@@ -303,11 +320,11 @@ pub(crate) async fn send_command(
     responses(
         (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:command", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:command"]), ("api_key" = ["device:command"]))
 )]
 pub(crate) async fn set_attributes(
     caller: Caller,
@@ -315,7 +332,7 @@ pub(crate) async fn set_attributes(
     DeviceIdPath(id): DeviceIdPath,
     Json(req): Json<AttributeSetRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceCommand)?;
     let payload = check_values(req.values)?;
     let lifetime = expiry(req.expires_in_secs)?;
     let device = load_device(&state, &caller, id).await?;
@@ -327,7 +344,7 @@ pub(crate) async fn set_attributes(
         lifetime,
     )
     .await?;
-    Ok(created(row))
+    Ok(created(&state, &caller, row).await)
 }
 
 /// Asks the device to report attributes (ThingsPanel's topic has no message id, so
@@ -341,11 +358,11 @@ pub(crate) async fn set_attributes(
     responses(
         (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:command", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:command"]), ("api_key" = ["device:command"]))
 )]
 pub(crate) async fn get_attributes(
     caller: Caller,
@@ -353,7 +370,7 @@ pub(crate) async fn get_attributes(
     DeviceIdPath(id): DeviceIdPath,
     Json(req): Json<AttributeGetRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceCommand)?;
     if let Some(k) = req
         .keys
         .iter()
@@ -375,7 +392,7 @@ pub(crate) async fn get_attributes(
         lifetime,
     )
     .await?;
-    Ok(created(row))
+    Ok(created(&state, &caller, row).await)
 }
 
 /// Sends control values to the device (ThingsPanel's topic has no message id, so the
@@ -389,11 +406,11 @@ pub(crate) async fn get_attributes(
     responses(
         (status = 201, description = "Logged; `sent` if the device was reachable, else `pending` until it subscribes", body = CommandLogResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not send downlink", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:command", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:command"]), ("api_key" = ["device:command"]))
 )]
 pub(crate) async fn telemetry_control(
     caller: Caller,
@@ -401,7 +418,7 @@ pub(crate) async fn telemetry_control(
     DeviceIdPath(id): DeviceIdPath,
     Json(req): Json<TelemetryControlRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceCommand)?;
     let payload = check_values(req.values)?;
     let lifetime = expiry(req.expires_in_secs)?;
     let device = load_device(&state, &caller, id).await?;
@@ -413,7 +430,7 @@ pub(crate) async fn telemetry_control(
         lifetime,
     )
     .await?;
-    Ok(created(row))
+    Ok(created(&state, &caller, row).await)
 }
 
 /// The device's downlink log, newest first. Pending rows past their expiry are marked
@@ -426,10 +443,11 @@ pub(crate) async fn telemetry_control(
     responses(
         (status = 200, description = "A page of the log", body = CommandLogList),
         (status = 400, description = "Invalid paging", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn list_commands(
     caller: Caller,
@@ -437,32 +455,12 @@ pub(crate) async fn list_commands(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<axum::Json<CommandLogList>> {
-    let page = q.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::invalid("page", "must be at least 1"));
-    }
-    let page_size = q.page_size.unwrap_or(20);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::invalid(
-            "page_size",
-            format!("must be 1 to {MAX_PAGE_SIZE}"),
-        ));
-    }
-    let offset = (page - 1)
-        .checked_mul(page_size)
-        .filter(|o| *o <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    caller.require(Permission::DeviceRead)?;
+    let page = page_of(q.page, q.page_size)?;
     let device = load_device(&state, &caller, id).await?;
     let mut paged = state
         .metadata
-        .list_commands(
-            caller.tenant_id,
-            device.id,
-            Page {
-                offset,
-                limit: page_size,
-            },
-        )
+        .list_commands(caller.tenant_id, device.id, page)
         .await?;
     let now = now_ms();
     for row in &mut paged.items {

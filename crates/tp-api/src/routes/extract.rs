@@ -138,3 +138,41 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceIdPath {
             .map_err(|e| ApiError::invalid("id", format!("not a valid UUID: {e}")))
     }
 }
+
+fn parse_uuid(field: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|e| ApiError::invalid(field, format!("not a valid UUID: {e}")))
+}
+
+/// The single `{id}` path parameter as a UUID; a malformed id is a 400 naming `id`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdPath(pub(crate) uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid("id", r.body_text()))?;
+        Ok(IdPath(parse_uuid("id", &raw)?))
+    }
+}
+
+/// The `{id}` and `{device_id}` path parameters as UUIDs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdDevicePath(pub(crate) uuid::Uuid, pub(crate) DeviceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdDevicePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((id, device)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid("id", r.body_text()))?;
+        Ok(IdDevicePath(
+            parse_uuid("id", &id)?,
+            DeviceId(parse_uuid("device_id", &device)?),
+        ))
+    }
+}

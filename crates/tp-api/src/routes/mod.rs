@@ -18,14 +18,62 @@ mod auth;
 mod devices;
 mod downlink;
 mod extract;
+mod groups;
+mod profiles;
+mod roles;
+mod support;
 mod system;
 mod telemetry;
+mod users;
 
 /// Every documented route, with its OpenAPI description (state not yet applied).
 pub(crate) fn api_router() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
         .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::change_password))
         .routes(routes!(auth::me))
+        .routes(routes!(users::create_tenant, users::list_tenants))
+        .routes(routes!(
+            users::get_tenant,
+            users::update_tenant,
+            users::delete_tenant
+        ))
+        .routes(routes!(users::create_tenant_admin))
+        .routes(routes!(users::create_user, users::list_users))
+        .routes(routes!(
+            users::get_user,
+            users::update_user,
+            users::delete_user
+        ))
+        .routes(routes!(roles::create_role, roles::list_roles))
+        .routes(routes!(
+            roles::get_role,
+            roles::update_role,
+            roles::delete_role
+        ))
+        .routes(routes!(roles::create_api_key, roles::list_api_keys))
+        .routes(routes!(roles::delete_api_key))
+        .routes(routes!(groups::create_group, groups::list_groups))
+        .routes(routes!(groups::group_tree))
+        .routes(routes!(
+            groups::get_group,
+            groups::update_group,
+            groups::delete_group
+        ))
+        .routes(routes!(
+            groups::add_group_device,
+            groups::remove_group_device
+        ))
+        .routes(routes!(groups::list_group_devices))
+        .routes(routes!(profiles::create_profile, profiles::list_profiles))
+        .routes(routes!(
+            profiles::get_profile,
+            profiles::update_profile,
+            profiles::delete_profile
+        ))
+        .routes(routes!(profiles::list_audit))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(
             devices::get_device,

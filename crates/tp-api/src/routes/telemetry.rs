@@ -6,7 +6,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::devices::load_device;
 use super::extract::{DeviceIdPath, Query};
+use super::support::audit;
 use crate::auth::Caller;
+use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 use tp_core::{Aggregation, KeyValue, Order, TsQuery, now_ms};
@@ -198,10 +200,11 @@ fn parse_limit(limit: Option<u64>, default: u64) -> ApiResult<u64> {
     responses(
         (status = 200, description = "Latest value per key, keys ascending", body = KeyValueList),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn latest_telemetry(
     caller: Caller,
@@ -209,6 +212,7 @@ pub(crate) async fn latest_telemetry(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<KeysQuery>,
 ) -> ApiResult<axum::Json<KeyValueList>> {
+    caller.require(Permission::DeviceRead)?;
     let keys = parse_keys(q.keys.as_deref())?;
     load_device(&state, &caller, id).await?;
     let rows = state.timeseries.latest(id, keys.as_deref()).await?;
@@ -224,10 +228,11 @@ pub(crate) async fn latest_telemetry(
     responses(
         (status = 200, description = "Rows grouped by key (keys ascending)", body = KeyValueList),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn telemetry_history(
     caller: Caller,
@@ -235,6 +240,7 @@ pub(crate) async fn telemetry_history(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<axum::Json<KeyValueList>> {
+    caller.require(Permission::DeviceRead)?;
     let keys = parse_keys(q.keys.as_deref())?.unwrap_or_default();
     check_range(q.start, q.end)?;
     let aggregation = match (q.agg.as_deref(), q.interval) {
@@ -286,11 +292,11 @@ pub(crate) async fn telemetry_history(
     responses(
         (status = 200, description = "Rows deleted", body = DeletedResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role may not delete data", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
 pub(crate) async fn delete_telemetry(
     caller: Caller,
@@ -298,7 +304,7 @@ pub(crate) async fn delete_telemetry(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<axum::Json<DeletedResponse>> {
-    caller.require_admin()?;
+    caller.require(Permission::DeviceWrite)?;
     let keys = parse_keys(q.keys.as_deref())?;
     check_range(q.start, q.end)?;
     load_device(&state, &caller, id).await?;
@@ -306,6 +312,16 @@ pub(crate) async fn delete_telemetry(
         .timeseries
         .delete_range(id, keys.as_deref(), q.start, q.end)
         .await?;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "telemetry.delete",
+        "device",
+        id,
+        serde_json::json!({"keys": keys, "start": q.start, "end": q.end, "deleted": deleted}),
+    )
+    .await;
     Ok(axum::Json(DeletedResponse { deleted }))
 }
 
@@ -318,10 +334,11 @@ pub(crate) async fn delete_telemetry(
     responses(
         (status = 200, description = "Attributes, keys ascending", body = KeyValueList),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn attributes(
     caller: Caller,
@@ -329,6 +346,7 @@ pub(crate) async fn attributes(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<KeysQuery>,
 ) -> ApiResult<axum::Json<KeyValueList>> {
+    caller.require(Permission::DeviceRead)?;
     let keys = parse_keys(q.keys.as_deref())?;
     load_device(&state, &caller, id).await?;
     let rows = state.metadata.get_attributes(id, keys.as_deref()).await?;
@@ -344,10 +362,11 @@ pub(crate) async fn attributes(
     responses(
         (status = 200, description = "Events", body = EventList),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
 )]
 pub(crate) async fn events(
     caller: Caller,
@@ -355,6 +374,7 @@ pub(crate) async fn events(
     DeviceIdPath(id): DeviceIdPath,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<axum::Json<EventList>> {
+    caller.require(Permission::DeviceRead)?;
     // `end` is exclusive: the default includes events received this millisecond.
     let end = q.end.unwrap_or_else(|| now_ms().saturating_add(1));
     let start = q.start.unwrap_or_else(|| end.saturating_sub(DAY_MS));

@@ -10,20 +10,28 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 use tp_core::{
-    CacheRef, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, Role, TelemetryPoint, Tenant,
-    TenantId, TimeSeriesStoreRef, User, UserId, Value, now_ms,
+    AccessStoreRef, CacheRef, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, Role,
+    TelemetryPoint, Tenant, TenantId, TimeSeriesStoreRef, User, UserId, Value, now_ms,
 };
 
 use crate::auth::{AuthConfig, bootstrap_admin, hash_password};
 use crate::state::{AppState, ReadinessCheck, device_cred_cache_key};
 
+mod matrix;
 mod mem;
+mod sessions;
 use mem::SwitchableCache;
 use tp_storage::memory::MemoryCache;
 use tp_storage::sqlite::{SqliteMetadataStore, SqliteTimeSeriesStore};
 
 async fn sqlite_meta() -> Result<MetadataStoreRef> {
     Ok(Arc::new(SqliteMetadataStore::in_memory().await?))
+}
+
+/// One in-memory SQLite database as the metadata and the access store.
+async fn sqlite_stores() -> Result<(MetadataStoreRef, AccessStoreRef)> {
+    let store = Arc::new(SqliteMetadataStore::in_memory().await?);
+    Ok((store.clone(), store))
 }
 
 async fn sqlite_ts() -> Result<TimeSeriesStoreRef> {
@@ -36,22 +44,35 @@ const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 struct Harness {
     app: Router,
+    state: AppState,
     meta: MetadataStoreRef,
+    access: AccessStoreRef,
     ts: TimeSeriesStoreRef,
     cache: CacheRef,
     /// Token of the bootstrap SYS_ADMIN of tenant "default".
     token: String,
 }
 
-fn state(meta: &MetadataStoreRef, ts: &TimeSeriesStoreRef, cache: &CacheRef) -> AppState {
+fn auth_config() -> AuthConfig {
+    AuthConfig {
+        jwt_secret: SECRET.into(),
+        token_ttl_secs: 3600,
+        ..AuthConfig::default()
+    }
+}
+
+fn state(
+    meta: &MetadataStoreRef,
+    access: &AccessStoreRef,
+    ts: &TimeSeriesStoreRef,
+    cache: &CacheRef,
+) -> AppState {
     AppState::new(
         meta.clone(),
+        access.clone(),
         ts.clone(),
         cache.clone(),
-        AuthConfig {
-            jwt_secret: SECRET.into(),
-            token_ttl_secs: 3600,
-        },
+        auth_config(),
     )
 }
 
@@ -63,11 +84,11 @@ impl Harness {
 
     async fn with(customize: impl FnOnce(AppState) -> AppState) -> Result<Self> {
         let cache: CacheRef = Arc::new(MemoryCache::new(10_000));
-        Self::over(sqlite_meta().await?, sqlite_ts().await?, cache, customize).await
+        Self::over(sqlite_stores().await?, sqlite_ts().await?, cache, customize).await
     }
 
     async fn over(
-        meta: MetadataStoreRef,
+        (meta, access): (MetadataStoreRef, AccessStoreRef),
         ts: TimeSeriesStoreRef,
         cache: CacheRef,
         customize: impl FnOnce(AppState) -> AppState,
@@ -79,10 +100,13 @@ impl Harness {
         )
         .await?;
         assert_eq!(created, Some((ADMIN_EMAIL.to_owned(), None)));
-        let app = crate::router(customize(state(&meta, &ts, &cache)));
+        let state = customize(state(&meta, &access, &ts, &cache));
+        let app = crate::router(state.clone());
         let mut h = Self {
             app,
+            state,
             meta,
+            access,
             ts,
             cache,
             token: String::new(),
@@ -244,6 +268,7 @@ async fn api_routes_need_a_valid_bearer_token() -> Result<()> {
     let other = crate::auth::AuthKeys::new(&AuthConfig {
         jwt_secret: "another-secret".into(),
         token_ttl_secs: 60,
+        ..AuthConfig::default()
     });
     let user = User {
         id: UserId::new(),
@@ -282,7 +307,10 @@ async fn login_issues_tokens_and_does_not_enumerate_users() -> Result<()> {
         )
         .await?;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(keys_of(&body), ["expires_in", "token"]);
+    assert_eq!(
+        keys_of(&body),
+        ["expires_in", "refresh_expires_in", "refresh_token", "token"]
+    );
     assert_eq!(body["expires_in"], 3600);
 
     let wrong_pw = h
@@ -317,7 +345,18 @@ async fn login_issues_tokens_and_does_not_enumerate_users() -> Result<()> {
 
     let (status, me) = h.get("/api/v1/auth/me").await?;
     assert_eq!(status, StatusCode::OK, "{me}");
-    assert_eq!(keys_of(&me), ["email", "id", "name", "role", "tenant_id"]);
+    assert_eq!(
+        keys_of(&me),
+        [
+            "email",
+            "id",
+            "name",
+            "permissions",
+            "role",
+            "role_id",
+            "tenant_id"
+        ]
+    );
     assert_eq!(me["email"], ADMIN_EMAIL);
     assert_eq!(me["role"], "SYS_ADMIN");
     let user = h
@@ -987,7 +1026,7 @@ async fn health_readiness_and_metrics() -> Result<()> {
     let passing: ReadinessCheck = Arc::new(|| Box::pin(async { Ok(()) }));
     let cache = Arc::new(SwitchableCache::new());
     let h = Harness::over(
-        sqlite_meta().await?,
+        sqlite_stores().await?,
         sqlite_ts().await?,
         cache.clone(),
         |s| s.with_readiness_check("broker", passing),
@@ -1077,47 +1116,73 @@ async fn openapi_lists_every_route_and_docs_render() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(spec, serde_json::to_value(crate::openapi())?);
     let paths = spec["paths"].as_object().context("paths")?;
-    let expected: &[(&str, &[&str])] = &[
-        ("/api/v1/auth/login", &["post"]),
-        ("/api/v1/auth/me", &["get"]),
-        ("/api/v1/devices", &["get", "post"]),
-        ("/api/v1/devices/{id}", &["delete", "get", "patch"]),
-        ("/api/v1/devices/{id}/credentials", &["post"]),
-        ("/api/v1/devices/{id}/telemetry/latest", &["get"]),
-        ("/api/v1/devices/{id}/telemetry", &["delete", "get"]),
-        ("/api/v1/devices/{id}/attributes", &["get", "put"]),
-        ("/api/v1/devices/{id}/events", &["get"]),
-        ("/api/v1/devices/{id}/commands", &["get", "post"]),
-        ("/api/v1/devices/{id}/attributes/get", &["post"]),
-        ("/api/v1/devices/{id}/telemetry/control", &["post"]),
-        ("/healthz", &["get"]),
-        ("/readyz", &["get"]),
-        ("/metrics", &["get"]),
-        ("/api/v1/openapi.json", &["get"]),
-        ("/docs", &["get"]),
+    // Every path is in the matrix table (see matrix.rs); here: every operation states
+    // its auth requirement, and the scopes name what it needs.
+    let public = [
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
     ];
-    assert_eq!(
-        paths.len(),
-        expected.len(),
-        "{:?}",
-        paths.keys().collect::<Vec<_>>()
-    );
-    for (path, methods) in expected {
-        let item = paths
-            .get(*path)
-            .with_context(|| format!("{path} missing"))?;
-        for m in *methods {
-            let op = item
-                .get(*m)
-                .with_context(|| format!("{m} {path} missing"))?;
-            let protected = path.starts_with("/api/v1/")
-                && *path != "/api/v1/auth/login"
-                && *path != "/api/v1/openapi.json";
-            if protected {
-                assert_eq!(op["security"], json!([{"bearer": []}]), "{m} {path}");
+    let known: Vec<&str> = crate::authz::Permission::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .chain(["SYS_ADMIN"])
+        .collect();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().context("path item")? {
+            operations += 1;
+            let what = format!("{method} {path}");
+            if public.contains(&path.as_str()) {
+                if path != "/docs" {
+                    assert_eq!(op["security"], json!([{}]), "{what} is public");
+                }
+                continue;
+            }
+            let security = op["security"].as_array().context("security")?;
+            let schemes: Vec<&str> = security
+                .iter()
+                .flat_map(|s| s.as_object().into_iter().flat_map(|o| o.keys()))
+                .map(String::as_str)
+                .collect();
+            let scopes: Vec<&Json> = security
+                .iter()
+                .flat_map(|s| s.as_object().into_iter().flat_map(|o| o.values()))
+                .collect();
+            assert!(
+                scopes.windows(2).all(|w| w[0] == w[1]),
+                "{what}: {security:?}"
+            );
+            let scope: Vec<&str> = scopes[0]
+                .as_array()
+                .context("scopes")?
+                .iter()
+                .filter_map(Json::as_str)
+                .collect();
+            assert!(scope.len() <= 1, "{what}");
+            assert!(scope.iter().all(|s| known.contains(s)), "{what}: {scope:?}");
+            if path.starts_with("/api/v1/tenants") {
+                assert_eq!(schemes, ["bearer"], "{what}");
+                assert_eq!(scope, ["SYS_ADMIN"], "{what}");
+            } else {
+                assert_eq!(schemes, ["bearer", "api_key"], "{what}");
+            }
+            let responses = op["responses"].as_object().context("responses")?;
+            assert!(responses.contains_key("401"), "{what} documents 401");
+            if !scope.is_empty() {
+                assert!(responses.contains_key("403"), "{what} documents 403");
             }
         }
     }
+    assert!(operations >= 60, "{operations}");
+    assert_eq!(
+        spec["components"]["securitySchemes"]["api_key"],
+        json!({"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key created with POST /api/v1/api-keys"})
+    );
     assert_eq!(
         spec["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
