@@ -762,6 +762,11 @@ async fn every_endpoint_as_every_caller() -> Result<()> {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(calls, table().len() * WHO.len());
+    eprintln!(
+        "authorization matrix: {} rows x {} callers = {calls} calls",
+        table().len(),
+        WHO.len()
+    );
     // The principals of other tenants are untouched.
     assert!(h.meta.get_tenant(p.tenant_b).await?.is_some());
     Ok(())
