@@ -14,14 +14,17 @@ use tp_broker::testing::MqttTestClient;
 const ADMIN: &str = "admin@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 
-fn config(data_dir: &std::path::Path) -> PlatformConfig {
-    let overrides = [
+/// The node's configuration: embedded defaults in `data_dir`, plus `backends`
+/// (`storage.*` overrides) for the production stack.
+fn config(data_dir: &std::path::Path, backends: &[(&'static str, String)]) -> PlatformConfig {
+    let mut overrides = vec![
         ("data_dir", data_dir.display().to_string()),
         ("http.listen", "127.0.0.1:0".to_owned()),
         ("mqtt.listen", "127.0.0.1:0".to_owned()),
         ("auth.admin_email", ADMIN.to_owned()),
         ("auth.admin_password", PASSWORD.to_owned()),
     ];
+    overrides.extend_from_slice(backends);
     PlatformConfig::load(None, &overrides).unwrap()
 }
 
@@ -98,8 +101,46 @@ fn kv(items: &[Value]) -> Vec<(String, i64, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
+    device_data_flows(&[]).await;
+}
+
+/// The same flow on PostgreSQL (metadata and time series, in a schema of its own) and
+/// Redis (cache, under a key prefix of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_data_flows_on_postgres_and_redis() {
+    let Some(pg) = tp_core::testing::service_url("TP_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
+    let pg_url = format!("{pg}{}schema=tp_e2e_{run}", sep(&pg));
+    let backends = [
+        ("storage.metadata", pg_url.clone()),
+        ("storage.timeseries", pg_url.clone()),
+        (
+            "storage.cache",
+            format!("{redis}{}prefix=tp-e2e-{run}:", sep(&redis)),
+        ),
+    ];
+    device_data_flows(&backends).await;
+    // clean up the schema
+    let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA tp_e2e_{run} CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn device_data_flows(backends: &[(&'static str, String)]) {
     let dir = tempfile::tempdir().unwrap();
-    let platform = Platform::start(config(dir.path())).await.unwrap();
+    let platform = Platform::start(config(dir.path(), backends)).await.unwrap();
     let api = Api::login(&platform).await;
 
     // no token, bad token -> 401 with the JSON error body
@@ -332,7 +373,7 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
     // restart on the same data dir: everything is still there
     device.disconnect().await;
     platform.shutdown().await.unwrap();
-    let platform = Platform::start(config(dir.path())).await.unwrap();
+    let platform = Platform::start(config(dir.path(), backends)).await.unwrap();
     assert!(
         platform.bootstrap_admin().is_none(),
         "the admin is created only once"
