@@ -15,6 +15,9 @@ pub struct BrokerConfig {
     pub v5_listen: Option<SocketAddr>,
     /// MQTT 3.1.1 over WebSocket listen address; unset = none.
     pub ws_listen: Option<SocketAddr>,
+    /// CoAP (UDP) device API listen address, conventionally port 5683 (e.g.
+    /// `0.0.0.0:5683`); unset = no CoAP. See [`crate::coap`].
+    pub coap_listen: Option<SocketAddr>,
     /// Most device connections this node accepts; further CONNECTs are refused.
     pub max_connections: usize,
     /// Largest accepted PUBLISH payload in bytes; larger ones close the connection.
@@ -47,6 +50,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             v5_listen: None,
             ws_listen: None,
+            coap_listen: None,
             max_connections: 100_000,
             max_payload_size: 256 * 1024,
             connection_timeout_ms: 10_000,

@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum BrokerError {
     /// The listen address cannot be bound.
-    #[error("cannot listen for MQTT on {addr}: {source} (change it with {setting})")]
+    #[error("cannot listen for devices on {addr}: {source} (change it with {setting})")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,

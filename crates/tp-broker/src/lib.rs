@@ -15,7 +15,8 @@
 //! - drains on shutdown: refuses new publishes, consumes everything acknowledged, and
 //!   flushes the writer;
 //! - serves the same device operations over HTTP ([`http::device_router`], merged into
-//!   the node's API server) with the same credentials, codecs and stores.
+//!   the node's API server) and CoAP over UDP ([`coap`], when `coap_listen` is set),
+//!   with the same credentials, codecs and stores.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -33,6 +34,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod coap;
 mod config;
 pub mod downlink;
 mod error;
@@ -120,6 +122,7 @@ pub struct EmbeddedBroker {
     local_addr: SocketAddr,
     v5_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,
+    coap_addr: Option<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     ingest: JoinHandle<()>,
 }
@@ -141,6 +144,21 @@ impl EmbeddedBroker {
             .ws_listen
             .map(|a| probe_bind(a, "mqtt.ws_listen"))
             .transpose()?;
+        let (coap_socket, coap_addr) = match config.coap_listen {
+            Some(addr) => {
+                let bind_error = |source| BrokerError::Bind {
+                    addr,
+                    setting: "mqtt.coap_listen",
+                    source,
+                };
+                let socket = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(bind_error)?;
+                let bound = socket.local_addr().map_err(bind_error)?;
+                (Some(socket), Some(bound))
+            }
+            None => (None, None),
+        };
 
         let (shared, mut status_rx, subscribed_rx) = Shared::new(
             deps.metadata.clone(),
@@ -244,6 +262,13 @@ impl EmbeddedBroker {
             uplinks: uplinks.clone(),
             max_payload_size: config.max_payload_size,
         };
+        if let Some(socket) = coap_socket {
+            listeners.push(tokio::spawn(coap::serve(
+                coap::CoapHandler::new(device_api.clone()),
+                socket,
+            )));
+            tracing::info!(addr = ?coap_addr, "CoAP listening");
+        }
         let ingest = tokio::spawn(
             Ingest {
                 uplinks,
@@ -285,6 +310,7 @@ impl EmbeddedBroker {
             local_addr,
             v5_addr,
             ws_addr,
+            coap_addr,
             listeners,
             ingest,
         })
@@ -323,6 +349,11 @@ impl EmbeddedBroker {
     /// The bound MQTT-over-WebSocket address, when `ws_listen` is set.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The bound CoAP (UDP) address, when `coap_listen` is set.
+    pub fn coap_addr(&self) -> Option<SocketAddr> {
+        self.coap_addr
     }
 
     /// Healthy while the listeners and the ingest loop run.
