@@ -70,7 +70,7 @@ impl MqttTestClient {
             events,
             pending: Vec::new(),
         };
-        me.wait_for(|p| matches!(p, Packet::ConnAck(_)), Duration::from_secs(10))
+        me.wait_for(|p| matches!(p, Packet::ConnAck(_)), Duration::from_secs(30))
             .await
             .map(|_| me)
     }
@@ -105,7 +105,7 @@ impl MqttTestClient {
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
             .map_err(|e| e.to_string())?;
-        self.wait_for(|p| matches!(p, Packet::PubAck(_)), Duration::from_secs(10))
+        self.wait_for(|p| matches!(p, Packet::PubAck(_)), Duration::from_secs(30))
             .await
             .map(|_| ())
     }
@@ -119,7 +119,7 @@ impl MqttTestClient {
             .subscribe_many(filters)
             .await
             .map_err(|e| e.to_string())?;
-        self.wait_for(|p| matches!(p, Packet::SubAck(_)), Duration::from_secs(10))
+        self.wait_for(|p| matches!(p, Packet::SubAck(_)), Duration::from_secs(30))
             .await
             .map(|_| ())
     }
