@@ -9,14 +9,18 @@
 //!
 //! Each iteration writes one batch of fresh points (100 devices x 10 keys, new
 //! timestamps every time, so nothing is an overwrite) through `TimeSeriesStore::write`:
-//! history plus latest values, in one transaction. Criterion reports the throughput in
-//! elements/s = points/s.
+//! history plus latest values, in one transaction. A second group, `.../1k_devices`,
+//! writes the batching writer's default 5 000-point batches over 1 000 devices x 10
+//! keys (the ingest target: nearly every point of a batch is a distinct series).
+//! Criterion reports the throughput in elements/s = points/s.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use tp_core::{DeviceId, TelemetryPoint, TimeSeriesStore, Value};
 
 const BATCHES: [usize; 3] = [500, 2_000, 10_000];
+/// The batching writer's default batch size, for the 1 000-device group.
+const TARGET_BATCH: [usize; 1] = [5_000];
 
 /// One batch: round-robin over devices and keys, timestamps after `*ts`.
 fn batch(devices: &[DeviceId], n: usize, ts: &mut i64) -> Vec<TelemetryPoint> {
@@ -31,12 +35,19 @@ fn batch(devices: &[DeviceId], n: usize, ts: &mut i64) -> Vec<TelemetryPoint> {
         .collect()
 }
 
-fn run(c: &mut Criterion, rt: &Runtime, group: &str, store: &dyn TimeSeriesStore) {
-    let devices: Vec<DeviceId> = (0..100).map(|_| DeviceId::new()).collect();
+fn run(
+    c: &mut Criterion,
+    rt: &Runtime,
+    group: &str,
+    store: &dyn TimeSeriesStore,
+    devices: usize,
+    batches: &[usize],
+) {
+    let devices: Vec<DeviceId> = (0..devices).map(|_| DeviceId::new()).collect();
     let mut g = c.benchmark_group(group);
     g.sample_size(10);
     let mut ts = 1_700_000_000_000i64;
-    for n in BATCHES {
+    for &n in batches {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter_batched(
@@ -56,7 +67,15 @@ fn sqlite(c: &mut Criterion) {
     let store = rt
         .block_on(tp_storage::sqlite::SqliteTimeSeriesStore::open(&path))
         .unwrap();
-    run(c, &rt, "storage_write/sqlite", &store);
+    run(c, &rt, "storage_write/sqlite", &store, 100, &BATCHES);
+    run(
+        c,
+        &rt,
+        "storage_write/sqlite/1k_devices",
+        &store,
+        1_000,
+        &TARGET_BATCH,
+    );
 }
 
 fn postgres(c: &mut Criterion) {
@@ -72,7 +91,7 @@ fn postgres(c: &mut Criterion) {
             &format!("{url}{sep}schema={schema}"),
         ))
         .unwrap();
-    run(c, &rt, "storage_write/postgres", &store);
+    run(c, &rt, "storage_write/postgres", &store, 100, &BATCHES);
     let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
     rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
         .unwrap();
