@@ -175,19 +175,20 @@ impl TestBroker {
         let timeseries = tp_storage::open_timeseries("sqlite::memory:")
             .await
             .expect("timeseries");
-        Self::start_with(configure, timeseries).await
+        Self::start_with(configure, timeseries, Default::default()).await
     }
 
-    /// Like [`Self::start`], over the given time-series store.
+    /// Like [`Self::start`], over the given time-series store and writer settings.
     pub async fn start_with(
         configure: impl FnOnce(&mut crate::BrokerConfig),
         timeseries: tp_core::TimeSeriesStoreRef,
+        writer: tp_storage::writer::WriterConfig,
     ) -> Self {
         let metadata = tp_storage::open_metadata("sqlite::memory:")
             .await
             .expect("metadata");
         let cache = tp_storage::open_cache("memory://").await.expect("cache");
-        let writer = tp_storage::writer::BatchWriter::spawn(timeseries.clone(), Default::default());
+        let writer = tp_storage::writer::BatchWriter::spawn(timeseries.clone(), writer);
         let tenant = tp_core::Tenant {
             id: tp_core::TenantId::new(),
             name: "test".into(),

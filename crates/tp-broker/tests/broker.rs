@@ -530,6 +530,11 @@ async fn a_slow_store_makes_the_broker_refuse_publishes_instead_of_losing_acknow
             c.max_payload_size = 16 * 1024;
         },
         store,
+        // a short writer queue, so the blocked store stalls ingest quickly
+        tp_storage::writer::WriterConfig {
+            queue_capacity: 16,
+            ..Default::default()
+        },
     )
     .await;
     let (device, password) = node.create_device().await;

@@ -57,9 +57,9 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            batch_size: 5000,
+            batch_size: 20_000,
             flush_interval: Duration::from_millis(100),
-            queue_capacity: 64,
+            queue_capacity: 4096,
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
         }
@@ -672,9 +672,9 @@ mod tests {
     fn config_defaults_and_durations() {
         let c: WriterConfig = serde_json::from_str("{}").expect("defaults");
         assert_eq!(c, WriterConfig::default());
-        assert_eq!(c.batch_size, 5000);
+        assert_eq!(c.batch_size, 20_000);
         assert_eq!(c.flush_interval, Duration::from_millis(100));
-        assert_eq!(c.queue_capacity, 64);
+        assert_eq!(c.queue_capacity, 4096);
         let c: WriterConfig =
             serde_json::from_str(r#"{"flush_interval":"2s","retry_backoff":250}"#).expect("parse");
         assert_eq!(c.flush_interval, Duration::from_secs(2));
