@@ -22,6 +22,11 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Largest accepted PUBLISH payload in bytes; larger ones close the connection.
     pub max_payload_size: usize,
+    /// Most MQTT publishes per second one device may send, over all of its
+    /// connections (token bucket, bursts of up to twice this). A publish over the
+    /// limit is refused before it is acknowledged: the connection is closed and the
+    /// device resends after reconnecting. Unset (the default) = unlimited.
+    pub max_messages_per_second: Option<u32>,
     /// How long a new TCP connection may take to send CONNECT (ms, at most 65535).
     pub connection_timeout_ms: u16,
     /// Unacknowledged QoS 1/2 messages in flight per connection.
@@ -53,6 +58,7 @@ impl Default for BrokerConfig {
             coap_listen: None,
             max_connections: 100_000,
             max_payload_size: 256 * 1024,
+            max_messages_per_second: None,
             connection_timeout_ms: 10_000,
             max_inflight_count: 100,
             credential_cache_ttl_secs: 300,

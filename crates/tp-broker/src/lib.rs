@@ -40,6 +40,7 @@ pub mod downlink;
 mod error;
 pub mod http;
 mod ingest;
+mod rate;
 mod session;
 mod transport;
 
@@ -166,6 +167,7 @@ impl EmbeddedBroker {
             Duration::from_secs(config.credential_cache_ttl_secs),
             config.max_connections,
             config.max_ingest_backlog_bytes(),
+            config.max_messages_per_second,
         );
 
         let router = Router::new(

@@ -13,6 +13,9 @@
 //! - SUBSCRIBE: every filter must be one of the device's own downlink topics.
 //! - A violation closes the connection (rumqttd's codec cannot answer with a reason
 //!   code) and is counted in `tp_mqtt_acl_denied_total`.
+//! - A PUBLISH over the device's rate limit (`max_messages_per_second`, one token
+//!   bucket per device across its connections) is refused the same way, before it is
+//!   acknowledged, and counted in `tp_mqtt_rate_limited_total`.
 //! - A SUBACK written to the device records the granted filters and wakes downlink
 //!   delivery ([`crate::downlink`]): queued downlink is published only once the router
 //!   holds a matching subscription, so it cannot race the device's SUBSCRIBE.
@@ -77,6 +80,8 @@ pub(crate) struct Shared {
     max_lag_bytes: u64,
     /// Publishes the ingest loop rejected (malformed payloads).
     pub(crate) rejected: AtomicU64,
+    /// Per-device publish rate limit (`max_messages_per_second`), if any.
+    rate_limit: Option<crate::rate::RateLimiter>,
     status_tx: mpsc::UnboundedSender<StatusChange>,
     /// Devices whose connection was just granted a subscription (downlink delivery).
     subscribed_tx: mpsc::UnboundedSender<DeviceId>,
@@ -99,6 +104,7 @@ impl Shared {
         credential_ttl: Duration,
         max_connections: usize,
         max_lag_bytes: u64,
+        max_messages_per_second: Option<u32>,
     ) -> (
         Arc<Self>,
         mpsc::UnboundedReceiver<StatusChange>,
@@ -121,6 +127,7 @@ impl Shared {
             consumed_bytes: AtomicU64::new(0),
             max_lag_bytes,
             rejected: AtomicU64::new(0),
+            rate_limit: max_messages_per_second.map(crate::rate::RateLimiter::new),
             status_tx,
             subscribed_tx,
             next_connection_id: AtomicU64::new(1),
@@ -230,6 +237,20 @@ impl Shared {
         self.accepted_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.accepted.fetch_add(1, Ordering::AcqRel);
         true
+    }
+
+    /// Whether `device` may publish once more now (the per-device rate limit).
+    fn within_rate(&self, device: &Device) -> bool {
+        let Some(limiter) = &self.rate_limit else {
+            return true;
+        };
+        if limiter.try_acquire(device.id, std::time::Instant::now()) {
+            return true;
+        }
+        metrics::counter!("tp_mqtt_rate_limited_total").increment(1);
+        tracing::warn!(device_id = %device.id, device_number = %device.device_number,
+            "device exceeds max_messages_per_second; refusing the publish and closing the connection");
+        false
     }
 
     /// The ingest loop finished with a publish of `bytes` (as counted by [`Self::admit`]).
@@ -484,6 +505,10 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                 }
                 if self.shared.draining.load(Ordering::Acquire) {
                     // Not acknowledged, so the device keeps it and retries elsewhere.
+                    return Err(ProtoError::IncorrectPacketFormat);
+                }
+                if !self.shared.within_rate(device) {
+                    // Not acknowledged either: the device resends after reconnecting.
                     return Err(ProtoError::IncorrectPacketFormat);
                 }
                 publish.payload = encode_envelope(device.id, &publish.topic, &publish.payload);

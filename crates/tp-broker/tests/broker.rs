@@ -692,3 +692,92 @@ async fn mqtt_over_websocket_works_with_the_same_credentials() {
     );
     assert!(client.publish("other/topic", "{}").await.is_err());
 }
+
+/// A telemetry payload with one point of `key` = `n` at its own timestamp (points
+/// published within one millisecond would otherwise replace each other).
+fn point(key: &str, n: i64) -> String {
+    format!(
+        r#"[{{"ts":{},"values":{{"{key}":{n}}}}}]"#,
+        1_700_000_000_000 + n
+    )
+}
+
+/// Telemetry points of `key` stored for `device` (any time).
+async fn stored_points(node: &TestBroker, device: tp_core::DeviceId, key: &str) -> Vec<Value> {
+    node.timeseries
+        .query(&TsQuery {
+            device_id: device,
+            keys: vec![key.into()],
+            start: 0,
+            end: i64::MAX,
+            aggregation: None,
+            limit: None,
+            order: Order::Asc,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.value)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_rate_limit_is_refused_and_others_are_not() {
+    // 1 msg/s, bursts of 2: publishing as fast as PUBACKs come back runs out quickly.
+    let node = TestBroker::start(|c| c.max_messages_per_second = Some(1)).await;
+    let (device, password) = node.create_device().await;
+    let (other, other_password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    let mut acknowledged = Vec::new();
+    let mut refused_at = None;
+    for n in 0..200i64 {
+        match client.publish("devices/telemetry", point("n", n)).await {
+            Ok(()) => acknowledged.push(Value::Integer(n)),
+            Err(_) => {
+                refused_at = Some(n);
+                break;
+            }
+        }
+    }
+    let refused_at = refused_at.expect("the rate limit never refused a publish");
+    assert!(acknowledged.len() >= 2, "the burst was not let through");
+
+    // another device has its own budget
+    let mut other_client = node.connect(&other, &other_password).await.unwrap();
+    for n in 0..2 {
+        other_client
+            .publish("devices/telemetry", point("m", n))
+            .await
+            .expect("another device is limited by the first one's publishes");
+    }
+
+    let accepted = acknowledged.len() as u64 + 2;
+    wait_consumed(&node, accepted).await;
+    assert_eq!(node.broker.stats().accepted, accepted);
+    node.writer.flush().await.unwrap();
+    // exactly the acknowledged publishes were stored, not the refused one
+    let stored = stored_points(&node, device.id, "n").await;
+    assert_eq!(stored, acknowledged);
+    assert!(!stored.contains(&Value::Integer(refused_at)));
+    assert_eq!(stored_points(&node, other.id, "m").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_publish_is_refused_and_nothing_stored() {
+    let node = TestBroker::start(|c| c.max_payload_size = 1024).await;
+    let (device, password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2048));
+    assert!(client.publish("devices/telemetry", big).await.is_err());
+    assert_eq!(node.broker.stats().accepted, 0);
+    // the device can reconnect and publish within the limit
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .publish("devices/telemetry", r#"{"small":1}"#)
+        .await
+        .unwrap();
+    wait_consumed(&node, 1).await;
+    node.writer.flush().await.unwrap();
+    assert!(stored_points(&node, device.id, "blob").await.is_empty());
+    assert_eq!(stored_points(&node, device.id, "small").await.len(), 1);
+}
