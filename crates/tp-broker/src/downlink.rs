@@ -34,13 +34,13 @@
 //! Rows past their `expires_at` are marked `expired` instead of delivered (here and
 //! whenever the API lists them), so a stale command never reaches a device.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use tokio::sync::mpsc;
-use tp_core::protocol::{DownlinkKind, DownlinkTopic};
+use tp_core::protocol::{DownlinkKind, DownlinkTopic, GatewayEnvelope, MAX_GATEWAY_DEPTH};
 use tp_core::{
-    CommandKind, CommandLog, CommandStatus, Device, DeviceId, MetadataStore, Page, Result,
+    CommandKind, CommandLog, CommandStatus, Device, DeviceId, Error, MetadataStore, Page, Result,
     TenantId, Timestamp, now_ms, random_token,
 };
 
@@ -56,12 +56,7 @@ const SCAN_PAGE: u64 = 500;
 /// The downlink topic a log row of `kind` is published on (ThingsPanel's topics; the
 /// kinds without a `{message_id}` level ignore `message_id`).
 pub fn downlink_topic(kind: CommandKind, device_number: &str, message_id: &str) -> String {
-    let kind = match kind {
-        CommandKind::Command => DownlinkKind::Command,
-        CommandKind::AttributeSet => DownlinkKind::AttributeSet,
-        CommandKind::AttributeGet => DownlinkKind::AttributeGet,
-        CommandKind::TelemetryControl => DownlinkKind::TelemetryControl,
-    };
+    let kind = downlink_kind(kind);
     DownlinkTopic {
         gateway: false,
         kind,
@@ -69,6 +64,118 @@ pub fn downlink_topic(kind: CommandKind, device_number: &str, message_id: &str) 
         message_id: kind.has_message_id().then(|| message_id.to_owned()),
     }
     .to_topic()
+}
+
+/// Where a downlink for a device goes: a direct device gets it on its own topic; a
+/// sub-device gets it through its top-level gateway, on the gateway topic, wrapped in
+/// the gateway envelope (`{"sub_device_data":{addr: payload}}`, nested in
+/// `sub_gateway_data` for each gateway in between), as ThingsPanel does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The device whose connection receives the message (the top-level gateway).
+    pub device_id: DeviceId,
+    /// Full topic.
+    pub topic: String,
+    /// Payload as published.
+    pub payload: serde_json::Value,
+}
+
+/// Computes the [`Route`] of a downlink of `kind` with `message_id` and `payload` for
+/// `device`. For a sub-device it also remembers (gateway, message id) -> sub-device, so
+/// a gateway answering with a plain response object marks the sub-device's log row.
+pub async fn route(
+    metadata: &dyn MetadataStore,
+    device: &Device,
+    kind: CommandKind,
+    message_id: &str,
+    payload: &serde_json::Value,
+) -> Result<Route> {
+    let mut addrs = Vec::new();
+    let mut top = device.clone();
+    while let Some(parent_id) = top.parent_id {
+        if addrs.len() >= MAX_GATEWAY_DEPTH {
+            return Err(Error::invalid(
+                "parent_id",
+                format!("gateway chain deeper than {MAX_GATEWAY_DEPTH}"),
+            ));
+        }
+        let Some(addr) = top.sub_device_addr.clone() else {
+            return Err(Error::invalid(
+                "sub_device_addr",
+                format!("device {} has a gateway but no sub-device address", top.id),
+            ));
+        };
+        let Some(parent) = metadata.get_device_by_id(parent_id).await? else {
+            return Err(Error::not_found("gateway", parent_id));
+        };
+        addrs.push(addr);
+        top = parent;
+    }
+    if addrs.is_empty() {
+        return Ok(Route {
+            device_id: device.id,
+            topic: downlink_topic(kind, &device.device_number, message_id),
+            payload: payload.clone(),
+        });
+    }
+    // Attribute get uses key arrays inside the envelope.
+    let inner = match kind {
+        CommandKind::AttributeGet => payload
+            .get("keys")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!([])),
+        _ => payload.clone(),
+    };
+    let mut envelope = GatewayEnvelope::default();
+    envelope.sub_device_data.insert(addrs[0].clone(), inner);
+    for addr in &addrs[1..] {
+        let mut outer = GatewayEnvelope::default();
+        outer.sub_gateway_data.insert(addr.clone(), envelope);
+        envelope = outer;
+    }
+    let dkind = downlink_kind(kind);
+    let topic = DownlinkTopic {
+        gateway: true,
+        kind: dkind,
+        device_number: top.device_number.clone(),
+        message_id: dkind.has_message_id().then(|| message_id.to_owned()),
+    }
+    .to_topic();
+    remember_gateway_route(top.id, message_id, device.id);
+    Ok(Route {
+        device_id: top.id,
+        topic,
+        payload: serde_json::to_value(&envelope).unwrap_or_default(),
+    })
+}
+
+/// Outstanding (gateway, message id) -> sub-device of downlink sent through gateways.
+type GatewayRoutes = Mutex<HashMap<(DeviceId, String), DeviceId>>;
+static GATEWAY_ROUTES: LazyLock<GatewayRoutes> = LazyLock::new(Default::default);
+/// Outstanding routes kept before the oldest knowledge is dropped wholesale.
+const GATEWAY_ROUTES_MAX: usize = 100_000;
+
+fn remember_gateway_route(gateway: DeviceId, message_id: &str, device: DeviceId) {
+    let mut map = GATEWAY_ROUTES.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= GATEWAY_ROUTES_MAX {
+        map.clear();
+    }
+    map.insert((gateway, message_id.to_owned()), device);
+}
+
+/// The sub-device a downlink with `message_id` sent through `gateway` was for.
+pub(crate) fn take_gateway_route(gateway: DeviceId, message_id: &str) -> Option<DeviceId> {
+    let mut map = GATEWAY_ROUTES.lock().unwrap_or_else(|p| p.into_inner());
+    map.remove(&(gateway, message_id.to_owned()))
+}
+
+fn downlink_kind(kind: CommandKind) -> DownlinkKind {
+    match kind {
+        CommandKind::Command => DownlinkKind::Command,
+        CommandKind::AttributeSet => DownlinkKind::AttributeSet,
+        CommandKind::AttributeGet => DownlinkKind::AttributeGet,
+        CommandKind::TelemetryControl => DownlinkKind::TelemetryControl,
+    }
 }
 
 /// A fresh message id: 8 lower-case hex characters from a random source, like

@@ -4,8 +4,10 @@
 //! ([`crate::http`]) and CoAP ([`crate::coap`]) device APIs, so every transport stores
 //! a payload the same way.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttd::Notification;
@@ -102,6 +104,7 @@ impl Ingest {
                     mid,
                     &result,
                     None,
+                    false,
                 )
                 .await;
                 result
@@ -113,8 +116,15 @@ impl Ingest {
                     Ok(call) => self.uplinks.event(device_id, mid, call, now).await,
                     Err(e) => Err(e),
                 };
-                self.ack(device_id, DownlinkKind::EventResponse, mid, &stored, method)
-                    .await;
+                self.ack(
+                    device_id,
+                    DownlinkKind::EventResponse,
+                    mid,
+                    &stored,
+                    method,
+                    false,
+                )
+                .await;
                 stored
             }
             UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
@@ -137,9 +147,12 @@ impl Ingest {
         }
     }
 
-    /// Gateway messages: the gateway's own part is stored like a direct device's.
-    /// Sub-device routing (by sub-device address under the gateway) is not wired yet:
-    /// those parts are counted and logged, not stored.
+    /// Gateway messages (ThingsPanel's envelope): `gateway_data` is stored for the
+    /// gateway itself, `sub_device_data[addr]` for the device whose parent is this
+    /// gateway and whose `sub_device_addr` is `addr`, `sub_gateway_data[addr]`
+    /// recursively for the nested gateway found the same way. Unknown addresses are
+    /// logged and counted; the rest of the envelope is still stored. Attribute and event
+    /// reports are acknowledged once, on the gateway's response topic.
     async fn gateway(
         &self,
         device_id: DeviceId,
@@ -147,24 +160,150 @@ impl Ingest {
         payload: &[u8],
         now: i64,
     ) -> tp_core::Result<()> {
-        let envelope = GatewayEnvelope::decode(payload)?;
-        if !envelope.sub_device_data.is_empty() || !envelope.sub_gateway_data.is_empty() {
-            metrics::counter!("tp_ingest_gateway_subdevice_unrouted_total").increment(1);
-            tracing::debug!(device_id = %device_id, "gateway sub-device data is not routed yet");
+        let mid = uplink.message_id.as_deref().unwrap_or_default();
+        if matches!(
+            uplink.kind,
+            UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse
+        ) {
+            return self.gateway_response(device_id, mid, payload, now).await;
         }
-        let Some(own) = envelope.gateway_data else {
-            return Ok(());
+        let envelope = match GatewayEnvelope::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                if let Some(kind) = gateway_ack_kind(uplink.kind) {
+                    let failed = Err(tp_core::Error::invalid("payload", e.to_string()));
+                    self.ack(device_id, kind, mid, &failed, None, true).await;
+                }
+                return Err(e);
+            }
         };
-        let own = serde_json::to_vec(&own).unwrap_or_default();
-        let direct = UplinkTopic {
-            gateway: false,
-            kind: uplink.kind,
-            message_id: uplink.message_id.clone(),
-        };
-        match direct.kind {
-            UplinkKind::Telemetry => self.uplinks.telemetry(device_id, &own, now).await,
-            UplinkKind::Attributes => self.uplinks.attributes(device_id, &own, now).await,
-            _ => Box::pin(self.dispatch(device_id, &direct, &own)).await,
+        let method = envelope
+            .gateway_data
+            .as_ref()
+            .and_then(|v| v.get("method"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned);
+        let result = self
+            .route_envelope(device_id, uplink.kind, mid, envelope, now)
+            .await;
+        if let Some(kind) = gateway_ack_kind(uplink.kind) {
+            self.ack(device_id, kind, mid, &result, method, true).await;
+        }
+        result
+    }
+
+    /// Stores every part of `envelope` reported through gateway `gateway_id`; returns
+    /// the first error after trying every part.
+    async fn route_envelope(
+        &self,
+        gateway_id: DeviceId,
+        kind: UplinkKind,
+        mid: &str,
+        envelope: GatewayEnvelope,
+        now: i64,
+    ) -> tp_core::Result<()> {
+        // (gateway, envelope) pairs still to store; depth is bounded by decode().
+        let mut todo = vec![(gateway_id, envelope)];
+        let mut first_err = None;
+        while let Some((gw, env)) = todo.pop() {
+            if let Some(own) = env.gateway_data
+                && let Err(e) = self.store_part(gw, kind, mid, own, now).await
+            {
+                first_err.get_or_insert(e);
+            }
+            for (addr, data) in env.sub_device_data {
+                let Some(sub) = self.resolve_sub_device(gw, &addr).await? else {
+                    continue;
+                };
+                if let Err(e) = self.store_part(sub, kind, mid, data, now).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+            for (addr, nested) in env.sub_gateway_data {
+                if let Some(sub_gw) = self.resolve_sub_device(gw, &addr).await? {
+                    todo.push((sub_gw, nested));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// One device's part of a gateway envelope, stored as if the device had sent it.
+    async fn store_part(
+        &self,
+        device_id: DeviceId,
+        kind: UplinkKind,
+        mid: &str,
+        data: serde_json::Value,
+        now: i64,
+    ) -> tp_core::Result<()> {
+        let bytes = serde_json::to_vec(&data).unwrap_or_default();
+        match kind {
+            UplinkKind::Telemetry => self.uplinks.telemetry(device_id, &bytes, now).await,
+            UplinkKind::Attributes => self.uplinks.attributes(device_id, &bytes, now).await,
+            UplinkKind::Event => {
+                let call = decode_event(&bytes)?;
+                self.uplinks.event(device_id, mid, call, now).await
+            }
+            UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
+                self.uplinks.response(device_id, mid, &bytes, now).await
+            }
+            UplinkKind::OtaProgress => Ok(()),
+        }
+    }
+
+    /// A gateway's answer to a command or attribute set. A plain response object
+    /// answers a downlink of the gateway itself, or of whichever device below it the
+    /// message id was issued for (downlink to sub-devices goes through the top-level
+    /// gateway, see [`crate::downlink::route`]); an envelope answers per device.
+    async fn gateway_response(
+        &self,
+        gateway_id: DeviceId,
+        mid: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> tp_core::Result<()> {
+        let value: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| tp_core::Error::invalid("payload", e.to_string()))?;
+        if value.get("result").is_some() {
+            if let Some(target) = crate::downlink::take_gateway_route(gateway_id, mid) {
+                return self.uplinks.response(target, mid, payload, now).await;
+            }
+            return self.uplinks.response(gateway_id, mid, payload, now).await;
+        }
+        let envelope = GatewayEnvelope::decode(payload)?;
+        crate::downlink::take_gateway_route(gateway_id, mid);
+        self.route_envelope(gateway_id, UplinkKind::CommandResponse, mid, envelope, now)
+            .await
+    }
+
+    /// The device at `addr` under gateway `parent`, cached; an unknown address is
+    /// logged and counted and yields `None`.
+    async fn resolve_sub_device(
+        &self,
+        parent: DeviceId,
+        addr: &str,
+    ) -> tp_core::Result<Option<DeviceId>> {
+        if let Some(id) = sub_device_cache_get(parent, addr) {
+            return Ok(Some(id));
+        }
+        match self
+            .uplinks
+            .shared
+            .metadata
+            .get_sub_device(parent, addr)
+            .await?
+        {
+            Some(device) => {
+                sub_device_cache_put(parent, addr, device.id);
+                Ok(Some(device.id))
+            }
+            None => {
+                sub_device_cache_remove(parent, addr);
+                metrics::counter!("tp_ingest_gateway_unknown_subdevice_total").increment(1);
+                tracing::warn!(gateway_id = %parent, addr, "gateway reported data for an unknown sub-device address; that part is dropped");
+                Ok(None)
+            }
         }
     }
 
@@ -190,6 +329,7 @@ impl Ingest {
         mid: &str,
         result: &tp_core::Result<()>,
         method: Option<String>,
+        gateway: bool,
     ) {
         let Some(device) = self.device(device_id).await else {
             return;
@@ -206,7 +346,7 @@ impl Ingest {
             },
         };
         let topic = DownlinkTopic {
-            gateway: false,
+            gateway,
             kind,
             device_number: device.device_number.clone(),
             message_id: Some(mid.to_owned()),
@@ -305,6 +445,47 @@ impl Uplinks {
         log.updated_at = now;
         self.shared.metadata.update_command(&log).await
     }
+}
+
+/// The acknowledgement ThingsPanel sends for a gateway report of `kind`, if any.
+fn gateway_ack_kind(kind: UplinkKind) -> Option<DownlinkKind> {
+    match kind {
+        UplinkKind::Attributes => Some(DownlinkKind::AttributeResponse),
+        UplinkKind::Event => Some(DownlinkKind::EventResponse),
+        _ => None,
+    }
+}
+
+/// How long a resolved (gateway, address) -> sub-device mapping is trusted.
+const SUB_DEVICE_TTL: Duration = Duration::from_secs(30);
+/// Entries kept before the cache is emptied.
+const SUB_DEVICE_CACHE_MAX: usize = 100_000;
+
+type SubDeviceCache = Mutex<HashMap<(DeviceId, String), (DeviceId, Instant)>>;
+
+/// (gateway, address) -> sub-device. Device ids are unique, so one process-wide map
+/// serves every broker of the process. Entries expire after [`SUB_DEVICE_TTL`] and are
+/// dropped when the store no longer knows the address.
+static SUB_DEVICES: LazyLock<SubDeviceCache> = LazyLock::new(Default::default);
+
+fn sub_device_cache_get(parent: DeviceId, addr: &str) -> Option<DeviceId> {
+    let map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&(parent, addr.to_owned()))
+        .filter(|(_, at)| at.elapsed() < SUB_DEVICE_TTL)
+        .map(|(id, _)| *id)
+}
+
+fn sub_device_cache_put(parent: DeviceId, addr: &str, id: DeviceId) {
+    let mut map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= SUB_DEVICE_CACHE_MAX {
+        map.clear();
+    }
+    map.insert((parent, addr.to_owned()), (id, Instant::now()));
+}
+
+fn sub_device_cache_remove(parent: DeviceId, addr: &str) {
+    let mut map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    map.remove(&(parent, addr.to_owned()));
 }
 
 fn kind_name(kind: UplinkKind) -> &'static str {

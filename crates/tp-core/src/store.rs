@@ -56,6 +56,9 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     async fn get_device_by_username(&self, username: &str) -> Result<Option<Device>>;
     /// Looks a device up by its device number.
     async fn get_device_by_number(&self, device_number: &str) -> Result<Option<Device>>;
+    /// Looks up the device whose gateway is `parent` and whose sub-device address is
+    /// `addr` (gateway envelope routing).
+    async fn get_sub_device(&self, parent: DeviceId, addr: &str) -> Result<Option<Device>>;
     /// Lists a tenant's devices by creation time, optionally filtered.
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>>;
     /// Replaces a device's mutable fields; scoped by `device.tenant_id`.

@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, device_cred_cache_key};
+use tp_core::protocol::MAX_GATEWAY_DEPTH;
 use tp_core::{Device, DeviceCredentials, DeviceFilter, Page, now_ms, validate_device_number};
 
 /// Largest `page_size` of the device list.
@@ -28,6 +29,10 @@ pub(crate) struct DeviceResponse {
     device_number: String,
     /// Free-form label.
     label: Option<String>,
+    /// Gateway this sub-device sits behind.
+    parent_id: Option<Uuid>,
+    /// Address of this sub-device under its gateway.
+    sub_device_addr: Option<String>,
     /// Disabled devices cannot connect.
     enabled: bool,
     /// Last known connection state.
@@ -60,6 +65,10 @@ pub(crate) struct CreatedDeviceResponse {
     device_number: String,
     /// Free-form label.
     label: Option<String>,
+    /// Gateway this sub-device sits behind.
+    parent_id: Option<Uuid>,
+    /// Address of this sub-device under its gateway.
+    sub_device_addr: Option<String>,
     /// Disabled devices cannot connect.
     enabled: bool,
     /// Last known connection state.
@@ -90,6 +99,8 @@ impl DeviceResponse {
             name: d.name,
             device_number: d.device_number,
             label: d.label,
+            parent_id: d.parent_id.map(|p| p.0),
+            sub_device_addr: d.sub_device_addr,
             enabled: d.enabled,
             online: d.online,
             last_seen: d.last_seen,
@@ -123,6 +134,12 @@ pub(crate) struct CreateDeviceRequest {
     /// Free-form label.
     #[serde(default)]
     label: Option<String>,
+    /// Gateway (a device of the same tenant) this sub-device sits behind.
+    #[serde(default)]
+    parent_id: Option<Uuid>,
+    /// Address under the gateway; required with `parent_id`, unique per gateway.
+    #[serde(default)]
+    sub_device_addr: Option<String>,
 }
 
 /// Changes to a device; absent fields stay as they are, `"label": null` clears the label.
@@ -139,6 +156,14 @@ pub(crate) struct UpdateDeviceRequest {
     /// Disabled devices cannot connect.
     #[serde(default)]
     enabled: Option<bool>,
+    /// Gateway this sub-device sits behind; `null` makes it a direct device.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Uuid>, nullable)]
+    parent_id: Option<Option<Uuid>>,
+    /// Address under the gateway; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
+    sub_device_addr: Option<Option<String>>,
 }
 
 fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -175,6 +200,65 @@ fn validate_label(label: Option<String>) -> ApiResult<Option<String>> {
         }
         other => Ok(other),
     }
+}
+
+/// Checks a device's gateway placement: the parent is another device of the same
+/// tenant, not below the device itself, at most [`MAX_GATEWAY_DEPTH`] levels deep; a
+/// sub-device has an address (1 to 255 characters, one per gateway); a direct device
+/// has none.
+async fn validate_placement(state: &AppState, device: &Device) -> ApiResult<()> {
+    let Some(parent_id) = device.parent_id else {
+        if device.sub_device_addr.is_some() {
+            return Err(ApiError::invalid(
+                "sub_device_addr",
+                "only a device with a parent_id has a sub-device address",
+            ));
+        }
+        return Ok(());
+    };
+    let addr = match device.sub_device_addr.as_deref() {
+        Some(a) if !a.is_empty() && a.chars().count() <= 255 => a,
+        _ => {
+            return Err(ApiError::invalid(
+                "sub_device_addr",
+                "a sub-device needs an address of 1 to 255 characters",
+            ));
+        }
+    };
+    let mut cursor = Some(parent_id);
+    let mut depth = 0;
+    while let Some(id) = cursor {
+        if id == device.id {
+            return Err(ApiError::invalid(
+                "parent_id",
+                "a device cannot sit behind itself",
+            ));
+        }
+        depth += 1;
+        if depth > MAX_GATEWAY_DEPTH {
+            return Err(ApiError::invalid(
+                "parent_id",
+                format!("gateways nest at most {MAX_GATEWAY_DEPTH} levels"),
+            ));
+        }
+        let Some(parent) = state.metadata.get_device(device.tenant_id, id).await? else {
+            return Err(ApiError::invalid(
+                "parent_id",
+                "no such device in the tenant",
+            ));
+        };
+        cursor = parent.parent_id;
+    }
+    if let Some(other) = state.metadata.get_sub_device(parent_id, addr).await?
+        && other.id != device.id
+    {
+        return Err(tp_core::Error::AlreadyExists {
+            entity: "sub_device_addr",
+            id: addr.to_owned(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Loads a device of the caller's tenant or fails with 404.
@@ -224,6 +308,9 @@ pub(crate) async fn create_device(
     let label = validate_label(req.label)?;
     let (mut device, password) = Device::new(caller.tenant_id, name, req.device_number);
     device.label = label;
+    device.parent_id = req.parent_id.map(tp_core::DeviceId);
+    device.sub_device_addr = req.sub_device_addr;
+    validate_placement(&state, &device).await?;
     state.metadata.create_device(&device).await?;
     audit(
         &state,
@@ -243,6 +330,8 @@ pub(crate) async fn create_device(
             name: d.name,
             device_number: d.device_number,
             label: d.label,
+            parent_id: d.parent_id,
+            sub_device_addr: d.sub_device_addr,
             enabled: d.enabled,
             online: d.online,
             last_seen: d.last_seen,
@@ -382,6 +471,13 @@ pub(crate) async fn update_device(
     if let Some(enabled) = req.enabled {
         device.enabled = enabled;
     }
+    if let Some(parent) = req.parent_id {
+        device.parent_id = parent.map(tp_core::DeviceId);
+    }
+    if let Some(addr) = req.sub_device_addr {
+        device.sub_device_addr = addr;
+    }
+    validate_placement(&state, &device).await?;
     device.updated_at = now_ms();
     state.metadata.update_device(&device).await?;
     // The broker must not keep using a cached copy (e.g. of a now disabled device).

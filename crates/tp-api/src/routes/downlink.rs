@@ -12,7 +12,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tp_broker::downlink::{DEFAULT_EXPIRY_SECS, downlink_topic, expire_if_stale, new_message_id};
+use tp_broker::downlink::{DEFAULT_EXPIRY_SECS, expire_if_stale, new_message_id, route};
 use tp_core::protocol::MAX_KEY_LEN;
 use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Device, Downlink, now_ms};
 use utoipa::{IntoParams, ToSchema};
@@ -213,14 +213,24 @@ async fn issue(
     let Some(transport) = &state.transport else {
         return Ok(row);
     };
-    let topic = downlink_topic(kind, &device.device_number, &row.message_id);
+    // A sub-device is reached through its top-level gateway, in the gateway envelope.
+    let route = route(
+        state.metadata.as_ref(),
+        device,
+        kind,
+        &row.message_id,
+        &row.payload,
+    )
+    .await?;
     let message = Downlink {
-        device_id: device.id,
-        topic,
-        payload: serde_json::to_vec(&row.payload).unwrap_or_default().into(),
+        device_id: route.device_id,
+        topic: route.topic,
+        payload: serde_json::to_vec(&route.payload)
+            .unwrap_or_default()
+            .into(),
     };
     for _ in 0..SEND_ATTEMPTS {
-        if !transport.is_connected(device.id).await {
+        if !transport.is_connected(route.device_id).await {
             break;
         }
         // Sent before publishing, so a fast response is never overwritten by "sent".

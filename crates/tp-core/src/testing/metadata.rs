@@ -754,6 +754,38 @@ pub async fn attributes_upsert_newest_wins(store: &dyn MetadataStore) {
     );
 }
 
+/// Sub-devices are found by (gateway, address), and only under their own gateway.
+pub async fn device_sub_device_lookup(store: &dyn MetadataStore) {
+    let base = base_ts();
+    let tenant = new_tenant(store, base).await;
+    let gw = new_device(tenant.id, "gw", base);
+    let other_gw = new_device(tenant.id, "gw2", base + 1);
+    store.create_device(&gw).await.expect("create gateway");
+    store
+        .create_device(&other_gw)
+        .await
+        .expect("create gateway");
+    let mut sub = new_device(tenant.id, "sub", base + 2);
+    sub.parent_id = Some(gw.id);
+    sub.sub_device_addr = Some("addr-1".to_owned());
+    store.create_device(&sub).await.expect("create sub-device");
+    assert_eq!(
+        store.get_sub_device(gw.id, "addr-1").await.expect("lookup"),
+        Some(sub.clone())
+    );
+    assert_eq!(
+        store.get_sub_device(gw.id, "addr-2").await.expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store
+            .get_sub_device(other_gw.id, "addr-1")
+            .await
+            .expect("lookup"),
+        None
+    );
+}
+
 fn command(tenant: TenantId, device: DeviceId, message_id: &str, at: Timestamp) -> CommandLog {
     CommandLog {
         id: CommandId::new(),
@@ -897,6 +929,7 @@ macro_rules! metadata_conformance {
             device_update,
             device_delete_cascades,
             device_online_state,
+            device_sub_device_lookup,
             attributes_upsert_newest_wins,
             commands_log,
         );

@@ -445,6 +445,20 @@ impl MetadataStore for PostgresMetadataStore {
         decode_opt(row, device_from_row)
     }
 
+    async fn get_sub_device(&self, parent: DeviceId, addr: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE parent_id = $1 AND sub_device_addr = $2 ORDER BY created_at, id LIMIT 1"
+        ))
+        .bind(parent.0)
+        .bind(addr)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>> {
         let (limit, offset) = paging(filter.page);
         let pattern = filter

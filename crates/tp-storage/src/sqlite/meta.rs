@@ -449,6 +449,20 @@ impl MetadataStore for SqliteMetadataStore {
         decode_opt(row, device_from_row)
     }
 
+    async fn get_sub_device(&self, parent: DeviceId, addr: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE parent_id = ? AND sub_device_addr = ? ORDER BY created_at, id LIMIT 1"
+        ))
+        .bind(parent.to_string())
+        .bind(addr)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, device_from_row)
+    }
+
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>> {
         let (limit, offset) = paging(filter.page);
         let pattern = filter

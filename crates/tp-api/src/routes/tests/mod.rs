@@ -408,6 +408,8 @@ async fn device_crud_round_trip() -> Result<()> {
             "last_seen",
             "name",
             "online",
+            "parent_id",
+            "sub_device_addr",
             "updated_at"
         ]
     );
@@ -417,6 +419,8 @@ async fn device_crud_round_trip() -> Result<()> {
     assert_eq!(created["enabled"], true);
     assert_eq!(created["online"], false);
     assert_eq!(created["last_seen"], Json::Null);
+    assert_eq!(created["parent_id"], Json::Null);
+    assert_eq!(created["sub_device_addr"], Json::Null);
     assert_eq!(keys_of(&created["credentials"]), ["password", "username"]);
     let id = device_id(&created)?;
     let stored = h.meta.get_device_by_id(id).await?.context("stored")?;
