@@ -97,6 +97,9 @@ pub trait AccessStore: std::fmt::Debug + Send + Sync + 'static {
     async fn create_profile(&self, profile: &DeviceProfile) -> Result<()>;
     /// Looks a profile of a tenant up.
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>>;
+    /// The profile (of any tenant) whose `provision_secret_hash` is `hash`, for device
+    /// self-registration.
+    async fn get_profile_by_provision_secret(&self, hash: &str) -> Result<Option<DeviceProfile>>;
     /// A tenant's profiles by name.
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>>;
     /// Replaces a profile's mutable fields; scoped by `profile.tenant_id`.

@@ -20,6 +20,7 @@ mod downlink;
 mod extract;
 mod groups;
 mod profiles;
+mod provision;
 mod roles;
 mod support;
 mod system;
@@ -81,6 +82,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             devices::delete_device
         ))
         .routes(routes!(devices::rotate_credentials))
+        .routes(routes!(provision::provision))
         .routes(routes!(telemetry::latest_telemetry))
         .routes(routes!(
             telemetry::telemetry_history,

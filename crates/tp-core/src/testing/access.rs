@@ -1299,6 +1299,41 @@ pub async fn group_membership(access: &dyn AccessStore, meta: &dyn MetadataStore
     );
 }
 
+/// A profile is found by its provisioning secret's hash across tenants; an unknown
+/// hash finds nothing, and a rotated secret no longer finds it.
+pub async fn profile_by_provision_secret(access: &dyn AccessStore, meta: &dyn MetadataStore) {
+    let base = base_ts();
+    let t = new_tenant(meta, base).await.id;
+    let secret = format!("secret-{}", ProfileId::new());
+    let mut p = profile(t, "provisioned", base);
+    p.auto_register = true;
+    p.provision_secret_hash = Some(hash_secret(&secret));
+    access.create_profile(&p).await.expect("create_profile");
+    assert_eq!(
+        access
+            .get_profile_by_provision_secret(&hash_secret(&secret))
+            .await
+            .expect("lookup"),
+        Some(p.clone())
+    );
+    assert_eq!(
+        access
+            .get_profile_by_provision_secret(&hash_secret("no such secret"))
+            .await
+            .expect("lookup"),
+        None
+    );
+    p.provision_secret_hash = Some(hash_secret(&format!("{secret}-rotated")));
+    access.update_profile(&p).await.expect("update_profile");
+    assert_eq!(
+        access
+            .get_profile_by_provision_secret(&hash_secret(&secret))
+            .await
+            .expect("lookup"),
+        None
+    );
+}
+
 /// Profiles round-trip with every field, list by name with paging, update their
 /// mutable fields and delete; names are unique per tenant (create and rename).
 pub async fn profile_crud(access: &dyn AccessStore, meta: &dyn MetadataStore) {
@@ -1543,6 +1578,7 @@ macro_rules! access_conformance {
             group_delete,
             group_membership,
             profile_crud,
+            profile_by_provision_secret,
             profile_tenant_isolation,
             profile_delete_conflicts_while_used,
             audit_log,
@@ -1585,6 +1621,7 @@ pub async fn run_all(access: &dyn AccessStore, meta: &dyn MetadataStore) {
     group_delete(access, meta).await;
     group_membership(access, meta).await;
     profile_crud(access, meta).await;
+    profile_by_provision_secret(access, meta).await;
     profile_tenant_isolation(access, meta).await;
     profile_delete_conflicts_while_used(access, meta).await;
     audit_log(access, meta).await;

@@ -757,6 +757,19 @@ impl AccessStore for SqliteMetadataStore {
         decode_opt(row, profile_from_row)
     }
 
+    async fn get_profile_by_provision_secret(&self, hash: &str) -> Result<Option<DeviceProfile>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            profile_cols!(),
+            " FROM device_profiles WHERE provision_secret_hash = ? ORDER BY created_at, id LIMIT 1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, profile_from_row)
+    }
+
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>> {
         let (limit, offset) = paging(page);
         let rows = sqlx::query(concat!(

@@ -136,6 +136,14 @@ fn table() -> Vec<Row> {
             PUBLIC,
         ),
         row("POST", "/api/v1/auth/logout", session(204)),
+        // device self-registration: public; a wrong secret is refused for everyone
+        // (the happy path is tested end to end in tests/provision.rs)
+        with(
+            "POST",
+            "/api/v1/device/provision",
+            |fx, _| json!({"profile_secret": "not a profile secret", "device_number": format!("prov{}", fx.uniq)}),
+            [401; 7],
+        ),
         with(
             "PUT",
             "/api/v1/auth/password",

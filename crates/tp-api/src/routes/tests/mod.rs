@@ -1125,6 +1125,7 @@ async fn openapi_lists_every_route_and_docs_render() -> Result<()> {
     let public = [
         "/api/v1/auth/login",
         "/api/v1/auth/refresh",
+        "/api/v1/device/provision",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
