@@ -18,6 +18,9 @@ pub struct BrokerConfig {
     /// CoAP (UDP) device API listen address, conventionally port 5683 (e.g.
     /// `0.0.0.0:5683`); unset = no CoAP. See [`crate::coap`].
     pub coap_listen: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS (conventionally port 8883), relayed to the plain listener;
+    /// unset = no TLS. See [`crate::TlsSettings`].
+    pub tls: Option<crate::TlsSettings>,
     /// Most device connections this node accepts; further CONNECTs are refused.
     pub max_connections: usize,
     /// Largest accepted PUBLISH payload in bytes; larger ones close the connection.
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             v5_listen: None,
             ws_listen: None,
             coap_listen: None,
+            tls: None,
             max_connections: 100_000,
             max_payload_size: 256 * 1024,
             max_messages_per_second: None,

@@ -15,6 +15,9 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be loaded (`mqtt.tls`).
+    #[error("MQTT TLS: {0}")]
+    Tls(String),
     /// The embedded router refused our internal link.
     #[error("embedded MQTT router: {0}")]
     Router(String),

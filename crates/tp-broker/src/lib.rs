@@ -42,6 +42,7 @@ pub mod http;
 mod ingest;
 mod rate;
 mod session;
+mod tls;
 mod transport;
 
 #[cfg(feature = "testing")]
@@ -54,6 +55,7 @@ use std::time::Duration;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
+pub use tls::TlsSettings;
 pub use transport::MqttTransport;
 
 use rumqttd::local::LinkBuilder;
@@ -124,6 +126,7 @@ pub struct EmbeddedBroker {
     v5_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,
     coap_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     ingest: JoinHandle<()>,
 }
@@ -145,6 +148,11 @@ impl EmbeddedBroker {
             .ws_listen
             .map(|a| probe_bind(a, "mqtt.ws_listen"))
             .transpose()?;
+        let tls = match &config.tls {
+            Some(settings) => Some((tls::acceptor(settings)?, tls::bind(settings.listen)?)),
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(_, (_, addr))| *addr);
         let (coap_socket, coap_addr) = match config.coap_listen {
             Some(addr) => {
                 let bind_error = |source| BrokerError::Bind {
@@ -255,6 +263,15 @@ impl EmbeddedBroker {
         for addr in [Some(local_addr), v5_addr, ws_addr].into_iter().flatten() {
             wait_until_bound(addr).await;
         }
+        if let Some((acceptor, (listener, addr))) = tls {
+            listeners.push(tokio::spawn(tls::serve(
+                listener,
+                acceptor,
+                tls::relay_target(local_addr),
+                Duration::from_millis(config.connection_timeout_ms.into()),
+            )));
+            tracing::info!(%addr, "MQTT over TLS listening");
+        }
 
         let uplinks = Uplinks {
             shared: shared.clone(),
@@ -313,6 +330,7 @@ impl EmbeddedBroker {
             v5_addr,
             ws_addr,
             coap_addr,
+            tls_addr,
             listeners,
             ingest,
         })
@@ -356,6 +374,11 @@ impl EmbeddedBroker {
     /// The bound CoAP (UDP) address, when `coap_listen` is set.
     pub fn coap_addr(&self) -> Option<SocketAddr> {
         self.coap_addr
+    }
+
+    /// The bound MQTT-over-TLS address, when `tls` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Healthy while the listeners and the ingest loop run.

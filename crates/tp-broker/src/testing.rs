@@ -39,6 +39,38 @@ impl MqttTestClient {
         Self::connect_with(opts, username, password).await
     }
 
+    /// Like [`Self::connect`], over MQTT over TLS, trusting only the PEM certificate
+    /// `ca_pem` (ring provider, no process-wide provider needed). `addr`'s IP is the
+    /// server name the certificate must hold.
+    pub async fn connect_tls(
+        addr: std::net::SocketAddr,
+        ca_pem: &[u8],
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
+        use rumqttc::tokio_rustls::rustls;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+        ));
+        Self::connect_with(opts, username, password).await
+    }
+
     async fn connect_with(
         mut opts: MqttOptions,
         username: &str,
