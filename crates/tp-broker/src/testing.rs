@@ -80,6 +80,11 @@ impl MqttTestClient {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        // rumqttc gives up on TCP connect + CONNACK after 5 s by default; a loaded CI
+        // machine running many brokers at once can take longer.
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(30);
+        eventloop.set_network_options(network);
         let (tx, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
