@@ -32,6 +32,7 @@ pub mod cache;
 mod error;
 pub mod model;
 pub mod protocol;
+pub mod rules;
 pub mod store;
 pub mod transport;
 

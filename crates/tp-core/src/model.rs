@@ -110,6 +110,31 @@ id_type!(
     AuditId,
     "audit"
 );
+id_type!(
+    /// Identifies a rule (ThingsPanel's scene automation).
+    RuleId,
+    "rule"
+);
+id_type!(
+    /// Identifies a manual scene (a named list of actions run from the API).
+    SceneId,
+    "scene"
+);
+id_type!(
+    /// Identifies an alarm.
+    AlarmId,
+    "alarm"
+);
+id_type!(
+    /// Identifies a notification channel.
+    ChannelId,
+    "channel"
+);
+id_type!(
+    /// Identifies one notification delivery record.
+    NotificationId,
+    "notification"
+);
 
 /// A customer of the installation. Every resource belongs to exactly one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
