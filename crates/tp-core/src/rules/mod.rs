@@ -73,3 +73,32 @@ pub trait UplinkObserver: std::fmt::Debug + Send + Sync + 'static {
 
 /// Shared handle to an observer.
 pub type UplinkObserverRef = Arc<dyn UplinkObserver>;
+
+/// What happened to one action of a scene run or a rule firing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    /// Position of the action in its list.
+    pub index: usize,
+    /// Whether it succeeded (a command was queued, an alarm raised, ...).
+    pub ok: bool,
+    /// What was done, or why it failed.
+    pub detail: String,
+}
+
+/// How the REST layer talks to the running rule engine: cache invalidation after a
+/// rule, scene or channel changed, and running manual scenes.
+#[async_trait::async_trait]
+pub trait RuleEngineControl: std::fmt::Debug + Send + Sync + 'static {
+    /// A tenant's rules, scenes or channels changed: reload them before evaluating
+    /// the next input (on every node of a cluster).
+    async fn rules_changed(&self, tenant: TenantId);
+    /// Runs a manual scene's actions now, in order, and reports each.
+    async fn run_scene(
+        &self,
+        tenant: TenantId,
+        scene: crate::model::SceneId,
+    ) -> crate::Result<Vec<ActionOutcome>>;
+}
+
+/// Shared handle to the rule engine's control side.
+pub type RuleEngineControlRef = Arc<dyn RuleEngineControl>;
