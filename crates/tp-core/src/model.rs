@@ -753,6 +753,91 @@ pub struct DeviceFilter {
     pub page: Page,
 }
 
+/// Why a device went online or offline (ThingsPanel keeps the same history in
+/// `device_status_history`; the reason tells a dropped connection from a silent one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusReason {
+    /// An MQTT connection was accepted.
+    Connect,
+    /// The device sent MQTT DISCONNECT.
+    Disconnect,
+    /// The connection ended without DISCONNECT (socket error, keepalive expired).
+    ConnectionLost,
+    /// A message arrived while the device was offline (HTTP, CoAP, gateway data, or
+    /// MQTT after a silence timeout).
+    Activity,
+    /// Heartbeat mode: no message within the profile's `heartbeat_secs`.
+    HeartbeatTimeout,
+    /// Online-timeout mode: no message within the profile's `online_timeout_secs`.
+    OnlineTimeout,
+    /// No profile window: no message within the broker's default window for
+    /// devices without an MQTT connection (HTTP, CoAP, sub-devices).
+    InactivityTimeout,
+}
+
+impl StatusReason {
+    /// Wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusReason::Connect => "connect",
+            StatusReason::Disconnect => "disconnect",
+            StatusReason::ConnectionLost => "connection_lost",
+            StatusReason::Activity => "activity",
+            StatusReason::HeartbeatTimeout => "heartbeat_timeout",
+            StatusReason::OnlineTimeout => "online_timeout",
+            StatusReason::InactivityTimeout => "inactivity_timeout",
+        }
+    }
+}
+
+impl FromStr for StatusReason {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "connect" => StatusReason::Connect,
+            "disconnect" => StatusReason::Disconnect,
+            "connection_lost" => StatusReason::ConnectionLost,
+            "activity" => StatusReason::Activity,
+            "heartbeat_timeout" => StatusReason::HeartbeatTimeout,
+            "online_timeout" => StatusReason::OnlineTimeout,
+            "inactivity_timeout" => StatusReason::InactivityTimeout,
+            other => return Err(Error::invalid("reason", format!("unknown {other:?}"))),
+        })
+    }
+}
+
+impl fmt::Display for StatusReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One online/offline transition of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatusEvent {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The state it went to.
+    pub online: bool,
+    /// Why.
+    pub reason: StatusReason,
+    /// When (ms).
+    pub at: Timestamp,
+}
+
+/// Which part of a device's status history to read: `[start, end)` (either bound
+/// optional), newest first, paged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusHistoryQuery {
+    /// Inclusive lower bound of `at` (ms).
+    pub start: Option<Timestamp>,
+    /// Exclusive upper bound of `at` (ms).
+    pub end: Option<Timestamp>,
+    /// Paging.
+    pub page: Page,
+}
+
 /// Cache key under which a device row is cached for the MQTT connect path. Whoever
 /// deletes, disables or re-keys a device deletes this key for its old username.
 pub fn credential_cache_key(username: &str) -> String {

@@ -67,6 +67,19 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()>;
     /// Records a connection state change.
     async fn set_device_online(&self, id: DeviceId, online: bool, at: Timestamp) -> Result<()>;
+    /// Records an online/offline transition: appends it to the device's status history
+    /// and sets the device's `online` and `last_seen` (to `event.at`), atomically, so
+    /// the history and the device row never disagree. A missing device is
+    /// [`crate::Error::NotFound`]. Deleting a device deletes its history.
+    async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()>;
+    /// A device's status history within `query`'s time range, newest first (events
+    /// of the same millisecond in reverse append order); `total` counts the range.
+    async fn list_status_history(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        query: &StatusHistoryQuery,
+    ) -> Result<Paged<DeviceStatusEvent>>;
 
     /// Upserts attributes; a key keeps the value with the newest `ts`.
     async fn upsert_attributes(&self, device: DeviceId, attrs: &[KeyValue]) -> Result<()>;

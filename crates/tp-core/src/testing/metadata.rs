@@ -681,6 +681,111 @@ pub async fn device_online_state(store: &dyn MetadataStore) {
     expect_not_found(store.set_device_online(DeviceId::new(), true, base).await);
 }
 
+/// `append_status` sets `online`/`last_seen` and appends history; the history is
+/// newest first (same-millisecond events in reverse append order), filtered by
+/// `[start, end)`, paged with a total, tenant-scoped, and deleted with the device;
+/// a missing device is `NotFound`.
+pub async fn device_status_history(store: &dyn MetadataStore) {
+    let base = base_ts();
+    let tenant = new_tenant(store, base).await;
+    let other_tenant = new_tenant(store, base).await;
+    let d = new_device(tenant.id, "flappy", base);
+    let quiet = new_device(tenant.id, "quiet", base);
+    store.create_device(&d).await.expect("create_device");
+    store.create_device(&quiet).await.expect("create_device");
+    let ev = |online, reason, at| DeviceStatusEvent {
+        device_id: d.id,
+        online,
+        reason,
+        at,
+    };
+    let events = [
+        ev(true, StatusReason::Connect, base + 10),
+        ev(false, StatusReason::ConnectionLost, base + 20),
+        ev(true, StatusReason::Activity, base + 30),
+        // Same millisecond: append order decides.
+        ev(false, StatusReason::HeartbeatTimeout, base + 40),
+        ev(true, StatusReason::Connect, base + 40),
+    ];
+    for e in &events {
+        store.append_status(e).await.expect("append_status");
+    }
+    let got = store
+        .get_device(tenant.id, d.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(got.online);
+    assert_eq!(got.last_seen, Some(base + 40));
+
+    let all = store
+        .list_status_history(tenant.id, d.id, &StatusHistoryQuery::default())
+        .await
+        .expect("list");
+    let newest_first: Vec<DeviceStatusEvent> = events.iter().rev().cloned().collect();
+    assert_eq!(all.total, 5);
+    assert_eq!(all.items, newest_first);
+
+    let page = store
+        .list_status_history(
+            tenant.id,
+            d.id,
+            &StatusHistoryQuery {
+                page: Page {
+                    offset: 1,
+                    limit: 2,
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(page.total, 5);
+    assert_eq!(page.items, newest_first[1..3].to_vec());
+
+    let range = store
+        .list_status_history(
+            tenant.id,
+            d.id,
+            &StatusHistoryQuery {
+                start: Some(base + 20),
+                end: Some(base + 40),
+                page: Page::default(),
+            },
+        )
+        .await
+        .expect("range");
+    assert_eq!(range.total, 2);
+    assert_eq!(range.items, vec![events[2].clone(), events[1].clone()]);
+
+    for (t, dev) in [(other_tenant.id, d.id), (tenant.id, quiet.id)] {
+        let none = store
+            .list_status_history(t, dev, &StatusHistoryQuery::default())
+            .await
+            .expect("list");
+        assert_eq!((none.total, none.items), (0, vec![]));
+    }
+
+    expect_not_found(
+        store
+            .append_status(&DeviceStatusEvent {
+                device_id: DeviceId::new(),
+                ..events[0].clone()
+            })
+            .await,
+    );
+
+    store
+        .delete_device(tenant.id, d.id)
+        .await
+        .expect("delete_device");
+    let gone = store
+        .list_status_history(tenant.id, d.id, &StatusHistoryQuery::default())
+        .await
+        .expect("list");
+    assert_eq!((gone.total, gone.items), (0, vec![]));
+}
+
 /// Attributes upsert per key keeping the newest `ts`, every value type round-trips,
 /// reads are ordered by key and `keys` filters.
 pub async fn attributes_upsert_newest_wins(store: &dyn MetadataStore) {
@@ -929,6 +1034,7 @@ macro_rules! metadata_conformance {
             device_update,
             device_delete_cascades,
             device_online_state,
+            device_status_history,
             device_sub_device_lookup,
             attributes_upsert_newest_wins,
             commands_log,

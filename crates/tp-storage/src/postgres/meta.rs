@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use tp_core::{
-    CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, Error, KeyValue,
-    MetadataStore, Page, Paged, ProfileId, Result, Tenant, TenantId, Timestamp, User, UserId,
+    CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, DeviceStatusEvent,
+    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, Result, StatusHistoryQuery, Tenant,
+    TenantId, Timestamp, User, UserId,
 };
 use uuid::Uuid;
 
@@ -125,6 +126,15 @@ fn command_from_row(row: &PgRow) -> RowResult<CommandLog> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn status_from_row(row: &PgRow) -> RowResult<DeviceStatusEvent> {
+    Ok(DeviceStatusEvent {
+        device_id: DeviceId(row.try_get("device_id")?),
+        online: row.try_get("online")?,
+        reason: parse_col(row, "reason")?,
+        at: row.try_get("at")?,
     })
 }
 
@@ -557,6 +567,71 @@ impl MetadataStore for PostgresMetadataStore {
             return Err(Error::not_found("device", id));
         }
         Ok(())
+    }
+
+    async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
+        // One statement: the device row update and the history row commit together.
+        let done = sqlx::query(
+            "WITH d AS (UPDATE devices SET online = $1, last_seen = $2 WHERE id = $3 \
+                        RETURNING id, tenant_id) \
+             INSERT INTO device_status_history (device_id, tenant_id, online, reason, at) \
+             SELECT id, tenant_id, $1, $4, $2 FROM d",
+        )
+        .bind(event.online)
+        .bind(event.at)
+        .bind(event.device_id.0)
+        .bind(event.reason.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("device", event.device_id));
+        }
+        Ok(())
+    }
+
+    async fn list_status_history(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        query: &StatusHistoryQuery,
+    ) -> Result<Paged<DeviceStatusEvent>> {
+        let (limit, offset) = paging(query.page);
+        let start = query.start.unwrap_or(i64::MIN);
+        let end = query.end.unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT device_id, online, reason, at, COUNT(*) OVER () AS total \
+             FROM device_status_history \
+             WHERE tenant_id = $1 AND device_id = $2 AND at >= $3 AND at < $4 \
+             ORDER BY at DESC, seq DESC LIMIT $5 OFFSET $6",
+        )
+        .bind(tenant.0)
+        .bind(device.0)
+        .bind(start)
+        .bind(end)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let total: i64 = match rows.first() {
+            Some(row) => row.try_get("total").map_err(db)?,
+            None => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM device_status_history \
+                 WHERE tenant_id = $1 AND device_id = $2 AND at >= $3 AND at < $4",
+            )
+            .bind(tenant.0)
+            .bind(device.0)
+            .bind(start)
+            .bind(end)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?,
+        };
+        Ok(Paged {
+            items: decode_all(&rows, status_from_row)?,
+            total: total.unsigned_abs(),
+        })
     }
 
     async fn upsert_attributes(&self, device: DeviceId, attrs: &[KeyValue]) -> Result<()> {

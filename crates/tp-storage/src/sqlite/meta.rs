@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tp_core::{
-    CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, Error, KeyValue,
-    MetadataStore, Page, Paged, ProfileId, Result, Tenant, TenantId, Timestamp, User, UserId,
+    CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, DeviceStatusEvent,
+    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, Result, StatusHistoryQuery, Tenant,
+    TenantId, Timestamp, User, UserId,
 };
 use uuid::Uuid;
 
@@ -144,6 +145,15 @@ fn command_from_row(row: &SqliteRow) -> std::result::Result<CommandLog, SqliteEr
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn status_from_row(row: &SqliteRow) -> std::result::Result<DeviceStatusEvent, SqliteError> {
+    Ok(DeviceStatusEvent {
+        device_id: DeviceId(uuid_col(row, "device_id")?),
+        online: row.try_get("online")?,
+        reason: parse_col(row, "reason")?,
+        at: row.try_get("at")?,
     })
 }
 
@@ -565,6 +575,73 @@ impl MetadataStore for SqliteMetadataStore {
             return Err(Error::not_found("device", id));
         }
         Ok(())
+    }
+
+    async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
+        let id = event.device_id.to_string();
+        let mut tx = self.pools.begin_write().await?;
+        let done = sqlx::query("UPDATE devices SET online = ?, last_seen = ? WHERE id = ?")
+            .bind(event.online)
+            .bind(event.at)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("device", event.device_id));
+        }
+        sqlx::query(
+            "INSERT INTO device_status_history (device_id, tenant_id, online, reason, at) \
+             SELECT id, tenant_id, ?, ?, ? FROM devices WHERE id = ?",
+        )
+        .bind(event.online)
+        .bind(event.reason.as_str())
+        .bind(event.at)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_status_history(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        query: &StatusHistoryQuery,
+    ) -> Result<Paged<DeviceStatusEvent>> {
+        let (limit, offset) = paging(query.page);
+        let start = query.start.unwrap_or(i64::MIN);
+        let end = query.end.unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT device_id, online, reason, at FROM device_status_history \
+             WHERE tenant_id = ? AND device_id = ? AND at >= ? AND at < ? \
+             ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?",
+        )
+        .bind(tenant.to_string())
+        .bind(device.to_string())
+        .bind(start)
+        .bind(end)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM device_status_history \
+             WHERE tenant_id = ? AND device_id = ? AND at >= ? AND at < ?",
+        )
+        .bind(tenant.to_string())
+        .bind(device.to_string())
+        .bind(start)
+        .bind(end)
+        .fetch_one(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, status_from_row)?,
+            total: total.unsigned_abs(),
+        })
     }
 
     async fn upsert_attributes(&self, device: DeviceId, attrs: &[KeyValue]) -> Result<()> {
