@@ -18,8 +18,9 @@ pub struct BrokerConfig {
     /// CoAP (UDP) device API listen address, conventionally port 5683 (e.g.
     /// `0.0.0.0:5683`); unset = no CoAP. See [`crate::coap`].
     pub coap_listen: Option<SocketAddr>,
-    /// MQTT 3.1.1 over TLS (conventionally port 8883), relayed to the plain listener;
-    /// unset = no TLS. See [`crate::TlsSettings`].
+    /// MQTT over TLS: 3.1.1 (conventionally port 8883), 5 and WebSocket (WSS), each
+    /// relayed to its plain listener so the same auth, ACL and limits apply; unset =
+    /// no TLS. See [`crate::TlsSettings`].
     pub tls: Option<crate::TlsSettings>,
     /// Most device connections this node accepts; further CONNECTs are refused.
     pub max_connections: usize,

@@ -15,9 +15,10 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
-    /// The TLS certificate or key cannot be loaded (`mqtt.tls`).
-    #[error("MQTT TLS: {0}")]
-    Tls(String),
+    /// A TLS setting cannot work (`mqtt.tls`): unreadable or malformed certificate or
+    /// key, a key that does not match, no TLS listener. Names the setting.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     /// The embedded router refused our internal link.
     #[error("embedded MQTT router: {0}")]
     Router(String),

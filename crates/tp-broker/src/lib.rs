@@ -42,7 +42,7 @@ pub mod http;
 mod ingest;
 mod rate;
 mod session;
-mod tls;
+pub mod tls;
 mod transport;
 
 #[cfg(feature = "testing")]
@@ -127,6 +127,8 @@ pub struct EmbeddedBroker {
     ws_addr: Option<SocketAddr>,
     coap_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    tls_v5_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     ingest: JoinHandle<()>,
 }
@@ -148,11 +150,26 @@ impl EmbeddedBroker {
             .ws_listen
             .map(|a| probe_bind(a, "mqtt.ws_listen"))
             .transpose()?;
-        let tls = match &config.tls {
-            Some(settings) => Some((tls::acceptor(settings)?, tls::bind(settings.listen)?)),
-            None => None,
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::MqttTlsListeners::bind)
+            .transpose()?;
+        let tls_addr = |relay| tls.as_ref().and_then(|t| t.addr(relay));
+        let (tls_addr, tls_v5_addr, wss_addr) = (
+            tls_addr(tls::Relay::V4),
+            tls_addr(tls::Relay::V5),
+            tls_addr(tls::Relay::Ws),
+        );
+        // The plain listeners TLS relays to: the configured ones, else loopback-only.
+        let relay_plain = |public: Option<SocketAddr>, tls: Option<SocketAddr>, setting| {
+            match (public, tls) {
+                (None, Some(_)) => probe_bind(tls::loopback_any_port(), setting).map(Some),
+                _ => Ok(public),
+            }
         };
-        let tls_addr = tls.as_ref().map(|(_, (_, addr))| *addr);
+        let v5_plain = relay_plain(v5_addr, tls_v5_addr, "mqtt.tls.v5_listen")?;
+        let ws_plain = relay_plain(ws_addr, wss_addr, "mqtt.tls.wss_listen")?;
         let (coap_socket, coap_addr) = match config.coap_listen {
             Some(addr) => {
                 let bind_error = |source| BrokerError::Bind {
@@ -239,7 +256,7 @@ impl EmbeddedBroker {
             DeviceProtocol::new(V4, shared.clone()),
             LinkType::Remote,
         )];
-        if let Some(addr) = v5_addr {
+        if let Some(addr) = v5_plain {
             listeners.push(spawn_listener!(
                 "mqtt-v5",
                 addr,
@@ -249,7 +266,7 @@ impl EmbeddedBroker {
                 LinkType::Remote,
             ));
         }
-        if let Some(addr) = ws_addr {
+        if let Some(addr) = ws_plain {
             // rumqttd serves MQTT over WebSocket for 3.1.1 only.
             listeners.push(spawn_listener!(
                 "mqtt-ws",
@@ -260,17 +277,18 @@ impl EmbeddedBroker {
                 LinkType::Websocket,
             ));
         }
-        for addr in [Some(local_addr), v5_addr, ws_addr].into_iter().flatten() {
+        for addr in [Some(local_addr), v5_plain, ws_plain].into_iter().flatten() {
             wait_until_bound(addr).await;
         }
-        if let Some((acceptor, (listener, addr))) = tls {
-            listeners.push(tokio::spawn(tls::serve(
-                listener,
-                acceptor,
-                tls::relay_target(local_addr),
+        if let Some(tls) = tls {
+            listeners.extend(tls.spawn(
+                |relay| match relay {
+                    tls::Relay::V4 => Some(local_addr),
+                    tls::Relay::V5 => v5_plain,
+                    tls::Relay::Ws => ws_plain,
+                },
                 Duration::from_millis(config.connection_timeout_ms.into()),
-            )));
-            tracing::info!(%addr, "MQTT over TLS listening");
+            ));
         }
 
         let uplinks = Uplinks {
@@ -331,6 +349,8 @@ impl EmbeddedBroker {
             ws_addr,
             coap_addr,
             tls_addr,
+            tls_v5_addr,
+            wss_addr,
             listeners,
             ingest,
         })
@@ -376,9 +396,20 @@ impl EmbeddedBroker {
         self.coap_addr
     }
 
-    /// The bound MQTT-over-TLS address, when `tls` is set.
+    /// The bound MQTT 3.1.1-over-TLS address, when `tls.listen` is set.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The bound MQTT 5-over-TLS address, when `tls.v5_listen` is set.
+    pub fn tls_v5_addr(&self) -> Option<SocketAddr> {
+        self.tls_v5_addr
+    }
+
+    /// The bound MQTT-over-WebSocket-over-TLS (WSS) address, when `tls.wss_listen`
+    /// is set; clients connect to `wss://{addr}/mqtt`.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// Healthy while the listeners and the ingest loop run.

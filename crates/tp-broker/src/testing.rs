@@ -49,25 +49,22 @@ impl MqttTestClient {
         username: &str,
         password: &str,
     ) -> Result<Self, String> {
-        use rumqttc::tokio_rustls::rustls;
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            roots
-                .add(cert.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
-        ));
+        opts.set_transport(rumqttc::Transport::tls_with_config(trusting(ca_pem)?));
+        Self::connect_with(opts, username, password).await
+    }
+
+    /// Like [`Self::connect_tls`], over MQTT over WebSocket over TLS at
+    /// `wss://{addr}/mqtt`.
+    pub async fn connect_wss(
+        addr: std::net::SocketAddr,
+        ca_pem: &[u8],
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
+        let mut opts = MqttOptions::new(client_id, format!("wss://{addr}/mqtt"), addr.port());
+        opts.set_transport(rumqttc::Transport::wss_with_config(trusting(ca_pem)?));
         Self::connect_with(opts, username, password).await
     }
 
@@ -188,6 +185,27 @@ impl MqttTestClient {
         let _ = self.client.disconnect().await;
         let _ = self.wait_for(|_| false, Duration::from_secs(5)).await;
     }
+}
+
+/// A rustls client configuration (ring provider, no process-wide provider needed)
+/// trusting only the PEM certificates in `ca_pem`.
+fn trusting(ca_pem: &[u8]) -> Result<rumqttc::TlsConfiguration, String> {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)))
 }
 
 /// An embedded broker on an ephemeral loopback port over in-memory SQLite stores,

@@ -1,11 +1,17 @@
-//! MQTT over TLS (`mqtt.tls`): TLS is terminated here with rustls (ring provider) and
-//! each connection is relayed to the plain MQTT 3.1.1 listener, so devices go through
-//! the same connection layer (authentication, ACL, limits) as on the plain port.
+//! TLS for device and user connections: MQTT over TLS (3.1.1 and 5) and MQTT over
+//! WebSocket over TLS (WSS) from `mqtt.tls`, and HTTPS for the node's API server
+//! ([`HttpsListener`], used by `http.tls`). rustls with the ring provider throughout.
+//!
+//! MQTT: TLS is terminated here and each connection is relayed to the matching plain
+//! listener (3.1.1, 5 or WebSocket), so devices go through the same connection layer
+//! (authentication, ACL, limits) as on the plain ports. A TLS listener whose plain
+//! counterpart is not configured relays to one bound on loopback only, so TLS-only
+//! deployments need no public plain port for MQTT 5 and WebSocket.
 //!
 //! Not rumqttd's own TLS (`use-rustls`): its accept loop runs every TLS handshake
 //! inline, without a timeout, so one client that connects and stays silent stalls
-//! every later TLS connection; it also pulls a second rustls (0.22). Here each
-//! handshake runs in its own task, bounded by `connection_timeout_ms`.
+//! every later TLS connection; it also pulls a second rustls (0.22) and has no TLS for
+//! WebSocket. Here each handshake runs in its own task, bounded by a timeout.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,66 +19,262 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
 
 use crate::BrokerError;
 
-/// MQTT over TLS settings (`mqtt.tls`), conventionally on port 8883.
+/// MQTT over TLS settings (`mqtt.tls`). At least one of the three listen addresses
+/// must be set; they share one certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
-    /// TLS listen address, e.g. `0.0.0.0:8883`. Port 0 picks a free port.
-    pub listen: SocketAddr,
+    /// MQTT 3.1.1 over TLS, conventionally `0.0.0.0:8883`; relayed to `mqtt.listen`.
+    /// Port 0 picks a free port. Unset = none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// MQTT 5 over TLS (rumqttd serves each protocol version on its own port), e.g.
+    /// `0.0.0.0:8885`; relayed to `mqtt.v5_listen`, or to a loopback-only MQTT 5
+    /// listener when that is unset. Unset = none.
+    #[serde(default)]
+    pub v5_listen: Option<SocketAddr>,
+    /// MQTT 3.1.1 over WebSocket over TLS (`wss://host:port/mqtt`), e.g.
+    /// `0.0.0.0:8084`; relayed to `mqtt.ws_listen`, or to a loopback-only WebSocket
+    /// listener when that is unset. Unset = none.
+    #[serde(default)]
+    pub wss_listen: Option<SocketAddr>,
     /// PEM file with the server certificate chain (leaf first).
     pub cert_path: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
     pub key_path: PathBuf,
 }
 
-/// Loads the certificate and key into a TLS acceptor.
-pub(crate) fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, BrokerError> {
-    let tls_error =
-        |path: &Path, what: String| BrokerError::Tls(format!("{}: {what}", path.display()));
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&settings.cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_error(&settings.cert_path, e.to_string()))?;
+/// A server certificate and its key as PEM files (`http.tls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM file with the server certificate chain (leaf first).
+    pub cert_path: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_path: PathBuf,
+}
+
+/// The names of the settings that hold the certificate and the key, so load errors
+/// tell the operator what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingNames {
+    /// E.g. `mqtt.tls.cert_path`.
+    pub cert_path: &'static str,
+    /// E.g. `mqtt.tls.key_path`.
+    pub key_path: &'static str,
+}
+
+impl SettingNames {
+    /// `mqtt.tls.cert_path` / `mqtt.tls.key_path`.
+    pub const MQTT: Self = Self {
+        cert_path: "mqtt.tls.cert_path",
+        key_path: "mqtt.tls.key_path",
+    };
+    /// `http.tls.cert_path` / `http.tls.key_path`.
+    pub const HTTP: Self = Self {
+        cert_path: "http.tls.cert_path",
+        key_path: "http.tls.key_path",
+    };
+}
+
+/// A TLS setting that cannot work: unreadable or malformed files, a key that does not
+/// belong to the certificate, no listener. Displayed as `<setting>: <problem>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct TlsConfigError {
+    /// The setting to fix, e.g. `mqtt.tls.cert_path`.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Reads and checks the certificate chain and key; `alpn` are the application
+/// protocols offered, most preferred first (empty = no ALPN).
+fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    names: SettingNames,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsConfigError> {
+    let read = |path: &Path, setting| {
+        std::fs::read(path).map_err(|e| TlsConfigError {
+            setting,
+            message: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let cert_error = |message: String| TlsConfigError {
+        setting: names.cert_path,
+        message,
+    };
+    let key_error = |message: String| TlsConfigError {
+        setting: names.key_path,
+        message,
+    };
+    let cert_pem = read(cert_path, names.cert_path)?;
+    let key_pem = read(key_path, names.key_path)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(format!("{}: {e}", cert_path.display())))?;
     if certs.is_empty() {
-        return Err(tls_error(
-            &settings.cert_path,
-            "no certificate in the file".into(),
-        ));
+        return Err(cert_error(format!(
+            "no PEM certificate (\"BEGIN CERTIFICATE\") in {}",
+            cert_path.display()
+        )));
     }
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&settings.key_path)
-        .map_err(|e| tls_error(&settings.key_path, e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        key_error(match e {
+            rustls::pki_types::pem::Error::NoItemsFound => format!(
+                "no PEM private key (PKCS#8, PKCS#1 or SEC1) in {}",
+                key_path.display()
+            ),
+            e => format!("{}: {e}", key_path.display()),
+        })
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| BrokerError::Tls(e.to_string()))?
+    .map_err(|e| cert_error(e.to_string()))?
     .with_no_client_auth()
     .with_single_cert(certs, key)
-    .map_err(|e| tls_error(&settings.cert_path, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    .map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => key_error(format!(
+            "the key in {} does not belong to the certificate in {}",
+            key_path.display(),
+            cert_path.display()
+        )),
+        e => key_error(format!(
+            "cannot use {} with {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        )),
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }
 
-/// Binds the TLS listen address.
-pub(crate) fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
+/// Binds a TLS listen address; a failure names `setting`.
+fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, BrokerError> {
     let bind_error = |source| BrokerError::Bind {
         addr,
-        setting: "mqtt.tls.listen",
+        setting,
         source,
     };
     let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
-    let bound = listener.local_addr().map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
-    Ok((TcpListener::from_std(listener).map_err(bind_error)?, bound))
+    TcpListener::from_std(listener).map_err(bind_error)
+}
+
+/// Which plain listener a TLS listener relays to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relay {
+    /// MQTT 3.1.1 (`mqtt.listen`).
+    V4,
+    /// MQTT 5 (`mqtt.v5_listen`).
+    V5,
+    /// MQTT 3.1.1 over WebSocket (`mqtt.ws_listen`).
+    Ws,
+}
+
+/// The listeners of `mqtt.tls`, bound at startup so a taken port or a bad certificate
+/// is a startup error, before anything else runs.
+pub(crate) struct MqttTlsListeners {
+    acceptor: TlsAcceptor,
+    bound: Vec<(Relay, TcpListener, SocketAddr)>,
+}
+
+impl MqttTlsListeners {
+    /// Loads the certificate and binds every configured TLS listen address.
+    pub(crate) fn bind(settings: &TlsSettings) -> Result<Self, BrokerError> {
+        let configured = [
+            (Relay::V4, settings.listen, "mqtt.tls.listen"),
+            (Relay::V5, settings.v5_listen, "mqtt.tls.v5_listen"),
+            (Relay::Ws, settings.wss_listen, "mqtt.tls.wss_listen"),
+        ];
+        if configured.iter().all(|(_, addr, _)| addr.is_none()) {
+            return Err(TlsConfigError {
+                setting: "mqtt.tls",
+                message: "set at least one of listen, v5_listen and wss_listen".into(),
+            }
+            .into());
+        }
+        let config = server_config(
+            &settings.cert_path,
+            &settings.key_path,
+            SettingNames::MQTT,
+            &[],
+        )?;
+        let mut bound = Vec::new();
+        for (relay, addr, setting) in configured {
+            if let Some(addr) = addr {
+                let listener = bind(addr, setting)?;
+                let local = listener.local_addr().map_err(|source| BrokerError::Bind {
+                    addr,
+                    setting,
+                    source,
+                })?;
+                bound.push((relay, listener, local));
+            }
+        }
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            bound,
+        })
+    }
+
+    /// The bound address of the TLS listener relaying to `relay`, if configured.
+    pub(crate) fn addr(&self, relay: Relay) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|(r, _, _)| *r == relay)
+            .map(|(_, _, addr)| *addr)
+    }
+
+    /// Starts relaying: each TLS listener forwards to `target(relay)`, the bound
+    /// address of its plain listener (which must exist for every configured relay).
+    pub(crate) fn spawn(
+        self,
+        target: impl Fn(Relay) -> Option<SocketAddr>,
+        handshake_timeout: Duration,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (relay, listener, addr) in self.bound {
+            let Some(upstream) = target(relay) else {
+                // Unreachable by construction: the broker binds a loopback listener
+                // for every relay without a configured one.
+                tracing::error!(%addr, ?relay, "no plain listener to relay MQTT TLS to");
+                continue;
+            };
+            tracing::info!(%addr, ?relay, "MQTT over TLS listening");
+            tasks.push(tokio::spawn(serve(
+                listener,
+                self.acceptor.clone(),
+                relay_target(upstream),
+                handshake_timeout,
+            )));
+        }
+        tasks
+    }
+}
+
+/// Where a TLS relay's plain listener is bound when the operator configured none:
+/// loopback, any free port.
+pub(crate) fn loopback_any_port() -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, 0).into()
 }
 
 /// Where to relay decrypted connections: the plain listener, over loopback when it
 /// listens on all addresses.
-pub(crate) fn relay_target(plain: SocketAddr) -> SocketAddr {
+fn relay_target(plain: SocketAddr) -> SocketAddr {
     match plain.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, plain.port()).into(),
         IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, plain.port()).into(),
@@ -81,7 +283,7 @@ pub(crate) fn relay_target(plain: SocketAddr) -> SocketAddr {
 }
 
 /// Accepts TLS connections and relays each to `upstream` until either side closes.
-pub(crate) async fn serve(
+async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     upstream: SocketAddr,
@@ -121,5 +323,145 @@ pub(crate) async fn serve(
             let _ = plain.set_nodelay(true);
             let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
         });
+    }
+}
+
+/// How many completed handshakes may wait for the HTTP server to take them.
+const HTTPS_BACKLOG: usize = 256;
+
+/// An HTTPS listener for `axum::serve`: accepts TCP, runs each TLS handshake in its
+/// own task (bounded by a timeout, so silent clients block nobody) and hands over the
+/// finished TLS streams. A plain-HTTP request on the port gets a `400` saying to use
+/// HTTPS instead of an unexplained closed connection. Dropping it stops accepting.
+#[derive(Debug)]
+pub struct HttpsListener {
+    local_addr: SocketAddr,
+    accepted: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl HttpsListener {
+    /// Loads `files` (errors name the settings in `names`) and starts accepting on
+    /// `listener`, offering HTTP/1.1 over ALPN.
+    ///
+    /// # Errors
+    /// [`TlsConfigError`] when a file cannot be read or parsed, or the key does not
+    /// belong to the certificate.
+    pub fn new(
+        listener: TcpListener,
+        files: &CertificateFiles,
+        names: SettingNames,
+        handshake_timeout: Duration,
+    ) -> Result<Self, TlsConfigError> {
+        let config = server_config(&files.cert_path, &files.key_path, names, &[b"http/1.1"])?;
+        let local_addr = listener.local_addr().map_err(|e| TlsConfigError {
+            setting: names.cert_path,
+            message: format!("listener has no address: {e}"),
+        })?;
+        let (tx, accepted) = mpsc::channel(HTTPS_BACKLOG);
+        let accept_loop = tokio::spawn(accept_https(
+            listener,
+            TlsAcceptor::from(Arc::new(config)),
+            tx,
+            handshake_timeout,
+        ));
+        Ok(Self {
+            local_addr,
+            accepted,
+            accept_loop,
+        })
+    }
+}
+
+impl Drop for HttpsListener {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The accept loop only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+async fn accept_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    handshake_timeout: Duration,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let handshake = async {
+                let mut first = [0u8; 1];
+                match stream.peek(&mut first).await {
+                    // A TLS connection starts with a handshake record (type 22).
+                    Ok(1) if first[0] != 0x16 => {
+                        if first[0].is_ascii_uppercase() {
+                            refuse_plain_http(stream).await;
+                        }
+                        return None;
+                    }
+                    Ok(1) => {}
+                    _ => return None,
+                }
+                match acceptor.accept(stream).await {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                        None
+                    }
+                }
+            };
+            match tokio::time::timeout(handshake_timeout, handshake).await {
+                Ok(Some(tls)) => {
+                    let _ = tx.send((tls, peer)).await;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Answers a plain-HTTP request on the HTTPS port with a `400`, as nginx does.
+async fn refuse_plain_http(mut stream: TcpStream) {
+    const BODY: &str = "This port speaks HTTPS; use an https:// URL.\n";
+    // Read the request head first: closing with unread data would reset the
+    // connection and the client might never see the answer.
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if stream.write_all(response.as_bytes()).await.is_ok() {
+        let _ = stream.shutdown().await;
+        // Drain until the client closes (bounded by the caller's timeout).
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
     }
 }
