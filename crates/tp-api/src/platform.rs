@@ -116,9 +116,14 @@ impl Platform {
             message: e.to_string(),
         })?;
         let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
+        // The broker's write-ahead log lives in the data dir unless set elsewhere.
+        let mut mqtt = config.mqtt.clone();
+        if mqtt.wal.dir.is_none() {
+            mqtt.wal.dir = Some(config.data_dir.join("wal"));
+        }
         let broker = Arc::new(
             EmbeddedBroker::start(
-                &config.mqtt,
+                &mqtt,
                 BrokerDeps {
                     metadata: metadata.clone(),
                     cache: cache.clone(),

@@ -379,6 +379,8 @@ impl CoapHandler {
         };
         let answer = match resource {
             Resource::Telemetry => {
+                // Logged before it is queued: the answer promises it is stored.
+                let _logged = uplinks.log(device.id, "devices/telemetry", payload, now)?;
                 uplinks.telemetry(device.id, payload, now).await?;
                 changed(None)
             }
@@ -396,6 +398,7 @@ impl CoapHandler {
                 };
                 let call = decode_event(payload)?;
                 let method = call.method.clone();
+                let _logged = uplinks.log(device.id, &format!("devices/event/{mid}"), payload, now)?;
                 uplinks.event(device.id, &mid, call, now).await?;
                 changed(Some(method))
             }

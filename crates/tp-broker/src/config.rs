@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     pub segment_size: usize,
     /// Number of segments of the in-memory ingest log.
     pub segment_count: usize,
+    /// The write-ahead log of acknowledged messages (`[mqtt.wal]`), so a killed node
+    /// loses nothing it acknowledged. See [`crate::WalConfig`].
+    pub wal: crate::WalConfig,
 }
 
 impl BrokerConfig {
@@ -69,6 +72,7 @@ impl Default for BrokerConfig {
             credential_cache_ttl_secs: 300,
             segment_size: 16 * 1024 * 1024,
             segment_count: 8,
+            wal: crate::WalConfig::default(),
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum BrokerError {
     /// key, a key that does not match, no TLS listener. Names the setting.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsConfigError),
+    /// The write-ahead log cannot be opened (`mqtt.wal`).
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
     /// The embedded router refused our internal link.
     #[error("embedded MQTT router: {0}")]
     Router(String),

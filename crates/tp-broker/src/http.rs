@@ -231,7 +231,10 @@ async fn telemetry(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, DeviceError> {
     let (device, body) = accept(&api, &headers, body).await?;
-    api.uplinks.telemetry(device.id, &body, now_ms()).await?;
+    // 202 means "stored": logged first, so a crash before the commit does not lose it.
+    let ts = now_ms();
+    let _logged = api.uplinks.log(device.id, "devices/telemetry", &body, ts)?;
+    api.uplinks.telemetry(device.id, &body, ts).await?;
     metrics::counter!("tp_device_api_messages_total", "transport" => "http", "kind" => "telemetry")
         .increment(1);
     Ok(success(StatusCode::ACCEPTED, None))
@@ -272,7 +275,11 @@ async fn events(
     };
     let call = decode_event(&body)?;
     let method = call.method.clone();
-    api.uplinks.event(device.id, &mid, call, now_ms()).await?;
+    let ts = now_ms();
+    let _logged = api
+        .uplinks
+        .log(device.id, &format!("devices/event/{mid}"), &body, ts)?;
+    api.uplinks.event(device.id, &mid, call, ts).await?;
     metrics::counter!("tp_device_api_messages_total", "transport" => "http", "kind" => "event")
         .increment(1);
     Ok(success(StatusCode::ACCEPTED, Some(method)))

@@ -3,6 +3,11 @@
 //! Decoding and storing is [`Uplinks`], shared by the MQTT ingest loop and the HTTP
 //! ([`crate::http`]) and CoAP ([`crate::coap`]) device APIs, so every transport stores
 //! a payload the same way.
+//!
+//! Server-time values are stamped with the time the node *received* the message
+//! (carried in the ingest envelope and in the write-ahead log), not the time ingest
+//! gets to it, so a message replayed from the log after a crash
+//! ([`Ingest::replay`]) writes exactly the rows its first pass did.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,11 +21,14 @@ use tp_core::protocol::{
     DownlinkKind, DownlinkTopic, GatewayEnvelope, MethodCall, ResponseObject, UplinkKind,
     UplinkTopic, decode_attributes, decode_event, decode_telemetry,
 };
-use tp_core::{CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, TelemetryPoint, now_ms};
+use tp_core::{
+    CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, Order, TelemetryPoint, now_ms,
+};
 use tp_storage::writer::WriterHandle;
 
 use crate::session::{Shared, decode_envelope, ingest_size};
 use crate::transport::LinkPublisher;
+use crate::wal::{Leftover, Wal, read_leftover};
 
 /// Everything the ingest loop needs.
 pub(crate) struct Ingest {
@@ -43,7 +51,12 @@ impl Ingest {
         loop {
             match rx.next().await {
                 Ok(Some(Notification::Forward(forward))) => {
-                    self.handle(&forward.publish.payload).await;
+                    let segment = self.handle(&forward.publish.payload).await;
+                    // Handed to the writer (or rejected): the log may drop it once
+                    // the writer has committed what is queued.
+                    if let Some(wal) = &self.uplinks.shared.wal {
+                        wal.consumed(segment);
+                    }
                     self.uplinks
                         .shared
                         .consumed(ingest_size(&forward.publish.payload));
@@ -65,17 +78,24 @@ impl Ingest {
         }
     }
 
-    async fn handle(&self, envelope: &Bytes) {
-        let Some((device_id, topic, payload)) = decode_envelope(envelope) else {
+    /// Processes one envelope; returns its write-ahead log segment (0 = none).
+    async fn handle(&self, envelope: &Bytes) -> u64 {
+        let Some(e) = decode_envelope(envelope) else {
             tracing::error!("malformed internal ingest envelope");
-            return;
+            return 0;
         };
+        self.process(e.device_id, e.topic, &e.payload, e.ts).await;
+        e.segment
+    }
+
+    /// Decodes and stores one device message received at `ts`.
+    async fn process(&self, device_id: DeviceId, topic: &str, payload: &[u8], ts: i64) {
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };
         metrics::counter!("tp_ingest_messages_total", "kind" => kind_name(uplink.kind))
             .increment(1);
-        if let Err(e) = self.dispatch(device_id, &uplink, &payload).await {
+        if let Err(e) = self.dispatch(device_id, &uplink, payload, ts).await {
             self.uplinks.shared.rejected.fetch_add(1, Ordering::AcqRel);
             metrics::counter!("tp_ingest_rejected_total", "kind" => kind_name(uplink.kind))
                 .increment(1);
@@ -88,8 +108,8 @@ impl Ingest {
         device_id: DeviceId,
         uplink: &UplinkTopic,
         payload: &[u8],
+        now: i64,
     ) -> tp_core::Result<()> {
-        let now = now_ms();
         let mid = uplink.message_id.as_deref().unwrap_or_default();
         if uplink.gateway {
             return self.gateway(device_id, uplink, payload, now).await;
@@ -143,6 +163,82 @@ impl Ingest {
                         params,
                     }])
                     .await
+            }
+        }
+    }
+
+    /// Replays the records a previous run left in the write-ahead log, through the
+    /// same path as live messages, waits until the writer has committed them, and
+    /// deletes the segments. Runs before any listener accepts devices.
+    pub(crate) async fn replay(&self, wal: &Wal, leftovers: &[Leftover]) {
+        if leftovers.is_empty() {
+            return;
+        }
+        let (mut replayed, mut skipped, mut bad_tails) = (0u64, 0u64, 0u64);
+        for leftover in leftovers {
+            let decoded = read_leftover(leftover);
+            if decoded.bad_tail_bytes > 0 {
+                bad_tails += 1;
+                tracing::warn!(path = %leftover.path.display(), valid_records = decoded.records.len(),
+                    ignored_bytes = decoded.bad_tail_bytes,
+                    "write-ahead log segment ends in a torn or corrupt record; replaying the records before it");
+            }
+            for r in decoded.records {
+                if self.event_already_stored(&r).await {
+                    skipped += 1;
+                    continue;
+                }
+                self.process(r.device_id, &r.topic, &r.payload, r.ts).await;
+                replayed += 1;
+            }
+        }
+        match wal.finish_replay(&self.uplinks.writer, leftovers).await {
+            Ok(()) => tracing::info!(
+                segments = leftovers.len(),
+                skipped_duplicate_events = skipped,
+                torn_segments = bad_tails,
+                "replayed {replayed} messages from the write-ahead log"
+            ),
+            Err(e) => tracing::error!(error = %e, replayed,
+                "replayed the write-ahead log but the store did not commit all of it; keeping the segments for the next start"),
+        }
+    }
+
+    /// Whether `record` is a device event (or OTA progress report) the store already
+    /// holds: events are plain inserts, so replaying one committed before the crash
+    /// would store it twice. Gateway envelopes are not checked.
+    async fn event_already_stored(&self, record: &crate::wal::Record) -> bool {
+        let Ok(uplink) = UplinkTopic::parse(&record.topic) else {
+            return false;
+        };
+        let (mid, method) = match uplink.kind {
+            _ if uplink.gateway => return false,
+            UplinkKind::Event => match decode_event(&record.payload) {
+                Ok(call) => (uplink.message_id.unwrap_or_default(), call.method),
+                Err(_) => return false,
+            },
+            UplinkKind::OtaProgress => (String::new(), "ota_progress".to_owned()),
+            _ => return false,
+        };
+        let stored = self
+            .uplinks
+            .writer
+            .store()
+            .query_events(
+                record.device_id,
+                record.ts,
+                record.ts.saturating_add(1),
+                1000,
+                Order::Asc,
+            )
+            .await;
+        match stored {
+            Ok(events) => events
+                .iter()
+                .any(|e| e.ts == record.ts && e.message_id == mid && e.method == method),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for a replayed event; storing it again");
+                false
             }
         }
     }
@@ -357,7 +453,59 @@ impl Ingest {
     }
 }
 
+/// A message in the write-ahead log that a device API is handing to the stores;
+/// dropping it (once the message is queued, or refused) tells the log.
+#[derive(Debug)]
+pub(crate) struct Logged {
+    wal: Option<Arc<Wal>>,
+    segment: u64,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(wal) = &self.wal {
+            wal.consumed(self.segment);
+        }
+    }
+}
+
 impl Uplinks {
+    /// Logs a message received over the HTTP or CoAP device API at `ts` as if it had
+    /// been published on `topic`, before it is queued to the batching writer: the
+    /// API answers success once it is queued, so a crash before the commit must not
+    /// lose it. Keep the returned guard until the message is queued.
+    ///
+    /// # Errors
+    /// [`tp_core::Error::Unavailable`] when the log cannot be written (answer 503:
+    /// the device retries).
+    pub(crate) fn log(
+        &self,
+        device_id: DeviceId,
+        topic: &str,
+        payload: &[u8],
+        ts: i64,
+    ) -> tp_core::Result<Logged> {
+        let Some(wal) = &self.shared.wal else {
+            return Ok(Logged {
+                wal: None,
+                segment: 0,
+            });
+        };
+        match wal.append(device_id, ts, topic, payload) {
+            Ok(segment) => Ok(Logged {
+                wal: Some(wal.clone()),
+                segment,
+            }),
+            Err(e) => {
+                tracing::error!(device_id = %device_id, error = %e, "cannot log a device API message to the write-ahead log; refusing it");
+                Err(tp_core::Error::Unavailable {
+                    backend: "wal",
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+
     /// Queues a decoded event (`{"method","params"}`) reported with message id `mid`.
     pub(crate) async fn event(
         &self,

@@ -44,6 +44,7 @@ mod rate;
 mod session;
 pub mod tls;
 mod transport;
+pub mod wal;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -57,6 +58,7 @@ pub use config::BrokerConfig;
 pub use error::BrokerError;
 pub use tls::TlsSettings;
 pub use transport::MqttTransport;
+pub use wal::WalConfig;
 
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
@@ -186,6 +188,8 @@ impl EmbeddedBroker {
             None => (None, None),
         };
 
+        // Acknowledged messages are logged before the router acknowledges them; see [`wal`].
+        let wal = wal::Wal::open(&config.wal, &deps.writer)?;
         let (shared, mut status_rx, subscribed_rx) = Shared::new(
             deps.metadata.clone(),
             deps.cache.clone(),
@@ -193,6 +197,7 @@ impl EmbeddedBroker {
             config.max_connections,
             config.max_ingest_backlog_bytes(),
             config.max_messages_per_second,
+            wal.as_ref().map(|(w, _)| w.clone()),
         );
 
         let router = Router::new(
@@ -216,6 +221,19 @@ impl EmbeddedBroker {
             .subscribe(INGEST_TOPIC)
             .map_err(|e| BrokerError::Router(e.to_string()))?;
         let publisher = Arc::new(LinkPublisher::new(link_tx));
+        // Before any listener accepts devices, store what a killed node acknowledged
+        // but had not committed.
+        if let Some((wal, leftovers)) = &wal {
+            let replay = Ingest {
+                uplinks: Uplinks {
+                    shared: shared.clone(),
+                    writer: deps.writer.clone(),
+                },
+                publisher: publisher.clone(),
+            };
+            replay.replay(wal, leftovers).await;
+            tokio::spawn(wal.clone().maintain(deps.writer.clone()));
+        }
 
         let mut connections = ConnectionSettings {
             connection_timeout_ms: config.connection_timeout_ms,
@@ -438,6 +456,10 @@ impl EmbeddedBroker {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.writer.flush().await?;
+        if let Some(wal) = &self.shared.wal {
+            // Deletes the processed log and unlocks its directory for the next node.
+            wal.close(&self.writer).await;
+        }
         let report = DrainReport {
             accepted: self.shared.accepted.load(Ordering::Acquire),
             consumed: self.shared.consumed.load(Ordering::Acquire),

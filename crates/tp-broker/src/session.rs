@@ -20,6 +20,11 @@
 //!   delivery ([`crate::downlink`]): queued downlink is published only once the router
 //!   holds a matching subscription, so it cannot race the device's SUBSCRIBE.
 //! - Dropping the connection's codec marks the session closed (online/offline).
+//! - A QoS >= 1 PUBLISH that passed every check is appended to the write-ahead log
+//!   ([`crate::wal`]) before the router sees (and acknowledges) it; if the append
+//!   fails the publish is refused. The envelope carries the receive time and the
+//!   log segment, so ingest stamps server-time values with the time a replay will
+//!   use too, and counts what it consumed per segment.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +37,11 @@ use rumqttd::protocol::{
 };
 use tokio::sync::mpsc;
 use tp_core::protocol::{UplinkTopic, check_subscribe};
-use tp_core::{CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key};
+use tp_core::{
+    CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key, now_ms,
+};
+
+use crate::wal::Wal;
 
 /// Internal topic every accepted device publish is rewritten to.
 pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
@@ -86,6 +95,8 @@ pub(crate) struct Shared {
     /// Devices whose connection was just granted a subscription (downlink delivery).
     subscribed_tx: mpsc::UnboundedSender<DeviceId>,
     next_connection_id: AtomicU64,
+    /// The write-ahead log, when enabled.
+    pub(crate) wal: Option<Arc<Wal>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,6 +116,7 @@ impl Shared {
         max_connections: usize,
         max_lag_bytes: u64,
         max_messages_per_second: Option<u32>,
+        wal: Option<Arc<Wal>>,
     ) -> (
         Arc<Self>,
         mpsc::UnboundedReceiver<StatusChange>,
@@ -131,6 +143,7 @@ impl Shared {
             status_tx,
             subscribed_tx,
             next_connection_id: AtomicU64::new(1),
+            wal,
         });
         (shared, status_rx, subscribed_rx)
     }
@@ -237,6 +250,12 @@ impl Shared {
         self.accepted_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.accepted.fetch_add(1, Ordering::AcqRel);
         true
+    }
+
+    /// Takes back an [`Self::admit`] of a publish that is refused after all.
+    fn unadmit(&self, bytes: u64) {
+        self.accepted_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.accepted.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether `device` may publish once more now (the per-device rate limit).
@@ -455,29 +474,71 @@ pub(crate) fn ingest_size(envelope: &[u8]) -> u64 {
     (envelope.len() + INGEST_TOPIC.len()) as u64
 }
 
-/// `[16-byte device id][u16 topic length][topic][payload]`.
-pub(crate) fn encode_envelope(device: DeviceId, topic: &[u8], payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(18 + topic.len() + payload.len());
+/// Envelope bytes before the topic.
+const ENVELOPE_HEADER: usize = 16 + 8 + 8 + 2;
+/// Where the segment id sits in an envelope.
+const SEGMENT_AT: std::ops::Range<usize> = 24..32;
+
+/// What the connection layer hands the ingest loop for one device publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) device_id: DeviceId,
+    /// When the node received the publish (ms); server-time values are stamped with it.
+    pub(crate) ts: i64,
+    /// Write-ahead log segment holding the publish; 0 = not logged (QoS 0, no log).
+    pub(crate) segment: u64,
+    pub(crate) topic: &'a str,
+    pub(crate) payload: Bytes,
+}
+
+/// `[16-byte device id][i64 receive ms][u64 log segment][u16 topic length][topic][payload]`,
+/// segment 0 (set it with [`set_envelope_segment`]).
+pub(crate) fn encode_envelope(device: DeviceId, ts: i64, topic: &[u8], payload: &[u8]) -> BytesMut {
+    let mut b = BytesMut::with_capacity(ENVELOPE_HEADER + topic.len() + payload.len());
     b.put_slice(device.0.as_bytes());
+    b.put_i64(ts);
+    b.put_u64(0);
     b.put_u16(topic.len() as u16);
     b.put_slice(topic);
     b.put_slice(payload);
-    b.freeze()
+    b
+}
+
+/// Records the log segment in an envelope from [`encode_envelope`] (its length,
+/// which backpressure counts, does not change).
+pub(crate) fn set_envelope_segment(envelope: &mut BytesMut, segment: u64) {
+    envelope[SEGMENT_AT].copy_from_slice(&segment.to_be_bytes());
 }
 
 /// Inverse of [`encode_envelope`].
-pub(crate) fn decode_envelope(b: &Bytes) -> Option<(DeviceId, &str, Bytes)> {
-    if b.len() < 18 {
-        return None;
-    }
-    let id = uuid::Uuid::from_slice(&b[..16]).ok()?;
-    let len = u16::from_be_bytes([b[16], b[17]]) as usize;
-    let topic = std::str::from_utf8(b.get(18..18 + len)?).ok()?;
-    Some((DeviceId(id), topic, b.slice(18 + len..)))
+pub(crate) fn decode_envelope(b: &Bytes) -> Option<Envelope<'_>> {
+    let header = b.get(..ENVELOPE_HEADER)?;
+    let id = uuid::Uuid::from_slice(&header[..16]).ok()?;
+    let ts = i64::from_be_bytes(header[16..24].try_into().ok()?);
+    let segment = u64::from_be_bytes(header[SEGMENT_AT].try_into().ok()?);
+    let len = u16::from_be_bytes([header[32], header[33]]) as usize;
+    let end = ENVELOPE_HEADER + len;
+    let topic = std::str::from_utf8(b.get(ENVELOPE_HEADER..end)?).ok()?;
+    Some(Envelope {
+        device_id: DeviceId(id),
+        ts,
+        segment,
+        topic,
+        payload: b.slice(end..),
+    })
+}
+
+/// Whether the MQTT fixed header byte of a PUBLISH asks for QoS 1 or 2 (an
+/// acknowledgement). rumqttd keeps a decoded publish's QoS private, so the codec
+/// looks at the header before decoding.
+fn acknowledged_qos(first_byte: u8) -> bool {
+    (first_byte >> 1) & 0b11 != 0
 }
 
 impl<P: Protocol> Protocol for DeviceProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, ProtoError> {
+        // The fixed header of the packet about to be decoded (the QoS of a PUBLISH).
+        let first_byte = stream.first().copied().unwrap_or(0);
         let packet = self.inner.read_mut(stream, max_size)?;
         match packet {
             Packet::Connect(ref _connect, _, _, _, ref login) => {
@@ -511,13 +572,33 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                     // Not acknowledged either: the device resends after reconnecting.
                     return Err(ProtoError::IncorrectPacketFormat);
                 }
-                publish.payload = encode_envelope(device.id, &publish.topic, &publish.payload);
-                publish.topic = Bytes::from_static(INGEST_TOPIC.as_bytes());
-                publish.retain = false;
-                if !self.shared.admit(ingest_size(&publish.payload)) {
+                let received = now_ms();
+                let mut envelope =
+                    encode_envelope(device.id, received, &publish.topic, &publish.payload);
+                let size = ingest_size(&envelope);
+                if !self.shared.admit(size) {
                     tracing::debug!(device_id = %device.id, "ingest backlog full; refusing publish");
                     return Err(ProtoError::IncorrectPacketFormat);
                 }
+                // Last, so nothing refused is logged: an acknowledged publish must be
+                // in the log before the router (which acknowledges it) sees it. QoS 0
+                // is never acknowledged, so it is not logged.
+                if let Some(wal) = &self.shared.wal
+                    && acknowledged_qos(first_byte)
+                {
+                    match wal.append(device.id, received, topic, &publish.payload) {
+                        Ok(segment) => set_envelope_segment(&mut envelope, segment),
+                        Err(e) => {
+                            self.shared.unadmit(size);
+                            tracing::error!(device_id = %device.id, error = %e,
+                                "cannot log the publish to the write-ahead log; refusing it (not acknowledged)");
+                            return Err(ProtoError::IncorrectPacketFormat);
+                        }
+                    }
+                }
+                publish.payload = envelope.freeze();
+                publish.topic = Bytes::from_static(INGEST_TOPIC.as_bytes());
+                publish.retain = false;
                 Ok(Packet::Publish(publish, props))
             }
             Packet::Subscribe(ref subscribe, _) => {
@@ -600,10 +681,34 @@ mod tests {
     #[test]
     fn envelope_round_trips() {
         let id = DeviceId::new();
-        let b = encode_envelope(id, b"devices/telemetry", b"{\"a\":1}");
-        let (d, t, p) = decode_envelope(&b).unwrap();
-        assert_eq!((d, t, &p[..]), (id, "devices/telemetry", &b"{\"a\":1}"[..]));
+        let mut b = encode_envelope(id, 1_700_000_000_123, b"devices/telemetry", b"{\"a\":1}");
+        let len = b.len();
+        set_envelope_segment(&mut b, 42);
+        assert_eq!(b.len(), len, "the segment does not change the counted size");
+        let b = b.freeze();
+        let e = decode_envelope(&b).unwrap();
+        assert_eq!(
+            (e.device_id, e.ts, e.segment, e.topic, &e.payload[..]),
+            (
+                id,
+                1_700_000_000_123,
+                42,
+                "devices/telemetry",
+                &b"{\"a\":1}"[..]
+            )
+        );
         assert!(decode_envelope(&Bytes::from_static(b"short")).is_none());
+        let cut = b.slice(..ENVELOPE_HEADER + 3);
+        assert!(decode_envelope(&cut).is_none(), "topic cut short");
+    }
+
+    #[test]
+    fn publish_qos_comes_from_the_fixed_header() {
+        assert!(!acknowledged_qos(0x30)); // QoS 0
+        assert!(!acknowledged_qos(0x31)); // QoS 0, retain
+        assert!(acknowledged_qos(0x32)); // QoS 1
+        assert!(acknowledged_qos(0x3a)); // QoS 1, dup
+        assert!(acknowledged_qos(0x34)); // QoS 2
     }
 
     #[test]

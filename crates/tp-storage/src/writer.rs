@@ -27,6 +27,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,9 @@ enum Msg {
 pub struct WriterHandle {
     tx: mpsc::Sender<Msg>,
     backend: &'static str,
+    /// Batches dropped since the writer started (shared with the task).
+    dropped: Arc<AtomicU64>,
+    store: TimeSeriesStoreRef,
 }
 
 impl WriterHandle {
@@ -117,7 +122,28 @@ impl WriterHandle {
         self.send(Msg::Events(events)).await
     }
 
-    /// Returns once everything queued before this call has been handed to the store.
+    /// The backend name of the store behind this writer.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The store behind this writer (for reads; writes go through the handle).
+    pub fn store(&self) -> &TimeSeriesStoreRef {
+        &self.store
+    }
+
+    /// Batches dropped (after exhausting their retries) since the writer started.
+    /// Unlike the error [`Self::flush`] reports, which goes to one caller, every
+    /// caller can compare this across a `flush` to learn whether anything queued
+    /// before it failed to reach the store (the write-ahead log relies on it).
+    pub fn dropped_batches(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Returns once everything queued before this call has been handed to the store:
+    /// a barrier. Each message is committed or dropped before the next is taken,
+    /// so after `Ok` everything queued earlier (by any handle) is stored, unless
+    /// [`Self::dropped_batches`] grew meanwhile.
     ///
     /// # Errors
     /// [`Error::Backend`] when a batch had to be dropped since the previous `flush`
@@ -149,6 +175,8 @@ pub struct BatchWriter {
     events: Vec<DeviceEvent>,
     /// What was dropped since the last flush report.
     failure: Option<String>,
+    /// Batches dropped since start (see [`WriterHandle::dropped_batches`]).
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for BatchWriter {
@@ -174,16 +202,23 @@ impl BatchWriter {
         };
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let backend = store.backend();
+        let dropped = Arc::new(AtomicU64::new(0));
         let writer = BatchWriter {
-            store,
+            store: store.clone(),
             cfg,
             backend,
             points: Vec::new(),
             events: Vec::new(),
             failure: None,
+            dropped: dropped.clone(),
         };
         tokio::spawn(writer.run(rx));
-        WriterHandle { tx, backend }
+        WriterHandle {
+            tx,
+            backend,
+            dropped,
+            store,
+        }
     }
 
     fn buffered(&self) -> usize {
@@ -292,6 +327,7 @@ impl BatchWriter {
                     if attempt >= self.cfg.max_retries {
                         metrics::counter!("tp_writer_points_dropped_total", "backend" => backend)
                             .increment(n);
+                        self.dropped.fetch_add(1, Ordering::AcqRel);
                         tracing::error!(
                             backend,
                             kind = batch.kind(),
@@ -662,6 +698,7 @@ mod tests {
             .await
             .expect_err("flush reports the dropped batch");
         assert!(err.to_string().contains("dropped 4 points"), "{err}");
+        assert_eq!(w.dropped_batches(), 1, "counted for every caller");
         // The failure is reported once; the store works again afterwards.
         w.write(points(d, 4, 2)).await.expect("write");
         w.flush().await.expect("healthy again");
