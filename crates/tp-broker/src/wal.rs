@@ -256,6 +256,9 @@ pub(crate) struct Leftover {
     pub(crate) path: PathBuf,
 }
 
+/// An opened log and the segments a previous run left for replay.
+pub(crate) type Opened = (Arc<Wal>, Vec<Leftover>);
+
 /// The open log of a running broker.
 #[derive(Debug)]
 pub(crate) struct Wal {
@@ -299,7 +302,7 @@ impl Wal {
     pub(crate) fn open(
         cfg: &WalConfig,
         writer: &WriterHandle,
-    ) -> Result<Option<(Arc<Self>, Vec<Leftover>)>, WalError> {
+    ) -> Result<Option<Opened>, WalError> {
         let Some(dir) = cfg.dir.as_ref().filter(|_| cfg.enabled) else {
             return Ok(None);
         };
