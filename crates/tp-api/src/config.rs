@@ -32,6 +32,8 @@ pub struct PlatformConfig {
     pub auth: AuthSettings,
     /// Longest wait on SIGINT/SIGTERM for acknowledged messages to reach the store (seconds).
     pub drain_timeout_secs: u64,
+    /// Delivery of rule notifications (webhooks, email).
+    pub notify: NotifyConfig,
 }
 
 impl Default for PlatformConfig {
@@ -44,6 +46,7 @@ impl Default for PlatformConfig {
             writer: WriterConfig::default(),
             auth: AuthSettings::default(),
             drain_timeout_secs: 30,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -156,6 +159,98 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
+/// Delivery of rule notifications (`[notify]`): webhook timeouts, retries, and the
+/// SMTP server email channels send through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Longest wait for one webhook request, connect to response (seconds).
+    pub webhook_timeout_secs: u64,
+    /// Delivery attempts per notification, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the first retry (milliseconds); doubled for each further retry.
+    pub backoff_base_ms: u64,
+    /// Deliveries in flight at once; more wait for a free slot, so a slow receiver
+    /// cannot open unbounded connections.
+    pub max_concurrent: usize,
+    /// Outgoing mail server; email channels fail with "no SMTP server configured"
+    /// while its `host` is empty.
+    pub smtp: SmtpConfig,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            webhook_timeout_secs: 10,
+            max_attempts: 4,
+            backoff_base_ms: 500,
+            max_concurrent: 16,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+/// Outgoing SMTP server (`[notify.smtp]`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Server host name; empty means no server (email is not sent).
+    pub host: String,
+    /// Server port (587 for STARTTLS submission, 465 for implicit TLS, 25 plain).
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// Login name; no authentication when unset.
+    pub username: Option<String>,
+    /// Login password (`TP_NOTIFY__SMTP__PASSWORD`); never logged.
+    pub password: Option<String>,
+    /// Sender address, e.g. `ThingsPanel <alerts@example.com>`.
+    pub from: String,
+    /// Longest wait for one SMTP command (seconds).
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            from: "ThingsPanel <noreply@localhost>".to_owned(),
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (local relays and tests only: credentials travel unencrypted).
+    None,
+    /// Plain connect, then STARTTLS, which must succeed.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
 /// A configuration that cannot be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -228,6 +323,23 @@ impl PlatformConfig {
         }
         if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 32) {
             return bad("auth.jwt_secret", "must be at least 32 characters");
+        }
+        if self.notify.max_attempts == 0 {
+            return bad("notify.max_attempts", "must be at least 1");
+        }
+        if self.notify.webhook_timeout_secs == 0 {
+            return bad("notify.webhook_timeout_secs", "must be at least 1");
+        }
+        if self.notify.max_concurrent == 0 {
+            return bad("notify.max_concurrent", "must be at least 1");
+        }
+        if !self.notify.smtp.host.is_empty() {
+            if let Err(e) = crate::notify::parse_mailbox(&self.notify.smtp.from) {
+                return bad("notify.smtp.from", &e);
+            }
+            if self.notify.smtp.password.is_some() && self.notify.smtp.username.is_none() {
+                return bad("notify.smtp.username", "required when a password is set");
+            }
         }
         Ok(())
     }
@@ -303,11 +415,44 @@ mod tests {
     }
 
     #[test]
+    fn notify_section_loads_and_validates() {
+        let c = PlatformConfig::load(
+            None,
+            &[
+                ("notify.smtp.host", "mail.example.com".into()),
+                ("notify.smtp.tls", "tls".into()),
+                ("notify.smtp.port", "465".into()),
+                ("notify.max_attempts", "2".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.notify.smtp.tls, SmtpTls::Tls);
+        assert_eq!(c.notify.smtp.port, 465);
+        assert_eq!(c.notify.max_attempts, 2);
+        assert_eq!(c.notify.backoff_base_ms, 500);
+        let err = PlatformConfig::load(
+            None,
+            &[
+                ("notify.smtp.host", "mail.example.com".into()),
+                ("notify.smtp.from", "not an address".into()),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("notify.smtp.from"), "{err}");
+        let err = PlatformConfig::load(None, &[("notify.max_attempts", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("notify.max_attempts"), "{err}");
+        let err = PlatformConfig::load(None, &[("notify.smtp.tls", "ssl".into())]).unwrap_err();
+        assert!(err.to_string().contains("tls"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let mut c = PlatformConfig::default();
         c.auth.admin_password = Some("hunter2-secret".into());
         c.auth.jwt_secret = Some("x".repeat(40));
+        c.notify.smtp.password = Some("smtp-pass-secret".into());
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains(&"x".repeat(40)));
+        assert!(!dbg.contains("smtp-pass-secret"), "{dbg}");
     }
 }

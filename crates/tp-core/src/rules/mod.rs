@@ -7,8 +7,14 @@
 //!   [`Notifier`] contract of the delivery side (webhook, email).
 //! - [`RuleInput`] / [`UplinkObserver`]: how the ingest path hands device data to the
 //!   rule engine without waiting for it.
+//! - [`eval`]: pure rule evaluation (index, operators, per-device state, durations,
+//!   schedules); [`schedule`]: next fire times and time ranges; [`alarm`]: the alarm
+//!   lifecycle as a state machine. The runtime that drives them lives in `tp-api`.
 
+pub mod alarm;
+pub mod eval;
 pub mod model;
+pub mod schedule;
 pub mod store;
 
 use std::sync::Arc;
