@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod notify;
 pub mod openapi;
 pub mod platform;
 mod routes;

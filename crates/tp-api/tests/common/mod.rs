@@ -3,6 +3,11 @@
 //! rumqttc clients.
 #![allow(dead_code)]
 
+/// Local SMTP server that collects mail (notification tests).
+pub(crate) mod smtp;
+/// Local webhook receiver that checks signatures (notification tests).
+pub(crate) mod webhook;
+
 // Re-exported: the test files take these through `use common::*`.
 pub(crate) use std::time::Duration;
 

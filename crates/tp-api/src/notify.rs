@@ -1,0 +1,752 @@
+//! Delivery of rule notifications: signed webhooks and SMTP email, each recorded in
+//! the notification history ([`tp_core::rules::NotificationRecord`]).
+//!
+//! [`Notifications`] implements [`tp_core::rules::Notifier`]. `notify` records the
+//! notification as `Pending` and returns at once; delivery runs on a background task
+//! (at most `notify.max_concurrent` at a time) that updates the record to `Sent` with
+//! the HTTP status or SMTP reply, or to `Failed` with the error of the last attempt.
+//! A disabled channel records `Skipped` and sends nothing.
+//!
+//! # Retries
+//! Up to `notify.max_attempts` attempts (the first included). Between attempts the
+//! task waits `notify.backoff_base_ms`, doubled after each retry (500 ms, 1 s, 2 s, ...;
+//! at most [`MAX_BACKOFF`]). Retried: connection errors, timeouts, HTTP 5xx and 429,
+//! SMTP 4xx replies. Not retried, because repeating the same request cannot help:
+//! any other non-2xx HTTP status (redirects are not followed), SMTP 5xx replies,
+//! invalid URLs or addresses, and email without a configured SMTP server.
+//!
+//! # Webhook request
+//! `POST <url>` with `Content-Type: application/json` and this body:
+//!
+//! ```json
+//! {"notification_id": "<uuid>", "channel_id": "<uuid>", "tenant_id": "<uuid>",
+//!  "alarm_id": "<uuid>|null", "rule_id": "<uuid>|null",
+//!  "subject": "...", "body": "...", "data": {...}, "ts": 1700000000000}
+//! ```
+//!
+//! `ts` is when the notification was created (ms since the Unix epoch); retries send
+//! the same body, so `notification_id` identifies duplicates.
+//!
+//! # Webhook signature
+//! Every attempt carries two headers:
+//!
+//! - `X-TP-Timestamp`: the send time of this attempt, decimal milliseconds since the
+//!   Unix epoch;
+//! - `X-TP-Signature`: `sha256=` followed by the lowercase hex
+//!   `HMAC-SHA256(key = channel secret, message = <X-TP-Timestamp> + "." + <raw body>)`.
+//!
+//! A receiver recomputes the HMAC over the timestamp header's exact text, a `.` and
+//! the raw request bytes (before any JSON parsing), compares in constant time, and
+//! rejects requests whose timestamp is further than a few minutes from its clock:
+//! because the timestamp is signed, a captured request cannot be replayed later with
+//! a fresh timestamp. [`verify_webhook_signature`] does exactly this check (without the
+//! clock window). `X-TP-Notification-Id` repeats the notification id.
+//!
+//! # Secrets
+//! Webhook secrets and the SMTP password are never logged; logs name the channel and
+//! notification ids and the outcome. Webhook URLs are left out of logs and error
+//! details too, since some services put their access token in the URL.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Mailboxes};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use sha2::Sha256;
+use tokio::sync::{Semaphore, watch};
+use tp_core::model::{Timestamp, now_ms};
+use tp_core::rules::{
+    ChannelKind, Notification, NotificationChannel, NotificationRecord, NotificationStatus,
+    Notifier, RuleStoreRef,
+};
+use tp_core::{Error, Result};
+
+use crate::config::{NotifyConfig, SmtpConfig, SmtpTls};
+
+/// Header with the signature of a webhook request.
+pub const SIGNATURE_HEADER: &str = "X-TP-Signature";
+/// Header with the signed send time of a webhook request (ms since the epoch).
+pub const TIMESTAMP_HEADER: &str = "X-TP-Timestamp";
+/// Header repeating the notification id, the same on every retry.
+pub const NOTIFICATION_ID_HEADER: &str = "X-TP-Notification-Id";
+/// Longest wait between two attempts, however many retries came before.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Deliveries queued or running at most; past this a notification is recorded as
+/// failed at once rather than letting a dead receiver grow memory without bound.
+pub const MAX_QUEUED: usize = 10_000;
+
+/// Detail of an email notification when `notify.smtp.host` is empty.
+pub const NO_SMTP_DETAIL: &str = "no SMTP server configured";
+
+/// How often and how fast deliveries are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per notification, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubled for every further one.
+    pub backoff_base: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): base x 2^(attempt-1),
+    /// capped at [`MAX_BACKOFF`].
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff_base
+            .checked_mul(factor)
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
+    }
+}
+
+/// `sha256=<hex>` of `HMAC-SHA256(secret, "<timestamp_ms>.<body>")`: the value of the
+/// `X-TP-Signature` header for a request sent at `timestamp_ms`.
+pub fn webhook_signature(secret: &[u8], timestamp_ms: Timestamp, body: &[u8]) -> String {
+    let mac = signing_mac(secret, &timestamp_ms.to_string(), body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether `signature` (the `X-TP-Signature` header) signs `timestamp` (the exact
+/// `X-TP-Timestamp` header text) and `body` under `secret`. Constant-time. Checking
+/// that the timestamp is recent is left to the receiver.
+pub fn verify_webhook_signature(
+    secret: &[u8],
+    timestamp: &str,
+    body: &[u8],
+    signature: &str,
+) -> bool {
+    let Some(hex_sig) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    signing_mac(secret, timestamp, body)
+        .verify_slice(&expected)
+        .is_ok()
+}
+
+fn signing_mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length (long ones are hashed), so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .expect("HMAC-SHA256 accepts keys of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// Parses a mailbox such as `Alerts <alerts@example.com>` or `ops@example.com`.
+///
+/// # Errors
+/// Why the text is not a valid address.
+pub fn parse_mailbox(text: &str) -> std::result::Result<Mailbox, String> {
+    text.trim()
+        .parse::<Mailbox>()
+        .map_err(|e| format!("invalid email address {text:?}: {e}"))
+}
+
+/// The platform's [`Notifier`]: webhook and email delivery with retries, recorded
+/// through the [`tp_core::rules::RuleStore`]. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Notifications {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: RuleStoreRef,
+    http: reqwest::Client,
+    smtp: Option<SmtpSender>,
+    retry: RetryPolicy,
+    /// One permit per delivery allowed to run at once.
+    slots: Arc<Semaphore>,
+    /// Deliveries queued or running.
+    in_flight: watch::Sender<usize>,
+}
+
+struct SmtpSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// `host:port`, for logs and Debug (the transport's Debug would show credentials).
+    server: String,
+}
+
+impl fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notifications")
+            .field("store", &self.inner.store.backend())
+            .field("smtp", &self.inner.smtp.as_ref().map(|s| s.server.as_str()))
+            .field("retry", &self.inner.retry)
+            .field("in_flight", &*self.inner.in_flight.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of one delivery attempt.
+enum Attempt {
+    /// Delivered; the HTTP status or SMTP reply.
+    Sent(String),
+    /// Failed; trying again may help.
+    Retry(String),
+    /// Failed; trying again cannot help.
+    Permanent(String),
+}
+
+/// A notification made ready to send: everything that is the same on every attempt.
+enum Prepared {
+    Webhook {
+        url: reqwest::Url,
+        secret: Vec<u8>,
+        body: Vec<u8>,
+    },
+    Email {
+        envelope: lettre::address::Envelope,
+        formatted: Vec<u8>,
+    },
+}
+
+/// Decrements the in-flight count when a delivery ends, however it ends.
+struct InFlight(watch::Sender<usize>);
+
+impl InFlight {
+    fn enter(counter: &watch::Sender<usize>) -> Option<Self> {
+        let mut admitted = false;
+        counter.send_modify(|n| {
+            if *n < MAX_QUEUED {
+                *n += 1;
+                admitted = true;
+            }
+        });
+        admitted.then(|| Self(counter.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Notifications {
+    /// A notifier recording into `store`, configured by the `[notify]` section.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the SMTP settings cannot work (bad sender address, TLS
+    /// parameters) or the HTTP client cannot be built.
+    pub fn new(store: RuleStoreRef, config: &NotifyConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.webhook_timeout_secs.max(1)))
+            // A redirected POST would turn into a GET or go to a host nobody signed
+            // up for; a redirect is reported as a failed delivery instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("thingspanel-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::invalid("notify", format!("HTTP client: {e}")))?;
+        let smtp = if config.smtp.host.is_empty() {
+            None
+        } else {
+            Some(SmtpSender::new(&config.smtp)?)
+        };
+        let (in_flight, _) = watch::channel(0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                http,
+                smtp,
+                retry: RetryPolicy {
+                    max_attempts: config.max_attempts.max(1),
+                    backoff_base: Duration::from_millis(config.backoff_base_ms),
+                },
+                slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+                in_flight,
+            }),
+        })
+    }
+
+    /// Records the notification and delivers it before returning, retries included:
+    /// for manual sends ("test this channel") and tests. Returns the final record
+    /// (`Sent`, `Failed` or `Skipped`).
+    ///
+    /// # Errors
+    /// Only when the record cannot be created; delivery failures are a `Failed` record.
+    pub async fn deliver_now(
+        &self,
+        channel: &NotificationChannel,
+        message: Notification,
+    ) -> Result<NotificationRecord> {
+        let record = self.begin(channel, &message).await?;
+        if record.status != NotificationStatus::Pending {
+            return Ok(record);
+        }
+        let Some(guard) = InFlight::enter(&self.inner.in_flight) else {
+            return Ok(self.inner.give_up_queue_full(record).await);
+        };
+        let inner = self.inner.clone();
+        let channel = channel.clone();
+        // Run on its own task so a caller that stops waiting (an HTTP request
+        // cancelled mid-retry) does not leave the record pending forever.
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            inner.deliver(&channel, &message, record).await
+        });
+        task.await
+            .map_err(|e| Error::backend("notify", format!("delivery task: {e}")))
+    }
+
+    /// Waits until no delivery is queued or running (all records final). For graceful
+    /// shutdown and for tests that check outcomes of [`Notifier::notify`].
+    pub async fn wait_idle(&self) {
+        let mut rx = self.inner.in_flight.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Deliveries queued or running right now.
+    pub fn in_flight(&self) -> usize {
+        *self.inner.in_flight.borrow()
+    }
+
+    /// Whether email channels can send (an SMTP host is configured).
+    pub fn smtp_configured(&self) -> bool {
+        self.inner.smtp.is_some()
+    }
+
+    /// Creates the record: `Skipped` for a disabled channel, else `Pending`.
+    async fn begin(
+        &self,
+        channel: &NotificationChannel,
+        message: &Notification,
+    ) -> Result<NotificationRecord> {
+        let now = now_ms();
+        let (status, detail) = if channel.enabled {
+            (NotificationStatus::Pending, None)
+        } else {
+            (
+                NotificationStatus::Skipped,
+                Some("channel disabled".to_owned()),
+            )
+        };
+        let record = NotificationRecord {
+            id: tp_core::model::NotificationId::new(),
+            tenant_id: message.tenant_id,
+            channel_id: channel.id,
+            alarm_id: message.alarm_id,
+            rule_id: message.rule_id,
+            subject: message.subject.clone(),
+            body: message.body.clone(),
+            status,
+            attempts: 0,
+            detail,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.create_notification(&record).await?;
+        if status == NotificationStatus::Skipped {
+            tracing::info!(
+                channel = %channel.id,
+                notification = %record.id,
+                "notification skipped: channel disabled"
+            );
+        }
+        Ok(record)
+    }
+}
+
+#[async_trait]
+impl Notifier for Notifications {
+    async fn notify(
+        &self,
+        channel: &NotificationChannel,
+        message: Notification,
+    ) -> Result<NotificationRecord> {
+        let record = self.begin(channel, &message).await?;
+        if record.status != NotificationStatus::Pending {
+            return Ok(record);
+        }
+        let Some(guard) = InFlight::enter(&self.inner.in_flight) else {
+            return Ok(self.inner.give_up_queue_full(record).await);
+        };
+        let inner = self.inner.clone();
+        let channel = channel.clone();
+        let created = record.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            inner.deliver(&channel, &message, record).await;
+        });
+        Ok(created)
+    }
+}
+
+impl Inner {
+    /// Runs the attempts of one notification and stores the outcome; returns the
+    /// final record.
+    async fn deliver(
+        &self,
+        channel: &NotificationChannel,
+        message: &Notification,
+        mut record: NotificationRecord,
+    ) -> NotificationRecord {
+        // Waiting for a slot happens here, inside the task, so `notify` never blocks.
+        let _permit = self.slots.clone().acquire_owned().await;
+        let prepared = match self.prepare(channel, message, &record) {
+            Ok(p) => p,
+            Err(detail) => {
+                return self
+                    .finish(record, NotificationStatus::Failed, detail)
+                    .await;
+            }
+        };
+        loop {
+            let outcome = match &prepared {
+                Prepared::Webhook { url, secret, body } => {
+                    self.webhook_attempt(url, secret, body, &record).await
+                }
+                Prepared::Email {
+                    envelope,
+                    formatted,
+                } => self.email_attempt(envelope, formatted).await,
+            };
+            record.attempts += 1;
+            match outcome {
+                Attempt::Sent(detail) => {
+                    return self.finish(record, NotificationStatus::Sent, detail).await;
+                }
+                Attempt::Permanent(detail) => {
+                    return self
+                        .finish(record, NotificationStatus::Failed, detail)
+                        .await;
+                }
+                Attempt::Retry(detail) if record.attempts >= self.retry.max_attempts => {
+                    return self
+                        .finish(record, NotificationStatus::Failed, detail)
+                        .await;
+                }
+                Attempt::Retry(detail) => {
+                    let wait = self.retry.backoff(record.attempts);
+                    tracing::debug!(
+                        channel = %record.channel_id,
+                        notification = %record.id,
+                        attempt = record.attempts,
+                        retry_in_ms = wait.as_millis() as u64,
+                        %detail,
+                        "notification attempt failed, retrying"
+                    );
+                    // Progress is visible in the history while the retries run.
+                    record.detail = Some(detail);
+                    record.updated_at = now_ms();
+                    self.store_update(&record).await;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Builds what every attempt sends; an error is a permanent failure.
+    fn prepare(
+        &self,
+        channel: &NotificationChannel,
+        message: &Notification,
+        record: &NotificationRecord,
+    ) -> std::result::Result<Prepared, String> {
+        match &channel.kind {
+            ChannelKind::Webhook { url, secret } => {
+                let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(format!(
+                        "invalid URL: scheme {:?} is not http or https",
+                        url.scheme()
+                    ));
+                }
+                let body = serde_json::json!({
+                    "notification_id": record.id,
+                    "channel_id": record.channel_id,
+                    "tenant_id": record.tenant_id,
+                    "alarm_id": record.alarm_id,
+                    "rule_id": record.rule_id,
+                    "subject": message.subject,
+                    "body": message.body,
+                    "data": message.data,
+                    "ts": record.created_at,
+                });
+                Ok(Prepared::Webhook {
+                    url,
+                    secret: secret.as_bytes().to_vec(),
+                    body: serde_json::to_vec(&body).map_err(|e| e.to_string())?,
+                })
+            }
+            ChannelKind::Email { to } => {
+                let smtp = self
+                    .smtp
+                    .as_ref()
+                    .ok_or_else(|| NO_SMTP_DETAIL.to_owned())?;
+                if to.is_empty() {
+                    return Err("no recipients".to_owned());
+                }
+                let mut recipients = Mailboxes::new();
+                for address in to {
+                    recipients.push(parse_mailbox(address)?);
+                }
+                // Subjects are one line: a newline from a template must not start a
+                // new header.
+                let subject = message.subject.replace(['\r', '\n'], " ");
+                let email = lettre::Message::builder()
+                    .from(smtp.from.clone())
+                    .mailbox(lettre::message::header::To::from(recipients))
+                    .subject(subject)
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(message.body.clone())
+                    .map_err(|e| format!("cannot build the message: {e}"))?;
+                Ok(Prepared::Email {
+                    envelope: email.envelope().clone(),
+                    formatted: email.formatted(),
+                })
+            }
+        }
+    }
+
+    async fn webhook_attempt(
+        &self,
+        url: &reqwest::Url,
+        secret: &[u8],
+        body: &[u8],
+        record: &NotificationRecord,
+    ) -> Attempt {
+        let ts = now_ms();
+        let response = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(TIMESTAMP_HEADER, ts.to_string())
+            .header(SIGNATURE_HEADER, webhook_signature(secret, ts, body))
+            .header(NOTIFICATION_ID_HEADER, record.id.to_string())
+            .body(body.to_vec())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            // Connection refused, DNS, TLS, timeout: the receiver may be back soon.
+            Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
+        };
+        let status = response.status();
+        let mut detail = format!("HTTP {status}");
+        if status.is_success() {
+            return Attempt::Sent(detail);
+        }
+        // A short excerpt of the receiver's answer helps whoever reads the history.
+        if let Ok(text) = response.text().await {
+            let text = text.trim();
+            if !text.is_empty() {
+                let excerpt: String = text.chars().take(200).collect();
+                detail = format!("{detail}: {excerpt}");
+            }
+        }
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Attempt::Retry(detail)
+        } else {
+            Attempt::Permanent(detail)
+        }
+    }
+
+    async fn email_attempt(
+        &self,
+        envelope: &lettre::address::Envelope,
+        formatted: &[u8],
+    ) -> Attempt {
+        let Some(smtp) = &self.smtp else {
+            return Attempt::Permanent(NO_SMTP_DETAIL.to_owned());
+        };
+        match smtp.transport.send_raw(envelope, formatted).await {
+            Ok(reply) => {
+                let text: Vec<&str> = reply.message().collect();
+                Attempt::Sent(format!("{} {}", reply.code(), text.join(" ")))
+            }
+            // 5xx replies and client-side refusals (no common auth mechanism, ...)
+            // will be the same next time.
+            Err(e) if e.is_permanent() || e.is_client() => Attempt::Permanent(error_chain(&e)),
+            Err(e) => Attempt::Retry(error_chain(&e)),
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut record: NotificationRecord,
+        status: NotificationStatus,
+        detail: String,
+    ) -> NotificationRecord {
+        record.status = status;
+        record.detail = Some(detail);
+        record.updated_at = now_ms();
+        self.store_update(&record).await;
+        match status {
+            NotificationStatus::Sent => tracing::info!(
+                channel = %record.channel_id,
+                notification = %record.id,
+                attempts = record.attempts,
+                "notification sent"
+            ),
+            _ => tracing::warn!(
+                channel = %record.channel_id,
+                notification = %record.id,
+                attempts = record.attempts,
+                detail = record.detail.as_deref().unwrap_or(""),
+                "notification failed"
+            ),
+        }
+        record
+    }
+
+    async fn give_up_queue_full(&self, record: NotificationRecord) -> NotificationRecord {
+        self.finish(
+            record,
+            NotificationStatus::Failed,
+            format!("delivery queue full ({MAX_QUEUED} notifications pending)"),
+        )
+        .await
+    }
+
+    async fn store_update(&self, record: &NotificationRecord) {
+        if let Err(e) = self.store.update_notification(record).await {
+            // The delivery itself happened (or not) regardless; only the history
+            // misses this step.
+            tracing::warn!(
+                notification = %record.id,
+                error = %e,
+                "cannot update the notification record"
+            );
+        }
+    }
+}
+
+impl SmtpSender {
+    fn new(config: &SmtpConfig) -> Result<Self> {
+        let from =
+            parse_mailbox(&config.from).map_err(|e| Error::invalid("notify.smtp.from", e))?;
+        let tls_params = || {
+            TlsParameters::new(config.host.clone())
+                .map_err(|e| Error::invalid("notify.smtp.tls", e.to_string()))
+        };
+        let tls = match config.tls {
+            SmtpTls::None => Tls::None,
+            SmtpTls::Starttls => Tls::Required(tls_params()?),
+            SmtpTls::Tls => Tls::Wrapper(tls_params()?),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(config.timeout_secs.max(1))));
+        if let Some(user) = &config.username {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                config.password.clone().unwrap_or_default(),
+            ));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            server: format!("{}:{}", config.host, config.port),
+        })
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`, so the history says
+/// "connection refused" rather than just "error sending request".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(500),
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(500));
+        assert_eq!(p.backoff(2), Duration::from_millis(1000));
+        assert_eq!(p.backoff(3), Duration::from_millis(2000));
+        assert_eq!(p.backoff(40), MAX_BACKOFF);
+        assert_eq!(p.backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn signature_covers_timestamp_and_body() {
+        let sig = webhook_signature(b"s3cret", 1_700_000_000_000, b"{\"a\":1}");
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
+        assert!(verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        // Another timestamp (a replay with a fresh header), body or key fails.
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000001",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":2}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"other",
+            "1700000000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":1}",
+            "sha256=zz"
+        ));
+    }
+
+    #[test]
+    fn signature_is_the_hmac_of_timestamp_dot_body() {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"key").unwrap();
+        mac.update(b"42.hello");
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(webhook_signature(b"key", 42, b"hello"), expected);
+    }
+
+    #[test]
+    fn mailboxes_parse_or_explain() {
+        assert_eq!(
+            parse_mailbox("Ops <ops@example.com>")
+                .unwrap()
+                .email
+                .to_string(),
+            "ops@example.com"
+        );
+        assert!(
+            parse_mailbox("not an address")
+                .unwrap_err()
+                .contains("invalid")
+        );
+    }
+}

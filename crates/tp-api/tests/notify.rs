@@ -1,0 +1,632 @@
+//! Notification delivery over real sockets: signed webhooks to a local axum
+//! receiver (retries on 5xx/429, no retry on other 4xx), email to a local SMTP sink,
+//! and the notification history each delivery leaves behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use common::Duration;
+use common::smtp::{SinkBehavior, SmtpSink};
+use common::webhook::WebhookReceiver;
+use serde_json::json;
+use tp_api::config::{NotifyConfig, SmtpConfig, SmtpTls};
+use tp_api::notify::{NO_SMTP_DETAIL, Notifications};
+use tp_core::model::{DeviceId, NotificationId, Page, Paged, TenantId, now_ms};
+use tp_core::rules::*;
+use tp_core::{Error, Result};
+
+const SECRET: &str = "webhook-secret-do-not-log";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A RuleStore that keeps notification records in memory (and every update, to
+/// check the progress a delivery reports); everything else is unsupported.
+#[derive(Debug, Default)]
+struct MemStore {
+    records: Mutex<HashMap<NotificationId, NotificationRecord>>,
+    updates: Mutex<Vec<NotificationRecord>>,
+}
+
+impl MemStore {
+    fn get(&self, id: NotificationId) -> NotificationRecord {
+        self.records.lock().unwrap()[&id].clone()
+    }
+    fn updates_of(&self, id: NotificationId) -> Vec<NotificationRecord> {
+        self.updates
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.id == id)
+            .cloned()
+            .collect()
+    }
+}
+
+fn unsupported<T>(operation: &'static str) -> Result<T> {
+    Err(Error::NotSupported {
+        backend: "memory-test",
+        operation,
+    })
+}
+
+#[async_trait]
+impl RuleStore for MemStore {
+    fn backend(&self) -> &'static str {
+        "memory-test"
+    }
+    async fn create_rule(&self, _: &Rule) -> Result<()> {
+        unsupported("create_rule")
+    }
+    async fn get_rule(&self, _: TenantId, _: RuleId) -> Result<Option<Rule>> {
+        unsupported("get_rule")
+    }
+    async fn list_rules(&self, _: TenantId, _: Page) -> Result<Paged<Rule>> {
+        unsupported("list_rules")
+    }
+    async fn list_enabled_rules(&self) -> Result<Vec<Rule>> {
+        unsupported("list_enabled_rules")
+    }
+    async fn update_rule(&self, _: &Rule) -> Result<()> {
+        unsupported("update_rule")
+    }
+    async fn delete_rule(&self, _: TenantId, _: RuleId) -> Result<()> {
+        unsupported("delete_rule")
+    }
+    async fn create_scene(&self, _: &Scene) -> Result<()> {
+        unsupported("create_scene")
+    }
+    async fn get_scene(&self, _: TenantId, _: SceneId) -> Result<Option<Scene>> {
+        unsupported("get_scene")
+    }
+    async fn list_scenes(&self, _: TenantId, _: Page) -> Result<Paged<Scene>> {
+        unsupported("list_scenes")
+    }
+    async fn update_scene(&self, _: &Scene) -> Result<()> {
+        unsupported("update_scene")
+    }
+    async fn delete_scene(&self, _: TenantId, _: SceneId) -> Result<()> {
+        unsupported("delete_scene")
+    }
+    async fn create_alarm(&self, _: &Alarm) -> Result<()> {
+        unsupported("create_alarm")
+    }
+    async fn update_alarm(&self, _: &Alarm) -> Result<()> {
+        unsupported("update_alarm")
+    }
+    async fn get_alarm(&self, _: TenantId, _: AlarmId) -> Result<Option<Alarm>> {
+        unsupported("get_alarm")
+    }
+    async fn get_open_alarm(&self, _: RuleId, _: Option<DeviceId>) -> Result<Option<Alarm>> {
+        unsupported("get_open_alarm")
+    }
+    async fn list_alarms(&self, _: TenantId, _: &AlarmFilter) -> Result<Paged<Alarm>> {
+        unsupported("list_alarms")
+    }
+    async fn count_alarms(&self, _: TenantId, _: Option<DeviceId>) -> Result<AlarmCounts> {
+        unsupported("count_alarms")
+    }
+    async fn append_alarm_event(&self, _: &AlarmEvent) -> Result<()> {
+        unsupported("append_alarm_event")
+    }
+    async fn list_alarm_events(&self, _: TenantId, _: AlarmId) -> Result<Vec<AlarmEvent>> {
+        unsupported("list_alarm_events")
+    }
+    async fn create_channel(&self, _: &NotificationChannel) -> Result<()> {
+        unsupported("create_channel")
+    }
+    async fn get_channel(&self, _: TenantId, _: ChannelId) -> Result<Option<NotificationChannel>> {
+        unsupported("get_channel")
+    }
+    async fn list_channels(&self, _: TenantId, _: Page) -> Result<Paged<NotificationChannel>> {
+        unsupported("list_channels")
+    }
+    async fn update_channel(&self, _: &NotificationChannel) -> Result<()> {
+        unsupported("update_channel")
+    }
+    async fn delete_channel(&self, _: TenantId, _: ChannelId) -> Result<()> {
+        unsupported("delete_channel")
+    }
+    async fn create_notification(&self, record: &NotificationRecord) -> Result<()> {
+        let mut records = self.records.lock().unwrap();
+        if records.contains_key(&record.id) {
+            return Err(Error::AlreadyExists {
+                entity: "notification",
+                id: record.id.to_string(),
+            });
+        }
+        records.insert(record.id, record.clone());
+        Ok(())
+    }
+    async fn update_notification(&self, record: &NotificationRecord) -> Result<()> {
+        let mut records = self.records.lock().unwrap();
+        let Some(row) = records.get_mut(&record.id) else {
+            return Err(Error::NotFound {
+                entity: "notification",
+                id: record.id.to_string(),
+            });
+        };
+        *row = record.clone();
+        self.updates.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+    async fn list_notifications(
+        &self,
+        tenant: TenantId,
+        _: Page,
+    ) -> Result<Paged<NotificationRecord>> {
+        let mut items: Vec<_> = self
+            .records
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.tenant_id == tenant)
+            .cloned()
+            .collect();
+        items.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        let total = items.len() as u64;
+        Ok(Paged { items, total })
+    }
+    async fn put_rule_state(&self, _: &RuleState) -> Result<()> {
+        unsupported("put_rule_state")
+    }
+    async fn delete_rule_state(&self, _: RuleId, _: &str) -> Result<()> {
+        unsupported("delete_rule_state")
+    }
+    async fn list_rule_states(&self, _: RuleId) -> Result<Vec<RuleState>> {
+        unsupported("list_rule_states")
+    }
+}
+
+/// Small backoff so retries do not slow the suite; no assertion depends on it.
+fn fast_config() -> NotifyConfig {
+    NotifyConfig {
+        webhook_timeout_secs: 10,
+        max_attempts: 4,
+        backoff_base_ms: 5,
+        max_concurrent: 4,
+        smtp: SmtpConfig::default(),
+    }
+}
+
+fn notifier(config: &NotifyConfig) -> (Arc<MemStore>, Notifications) {
+    let store = Arc::new(MemStore::default());
+    let n = Notifications::new(store.clone(), config).unwrap();
+    (store, n)
+}
+
+fn webhook_channel(tenant: TenantId, url: &str) -> NotificationChannel {
+    NotificationChannel {
+        id: ChannelId::new(),
+        tenant_id: tenant,
+        name: "hook".into(),
+        enabled: true,
+        kind: ChannelKind::Webhook {
+            url: url.to_owned(),
+            secret: SECRET.to_owned(),
+        },
+        created_at: now_ms(),
+    }
+}
+
+fn email_channel(tenant: TenantId, to: &[&str]) -> NotificationChannel {
+    NotificationChannel {
+        id: ChannelId::new(),
+        tenant_id: tenant,
+        name: "mail".into(),
+        enabled: true,
+        kind: ChannelKind::Email {
+            to: to.iter().map(|s| s.to_string()).collect(),
+        },
+        created_at: now_ms(),
+    }
+}
+
+fn message(tenant: TenantId) -> Notification {
+    Notification {
+        tenant_id: tenant,
+        alarm_id: Some(AlarmId::new()),
+        rule_id: Some(RuleId::new()),
+        subject: "Temperature high".into(),
+        body: "Device boiler-1 reported 91.5 (limit 80).".into(),
+        data: json!({"device": "boiler-1", "temperature": 91.5}),
+    }
+}
+
+fn smtp_config(sink: &SmtpSink) -> NotifyConfig {
+    NotifyConfig {
+        smtp: SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: sink.port(),
+            tls: SmtpTls::None,
+            from: "ThingsPanel <alerts@example.com>".into(),
+            timeout_secs: 10,
+            ..SmtpConfig::default()
+        },
+        ..fast_config()
+    }
+}
+
+#[tokio::test]
+async fn webhook_is_signed_and_recorded_as_sent() {
+    let receiver = WebhookReceiver::start(SECRET).await;
+    let (store, n) = notifier(&fast_config());
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &receiver.url());
+    let msg = message(tenant);
+
+    let record = n.deliver_now(&channel, msg.clone()).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.detail.as_deref(), Some("HTTP 200 OK"));
+    assert_eq!(
+        store.get(record.id),
+        record,
+        "the store holds the final record"
+    );
+
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert!(call.signature_ok, "signature must verify with the secret");
+    assert!(call.timestamp.is_some_and(|t| t > 0));
+    assert_eq!(
+        call.headers["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        call.headers["x-tp-notification-id"].to_str().unwrap(),
+        record.id.to_string()
+    );
+    let body = &call.json;
+    assert_eq!(body["subject"], "Temperature high");
+    assert_eq!(body["body"], msg.body);
+    assert_eq!(body["data"], msg.data);
+    assert_eq!(body["tenant_id"], tenant.to_string());
+    assert_eq!(body["alarm_id"], msg.alarm_id.unwrap().to_string());
+    assert_eq!(body["rule_id"], msg.rule_id.unwrap().to_string());
+    assert_eq!(body["notification_id"], record.id.to_string());
+    assert_eq!(body["channel_id"], channel.id.to_string());
+    assert_eq!(body["ts"], record.created_at);
+    // The crate's own verifier agrees with the receiver's independent check.
+    assert!(tp_api::notify::verify_webhook_signature(
+        SECRET.as_bytes(),
+        call.headers["x-tp-timestamp"].to_str().unwrap(),
+        &call.body,
+        call.headers["x-tp-signature"].to_str().unwrap(),
+    ));
+}
+
+#[tokio::test]
+async fn webhook_retries_server_errors_until_sent() {
+    let receiver = WebhookReceiver::scripted(SECRET, &[500, 500, 200]).await;
+    let (store, n) = notifier(&fast_config());
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &receiver.url());
+
+    let record = n.deliver_now(&channel, message(tenant)).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(record.attempts, 3);
+
+    let calls = receiver.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.answered).collect::<Vec<_>>(),
+        [500, 500, 200]
+    );
+    assert!(calls.iter().all(|c| c.signature_ok));
+    // Every attempt is freshly signed but carries the same body.
+    assert!(calls.iter().all(|c| c.body == calls[0].body));
+
+    // The history showed progress while retrying: pending with the 500, then sent.
+    let updates = store.updates_of(record.id);
+    assert_eq!(
+        updates
+            .iter()
+            .map(|r| (r.status, r.attempts))
+            .collect::<Vec<_>>(),
+        [
+            (NotificationStatus::Pending, 1),
+            (NotificationStatus::Pending, 2),
+            (NotificationStatus::Sent, 3)
+        ]
+    );
+    assert!(
+        updates[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("HTTP 500"),
+        "{:?}",
+        updates[0].detail
+    );
+}
+
+#[tokio::test]
+async fn webhook_client_error_fails_without_retry() {
+    let receiver = WebhookReceiver::scripted(SECRET, &[400]).await;
+    let (store, n) = notifier(&fast_config());
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &receiver.url());
+
+    let record = n.deliver_now(&channel, message(tenant)).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    assert!(record.detail.as_deref().unwrap().starts_with("HTTP 400"));
+    assert_eq!(receiver.calls().len(), 1);
+    assert_eq!(store.get(record.id).status, NotificationStatus::Failed);
+}
+
+#[tokio::test]
+async fn webhook_gives_up_after_max_attempts() {
+    // 429 and 503 are both worth retrying; with 3 attempts the third 503 is final.
+    let receiver = WebhookReceiver::scripted(SECRET, &[429, 503, 503, 200]).await;
+    let config = NotifyConfig {
+        max_attempts: 3,
+        ..fast_config()
+    };
+    let (_, n) = notifier(&config);
+    let tenant = TenantId::new();
+    let record = n
+        .deliver_now(&webhook_channel(tenant, &receiver.url()), message(tenant))
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert_eq!(record.attempts, 3);
+    assert!(record.detail.as_deref().unwrap().starts_with("HTTP 503"));
+    assert_eq!(receiver.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn unreachable_webhook_is_retried_then_failed() {
+    // A port that was just free: connections are refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = NotifyConfig {
+        max_attempts: 2,
+        ..fast_config()
+    };
+    let (_, n) = notifier(&config);
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &format!("http://127.0.0.1:{port}/hook"));
+    let record = n.deliver_now(&channel, message(tenant)).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert_eq!(record.attempts, 2);
+    let detail = record.detail.unwrap();
+    assert!(
+        !detail.contains(&port.to_string()),
+        "no URL in details: {detail}"
+    );
+    assert!(!detail.contains(SECRET));
+}
+
+#[tokio::test]
+async fn invalid_webhook_url_fails_without_attempt() {
+    let (_, n) = notifier(&fast_config());
+    let tenant = TenantId::new();
+    for url in ["not a url", "ftp://example.com/x"] {
+        let record = n
+            .deliver_now(&webhook_channel(tenant, url), message(tenant))
+            .await
+            .unwrap();
+        assert_eq!(record.status, NotificationStatus::Failed, "{url}");
+        assert_eq!(record.attempts, 0);
+        assert!(record.detail.unwrap().starts_with("invalid URL"));
+    }
+}
+
+#[tokio::test]
+async fn disabled_channel_is_skipped_without_a_call() {
+    let receiver = WebhookReceiver::start(SECRET).await;
+    let (store, n) = notifier(&fast_config());
+    let tenant = TenantId::new();
+    let mut channel = webhook_channel(tenant, &receiver.url());
+    channel.enabled = false;
+
+    let via_trait = n.notify(&channel, message(tenant)).await.unwrap();
+    let now = n.deliver_now(&channel, message(tenant)).await.unwrap();
+    n.wait_idle().await;
+    for record in [via_trait, now] {
+        assert_eq!(record.status, NotificationStatus::Skipped);
+        assert_eq!(record.attempts, 0);
+        assert_eq!(store.get(record.id).status, NotificationStatus::Skipped);
+    }
+    assert!(receiver.calls().is_empty());
+}
+
+#[tokio::test]
+async fn notify_returns_pending_and_delivers_in_the_background() {
+    let receiver = WebhookReceiver::scripted(SECRET, &[503, 200]).await;
+    let (store, n) = notifier(&fast_config());
+    let notifier: NotifierRef = Arc::new(n.clone());
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &receiver.url());
+
+    let record = notifier.notify(&channel, message(tenant)).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Pending);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(
+        store
+            .list_notifications(tenant, Page::default())
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+
+    tokio::time::timeout(WAIT, n.wait_idle()).await.unwrap();
+    assert_eq!(n.in_flight(), 0);
+    let done = store.get(record.id);
+    assert_eq!(done.status, NotificationStatus::Sent, "{done:?}");
+    assert_eq!(done.attempts, 2);
+    assert_eq!(receiver.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_are_bounded() {
+    let receiver = WebhookReceiver::with_delay(SECRET, &[], Duration::from_millis(30)).await;
+    let config = NotifyConfig {
+        max_concurrent: 2,
+        ..fast_config()
+    };
+    let (store, n) = notifier(&config);
+    let tenant = TenantId::new();
+    let channel = webhook_channel(tenant, &receiver.url());
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(n.notify(&channel, message(tenant)).await.unwrap().id);
+    }
+    tokio::time::timeout(WAIT, n.wait_idle()).await.unwrap();
+    assert_eq!(receiver.calls().len(), 8);
+    assert!(
+        receiver.max_concurrent() <= 2,
+        "at most 2 deliveries at once, saw {}",
+        receiver.max_concurrent()
+    );
+    for id in ids {
+        assert_eq!(store.get(id).status, NotificationStatus::Sent);
+    }
+}
+
+#[tokio::test]
+async fn email_reaches_the_smtp_server() {
+    let sink = SmtpSink::start().await;
+    let (store, n) = notifier(&smtp_config(&sink));
+    let tenant = TenantId::new();
+    let channel = email_channel(tenant, &["ops@example.com", "Oncall <oncall@example.com>"]);
+    let msg = message(tenant);
+
+    let record = n.deliver_now(&channel, msg.clone()).await.unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    let detail = record.detail.clone().unwrap();
+    assert!(
+        detail.starts_with("250") && detail.contains("queued as 1"),
+        "{detail}"
+    );
+    assert_eq!(store.get(record.id), record);
+
+    let mails = sink.wait_for_mails(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert_eq!(mail.from, "alerts@example.com");
+    assert_eq!(mail.to, ["ops@example.com", "oncall@example.com"]);
+    assert_eq!(mail.subject().as_deref(), Some("Temperature high"));
+    assert_eq!(mail.body(), msg.body);
+    assert!(mail.header("From").unwrap().contains("alerts@example.com"));
+    let to = mail.header("To").unwrap();
+    assert!(
+        to.contains("ops@example.com") && to.contains("oncall@example.com"),
+        "{to}"
+    );
+    assert_eq!(mail.auth, None, "no credentials configured");
+}
+
+#[tokio::test]
+async fn email_through_the_background_path_with_credentials() {
+    let sink = SmtpSink::start().await;
+    let mut config = smtp_config(&sink);
+    config.smtp.username = Some("mailer".into());
+    config.smtp.password = Some("smtp-password-do-not-log".into());
+    let (store, n) = notifier(&config);
+    let debug = format!("{n:?}");
+    assert!(!debug.contains("smtp-password-do-not-log"), "{debug}");
+    let tenant = TenantId::new();
+    let mut msg = message(tenant);
+    msg.subject = "Line one\r\nBcc: evil@example.com".into();
+    let record = n
+        .notify(&email_channel(tenant, &["ops@example.com"]), msg)
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Pending);
+    tokio::time::timeout(WAIT, n.wait_idle()).await.unwrap();
+    assert_eq!(store.get(record.id).status, NotificationStatus::Sent);
+
+    let mail = &sink.wait_for_mails(1, WAIT).await[0];
+    assert_eq!(
+        mail.auth,
+        Some(("mailer".into(), "smtp-password-do-not-log".into()))
+    );
+    // A newline in the subject cannot inject a header.
+    assert_eq!(mail.header("Bcc"), None);
+    assert_eq!(mail.to, ["ops@example.com"]);
+}
+
+#[tokio::test]
+async fn email_without_smtp_server_fails_cleanly() {
+    let (store, n) = notifier(&fast_config());
+    assert!(!n.smtp_configured());
+    let tenant = TenantId::new();
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["ops@example.com"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed);
+    assert_eq!(record.detail.as_deref(), Some(NO_SMTP_DETAIL));
+    assert_eq!(record.attempts, 0);
+    assert_eq!(store.get(record.id).status, NotificationStatus::Failed);
+}
+
+#[tokio::test]
+async fn email_rejections_permanent_and_transient() {
+    // 550: permanent, one attempt.
+    let sink = SmtpSink::start_with(SinkBehavior {
+        rcpt_reply: Some("550 5.1.1 no such user".into()),
+    })
+    .await;
+    let (_, n) = notifier(&smtp_config(&sink));
+    let tenant = TenantId::new();
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["nobody@example.com"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    assert!(record.detail.unwrap().contains("no such user"));
+    assert_eq!(sink.sessions(), 1);
+
+    // 451: transient, retried up to max_attempts.
+    let sink = SmtpSink::start_with(SinkBehavior {
+        rcpt_reply: Some("451 4.3.0 try again later".into()),
+    })
+    .await;
+    let mut config = smtp_config(&sink);
+    config.max_attempts = 2;
+    let (_, n) = notifier(&config);
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["ops@example.com"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert_eq!(record.attempts, 2);
+    assert!(record.detail.unwrap().contains("try again later"));
+    assert_eq!(sink.sessions(), 2);
+    assert!(sink.mails().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_recipients_fail_without_attempt() {
+    let sink = SmtpSink::start().await;
+    let (_, n) = notifier(&smtp_config(&sink));
+    let tenant = TenantId::new();
+    for to in [&[][..], &["not an address"][..]] {
+        let record = n
+            .deliver_now(&email_channel(tenant, to), message(tenant))
+            .await
+            .unwrap();
+        assert_eq!(record.status, NotificationStatus::Failed, "{to:?}");
+        assert_eq!(record.attempts, 0);
+    }
+    assert_eq!(sink.sessions(), 0);
+}
