@@ -471,8 +471,10 @@ pub struct NotificationChannel {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChannelKind {
-    /// HTTP POST of a JSON body, signed with HMAC-SHA256 of the body under `secret`
-    /// (header `X-TP-Signature: sha256=<hex>`), retried with backoff.
+    /// HTTP POST of a JSON body, signed with HMAC-SHA256 under `secret` over
+    /// `"<X-TP-Timestamp>.<body>"` (header `X-TP-Signature: sha256=<hex>`; the signed
+    /// timestamp lets receivers reject replays), retried with backoff. The exact
+    /// scheme is documented in `tp_api::notify`.
     Webhook {
         /// Receiver URL (http or https).
         url: String,
