@@ -68,17 +68,23 @@ async fn main() -> anyhow::Result<()> {
         "ThingsPanel node is running (data in {})",
         data_dir.display()
     );
-    println!(
-        "  REST API  http://{}/api/v1   (docs: http://{}/docs)",
-        platform.http_addr(),
-        platform.http_addr()
-    );
+    let api = platform.http_url();
+    println!("  REST API  {api}/api/v1   (docs: {api}/docs)");
     println!("  MQTT      mqtt://{}", platform.mqtt_addr());
     if let Some(addr) = platform.broker().v5_addr() {
         println!("  MQTT 5    mqtt://{addr}");
     }
     if let Some(addr) = platform.broker().ws_addr() {
         println!("  MQTT/WS   ws://{addr}/mqtt");
+    }
+    if let Some(addr) = platform.broker().tls_addr() {
+        println!("  MQTTS     mqtts://{addr}");
+    }
+    if let Some(addr) = platform.broker().tls_v5_addr() {
+        println!("  MQTTS 5   mqtts://{addr}");
+    }
+    if let Some(addr) = platform.broker().wss_addr() {
+        println!("  MQTT/WSS  wss://{addr}/mqtt");
     }
     match platform.bootstrap_admin() {
         Some(admin) => match &admin.generated_password {

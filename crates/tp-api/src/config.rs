@@ -51,18 +51,24 @@ impl Default for PlatformConfig {
     }
 }
 
-/// REST API settings.
+/// REST API settings (the HTTP device API is served on the same port).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Listen address (`--http-listen`). Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Serve HTTPS instead of HTTP on `listen` (`[http.tls]`: `cert_path`, `key_path`,
+    /// PEM files read at startup), so tokens, passwords and device credentials are
+    /// not sent in the clear when no TLS-terminating proxy sits in front. Plain-HTTP
+    /// requests to the port get a `400`. Unset = plain HTTP.
+    pub tls: Option<tp_broker::tls::CertificateFiles>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
         }
     }
 }
@@ -344,9 +350,13 @@ impl PlatformConfig {
         Ok(())
     }
 
-    /// The default configuration as TOML (`thingspanel print-config`).
+    /// The default configuration as TOML (`thingspanel print-config`), followed by
+    /// the optional TLS sections, commented out (TOML has no "unset", so they would
+    /// not appear otherwise).
     pub fn default_toml() -> String {
-        toml::to_string_pretty(&PlatformConfig::default()).unwrap_or_default()
+        let mut toml = toml::to_string_pretty(&PlatformConfig::default()).unwrap_or_default();
+        toml.push_str(OPTIONAL_TLS_TOML);
+        toml
     }
 
     /// The metadata URL with the data-dir default applied.
@@ -359,6 +369,25 @@ impl PlatformConfig {
         or_sqlite(&self.storage.timeseries, &self.data_dir, "timeseries.db")
     }
 }
+
+/// The TLS sections `print-config` shows as examples; uncommented they parse (tested).
+const OPTIONAL_TLS_TOML: &str = r#"
+# Optional: TLS (unset by default). Uncomment and point at PEM files.
+#
+# MQTT over TLS; set any of the three listeners. Each relays to its plain listener
+# (a loopback-only one when mqtt.v5_listen / mqtt.ws_listen is unset).
+# [mqtt.tls]
+# listen = "0.0.0.0:8883"        # MQTT 3.1.1 over TLS
+# v5_listen = "0.0.0.0:8885"     # MQTT 5 over TLS
+# wss_listen = "0.0.0.0:8084"    # MQTT over WebSocket over TLS, wss://host:8084/mqtt
+# cert_path = "/etc/thingspanel/tls/cert.pem"
+# key_path = "/etc/thingspanel/tls/key.pem"
+#
+# HTTPS for the REST API and the HTTP device API on http.listen.
+# [http.tls]
+# cert_path = "/etc/thingspanel/tls/cert.pem"
+# key_path = "/etc/thingspanel/tls/key.pem"
+"#;
 
 fn or_sqlite(url: &str, dir: &Path, file: &str) -> String {
     if url.is_empty() {
@@ -376,6 +405,47 @@ mod tests {
     fn default_toml_parses_back_to_the_defaults() {
         let parsed: PlatformConfig = toml::from_str(&PlatformConfig::default_toml()).unwrap();
         assert_eq!(parsed, PlatformConfig::default());
+    }
+
+    #[test]
+    fn print_config_shows_the_tls_sections_and_they_parse_uncommented() {
+        let toml = PlatformConfig::default_toml();
+        assert!(toml.contains("# [mqtt.tls]") && toml.contains("# [http.tls]"));
+        let uncommented: String = toml
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: PlatformConfig = toml::from_str(&uncommented).unwrap();
+        let mqtt = parsed.mqtt.tls.expect("mqtt.tls");
+        assert_eq!(mqtt.listen, Some("0.0.0.0:8883".parse().unwrap()));
+        assert_eq!(mqtt.v5_listen, Some("0.0.0.0:8885".parse().unwrap()));
+        assert_eq!(mqtt.wss_listen, Some("0.0.0.0:8084".parse().unwrap()));
+        let http = parsed.http.tls.expect("http.tls");
+        assert_eq!(http.cert_path, PathBuf::from("/etc/thingspanel/tls/cert.pem"));
+        assert_eq!(http.key_path, PathBuf::from("/etc/thingspanel/tls/key.pem"));
+    }
+
+    #[test]
+    fn tls_settings_load_from_dotted_keys() {
+        let c = PlatformConfig::load(
+            None,
+            &[
+                ("http.tls.cert_path", "/c.pem".into()),
+                ("http.tls.key_path", "/k.pem".into()),
+                ("mqtt.tls.v5_listen", "127.0.0.1:8885".into()),
+                ("mqtt.tls.cert_path", "/c.pem".into()),
+                ("mqtt.tls.key_path", "/k.pem".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.tls.unwrap().key_path, PathBuf::from("/k.pem"));
+        let mqtt = c.mqtt.tls.unwrap();
+        assert_eq!((mqtt.listen, mqtt.wss_listen), (None, None));
+        assert_eq!(mqtt.v5_listen, Some("127.0.0.1:8885".parse().unwrap()));
     }
 
     #[test]

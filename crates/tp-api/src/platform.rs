@@ -67,10 +67,20 @@ pub struct Platform {
     writer: WriterHandle,
     broker: Arc<EmbeddedBroker>,
     http_addr: SocketAddr,
+    is_https: bool,
     http: JoinHandle<()>,
     stop_http: CancellationToken,
     drain_timeout: Duration,
     bootstrap: Option<BootstrapAdmin>,
+}
+
+/// Longest time a client may take to complete the TLS handshake on the HTTPS port.
+const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API server's listener: plain TCP, or TLS when `http.tls` is set.
+enum HttpListener {
+    Plain(tokio::net::TcpListener),
+    Https(tp_broker::tls::HttpsListener),
 }
 
 /// The process-wide Prometheus recorder (installed once; later nodes in the same
@@ -115,6 +125,24 @@ impl Platform {
             setting: "http.listen (--http-listen)",
             message: e.to_string(),
         })?;
+        // Certificate problems stop the start here, before the broker or a generated
+        // admin password exist.
+        let listener = match &config.http.tls {
+            Some(files) => HttpListener::Https(
+                tp_broker::tls::HttpsListener::new(
+                    listener,
+                    files,
+                    tp_broker::tls::SettingNames::HTTP,
+                    HTTPS_HANDSHAKE_TIMEOUT,
+                )
+                .map_err(|e| PlatformError::Setting {
+                    setting: e.setting,
+                    message: e.message,
+                })?,
+            ),
+            None => HttpListener::Plain(listener),
+        };
+        let is_https = matches!(listener, HttpListener::Https(_));
         let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
         // The broker's write-ahead log lives in the data dir unless set elsewhere.
         let mut mqtt = config.mqtt.clone();
@@ -183,9 +211,15 @@ impl Platform {
         // The HTTP device API (device credentials, not user tokens) beside the REST API.
         let app = crate::router(state).merge(tp_broker::http::device_router(&broker));
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let stopped = async move { stop.cancelled().await };
+            let served = match listener {
+                HttpListener::Plain(l) => {
+                    axum::serve(l, app).with_graceful_shutdown(stopped).await
+                }
+                HttpListener::Https(l) => {
+                    axum::serve(l, app).with_graceful_shutdown(stopped).await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
@@ -199,6 +233,7 @@ impl Platform {
             writer,
             broker,
             http_addr,
+            is_https,
             http,
             stop_http,
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
@@ -209,6 +244,12 @@ impl Platform {
     /// Where the REST API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The REST API's base URL: `https://` when `http.tls` is set, else `http://`.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.is_https { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     /// Where MQTT devices connect.
