@@ -441,7 +441,10 @@ impl CoapHandler {
             .check_credentials(username, password)
             .await
         {
-            Ok(device) => Ok(Device::clone(&device)),
+            Ok(device) => {
+                self.api.uplinks.presence.activity(device.id);
+                Ok(Device::clone(&device))
+            }
             Err(Refused::Store(e)) => Err(e.into()),
             Err(refused) => {
                 metrics::counter!("tp_device_api_auth_refused_total", "transport" => "coap", "reason" => refused.reason())

@@ -45,6 +45,10 @@ pub struct BrokerConfig {
     /// The write-ahead log of acknowledged messages (`[mqtt.wal]`), so a killed node
     /// loses nothing it acknowledged. See [`crate::WalConfig`].
     pub wal: crate::WalConfig,
+    /// How long a device whose profile sets neither `heartbeat_secs` nor
+    /// `online_timeout_secs` stays online after a message when it holds no MQTT
+    /// connection (HTTP and CoAP devices, gateway sub-devices). See [`crate::presence`].
+    pub http_online_secs: u32,
 }
 
 impl BrokerConfig {
@@ -73,6 +77,7 @@ impl Default for BrokerConfig {
             segment_size: 16 * 1024 * 1024,
             segment_count: 8,
             wal: crate::WalConfig::default(),
+            http_online_secs: 300,
         }
     }
 }

@@ -31,6 +31,12 @@
 //! drops at that very moment is marked `sent` but never arrives (the platform publishes
 //! at QoS 0 into the router, and sessions are clean).
 //!
+//! A sub-device has no connection of its own: its rows go out through its top-level
+//! gateway ([`route`]). So a delivery pass for a device also covers every device
+//! behind it (its sub-devices, and theirs through nested gateways), each row wrapped
+//! in the gateway envelope and published on the gateway's topic once the gateway is
+//! subscribed to it.
+//!
 //! Rows past their `expires_at` are marked `expired` instead of delivered (here and
 //! whenever the API lists them), so a stale command never reaches a device.
 
@@ -334,47 +340,98 @@ impl Delivery {
         }
     }
 
-    /// Expires stale pending rows of the device and publishes the others whose topic
-    /// the device is subscribed to.
+    /// Expires stale pending rows of the device and of every device behind it (a
+    /// gateway's sub-devices, nested sub-gateways' too: their downlink goes out
+    /// through this connection in the gateway envelope, see [`route`]) and publishes
+    /// the others whose topic the device is subscribed to.
     async fn pass(&self, device_id: DeviceId) -> Result<()> {
         let Some((device, lock)) = self.shared.delivery_slot(device_id) else {
             return Ok(());
         };
         let _serialized = lock.lock().await;
         let metadata = self.shared.metadata.as_ref();
-        let rows = pending_commands(metadata, device.tenant_id, device.id).await?;
-        for mut row in rows {
-            let now = now_ms();
-            if expire_if_stale(metadata, &mut row, now).await? {
-                tracing::info!(device_id = %device.id, message_id = %row.message_id, "queued downlink expired");
-                continue;
-            }
-            let topic = downlink_topic(row.kind, &device.device_number, &row.message_id);
-            match self.shared.accepts(device.id, &topic) {
-                None => return Ok(()),   // disconnected; the next session delivers
-                Some(false) => continue, // not subscribed to this topic (yet)
-                Some(true) => {}
-            }
-            row.status = CommandStatus::Sent;
-            row.updated_at = now;
-            metadata.update_command(&row).await?;
-            let payload = serde_json::to_vec(&row.payload).unwrap_or_default();
-            match self.publisher.publish(topic, payload) {
-                Ok(()) => {
-                    metrics::counter!("tp_downlink_sent_total").increment(1);
-                    tracing::info!(device_id = %device.id, message_id = %row.message_id, "queued downlink delivered");
-                }
-                Err(e) => {
-                    tracing::warn!(device_id = %device.id, message_id = %row.message_id, error = %e,
-                        "cannot publish queued downlink; it stays pending");
-                    row.status = CommandStatus::Pending;
-                    row.updated_at = now_ms();
-                    metadata.update_command(&row).await?;
+        for target in behind(metadata, &device).await? {
+            let rows = pending_commands(metadata, target.tenant_id, target.id).await?;
+            for row in rows {
+                if !self.deliver(&device, &target, row).await? {
+                    return Ok(()); // disconnected; the next session delivers
                 }
             }
         }
         Ok(())
     }
+
+    /// Expires or publishes one pending row of `target` through `device`'s
+    /// connection; `false` once the device has no session any more.
+    async fn deliver(&self, device: &Device, target: &Device, mut row: CommandLog) -> Result<bool> {
+        let metadata = self.shared.metadata.as_ref();
+        let now = now_ms();
+        if expire_if_stale(metadata, &mut row, now).await? {
+            tracing::info!(device_id = %target.id, message_id = %row.message_id, "queued downlink expired");
+            return Ok(true);
+        }
+        let (topic, payload) = if target.id == device.id {
+            let topic = downlink_topic(row.kind, &device.device_number, &row.message_id);
+            (topic, row.payload.clone())
+        } else {
+            match route(metadata, target, row.kind, &row.message_id, &row.payload).await {
+                Ok(r) if r.device_id == device.id => (r.topic, r.payload),
+                Ok(_) => return Ok(true), // moved behind another gateway meanwhile
+                Err(e) => {
+                    tracing::warn!(device_id = %target.id, message_id = %row.message_id, error = %e,
+                        "cannot route queued downlink to the sub-device; it stays pending");
+                    return Ok(true);
+                }
+            }
+        };
+        match self.shared.accepts(device.id, &topic) {
+            None => return Ok(false),
+            Some(false) => return Ok(true), // not subscribed to this topic (yet)
+            Some(true) => {}
+        }
+        row.status = CommandStatus::Sent;
+        row.updated_at = now;
+        metadata.update_command(&row).await?;
+        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        match self.publisher.publish(topic, bytes) {
+            Ok(()) => {
+                metrics::counter!("tp_downlink_sent_total").increment(1);
+                tracing::info!(device_id = %target.id, via = %device.id, message_id = %row.message_id, "queued downlink delivered");
+            }
+            Err(e) => {
+                tracing::warn!(device_id = %target.id, message_id = %row.message_id, error = %e,
+                    "cannot publish queued downlink; it stays pending");
+                row.status = CommandStatus::Pending;
+                row.updated_at = now_ms();
+                metadata.update_command(&row).await?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// `device` and every device behind it (sub-devices, and theirs through nested
+/// gateways, at most [`MAX_GATEWAY_DEPTH`] levels), breadth first.
+async fn behind(metadata: &dyn MetadataStore, device: &Device) -> Result<Vec<Device>> {
+    let mut all = vec![device.clone()];
+    let mut seen: HashSet<DeviceId> = HashSet::from([device.id]);
+    let mut level = vec![device.id];
+    for _ in 0..MAX_GATEWAY_DEPTH {
+        let mut next = Vec::new();
+        for parent in level {
+            for sub in metadata.list_sub_devices(parent).await? {
+                if seen.insert(sub.id) {
+                    next.push(sub.id);
+                    all.push(sub);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -166,7 +166,10 @@ async fn authenticate(api: &DeviceApi, headers: &HeaderMap) -> Result<Device, De
         .check_credentials(&username, &password)
         .await
     {
-        Ok(device) => Ok(Device::clone(&device)),
+        Ok(device) => {
+            api.uplinks.presence.activity(device.id);
+            Ok(Device::clone(&device))
+        }
         Err(Refused::Store(e)) => Err(e.into()),
         Err(refused) => {
             metrics::counter!("tp_device_api_auth_refused_total", "transport" => "http", "reason" => refused.reason())

@@ -43,6 +43,8 @@ pub(crate) struct Ingest {
 pub(crate) struct Uplinks {
     pub(crate) shared: Arc<Shared>,
     pub(crate) writer: WriterHandle,
+    /// Every accepted message is a sign of life ([`crate::presence`]).
+    pub(crate) presence: Arc<crate::presence::Presence>,
 }
 
 impl Ingest {
@@ -90,6 +92,7 @@ impl Ingest {
 
     /// Decodes and stores one device message received at `ts`.
     async fn process(&self, device_id: DeviceId, topic: &str, payload: &[u8], ts: i64) {
+        self.uplinks.presence.activity(device_id);
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };
@@ -333,6 +336,7 @@ impl Ingest {
         data: serde_json::Value,
         now: i64,
     ) -> tp_core::Result<()> {
+        self.uplinks.presence.activity(device_id);
         let bytes = serde_json::to_vec(&data).unwrap_or_default();
         match kind {
             UplinkKind::Telemetry => self.uplinks.telemetry(device_id, &bytes, now).await,

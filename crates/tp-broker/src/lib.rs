@@ -40,6 +40,7 @@ pub mod downlink;
 mod error;
 pub mod http;
 mod ingest;
+pub mod presence;
 mod rate;
 mod session;
 pub mod tls;
@@ -56,6 +57,7 @@ use std::time::Duration;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
+pub use presence::{Clock, ClockRef, ManualClock, SystemClock};
 pub use tls::TlsSettings;
 pub use transport::MqttTransport;
 pub use wal::WalConfig;
@@ -65,7 +67,7 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::task::JoinHandle;
-use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, now_ms};
+use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef};
 use tp_storage::writer::WriterHandle;
 
 use crate::ingest::{Ingest, Uplinks};
@@ -85,6 +87,18 @@ pub struct BrokerDeps {
     pub cache: CacheRef,
     /// Telemetry and events go through the batching writer.
     pub writer: WriterHandle,
+}
+
+/// Optional parts of a broker beyond [`BrokerDeps`] ([`EmbeddedBroker::start_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Where device profiles are read for their heartbeat and online-timeout windows
+    /// (cached, see [`presence`]); without it every device is judged by its
+    /// connection and the default window.
+    pub profiles: Option<tp_core::AccessStoreRef>,
+    /// The clock presence windows are measured on; [`SystemClock`] when unset. Tests
+    /// pass a [`ManualClock`] to step over a window instead of waiting it out.
+    pub clock: Option<ClockRef>,
 }
 
 /// Outcome of [`EmbeddedBroker::drain`].
@@ -122,6 +136,7 @@ pub(crate) struct DeviceApi {
 pub struct EmbeddedBroker {
     shared: Arc<Shared>,
     device_api: DeviceApi,
+    presence: Arc<presence::Presence>,
     transport: Arc<MqttTransport>,
     writer: WriterHandle,
     local_addr: SocketAddr,
@@ -141,6 +156,19 @@ impl EmbeddedBroker {
     /// # Errors
     /// [`BrokerError::Bind`] when the listen address is taken or not bindable.
     pub async fn start(config: &BrokerConfig, deps: BrokerDeps) -> Result<Self, BrokerError> {
+        Self::start_with(config, deps, BrokerOptions::default()).await
+    }
+
+    /// Like [`Self::start`], with device profiles (per-profile heartbeat and
+    /// online-timeout) and a clock for presence.
+    ///
+    /// # Errors
+    /// [`BrokerError::Bind`] when the listen address is taken or not bindable.
+    pub async fn start_with(
+        config: &BrokerConfig,
+        deps: BrokerDeps,
+        options: BrokerOptions,
+    ) -> Result<Self, BrokerError> {
         // rumqttd binds inside its accept loop and only logs a failure; bind once here
         // so a taken port is a clear startup error, and to resolve port 0.
         let local_addr = probe_bind(config.listen, "--mqtt-listen or mqtt.listen")?;
@@ -199,6 +227,15 @@ impl EmbeddedBroker {
             config.max_messages_per_second,
             wal.as_ref().map(|(w, _)| w.clone()),
         );
+        // Unarmed until the write-ahead log has replayed (old messages are no sign of life).
+        let presence = presence::Presence::spawn(
+            deps.metadata.clone(),
+            options.profiles,
+            options
+                .clock
+                .unwrap_or_else(|| Arc::new(SystemClock::new())),
+            Duration::from_secs(config.http_online_secs.into()),
+        );
 
         let router = Router::new(
             0,
@@ -228,12 +265,14 @@ impl EmbeddedBroker {
                 uplinks: Uplinks {
                     shared: shared.clone(),
                     writer: deps.writer.clone(),
+                    presence: presence.clone(),
                 },
                 publisher: publisher.clone(),
             };
             replay.replay(wal, leftovers).await;
             tokio::spawn(wal.clone().maintain(deps.writer.clone()));
         }
+        presence.arm();
 
         let mut connections = ConnectionSettings {
             connection_timeout_ms: config.connection_timeout_ms,
@@ -312,6 +351,7 @@ impl EmbeddedBroker {
         let uplinks = Uplinks {
             shared: shared.clone(),
             writer: deps.writer.clone(),
+            presence: presence.clone(),
         };
         let device_api = DeviceApi {
             uplinks: uplinks.clone(),
@@ -340,15 +380,14 @@ impl EmbeddedBroker {
             .run(subscribed_rx),
         );
 
-        let metadata = deps.metadata.clone();
+        // Sessions opening and closing feed presence, which records and broadcasts.
+        let sessions = presence.clone();
         tokio::spawn(async move {
             while let Some(change) = status_rx.recv().await {
-                tracing::info!(device_id = %change.device_id, online = change.online, "device connection state");
-                if let Err(e) = metadata
-                    .set_device_online(change.device_id, change.online, now_ms())
-                    .await
-                {
-                    tracing::error!(device_id = %change.device_id, error = %e, "cannot record online state");
+                if change.online {
+                    sessions.connected(change.device_id);
+                } else {
+                    sessions.disconnected(change.device_id, change.graceful);
                 }
             }
         });
@@ -361,6 +400,7 @@ impl EmbeddedBroker {
             }),
             shared,
             device_api,
+            presence,
             writer: deps.writer,
             local_addr,
             v5_addr,
@@ -382,6 +422,13 @@ impl EmbeddedBroker {
     /// Downlink to this node's devices.
     pub fn transport(&self) -> DeviceTransportRef {
         self.transport.clone()
+    }
+
+    /// Online/offline transitions of this node's devices, after they are recorded
+    /// (for the rule engine and live views). A receiver that falls more than 4096
+    /// events behind gets `RecvError::Lagged` and misses the oldest.
+    pub fn status_events(&self) -> tokio::sync::broadcast::Receiver<tp_core::DeviceStatusEvent> {
+        self.presence.subscribe()
     }
 
     /// Devices with at least one open session.

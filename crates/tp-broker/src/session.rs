@@ -51,6 +51,8 @@ pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
 pub(crate) struct StatusChange {
     pub(crate) device_id: DeviceId,
     pub(crate) online: bool,
+    /// A close after the device sent DISCONNECT (not a lost connection).
+    pub(crate) graceful: bool,
 }
 
 struct SessionEntry {
@@ -304,11 +306,12 @@ impl Shared {
             let _ = self.status_tx.send(StatusChange {
                 device_id: device.id,
                 online: true,
+                graceful: false,
             });
         }
     }
 
-    fn session_closed(&self, device_id: DeviceId, connection_id: u64) {
+    fn session_closed(&self, device_id: DeviceId, connection_id: u64, graceful: bool) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = sessions.get_mut(&device_id) else {
             return;
@@ -321,6 +324,7 @@ impl Shared {
             let _ = self.status_tx.send(StatusChange {
                 device_id,
                 online: false,
+                graceful,
             });
         }
     }
@@ -426,13 +430,16 @@ struct Connection {
     device: OnceLock<Arc<Device>>,
     /// Filters of SUBSCRIBEs not yet acknowledged, by packet id.
     subscribing: Mutex<HashMap<u16, Vec<String>>>,
+    /// The device sent DISCONNECT (presence tells it from a lost connection).
+    disconnected: AtomicBool,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(device) = self.device.get() {
-            self.shared.session_closed(device.id, self.id);
+            let graceful = self.disconnected.load(Ordering::Acquire);
+            self.shared.session_closed(device.id, self.id, graceful);
         }
     }
 }
@@ -555,6 +562,7 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                     username: login.as_ref().map(|l| l.username.clone()),
                     device: OnceLock::new(),
                     subscribing: Mutex::new(HashMap::new()),
+                    disconnected: AtomicBool::new(false),
                 }));
                 Ok(packet)
             }
@@ -623,6 +631,12 @@ impl<P: Protocol> Protocol for DeviceProtocol<P> {
                 {
                     self.shared
                         .unsubscribed(device.id, conn.id, &unsubscribe.filters);
+                }
+                Ok(packet)
+            }
+            Packet::Disconnect(..) => {
+                if let Some(conn) = &self.conn {
+                    conn.disconnected.store(true, Ordering::Release);
                 }
                 Ok(packet)
             }

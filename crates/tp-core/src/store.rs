@@ -59,6 +59,9 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     /// Looks up the device whose gateway is `parent` and whose sub-device address is
     /// `addr` (gateway envelope routing).
     async fn get_sub_device(&self, parent: DeviceId, addr: &str) -> Result<Option<Device>>;
+    /// The devices directly behind gateway `parent`, by creation time (queued downlink
+    /// of sub-devices goes out when their gateway connects).
+    async fn list_sub_devices(&self, parent: DeviceId) -> Result<Vec<Device>>;
     /// Lists a tenant's devices by creation time, optionally filtered.
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>>;
     /// Replaces a device's mutable fields; scoped by `device.tenant_id`.

@@ -859,7 +859,8 @@ pub async fn attributes_upsert_newest_wins(store: &dyn MetadataStore) {
     );
 }
 
-/// Sub-devices are found by (gateway, address), and only under their own gateway.
+/// Sub-devices are found by (gateway, address), and only under their own gateway;
+/// `list_sub_devices` lists a gateway's direct sub-devices by creation time.
 pub async fn device_sub_device_lookup(store: &dyn MetadataStore) {
     let base = base_ts();
     let tenant = new_tenant(store, base).await;
@@ -888,6 +889,21 @@ pub async fn device_sub_device_lookup(store: &dyn MetadataStore) {
             .await
             .expect("lookup"),
         None
+    );
+    let mut second = new_device(tenant.id, "sub2", base + 3);
+    second.parent_id = Some(gw.id);
+    second.sub_device_addr = Some("addr-0".to_owned());
+    store
+        .create_device(&second)
+        .await
+        .expect("create sub-device");
+    assert_eq!(
+        store.list_sub_devices(gw.id).await.expect("list"),
+        vec![sub, second]
+    );
+    assert_eq!(
+        store.list_sub_devices(other_gw.id).await.expect("list"),
+        vec![]
     );
 }
 

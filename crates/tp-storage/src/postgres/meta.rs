@@ -469,6 +469,19 @@ impl MetadataStore for PostgresMetadataStore {
         decode_opt(row, device_from_row)
     }
 
+    async fn list_sub_devices(&self, parent: DeviceId) -> Result<Vec<Device>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE parent_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(parent.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        decode_all(&rows, device_from_row)
+    }
+
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>> {
         let (limit, offset) = paging(filter.page);
         let pattern = filter

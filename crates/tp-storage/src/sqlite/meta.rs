@@ -473,6 +473,19 @@ impl MetadataStore for SqliteMetadataStore {
         decode_opt(row, device_from_row)
     }
 
+    async fn list_sub_devices(&self, parent: DeviceId) -> Result<Vec<Device>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE parent_id = ? ORDER BY created_at, id"
+        ))
+        .bind(parent.to_string())
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_all(&rows, device_from_row)
+    }
+
     async fn list_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<Paged<Device>> {
         let (limit, offset) = paging(filter.page);
         let pattern = filter

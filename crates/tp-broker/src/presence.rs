@@ -1,0 +1,536 @@
+//! Online/offline tracking: MQTT connection state, per-profile heartbeat and
+//! online-timeout windows, and activity of devices without a connection (HTTP, CoAP,
+//! gateway sub-devices).
+//!
+//! # Modes (ThingsPanel's, from the device profile)
+//!
+//! | profile | online when | offline when |
+//! |---|---|---|
+//! | `heartbeat_secs = N` | any accepted message (an MQTT CONNECT counts) | no message for N s ([`StatusReason::HeartbeatTimeout`]); DISCONNECT and lost connections are ignored, as ThingsPanel ignores status messages in this mode: devices that connect only to report are not flapping |
+//! | `online_timeout_secs = N` | MQTT connect or any message | DISCONNECT / lost connection, or no message for N s even while connected ([`StatusReason::OnlineTimeout`]) |
+//! | neither (or no profile) | MQTT connect or any message | DISCONNECT / lost connection; a device with no MQTT connection after [`BrokerConfig::http_online_secs`](crate::BrokerConfig::http_online_secs) without a message ([`StatusReason::InactivityTimeout`]) |
+//!
+//! Messages are publishes (not PINGREQ: a keepalive proves the socket, which
+//! rumqttd already watches, not that the device works; refreshing the online-timeout
+//! on it would make that mode the same as no mode), authenticated HTTP and CoAP
+//! requests, and the parts of a gateway envelope addressed to a sub-device.
+//!
+//! # Cost
+//!
+//! A message takes one mutex and a map update: no store query. The profile of a
+//! device is looked up (device row, then the profile, cached per profile) when the
+//! device is first seen and again after [`MODE_TTL`], in a background task. Each online
+//! device has at most one scheduled check (the earliest moment its window can pass); a
+//! sweeper runs every [`SWEEP_INTERVAL`] and looks only at due checks, so a state flips
+//! at most one sweep interval after its window passes.
+//!
+//! Transitions are written in order by one task ([`MetadataStore::append_status`]:
+//! history row plus the device's `online`/`last_seen`) and then broadcast to
+//! [`crate::EmbeddedBroker::status_events`] subscribers (the rule engine).
+//!
+//! Windows are measured on a [`Clock`], so tests can move time forward instead of
+//! sleeping through a timeout ([`ManualClock`]).
+//!
+//! Presence is per node: the node a device talks to tracks it. Devices the store
+//! still shows online from before a restart are corrected when they next connect or
+//! report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tp_core::{
+    AccessStoreRef, DeviceId, DeviceStatusEvent, Error, MetadataStoreRef, ProfileId, StatusReason,
+    Timestamp,
+};
+
+/// How often due checks are swept: the most a state flip lags behind its window.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a device's resolved mode is trusted before its profile is looked up again
+/// (profile edits and device moves between profiles take effect within this).
+pub const MODE_TTL: Duration = Duration::from_secs(300);
+/// How long a profile read from the access store is reused.
+const PROFILE_TTL: Duration = Duration::from_secs(60);
+/// Profile lookups in flight at once (a reconnect storm must not starve the store).
+const RESOLVE_CONCURRENCY: usize = 8;
+/// Status events a slow [`crate::EmbeddedBroker::status_events`] subscriber may fall
+/// behind before it misses some (it then gets `RecvError::Lagged`).
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// Milliseconds on a monotonic timeline; [`SystemClock`] in production.
+pub trait Clock: std::fmt::Debug + Send + Sync + 'static {
+    /// Now, in Unix milliseconds (recorded as the transition time).
+    fn now_ms(&self) -> Timestamp;
+}
+
+/// Shared handle to a clock.
+pub type ClockRef = Arc<dyn Clock>;
+
+/// Wall-clock milliseconds that never go backwards: the wall time at creation plus
+/// monotonic time since, so an NTP step cannot time out every device at once.
+#[derive(Debug)]
+pub struct SystemClock {
+    base_ms: Timestamp,
+    start: Instant,
+}
+
+impl SystemClock {
+    /// A clock starting at the current wall time.
+    pub fn new() -> Self {
+        Self {
+            base_ms: tp_core::now_ms(),
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Timestamp {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.base_ms.saturating_add(elapsed)
+    }
+}
+
+/// A clock that moves only when told to (tests: pass a window without waiting).
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock at the current wall time.
+    pub fn new() -> Self {
+        Self(AtomicI64::new(tp_core::now_ms()))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, Ordering::AcqRel);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Timestamp {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// How a device's liveness is judged (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Only messages count, within this many ms.
+    Heartbeat(i64),
+    /// Connection state honoured, plus this many ms of silence.
+    Timeout(i64),
+    /// No profile window: the connection decides; without one, the default window.
+    Connection,
+}
+
+impl Mode {
+    fn from_profile(heartbeat_secs: Option<u32>, online_timeout_secs: Option<u32>) -> Self {
+        let ms = |s: u32| i64::from(s) * 1000;
+        match (heartbeat_secs, online_timeout_secs) {
+            (Some(h), _) if h > 0 => Mode::Heartbeat(ms(h)),
+            (_, Some(t)) if t > 0 => Mode::Timeout(ms(t)),
+            _ => Mode::Connection,
+        }
+    }
+
+    fn timeout_reason(self) -> StatusReason {
+        match self {
+            Mode::Heartbeat(_) => StatusReason::HeartbeatTimeout,
+            Mode::Timeout(_) => StatusReason::OnlineTimeout,
+            Mode::Connection => StatusReason::InactivityTimeout,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    online: bool,
+    /// Holds at least one MQTT session on this node.
+    connected: bool,
+    /// Last message or connect (clock ms).
+    last: Timestamp,
+    mode: Mode,
+    /// When `mode` was looked up; `None` = never.
+    resolved: Option<Instant>,
+    resolving: bool,
+    /// The one scheduled check of this device, if any.
+    check_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    devices: HashMap<DeviceId, Entry>,
+    /// Due time -> devices to look at then (stale ids are skipped, see `check_at`).
+    checks: BTreeMap<Timestamp, Vec<DeviceId>>,
+}
+
+impl State {
+    /// Makes sure `id` is looked at no later than `at`.
+    fn schedule(&mut self, id: DeviceId, at: Timestamp) {
+        let Some(entry) = self.devices.get_mut(&id) else {
+            return;
+        };
+        if entry.check_at.is_some_and(|x| x <= at) {
+            return;
+        }
+        entry.check_at = Some(at);
+        self.checks.entry(at).or_default().push(id);
+    }
+}
+
+/// The presence tracker of one broker (see the [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct Presence {
+    clock: ClockRef,
+    default_window_ms: i64,
+    /// Off while the write-ahead log replays old messages at startup.
+    armed: AtomicBool,
+    state: Mutex<State>,
+    transitions: mpsc::UnboundedSender<DeviceStatusEvent>,
+    resolve: mpsc::UnboundedSender<DeviceId>,
+    events: broadcast::Sender<DeviceStatusEvent>,
+}
+
+impl Presence {
+    /// Starts the tracker with its recorder, resolver and sweeper tasks (they end when
+    /// the tracker is dropped). Devices without a profile window and without an MQTT
+    /// connection are online for `default_window` after each message.
+    pub(crate) fn spawn(
+        metadata: MetadataStoreRef,
+        profiles: Option<AccessStoreRef>,
+        clock: ClockRef,
+        default_window: Duration,
+    ) -> Arc<Self> {
+        let (transitions, transitions_rx) = mpsc::unbounded_channel();
+        let (resolve, resolve_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let presence = Arc::new(Self {
+            clock,
+            default_window_ms: i64::try_from(default_window.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
+            armed: AtomicBool::new(false),
+            state: Mutex::default(),
+            transitions,
+            resolve,
+            events: events.clone(),
+        });
+        tokio::spawn(record(metadata.clone(), transitions_rx, events));
+        tokio::spawn(resolve_modes(
+            Arc::downgrade(&presence),
+            Resolver {
+                metadata,
+                profiles,
+                cache: Mutex::default(),
+            },
+            resolve_rx,
+        ));
+        tokio::spawn(sweep_periodically(Arc::downgrade(&presence)));
+        presence
+    }
+
+    /// Starts counting messages and connections (after the write-ahead log replayed
+    /// what a previous run received, which says nothing about who is online now).
+    pub(crate) fn arm(&self) {
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Subscribes to status transitions.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<DeviceStatusEvent> {
+        self.events.subscribe()
+    }
+
+    /// The device sent a message (any transport, or a gateway on its behalf).
+    pub(crate) fn activity(&self, id: DeviceId) {
+        self.touch(id, false);
+    }
+
+    /// The device's first MQTT session on this node opened.
+    pub(crate) fn connected(&self, id: DeviceId) {
+        self.touch(id, true);
+    }
+
+    /// The device's last MQTT session on this node closed, with DISCONNECT
+    /// (`graceful`) or without.
+    pub(crate) fn disconnected(&self, id: DeviceId, graceful: bool) {
+        if !self.armed.load(Ordering::Acquire) {
+            return;
+        }
+        let reason = if graceful {
+            StatusReason::Disconnect
+        } else {
+            StatusReason::ConnectionLost
+        };
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(entry) = state.devices.get_mut(&id) else {
+            return;
+        };
+        entry.connected = false;
+        if entry.online && !matches!(entry.mode, Mode::Heartbeat(_)) {
+            entry.online = false;
+            self.emit(id, false, reason, now);
+        }
+        if !entry.online {
+            state.devices.remove(&id);
+        }
+    }
+
+    fn touch(&self, id: DeviceId, connect: bool) {
+        if !self.armed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let entry = state.devices.entry(id).or_insert_with(|| Entry {
+            online: false,
+            connected: false,
+            last: now,
+            mode: Mode::Connection,
+            resolved: None,
+            resolving: false,
+            check_at: None,
+        });
+        entry.last = entry.last.max(now);
+        entry.connected |= connect;
+        if !entry.online {
+            entry.online = true;
+            let reason = if connect {
+                StatusReason::Connect
+            } else {
+                StatusReason::Activity
+            };
+            self.emit(id, true, reason, now);
+        }
+        let resolve = !entry.resolving && entry.resolved.is_none_or(|t| t.elapsed() > MODE_TTL);
+        entry.resolving |= resolve;
+        let due = entry.last.saturating_add(self.window(entry.mode));
+        state.schedule(id, due);
+        drop(state);
+        if resolve {
+            let _ = self.resolve.send(id);
+        }
+    }
+
+    /// The profile lookup for `id` finished.
+    fn resolved(&self, id: DeviceId, mode: Mode) {
+        let mut state = self.lock();
+        let Some(entry) = state.devices.get_mut(&id) else {
+            return;
+        };
+        entry.mode = mode;
+        entry.resolving = false;
+        entry.resolved = Some(Instant::now());
+        if entry.online {
+            let due = entry.last.saturating_add(self.window(mode));
+            state.schedule(id, due);
+        }
+    }
+
+    /// Looks at every due check: devices whose window passed go offline.
+    pub(crate) fn sweep(&self) {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let later = state.checks.split_off(&now.saturating_add(1));
+        let due = std::mem::replace(&mut state.checks, later);
+        for (at, ids) in due {
+            for id in ids {
+                let Some(entry) = state.devices.get_mut(&id) else {
+                    continue;
+                };
+                if entry.check_at != Some(at) {
+                    continue; // superseded by an earlier check
+                }
+                entry.check_at = None;
+                if !entry.online {
+                    continue;
+                }
+                let deadline = entry.last.saturating_add(self.window(entry.mode));
+                if deadline > now {
+                    state.schedule(id, deadline);
+                    continue;
+                }
+                if entry.resolved.is_none() {
+                    continue; // judged once its profile is known (`resolved` reschedules)
+                }
+                if entry.mode == Mode::Connection && entry.connected {
+                    continue; // the connection holds it online; its close decides
+                }
+                entry.online = false;
+                let (reason, connected) = (entry.mode.timeout_reason(), entry.connected);
+                self.emit(id, false, reason, now);
+                if !connected {
+                    state.devices.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn window(&self, mode: Mode) -> i64 {
+        match mode {
+            Mode::Heartbeat(ms) | Mode::Timeout(ms) => ms,
+            Mode::Connection => self.default_window_ms,
+        }
+    }
+
+    /// Queues a transition for the recorder (called under the state lock, so the
+    /// transitions of a device are recorded in the order they happened).
+    fn emit(&self, device_id: DeviceId, online: bool, reason: StatusReason, at: Timestamp) {
+        metrics::counter!("tp_device_status_changes_total",
+            "online" => if online { "true" } else { "false" }, "reason" => reason.as_str())
+        .increment(1);
+        tracing::info!(%device_id, online, %reason, "device status");
+        let _ = self.transitions.send(DeviceStatusEvent {
+            device_id,
+            online,
+            reason,
+            at,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes transitions to the store in order, then broadcasts them.
+async fn record(
+    metadata: MetadataStoreRef,
+    mut transitions: mpsc::UnboundedReceiver<DeviceStatusEvent>,
+    events: broadcast::Sender<DeviceStatusEvent>,
+) {
+    while let Some(event) = transitions.recv().await {
+        match metadata.append_status(&event).await {
+            Ok(()) => {}
+            Err(Error::NotFound { .. }) => {
+                tracing::debug!(device_id = %event.device_id, "status of a deleted device not recorded");
+            }
+            Err(e) => {
+                tracing::error!(device_id = %event.device_id, error = %e, "cannot record device status");
+            }
+        }
+        // No subscribers is not an error.
+        let _ = events.send(event);
+    }
+}
+
+async fn sweep_periodically(presence: std::sync::Weak<Presence>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(presence) = presence.upgrade() else {
+            return;
+        };
+        presence.sweep();
+    }
+}
+
+/// Device -> mode lookups, with profiles cached.
+struct Resolver {
+    metadata: MetadataStoreRef,
+    profiles: Option<AccessStoreRef>,
+    cache: Mutex<HashMap<ProfileId, (Mode, Instant)>>,
+}
+
+impl Resolver {
+    async fn mode(&self, id: DeviceId) -> tp_core::Result<Mode> {
+        let Some(profiles) = &self.profiles else {
+            return Ok(Mode::Connection);
+        };
+        let Some(device) = self.metadata.get_device_by_id(id).await? else {
+            return Ok(Mode::Connection);
+        };
+        let Some(profile_id) = device.profile_id else {
+            return Ok(Mode::Connection);
+        };
+        if let Some((mode, at)) = self.cached(profile_id)
+            && at.elapsed() < PROFILE_TTL
+        {
+            return Ok(mode);
+        }
+        let mode = match profiles.get_profile(device.tenant_id, profile_id).await? {
+            Some(p) => Mode::from_profile(p.heartbeat_secs, p.online_timeout_secs),
+            None => Mode::Connection,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 100_000 {
+            cache.clear();
+        }
+        cache.insert(profile_id, (mode, Instant::now()));
+        Ok(mode)
+    }
+
+    fn cached(&self, id: ProfileId) -> Option<(Mode, Instant)> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&id).copied()
+    }
+}
+
+async fn resolve_modes(
+    presence: std::sync::Weak<Presence>,
+    resolver: Resolver,
+    mut requests: mpsc::UnboundedReceiver<DeviceId>,
+) {
+    let resolver = Arc::new(resolver);
+    let limit = Arc::new(Semaphore::new(RESOLVE_CONCURRENCY));
+    while let Some(id) = requests.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (resolver, presence) = (resolver.clone(), presence.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mode = resolver.mode(id).await.unwrap_or_else(|e| {
+                // Judged by its connection until the next lookup.
+                tracing::warn!(device_id = %id, error = %e, "cannot look up the device's profile");
+                Mode::Connection
+            });
+            if let Some(presence) = presence.upgrade() {
+                presence.resolved(id, mode);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_windows_pick_the_mode() {
+        assert_eq!(
+            Mode::from_profile(Some(30), Some(60)),
+            Mode::Heartbeat(30_000)
+        );
+        assert_eq!(Mode::from_profile(None, Some(60)), Mode::Timeout(60_000));
+        assert_eq!(Mode::from_profile(Some(0), None), Mode::Connection);
+        assert_eq!(Mode::from_profile(None, None), Mode::Connection);
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new();
+        let t = clock.now_ms();
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(clock.now_ms(), t + 90_000);
+        let system = SystemClock::new();
+        assert!(system.now_ms() <= system.now_ms());
+    }
+}
