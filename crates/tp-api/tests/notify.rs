@@ -400,6 +400,7 @@ async fn unreachable_webhook_is_retried_then_failed() {
         "no URL in details: {detail}"
     );
     assert!(!detail.contains(SECRET));
+    assert!(detail.to_lowercase().contains("connect"), "{detail}");
 }
 
 #[tokio::test]
@@ -629,4 +630,47 @@ async fn invalid_recipients_fail_without_attempt() {
         assert_eq!(record.attempts, 0);
     }
     assert_eq!(sink.sessions(), 0);
+}
+
+#[tokio::test]
+async fn required_starttls_never_falls_back_to_plain_text() {
+    // The sink does not offer STARTTLS: with `tls = "starttls"` nothing may be sent.
+    let sink = SmtpSink::start().await;
+    let mut config = smtp_config(&sink);
+    config.smtp.tls = SmtpTls::Starttls;
+    config.max_attempts = 1;
+    let (_, n) = notifier(&config);
+    let tenant = TenantId::new();
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["ops@example.com"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Failed, "{record:?}");
+    assert!(sink.mails().is_empty());
+    assert!(record.detail.unwrap().contains("STARTTLS"));
+    assert_eq!(record.attempts, 1);
+}
+
+#[tokio::test]
+async fn sink_overrides_configure_a_node() {
+    let sink = SmtpSink::start().await;
+    let overrides = sink.config_overrides();
+    let refs: Vec<(&str, String)> = overrides.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let config = tp_api::config::PlatformConfig::load(None, &refs).unwrap();
+    assert_eq!(config.notify.smtp.tls, SmtpTls::None);
+    assert_eq!(config.notify.smtp.port, sink.port());
+    let (_, n) = notifier(&config.notify);
+    let tenant = TenantId::new();
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["ops@example.com"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(sink.wait_for_mails(1, WAIT).await.len(), 1);
 }

@@ -138,6 +138,21 @@ impl SmtpSink {
         self.addr.port()
     }
 
+    /// `PlatformConfig::load` overrides that point a node's `[notify.smtp]` at this
+    /// sink (plain SMTP) with a fast retry backoff.
+    pub(crate) fn config_overrides(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("notify.smtp.host", "127.0.0.1".to_owned()),
+            ("notify.smtp.port", self.port().to_string()),
+            ("notify.smtp.tls", "none".to_owned()),
+            (
+                "notify.smtp.from",
+                "ThingsPanel <alerts@example.com>".to_owned(),
+            ),
+            ("notify.backoff_base_ms", "10".to_owned()),
+        ]
+    }
+
     /// Messages accepted so far.
     pub(crate) fn mails(&self) -> Vec<ReceivedMail> {
         self.shared.lock().unwrap().mails.clone()
