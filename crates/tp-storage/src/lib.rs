@@ -11,7 +11,9 @@
 //! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
 //! | [`Cache`] | `redis::RedisCache` (feature `redis`) | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
 //! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` (feature `tdengine`) | `taos+ws://user:pass@host:6041/db?keep_days=N` |
+//! | [`RuleStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
 //! | [`MetadataStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
+//! | [`RuleStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
 //! | [`AccessStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
 //! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres://host/db?schema=s` |
 //!
@@ -21,7 +23,8 @@
 //!
 //! [`open_metadata`], [`open_timeseries`] and [`open_cache`] build a backend from a
 //! URL, which is what configuration files carry; [`open_access`] builds the metadata
-//! store together with the [`AccessStore`] over the same connection pool.
+//! store together with the [`AccessStore`] over the same connection pool, [`open_rules`]
+//! also the [`RuleStore`].
 //! [`writer::BatchWriter`] batches
 //! telemetry in front of a [`TimeSeriesStore`] with a bounded queue.
 //!
@@ -54,6 +57,7 @@ pub mod memory;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod rules_common;
 pub mod sqlite;
 #[cfg(feature = "tdengine")]
 pub mod tdengine;
@@ -62,6 +66,9 @@ pub mod writer;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(doc)]
+use tp_core::rules::RuleStore;
+use tp_core::rules::RuleStoreRef;
 #[cfg(doc)]
 use tp_core::{AccessStore, Cache, MetadataStore, TimeSeriesStore};
 use tp_core::{AccessStoreRef, CacheRef, Error, MetadataStoreRef, Result, TimeSeriesStoreRef};
@@ -170,6 +177,25 @@ pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)
         SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
     });
     Ok((store.clone(), store))
+}
+
+/// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
+/// returns it three times: as the [`MetadataStore`], the [`AccessStore`] and the
+/// [`RuleStore`], one store with one connection pool behind all handles.
+///
+/// # Errors
+/// As [`open_metadata`].
+pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, RuleStoreRef)> {
+    #[cfg(feature = "postgres")]
+    if is_postgres(url) {
+        let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
+        return Ok((store.clone(), store.clone(), store));
+    }
+    let store = Arc::new(match parse_sqlite(url, "storage.metadata")? {
+        SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
+        SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
+    });
+    Ok((store.clone(), store.clone(), store))
 }
 
 /// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`],
@@ -302,6 +328,15 @@ mod tests {
         let (meta, access) = open_access(&url).await.expect("access");
         assert_eq!((meta.backend(), access.backend()), ("sqlite", "sqlite"));
         open_access("sqlite::memory:").await.expect("memory");
+        let (meta, access, rules) = open_rules(&url).await.expect("rules");
+        assert_eq!(
+            (meta.backend(), access.backend(), rules.backend()),
+            ("sqlite", "sqlite", "sqlite")
+        );
+        assert_eq!(
+            invalid_field(open_rules("redis://localhost").await),
+            "storage.metadata"
+        );
         assert_eq!(
             invalid_field(open_access("redis://localhost").await),
             "storage.metadata"

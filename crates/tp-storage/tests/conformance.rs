@@ -92,6 +92,44 @@ mod sqlite_url_access {
     });
 }
 
+/// A SQLite rule store on a file (the metadata store's database).
+async fn sqlite_rules_file() -> Option<Held<dyn tp_core::rules::RuleStore>> {
+    let db = TempDb::new();
+    let store: tp_core::rules::RuleStoreRef =
+        Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+    Some(Held {
+        store,
+        _dir: Some(db),
+    })
+}
+
+mod sqlite_file_rules {
+    tp_core::rules_conformance!(super::sqlite_rules_file());
+}
+
+mod sqlite_memory_rules {
+    use super::*;
+    tp_core::rules_conformance!(async {
+        let store: tp_core::rules::RuleStoreRef =
+            Arc::new(SqliteMetadataStore::in_memory().await.expect("open"));
+        Some(store)
+    });
+}
+
+/// Through URL dispatch: `open_rules` on a file.
+mod sqlite_url_rules {
+    use super::*;
+    tp_core::rules_conformance!(async {
+        let db = TempDb::new();
+        let url = format!("sqlite://{}", db.path().display());
+        let (_meta, _access, store) = tp_storage::open_rules(&url).await.expect("open_rules");
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    });
+}
+
 mod sqlite_file_metadata {
     tp_core::metadata_conformance!(super::sqlite_meta_file());
 }
@@ -205,6 +243,18 @@ mod sqlite_one_shared_file {
         });
     }
 
+    mod rules {
+        use super::*;
+        tp_core::rules_conformance!(async {
+            let store: tp_core::rules::RuleStoreRef = Arc::new(
+                SqliteMetadataStore::open(&shared_path().await)
+                    .await
+                    .expect("open"),
+            );
+            Some(store)
+        });
+    }
+
     mod timeseries {
         use super::*;
         tp_core::timeseries_conformance!(async {
@@ -216,4 +266,102 @@ mod sqlite_one_shared_file {
             Some(store)
         });
     }
+}
+
+/// Deleting a tenant (AccessStore) deletes its rules, scenes, alarms with their
+/// history, channels and notification history, and keeps other tenants' rows.
+#[tokio::test]
+async fn tenant_delete_removes_rule_data() {
+    use tp_core::rules::*;
+    use tp_core::{AccessStore, MetadataStore, Page, Tenant, TenantId, now_ms};
+
+    let store = Arc::new(SqliteMetadataStore::in_memory().await.expect("open"));
+    let (gone, kept) = (TenantId::new(), TenantId::new());
+    for id in [gone, kept] {
+        let t = Tenant {
+            id,
+            name: format!("t-{id}"),
+            created_at: now_ms(),
+        };
+        MetadataStore::create_tenant(&*store, &t)
+            .await
+            .expect("tenant");
+    }
+    let rules: &dyn RuleStore = &*store;
+    let mut alarms = Vec::new();
+    for tenant in [gone, kept] {
+        let rule = tp_core::testing::rules::sample_rule(tenant, "r", now_ms());
+        rules.create_rule(&rule).await.expect("rule");
+        rules
+            .put_rule_state(&RuleState {
+                rule_id: rule.id,
+                scope: "s".into(),
+                state: serde_json::json!(1),
+                updated_at: 0,
+            })
+            .await
+            .expect("state");
+        let alarm = Alarm {
+            id: AlarmId::new(),
+            tenant_id: tenant,
+            rule_id: Some(rule.id),
+            device_id: None,
+            severity: AlarmSeverity::Info,
+            status: AlarmStatus::Active,
+            title: "t".into(),
+            description: None,
+            occurrences: 1,
+            details: serde_json::json!({}),
+            created_at: 0,
+            updated_at: 0,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            cleared_at: None,
+        };
+        rules.create_alarm(&alarm).await.expect("alarm");
+        rules
+            .append_alarm_event(&AlarmEvent {
+                alarm_id: alarm.id,
+                tenant_id: tenant,
+                ts: 0,
+                kind: AlarmEventKind::Raised,
+                user_id: None,
+                text: None,
+            })
+            .await
+            .expect("event");
+        alarms.push((tenant, rule.id, alarm.id));
+    }
+    AccessStore::delete_tenant(&*store, gone)
+        .await
+        .expect("delete");
+    let (_, gone_rule, gone_alarm) = alarms[0];
+    let (_, kept_rule, kept_alarm) = alarms[1];
+    assert_eq!(
+        rules.list_rules(gone, Page::default()).await.unwrap().total,
+        0
+    );
+    assert!(rules.list_rule_states(gone_rule).await.unwrap().is_empty());
+    assert_eq!(rules.get_alarm(gone, gone_alarm).await.unwrap(), None);
+    assert!(
+        rules
+            .list_alarm_events(gone, gone_alarm)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        rules.list_rules(kept, Page::default()).await.unwrap().total,
+        1
+    );
+    assert_eq!(rules.list_rule_states(kept_rule).await.unwrap().len(), 1);
+    assert!(rules.get_alarm(kept, kept_alarm).await.unwrap().is_some());
+    assert_eq!(
+        rules
+            .list_alarm_events(kept, kept_alarm)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

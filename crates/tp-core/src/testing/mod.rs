@@ -9,6 +9,7 @@
 pub mod access;
 pub mod cache;
 pub mod metadata;
+pub mod rules;
 pub mod timeseries;
 pub mod transport;
 

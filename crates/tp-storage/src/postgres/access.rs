@@ -262,6 +262,11 @@ impl AccessStore for PostgresMetadataStore {
             "DELETE FROM roles WHERE tenant_id = $1",
             "DELETE FROM device_profiles WHERE tenant_id = $1",
             "DELETE FROM audit_log WHERE tenant_id = $1",
+            "DELETE FROM rules WHERE tenant_id = $1",
+            "DELETE FROM scenes WHERE tenant_id = $1",
+            "DELETE FROM alarms WHERE tenant_id = $1",
+            "DELETE FROM notification_channels WHERE tenant_id = $1",
+            "DELETE FROM notifications WHERE tenant_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id.0)

@@ -2,7 +2,8 @@
 //!
 //! - [`PostgresMetadataStore`]: tenants, users, devices, attributes, downlink log; it is
 //!   also the [`tp_core::AccessStore`] (roles, API keys, device groups, profiles, audit
-//!   log) on the same schema and pool.
+//!   log) on the same schema and pool, and the [`tp_core::rules::RuleStore`] (rules,
+//!   scenes, alarms, notification channels and history, rule state).
 //! - [`PostgresTimeSeriesStore`]: telemetry history (`ts_kv`), latest values
 //!   (`ts_latest`) and events (`ts_events`). History is range-partitioned on `ts` with
 //!   partitions created on demand, so retention drops whole partitions
@@ -27,6 +28,7 @@
 mod access;
 mod error;
 mod meta;
+mod rules;
 mod timescale;
 mod timeseries;
 mod value;

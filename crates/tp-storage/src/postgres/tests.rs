@@ -141,6 +141,46 @@ mod access_by_url {
     });
 }
 
+mod rules {
+    tp_core::rules_conformance!(super::metadata_store());
+}
+
+/// The rule suite through URL dispatch: `open_rules` hands out one pool for all three.
+mod rules_by_url {
+    use super::*;
+
+    /// The rule store and the guard that drops its schema.
+    struct Rules(
+        tp_core::rules::RuleStoreRef,
+        #[allow(dead_code)] InSchema<()>,
+    );
+
+    impl Deref for Rules {
+        type Target = dyn tp_core::rules::RuleStore;
+        fn deref(&self) -> &Self::Target {
+            &*self.0
+        }
+    }
+
+    async fn rules() -> Option<Rules> {
+        let (url, schema) = target()?;
+        let (_meta, _access, store) = crate::open_rules(&with_schema(&url, &schema))
+            .await
+            .expect("open_rules");
+        assert_eq!(store.backend(), "postgres");
+        Some(Rules(
+            store,
+            InSchema {
+                store: Some(()),
+                base_url: url,
+                schema,
+            },
+        ))
+    }
+
+    tp_core::rules_conformance!(rules());
+}
+
 #[test]
 fn urls_are_parsed_and_our_parameters_stripped() {
     let t = Target::parse(

@@ -279,6 +279,11 @@ impl AccessStore for SqliteMetadataStore {
             "DELETE FROM roles WHERE tenant_id = ?",
             "DELETE FROM device_profiles WHERE tenant_id = ?",
             "DELETE FROM audit_log WHERE tenant_id = ?",
+            "DELETE FROM rules WHERE tenant_id = ?",
+            "DELETE FROM scenes WHERE tenant_id = ?",
+            "DELETE FROM alarms WHERE tenant_id = ?",
+            "DELETE FROM notification_channels WHERE tenant_id = ?",
+            "DELETE FROM notifications WHERE tenant_id = ?",
         ] {
             sqlx::query(sql)
                 .bind(id.to_string())

@@ -2,7 +2,8 @@
 //!
 //! - [`SqliteMetadataStore`]: tenants, users, devices, attributes, downlink log; it is
 //!   also the [`tp_core::AccessStore`] (roles, API keys, device groups, profiles, audit
-//!   log) on the same database and pools.
+//!   log) on the same database and pools, and the [`tp_core::rules::RuleStore`] (rules,
+//!   scenes, alarms, notification channels and history, rule state).
 //! - [`SqliteTimeSeriesStore`]: telemetry history (`ts_kv`, a `WITHOUT ROWID` table keyed
 //!   by `(series_id, ts)`, with `(device_id, key)` -> `series_id` in `ts_series`); latest
 //!   values are the last history row of each series; events in `ts_events`.
@@ -16,6 +17,7 @@
 mod access;
 mod error;
 mod meta;
+mod rules;
 mod timeseries;
 mod value;
 
