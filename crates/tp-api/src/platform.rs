@@ -10,7 +10,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tp_broker::{BrokerDeps, DrainReport, EmbeddedBroker};
+use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
 use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
@@ -150,12 +150,17 @@ impl Platform {
             mqtt.wal.dir = Some(config.data_dir.join("wal"));
         }
         let broker = Arc::new(
-            EmbeddedBroker::start(
+            EmbeddedBroker::start_with(
                 &mqtt,
                 BrokerDeps {
                     metadata: metadata.clone(),
                     cache: cache.clone(),
                     writer: writer.clone(),
+                },
+                // Profiles give presence its heartbeat / online-timeout windows.
+                BrokerOptions {
+                    profiles: Some(access.clone()),
+                    clock: None,
                 },
             )
             .await?,

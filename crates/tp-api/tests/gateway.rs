@@ -155,3 +155,151 @@ async fn gateway_placement_is_validated() {
 fn uuid_string() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_to_offline_sub_devices_go_out_when_the_gateway_reconnects() {
+    use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, DeviceId};
+
+    let node = Node::start().await;
+    let gw = node.create_device("gw-q").await;
+    let (_, sub) = node.create_sub("sensor-q", &gw.id, "s_q").await;
+    let (_, sg) = node.create_sub("sub-gw-q", &gw.id, "line_q").await;
+    let (_, deep) = node
+        .create_sub("sensor-dq", sg["id"].as_str().unwrap(), "s_dq")
+        .await;
+    let sub_dev = TestDevice {
+        id: sub["id"].as_str().unwrap().to_owned(),
+        number: "sensor-q".into(),
+        username: String::new(),
+        password: String::new(),
+    };
+    let deep_id = deep["id"].as_str().unwrap().to_owned();
+
+    // The gateway was online once and dropped off.
+    let client = node.connect(&gw, "mqtt_gw-q").await;
+    node.wait_online(&gw, true).await;
+    client.disconnect().await;
+    node.wait_online(&gw, false).await;
+
+    let queued = node
+        .downlink(
+            post(),
+            &format!("/api/v1/devices/{}/commands", sub_dev.id),
+            json!({"method": "Calibrate", "params": {"zero": 1}}),
+        )
+        .await;
+    assert_eq!(queued["status"], "pending", "{queued}");
+    let queued_mid = mid(&queued);
+    let deep_row = node
+        .downlink(
+            post(),
+            &format!("/api/v1/devices/{deep_id}/commands"),
+            json!({"method": "Deep", "params": {}}),
+        )
+        .await;
+    assert_eq!(deep_row["status"], "pending", "{deep_row}");
+    let deep_mid = mid(&deep_row);
+    // One whose expiry passed while the gateway was away (written to the store
+    // directly, so no API listing expires it first).
+    let sub_id: DeviceId = sub_dev.id.parse().unwrap();
+    let sub_row = node
+        .platform
+        .metadata()
+        .get_device_by_id(sub_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = tp_core::now_ms();
+    node.platform
+        .metadata()
+        .create_command(&CommandLog {
+            id: CommandId::new(),
+            tenant_id: sub_row.tenant_id,
+            device_id: sub_id,
+            message_id: "5ca1ed00".into(),
+            kind: CommandKind::Command,
+            payload: json!({"method": "Stale", "params": {}}),
+            status: CommandStatus::Pending,
+            response: None,
+            created_at: now - 10_000,
+            updated_at: now - 10_000,
+            expires_at: Some(now - 5_000),
+        })
+        .await
+        .unwrap();
+
+    // The gateway reconnects and subscribes: both live commands arrive through it,
+    // in the envelope, on its own topic; the stale one never does.
+    let mut client = node.connect(&gw, "mqtt_gw-q").await;
+    client.subscribe(&["gateway/command/gw-q/+"]).await.unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (topic, payload) = client.recv_publish(RECV).await.expect("queued command");
+        got.insert(topic, json_of(&payload));
+    }
+    assert_eq!(
+        got[&format!("gateway/command/gw-q/{queued_mid}")],
+        json!({"sub_device_data": {"s_q": {"method": "Calibrate", "params": {"zero": 1}}}})
+    );
+    assert_eq!(
+        got[&format!("gateway/command/gw-q/{deep_mid}")],
+        json!({"sub_gateway_data": {"line_q": {"sub_device_data": {"s_dq": {"method": "Deep", "params": {}}}}}})
+    );
+    node.wait_status(&sub_dev, &queued_mid, "sent").await;
+    let stale = node
+        .platform
+        .metadata()
+        .get_command_by_message_id(sub_id, "5ca1ed00")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale.status, CommandStatus::Expired, "{stale:?}");
+
+    // The gateway's plain answer marks the sub-device's row.
+    client
+        .publish(
+            &format!("gateway/command/response/{queued_mid}"),
+            r#"{"result":0,"message":"success","method":"Calibrate"}"#,
+        )
+        .await
+        .unwrap();
+    node.wait_status(&sub_dev, &queued_mid, "replied").await;
+
+    // The gateway's status history: connect, disconnect, connect (newest first).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let (status, history) = node
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/devices/{}/status-history", gw.id),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{history}");
+        if history["total"] == 3 || tokio::time::Instant::now() >= deadline {
+            break history;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reasons: Vec<_> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["online"].as_bool().unwrap(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (true, "connect".to_owned()),
+            (false, "disconnect".to_owned()),
+            (true, "connect".to_owned())
+        ]
+    );
+    assert_eq!(history["total"], 3);
+    node.platform.shutdown().await.unwrap();
+}

@@ -574,3 +574,109 @@ pub(crate) async fn rotate_credentials(
         password,
     }))
 }
+
+/// Status history paging and time range.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StatusHistoryParams {
+    /// Inclusive start (ms since the epoch).
+    start: Option<i64>,
+    /// Exclusive end (ms since the epoch).
+    end: Option<i64>,
+    /// Page number, from 1 (default 1).
+    page: Option<u64>,
+    /// Events per page, 1 to 1000 (default 20).
+    page_size: Option<u64>,
+}
+
+/// One online/offline transition.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatusEventResponse {
+    /// The state the device went to.
+    online: bool,
+    /// Why: `connect`, `disconnect`, `connection_lost`, `activity`,
+    /// `heartbeat_timeout`, `online_timeout` or `inactivity_timeout`.
+    reason: String,
+    /// When (ms).
+    at: i64,
+}
+
+/// A page of status history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatusHistoryList {
+    /// The page.
+    items: Vec<StatusEventResponse>,
+    /// Events in the range.
+    total: u64,
+}
+
+/// A device's online/offline transitions, newest first, with the reason of each
+/// (ThingsPanel's `device/status/history`).
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/status-history",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "Device id"), StatusHistoryParams),
+    responses(
+        (status = 200, description = "A page of transitions", body = StatusHistoryList),
+        (status = 400, description = "Malformed id, paging or range", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+    ),
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
+)]
+pub(crate) async fn status_history(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Query(q): Query<StatusHistoryParams>,
+) -> ApiResult<axum::Json<StatusHistoryList>> {
+    caller.require(Permission::DeviceRead)?;
+    let page = q.page.unwrap_or(1);
+    if page == 0 {
+        return Err(ApiError::invalid("page", "must be at least 1"));
+    }
+    let page_size = q.page_size.unwrap_or(20);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::invalid(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let offset = (page - 1)
+        .checked_mul(page_size)
+        .filter(|o| *o <= i64::MAX as u64)
+        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    if let (Some(start), Some(end)) = (q.start, q.end)
+        && start > end
+    {
+        return Err(ApiError::invalid("end", "must not be before start"));
+    }
+    // 404 for another tenant's device, not an empty page.
+    let device = load_device(&state, &caller, id).await?;
+    let query = tp_core::StatusHistoryQuery {
+        start: q.start,
+        end: q.end,
+        page: Page {
+            offset,
+            limit: page_size,
+        },
+    };
+    let paged = state
+        .metadata
+        .list_status_history(caller.tenant_id, device.id, &query)
+        .await?;
+    Ok(axum::Json(StatusHistoryList {
+        items: paged
+            .items
+            .into_iter()
+            .map(|e| StatusEventResponse {
+                online: e.online,
+                reason: e.reason.as_str().to_owned(),
+                at: e.at,
+            })
+            .collect(),
+        total: paged.total,
+    }))
+}

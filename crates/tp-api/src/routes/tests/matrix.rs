@@ -295,6 +295,7 @@ fn table() -> Vec<Row> {
         ),
         row("GET", "/api/v1/devices/{device}/attributes", READ_ONE),
         row("GET", "/api/v1/devices/{device}/events", READ_ONE),
+        row("GET", "/api/v1/devices/{device}/status-history", READ_ONE),
         // downlink
         with(
             "POST",
