@@ -21,9 +21,11 @@ use tp_core::protocol::{
     DownlinkKind, DownlinkTopic, GatewayEnvelope, MethodCall, ResponseObject, UplinkKind,
     UplinkTopic, decode_attributes, decode_event, decode_telemetry,
 };
+use tp_core::rules::{RuleInput, RuleInputData, UplinkObserverRef};
 use tp_core::{
     CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, Order, TelemetryPoint, now_ms,
 };
+use tp_core::{ProfileId, TenantId};
 use tp_storage::writer::WriterHandle;
 
 use crate::session::{Shared, decode_envelope, ingest_size};
@@ -45,6 +47,8 @@ pub(crate) struct Uplinks {
     pub(crate) writer: WriterHandle,
     /// Every accepted message is a sign of life ([`crate::presence`]).
     pub(crate) presence: Arc<crate::presence::Presence>,
+    /// The rule engine, handed each accepted telemetry, attribute and event message.
+    pub(crate) observer: Option<UplinkObserverRef>,
 }
 
 impl Ingest {
@@ -518,6 +522,10 @@ impl Uplinks {
         call: MethodCall,
         now: i64,
     ) -> tp_core::Result<()> {
+        let observed = self.observer.is_some().then(|| RuleInputData::Event {
+            method: call.method.clone(),
+            params: call.params.clone(),
+        });
         self.writer
             .write_events(vec![DeviceEvent {
                 device_id,
@@ -526,7 +534,11 @@ impl Uplinks {
                 method: call.method,
                 params: call.params,
             }])
-            .await
+            .await?;
+        if let Some(data) = observed {
+            self.observe(device_id, now, data).await;
+        }
+        Ok(())
     }
 
     /// Decodes a telemetry payload (flat, `{"ts","values"}` or an array of those)
@@ -547,7 +559,21 @@ impl Uplinks {
             })
             .collect();
         metrics::counter!("tp_ingest_points_total").increment(points.len() as u64);
-        self.writer.write(points).await
+        let observed = self.observer.is_some().then(|| RuleInputData::Telemetry {
+            values: points
+                .iter()
+                .map(|p| KeyValue {
+                    key: p.key.clone(),
+                    ts: p.ts,
+                    value: p.value.clone(),
+                })
+                .collect(),
+        });
+        self.writer.write(points).await?;
+        if let Some(data) = observed {
+            self.observe(device_id, now, data).await;
+        }
+        Ok(())
     }
 
     /// Decodes an attributes payload (a flat object) and upserts the attributes.
@@ -568,7 +594,47 @@ impl Uplinks {
         self.shared
             .metadata
             .upsert_attributes(device_id, &attrs)
-            .await
+            .await?;
+        if self.observer.is_some() {
+            self.observe(device_id, now, RuleInputData::Attributes { values: attrs })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Hands an accepted message to the observer (the rule engine), with the device's
+    /// tenant and profile from its session or a short-lived cache, so a connected
+    /// device costs no store lookup.
+    async fn observe(&self, device_id: DeviceId, now: i64, data: RuleInputData) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let identity = match self.shared.session_device(device_id) {
+            Some(d) => Some((d.tenant_id, d.profile_id)),
+            None => match identity_cache_get(device_id) {
+                Some(i) => Some(i),
+                None => match self.shared.metadata.get_device_by_id(device_id).await {
+                    Ok(Some(d)) => {
+                        identity_cache_put(device_id, (d.tenant_id, d.profile_id));
+                        Some((d.tenant_id, d.profile_id))
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(device_id = %device_id, error = %e, "cannot resolve the device for the rule engine; message not evaluated");
+                        None
+                    }
+                },
+            },
+        };
+        if let Some((tenant_id, profile_id)) = identity {
+            observer.observe(RuleInput {
+                device_id,
+                tenant_id,
+                profile_id,
+                ts: now,
+                data,
+            });
+        }
     }
 
     /// A device answered a command or an attribute set: update its log row.
@@ -638,6 +704,28 @@ fn sub_device_cache_put(parent: DeviceId, addr: &str, id: DeviceId) {
 fn sub_device_cache_remove(parent: DeviceId, addr: &str) {
     let mut map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
     map.remove(&(parent, addr.to_owned()));
+}
+
+type IdentityCache = Mutex<HashMap<DeviceId, (TenantId, Option<ProfileId>, Instant)>>;
+
+/// Device -> (tenant, profile) of devices without a session here (HTTP, CoAP,
+/// sub-devices), for [`Uplinks::observe`]; same expiry and size bound as the
+/// sub-device cache.
+static IDENTITIES: LazyLock<IdentityCache> = LazyLock::new(Default::default);
+
+fn identity_cache_get(device: DeviceId) -> Option<(TenantId, Option<ProfileId>)> {
+    let map = IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&device)
+        .filter(|(.., at)| at.elapsed() < SUB_DEVICE_TTL)
+        .map(|(t, p, _)| (*t, *p))
+}
+
+fn identity_cache_put(device: DeviceId, identity: (TenantId, Option<ProfileId>)) {
+    let mut map = IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= SUB_DEVICE_CACHE_MAX {
+        map.clear();
+    }
+    map.insert(device, (identity.0, identity.1, Instant::now()));
 }
 
 fn kind_name(kind: UplinkKind) -> &'static str {

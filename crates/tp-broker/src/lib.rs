@@ -99,6 +99,10 @@ pub struct BrokerOptions {
     /// The clock presence windows are measured on; [`SystemClock`] when unset. Tests
     /// pass a [`ManualClock`] to step over a window instead of waiting it out.
     pub clock: Option<ClockRef>,
+    /// Handed every accepted telemetry, attribute and event message (the rule
+    /// engine); `observe` must not block. Online/offline reaches observers through
+    /// [`EmbeddedBroker::status_events`].
+    pub observer: Option<tp_core::rules::UplinkObserverRef>,
 }
 
 /// Outcome of [`EmbeddedBroker::drain`].
@@ -266,6 +270,7 @@ impl EmbeddedBroker {
                     shared: shared.clone(),
                     writer: deps.writer.clone(),
                     presence: presence.clone(),
+                    observer: options.observer.clone(),
                 },
                 publisher: publisher.clone(),
             };
@@ -352,6 +357,7 @@ impl EmbeddedBroker {
             shared: shared.clone(),
             writer: deps.writer.clone(),
             presence: presence.clone(),
+            observer: options.observer.clone(),
         };
         let device_api = DeviceApi {
             uplinks: uplinks.clone(),

@@ -63,6 +63,7 @@ async fn start(http_online_secs: u32) -> Node {
         BrokerOptions {
             profiles: Some(access.clone()),
             clock: Some(clock.clone()),
+            observer: None,
         },
     )
     .await
