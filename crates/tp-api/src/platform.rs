@@ -161,6 +161,7 @@ impl Platform {
                 BrokerOptions {
                     profiles: Some(access.clone()),
                     clock: None,
+                    observer: None,
                 },
             )
             .await?,
