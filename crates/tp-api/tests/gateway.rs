@@ -301,5 +301,34 @@ async fn queued_commands_to_offline_sub_devices_go_out_when_the_gateway_reconnec
         ]
     );
     assert_eq!(history["total"], 3);
+    // Paged and ranged: the second page of one is the disconnect; an empty range is
+    // empty; a reversed range is refused.
+    let path = format!("/api/v1/devices/{}/status-history", gw.id);
+    let (status, page) = node
+        .call(
+            reqwest::Method::GET,
+            &format!("{path}?page=2&page_size=1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["items"][0]["reason"], "disconnect");
+    let (status, none) = node
+        .call(reqwest::Method::GET, &format!("{path}?start=0&end=1"), None)
+        .await;
+    assert_eq!(
+        (status, &none["total"]),
+        (StatusCode::OK, &json!(0)),
+        "{none}"
+    );
+    let (status, body) = node
+        .call(
+            reqwest::Method::GET,
+            &format!("{path}?start=10&end=5"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     node.platform.shutdown().await.unwrap();
 }
