@@ -38,6 +38,9 @@ pub mod coap;
 mod config;
 pub mod downlink;
 mod error;
+#[cfg(feature = "external")]
+pub mod external;
+pub mod hooks;
 pub mod http;
 mod ingest;
 pub mod presence;

@@ -196,42 +196,18 @@ impl Shared {
         username: &str,
         password: &str,
     ) -> Result<Arc<Device>, Refused> {
-        let device = match self.resolve(username).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(Refused::UnknownUsername),
-            Err(e) => {
-                tracing::error!(error = %e, "credential lookup failed");
-                return Err(Refused::Store(e));
-            }
-        };
-        if !device.credentials.verify(password) {
-            return Err(Refused::BadPassword);
-        }
-        if !device.enabled {
-            return Err(Refused::Disabled);
-        }
-        Ok(device)
+        self.credentials()
+            .check_credentials(username, password)
+            .await
     }
 
-    /// Credentials -> device: cache first, then the metadata store.
-    async fn resolve(&self, username: &str) -> tp_core::Result<Option<Arc<Device>>> {
-        let key = credential_cache_key(username);
-        match self.cache.get_json::<Device>(&key).await {
-            Ok(Some(d)) => return Ok(Some(Arc::new(d))),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cache read failed; using the metadata store"),
+    /// The credential lookup of this broker (also used by the external-broker hooks).
+    pub(crate) fn credentials(&self) -> Credentials {
+        Credentials {
+            metadata: self.metadata.clone(),
+            cache: self.cache.clone(),
+            ttl: self.credential_ttl,
         }
-        let Some(device) = self.metadata.get_device_by_username(username).await? else {
-            return Ok(None);
-        };
-        if let Err(e) = self
-            .cache
-            .set_json(&key, &device, Some(self.credential_ttl))
-            .await
-        {
-            tracing::warn!(error = %e, "cache write failed");
-        }
-        Ok(Some(Arc::new(device)))
     }
 
     /// Backpressure. rumqttd acknowledges a QoS 1 publish once it is in the router's
@@ -389,6 +365,74 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+/// Device credential resolution and checking: cache first, then the metadata store.
+/// One implementation for the embedded broker's auth hook, the HTTP and CoAP device
+/// APIs and the external-broker hooks ([`crate::hooks`]), so every way in accepts
+/// exactly the same devices.
+#[derive(Debug, Clone)]
+pub(crate) struct Credentials {
+    pub(crate) metadata: MetadataStoreRef,
+    pub(crate) cache: CacheRef,
+    /// How long a resolved device stays in the cache.
+    pub(crate) ttl: Duration,
+}
+
+impl Credentials {
+    /// The enabled device these credentials belong to.
+    pub(crate) async fn check_credentials(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Arc<Device>, Refused> {
+        let device = self.lookup(username).await?;
+        if !device.credentials.verify(password) {
+            return Err(Refused::BadPassword);
+        }
+        if !device.enabled {
+            return Err(Refused::Disabled);
+        }
+        Ok(device)
+    }
+
+    /// The enabled device with this username, without a password check: for hooks
+    /// of an external broker about a connection it already authenticated.
+    pub(crate) async fn enabled_device(&self, username: &str) -> Result<Arc<Device>, Refused> {
+        let device = self.lookup(username).await?;
+        if !device.enabled {
+            return Err(Refused::Disabled);
+        }
+        Ok(device)
+    }
+
+    async fn lookup(&self, username: &str) -> Result<Arc<Device>, Refused> {
+        match self.resolve(username).await {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(Refused::UnknownUsername),
+            Err(e) => {
+                tracing::error!(error = %e, "credential lookup failed");
+                Err(Refused::Store(e))
+            }
+        }
+    }
+
+    /// Credentials -> device: cache first, then the metadata store.
+    async fn resolve(&self, username: &str) -> tp_core::Result<Option<Arc<Device>>> {
+        let key = credential_cache_key(username);
+        match self.cache.get_json::<Device>(&key).await {
+            Ok(Some(d)) => return Ok(Some(Arc::new(d))),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cache read failed; using the metadata store"),
+        }
+        let Some(device) = self.metadata.get_device_by_username(username).await? else {
+            return Ok(None);
+        };
+        if let Err(e) = self.cache.set_json(&key, &device, Some(self.ttl)).await {
+            tracing::warn!(error = %e, "cache write failed");
+        }
+        Ok(Some(Arc::new(device)))
     }
 }
 
