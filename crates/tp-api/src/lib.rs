@@ -11,6 +11,7 @@ pub mod notify;
 pub mod openapi;
 pub mod platform;
 mod routes;
+pub mod rules;
 pub mod state;
 
 pub use openapi::openapi;

@@ -182,11 +182,33 @@ async fn issue(
     payload: serde_json::Value,
     lifetime_ms: i64,
 ) -> ApiResult<CommandLog> {
+    Ok(issue_downlink(
+        &state.metadata,
+        state.transport.as_ref(),
+        device,
+        kind,
+        payload,
+        lifetime_ms,
+    )
+    .await?)
+}
+
+/// The non-HTTP core of every downlink endpoint, shared with the rule engine's
+/// device actions so both log and deliver identically: logs the row as pending and
+/// publishes it if the device can receive it now (else the broker delivers it when
+/// the device subscribes).
+pub(crate) async fn issue_downlink(
+    metadata: &tp_core::MetadataStoreRef,
+    transport: Option<&tp_core::DeviceTransportRef>,
+    device: &Device,
+    kind: CommandKind,
+    payload: serde_json::Value,
+    lifetime_ms: i64,
+) -> tp_core::Result<CommandLog> {
     // 8 hex characters collide eventually; responses are matched by (device, message_id).
     let mut message_id = new_message_id();
     for _ in 0..8 {
-        if state
-            .metadata
+        if metadata
             .get_command_by_message_id(device.id, &message_id)
             .await?
             .is_none()
@@ -209,13 +231,13 @@ async fn issue(
         updated_at: now,
         expires_at: Some(now + lifetime_ms),
     };
-    state.metadata.create_command(&row).await?;
-    let Some(transport) = &state.transport else {
+    metadata.create_command(&row).await?;
+    let Some(transport) = transport else {
         return Ok(row);
     };
     // A sub-device is reached through its top-level gateway, in the gateway envelope.
     let route = route(
-        state.metadata.as_ref(),
+        metadata.as_ref(),
         device,
         kind,
         &row.message_id,
@@ -236,14 +258,14 @@ async fn issue(
         // Sent before publishing, so a fast response is never overwritten by "sent".
         row.status = CommandStatus::Sent;
         row.updated_at = now_ms();
-        state.metadata.update_command(&row).await?;
+        metadata.update_command(&row).await?;
         let sent = transport.send(message.clone()).await;
         let Err(e) = sent else {
             return Ok(row);
         };
         row.status = CommandStatus::Pending;
         row.updated_at = now_ms();
-        state.metadata.update_command(&row).await?;
+        metadata.update_command(&row).await?;
         if matches!(e, tp_core::Error::NotFound { .. }) {
             tracing::debug!(device_id = %device.id, message_id = %row.message_id, reason = %e,
                 "device cannot receive the downlink yet; queued");

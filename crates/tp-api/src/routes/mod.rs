@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 mod auth;
 mod devices;
-mod downlink;
+pub(crate) mod downlink;
 mod extract;
 mod groups;
 mod profiles;
