@@ -15,6 +15,7 @@ use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
 use crate::config::PlatformConfig;
+use crate::rules::{ClockRef, RuleEngine, RuleEngineConfig, RuleEngineDeps, SystemClock};
 use crate::state::AppState;
 
 /// A node that failed to start, naming the setting to change.
@@ -72,6 +73,15 @@ pub struct Platform {
     stop_http: CancellationToken,
     drain_timeout: Duration,
     bootstrap: Option<BootstrapAdmin>,
+    rule_engine: RuleEngine,
+}
+
+/// Parts of a node that are not configuration (tests and embedders).
+#[derive(Debug, Clone, Default)]
+pub struct PlatformOptions {
+    /// The clock of the rule engine's duration windows and schedules; the system
+    /// clock when unset. Tests pass a [`crate::rules::ManualClock`].
+    pub rule_clock: Option<ClockRef>,
 }
 
 /// Longest time a client may take to complete the TLS handshake on the HTTPS port.
@@ -99,11 +109,23 @@ impl Platform {
     /// # Errors
     /// [`PlatformError`] naming the setting to change (bad URL, taken port, ...).
     pub async fn start(config: PlatformConfig) -> Result<Self, PlatformError> {
+        Self::start_with(config, PlatformOptions::default()).await
+    }
+
+    /// [`Self::start`] with [`PlatformOptions`].
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with(
+        config: PlatformConfig,
+        options: PlatformOptions,
+    ) -> Result<Self, PlatformError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| PlatformError::Setting {
             setting: "data_dir (--data-dir)",
             message: format!("cannot create {}: {e}", config.data_dir.display()),
         })?;
-        let (metadata, access) = tp_storage::open_access(&config.metadata_url())
+        // One pool behind the metadata, access and rule stores.
+        let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
             .await
             .map_err(setting("storage.metadata"))?;
         let timeseries = tp_storage::open_timeseries(&config.timeseries_url())
@@ -144,6 +166,23 @@ impl Platform {
         };
         let is_https = matches!(listener, HttpListener::Https(_));
         let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
+        let notifier = crate::notify::Notifications::new(rules.clone(), &config.notify)
+            .map_err(setting("notify"))?;
+        // Started before the broker, which hands it every accepted message.
+        let rule_engine = RuleEngine::start(
+            RuleEngineDeps {
+                rules: rules.clone(),
+                metadata: metadata.clone(),
+                cache: cache.clone(),
+                notifier: Some(Arc::new(notifier)),
+                clock: options
+                    .rule_clock
+                    .unwrap_or_else(|| Arc::new(SystemClock)),
+            },
+            RuleEngineConfig::default(),
+        )
+        .await
+        .map_err(setting("storage.metadata (rules)"))?;
         // The broker's write-ahead log lives in the data dir unless set elsewhere.
         let mut mqtt = config.mqtt.clone();
         if mqtt.wal.dir.is_none() {
@@ -161,11 +200,14 @@ impl Platform {
                 BrokerOptions {
                     profiles: Some(access.clone()),
                     clock: None,
-                    observer: None,
+                    observer: Some(rule_engine.observer()),
                 },
             )
             .await?,
         );
+
+        rule_engine.set_transport(broker.transport());
+        rule_engine.watch_status(broker.status_events());
 
         let bootstrap = crate::auth::bootstrap_admin(
             metadata.as_ref(),
@@ -244,6 +286,7 @@ impl Platform {
             stop_http,
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             bootstrap,
+            rule_engine,
         })
     }
 
@@ -273,6 +316,11 @@ impl Platform {
         self.bootstrap.as_ref()
     }
 
+    /// The rule engine (its counters; `flush` to wait for evaluation in tests).
+    pub fn rule_engine(&self) -> &RuleEngine {
+        &self.rule_engine
+    }
+
     /// The metadata store.
     pub fn metadata(&self) -> &MetadataStoreRef {
         &self.metadata
@@ -292,6 +340,9 @@ impl Platform {
     /// store, then stop the HTTP server.
     pub async fn shutdown(self) -> Result<DrainReport, PlatformError> {
         let report = self.broker.drain(self.drain_timeout).await?;
+        // Everything ingested is evaluated and acted on before the stores go.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.rule_engine.flush()).await;
+        self.rule_engine.stop();
         self.writer
             .clone()
             .shutdown()
