@@ -22,7 +22,7 @@ pub enum Permission {
     DeviceWrite,
     /// Send downlink (commands, attribute set/get, telemetry control).
     DeviceCommand,
-    /// Acknowledge alarms.
+    /// Acknowledge, clear and comment on alarms.
     AlarmAck,
     /// Manage the tenant's users.
     UserManage,
@@ -36,11 +36,17 @@ pub enum Permission {
     ProfileWrite,
     /// Read the audit log.
     AuditRead,
+    /// Read rules, scenes, notification channels and the notification history.
+    RuleRead,
+    /// Create, change and delete rules, scenes and notification channels; run scenes.
+    RuleWrite,
+    /// Read alarms, their history and counts (changing them needs `alarm:ack`).
+    AlarmRead,
 }
 
 impl Permission {
     /// Every permission, in wire-name order of declaration.
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 13] = [
         Permission::DeviceRead,
         Permission::DeviceWrite,
         Permission::DeviceCommand,
@@ -51,6 +57,9 @@ impl Permission {
         Permission::GroupWrite,
         Permission::ProfileWrite,
         Permission::AuditRead,
+        Permission::RuleRead,
+        Permission::RuleWrite,
+        Permission::AlarmRead,
     ];
 
     /// The wire name, e.g. `device:read`.
@@ -66,6 +75,9 @@ impl Permission {
             Permission::GroupWrite => "group:write",
             Permission::ProfileWrite => "profile:write",
             Permission::AuditRead => "audit:read",
+            Permission::RuleRead => "rule:read",
+            Permission::RuleWrite => "rule:write",
+            Permission::AlarmRead => "alarm:read",
         }
     }
 

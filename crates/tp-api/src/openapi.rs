@@ -20,7 +20,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     tags(
@@ -35,6 +35,10 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "devices", description = "Device registry and MQTT credentials"),
         (name = "telemetry", description = "Telemetry, attributes and events of a device"),
         (name = "downlink", description = "Commands, attribute set/get and telemetry control to a device, and their log"),
+        (name = "rules", description = "Automation rules: trigger groups (OR of AND-ed conditions) and actions"),
+        (name = "scenes", description = "Manual scenes: named action lists run on demand"),
+        (name = "alarms", description = "Alarms raised by rules: lifecycle, history, comments and counts"),
+        (name = "notifications", description = "Notification channels (webhook, email) and the notification history"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]

@@ -232,7 +232,9 @@ impl Platform {
             cache.clone(),
             config.auth.auth_config(jwt_secret),
         )
-        .with_transport(broker.transport());
+        .with_transport(broker.transport())
+        .with_rules(rules)
+        .with_rule_engine(Arc::new(rule_engine.clone()));
         if let Some(handle) = prometheus() {
             state = state.with_metrics(handle);
         }

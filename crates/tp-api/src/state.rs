@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tp_core::rules::{RuleEngineControlRef, RuleStoreRef};
 use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
 
 use crate::auth::{AuthConfig, AuthKeys};
@@ -37,6 +38,10 @@ pub struct AppState {
     pub(crate) transport: Option<DeviceTransportRef>,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) readiness: Arc<Vec<(&'static str, ReadinessCheck)>>,
+    /// Rules, scenes, alarms and channels; without it their routes answer 503.
+    pub(crate) rules: Option<RuleStoreRef>,
+    /// The running rule engine: told about rule changes, runs scenes.
+    pub(crate) rule_engine: Option<RuleEngineControlRef>,
 }
 
 impl AppState {
@@ -61,7 +66,33 @@ impl AppState {
             transport: None,
             metrics: None,
             readiness: Arc::new(Vec::new()),
+            rules: None,
+            rule_engine: None,
         }
+    }
+
+    /// Adds the rule store behind the rule, scene, alarm and notification routes (the
+    /// same database as `metadata`, e.g. from `tp_storage::open_rules`).
+    pub fn with_rules(mut self, rules: RuleStoreRef) -> Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// Adds the running rule engine: rule, scene and channel changes invalidate its
+    /// cache, and `POST /api/v1/scenes/{id}/run` runs scenes through it.
+    pub fn with_rule_engine(mut self, engine: RuleEngineControlRef) -> Self {
+        self.rule_engine = Some(engine);
+        self
+    }
+
+    /// The rule store, if one was added.
+    pub fn rules(&self) -> Option<&RuleStoreRef> {
+        self.rules.as_ref()
+    }
+
+    /// The rule engine, if one was added.
+    pub fn rule_engine(&self) -> Option<&RuleEngineControlRef> {
+        self.rule_engine.as_ref()
     }
 
     /// Adds the transport used by downlink endpoints.
@@ -117,6 +148,8 @@ impl fmt::Debug for AppState {
             .field("cache", &self.cache.backend())
             .field("transport", &self.transport.as_ref().map(|t| t.name()))
             .field("metrics", &self.metrics.is_some())
+            .field("rules", &self.rules.as_ref().map(|r| r.backend()))
+            .field("rule_engine", &self.rule_engine.is_some())
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -14,7 +14,9 @@ use crate::error::{ApiError, ErrorDetail};
 use crate::openapi::{ApiDoc, OPENAPI_PATH};
 use crate::state::AppState;
 
+mod alarms;
 mod auth;
+mod channels;
 mod devices;
 pub(crate) mod downlink;
 mod extract;
@@ -22,6 +24,8 @@ mod groups;
 mod profiles;
 mod provision;
 mod roles;
+mod rules;
+mod scenes;
 mod support;
 mod system;
 mod telemetry;
@@ -93,7 +97,30 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(telemetry::events))
         .routes(routes!(downlink::send_command, downlink::list_commands))
         .routes(routes!(downlink::get_attributes))
-        .routes(routes!(downlink::telemetry_control));
+        .routes(routes!(downlink::telemetry_control))
+        .routes(routes!(rules::create_rule, rules::list_rules))
+        .routes(routes!(rules::get_rule, rules::update_rule, rules::delete_rule))
+        .routes(routes!(scenes::create_scene, scenes::list_scenes))
+        .routes(routes!(
+            scenes::get_scene,
+            scenes::update_scene,
+            scenes::delete_scene
+        ))
+        .routes(routes!(scenes::run_scene))
+        .routes(routes!(alarms::list_alarms))
+        .routes(routes!(alarms::alarm_counts))
+        .routes(routes!(alarms::get_alarm))
+        .routes(routes!(alarms::alarm_history))
+        .routes(routes!(alarms::acknowledge_alarm))
+        .routes(routes!(alarms::clear_alarm))
+        .routes(routes!(alarms::comment_alarm))
+        .routes(routes!(channels::create_channel, channels::list_channels))
+        .routes(routes!(
+            channels::get_channel,
+            channels::update_channel,
+            channels::delete_channel
+        ))
+        .routes(routes!(channels::list_notifications));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -5,6 +5,11 @@
 
 use std::collections::BTreeSet;
 
+use tp_core::rules::{
+    Action, Alarm, AlarmFilter, AlarmId, AlarmSeverity, AlarmStatus, ChannelId, ChannelKind,
+    Condition, DataKind, DeviceSource, NotificationChannel, Operator, Rule, Scene, SceneId,
+    TriggerGroup,
+};
 use tp_core::{
     ApiKey, ApiKeyId, CustomRole, Device, DeviceGroup, DeviceProfile, DeviceType, GroupId, Page,
     ProfileId, RoleId, hash_secret,
@@ -23,7 +28,7 @@ enum Who {
     /// TENANT_USER of tenant A.
     User,
     /// TENANT_USER of tenant A with a custom role
-    /// {device:write, device:command, group:write, audit:read}.
+    /// {device:write, device:command, group:write, audit:read, rule:read, alarm:read}.
     Custom,
     /// API key of tenant A: TENANT_USER with a custom role {device:write, profile:write}.
     Key,
@@ -76,6 +81,9 @@ const AUDIT: Expect = [200, 200, 403, 200, 403, 401, 200];
 const fn session(ok: u16) -> Expect {
     [ok, ok, ok, ok, 403, 401, ok]
 }
+/// rule:read / alarm:read lists: the custom role has them, plain users and the key not.
+const RULE_LIST: Expect = [200, 200, 403, 200, 403, 401, 200];
+const RULE_ONE: Expect = [404, 200, 403, 200, 403, 401, 404];
 
 /// The resources of one call: fresh in tenant A (and a fresh tenant T for the tenant
 /// routes), so a successful delete by one caller never affects another call.
@@ -84,6 +92,10 @@ struct Fx {
     device: Device,
     group: DeviceGroup,
     profile: DeviceProfile,
+    rule: Rule,
+    scene: Scene,
+    alarm: Alarm,
+    channel: NotificationChannel,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -95,7 +107,8 @@ type BodyFn = fn(&Fx, &str) -> Json;
 
 struct Row {
     method: &'static str,
-    /// With `{device}`, `{group}`, `{profile}`, `{role}`, `{user}`, `{key}`, `{tenant}`.
+    /// With `{device}`, `{group}`, `{profile}`, `{role}`, `{user}`, `{key}`, `{tenant}`,
+    /// `{rule}`, `{scene}`, `{alarm}`, `{channel}`.
     path: &'static str,
     /// Body from the fixture and the caller's password.
     body: Option<BodyFn>,
@@ -322,6 +335,86 @@ fn table() -> Vec<Row> {
             |_, _| json!({"values": {"a": 1}}),
             COMMAND,
         ),
+        // rules
+        with(
+            "POST",
+            "/api/v1/rules",
+            |fx, _| {
+                json!({
+                    "name": format!("new-{}", fx.uniq),
+                    "trigger_groups": [{"conditions": [
+                        {"type": "schedule", "kind": {"type": "periodic", "interval_secs": 60}}
+                    ]}],
+                    "actions": [{"type": "raise_alarm", "severity": "major", "title": "t"}],
+                })
+            },
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/rules", RULE_LIST),
+        row("GET", "/api/v1/rules/{rule}", RULE_ONE),
+        with(
+            "PUT",
+            "/api/v1/rules/{rule}",
+            |_, _| json!({"enabled": false}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/rules/{rule}", manage_one(204)),
+        // scenes
+        with(
+            "POST",
+            "/api/v1/scenes",
+            |fx, _| json!({"name": format!("new-{}", fx.uniq), "actions": [{"type": "clear_alarm"}]}),
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/scenes", RULE_LIST),
+        row("GET", "/api/v1/scenes/{scene}", RULE_ONE),
+        with(
+            "PUT",
+            "/api/v1/scenes/{scene}",
+            |_, _| json!({"description": "changed"}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/scenes/{scene}", manage_one(204)),
+        // No rule engine in this harness: an allowed run is 503 (runs: tests/rules.rs).
+        row("POST", "/api/v1/scenes/{scene}/run", manage_one(503)),
+        // alarms
+        row("GET", "/api/v1/alarms?status=active&page_size=5", RULE_LIST),
+        row("GET", "/api/v1/alarms/counts", RULE_LIST),
+        row("GET", "/api/v1/alarms/{alarm}", RULE_ONE),
+        row("GET", "/api/v1/alarms/{alarm}/history", RULE_ONE),
+        row(
+            "POST",
+            "/api/v1/alarms/{alarm}/acknowledge",
+            manage_one(200),
+        ),
+        row("POST", "/api/v1/alarms/{alarm}/clear", manage_one(200)),
+        with(
+            "POST",
+            "/api/v1/alarms/{alarm}/comments",
+            |_, _| json!({"text": "looking"}),
+            manage_one(201),
+        ),
+        // notification channels and history
+        with(
+            "POST",
+            "/api/v1/notification-channels",
+            |fx, _| json!({"name": format!("new-{}", fx.uniq), "type": "email", "to": ["ops@example.com"]}),
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/notification-channels", RULE_LIST),
+        row("GET", "/api/v1/notification-channels/{channel}", RULE_ONE),
+        with(
+            "PUT",
+            "/api/v1/notification-channels/{channel}",
+            |_, _| json!({"enabled": false}),
+            manage_one(200),
+        ),
+        row(
+            "DELETE",
+            "/api/v1/notification-channels/{channel}",
+            manage_one(204),
+        ),
+        row("GET", "/api/v1/notifications", RULE_LIST),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -489,6 +582,8 @@ async fn principals(h: &Harness) -> Result<Principals> {
             "device:command",
             "group:write",
             "audit:read",
+            "rule:read",
+            "alarm:read",
         ],
     )
     .await?;
@@ -580,6 +675,59 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         expires_at: None,
     };
     h.access.create_api_key(&key).await?;
+    let rules = h.state.rules().context("rule store")?;
+    let mut rule = tp_core::testing::rules::sample_rule(a, &format!("fxrule-{uniq}"), now_ms());
+    rule.trigger_groups = vec![TriggerGroup {
+        conditions: vec![Condition::Device {
+            source: DeviceSource::Device(device.id),
+            data: DataKind::Telemetry,
+            key: "t".into(),
+            operator: Operator::Gt,
+            value: json!(40),
+            duration_secs: None,
+        }],
+    }];
+    rules.create_rule(&rule).await?;
+    let scene = Scene {
+        id: SceneId::new(),
+        tenant_id: a,
+        name: format!("fxscene-{uniq}"),
+        description: None,
+        actions: vec![Action::ClearAlarm],
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    };
+    rules.create_scene(&scene).await?;
+    let alarm = Alarm {
+        id: AlarmId::new(),
+        tenant_id: a,
+        rule_id: Some(rule.id),
+        device_id: Some(device.id),
+        severity: AlarmSeverity::Major,
+        status: AlarmStatus::Active,
+        title: format!("fxalarm-{uniq}"),
+        description: None,
+        occurrences: 1,
+        details: json!({"t": 41}),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        acknowledged_at: None,
+        acknowledged_by: None,
+        cleared_at: None,
+    };
+    rules.create_alarm(&alarm).await?;
+    let channel = NotificationChannel {
+        id: ChannelId::new(),
+        tenant_id: a,
+        name: format!("fxchannel-{uniq}"),
+        enabled: true,
+        kind: ChannelKind::Webhook {
+            url: "https://hooks.example.com/x".into(),
+            secret: format!("fxsecret-{uniq}-0123456789"),
+        },
+        created_at: now_ms(),
+    };
+    rules.create_channel(&channel).await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -587,6 +735,10 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         device,
         group,
         profile,
+        rule,
+        scene,
+        alarm,
+        channel,
         role,
         user,
         key,
@@ -612,6 +764,19 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.user.email.clone(),
         fx.key.id.to_string(),
         fx.key.name.clone(),
+        fx.rule.id.to_string(),
+        fx.rule.name.clone(),
+        fx.scene.id.to_string(),
+        fx.scene.name.clone(),
+        fx.alarm.id.to_string(),
+        fx.alarm.title.clone(),
+        fx.channel.id.to_string(),
+        fx.channel.name.clone(),
+        // Never returned to anyone, not even tenant A.
+        match &fx.channel.kind {
+            ChannelKind::Webhook { secret, .. } => secret.clone(),
+            ChannelKind::Email { .. } => String::new(),
+        },
     ]
 }
 
@@ -633,6 +798,7 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         )
         .await?;
     let users = h.meta.list_users(a, all).await?;
+    let rules = h.state.rules().context("rule store")?;
     let mut user_roles = Vec::new();
     for u in &users.items {
         user_roles.push(h.access.get_user_role(a, u.id).await?);
@@ -650,6 +816,12 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "audit": h.access.list_audit(a, all).await?.total,
         "latest": rows_json(&h.ts.latest(fx.device.id, None).await?),
         "commands": h.meta.list_commands(a, fx.device.id, all).await?.total,
+        "rules": rules.list_rules(a, all).await?,
+        "scenes": rules.list_scenes(a, all).await?,
+        "channels": rules.list_channels(a, all).await?,
+        "alarms": rules.list_alarms(a, &AlarmFilter { page: all, ..Default::default() }).await?,
+        "alarm_events": rules.list_alarm_events(a, fx.alarm.id).await?,
+        "notifications": rules.list_notifications(a, all).await?.total,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -666,6 +838,10 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{user}", &fx.user.id.to_string())
         .replace("{key}", &fx.key.id.to_string())
         .replace("{tenant}", &fx.tenant.id.to_string())
+        .replace("{rule}", &fx.rule.id.to_string())
+        .replace("{scene}", &fx.scene.id.to_string())
+        .replace("{alarm}", &fx.alarm.id.to_string())
+        .replace("{channel}", &fx.channel.id.to_string())
 }
 
 async fn call_as(

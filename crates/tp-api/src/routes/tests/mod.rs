@@ -19,6 +19,7 @@ use crate::state::{AppState, ReadinessCheck, device_cred_cache_key};
 
 mod matrix;
 mod mem;
+mod rules;
 mod sessions;
 use mem::SwitchableCache;
 use tp_storage::memory::MemoryCache;
@@ -84,7 +85,14 @@ impl Harness {
 
     async fn with(customize: impl FnOnce(AppState) -> AppState) -> Result<Self> {
         let cache: CacheRef = Arc::new(MemoryCache::new(10_000));
-        Self::over(sqlite_stores().await?, sqlite_ts().await?, cache, customize).await
+        // One database behind the metadata, access and rule stores.
+        let store = Arc::new(SqliteMetadataStore::in_memory().await?);
+        let rules: tp_core::rules::RuleStoreRef = store.clone();
+        let stores: (MetadataStoreRef, AccessStoreRef) = (store.clone(), store);
+        Self::over(stores, sqlite_ts().await?, cache, move |s| {
+            customize(s.with_rules(rules))
+        })
+        .await
     }
 
     async fn over(

@@ -1,0 +1,536 @@
+//! `/api/v1/notification-channels` (rule:read to read, rule:write to change) and the
+//! notification history `/api/v1/notifications` (rule:read).
+//!
+//! A webhook's signing secret is write-only: responses only say that one is set, and
+//! an update replaces it only when the request carries a new one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tp_core::now_ms;
+use tp_core::rules::{ChannelId, ChannelKind, NotificationChannel, NotificationRecord};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{IdPath, Json, Query};
+use super::rules::{rule_store, rules_changed};
+use super::support::{PageQuery, audit, page_of, valid_name};
+use crate::auth::Caller;
+use crate::authz::Permission;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+
+/// Shortest webhook secret accepted.
+const MIN_SECRET_CHARS: usize = 16;
+/// Most email recipients of one channel.
+const MAX_RECIPIENTS: usize = 50;
+
+/// A notification channel (never the webhook secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChannelView {
+    /// Channel id.
+    id: Uuid,
+    /// Name, unique in the tenant.
+    name: String,
+    /// Disabled channels record a skipped notification instead of sending.
+    enabled: bool,
+    /// `webhook` or `email`.
+    #[serde(rename = "type")]
+    #[schema(example = "webhook")]
+    kind: String,
+    /// Webhook receiver URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Whether a webhook signing secret is set (it is never returned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    has_secret: Option<bool>,
+    /// Email recipients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<Vec<String>>,
+    /// Creation time (ms).
+    created_at: i64,
+}
+
+impl From<NotificationChannel> for ChannelView {
+    fn from(c: NotificationChannel) -> Self {
+        let (kind, url, has_secret, to) = match c.kind {
+            ChannelKind::Webhook { url, secret } => {
+                ("webhook", Some(url), Some(!secret.is_empty()), None)
+            }
+            ChannelKind::Email { to } => ("email", None, None, Some(to)),
+        };
+        Self {
+            id: c.id.0,
+            name: c.name,
+            enabled: c.enabled,
+            kind: kind.to_owned(),
+            url,
+            has_secret,
+            to,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// A page of channels.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChannelList {
+    /// The page, by name.
+    items: Vec<ChannelView>,
+    /// All channels of the tenant.
+    total: u64,
+}
+
+/// A new channel: a webhook (`url`, `secret`) or email (`to`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateChannelRequest {
+    /// Name, unique in the tenant.
+    name: String,
+    /// `webhook` or `email`.
+    #[serde(rename = "type")]
+    #[schema(example = "webhook")]
+    kind: String,
+    /// Sends (default true).
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Webhook: http(s) receiver URL.
+    #[serde(default)]
+    url: Option<String>,
+    /// Webhook: HMAC-SHA256 signing secret, at least 16 characters. Write-only.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Email: recipients.
+    #[serde(default)]
+    to: Option<Vec<String>>,
+}
+
+/// Changes to a channel; absent fields stay (the type cannot change). A webhook's
+/// secret is replaced only when `secret` is sent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateChannelRequest {
+    /// Name.
+    #[serde(default)]
+    name: Option<String>,
+    /// Enable or disable.
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Webhook: new URL.
+    #[serde(default)]
+    url: Option<String>,
+    /// Webhook: new signing secret. Write-only.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Email: new recipients.
+    #[serde(default)]
+    to: Option<Vec<String>>,
+}
+
+/// One notification and its delivery outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NotificationView {
+    /// Notification id.
+    id: Uuid,
+    /// The channel.
+    channel_id: Uuid,
+    /// The alarm it is about.
+    alarm_id: Option<Uuid>,
+    /// The rule that caused it.
+    rule_id: Option<Uuid>,
+    /// Subject / title.
+    subject: String,
+    /// Body text.
+    body: String,
+    /// `pending`, `sent`, `failed` or `skipped`.
+    #[schema(example = "sent")]
+    status: String,
+    /// Delivery attempts made.
+    attempts: u32,
+    /// HTTP status, SMTP reply or the last error.
+    detail: Option<String>,
+    /// Creation time (ms).
+    created_at: i64,
+    /// Last change (ms).
+    updated_at: i64,
+}
+
+impl From<NotificationRecord> for NotificationView {
+    fn from(n: NotificationRecord) -> Self {
+        Self {
+            id: n.id.0,
+            channel_id: n.channel_id.0,
+            alarm_id: n.alarm_id.map(|a| a.0),
+            rule_id: n.rule_id.map(|r| r.0),
+            subject: n.subject,
+            body: n.body,
+            status: serde_json::to_value(n.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            attempts: n.attempts,
+            detail: n.detail,
+            created_at: n.created_at,
+            updated_at: n.updated_at,
+        }
+    }
+}
+
+/// A page of the notification history.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NotificationList {
+    /// The page, newest first.
+    items: Vec<NotificationView>,
+    /// All notifications of the tenant.
+    total: u64,
+}
+
+fn valid_url(url: &str) -> ApiResult<String> {
+    let url = url.trim();
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(url.to_owned()),
+        _ => Err(ApiError::invalid(
+            "url",
+            "must be an http:// or https:// URL with a host",
+        )),
+    }
+}
+
+fn valid_secret(secret: &str) -> ApiResult<String> {
+    if secret.chars().count() < MIN_SECRET_CHARS || secret.len() > 1024 {
+        return Err(ApiError::invalid(
+            "secret",
+            format!("must be {MIN_SECRET_CHARS} to 1024 characters"),
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
+fn valid_recipients(to: &[String]) -> ApiResult<Vec<String>> {
+    if to.is_empty() || to.len() > MAX_RECIPIENTS {
+        return Err(ApiError::invalid(
+            "to",
+            format!("needs 1 to {MAX_RECIPIENTS} recipients"),
+        ));
+    }
+    to.iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let addr = addr.trim();
+            let ok = addr.len() <= 254
+                && !addr.chars().any(|c| c.is_whitespace() || c.is_control())
+                && addr.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty() && domain.contains('.') && !domain.contains('@')
+                });
+            if ok {
+                Ok(addr.to_owned())
+            } else {
+                Err(ApiError::invalid(
+                    format!("to[{i}]"),
+                    "is not an email address",
+                ))
+            }
+        })
+        .collect()
+}
+
+fn wrong_type(field: &str, kind: &str) -> ApiError {
+    ApiError::invalid(field, format!("does not apply to a {kind} channel"))
+}
+
+async fn load_channel(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> ApiResult<NotificationChannel> {
+    rule_store(state)?
+        .get_channel(caller.tenant_id, ChannelId(id))
+        .await?
+        .ok_or_else(|| tp_core::Error::not_found("channel", id).into())
+}
+
+/// Creates a notification channel.
+#[utoipa::path(
+    post,
+    path = "/notification-channels",
+    tag = "notifications",
+    request_body = CreateChannelRequest,
+    responses(
+        (status = 201, description = "Created (without the secret)", body = ChannelView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn create_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(req): Json<CreateChannelRequest>,
+) -> ApiResult<(StatusCode, axum::Json<ChannelView>)> {
+    caller.require(Permission::RuleWrite)?;
+    let store = rule_store(&state)?;
+    let name = valid_name("name", &req.name)?;
+    let kind =
+        match req.kind.as_str() {
+            "webhook" => {
+                if req.to.is_some() {
+                    return Err(wrong_type("to", "webhook"));
+                }
+                let url = valid_url(
+                    req.url
+                        .as_deref()
+                        .ok_or_else(|| ApiError::invalid("url", "a webhook needs a url"))?,
+                )?;
+                let secret = valid_secret(req.secret.as_deref().ok_or_else(|| {
+                    ApiError::invalid("secret", "a webhook needs a signing secret")
+                })?)?;
+                ChannelKind::Webhook { url, secret }
+            }
+            "email" => {
+                if req.url.is_some() {
+                    return Err(wrong_type("url", "email"));
+                }
+                if req.secret.is_some() {
+                    return Err(wrong_type("secret", "email"));
+                }
+                let to = valid_recipients(req.to.as_deref().ok_or_else(|| {
+                    ApiError::invalid("to", "an email channel needs recipients")
+                })?)?;
+                ChannelKind::Email { to }
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    "type",
+                    format!("{other:?} is not one of webhook, email"),
+                ));
+            }
+        };
+    let channel = NotificationChannel {
+        id: ChannelId::new(),
+        tenant_id: caller.tenant_id,
+        name,
+        enabled: req.enabled.unwrap_or(true),
+        kind,
+        created_at: now_ms(),
+    };
+    store.create_channel(&channel).await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "channel.create",
+        "channel",
+        channel.id,
+        serde_json::json!({"name": channel.name, "type": req.kind}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, axum::Json(channel.into())))
+}
+
+/// Lists the tenant's notification channels by name.
+#[utoipa::path(
+    get,
+    path = "/notification-channels",
+    tag = "notifications",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of channels", body = ChannelList),
+        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:read", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:read"]), ("api_key" = ["rule:read"]))
+)]
+pub(crate) async fn list_channels(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<axum::Json<ChannelList>> {
+    caller.require(Permission::RuleRead)?;
+    let paged = rule_store(&state)?
+        .list_channels(caller.tenant_id, page_of(q.page, q.page_size)?)
+        .await?;
+    Ok(axum::Json(ChannelList {
+        items: paged.items.into_iter().map(ChannelView::from).collect(),
+        total: paged.total,
+    }))
+}
+
+/// One notification channel.
+#[utoipa::path(
+    get,
+    path = "/notification-channels/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "Channel id")),
+    responses(
+        (status = 200, description = "The channel (without the secret)", body = ChannelView),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:read", body = ErrorBody),
+        (status = 404, description = "No such channel in the tenant", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:read"]), ("api_key" = ["rule:read"]))
+)]
+pub(crate) async fn get_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<ChannelView>> {
+    caller.require(Permission::RuleRead)?;
+    Ok(axum::Json(load_channel(&state, &caller, id).await?.into()))
+}
+
+/// Changes a notification channel (absent fields stay; the secret only when sent).
+#[utoipa::path(
+    put,
+    path = "/notification-channels/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "Channel id")),
+    request_body = UpdateChannelRequest,
+    responses(
+        (status = 200, description = "The updated channel (without the secret)", body = ChannelView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 404, description = "No such channel in the tenant", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn update_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    Json(req): Json<UpdateChannelRequest>,
+) -> ApiResult<axum::Json<ChannelView>> {
+    caller.require(Permission::RuleWrite)?;
+    let mut channel = load_channel(&state, &caller, id).await?;
+    if let Some(n) = req.name {
+        channel.name = valid_name("name", &n)?;
+    }
+    if let Some(e) = req.enabled {
+        channel.enabled = e;
+    }
+    let mut secret_rotated = false;
+    match &mut channel.kind {
+        ChannelKind::Webhook { url, secret } => {
+            if req.to.is_some() {
+                return Err(wrong_type("to", "webhook"));
+            }
+            if let Some(u) = req.url {
+                *url = valid_url(&u)?;
+            }
+            if let Some(s) = req.secret {
+                *secret = valid_secret(&s)?;
+                secret_rotated = true;
+            }
+        }
+        ChannelKind::Email { to } => {
+            if req.url.is_some() {
+                return Err(wrong_type("url", "email"));
+            }
+            if req.secret.is_some() {
+                return Err(wrong_type("secret", "email"));
+            }
+            if let Some(t) = req.to {
+                *to = valid_recipients(&t)?;
+            }
+        }
+    }
+    rule_store(&state)?.update_channel(&channel).await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "channel.update",
+        "channel",
+        channel.id,
+        serde_json::json!({
+            "name": channel.name,
+            "enabled": channel.enabled,
+            "secret_rotated": secret_rotated,
+        }),
+    )
+    .await;
+    Ok(axum::Json(channel.into()))
+}
+
+/// Deletes a notification channel (its notification history stays).
+#[utoipa::path(
+    delete,
+    path = "/notification-channels/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "Channel id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 404, description = "No such channel in the tenant", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn delete_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    caller.require(Permission::RuleWrite)?;
+    let channel = load_channel(&state, &caller, id).await?;
+    rule_store(&state)?
+        .delete_channel(caller.tenant_id, channel.id)
+        .await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "channel.delete",
+        "channel",
+        channel.id,
+        serde_json::json!({"name": channel.name}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's notification history, newest first.
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    tag = "notifications",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the history", body = NotificationList),
+        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:read", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:read"]), ("api_key" = ["rule:read"]))
+)]
+pub(crate) async fn list_notifications(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<axum::Json<NotificationList>> {
+    caller.require(Permission::RuleRead)?;
+    let paged = rule_store(&state)?
+        .list_notifications(caller.tenant_id, page_of(q.page, q.page_size)?)
+        .await?;
+    Ok(axum::Json(NotificationList {
+        items: paged
+            .items
+            .into_iter()
+            .map(NotificationView::from)
+            .collect(),
+        total: paged.total,
+    }))
+}

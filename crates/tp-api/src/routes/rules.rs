@@ -1,0 +1,650 @@
+//! `/api/v1/rules` (rule:read to read, rule:write to change) and the validation of
+//! trigger groups and actions that scenes share.
+//!
+//! Rules are checked before they are stored, so the engine never loads one it cannot
+//! evaluate: every field error is a 400 naming the field by its JSON path (e.g.
+//! `trigger_groups[0].conditions[1].value`), and ids of devices, profiles, channels
+//! and scenes must exist in the caller's tenant.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tp_core::rules::schedule::CompiledSchedule;
+use tp_core::rules::{
+    Action, ActionTarget, Condition, DataKind, DeviceSource, Operator, Rule, RuleId, RuleStoreRef,
+    SceneId, TriggerGroup,
+};
+use tp_core::{DeviceId, ProfileId, TenantId, now_ms};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{IdPath, Json, Query};
+use super::support::{PageQuery, audit, page_of, valid_name};
+use crate::auth::Caller;
+use crate::authz::Permission;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+
+/// The rule store, or 503 when the node runs without one.
+pub(crate) fn rule_store(state: &AppState) -> ApiResult<&RuleStoreRef> {
+    state.rules.as_ref().ok_or_else(|| {
+        ApiError::http(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rules_unavailable",
+            "rules, scenes and alarms are not enabled on this node",
+        )
+    })
+}
+
+/// Tells the rule engine (if running) that a tenant's rules, scenes or channels changed.
+pub(crate) async fn rules_changed(state: &AppState, tenant: TenantId) {
+    if let Some(engine) = &state.rule_engine {
+        engine.rules_changed(tenant).await;
+    }
+}
+
+/// A rule.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RuleView {
+    /// Rule id.
+    id: Uuid,
+    /// Name, unique in the tenant.
+    name: String,
+    /// Free text.
+    description: Option<String>,
+    /// Disabled rules are not evaluated.
+    enabled: bool,
+    /// OR of AND-groups of conditions (see `tp_core::rules::Condition`).
+    #[schema(value_type = Vec<Object>)]
+    trigger_groups: Vec<TriggerGroup>,
+    /// Run in order when the rule fires (see `tp_core::rules::Action`).
+    #[schema(value_type = Vec<Object>)]
+    actions: Vec<Action>,
+    /// Creation time (ms).
+    created_at: i64,
+    /// Last change (ms).
+    updated_at: i64,
+}
+
+impl From<Rule> for RuleView {
+    fn from(r: Rule) -> Self {
+        Self {
+            id: r.id.0,
+            name: r.name,
+            description: r.description,
+            enabled: r.enabled,
+            trigger_groups: r.trigger_groups,
+            actions: r.actions,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A page of rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RuleList {
+    /// The page, by name.
+    items: Vec<RuleView>,
+    /// All rules of the tenant.
+    total: u64,
+}
+
+/// A new rule.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateRuleRequest {
+    /// Name, unique in the tenant.
+    name: String,
+    /// Free text.
+    #[serde(default)]
+    description: Option<String>,
+    /// Evaluated right away (default true).
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// At least one group, each with at least one condition.
+    #[schema(value_type = Vec<Object>)]
+    trigger_groups: Vec<TriggerGroup>,
+    /// At least one action.
+    #[schema(value_type = Vec<Object>)]
+    actions: Vec<Action>,
+}
+
+/// Changes to a rule; absent fields stay (`{"enabled": false}` disables it).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateRuleRequest {
+    /// Name.
+    #[serde(default)]
+    name: Option<String>,
+    /// Free text; `""` clears it.
+    #[serde(default)]
+    description: Option<String>,
+    /// Enable or disable.
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// New trigger groups.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    trigger_groups: Option<Vec<TriggerGroup>>,
+    /// New actions.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    actions: Option<Vec<Action>>,
+}
+
+/// Trims a description; empty means none.
+pub(crate) fn description(d: Option<String>) -> ApiResult<Option<String>> {
+    let Some(d) = d else { return Ok(None) };
+    let d = d.trim();
+    if d.chars().count() > 2000 {
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 2000 characters",
+        ));
+    }
+    Ok((!d.is_empty()).then(|| d.to_owned()))
+}
+
+fn is_number(v: &serde_json::Value) -> bool {
+    v.is_number()
+}
+
+/// Checks a device condition's right-hand side against its operator and data kind.
+fn check_value(
+    field: &str,
+    data: DataKind,
+    operator: Operator,
+    value: &serde_json::Value,
+) -> ApiResult<()> {
+    let bad = |reason: &str| Err(ApiError::invalid(format!("{field}.value"), reason));
+    if data == DataKind::Status {
+        let ok = matches!(operator, Operator::Eq | Operator::Ne)
+            && (value.is_boolean() || matches!(value.as_str(), Some("online" | "offline")));
+        if !ok {
+            return bad(
+                r#"a status condition compares with = or != to "online", "offline", true or false"#,
+            );
+        }
+        return Ok(());
+    }
+    if data == DataKind::Event && value.is_null() {
+        // The event itself is the trigger.
+        return Ok(());
+    }
+    match operator {
+        Operator::Between => match value.as_array().map(Vec::as_slice) {
+            Some([lo, hi]) if is_number(lo) && is_number(hi) => {
+                if lo.as_f64() > hi.as_f64() {
+                    return bad("between needs [lo, hi] with lo <= hi");
+                }
+            }
+            _ => return bad("between needs a two-element array of numbers [lo, hi]"),
+        },
+        Operator::In => match value.as_array() {
+            Some(items) if !items.is_empty() => {}
+            _ => return bad("in needs a non-empty array"),
+        },
+        Operator::Gt | Operator::Lt | Operator::Ge | Operator::Le => {
+            if !is_number(value) {
+                return bad("an ordering comparison needs a number");
+            }
+        }
+        Operator::Eq | Operator::Ne => {
+            if !(value.is_number() || value.is_string() || value.is_boolean()) {
+                return bad("= and != need a number, string or boolean");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn device_in_tenant(
+    state: &AppState,
+    tenant: TenantId,
+    id: DeviceId,
+    field: String,
+) -> ApiResult<()> {
+    match state.metadata.get_device(tenant, id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::invalid(
+            field,
+            format!("no device {id} in this tenant"),
+        )),
+    }
+}
+
+async fn profile_in_tenant(
+    state: &AppState,
+    tenant: TenantId,
+    id: ProfileId,
+    field: String,
+) -> ApiResult<()> {
+    match state.access.get_profile(tenant, id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::invalid(
+            field,
+            format!("no profile {id} in this tenant"),
+        )),
+    }
+}
+
+/// Checks trigger groups: at least one group, each with conditions; operators with
+/// fitting values; devices and profiles of the tenant; parsable schedules.
+pub(crate) async fn validate_trigger_groups(
+    state: &AppState,
+    tenant: TenantId,
+    groups: &[TriggerGroup],
+) -> ApiResult<()> {
+    if groups.is_empty() {
+        return Err(ApiError::invalid(
+            "trigger_groups",
+            "needs at least one trigger group",
+        ));
+    }
+    for (g, group) in groups.iter().enumerate() {
+        let gfield = format!("trigger_groups[{g}].conditions");
+        if group.conditions.is_empty() {
+            return Err(ApiError::invalid(gfield, "needs at least one condition"));
+        }
+        if group
+            .conditions
+            .iter()
+            .filter(|c| matches!(c, Condition::Schedule(_)))
+            .count()
+            > 1
+        {
+            return Err(ApiError::invalid(gfield, "at most one schedule per group"));
+        }
+        for (c, condition) in group.conditions.iter().enumerate() {
+            let field = format!("{gfield}[{c}]");
+            match condition {
+                Condition::Device {
+                    source,
+                    data,
+                    key,
+                    operator,
+                    value,
+                    duration_secs: _,
+                } => {
+                    if *data != DataKind::Status && key.trim().is_empty() {
+                        return Err(ApiError::invalid(
+                            format!("{field}.key"),
+                            "names the telemetry/attribute key or event method",
+                        ));
+                    }
+                    check_value(&field, *data, *operator, value)?;
+                    match source {
+                        DeviceSource::Device(id) => {
+                            device_in_tenant(state, tenant, *id, format!("{field}.source")).await?
+                        }
+                        DeviceSource::Profile(id) => {
+                            profile_in_tenant(state, tenant, *id, format!("{field}.source")).await?
+                        }
+                    }
+                }
+                Condition::TimeRange {
+                    start_minute,
+                    end_minute,
+                    weekdays,
+                    utc_offset_minutes,
+                } => {
+                    if *start_minute >= 1440 {
+                        return Err(ApiError::invalid(
+                            format!("{field}.start_minute"),
+                            "must be 0 to 1439",
+                        ));
+                    }
+                    if *end_minute >= 1440 {
+                        return Err(ApiError::invalid(
+                            format!("{field}.end_minute"),
+                            "must be 0 to 1439",
+                        ));
+                    }
+                    if weekdays.iter().any(|d| !(1..=7).contains(d)) {
+                        return Err(ApiError::invalid(
+                            format!("{field}.weekdays"),
+                            "days are 1 (Monday) to 7 (Sunday)",
+                        ));
+                    }
+                    if utc_offset_minutes.abs() > 14 * 60 {
+                        return Err(ApiError::invalid(
+                            format!("{field}.utc_offset_minutes"),
+                            "must be within -840..=840",
+                        ));
+                    }
+                }
+                Condition::Schedule(schedule) => {
+                    if let (Some(nb), Some(na)) = (schedule.not_before, schedule.not_after)
+                        && nb > na
+                    {
+                        return Err(ApiError::invalid(
+                            format!("{field}.not_after"),
+                            "must not be before not_before",
+                        ));
+                    }
+                    if let Err(e) = CompiledSchedule::new(schedule, now_ms()) {
+                        let (inner, reason) = match e {
+                            tp_core::Error::Invalid { field: f, reason } => (f, reason),
+                            other => ("kind".to_owned(), other.to_string()),
+                        };
+                        return Err(ApiError::invalid(format!("{field}.kind.{inner}"), reason));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks actions: the devices, channels and scenes they name exist in the tenant,
+/// texts are present, values are objects. `scene` is the scene being saved (it may
+/// not run itself).
+pub(crate) async fn validate_actions(
+    state: &AppState,
+    tenant: TenantId,
+    actions: &[Action],
+    scene: Option<SceneId>,
+) -> ApiResult<()> {
+    let rules = rule_store(state)?;
+    if actions.is_empty() {
+        return Err(ApiError::invalid("actions", "needs at least one action"));
+    }
+    for (i, action) in actions.iter().enumerate() {
+        let field = format!("actions[{i}]");
+        let target = |t: &ActionTarget| match t {
+            ActionTarget::Device(id) => Some(*id),
+            ActionTarget::TriggeringDevice => None,
+        };
+        match action {
+            Action::Command {
+                target: t, method, ..
+            } => {
+                if method.trim().is_empty() {
+                    return Err(ApiError::invalid(
+                        format!("{field}.method"),
+                        "must not be empty",
+                    ));
+                }
+                if let Some(id) = target(t) {
+                    device_in_tenant(state, tenant, id, format!("{field}.target")).await?;
+                }
+            }
+            Action::SetAttributes { target: t, values }
+            | Action::TelemetryControl { target: t, values } => {
+                if values.as_object().is_none_or(|o| o.is_empty()) {
+                    return Err(ApiError::invalid(
+                        format!("{field}.values"),
+                        "must be a non-empty JSON object",
+                    ));
+                }
+                if let Some(id) = target(t) {
+                    device_in_tenant(state, tenant, id, format!("{field}.target")).await?;
+                }
+            }
+            Action::RaiseAlarm {
+                title, channels, ..
+            } => {
+                if title.trim().is_empty() {
+                    return Err(ApiError::invalid(
+                        format!("{field}.title"),
+                        "must not be empty",
+                    ));
+                }
+                for (c, channel) in channels.iter().enumerate() {
+                    if rules.get_channel(tenant, *channel).await?.is_none() {
+                        return Err(ApiError::invalid(
+                            format!("{field}.channels[{c}]"),
+                            format!("no notification channel {channel} in this tenant"),
+                        ));
+                    }
+                }
+            }
+            Action::ClearAlarm => {}
+            Action::Notify {
+                channel, subject, ..
+            } => {
+                if subject.trim().is_empty() {
+                    return Err(ApiError::invalid(
+                        format!("{field}.subject"),
+                        "must not be empty",
+                    ));
+                }
+                if rules.get_channel(tenant, *channel).await?.is_none() {
+                    return Err(ApiError::invalid(
+                        format!("{field}.channel"),
+                        format!("no notification channel {channel} in this tenant"),
+                    ));
+                }
+            }
+            Action::RunScene { scene: s } => {
+                if Some(*s) == scene {
+                    return Err(ApiError::invalid(
+                        format!("{field}.scene"),
+                        "a scene cannot run itself",
+                    ));
+                }
+                if rules.get_scene(tenant, *s).await?.is_none() {
+                    return Err(ApiError::invalid(
+                        format!("{field}.scene"),
+                        format!("no scene {s} in this tenant"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load_rule(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Rule> {
+    rule_store(state)?
+        .get_rule(caller.tenant_id, RuleId(id))
+        .await?
+        .ok_or_else(|| tp_core::Error::not_found("rule", id).into())
+}
+
+/// Creates a rule.
+#[utoipa::path(
+    post,
+    path = "/rules",
+    tag = "rules",
+    request_body = CreateRuleRequest,
+    responses(
+        (status = 201, description = "Created", body = RuleView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn create_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(req): Json<CreateRuleRequest>,
+) -> ApiResult<(StatusCode, axum::Json<RuleView>)> {
+    caller.require(Permission::RuleWrite)?;
+    let store = rule_store(&state)?;
+    let name = valid_name("name", &req.name)?;
+    let description = description(req.description)?;
+    validate_trigger_groups(&state, caller.tenant_id, &req.trigger_groups).await?;
+    validate_actions(&state, caller.tenant_id, &req.actions, None).await?;
+    let now = now_ms();
+    let rule = Rule {
+        id: RuleId::new(),
+        tenant_id: caller.tenant_id,
+        name,
+        description,
+        enabled: req.enabled.unwrap_or(true),
+        trigger_groups: req.trigger_groups,
+        actions: req.actions,
+        created_at: now,
+        updated_at: now,
+    };
+    store.create_rule(&rule).await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "rule.create",
+        "rule",
+        rule.id,
+        serde_json::json!({"name": rule.name, "enabled": rule.enabled}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, axum::Json(rule.into())))
+}
+
+/// Lists the tenant's rules by name.
+#[utoipa::path(
+    get,
+    path = "/rules",
+    tag = "rules",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of rules", body = RuleList),
+        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:read", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:read"]), ("api_key" = ["rule:read"]))
+)]
+pub(crate) async fn list_rules(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<axum::Json<RuleList>> {
+    caller.require(Permission::RuleRead)?;
+    let paged = rule_store(&state)?
+        .list_rules(caller.tenant_id, page_of(q.page, q.page_size)?)
+        .await?;
+    Ok(axum::Json(RuleList {
+        items: paged.items.into_iter().map(RuleView::from).collect(),
+        total: paged.total,
+    }))
+}
+
+/// One rule.
+#[utoipa::path(
+    get,
+    path = "/rules/{id}",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "Rule id")),
+    responses(
+        (status = 200, description = "The rule", body = RuleView),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:read", body = ErrorBody),
+        (status = 404, description = "No such rule in the tenant", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:read"]), ("api_key" = ["rule:read"]))
+)]
+pub(crate) async fn get_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<RuleView>> {
+    caller.require(Permission::RuleRead)?;
+    Ok(axum::Json(load_rule(&state, &caller, id).await?.into()))
+}
+
+/// Changes a rule (absent fields stay); enables or disables it with `enabled`.
+#[utoipa::path(
+    put,
+    path = "/rules/{id}",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "Rule id")),
+    request_body = UpdateRuleRequest,
+    responses(
+        (status = 200, description = "The updated rule", body = RuleView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 404, description = "No such rule in the tenant", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn update_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    Json(req): Json<UpdateRuleRequest>,
+) -> ApiResult<axum::Json<RuleView>> {
+    caller.require(Permission::RuleWrite)?;
+    let mut rule = load_rule(&state, &caller, id).await?;
+    if let Some(n) = req.name {
+        rule.name = valid_name("name", &n)?;
+    }
+    if req.description.is_some() {
+        rule.description = description(req.description)?;
+    }
+    if let Some(e) = req.enabled {
+        rule.enabled = e;
+    }
+    if let Some(groups) = req.trigger_groups {
+        validate_trigger_groups(&state, caller.tenant_id, &groups).await?;
+        rule.trigger_groups = groups;
+    }
+    if let Some(actions) = req.actions {
+        validate_actions(&state, caller.tenant_id, &actions, None).await?;
+        rule.actions = actions;
+    }
+    rule.updated_at = now_ms();
+    rule_store(&state)?.update_rule(&rule).await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "rule.update",
+        "rule",
+        rule.id,
+        serde_json::json!({"name": rule.name, "enabled": rule.enabled}),
+    )
+    .await;
+    Ok(axum::Json(rule.into()))
+}
+
+/// Deletes a rule and its evaluation state; its alarms stay.
+#[utoipa::path(
+    delete,
+    path = "/rules/{id}",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "Rule id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing rule:write", body = ErrorBody),
+        (status = 404, description = "No such rule in the tenant", body = ErrorBody),
+        (status = 503, description = "Rules are not enabled on this node", body = ErrorBody),
+    ),
+    security(("bearer" = ["rule:write"]), ("api_key" = ["rule:write"]))
+)]
+pub(crate) async fn delete_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    caller.require(Permission::RuleWrite)?;
+    let rule = load_rule(&state, &caller, id).await?;
+    rule_store(&state)?
+        .delete_rule(caller.tenant_id, rule.id)
+        .await?;
+    rules_changed(&state, caller.tenant_id).await;
+    audit(
+        &state,
+        &caller,
+        caller.tenant_id,
+        "rule.delete",
+        "rule",
+        rule.id,
+        serde_json::json!({"name": rule.name}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
