@@ -34,6 +34,10 @@ pub struct PlatformConfig {
     pub drain_timeout_secs: u64,
     /// Delivery of rule notifications (webhooks, email).
     pub notify: NotifyConfig,
+    /// Authentication/ACL endpoints for an external MQTT cluster (VerneMQ webhooks,
+    /// EMQX HTTP auth), served under `/hooks/` when `hooks.secret` is set. See
+    /// [`tp_broker::hooks`].
+    pub hooks: tp_broker::hooks::HooksConfig,
 }
 
 impl Default for PlatformConfig {
@@ -47,6 +51,7 @@ impl Default for PlatformConfig {
             auth: AuthSettings::default(),
             drain_timeout_secs: 30,
             notify: NotifyConfig::default(),
+            hooks: tp_broker::hooks::HooksConfig::default(),
         }
     }
 }

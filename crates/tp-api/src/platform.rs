@@ -134,6 +134,25 @@ impl Platform {
         let cache = tp_storage::open_cache(&config.storage.cache)
             .await
             .map_err(setting("storage.cache"))?;
+        // External-broker hooks (VerneMQ webhooks, EMQX HTTP auth) when a secret is
+        // configured; a weak secret stops the start before anything is bound.
+        let hooks = match &config.hooks.secret {
+            Some(_) => Some(
+                tp_broker::hooks::router(
+                    tp_broker::hooks::HookDeps {
+                        metadata: metadata.clone(),
+                        cache: cache.clone(),
+                        credential_ttl: Duration::from_secs(config.mqtt.credential_cache_ttl_secs),
+                    },
+                    &config.hooks,
+                )
+                .map_err(|e| PlatformError::Setting {
+                    setting: "hooks",
+                    message: e.to_string(),
+                })?,
+            ),
+            None => None,
+        };
 
         // Bind every port before creating the first admin, so a failed start never
         // prints (and loses) a generated password.
@@ -259,7 +278,10 @@ impl Platform {
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
         // The HTTP device API (device credentials, not user tokens) beside the REST API.
-        let app = crate::router(state).merge(tp_broker::http::device_router(&broker));
+        let mut app = crate::router(state).merge(tp_broker::http::device_router(&broker));
+        if let Some(hooks) = hooks {
+            app = app.merge(hooks);
+        }
         let http = tokio::spawn(async move {
             let stopped = async move { stop.cancelled().await };
             let served = match listener {
