@@ -3,11 +3,13 @@
 # starts the services the tests need, then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v coap-client-notls >/dev/null 2>&1; then
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v coap-client-notls >/dev/null 2>&1 \
+   || { [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null 2>&1; }; then
   # the device quick start and some end-to-end tests use the mosquitto clients and
-  # libcoap's coap-client (Debian ships it as coap-client-notls/-openssl/-gnutls)
+  # libcoap's coap-client (Debian ships it as coap-client-notls/-openssl/-gnutls);
+  # the external-broker tests start a private mosquitto broker on a free port
   (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients libcoap3-bin >&2) || true
+   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients libcoap3-bin >&2) || true
 fi
 eval "$(scripts/services.sh)"
 cargo test --workspace --all-targets "$@"
