@@ -18,7 +18,8 @@ use crate::model::{Page, Paged, TenantId};
 ///   device_id)`, enforced by the store (a unique index, so it holds across nodes):
 ///   [`RuleStore::create_alarm`] of a second one is [`crate::Error::AlreadyExists`].
 ///   Alarms without a rule are not limited.
-/// - Rule names and scene names are unique per tenant ([`crate::Error::AlreadyExists`]).
+/// - Rule, scene and notification channel names are unique per tenant
+///   ([`crate::Error::AlreadyExists`]).
 /// - Deleting a rule deletes its [`RuleState`] rows; its alarms stay (history).
 /// - Lists are newest first unless stated otherwise.
 /// - Implementations must pass every case of `tp_core::testing::rules`.
