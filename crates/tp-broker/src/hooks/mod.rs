@@ -40,7 +40,7 @@
 //! misconfigured secret then locks devices out instead of letting everything through.
 //!
 //! # The service account
-//! The platform's own consumer ([`crate::external`], the `tp-storage` role) connects
+//! The platform's own consumer (`tp_broker::external`, feature `external`, the `tp-storage` role) connects
 //! to the same cluster; [`HooksConfig::service_username`] / `service_password` name
 //! the one non-device account that may connect, subscribe to anything (including
 //! `$share/...` filters) and publish anything (downlink, acknowledgements). EMQX is
@@ -74,7 +74,7 @@ pub const SECRET_HEADER: &str = "x-tp-hook-secret";
 
 /// Prefix of the internal topic a device publish is rewritten to (VerneMQ) or
 /// republished on (EMQX rule): `tp/ingest/{device_id}/{uplink topic}`. The consumer
-/// ([`crate::external`]) learns the device from it; devices themselves can never
+/// (`tp_broker::external`) learns the device from it; devices themselves can never
 /// publish there, as it is outside the uplink ACL.
 pub const INGEST_PREFIX: &str = "tp/ingest/";
 

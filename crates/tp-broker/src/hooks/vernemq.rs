@@ -16,7 +16,7 @@
 //! `tp/ingest/D/devices/telemetry`, payload untouched (no base64 round trip, no size
 //! growth, the same codecs decode it). Devices cannot publish under `tp/ingest/`
 //! themselves (it is outside the uplink ACL), so a message there carries an identity
-//! the hook established. The `tp-storage` consumer ([`crate::external`]) subscribes
+//! the hook established. The `tp-storage` consumer (`tp_broker::external`) subscribes
 //! to `$share/{group}/tp/ingest/#`. With a VerneMQ mountpoint the rewritten topic
 //! lives in the same mountpoint; the consumer must connect to it.
 //!
