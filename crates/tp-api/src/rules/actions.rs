@@ -234,7 +234,7 @@ impl Executor {
                 None => return Ok("skipped: no triggering device".to_owned()),
             },
         };
-        if kind != CommandKind::Command && !payload.as_object().is_some_and(|o| !o.is_empty()) {
+        if kind != CommandKind::Command && payload.as_object().is_none_or(|o| o.is_empty()) {
             return Err(Error::invalid("values", "must be a non-empty object"));
         }
         let device = self
