@@ -22,6 +22,7 @@
 //! the address; anything else is [`Error::Backend`]. Passwords never appear in errors or
 //! `Debug` output.
 
+pub mod backplane;
 mod cache_url;
 
 use std::time::Duration;
