@@ -31,7 +31,7 @@ fn condition(source: DeviceSource, i: usize) -> Condition {
         key: key.to_owned(),
         operator,
         value,
-        duration_secs: (i % 7 == 0).then_some(60),
+        duration_secs: i.is_multiple_of(7).then_some(60),
     }
 }
 
@@ -48,10 +48,10 @@ fn rules(tenant: TenantId, devices: &[DeviceId], profiles: &[ProfileId]) -> Vec<
             let mut groups = vec![TriggerGroup {
                 conditions: vec![condition(source, i)],
             }];
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 groups[0].conditions.push(condition(source, i + 2));
             }
-            if i % 4 == 0 {
+            if i.is_multiple_of(4) {
                 groups.push(TriggerGroup {
                     conditions: vec![condition(source, i + 1)],
                 });
