@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod authz;
 pub mod config;
+mod console;
 pub mod error;
 pub mod notify;
 pub mod openapi;
@@ -16,3 +17,4 @@ pub mod state;
 
 pub use openapi::openapi;
 pub use routes::router;
+pub use routes::stream::{LiveTelemetry, ObserverFanout};

@@ -42,6 +42,8 @@ pub struct AppState {
     pub(crate) rules: Option<RuleStoreRef>,
     /// The running rule engine: told about rule changes, runs scenes.
     pub(crate) rule_engine: Option<RuleEngineControlRef>,
+    /// Live telemetry for `GET /devices/{id}/telemetry/stream`; without it the route answers 503.
+    pub(crate) live: Option<Arc<crate::LiveTelemetry>>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             readiness: Arc::new(Vec::new()),
             rules: None,
             rule_engine: None,
+            live: None,
         }
     }
 
@@ -83,6 +86,18 @@ impl AppState {
     pub fn with_rule_engine(mut self, engine: RuleEngineControlRef) -> Self {
         self.rule_engine = Some(engine);
         self
+    }
+
+    /// Adds the live telemetry hub behind `GET /api/v1/devices/{id}/telemetry/stream`
+    /// (the same one the broker's observer feeds).
+    pub fn with_live_telemetry(mut self, live: Arc<crate::LiveTelemetry>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// The live telemetry hub, if one was added.
+    pub fn live_telemetry(&self) -> Option<&Arc<crate::LiveTelemetry>> {
+        self.live.as_ref()
     }
 
     /// The rule store, if one was added.
@@ -150,6 +165,7 @@ impl fmt::Debug for AppState {
             .field("metrics", &self.metrics.is_some())
             .field("rules", &self.rules.as_ref().map(|r| r.backend()))
             .field("rule_engine", &self.rule_engine.is_some())
+            .field("live", &self.live.is_some())
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -26,6 +26,7 @@ mod provision;
 mod roles;
 mod rules;
 mod scenes;
+pub(crate) mod stream;
 mod support;
 mod system;
 mod telemetry;
@@ -89,6 +90,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::status_history))
         .routes(routes!(provision::provision))
         .routes(routes!(telemetry::latest_telemetry))
+        .routes(routes!(stream::telemetry_stream))
         .routes(routes!(
             telemetry::telemetry_history,
             telemetry::delete_telemetry
@@ -137,6 +139,21 @@ pub fn router(state: AppState) -> Router {
         .config(Config::new([OPENAPI_PATH]))
         .into();
     api.merge(docs)
+        .merge(crate::console::router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Health, readiness and metrics only (with the same fallbacks and request
+/// metrics): the HTTP surface of a node that runs the broker role without the API
+/// role, so a load balancer can check it without the REST API being exposed there.
+pub(crate) fn system_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(system::healthz))
+        .route("/readyz", axum::routing::get(system::readyz))
+        .route("/metrics", axum::routing::get(system::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))

@@ -296,6 +296,13 @@ fn table() -> Vec<Row> {
         ),
         // telemetry
         row("GET", "/api/v1/devices/{device}/telemetry/latest", READ_ONE),
+        // No live telemetry hub in this harness: an allowed call is 503 (streams:
+        // tests/console.rs).
+        row(
+            "GET",
+            "/api/v1/devices/{device}/telemetry/stream",
+            [404, 503, 503, 503, 503, 401, 404],
+        ),
         row(
             "GET",
             "/api/v1/devices/{device}/telemetry?start=0&end=10",

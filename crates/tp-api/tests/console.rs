@@ -1,0 +1,686 @@
+//! The web console: its assets, the live telemetry stream it draws from, and the
+//! whole console driven in headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) over WebDriver: sign in, create a device, see a value the
+//! device publishes on the live chart, send a command and see it in the log,
+//! acknowledge an alarm. Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
+//! `target/console-screenshots/`.
+//!
+//! The browser test is skipped when Chromium or chromedriver is missing, unless
+//! `TP_REQUIRE_SERVICES` is set (CI), where it fails instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// Assets and the stream (no browser needed)
+
+#[tokio::test]
+async fn console_is_served_from_the_binary() {
+    let node = Node::start().await;
+    let res = node
+        .http
+        .get(format!("{}/", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let headers = res.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    assert_eq!(headers["cache-control"], "no-cache");
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"src="/console/app.js""#), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
+
+    for (file, ty) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("chart.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
+        let res = node
+            .http
+            .get(format!("{}/console/{file}", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{file}");
+        assert_eq!(res.headers()["content-type"], ty, "{file}");
+        let etag = res.headers()["etag"].clone();
+        let again = node
+            .http
+            .get(format!("{}/console/{file}", node.base))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{file}");
+    }
+    let missing = node
+        .http
+        .get(format!("{}/console/nope.js", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+/// Reads an SSE response until a `telemetry` event whose data satisfies `pred`.
+async fn next_sample(
+    res: &mut reqwest::Response,
+    buf: &mut String,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + RECV;
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if event == "telemetry" {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, res.chunk())
+            .await
+            .expect("no matching telemetry event in time")
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn telemetry_stream_is_authenticated_tenant_scoped_and_live() {
+    let node = Node::start().await;
+    let d = node.create_device("streamer").await;
+    let url = format!("{}/api/v1/devices/{}/telemetry/stream", node.base, d.id);
+
+    // No credentials, a bad token, a malformed id.
+    let res = node.http.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = node
+        .http
+        .get(format!("{url}?access_token=not-a-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = node
+        .http
+        .get(format!(
+            "{}/api/v1/devices/nope/telemetry/stream",
+            node.base
+        ))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // Another tenant's admin: the device does not exist for them.
+    let (status, tenant) = node
+        .call(post(), "/api/v1/tenants", Some(json!({"name": "other"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{tenant}");
+    let (status, admin) = node
+        .call(
+            post(),
+            &format!("/api/v1/tenants/{}/admins", tenant["id"].as_str().unwrap()),
+            Some(json!({"email": "other@example.com", "name": "Other", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{admin}");
+    let other = login(&node.http, &node.base, "other@example.com", PASSWORD).await;
+    let res = node
+        .http
+        .get(&url)
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = node
+        .http
+        .get(format!("{url}?access_token={other}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // The owner, once by header and once by query token (EventSource's way).
+    let mut by_header = node
+        .http
+        .get(&url)
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), StatusCode::OK);
+    assert_eq!(by_header.headers()["content-type"], "text/event-stream");
+    let mut by_query = node
+        .http
+        .get(format!("{url}?access_token={}", node.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), StatusCode::OK);
+
+    // A second device's data never reaches this stream.
+    let noise = node.create_device("noise").await;
+    let mut noisy = node.connect(&noise, "mqtt_noise").await;
+    noisy
+        .publish("devices/telemetry", json!({"temp": -1}).to_string())
+        .await
+        .unwrap();
+    let mut dev = node.connect(&d, "mqtt_streamer").await;
+    dev.publish(
+        "devices/telemetry",
+        json!({"temp": 21.5, "on": true}).to_string(),
+    )
+    .await
+    .unwrap();
+
+    for res in [&mut by_header, &mut by_query] {
+        let mut buf = String::new();
+        let sample = next_sample(res, &mut buf, |_| true).await;
+        assert_eq!(
+            sample["device_id"],
+            json!(d.id),
+            "only this device: {sample}"
+        );
+        let items = sample["items"].as_array().unwrap();
+        let temp = items.iter().find(|i| i["key"] == "temp").unwrap();
+        assert_eq!(temp["value"], json!(21.5));
+        assert!(
+            items
+                .iter()
+                .any(|i| i["key"] == "on" && i["value"] == json!(true))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The console in headless Chromium
+
+/// A binary from `$var`, else the first of `names` found on the PATH.
+fn find_binary(var: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+fn artifacts_dir() -> PathBuf {
+    let dir = match std::env::var_os("TP_ARTIFACTS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            target.join("console-screenshots")
+        }
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Standard base64 (WebDriver screenshots); the workspace has no base64 crate.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len()]);
+    }
+    out
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A minimal W3C WebDriver client over reqwest (the commands this test needs).
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(v["value"]["error"].is_null(), "webdriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(post(), "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let el = self
+            .cmd(
+                post(),
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        el[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.cmd(post(), &format!("/element/{el}/clear"), Some(json!({})))
+            .await;
+        self.cmd(
+            post(),
+            &format!("/element/{el}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        self.cmd(post(), &format!("/element/{el}/click"), Some(json!({})))
+            .await;
+    }
+
+    /// Presses and releases each key (WebDriver key codes, e.g. `\u{E004}` for Tab).
+    async fn keys(&self, keys: &[&str]) {
+        let actions: Vec<Value> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        self.cmd(
+            post(),
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            post(),
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Waits until `script` (a function body) returns something truthy; returns it.
+    async fn wait(&self, what: &str, script: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.js(script).await;
+            if !(v.is_null() || v == json!(false) || v == json!("")) {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let page = self.js("return document.body.innerText").await;
+                self.screenshot("failure").await;
+                panic!(
+                    "timed out waiting for {what}; page:\n{}",
+                    page.as_str().unwrap_or("")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::write(&path, base64_decode(png.as_str().unwrap())).unwrap();
+        path
+    }
+}
+
+/// Starts chromedriver on a free port and opens a headless Chromium session.
+async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child, Browser) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(res) = http.get(format!("{base}/status")).send().await
+            && let Ok(v) = res.json::<Value>().await
+            && v["value"]["ready"] == true
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = tempfile::tempdir().unwrap().keep();
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1366,900", "--no-first-run", "--disable-extensions",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+    }}});
+    let res: Value = http
+        .post(format!("{base}/session"))
+        .json(&caps)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = res["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no WebDriver session: {res}"))
+        .to_owned();
+    let browser = Browser {
+        http,
+        session: format!("{base}/session/{id}"),
+        shots: artifacts_dir(),
+    };
+    (child, browser)
+}
+
+#[tokio::test]
+async fn console_in_headless_chromium() {
+    let chromium = find_binary(
+        "TP_CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let driver = find_binary("TP_CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        assert!(
+            std::env::var_os("TP_REQUIRE_SERVICES").is_none(),
+            "TP_REQUIRE_SERVICES is set but chromium or chromedriver is missing \
+             (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipped: chromium or chromedriver not installed");
+        return;
+    };
+    let node = Node::start().await;
+    let (mut driver_process, b) = start_browser(&chromium, &driver).await;
+
+    // Sign in: a wrong password is reported in place, then the right one works.
+    b.goto(&format!("{}/", node.base)).await;
+    b.wait(
+        "the sign-in form",
+        "return document.querySelector('#login-form')",
+    )
+    .await;
+    b.screenshot("01-login").await;
+    b.type_into("#login-form [name=email]", ADMIN).await;
+    b.type_into("#login-form [name=password]", "wrong password")
+        .await;
+    b.click("#login-form button[type=submit]").await;
+    let err = b
+        .wait(
+            "the login error",
+            "return document.querySelector('#login-form .error').textContent",
+        )
+        .await;
+    assert_eq!(err, json!("invalid email or password"));
+    b.type_into("#login-form [name=password]", PASSWORD).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait(
+        "the dashboard",
+        "return document.querySelector('#card-devices')",
+    )
+    .await;
+
+    // Create a device in the devices page; the credentials are shown once.
+    b.goto(&format!("{}/#/devices", node.base)).await;
+    b.wait(
+        "the create form",
+        "return document.querySelector('#create-device-form')",
+    )
+    .await;
+    b.type_into("#create-device-form [name=name]", "Boiler")
+        .await;
+    b.type_into("#create-device-form [name=device_number]", "boiler-1")
+        .await;
+    b.click("#create-device-form button[type=submit]").await;
+    let username = b
+        .wait(
+            "the new credentials",
+            "return document.querySelector('#new-username')?.textContent",
+        )
+        .await;
+    let password = b
+        .js("return document.querySelector('#new-password').textContent")
+        .await;
+    b.wait(
+        "the device in the list",
+        "return document.querySelector('#device-list').textContent.includes('boiler-1')",
+    )
+    .await;
+    b.screenshot("02-devices").await;
+    let (_, list) = node
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/devices?search=boiler-1",
+            None,
+        )
+        .await;
+    let device_id = list["items"][0]["id"].as_str().unwrap().to_owned();
+
+    // A threshold rule, so the value the device publishes also raises an alarm.
+    let (status, rule) = node
+        .call(
+            post(),
+            "/api/v1/rules",
+            Some(json!({
+                "name": "boiler hot",
+                "trigger_groups": [{"conditions": [{
+                    "type": "device", "source": {"kind": "device", "id": device_id},
+                    "data": "telemetry", "key": "temp", "operator": ">", "value": 40,
+                }]}],
+                "actions": [{"type": "raise_alarm", "severity": "major", "title": "Boiler hot"}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+
+    // The device page subscribes to the live stream; a published value shows up.
+    b.click("#new-device-link").await;
+    b.wait(
+        "the live stream to open",
+        "return document.querySelector('#live-chart')?.dataset.stream === 'open'",
+    )
+    .await;
+    let mut device = MqttTestClient::connect(
+        node.platform.mqtt_addr(),
+        "mqtt_boiler-1",
+        username.as_str().unwrap(),
+        password.as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    device
+        .subscribe(&["devices/command/boiler-1/+"])
+        .await
+        .unwrap();
+    for temp in [38.5, 41.0, 42.5] {
+        device
+            .publish("devices/telemetry", json!({"temp": temp}).to_string())
+            .await
+            .unwrap();
+    }
+    b.wait(
+        "42.5 on the live chart",
+        "return JSON.parse(document.querySelector('#live-chart').dataset.latest).temp === 42.5",
+    )
+    .await;
+    let points = b
+        .js("return document.querySelector('#live-chart').dataset.points")
+        .await;
+    assert_eq!(points, json!("3"), "every published value is a point");
+    b.screenshot("03-device-live").await;
+
+    // Send a command from the form: it is in the log and reaches the device.
+    b.type_into("#command-form [name=method]", "reboot").await;
+    b.type_into("#command-form [name=params]", r#"{"delay": 5}"#)
+        .await;
+    b.click("#command-form button[type=submit]").await;
+    b.wait(
+        "the command in the log",
+        "return document.querySelector('#command-log').textContent.includes('reboot')",
+    )
+    .await;
+    let (topic, payload) = device.recv_publish(RECV).await.expect("the command");
+    assert!(topic.starts_with("devices/command/boiler-1/"), "{topic}");
+    assert_eq!(json_of(&payload)["method"], "reboot");
+    // A bad parameter object is reported next to the form, nothing is sent.
+    b.type_into("#command-form [name=params]", "{oops").await;
+    b.click("#command-form button[type=submit]").await;
+    b.wait(
+        "the JSON error in place",
+        "return document.querySelector('#command-form .error').textContent.includes('not valid JSON')",
+    )
+    .await;
+    b.screenshot("04-device-command").await;
+
+    // Acknowledge the alarm the rule raised.
+    b.goto(&format!("{}/#/alarms", node.base)).await;
+    b.wait(
+        "the alarm",
+        "return document.querySelector('button[data-action=acknowledge]')",
+    )
+    .await;
+    b.screenshot("05-alarms").await;
+    b.click("button[data-action=acknowledge]").await;
+    b.wait(
+        "the acknowledged state",
+        "return document.querySelector('.alarm-status')?.textContent === 'acknowledged'",
+    )
+    .await;
+    let (_, alarms) = node
+        .call(reqwest::Method::GET, "/api/v1/alarms", None)
+        .await;
+    assert_eq!(alarms["items"][0]["status"], "acknowledged", "{alarms}");
+    assert_eq!(alarms["items"][0]["title"], "Boiler hot");
+    b.screenshot("06-alarms-acknowledged").await;
+
+    // The other pages render with real data.
+    b.goto(&format!("{}/#/rules", node.base)).await;
+    b.wait(
+        "the rule list",
+        "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
+    )
+    .await;
+    b.screenshot("07-rules").await;
+    b.goto(&format!("{}/#/admin", node.base)).await;
+    b.wait(
+        "the user list",
+        &format!("return document.querySelector('main').textContent.includes('{ADMIN}')"),
+    )
+    .await;
+    b.screenshot("08-admin").await;
+    b.goto(&format!("{}/#/", node.base)).await;
+    b.wait(
+        "the dashboard counts",
+        "return document.querySelector('#card-devices .big')?.textContent === '1' \
+         && document.querySelector('#card-online .big')?.textContent === '1'",
+    )
+    .await;
+    let shot = b.screenshot("09-dashboard").await;
+    eprintln!("screenshots in {}", shot.parent().unwrap().display());
+
+    // Keyboard: from the top of the page, Tab reaches the skip button and Enter on it
+    // moves focus to the content.
+    b.js("window.beforeReload = true; location.reload(); return true")
+        .await;
+    b.wait(
+        "the reloaded dashboard",
+        "return !window.beforeReload && document.readyState === 'complete' \
+         && document.querySelector('#card-devices')",
+    )
+    .await;
+    b.keys(&["\u{E004}"]).await;
+    assert_eq!(
+        b.js("return document.activeElement.id").await,
+        json!("skip")
+    );
+    b.keys(&["\u{E007}"]).await;
+    assert_eq!(
+        b.js("return document.activeElement.id").await,
+        json!("main")
+    );
+
+    b.cmd(reqwest::Method::DELETE, "", None).await;
+    let _ = driver_process.kill().await;
+}
