@@ -11,6 +11,13 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v coap-client-notls 
   (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients libcoap3-bin >&2) || true
 fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  # the web console's browser test (crates/tp-api/tests/console.rs) drives Debian's
+  # headless Chromium through chromedriver
+  (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+   get_chromium() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2; }
+   get_chromium || { as_root apt-get update -qq >&2 && get_chromium; }) || true
+fi
 eval "$(scripts/services.sh)"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
