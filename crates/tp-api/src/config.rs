@@ -38,6 +38,114 @@ pub struct PlatformConfig {
     /// EMQX HTTP auth), served under `/hooks/` when `hooks.secret` is set. See
     /// [`tp_broker::hooks`].
     pub hooks: tp_broker::hooks::HooksConfig,
+    /// What this node runs (`[node]`): the broker role, the API role, or both.
+    pub node: NodeConfig,
+    /// Multi-node operation (`[cluster]`): the Redis backplane.
+    pub cluster: ClusterConfig,
+}
+
+/// A role of a node: several nodes of different roles form a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Device access: MQTT/CoAP listeners, the HTTP device API, ingest, the rule
+    /// engine's uplink side. Without the API role its HTTP port serves only
+    /// `/healthz`, `/readyz`, `/metrics`, the device API and the hooks.
+    Broker,
+    /// The REST API (and web console). Without the broker role it opens no MQTT
+    /// listener and sends downlink through the cluster backplane.
+    Api,
+}
+
+/// `[node]`: this node's roles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Roles of this node (`TP_NODE__ROLES='["api"]'`); both by default (one node
+    /// runs the whole platform).
+    pub roles: Vec<Role>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            roles: vec![Role::Broker, Role::Api],
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Whether the node runs `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// `[cluster]`: how nodes reach each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Redis pub/sub backplane (downlink to devices on other nodes, cache
+    /// invalidations, rule changes): `"auto"` (default) when `storage.cache` is a
+    /// single-server `redis://` URL, `true` to require it, `false` for none.
+    pub backplane: BackplaneMode,
+    /// This node's id on the backplane; a random one when unset.
+    pub node_id: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            backplane: BackplaneMode::Auto,
+            node_id: None,
+        }
+    }
+}
+
+/// `cluster.backplane`: `"auto"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BackplaneSetting", into = "BackplaneSetting")]
+pub enum BackplaneMode {
+    /// On when the cache is a single-server Redis.
+    Auto,
+    /// Required: the start fails without a Redis cache.
+    On,
+    /// Off (a single node, or nodes that never send each other downlink).
+    Off,
+}
+
+/// The TOML/env form of [`BackplaneMode`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum BackplaneSetting {
+    Switch(bool),
+    Word(String),
+}
+
+impl TryFrom<BackplaneSetting> for BackplaneMode {
+    type Error = String;
+    fn try_from(s: BackplaneSetting) -> Result<Self, String> {
+        match s {
+            BackplaneSetting::Switch(true) => Ok(Self::On),
+            BackplaneSetting::Switch(false) => Ok(Self::Off),
+            BackplaneSetting::Word(w) => match w.to_ascii_lowercase().as_str() {
+                "auto" => Ok(Self::Auto),
+                "true" | "on" => Ok(Self::On),
+                "false" | "off" => Ok(Self::Off),
+                _ => Err(format!("expected \"auto\", true or false, got {w:?}")),
+            },
+        }
+    }
+}
+
+impl From<BackplaneMode> for BackplaneSetting {
+    fn from(m: BackplaneMode) -> Self {
+        match m {
+            BackplaneMode::Auto => Self::Word("auto".to_owned()),
+            BackplaneMode::On => Self::Switch(true),
+            BackplaneMode::Off => Self::Switch(false),
+        }
+    }
 }
 
 impl Default for PlatformConfig {
@@ -52,6 +160,8 @@ impl Default for PlatformConfig {
             drain_timeout_secs: 30,
             notify: NotifyConfig::default(),
             hooks: tp_broker::hooks::HooksConfig::default(),
+            node: NodeConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -308,6 +418,9 @@ impl PlatformConfig {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.node.roles.is_empty() {
+            return bad("node.roles", "name at least one of \"broker\", \"api\"");
+        }
         if self.mqtt.max_connections == 0 {
             return bad("mqtt.max_connections", "must be at least 1");
         }

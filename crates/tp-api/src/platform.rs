@@ -10,11 +10,15 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tp_broker::backplane::{
+    ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts, RedisBackplane,
+};
 use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
-use tp_core::{CacheRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_core::rules::RuleEngineControlRef;
+use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
-use crate::config::PlatformConfig;
+use crate::config::{BackplaneMode, PlatformConfig, Role};
 use crate::rules::{ClockRef, RuleEngine, RuleEngineConfig, RuleEngineDeps, SystemClock};
 use crate::state::AppState;
 
@@ -66,7 +70,10 @@ pub struct Platform {
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     writer: WriterHandle,
-    broker: Arc<EmbeddedBroker>,
+    /// None without the broker role.
+    broker: Option<Arc<EmbeddedBroker>>,
+    /// The cluster backplane and this node's listener on it, when enabled.
+    backplane: Option<(Arc<RedisBackplane>, JoinHandle<()>)>,
     http_addr: SocketAddr,
     is_https: bool,
     http: JoinHandle<()>,
@@ -134,6 +141,16 @@ impl Platform {
         let cache = tp_storage::open_cache(&config.storage.cache)
             .await
             .map_err(setting("storage.cache"))?;
+        let backplane = connect_backplane(&config).await?;
+        let (has_broker, has_api) = (config.node.has(Role::Broker), config.node.has(Role::Api));
+        if !has_broker && backplane.is_none() {
+            return Err(PlatformError::Setting {
+                setting: "node.roles / cluster.backplane",
+                message: "a node without the broker role sends downlink through the cluster \
+                          backplane: set storage.cache to a redis:// URL"
+                    .to_owned(),
+            });
+        }
         // External-broker hooks (VerneMQ webhooks, EMQX HTTP auth) when a secret is
         // configured; a weak secret stops the start before anything is bound.
         let hooks = match &config.hooks.secret {
@@ -208,31 +225,65 @@ impl Platform {
         if mqtt.wal.dir.is_none() {
             mqtt.wal.dir = Some(config.data_dir.join("wal"));
         }
-        let broker = Arc::new(
-            EmbeddedBroker::start_with(
-                &mqtt,
-                BrokerDeps {
-                    metadata: metadata.clone(),
-                    cache: cache.clone(),
-                    writer: writer.clone(),
-                },
-                // Profiles give presence its heartbeat / online-timeout windows.
-                BrokerOptions {
-                    profiles: Some(access.clone()),
-                    clock: None,
-                    // The rule engine and the console's live telemetry both see every
-                    // accepted message.
-                    observer: Some(Arc::new(crate::ObserverFanout::new(vec![
-                        rule_engine.observer(),
-                        live.clone(),
-                    ]))),
-                },
-            )
-            .await?,
-        );
+        let broker = if !has_broker {
+            None
+        } else {
+            Some(Arc::new(
+                EmbeddedBroker::start_with(
+                    &mqtt,
+                    BrokerDeps {
+                        metadata: metadata.clone(),
+                        cache: cache.clone(),
+                        writer: writer.clone(),
+                    },
+                    // Profiles give presence its heartbeat / online-timeout windows.
+                    BrokerOptions {
+                        profiles: Some(access.clone()),
+                        clock: None,
+                        // The rule engine and the console's live telemetry both see every
+                        // accepted message.
+                        observer: Some(Arc::new(crate::ObserverFanout::new(vec![
+                            rule_engine.observer(),
+                            live.clone(),
+                        ]))),
+                    },
+                )
+                .await?,
+            ))
+        };
 
-        rule_engine.set_transport(broker.transport());
-        rule_engine.watch_status(broker.status_events());
+        // Downlink: this node's broker, and in a cluster the backplane for devices
+        // connected elsewhere.
+        let local_transport = broker.as_ref().map(|b| b.transport());
+        let transport: Option<DeviceTransportRef> = match &backplane {
+            Some(bp) => Some(Arc::new(ClusterTransport::new(local_transport, bp.clone()))),
+            None => local_transport,
+        };
+        if let Some(t) = &transport {
+            rule_engine.set_transport(t.clone());
+        }
+        if let Some(broker) = &broker {
+            rule_engine.watch_status(broker.status_events());
+        }
+        // Rule changes and the API's cache invalidations reach every node.
+        let (api_cache, rule_control): (CacheRef, RuleEngineControlRef) = match &backplane {
+            Some(bp) => (
+                Arc::new(InvalidatingCache::new(cache.clone(), bp.clone())),
+                Arc::new(ClusterRules::new(Arc::new(rule_engine.clone()), bp.clone())),
+            ),
+            None => (cache.clone(), Arc::new(rule_engine.clone())),
+        };
+        let backplane = backplane.map(|bp| {
+            let listener = tp_broker::backplane::spawn_listener(
+                &bp,
+                ListenerParts {
+                    broker: broker.clone(),
+                    cache: cache.clone(),
+                    rules: Some(Arc::new(rule_engine.clone())),
+                },
+            );
+            (bp, listener)
+        });
 
         let bootstrap = crate::auth::bootstrap_admin(
             metadata.as_ref(),
@@ -254,38 +305,68 @@ impl Platform {
             metadata.clone(),
             access,
             timeseries.clone(),
-            cache.clone(),
+            api_cache,
             config.auth.auth_config(jwt_secret),
         )
-        .with_transport(broker.transport())
         .with_rules(rules)
-        .with_rule_engine(Arc::new(rule_engine.clone()))
+        .with_rule_engine(rule_control)
         .with_live_telemetry(live);
+        if let Some(t) = transport {
+            state = state.with_transport(t);
+        }
         if let Some(handle) = prometheus() {
             state = state.with_metrics(handle);
         }
-        let probe = broker.clone();
-        state = state.with_readiness_check(
-            "mqtt",
-            Arc::new(move || {
-                let healthy = probe.is_healthy();
-                Box::pin(async move {
-                    if healthy {
-                        Ok(())
-                    } else {
-                        Err(tp_core::Error::Unavailable {
-                            backend: "mqtt",
-                            source: "listener or ingest loop stopped".into(),
-                        })
-                    }
-                })
-            }),
-        );
+        if let Some((bp, _)) = &backplane {
+            let bp = bp.clone();
+            state = state.with_readiness_check(
+                "backplane",
+                Arc::new(move || {
+                    let subscribed = bp.is_subscribed();
+                    Box::pin(async move {
+                        if subscribed {
+                            Ok(())
+                        } else {
+                            Err(tp_core::Error::Unavailable {
+                                backend: "redis",
+                                source: "cluster backplane subscription lost; reconnecting".into(),
+                            })
+                        }
+                    })
+                }),
+            );
+        }
+        if let Some(probe) = broker.clone() {
+            state = state.with_readiness_check(
+                "mqtt",
+                Arc::new(move || {
+                    let healthy = probe.is_healthy();
+                    Box::pin(async move {
+                        if healthy {
+                            Ok(())
+                        } else {
+                            Err(tp_core::Error::Unavailable {
+                                backend: "mqtt",
+                                source: "listener or ingest loop stopped".into(),
+                            })
+                        }
+                    })
+                }),
+            );
+        }
 
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
         // The HTTP device API (device credentials, not user tokens) beside the REST API.
-        let mut app = crate::router(state).merge(tp_broker::http::device_router(&broker));
+        // Without the API role the port serves health, readiness and metrics only.
+        let mut app = if has_api {
+            crate::router(state)
+        } else {
+            crate::routes::system_router(state)
+        };
+        if let Some(broker) = &broker {
+            app = app.merge(tp_broker::http::device_router(broker));
+        }
         if let Some(hooks) = hooks {
             app = app.merge(hooks);
         }
@@ -303,7 +384,8 @@ impl Platform {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        tracing::info!(%http_addr, mqtt = %broker.local_addr(), "node started");
+        tracing::info!(%http_addr, mqtt = ?broker.as_ref().map(|b| b.local_addr()),
+            roles = ?config.node.roles, cluster = backplane.is_some(), "node started");
 
         Ok(Self {
             metadata,
@@ -311,6 +393,7 @@ impl Platform {
             cache,
             writer,
             broker,
+            backplane,
             http_addr,
             is_https,
             http,
@@ -333,13 +416,30 @@ impl Platform {
     }
 
     /// Where MQTT devices connect.
+    ///
+    /// # Panics
+    /// On a node without the broker role (see [`Self::embedded_broker`]).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.broker.local_addr()
+        self.broker().local_addr()
     }
 
     /// The embedded broker (its MQTT 5 and WebSocket addresses, counters).
+    ///
+    /// # Panics
+    /// On a node without the broker role (see [`Self::embedded_broker`]).
     pub fn broker(&self) -> &EmbeddedBroker {
-        &self.broker
+        self.embedded_broker()
+            .expect("Platform::broker on a node without the broker role")
+    }
+
+    /// The embedded broker, `None` on a node without the broker role.
+    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
+        self.broker.as_deref()
+    }
+
+    /// The cluster backplane, when enabled (`cluster.backplane`).
+    pub fn backplane(&self) -> Option<&Arc<RedisBackplane>> {
+        self.backplane.as_ref().map(|(bp, _)| bp)
     }
 
     /// The admin created by this start, if the installation was empty.
@@ -370,7 +470,16 @@ impl Platform {
     /// Graceful stop: refuse new MQTT work, get every acknowledged message into the
     /// store, then stop the HTTP server.
     pub async fn shutdown(self) -> Result<DrainReport, PlatformError> {
-        let report = self.broker.drain(self.drain_timeout).await?;
+        let report = match &self.broker {
+            Some(broker) => broker.drain(self.drain_timeout).await?,
+            None => DrainReport {
+                accepted: 0,
+                consumed: 0,
+            },
+        };
+        if let Some((_, listener)) = &self.backplane {
+            listener.abort();
+        }
         // Everything ingested is evaluated and acted on before the stores go.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.rule_engine.flush()).await;
         self.rule_engine.stop();
@@ -388,6 +497,29 @@ impl Platform {
         );
         Ok(report)
     }
+}
+
+/// The cluster backplane per `cluster.backplane`: with `"auto"` when the cache is a
+/// single Redis server (the only shared thing nodes have besides the databases).
+async fn connect_backplane(
+    config: &PlatformConfig,
+) -> Result<Option<Arc<RedisBackplane>>, PlatformError> {
+    let cache = config.storage.cache.trim().to_ascii_lowercase();
+    let is_redis = cache.starts_with("redis://") || cache.starts_with("redis+unix://");
+    match config.cluster.backplane {
+        BackplaneMode::Off => return Ok(None),
+        BackplaneMode::Auto if !is_redis => return Ok(None),
+        BackplaneMode::Auto | BackplaneMode::On => {}
+    }
+    let node_id = config
+        .cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", tp_core::random_token(4)));
+    RedisBackplane::connect(&config.storage.cache, node_id)
+        .await
+        .map(|bp| Some(Arc::new(bp)))
+        .map_err(setting("cluster.backplane (storage.cache)"))
 }
 
 /// Reads the JWT secret kept in the data dir, or creates it (mode 0600), so tokens

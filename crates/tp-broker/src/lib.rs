@@ -34,6 +34,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod backplane;
 pub mod coap;
 mod config;
 pub mod downlink;
@@ -155,6 +156,8 @@ pub struct EmbeddedBroker {
     wss_addr: Option<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     ingest: JoinHandle<()>,
+    /// Wakes a delivery pass of a device's pending downlink ([`Self::deliver_queued`]).
+    queued_tx: tokio::sync::mpsc::UnboundedSender<tp_core::DeviceId>,
 }
 
 impl EmbeddedBroker {
@@ -388,6 +391,16 @@ impl EmbeddedBroker {
             }
             .run(subscribed_rx),
         );
+        // Passes asked for from outside (the cluster backplane); passes of one session
+        // are serialized by its lock, so both delivery tasks may run one at once.
+        let (queued_tx, queued_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(
+            downlink::Delivery {
+                shared: shared.clone(),
+                publisher: publisher.clone(),
+            }
+            .run(queued_rx),
+        );
 
         // Sessions opening and closing feed presence, which records and broadcasts.
         let sessions = presence.clone();
@@ -420,7 +433,16 @@ impl EmbeddedBroker {
             wss_addr,
             listeners,
             ingest,
+            queued_tx,
         })
+    }
+
+    /// Delivers the pending downlink of `device` (and of the devices behind it, for
+    /// a gateway) if the device has a session on this node: the same pass as after
+    /// its SUBACK, for downlink another node logged. `false` when the device is not
+    /// connected here.
+    pub fn deliver_queued(&self, device: tp_core::DeviceId) -> bool {
+        self.shared.session_device(device).is_some() && self.queued_tx.send(device).is_ok()
     }
 
     /// The bound MQTT address.

@@ -36,6 +36,14 @@ pub trait DeviceTransport: std::fmt::Debug + Send + Sync + 'static {
     async fn is_connected(&self, device: DeviceId) -> bool;
     /// Sends one message.
     async fn send(&self, message: Downlink) -> Result<()>;
+    /// A downlink for `device` (the device holding the connection) was logged as
+    /// pending because this transport could not deliver it now. A single node has
+    /// nothing to do: it delivers pending rows when the device subscribes, so the
+    /// default ignores it. A cluster transport tells the node that holds the
+    /// device's connection, which then delivers the pending rows.
+    async fn queued(&self, device: DeviceId, message_id: &str) {
+        let _ = (device, message_id);
+    }
 }
 
 /// Shared handle to a transport.

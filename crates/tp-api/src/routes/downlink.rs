@@ -275,6 +275,8 @@ pub(crate) async fn issue_downlink(
             break;
         }
     }
+    // In a cluster the device may be connected to another node.
+    transport.queued(route.device_id, &row.message_id).await;
     Ok(row)
 }
 

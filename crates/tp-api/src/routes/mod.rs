@@ -146,6 +146,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Health, readiness and metrics only (with the same fallbacks and request
+/// metrics): the HTTP surface of a node that runs the broker role without the API
+/// role, so a load balancer can check it without the REST API being exposed there.
+pub(crate) fn system_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(system::healthz))
+        .route("/readyz", axum::routing::get(system::readyz))
+        .route("/metrics", axum::routing::get(system::metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
 async fn no_route() -> ApiError {
     ApiError::http(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
