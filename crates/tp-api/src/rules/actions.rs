@@ -23,6 +23,10 @@ use crate::routes::downlink::issue_downlink;
 
 /// How deep scenes may run scenes (a scene running itself stops here).
 const MAX_SCENE_DEPTH: u8 = 3;
+/// Lifetime of an alarm's update lock (a crashed holder frees it after this).
+const ALARM_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long an alarm update waits for another node's.
+const ALARM_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs actions. Shared by the engine's worker and [`super::RuleEngine::run_scene`].
 #[derive(Debug)]
@@ -261,8 +265,60 @@ impl Executor {
         ))
     }
 
-    /// Raise/repeat/clear the open alarm of the firing's rule and device.
+    /// Raise/repeat/clear the open alarm of the firing's rule and device, holding
+    /// the alarm's lock in the cache: the steps read the open alarm and write it
+    /// back, so two nodes updating it at once would lose occurrences or clear it
+    /// twice.
     async fn alarm(&self, action: &Action, f: &Firing<'_>) -> Result<String> {
+        let key = match f.device {
+            Some(d) => format!("rule:alarm:{}:{d}", f.rule.id),
+            None => format!("rule:alarm:{}", f.rule.id),
+        };
+        let token = self.lock_alarm(&key).await;
+        let r = self.alarm_locked(action, f).await;
+        if let Some(token) = token {
+            // Only our own lock: after its TTL another node may hold it.
+            if let Ok(Some(v)) = self.cache.get(&key).await
+                && v == token.as_bytes()
+            {
+                let _ = self.cache.delete(&key).await;
+            }
+        }
+        r
+    }
+
+    /// Takes `key` in the cache, waiting for another holder up to
+    /// [`ALARM_LOCK_WAIT`]; returns the token it holds the lock with. Without the
+    /// cache, or after waiting that long, goes on unlocked (a lost count beats a lost
+    /// alarm).
+    async fn lock_alarm(&self, key: &str) -> Option<String> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let deadline = tokio::time::Instant::now() + ALARM_LOCK_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self
+                .cache
+                .set_nx(key, token.as_bytes(), Some(ALARM_LOCK_TTL))
+                .await
+            {
+                Ok(true) => return Some(token),
+                Ok(false) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(false) => {
+                    tracing::warn!(key, "alarm lock still held elsewhere; updating unlocked");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "cannot take the alarm lock; updating unlocked");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn alarm_locked(&self, action: &Action, f: &Firing<'_>) -> Result<String> {
         let now = self.clock.now_ms();
         let open = self.rules.get_open_alarm(f.rule.id, f.device).await?;
         let kind = match action {

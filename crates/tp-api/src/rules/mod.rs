@@ -353,6 +353,9 @@ impl Evaluation {
         let mut refresh = tokio::time::interval(self.refresh);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        // Loading may have armed schedules (state worth persisting before any input).
+        let now = self.clock.now_ms();
+        self.emit(Vec::new(), now).await;
         loop {
             let deadline = self.evaluator.next_deadline();
             let clock = self.clock.clone();
@@ -408,6 +411,9 @@ impl Evaluation {
                     .rules
                     .store(self.evaluator.len() as u64, Ordering::Relaxed);
                 tracing::debug!(rules = self.evaluator.len(), "rules reloaded");
+                // Persist what the load marked (newly armed schedules) now: the next
+                // load forgets pending marks.
+                self.emit(Vec::new(), now).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot reload rules; keeping the loaded ones"),
         }

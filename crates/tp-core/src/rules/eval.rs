@@ -440,6 +440,10 @@ struct RuleRuntime {
     /// Per schedule group: last nominal fire time and the next one.
     last_fire: HashMap<u32, Timestamp>,
     next_fire: HashMap<u32, Timestamp>,
+    /// Per schedule group that has not fired yet: when it was armed (fire times
+    /// after it are due), persisted so a first fire time missed while the node was
+    /// down still fires once after a restart.
+    armed: HashMap<u32, Timestamp>,
 }
 
 impl RuleRuntime {
@@ -470,6 +474,8 @@ struct Persisted {
     slots: BTreeMap<u32, Slot>,
     #[serde(default)]
     last_fire: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    armed: Option<Timestamp>,
 }
 
 type Deadline = Reverse<(Timestamp, u32, Option<Scope>)>;
@@ -593,9 +599,16 @@ impl Evaluator {
                     st.shared = p.slots;
                 }
             } else if let Some(g) = s.scope.strip_prefix("schedule:") {
-                if let (true, Ok(g), Some(t)) = (same, g.parse::<u32>(), p.last_fire) {
-                    st.last_fire.insert(g, t);
-                    st.next_fire.remove(&g);
+                if let (true, Ok(g)) = (same, g.parse::<u32>()) {
+                    if let Some(t) = p.last_fire {
+                        st.last_fire.insert(g, t);
+                    }
+                    if let Some(t) = p.armed {
+                        st.armed.insert(g, t);
+                    }
+                    if p.last_fire.is_some() || p.armed.is_some() {
+                        st.next_fire.remove(&g);
+                    }
                 }
             } else if let Some(scope) = Scope::parse(&s.scope) {
                 let slots = if same { p.slots } else { BTreeMap::new() };
@@ -645,13 +658,20 @@ impl Evaluator {
                 let Some(sched) = &g.schedule else { continue };
                 let next = match st.next_fire.get(&gi) {
                     Some(n) => Some(*n),
-                    // A missed fire time since the last one fires once, late.
-                    None => sched.next_after(
-                        st.last_fire
-                            .get(&gi)
-                            .copied()
-                            .unwrap_or(now.saturating_sub(1)),
-                    ),
+                    // A missed fire time since the last one (or, never fired, since
+                    // the schedule was armed) fires once, late.
+                    None => {
+                        let after = match (st.last_fire.get(&gi), st.armed.get(&gi)) {
+                            (Some(t), _) | (None, Some(t)) => *t,
+                            (None, None) => {
+                                let t = now.saturating_sub(1);
+                                st.armed.insert(gi, t);
+                                self.dirty.insert((ri, Dirty::Schedule(gi)));
+                                t
+                            }
+                        };
+                        sched.next_after(after)
+                    }
                 };
                 match next {
                     Some(n) => {
@@ -1014,6 +1034,7 @@ impl Evaluator {
                         firing: false,
                         slots: st.shared.clone(),
                         last_fire: None,
+                        armed: None,
                     },
                 ),
                 Dirty::Scope(s) => {
@@ -1025,6 +1046,7 @@ impl Evaluator {
                             firing: ss.firing,
                             slots: ss.slots,
                             last_fire: None,
+                            armed: None,
                         },
                     )
                 }
@@ -1035,6 +1057,7 @@ impl Evaluator {
                         firing: false,
                         slots: BTreeMap::new(),
                         last_fire: st.last_fire.get(&g).copied(),
+                        armed: st.armed.get(&g).copied(),
                     },
                 ),
             };
@@ -1509,5 +1532,41 @@ mod tests {
         ev2.import_states(&states, 210_000);
         assert_eq!(ev2.next_deadline(), Some(240_000));
         assert!(ev.errors().is_empty());
+    }
+
+    #[test]
+    fn a_first_fire_time_missed_while_down_fires_once_after_a_restart() {
+        let r = rule(
+            TenantId::new(),
+            vec![vec![Condition::Schedule(Schedule {
+                kind: ScheduleKind::Once { at: 5_000 },
+                not_before: None,
+                not_after: None,
+            })]],
+        );
+        let mut ev = Evaluator::new();
+        ev.load([r.clone()], 1_000);
+        assert_eq!(ev.next_deadline(), Some(5_000));
+        // Arming is persisted, though nothing fired yet.
+        let states = ev.take_dirty(1_000);
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(states[0].scope, "schedule:0");
+        assert!(ev.take_dirty(1_000).is_empty(), "once");
+        ev.load([r.clone()], 2_000);
+        assert!(ev.take_dirty(2_000).is_empty(), "a reload does not re-arm");
+
+        // Down from 2 s to 9 s: the 5 s fire time is due at once, then never again.
+        let mut ev2 = Evaluator::new();
+        ev2.load([r.clone()], 9_000);
+        ev2.import_states(&states, 9_000);
+        assert_eq!(ev2.next_deadline(), Some(5_000));
+        let f = ev2.tick(9_000);
+        assert_eq!(kinds(&f), [TransitionKind::Pulse]);
+        assert_eq!(f[0].fire_ts, Some(5_000));
+        assert_eq!(ev2.next_deadline(), None);
+        // Without the persisted state it would have been lost.
+        let mut ev3 = Evaluator::new();
+        ev3.load([r], 9_000);
+        assert_eq!(ev3.next_deadline(), None);
     }
 }
