@@ -213,12 +213,18 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         )
         .await;
 
+    // Counted from before the connect: the device's online status is an input too,
+    // evaluated asynchronously, so a count taken after the connect could include it
+    // or not, and every later wait would be off by one.
+    let before_connect = env.node.platform.rule_engine().stats().evaluated;
     let mut client = env.node.connect(&d, "boiler-1").await;
+    env.node.wait_online(&d, true).await;
+    env.settle(before_connect + 1).await;
+    let base = before_connect + 1;
     client
         .subscribe(&[&format!("devices/command/{}/+", d.number)])
         .await
         .unwrap();
-    let base = env.node.platform.rule_engine().stats().evaluated;
 
     client
         .publish("devices/telemetry", json!({"temp": 25}).to_string())
