@@ -543,7 +543,10 @@ mod tests {
         assert_eq!(mqtt.v5_listen, Some("0.0.0.0:8885".parse().unwrap()));
         assert_eq!(mqtt.wss_listen, Some("0.0.0.0:8084".parse().unwrap()));
         let http = parsed.http.tls.expect("http.tls");
-        assert_eq!(http.cert_path, PathBuf::from("/etc/thingspanel/tls/cert.pem"));
+        assert_eq!(
+            http.cert_path,
+            PathBuf::from("/etc/thingspanel/tls/cert.pem")
+        );
         assert_eq!(http.key_path, PathBuf::from("/etc/thingspanel/tls/key.pem"));
     }
 

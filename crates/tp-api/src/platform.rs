@@ -211,9 +211,7 @@ impl Platform {
                 metadata: metadata.clone(),
                 cache: cache.clone(),
                 notifier: Some(Arc::new(notifier)),
-                clock: options
-                    .rule_clock
-                    .unwrap_or_else(|| Arc::new(SystemClock)),
+                clock: options.rule_clock.unwrap_or_else(|| Arc::new(SystemClock)),
             },
             RuleEngineConfig::default(),
         )
@@ -373,12 +371,8 @@ impl Platform {
         let http = tokio::spawn(async move {
             let stopped = async move { stop.cancelled().await };
             let served = match listener {
-                HttpListener::Plain(l) => {
-                    axum::serve(l, app).with_graceful_shutdown(stopped).await
-                }
-                HttpListener::Https(l) => {
-                    axum::serve(l, app).with_graceful_shutdown(stopped).await
-                }
+                HttpListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+                HttpListener::Https(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
             };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");

@@ -398,7 +398,8 @@ impl CoapHandler {
                 };
                 let call = decode_event(payload)?;
                 let method = call.method.clone();
-                let _logged = uplinks.log(device.id, &format!("devices/event/{mid}"), payload, now)?;
+                let _logged =
+                    uplinks.log(device.id, &format!("devices/event/{mid}"), payload, now)?;
                 uplinks.event(device.id, &mid, call, now).await?;
                 changed(Some(method))
             }

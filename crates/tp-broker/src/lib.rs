@@ -202,12 +202,11 @@ impl EmbeddedBroker {
             tls_addr(tls::Relay::Ws),
         );
         // The plain listeners TLS relays to: the configured ones, else loopback-only.
-        let relay_plain = |public: Option<SocketAddr>, tls: Option<SocketAddr>, setting| {
-            match (public, tls) {
+        let relay_plain =
+            |public: Option<SocketAddr>, tls: Option<SocketAddr>, setting| match (public, tls) {
                 (None, Some(_)) => probe_bind(tls::loopback_any_port(), setting).map(Some),
                 _ => Ok(public),
-            }
-        };
+            };
         let v5_plain = relay_plain(v5_addr, tls_v5_addr, "mqtt.tls.v5_listen")?;
         let ws_plain = relay_plain(ws_addr, wss_addr, "mqtt.tls.wss_listen")?;
         let (coap_socket, coap_addr) = match config.coap_listen {

@@ -205,7 +205,9 @@ fn trusting(ca_pem: &[u8]) -> Result<rumqttc::TlsConfiguration, String> {
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)))
+    Ok(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// An embedded broker on an ephemeral loopback port over in-memory SQLite stores,

@@ -299,10 +299,7 @@ impl Wal {
     /// Opens the log configured by `cfg` (`None` when it is off): locks the
     /// directory, lists the segments a previous run left and opens a new current
     /// segment after them.
-    pub(crate) fn open(
-        cfg: &WalConfig,
-        writer: &WriterHandle,
-    ) -> Result<Option<Opened>, WalError> {
+    pub(crate) fn open(cfg: &WalConfig, writer: &WriterHandle) -> Result<Option<Opened>, WalError> {
         let Some(dir) = cfg.dir.as_ref().filter(|_| cfg.enabled) else {
             return Ok(None);
         };

@@ -101,7 +101,11 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(downlink::get_attributes))
         .routes(routes!(downlink::telemetry_control))
         .routes(routes!(rules::create_rule, rules::list_rules))
-        .routes(routes!(rules::get_rule, rules::update_rule, rules::delete_rule))
+        .routes(routes!(
+            rules::get_rule,
+            rules::update_rule,
+            rules::delete_rule
+        ))
         .routes(routes!(scenes::create_scene, scenes::list_scenes))
         .routes(routes!(
             scenes::get_scene,
