@@ -29,6 +29,10 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
   ], [...latestMap.values()].sort((a, b) => a.key.localeCompare(b.key)), 'No telemetry yet.'));
   renderLatest();
 
+  // A device that publishes is online: the badge follows the live stream.
+  const stateBadge = h('span', { id: 'device-state' }, onlineBadge(device.online));
+  const lastSeen = h('span', {}, fmtTime(device.last_seen));
+
   // Live chart: only what arrives while the page is open (bounded per key).
   const live = new LineChart({ id: 'live-chart', title: `Live telemetry of ${device.name}`, maxPoints: 300, empty: 'Waiting for the device to publish…' });
   const streamState = h('p', { class: 'stream-state muted', id: 'stream-state', 'aria-live': 'polite' }, 'Connecting…');
@@ -46,6 +50,8 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
         latestMap.set(item.key, item);
       }
       renderLatest();
+      clear(stateBadge, onlineBadge(true));
+      lastSeen.textContent = fmtTime(sample.received_at);
     },
     onLagged: ({ skipped }) => { streamState.textContent = `Live: connected (skipped ${skipped} messages to keep up).`; },
   });
@@ -66,11 +72,11 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
     const end = Date.now() + 1;
     const start = end - span;
     const agg = data.get('agg');
-    const q = { keys: data.get('keys') || keys.join(','), start, end };
+    // No key chosen: every key (non-numeric ones are not drawn).
+    const q = { keys: data.get('keys'), start, end };
     if (agg) Object.assign(q, { agg, interval: Math.max(1000, Math.ceil(span / BUCKETS)) });
     else q.limit = 5000;
-    const rows = q.keys ? (await get(`/devices/${id}/telemetry${qs(q)}`, { signal })).items : [];
-    history.setRows(rows);
+    history.setRows((await get(`/devices/${id}/telemetry${qs(q)}`, { signal })).items);
   });
 
   // Commands and attribute sets, with the downlink log.
@@ -122,14 +128,14 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
 
   clear(main,
     h('p', {}, h('a', { href: '#/devices' }, '← Devices')),
-    h('h1', {}, device.name, ' ', onlineBadge(device.online)),
+    h('h1', {}, device.name, ' ', stateBadge),
     h('section', { class: 'panel' },
-      h('table', {}, h('tbody', {},
+      h('dl', { class: 'facts' },
         [['Device number', h('code', {}, device.device_number)], ['Id', h('code', {}, device.id)],
           ['MQTT username', h('code', {}, device.credentials ? device.credentials.username : '—')],
           ['Label', device.label || '—'], ['Enabled', device.enabled ? 'yes' : 'no'],
-          ['Last seen', fmtTime(device.last_seen)], ['Created', fmtTime(device.created_at)]]
-          .map(([k, v]) => h('tr', {}, h('th', { scope: 'row' }, k), h('td', {}, v)))))),
+          ['Last seen', lastSeen], ['Created', fmtTime(device.created_at)]]
+          .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))))),
     h('div', { class: 'grid' },
       h('section', { class: 'panel', 'aria-labelledby': 'live-title' }, h('h2', { id: 'live-title' }, 'Live telemetry'), live.el, streamState),
       h('section', { class: 'panel' }, latestBox)),
@@ -151,5 +157,5 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
     h('section', { class: 'panel' }, h('h2', {}, 'Danger zone'), deleteButton, deleteSlot));
 
   await loadLog();
-  if (keys.length) histForm.requestSubmit();
+  histForm.requestSubmit();
 }

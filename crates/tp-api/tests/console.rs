@@ -385,8 +385,28 @@ impl Browser {
         }
     }
 
+    /// A screenshot of the whole page: the window grows to the page's height for it
+    /// (at a laptop's width), then returns to 1366x900.
     async fn screenshot(&self, name: &str) -> PathBuf {
+        let height = self
+            .js("return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight")
+            .await
+            .as_u64()
+            .unwrap_or(900)
+            .clamp(900, 6000);
+        self.cmd(
+            post(),
+            "/window/rect",
+            Some(json!({"width": 1366, "height": height})),
+        )
+        .await;
         let png = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        self.cmd(
+            post(),
+            "/window/rect",
+            Some(json!({"width": 1366, "height": 900})),
+        )
+        .await;
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, base64_decode(png.as_str().unwrap())).unwrap();
         path
@@ -589,6 +609,17 @@ async fn console_in_headless_chromium() {
         .js("return document.querySelector('#live-chart').dataset.points")
         .await;
     assert_eq!(points, json!("3"), "every published value is a point");
+    // History of the last hour, averaged into buckets.
+    b.js("document.querySelector('#history-form [name=agg]').value = 'avg'; return true")
+        .await;
+    b.click("#history-form button[type=submit]").await;
+    b.wait(
+        "the history chart",
+        // Re-asked until the batching writer has stored the values.
+        "if (Number(document.querySelector('#history-chart').dataset.points) > 0) return true; \
+         document.querySelector('#history-form').requestSubmit(); return false",
+    )
+    .await;
     b.screenshot("03-device-live").await;
 
     // Send a command from the form: it is in the log and reaches the device.
@@ -610,6 +641,15 @@ async fn console_in_headless_chromium() {
     b.wait(
         "the JSON error in place",
         "return document.querySelector('#command-form .error').textContent.includes('not valid JSON')",
+    )
+    .await;
+    // An attribute set goes out through the same log.
+    b.type_into("#attribute-form [name=values]", r#"{"interval": 15}"#)
+        .await;
+    b.click("#attribute-form button[type=submit]").await;
+    b.wait(
+        "the attribute set in the log",
+        "return document.querySelector('#command-log').textContent.includes('interval')",
     )
     .await;
     b.screenshot("04-device-command").await;
