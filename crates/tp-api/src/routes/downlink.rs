@@ -231,19 +231,26 @@ pub(crate) async fn issue_downlink(
         updated_at: now,
         expires_at: Some(now + lifetime_ms),
     };
-    metadata.create_command(&row).await?;
     let Some(transport) = transport else {
+        metadata.create_command(&row).await?;
         return Ok(row);
     };
     // A sub-device is reached through its top-level gateway, in the gateway envelope.
-    let route = route(
+    let route = match route(
         metadata.as_ref(),
         device,
         kind,
         &row.message_id,
         &row.payload,
     )
-    .await?;
+    .await
+    {
+        Ok(route) => route,
+        Err(e) => {
+            metadata.create_command(&row).await?;
+            return Err(e);
+        }
+    };
     let message = Downlink {
         device_id: route.device_id,
         topic: route.topic,
@@ -251,6 +258,11 @@ pub(crate) async fn issue_downlink(
             .unwrap_or_default()
             .into(),
     };
+    // The row is first stored as "sent" when the device is connected: a row stored as
+    // pending could be picked up by the broker's queued-delivery pass (which runs when
+    // the device subscribes) at the same time as this send, and the device would get
+    // the command twice.
+    let mut stored = false;
     for _ in 0..SEND_ATTEMPTS {
         if !transport.is_connected(route.device_id).await {
             break;
@@ -258,7 +270,12 @@ pub(crate) async fn issue_downlink(
         // Sent before publishing, so a fast response is never overwritten by "sent".
         row.status = CommandStatus::Sent;
         row.updated_at = now_ms();
-        metadata.update_command(&row).await?;
+        if stored {
+            metadata.update_command(&row).await?;
+        } else {
+            metadata.create_command(&row).await?;
+            stored = true;
+        }
         let sent = transport.send(message.clone()).await;
         let Err(e) = sent else {
             return Ok(row);
@@ -274,6 +291,10 @@ pub(crate) async fn issue_downlink(
                 "cannot publish downlink; queued");
             break;
         }
+    }
+    if !stored {
+        row.status = CommandStatus::Pending;
+        metadata.create_command(&row).await?;
     }
     // In a cluster the device may be connected to another node.
     transport.queued(route.device_id, &row.message_id).await;
