@@ -124,7 +124,8 @@ export async function streamTelemetry(deviceId, { onSample, onLagged, onState, s
           if (event === 'telemetry') onSample(JSON.parse(data));
           else if (event === 'lagged' && onLagged) onLagged(JSON.parse(data));
         });
-        if (!signal.aborted) onState('error', 'stream ended; reconnecting');
+        // The server ends streams after one token lifetime: reconnect with the current token.
+        if (!signal.aborted) onState('connecting');
       }
     } catch (e) {
       if (signal.aborted) return;

@@ -225,6 +225,44 @@ async fn telemetry_stream_is_authenticated_tenant_scoped_and_live() {
     }
 }
 
+#[tokio::test]
+async fn telemetry_stream_ends_after_one_token_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.auth.token_ttl_secs = 1;
+    let platform = Platform::start(cfg).await.unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", platform.http_addr());
+    let token = login(&http, &base, ADMIN, PASSWORD).await;
+    let res = http
+        .post(format!("{base}/api/v1/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "short"}))
+        .send()
+        .await
+        .unwrap();
+    let device: Value = res.json().await.unwrap();
+    let mut stream = http
+        .get(format!(
+            "{base}/api/v1/devices/{}/telemetry/stream",
+            device["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // The server closes it (a revoked session would stop receiving data by then).
+    let deadline = tokio::time::Instant::now() + RECV;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None) | Err(_)) => break,
+            Err(_) => panic!("the stream outlived its token"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The console in headless Chromium
 

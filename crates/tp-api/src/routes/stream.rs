@@ -210,6 +210,9 @@ fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Option
 /// `lagged` (`LiveLagged`) and continues with newer messages; ingest never waits for
 /// it. Idle streams carry a comment every 15 s.
 ///
+/// The stream ends after one access-token lifetime (`auth.token_ttl_secs`), since the
+/// credential is checked when it starts; reconnect with a current token.
+///
 /// Authenticate with `Authorization: Bearer` or `X-API-Key` like every route. For
 /// browsers' `EventSource`, which cannot set headers, this route (and only this one)
 /// also accepts the access token as `?access_token=`; prefer the header where you can,
@@ -248,8 +251,16 @@ pub(crate) async fn telemetry_stream(
         ));
     };
     let rx = live.subscribe(id);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
+    // The credential was checked once, at the start: the stream ends after one access
+    // token lifetime, so a revoked session or deleted key stops receiving data by then
+    // at the latest. Clients reconnect with their current token.
+    let until = tokio::time::Instant::now() + Duration::from_secs(state.auth.ttl_secs);
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            () = tokio::time::sleep_until(until) => return None,
+        };
+        let event = match received {
             Ok(sample) => Event::default()
                 .event("telemetry")
                 .json_data(&*sample)
