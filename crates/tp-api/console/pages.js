@@ -299,6 +299,7 @@ export async function admin({ main, me, signal }) {
     get('/users?page_size=200', { signal }).catch(e => e),
     get('/roles?page_size=200', { signal }).catch(e => e),
   ]);
+  const roleNames = new Map(roles instanceof Error ? [] : roles.items.map(r => [r.id, r.name]));
   const userSlot = errorSlot();
   const roleSelect = h('select', { name: 'role' },
     h('option', { value: 'TENANT_USER' }, 'Tenant user'), h('option', { value: 'TENANT_ADMIN' }, 'Tenant admin'));
@@ -312,16 +313,16 @@ export async function admin({ main, me, signal }) {
     await api('POST', '/users', { email: data.get('email'), name: data.get('name'), password: data.get('password'), role: data.get('role') });
     await refresh();
   });
-  sections.push(h('section', { class: 'panel', 'aria-labelledby': 'users' },
+  const usersSection = (h('section', { class: 'panel', 'aria-labelledby': 'users' },
     h('h2', { id: 'users' }, 'Users'),
     users instanceof Error ? h('div', { class: 'error', role: 'alert' }, users.message)
       : table('Users of this tenant', [['Name', u => u.name], ['Email', u => u.email], ['Role', u => u.role],
-        ['Custom role', u => u.role_id || ''], ['Created', u => fmtTime(u.created_at)]], users.items),
+        ['Custom role', u => (u.role_id ? roleNames.get(u.role_id) || u.role_id : '')], ['Created', u => fmtTime(u.created_at)]], users.items),
     h('h3', {}, 'Add a user'), userForm));
   sections.push(h('section', { class: 'panel', 'aria-labelledby': 'roles' },
     h('h2', { id: 'roles' }, 'Roles'),
     roles instanceof Error ? h('div', { class: 'error', role: 'alert' }, roles.message)
       : table('Custom roles', [['Name', r => r.name], ['Permissions', r => r.permissions.join(', ')], ['Created', r => fmtTime(r.created_at)]],
         roles.items, 'No custom roles (built-in: SYS_ADMIN, TENANT_ADMIN, TENANT_USER).')));
-  clear(main, h('h1', {}, 'Administration'), h('div', { class: 'grid' }, sections));
+  clear(main, h('h1', {}, 'Administration'), usersSection, h('div', { class: 'grid' }, sections));
 }

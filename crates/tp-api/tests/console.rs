@@ -720,6 +720,35 @@ async fn console_in_headless_chromium() {
         "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
     )
     .await;
+    // Disable the rule and run a scene from the page.
+    let (status, scene) = node
+        .call(
+            post(),
+            "/api/v1/scenes",
+            Some(json!({"name": "evening", "actions": [{"type": "clear_alarm"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{scene}");
+    b.js("location.reload(); return true").await;
+    b.wait(
+        "the scene list",
+        "return document.querySelector('#scene-list')?.textContent.includes('evening')",
+    )
+    .await;
+    b.click("#rule-list button").await;
+    b.wait(
+        "the disabled rule",
+        "return document.querySelector('#rule-list button')?.textContent === 'Enable'",
+    )
+    .await;
+    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    assert_eq!(rules["items"][0]["enabled"], false, "{rules}");
+    b.click("#scene-list button").await;
+    b.wait(
+        "the scene's outcome",
+        "return document.querySelector('main').textContent.includes('Scene “evening” ran')",
+    )
+    .await;
     b.screenshot("07-rules").await;
     b.goto(&format!("{}/#/admin", node.base)).await;
     b.wait(
