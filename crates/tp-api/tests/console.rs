@@ -325,7 +325,32 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 struct Browser {
     http: reqwest::Client,
     session: String,
+    /// chromedriver's address and the session id, to end the session on drop.
+    driver: std::net::SocketAddr,
+    id: String,
     shots: PathBuf,
+    /// Chromium's profile, removed after the session ends (fields drop after `drop`).
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    /// Ends the WebDriver session (which closes Chromium) on every exit, failures
+    /// included, with a blocking request since `drop` cannot await.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        if let Ok(mut conn) =
+            std::net::TcpStream::connect_timeout(&self.driver, Duration::from_secs(2))
+        {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                conn,
+                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.id, self.driver
+            );
+            // The reply comes once the browser is closed; its head is enough.
+            let _ = conn.read(&mut [0u8; 512]);
+        }
+    }
 }
 
 impl Browser {
@@ -405,7 +430,8 @@ impl Browser {
 
     /// Waits until `script` (a function body) returns something truthy; returns it.
     async fn wait(&self, what: &str, script: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Generous: the whole workspace's tests may share two cores with Chromium.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
         loop {
             let v = self.js(script).await;
             if !(v.is_null() || v == json!(false) || v == json!("")) {
@@ -481,7 +507,7 @@ async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let profile = tempfile::tempdir().unwrap().keep();
+    let profile = tempfile::tempdir().unwrap();
     let caps = json!({"capabilities": {"alwaysMatch": {
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -489,7 +515,7 @@ async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1366,900", "--no-first-run", "--disable-extensions",
-                format!("--user-data-dir={}", profile.display()),
+                format!("--user-data-dir={}", profile.path().display()),
             ],
         },
     }}});
@@ -509,7 +535,10 @@ async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child
     let browser = Browser {
         http,
         session: format!("{base}/session/{id}"),
+        driver: ([127, 0, 0, 1], port).into(),
+        id,
         shots: artifacts_dir(),
+        _profile: profile,
     };
     (child, browser)
 }
@@ -788,6 +817,6 @@ async fn console_in_headless_chromium() {
         json!("main")
     );
 
-    b.cmd(reqwest::Method::DELETE, "", None).await;
+    drop(b);
     let _ = driver_process.kill().await;
 }
