@@ -353,7 +353,7 @@ impl CoapHandler {
                 .find_map(|q| q.strip_prefix(name)?.strip_prefix('='))
         };
         let device = self.authenticate(query("u"), query("p")).await?;
-        let shared = &self.api.uplinks.shared;
+        let shared = &self.api.shared;
         if shared.draining.load(Ordering::Acquire) {
             return Err(Refusal(
                 ResponseType::ServiceUnavailable,
@@ -435,15 +435,9 @@ impl CoapHandler {
                 "credentials required as URI queries u=<username>&p=<password>",
             ));
         };
-        match self
-            .api
-            .uplinks
-            .shared
-            .check_credentials(username, password)
-            .await
-        {
+        match self.api.shared.check_credentials(username, password).await {
             Ok(device) => {
-                self.api.uplinks.presence.activity(device.id);
+                self.api.uplinks.activity(device.id);
                 Ok(Device::clone(&device))
             }
             Err(Refused::Store(e)) => Err(e.into()),

@@ -23,11 +23,12 @@
 //!
 //! # Nothing acknowledged is lost
 //! The client uses manual acknowledgements and a persistent session
-//! (`clean_session = false`). Received messages are decoded with the same tp-core
-//! codecs as the embedded broker and queued to the [`BatchWriter`]; every
-//! `commit_interval` (or `commit_max_messages` messages) the writer is flushed and
-//! only when the flush committed everything (no dropped batch) are the PUBACKs
-//! sent. If a commit fails the messages stay unacknowledged and the consumer
+//! (`clean_session = false`). Received messages are decoded and stored by the same
+//! code as the embedded broker's ingest (telemetry and events queued to the
+//! [`BatchWriter`], attributes, command responses, gateway envelopes with their
+//! sub-devices); every `commit_interval` (or `commit_max_messages` messages) the
+//! writer is flushed and only when the flush committed everything (no dropped
+//! batch) are the PUBACKs sent. If a commit fails the messages stay unacknowledged and the consumer
 //! reconnects, so the broker delivers them again. Delivery is at least once: a
 //! message redelivered after a crash between commit and PUBACK is stored again
 //! (telemetry with device timestamps overwrites the same rows; server-time
@@ -53,17 +54,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tp_core::protocol::{
-    DownlinkKind, DownlinkTopic, GatewayEnvelope, ResponseObject, UplinkKind, UplinkTopic,
-    decode_attributes, decode_event, decode_telemetry,
-};
-use tp_core::{
-    CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, TelemetryPoint,
-    now_ms,
-};
+use tp_core::protocol::UplinkTopic;
+use tp_core::{Device, DeviceId, MetadataStoreRef, now_ms};
 use tp_storage::writer::WriterHandle;
 
 use crate::hooks::INGEST_PREFIX;
+use crate::uplink::{Ack, Uplinks};
 
 /// Settings of an [`ExternalConsumer`].
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -272,8 +268,13 @@ impl ExternalConsumer {
             store_done.clone(),
         ));
         let store = Store {
-            metadata: deps.metadata,
-            writer: deps.writer,
+            uplinks: Uplinks {
+                metadata: deps.metadata,
+                writer: deps.writer,
+                sessions: None,
+                presence: None,
+                observer: None,
+            },
             client,
             counters: counters.clone(),
             devices: HashMap::new(),
@@ -429,8 +430,7 @@ const DEVICE_TTL: Duration = Duration::from_secs(60);
 const DEVICE_CACHE_MAX: usize = 100_000;
 
 struct Store {
-    metadata: MetadataStoreRef,
-    writer: WriterHandle,
+    uplinks: Uplinks,
     client: AsyncClient,
     counters: Arc<Counters>,
     devices: HashMap<DeviceId, (Option<Arc<Device>>, Instant)>,
@@ -484,9 +484,10 @@ impl Store {
         if pending.is_empty() {
             return;
         }
-        let dropped = self.writer.dropped_batches();
-        let flushed = self.writer.flush().await;
-        if flushed.is_ok() && !*failed && self.writer.dropped_batches() == dropped {
+        let writer = &self.uplinks.writer;
+        let dropped = writer.dropped_batches();
+        let flushed = writer.flush().await;
+        if flushed.is_ok() && !*failed && writer.dropped_batches() == dropped {
             let (mut stored, mut rejected) = (0u64, 0u64);
             for (publish, was_stored) in pending.drain(..) {
                 if was_stored {
@@ -548,7 +549,14 @@ impl Store {
             }
         };
         let now = now_ms();
-        match self.dispatch(&device, &uplink, &payload, now).await {
+        let (result, ack) = self
+            .uplinks
+            .dispatch(device.id, &uplink, &payload, now)
+            .await;
+        if let Some(ack) = ack {
+            self.ack(&device, ack).await;
+        }
+        match result {
             Ok(()) => Outcome::Stored,
             Err(e) if is_transient(&e) => {
                 tracing::warn!(device_id = %device.id, error = %e, "storing a message failed");
@@ -568,6 +576,7 @@ impl Store {
             return Ok(d.clone());
         }
         let device = self
+            .uplinks
             .metadata
             .get_device_by_id(id)
             .await?
@@ -580,269 +589,16 @@ impl Store {
         Ok(device)
     }
 
-    async fn dispatch(
-        &mut self,
-        device: &Device,
-        uplink: &UplinkTopic,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let mid = uplink.message_id.clone().unwrap_or_default();
-        if uplink.gateway {
-            return self.gateway(device, uplink.kind, &mid, payload, now).await;
-        }
-        match uplink.kind {
-            UplinkKind::Attributes => {
-                let result = self.attributes(device.id, payload, now).await;
-                self.ack(
-                    device,
-                    DownlinkKind::AttributeResponse,
-                    &mid,
-                    &result,
-                    None,
-                    false,
-                )
-                .await;
-                result
-            }
-            UplinkKind::Event => {
-                let call = decode_event(payload);
-                let method = call.as_ref().ok().map(|c| c.method.clone());
-                let result = match call {
-                    Ok(call) => {
-                        self.event(device.id, &mid, call.method, call.params, now)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                self.ack(
-                    device,
-                    DownlinkKind::EventResponse,
-                    &mid,
-                    &result,
-                    method,
-                    false,
-                )
-                .await;
-                result
-            }
-            kind => self.store_part(device.id, kind, &mid, payload, now).await,
-        }
-    }
-
-    /// One device's message of `kind` (also one part of a gateway envelope).
-    async fn store_part(
-        &self,
-        device_id: DeviceId,
-        kind: UplinkKind,
-        mid: &str,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        match kind {
-            UplinkKind::Telemetry => {
-                let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
-                    .into_iter()
-                    .map(|s| TelemetryPoint {
-                        device_id,
-                        key: s.key,
-                        ts: s.ts,
-                        value: s.value,
-                    })
-                    .collect();
-                self.writer.write(points).await
-            }
-            UplinkKind::Attributes => self.attributes(device_id, payload, now).await,
-            UplinkKind::Event => {
-                let call = decode_event(payload)?;
-                self.event(device_id, mid, call.method, call.params, now)
-                    .await
-            }
-            UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
-                self.response(device_id, mid, payload, now).await
-            }
-            UplinkKind::OtaProgress => {
-                let params: serde_json::Value = serde_json::from_slice(payload)
-                    .map_err(|e| tp_core::Error::invalid("payload", e.to_string()))?;
-                self.event(device_id, "", "ota_progress".to_owned(), params, now)
-                    .await
-            }
-        }
-    }
-
-    async fn attributes(
-        &self,
-        device_id: DeviceId,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let attrs: Vec<KeyValue> = decode_attributes(payload)?
-            .into_iter()
-            .map(|(key, value)| KeyValue {
-                key,
-                ts: now,
-                value,
-            })
-            .collect();
-        self.metadata.upsert_attributes(device_id, &attrs).await
-    }
-
-    async fn event(
-        &self,
-        device_id: DeviceId,
-        mid: &str,
-        method: String,
-        params: serde_json::Value,
-        now: i64,
-    ) -> tp_core::Result<()> {
-        self.writer
-            .write_events(vec![DeviceEvent {
-                device_id,
-                ts: now,
-                message_id: mid.to_owned(),
-                method,
-                params,
-            }])
-            .await
-    }
-
-    async fn response(
-        &self,
-        device_id: DeviceId,
-        mid: &str,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let response = ResponseObject::decode(payload)?;
-        let Some(mut log) = self
-            .metadata
-            .get_command_by_message_id(device_id, mid)
-            .await?
-        else {
-            return Err(tp_core::Error::not_found("command", mid));
-        };
-        log.status = if response.is_success() {
-            CommandStatus::Replied
-        } else {
-            CommandStatus::Failed
-        };
-        log.response = serde_json::to_value(&response).ok();
-        log.updated_at = now;
-        self.metadata.update_command(&log).await
-    }
-
-    /// A gateway envelope: each part stored for the device it names (sub-devices by
-    /// parent and `sub_device_addr`, nested gateways recursively); unknown addresses
-    /// are skipped. A plain response object answers the gateway's own command.
-    async fn gateway(
-        &mut self,
-        gateway: &Device,
-        kind: UplinkKind,
-        mid: &str,
-        payload: &[u8],
-        now: i64,
-    ) -> tp_core::Result<()> {
-        if matches!(
-            kind,
-            UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse
-        ) && ResponseObject::decode(payload).is_ok()
-        {
-            return self.response(gateway.id, mid, payload, now).await;
-        }
-        let decoded = GatewayEnvelope::decode(payload);
-        let method = decoded
-            .as_ref()
-            .ok()
-            .and_then(|e| e.gateway_data.as_ref())
-            .and_then(|v| v.get("method"))
-            .and_then(|m| m.as_str())
-            .map(str::to_owned);
-        let result = match decoded {
-            Ok(envelope) => self.route(gateway.id, kind, mid, envelope, now).await,
-            Err(e) => Err(e),
-        };
-        let ack_kind = match kind {
-            UplinkKind::Attributes => Some(DownlinkKind::AttributeResponse),
-            UplinkKind::Event => Some(DownlinkKind::EventResponse),
-            _ => None,
-        };
-        if let Some(ack_kind) = ack_kind {
-            self.ack(gateway, ack_kind, mid, &result, method, true)
-                .await;
-        }
-        result
-    }
-
-    async fn route(
-        &self,
-        gateway_id: DeviceId,
-        kind: UplinkKind,
-        mid: &str,
-        envelope: GatewayEnvelope,
-        now: i64,
-    ) -> tp_core::Result<()> {
-        let mut todo = vec![(gateway_id, envelope)];
-        let mut first_err = None;
-        while let Some((gw, env)) = todo.pop() {
-            let mut parts = Vec::new();
-            if let Some(own) = env.gateway_data {
-                parts.push((gw, own));
-            }
-            for (addr, data) in env.sub_device_data {
-                if let Some(sub) = self.metadata.get_sub_device(gw, &addr).await? {
-                    parts.push((sub.id, data));
-                } else {
-                    tracing::warn!(gateway_id = %gw, addr, "gateway reported data for an unknown sub-device address; that part is dropped");
-                }
-            }
-            for (addr, nested) in env.sub_gateway_data {
-                if let Some(sub) = self.metadata.get_sub_device(gw, &addr).await? {
-                    todo.push((sub.id, nested));
-                }
-            }
-            for (device_id, data) in parts {
-                let bytes = serde_json::to_vec(&data).unwrap_or_default();
-                if let Err(e) = self.store_part(device_id, kind, mid, &bytes, now).await {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-
-    /// ThingsPanel's acknowledgement of an attribute or event report.
-    async fn ack(
-        &self,
-        device: &Device,
-        kind: DownlinkKind,
-        mid: &str,
-        result: &tp_core::Result<()>,
-        method: Option<String>,
-        gateway: bool,
-    ) {
+    /// ThingsPanel's acknowledgement of an attribute or event report, to `device`
+    /// (the sender of the report).
+    async fn ack(&self, device: &Device, ack: Ack) {
         if !self.ack_reports {
             return;
         }
-        let now = now_ms();
-        let response = match result {
-            Ok(()) => ResponseObject::success(now, method),
-            Err(e) => ResponseObject {
-                result: 1,
-                errcode: Some("invalid_payload".to_owned()),
-                message: Some(e.to_string()),
-                ts: Some(now / 1000),
-                method,
-            },
-        };
-        let topic = DownlinkTopic {
-            gateway,
-            kind,
-            device_number: device.device_number.clone(),
-            message_id: Some(mid.to_owned()),
-        };
+        let (topic, payload) = ack.message(&device.device_number);
         if let Err(e) = self
             .client
-            .publish(topic.to_topic(), QoS::AtLeastOnce, false, response.encode())
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
         {
             tracing::warn!(device_id = %device.id, error = %e, "cannot send acknowledgement");

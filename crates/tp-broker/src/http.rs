@@ -160,14 +160,9 @@ async fn authenticate(api: &DeviceApi, headers: &HeaderMap) -> Result<Device, De
         .ok_or_else(|| {
             unauthorized("HTTP Basic credentials (the device's MQTT username:password) required")
         })?;
-    match api
-        .uplinks
-        .shared
-        .check_credentials(&username, &password)
-        .await
-    {
+    match api.shared.check_credentials(&username, &password).await {
         Ok(device) => {
-            api.uplinks.presence.activity(device.id);
+            api.uplinks.activity(device.id);
             Ok(Device::clone(&device))
         }
         Err(Refused::Store(e)) => Err(e.into()),
@@ -201,7 +196,7 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Device, Bytes), DeviceError> {
     let device = authenticate(api, headers).await?;
-    if api.uplinks.shared.draining.load(Ordering::Acquire) {
+    if api.shared.draining.load(Ordering::Acquire) {
         return Err(DeviceError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -300,7 +295,7 @@ async fn commands(
     headers: HeaderMap,
 ) -> Result<Response, DeviceError> {
     let device = authenticate(&api, &headers).await?;
-    let commands = poll_pending(api.uplinks.shared.metadata.as_ref(), &device, None).await?;
+    let commands = poll_pending(api.shared.metadata.as_ref(), &device, None).await?;
     Ok((
         StatusCode::OK,
         json(&Commands {

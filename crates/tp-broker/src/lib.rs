@@ -49,6 +49,7 @@ mod rate;
 mod session;
 pub mod tls;
 mod transport;
+mod uplink;
 pub mod wal;
 
 #[cfg(feature = "testing")]
@@ -74,9 +75,10 @@ use tokio::task::JoinHandle;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef};
 use tp_storage::writer::WriterHandle;
 
-use crate::ingest::{Ingest, Uplinks};
+use crate::ingest::Ingest;
 use crate::session::{DeviceProtocol, INGEST_TOPIC, Shared};
 use crate::transport::LinkPublisher;
+use crate::uplink::Uplinks;
 
 /// Extra router connection slots beyond `max_connections`: our own local link, and
 /// sessions the router still counts while their disconnect is in flight.
@@ -135,6 +137,7 @@ pub struct BrokerStats {
 /// uplink decoding and storing, and the payload limit.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceApi {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) uplinks: Uplinks,
     pub(crate) max_payload_size: usize,
 }
@@ -272,11 +275,13 @@ impl EmbeddedBroker {
         if let Some((wal, leftovers)) = &wal {
             let replay = Ingest {
                 uplinks: Uplinks {
-                    shared: shared.clone(),
+                    metadata: deps.metadata.clone(),
                     writer: deps.writer.clone(),
-                    presence: presence.clone(),
+                    sessions: Some(shared.clone()),
+                    presence: Some(presence.clone()),
                     observer: options.observer.clone(),
                 },
+                shared: shared.clone(),
                 publisher: publisher.clone(),
             };
             replay.replay(wal, leftovers).await;
@@ -359,12 +364,14 @@ impl EmbeddedBroker {
         }
 
         let uplinks = Uplinks {
-            shared: shared.clone(),
+            metadata: deps.metadata.clone(),
             writer: deps.writer.clone(),
-            presence: presence.clone(),
+            sessions: Some(shared.clone()),
+            presence: Some(presence.clone()),
             observer: options.observer.clone(),
         };
         let device_api = DeviceApi {
+            shared: shared.clone(),
             uplinks: uplinks.clone(),
             max_payload_size: config.max_payload_size,
         };
@@ -378,6 +385,7 @@ impl EmbeddedBroker {
         let ingest = tokio::spawn(
             Ingest {
                 uplinks,
+                shared: shared.clone(),
                 publisher: publisher.clone(),
             }
             .run(link_rx),
