@@ -18,6 +18,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
    get_chromium() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2; }
    get_chromium || { as_root apt-get update -qq >&2 && get_chromium; }) || true
 fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  # the cluster test (crates/tp-api/tests/cluster.rs) balances its nodes with HAProxy
+  (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+   get_haproxy() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2; }
+   get_haproxy || { as_root apt-get update -qq >&2 && get_haproxy; }) || true
+fi
 eval "$(scripts/services.sh)"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
