@@ -19,6 +19,10 @@ const ROUTES = [
   [/^\/devices\/([0-9a-fA-F-]{36})$/, devicePage, 'Device'],
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],
+  [/^\/rules\/new$/, pages.ruleEditor, 'New rule'],
+  [/^\/rules\/scenes\/new$/, pages.sceneEditor, 'New scene'],
+  [/^\/rules\/scenes\/([0-9a-fA-F-]{36})$/, pages.sceneEditor, 'Edit scene'],
+  [/^\/rules\/([0-9a-fA-F-]{36})$/, pages.ruleEditor, 'Edit rule'],
   [/^\/admin$/, pages.admin, 'Administration'],
 ];
 

@@ -4,7 +4,7 @@
 import { api, get, login as signIn, qs } from './api.js';
 import {
   h, clear, fmtTime, fmtValue, badge, onlineBadge, errorSlot, showError, field, table,
-  onSubmit, announce, pager,
+  onSubmit, announce, pager, parseJson,
 } from './ui.js';
 
 const PAGE_SIZE = 20;
@@ -233,6 +233,17 @@ export async function rules({ main, signal }) {
   const scenesBox = h('div', { id: 'scene-list' });
   const outcome = h('div', { 'aria-live': 'polite' });
 
+  async function remove(kind, item) {
+    if (!window.confirm(`Delete ${kind} “${item.name}”? This cannot be undone.`)) return;
+    showError(slot, null);
+    try {
+      await api('DELETE', `/${kind}s/${item.id}`);
+      announce(`${kind === 'rule' ? 'Rule' : 'Scene'} ${item.name} deleted`);
+      if (kind === 'rule') renderRules(await get('/rules?page_size=200', { signal }));
+      else renderScenes(await get('/scenes?page_size=200', { signal }));
+    } catch (e) { showError(slot, e); }
+  }
+
   function renderRules(l) {
     if (l instanceof Error) return clear(rulesBox, h('div', { class: 'error', role: 'alert' }, l.message));
     clear(rulesBox, table('Rules', [
@@ -240,17 +251,20 @@ export async function rules({ main, signal }) {
       ['When', r => summarizeTriggers(r.trigger_groups)],
       ['Then', r => summarizeActions(r.actions)],
       ['State', r => badge(r.enabled ? 'enabled' : 'disabled', r.enabled ? 'on' : 'off')],
-      ['Actions', r => h('button', {
-        type: 'button', 'aria-label': `${r.enabled ? 'Disable' : 'Enable'} rule ${r.name}`,
-        onclick: async () => {
-          showError(slot, null);
-          try {
-            await api('PUT', `/rules/${r.id}`, { enabled: !r.enabled });
-            renderRules(await get('/rules?page_size=200', { signal }));
-          } catch (e) { showError(slot, e); }
-        },
-      }, r.enabled ? 'Disable' : 'Enable')],
-    ], l.items, 'No rules yet (create them through the API: POST /api/v1/rules).'));
+      ['Actions', r => h('div', { class: 'actions' },
+        h('button', {
+          type: 'button', 'aria-label': `${r.enabled ? 'Disable' : 'Enable'} rule ${r.name}`,
+          onclick: async () => {
+            showError(slot, null);
+            try {
+              await api('PUT', `/rules/${r.id}`, { enabled: !r.enabled });
+              renderRules(await get('/rules?page_size=200', { signal }));
+            } catch (e) { showError(slot, e); }
+          },
+        }, r.enabled ? 'Disable' : 'Enable'),
+        h('a', { class: 'button', href: `#/rules/${r.id}`, 'aria-label': `Edit rule ${r.name}` }, 'Edit'),
+        h('button', { type: 'button', class: 'danger', 'data-action': 'delete', 'aria-label': `Delete rule ${r.name}`, onclick: () => remove('rule', r) }, 'Delete'))],
+    ], l.items, 'No rules yet.'));
   }
   function renderScenes(l) {
     if (l instanceof Error) return clear(scenesBox, h('div', { class: 'error', role: 'alert' }, l.message));
@@ -258,26 +272,358 @@ export async function rules({ main, signal }) {
       ['Name', s => s.name],
       ['Description', s => s.description || ''],
       ['Actions', s => summarizeActions(s.actions)],
-      ['Run', s => h('button', {
-        type: 'button', 'aria-label': `Run scene ${s.name}`,
-        onclick: async () => {
-          showError(slot, null);
-          try {
-            const run = await api('POST', `/scenes/${s.id}/run`);
-            clear(outcome, h('div', { class: 'notice', role: 'status' },
-              h('p', {}, `Scene “${s.name}” ran:`),
-              h('ul', {}, run.outcomes.map(o => h('li', {}, `${o.ok ? '✔' : '✘'} ${o.detail}`)))));
-          } catch (e) { showError(slot, e); }
-        },
-      }, 'Run')],
+      ['Run', s => h('div', { class: 'actions' },
+        h('button', {
+          type: 'button', 'aria-label': `Run scene ${s.name}`,
+          onclick: async () => {
+            showError(slot, null);
+            try {
+              const run = await api('POST', `/scenes/${s.id}/run`);
+              clear(outcome, h('div', { class: 'notice', role: 'status' },
+                h('p', {}, `Scene “${s.name}” ran:`),
+                h('ul', {}, run.outcomes.map(o => h('li', {}, `${o.ok ? '✔' : '✘'} ${o.detail}`)))));
+            } catch (e) { showError(slot, e); }
+          },
+        }, 'Run'),
+        h('a', { class: 'button', href: `#/rules/scenes/${s.id}`, 'aria-label': `Edit scene ${s.name}` }, 'Edit'),
+        h('button', { type: 'button', class: 'danger', 'data-action': 'delete', 'aria-label': `Delete scene ${s.name}`, onclick: () => remove('scene', s) }, 'Delete'))],
     ], l.items, 'No scenes yet.'));
   }
   renderRules(ruleList);
   renderScenes(sceneList);
   clear(main, h('h1', {}, 'Rules & scenes'), slot,
-    h('section', { class: 'panel' }, rulesBox),
-    h('section', { class: 'panel' }, scenesBox, outcome));
+    h('section', { class: 'panel' }, rulesBox,
+      h('p', {}, h('a', { class: 'button primary', href: '#/rules/new', id: 'new-rule' }, 'New rule'))),
+    h('section', { class: 'panel' }, scenesBox, outcome,
+      h('p', {}, h('a', { class: 'button primary', href: '#/rules/scenes/new', id: 'new-scene' }, 'New scene'))));
 }
+
+// ---------------------------------------------------------------------------
+// Rule and scene editor. The form edits a plain model; structural changes (adding
+// or removing a row, changing a type) rebuild the editor from it. Every input is
+// named by its JSON path in the request (`trigger_groups[0].conditions[1].value`),
+// so a 400 naming a field lands next to that input.
+
+const DATA_KINDS = [['telemetry', 'Telemetry'], ['attribute', 'Attribute'], ['event', 'Event'], ['status', 'Online status']];
+const OPERATORS = [['=', '='], ['!=', '≠'], ['>', '>'], ['<', '<'], ['>=', '≥'], ['<=', '≤'], ['between', 'between'], ['in', 'in']];
+const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info'];
+const ACTION_TYPES = [
+  ['command', 'Send a command'], ['set_attributes', 'Set attributes'], ['raise_alarm', 'Raise an alarm'],
+  ['telemetry_control', 'Telemetry control'], ['clear_alarm', 'Clear the alarm'], ['notify', 'Notify a channel'],
+  ['run_scene', 'Run a scene'],
+];
+const VALUE_HINT = {
+  between: '[lo, hi], e.g. [20, 30]', in: 'a JSON array, e.g. ["a", "b"]',
+  status: '"online" or "offline"', event: 'empty: the event itself triggers',
+};
+
+/** Select with options [value, label]; the value is set once the options exist. */
+function select(name, options, value, onchange, attrs = {}) {
+  const el = h('select', { name, ...attrs, onchange: onchange && (e => onchange(e.target.value)) },
+    options.map(([v, label]) => h('option', { value: v }, label)));
+  if (value !== undefined && value !== null) el.value = value;
+  return el;
+}
+
+const jsonText = v => (v === undefined || v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v));
+
+/** A condition value as typed: JSON when it parses (30, true, [20, 30]), else a string. */
+function parseValue(text, data) {
+  const t = text.trim();
+  if (t === '') return data === 'event' ? null : '';
+  try { return JSON.parse(t); } catch { return t; }
+}
+
+function conditionModel(c) {
+  if (c.type !== 'device') return { type: 'other', raw: c };
+  return {
+    type: 'device', sourceKind: c.source.kind, sourceId: c.source.id, data: c.data, key: c.key || '',
+    operator: c.operator, valueText: jsonText(c.value), duration: c.duration_secs ?? '',
+  };
+}
+
+function conditionOf(m) {
+  if (m.type === 'other') return m.raw;
+  const c = {
+    type: 'device', source: { kind: m.sourceKind, id: m.sourceId }, data: m.data, key: m.key.trim(),
+    operator: m.operator, value: parseValue(m.valueText, m.data),
+  };
+  if (String(m.duration).trim() !== '') c.duration_secs = Number(m.duration);
+  return c;
+}
+
+function actionModel(a) {
+  return {
+    type: a.type,
+    targetId: a.target && a.target.kind === 'device' ? a.target.id : '',
+    method: a.method || '', paramsText: a.params === undefined || a.params === null ? '' : JSON.stringify(a.params),
+    valuesText: a.values ? JSON.stringify(a.values) : '',
+    severity: a.severity || 'major', title: a.title || '', description: a.description || '', channels: a.channels || [],
+    channel: a.channel || '', subject: a.subject || '', body: a.body || '', scene: a.scene || '',
+  };
+}
+
+function actionOf(m, i) {
+  const target = m.targetId ? { kind: 'device', id: m.targetId } : { kind: 'triggering_device' };
+  const path = `actions[${i}]`;
+  switch (m.type) {
+    case 'command': return { type: 'command', target, method: m.method.trim(), params: m.paramsText.trim() ? parseJson(m.paramsText, `${path}.params`) : null };
+    case 'set_attributes':
+    case 'telemetry_control': return { type: m.type, target, values: parseJson(m.valuesText, `${path}.values`) };
+    case 'raise_alarm': {
+      const a = { type: 'raise_alarm', severity: m.severity, title: m.title, channels: m.channels };
+      if (m.description.trim()) a.description = m.description.trim();
+      return a;
+    }
+    case 'clear_alarm': return { type: 'clear_alarm' };
+    case 'notify': return { type: 'notify', channel: m.channel, subject: m.subject, body: m.body };
+    case 'run_scene': return { type: 'run_scene', scene: m.scene };
+    default: throw new Error(`unknown action type ${m.type}`);
+  }
+}
+
+/** `trigger_groups[0].conditions[1].value` → `condition 2 of group 1: value`. */
+function humanField(path) {
+  const m = path.match(/^trigger_groups\[(\d+)\](?:\.conditions(?:\[(\d+)\])?)?\.?(.*)$/);
+  if (m) {
+    const where = m[2] !== undefined ? `Condition ${Number(m[2]) + 1} of group ${Number(m[1]) + 1}` : `Group ${Number(m[1]) + 1}`;
+    return m[3] ? `${where}, ${m[3].replace(/_/g, ' ')}` : where;
+  }
+  const a = path.match(/^actions\[(\d+)\]\.?(.*)$/);
+  if (a) return a[2] ? `Action ${Number(a[1]) + 1}, ${a[2].replace(/_/g, ' ')}` : `Action ${Number(a[1]) + 1}`;
+  const plain = path.replace(/_/g, ' ');
+  return plain.charAt(0).toUpperCase() + plain.slice(1);
+}
+
+/** Marks the input named by `path` (or the closest enclosing one) and puts the message next to it. */
+function showFieldError(form, err) {
+  for (const el of form.querySelectorAll('.field-error')) el.remove();
+  for (const el of form.querySelectorAll('[aria-invalid]')) { el.removeAttribute('aria-invalid'); el.removeAttribute('aria-describedby'); }
+  if (!err || !err.field) return;
+  let path = err.field;
+  let el = null;
+  while (path && !(el = form.querySelector(`[name="${CSS.escape(path)}"], [data-path="${CSS.escape(path)}"]`))) {
+    const cut = Math.max(path.lastIndexOf('.'), path.lastIndexOf('['));
+    path = cut > 0 ? path.slice(0, cut) : '';
+  }
+  if (!el) return;
+  const reason = err.message.replace(/^invalid [^:]+: /, '');
+  const msg = h('p', { class: 'field-error', id: `err-${Math.random().toString(36).slice(2)}` }, reason);
+  el.setAttribute('aria-invalid', 'true');
+  el.setAttribute('aria-describedby', msg.id);
+  (el.closest('label') || el).append(msg);
+  if (el.focus) el.focus();
+}
+
+/** The editor of a list of actions (rules and scenes share it). */
+function actionEditor(actions, ctx, rerender) {
+  const devices = [['', ctx.forScene ? 'The triggering device (does nothing in a scene)' : 'The device that triggered the rule'],
+    ...ctx.devices.map(d => [d.id, `${d.name}${d.device_number ? ` (${d.device_number})` : ''}`])];
+  const rows = actions.map((m, i) => {
+    const p = `actions[${i}]`;
+    const set = k => e => { m[k] = e.target.value; };
+    const fields = [];
+    const valued = m.type === 'set_attributes' || m.type === 'telemetry_control';
+    if (m.type === 'command' || valued) {
+      fields.push(field('Device', select(`${p}.target`, devices, m.targetId, v => { m.targetId = v; })));
+    }
+    if (m.type === 'command') {
+      fields.push(field('Method', h('input', { name: `${p}.method`, value: m.method, required: true, oninput: set('method') })));
+      fields.push(field('Params (JSON)', h('textarea', { name: `${p}.params`, rows: 2, placeholder: '{"delay": 5}', oninput: set('paramsText') }, m.paramsText)));
+    } else if (valued) {
+      fields.push(field('Values (JSON object)', h('textarea', { name: `${p}.values`, rows: 2, placeholder: '{"interval": 15}', oninput: set('valuesText') }, m.valuesText)));
+    } else if (m.type === 'raise_alarm') {
+      fields.push(field('Severity', select(`${p}.severity`, SEVERITIES.map(s => [s, s]), m.severity, v => { m.severity = v; })));
+      fields.push(field('Title', h('input', { name: `${p}.title`, value: m.title, required: true, oninput: set('title') })));
+      fields.push(field('Description', h('input', { name: `${p}.description`, value: m.description, oninput: set('description') })));
+      fields.push(h('fieldset', { class: 'channels', 'data-path': `${p}.channels` },
+        h('legend', {}, 'Notify channels'),
+        ctx.channels.length
+          ? ctx.channels.map((c, ci) => h('label', { class: 'check' },
+            h('input', {
+              type: 'checkbox', name: `${p}.channel-option`, value: c.id, checked: m.channels.includes(c.id),
+              onchange: e => { m.channels = e.target.checked ? [...m.channels, c.id] : m.channels.filter(x => x !== c.id); },
+            }), `${c.name} (${c.type})`))
+          : h('span', { class: 'muted' }, 'No notification channels.')));
+    } else if (m.type === 'notify') {
+      fields.push(field('Channel', select(`${p}.channel`, [['', '— pick a channel —'], ...ctx.channels.map(c => [c.id, `${c.name} (${c.type})`])], m.channel, v => { m.channel = v; })));
+      fields.push(field('Subject', h('input', { name: `${p}.subject`, value: m.subject, required: true, oninput: set('subject') })));
+      fields.push(field('Body', h('textarea', { name: `${p}.body`, rows: 2, oninput: set('body') }, m.body)));
+    } else if (m.type === 'run_scene') {
+      const scenes = ctx.scenes.filter(s => s.id !== ctx.selfScene);
+      fields.push(field('Scene', select(`${p}.scene`, [['', '— pick a scene —'], ...scenes.map(s => [s.id, s.name])], m.scene, v => { m.scene = v; })));
+    } else if (m.type === 'clear_alarm') {
+      fields.push(h('p', { class: 'muted' }, ctx.forScene ? 'Does nothing in a scene.' : 'Clears the open alarm this rule raised for the device.'));
+    }
+    return h('fieldset', { class: 'row', 'data-path': p },
+      h('legend', {}, `Action ${i + 1}`),
+      h('div', { class: 'row-fields' },
+        field('Type', select(`${p}.type`, ACTION_TYPES, m.type, v => { m.type = v; rerender(`[name="${p}.type"]`); })),
+        fields),
+      h('button', {
+        type: 'button', class: 'danger', 'aria-label': `Remove action ${i + 1}`,
+        onclick: () => { actions.splice(i, 1); rerender('#add-action'); },
+      }, 'Remove'));
+  });
+  return h('div', { 'data-path': 'actions' }, rows,
+    h('button', {
+      type: 'button', id: 'add-action',
+      onclick: () => { actions.push(actionModel({ type: ctx.forScene ? 'command' : 'raise_alarm' })); rerender(`[name="actions[${actions.length - 1}].type"]`); },
+    }, '+ Add action'));
+}
+
+function triggerEditor(groups, ctx, rerender) {
+  const sources = {
+    device: ctx.devices.map(d => [d.id, `${d.name}${d.device_number ? ` (${d.device_number})` : ''}`]),
+    profile: ctx.profiles.map(p => [p.id, p.name]),
+  };
+  const newCondition = () => ({
+    type: 'device', sourceKind: 'device', sourceId: sources.device[0] ? sources.device[0][0] : '',
+    data: 'telemetry', key: '', operator: '>', valueText: '', duration: '',
+  });
+  return h('div', { 'data-path': 'trigger_groups' },
+    groups.map((g, gi) => h('fieldset', { class: 'group', 'data-path': `trigger_groups[${gi}].conditions` },
+      h('legend', {}, gi === 0 ? 'When all of these hold' : 'Or when all of these hold'),
+      g.conditions.map((m, ci) => {
+        const p = `trigger_groups[${gi}].conditions[${ci}]`;
+        const remove = h('button', {
+          type: 'button', class: 'danger', 'aria-label': `Remove condition ${ci + 1} of group ${gi + 1}`,
+          onclick: () => {
+            g.conditions.splice(ci, 1);
+            if (!g.conditions.length && groups.length > 1) groups.splice(gi, 1);
+            rerender('#add-group');
+          },
+        }, 'Remove');
+        if (m.type === 'other') {
+          return h('div', { class: 'row', 'data-path': p },
+            h('p', {}, `${m.raw.type.replace('_', ' ')} condition (kept as is; change it through the API): `,
+              h('code', {}, JSON.stringify(m.raw))), remove);
+        }
+        let options = sources[m.sourceKind];
+        if (m.sourceId && !options.some(([id]) => id === m.sourceId)) options = [[m.sourceId, m.sourceId], ...options];
+        if (!options.length) options = [['', `— no ${m.sourceKind}s —`]];
+        const hint = VALUE_HINT[m.operator] || VALUE_HINT[m.data] || 'a number, text, true or false';
+        const set = k => e => { m[k] = e.target.value; };
+        return h('div', { class: 'row', 'data-path': p },
+          h('div', { class: 'row-fields' },
+            field('Source', select(`${p}.source.kind`, [['device', 'Device'], ['profile', 'Profile (each device)']], m.sourceKind,
+              v => { m.sourceKind = v; m.sourceId = sources[v][0] ? sources[v][0][0] : ''; rerender(`[name="${p}.source"]`); })),
+            field(m.sourceKind === 'device' ? 'Device' : 'Profile', select(`${p}.source`, options, m.sourceId, v => { m.sourceId = v; })),
+            field('Data', select(`${p}.data`, DATA_KINDS, m.data, v => { m.data = v; rerender(`[name="${p}.data"]`); })),
+            m.data === 'status' ? null
+              : field(m.data === 'event' ? 'Event method' : 'Key', h('input', { name: `${p}.key`, value: m.key, size: 12, oninput: set('key') })),
+            field('Operator', select(`${p}.operator`, OPERATORS, m.operator, v => { m.operator = v; rerender(`[name="${p}.operator"]`); })),
+            field('Value', h('input', { name: `${p}.value`, value: m.valueText, size: 14, placeholder: hint, title: hint, oninput: set('valueText') })),
+            field('For (s)', h('input', { name: `${p}.duration_secs`, type: 'number', min: 0, step: 1, value: m.duration, size: 6, placeholder: 'at once', oninput: set('duration') }))),
+          remove);
+      }),
+      h('button', { type: 'button', class: 'add-condition', onclick: () => { g.conditions.push(newCondition()); rerender(`[name="trigger_groups[${gi}].conditions[${g.conditions.length - 1}].key"]`); } }, '+ Add condition'))),
+    h('button', { type: 'button', id: 'add-group', onclick: () => { groups.push({ conditions: [newCondition()] }); rerender(`[name="trigger_groups[${groups.length - 1}].conditions[0].key"]`); } }, '+ Add “or” group'));
+}
+
+async function editorContext(signal, forScene) {
+  const empty = { items: [] };
+  const [devices, profiles, channels, scenes] = await Promise.all([
+    get('/devices?page_size=1000', { signal }),
+    forScene ? empty : get('/profiles?page_size=200', { signal }).catch(() => empty),
+    get('/notification-channels?page_size=200', { signal }).catch(() => empty),
+    get('/scenes?page_size=200', { signal }).catch(() => empty),
+  ]);
+  return { devices: devices.items, profiles: profiles.items, channels: channels.items, scenes: scenes.items, forScene };
+}
+
+/** `#/rules/new`, `#/rules/{id}`, `#/rules/scenes/new`, `#/rules/scenes/{id}`. */
+async function editor({ main, params, signal, navigate }, kind) {
+  const id = params[0];
+  const forScene = kind === 'scene';
+  const [ctx, existing] = await Promise.all([
+    editorContext(signal, forScene),
+    id ? get(`/${kind}s/${id}`, { signal }) : null,
+  ]);
+  ctx.selfScene = forScene ? id : null;
+  const model = {
+    name: existing ? existing.name : '',
+    description: existing && existing.description ? existing.description : '',
+    enabled: existing ? existing.enabled : true,
+    groups: existing && existing.trigger_groups
+      ? existing.trigger_groups.map(g => ({ conditions: g.conditions.map(conditionModel) }))
+      : [{ conditions: [] }],
+    actions: existing ? existing.actions.map(actionModel) : [actionModel({ type: forScene ? 'command' : 'raise_alarm' })],
+  };
+  if (!forScene && !existing) {
+    model.groups[0].conditions.push({
+      type: 'device', sourceKind: 'device', sourceId: ctx.devices[0] ? ctx.devices[0].id : '',
+      data: 'telemetry', key: '', operator: '>', valueText: '', duration: '',
+    });
+  }
+  const label = forScene ? 'scene' : 'rule';
+  const title = existing ? `Edit ${label} “${existing.name}”` : `New ${label}`;
+  const slot = errorSlot();
+  const triggersBox = h('div', { id: 'rule-triggers' });
+  const actionsBox = h('div', { id: `${label}-actions` });
+  const rerender = focus => {
+    if (!forScene) clear(triggersBox, triggerEditor(model.groups, ctx, rerender));
+    clear(actionsBox, actionEditor(model.actions, ctx, rerender));
+    if (focus) { const el = form.querySelector(focus); if (el) el.focus(); }
+  };
+  const form = h('form', { class: 'editor', id: `${label}-form`, novalidate: true },
+    h('div', { class: 'row-fields' },
+      field('Name', h('input', { name: 'name', value: model.name, required: true, maxlength: 255, oninput: e => { model.name = e.target.value; } })),
+      forScene ? null : h('label', { class: 'check' },
+        h('input', { type: 'checkbox', name: 'enabled', checked: model.enabled, onchange: e => { model.enabled = e.target.checked; } }), 'Enabled')),
+    field('Description', h('input', { name: 'description', value: model.description, oninput: e => { model.description = e.target.value; } })),
+    forScene ? null : h('section', { 'aria-labelledby': 'triggers-title' }, h('h2', { id: 'triggers-title' }, 'When'), triggersBox),
+    h('section', { 'aria-labelledby': 'actions-title' }, h('h2', { id: 'actions-title' }, 'Then'), actionsBox),
+    slot,
+    h('div', { class: 'actions' },
+      h('button', { type: 'submit', class: 'primary' }, existing ? 'Save' : `Create ${label}`),
+      h('a', { class: 'button', href: '#/rules' }, 'Cancel'),
+      existing ? h('button', {
+        type: 'button', class: 'danger', id: `delete-${label}`,
+        onclick: async () => {
+          if (!window.confirm(`Delete ${label} “${existing.name}”? This cannot be undone.`)) return;
+          try {
+            await api('DELETE', `/${kind}s/${id}`);
+            announce(`${forScene ? 'Scene' : 'Rule'} ${existing.name} deleted`);
+            navigate('/rules');
+          } catch (e) { showError(slot, e); }
+        },
+      }, `Delete ${label}`) : null));
+  rerender();
+  form.addEventListener('submit', async ev => {
+    ev.preventDefault();
+    const buttons = form.querySelectorAll('button');
+    showError(slot, null);
+    showFieldError(form, null);
+    buttons.forEach(b => { b.disabled = true; });
+    try {
+      const body = {
+        name: model.name, description: model.description,
+        actions: model.actions.map(actionOf),
+      };
+      if (!forScene) {
+        body.enabled = model.enabled;
+        body.trigger_groups = model.groups.map(g => ({ conditions: g.conditions.map(conditionOf) }));
+      }
+      const saved = existing ? await api('PUT', `/${kind}s/${id}`, body) : await api('POST', `/${kind}s`, body);
+      announce(`${forScene ? 'Scene' : 'Rule'} ${saved.name} saved`);
+      navigate('/rules');
+    } catch (e) {
+      showError(slot, e);
+      if (e.field && e.message.startsWith(`invalid ${e.field}: `)) {
+        slot.textContent = `${humanField(e.field)}: ${e.message.slice(`invalid ${e.field}: `.length)}`;
+      }
+      showFieldError(form, e);
+    } finally {
+      buttons.forEach(b => { b.disabled = false; });
+    }
+  });
+  clear(main, h('h1', {}, title), h('p', {}, h('a', { href: '#/rules' }, '← Rules & scenes')),
+    h('section', { class: 'panel' }, form));
+}
+
+export const ruleEditor = opts => editor(opts, 'rule');
+export const sceneEditor = opts => editor(opts, 'scene');
 
 export async function admin({ main, me, signal }) {
   const sections = [];

@@ -1,8 +1,10 @@
 //! The web console: its assets, the live telemetry stream it draws from, and the
 //! whole console driven in headless Chromium (Debian's `chromium` and
-//! `chromium-driver`) over WebDriver: sign in, create a device, see a value the
-//! device publishes on the live chart, send a command and see it in the log,
-//! acknowledge an alarm. Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
+//! `chromium-driver`) over WebDriver: sign in, create a device, create a threshold
+//! rule in the rule editor (an unusable value is reported next to its input), see a
+//! value the device publishes on the live chart, send a command and see it in the
+//! log, acknowledge the alarm the rule raised, create, run and delete a scene.
+//! Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
 //! `target/console-screenshots/`.
 //!
 //! The browser test is skipped when Chromium or chromedriver is missing, unless
@@ -394,6 +396,21 @@ impl Browser {
         .await;
     }
 
+    /// Picks `value` in a `<select>` as a user would (the page hears `change`).
+    async fn choose(&self, css: &str, value: &str) {
+        let script = format!(
+            "const s = document.querySelector({css}); s.value = {value}; \
+             s.dispatchEvent(new Event('change', {{bubbles: true}})); return s.value",
+            css = json!(css),
+            value = json!(value),
+        );
+        assert_eq!(
+            self.js(&script).await,
+            json!(value),
+            "option {value} of {css}"
+        );
+    }
+
     async fn click(&self, css: &str) {
         let el = self.find(css).await;
         self.cmd(post(), &format!("/element/{el}/click"), Some(json!({})))
@@ -625,25 +642,94 @@ async fn console_in_headless_chromium() {
         .await;
     let device_id = list["items"][0]["id"].as_str().unwrap().to_owned();
 
-    // A threshold rule, so the value the device publishes also raises an alarm.
-    let (status, rule) = node
-        .call(
-            post(),
-            "/api/v1/rules",
-            Some(json!({
-                "name": "boiler hot",
-                "trigger_groups": [{"conditions": [{
-                    "type": "device", "source": {"kind": "device", "id": device_id},
-                    "data": "telemetry", "key": "temp", "operator": ">", "value": 40,
-                }]}],
-                "actions": [{"type": "raise_alarm", "severity": "major", "title": "Boiler hot"}],
-            })),
+    // A threshold rule through the rule editor, so the value the device publishes
+    // also raises an alarm. A value the operator cannot use is reported next to its
+    // input; a condition row can be added and removed.
+    b.goto(&format!("{}/#/rules", node.base)).await;
+    b.wait(
+        "the rules page",
+        "return document.querySelector('#new-rule')",
+    )
+    .await;
+    b.click("#new-rule").await;
+    b.wait(
+        "the rule editor",
+        "return document.querySelector('#rule-form')",
+    )
+    .await;
+    let cond = "#rule-form [name=\"trigger_groups[0].conditions[0]";
+    b.type_into("#rule-form [name=name]", "boiler hot").await;
+    b.choose(&format!("{cond}.source\"]"), &device_id).await;
+    b.choose(&format!("{cond}.data\"]"), "telemetry").await;
+    b.type_into(&format!("{cond}.key\"]"), "temp").await;
+    b.choose(&format!("{cond}.operator\"]"), ">").await;
+    b.type_into(&format!("{cond}.value\"]"), "hot").await;
+    b.click("#rule-form .add-condition").await;
+    b.wait(
+        "a second condition row",
+        "return document.querySelector('[name=\"trigger_groups[0].conditions[1].key\"]')",
+    )
+    .await;
+    b.click("[aria-label=\"Remove condition 2 of group 1\"]")
+        .await;
+    b.choose("#rule-form [name=\"actions[0].type\"]", "raise_alarm")
+        .await;
+    b.choose("#rule-form [name=\"actions[0].severity\"]", "major")
+        .await;
+    b.type_into("#rule-form [name=\"actions[0].title\"]", "Boiler hot")
+        .await;
+    b.click("#rule-form button[type=submit]").await;
+    let err = b
+        .wait(
+            "the value error next to its input",
+            "const v = document.querySelector('[name=\"trigger_groups[0].conditions[0].value\"]'); \
+             return v.getAttribute('aria-invalid') === 'true' \
+             && v.closest('label').querySelector('.field-error')?.textContent",
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    assert!(err.as_str().unwrap().contains("needs a number"), "{err}");
+    b.screenshot("02a-rule-editor-invalid").await;
+    let (_, none) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    assert_eq!(none["total"], 0, "nothing stored: {none}");
+    b.type_into(&format!("{cond}.value\"]"), "30").await;
+    b.screenshot("02b-rule-editor").await;
+    b.click("#rule-form button[type=submit]").await;
+    b.wait(
+        "the new rule in the list",
+        "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
+    )
+    .await;
+    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    let rule = &rules["items"][0];
+    assert_eq!(rule["enabled"], true, "{rule}");
+    assert_eq!(
+        rule["trigger_groups"],
+        json!([{"conditions": [{
+            "type": "device", "source": {"kind": "device", "id": device_id},
+            "data": "telemetry", "key": "temp", "operator": ">", "value": 30,
+            "duration_secs": null,
+        }]}]),
+    );
+    assert_eq!(
+        rule["actions"],
+        json!([{"type": "raise_alarm", "severity": "major", "title": "Boiler hot",
+            "description": null, "channels": []}]),
+    );
+    // The editor opens a stored rule with its values.
+    b.click("[aria-label=\"Edit rule boiler hot\"]").await;
+    b.wait(
+        "the stored rule in the editor",
+        &format!(
+            "return document.querySelector('{cond}.value\"]')?.value === '30' \
+             && document.querySelector('{cond}.source\"]').value === '{device_id}'"
+        ),
+    )
+    .await;
+    b.screenshot("02c-rule-editor-edit").await;
+    b.goto(&format!("{}/#/devices/{device_id}", node.base))
+        .await;
 
     // The device page subscribes to the live stream; a published value shows up.
-    b.click("#new-device-link").await;
     b.wait(
         "the live stream to open",
         "return document.querySelector('#live-chart')?.dataset.stream === 'open'",
@@ -749,16 +835,17 @@ async fn console_in_headless_chromium() {
         "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
     )
     .await;
-    // Disable the rule and run a scene from the page.
-    let (status, scene) = node
-        .call(
-            post(),
-            "/api/v1/scenes",
-            Some(json!({"name": "evening", "actions": [{"type": "clear_alarm"}]})),
-        )
+    // Create a scene in the scene editor, disable the rule and run the scene.
+    b.click("#new-scene").await;
+    b.wait(
+        "the scene editor",
+        "return document.querySelector('#scene-form')",
+    )
+    .await;
+    b.type_into("#scene-form [name=name]", "evening").await;
+    b.choose("#scene-form [name=\"actions[0].type\"]", "clear_alarm")
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{scene}");
-    b.js("location.reload(); return true").await;
+    b.click("#scene-form button[type=submit]").await;
     b.wait(
         "the scene list",
         "return document.querySelector('#scene-list')?.textContent.includes('evening')",
@@ -779,6 +866,18 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("07-rules").await;
+    // Delete the scene from the list (the confirmation answered yes).
+    b.js("window.confirm = () => true; return true").await;
+    b.click("#scene-list button[data-action=delete]").await;
+    b.wait(
+        "the scene gone",
+        "return document.querySelector('#scene-list')?.textContent.includes('No scenes yet')",
+    )
+    .await;
+    let (_, scenes) = node
+        .call(reqwest::Method::GET, "/api/v1/scenes", None)
+        .await;
+    assert_eq!(scenes["total"], 0, "{scenes}");
     b.goto(&format!("{}/#/admin", node.base)).await;
     b.wait(
         "the user list",
