@@ -6,6 +6,7 @@ import { session, get, logout, setSignedOutHandler } from './api.js';
 import { h, clear } from './ui.js';
 import * as pages from './pages.js';
 import { devicePage } from './device.js';
+import { channelsPage } from './admin.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -20,6 +21,7 @@ const ROUTES = [
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],
   [/^\/rules\/new$/, pages.ruleEditor, 'New rule'],
+  [/^\/rules\/channels$/, channelsPage, 'Notification channels'],
   [/^\/rules\/scenes\/new$/, pages.sceneEditor, 'New scene'],
   [/^\/rules\/scenes\/([0-9a-fA-F-]{36})$/, pages.sceneEditor, 'Edit scene'],
   [/^\/rules\/([0-9a-fA-F-]{36})$/, pages.ruleEditor, 'Edit rule'],

@@ -6,6 +6,7 @@ import {
   h, clear, fmtTime, fmtValue, badge, onlineBadge, errorSlot, showError, field, table,
   onSubmit, announce, pager, parseJson,
 } from './ui.js';
+import { rolesSection } from './admin.js';
 
 const PAGE_SIZE = 20;
 
@@ -218,7 +219,17 @@ function summarizeActions(actions) {
 function summarizeTriggers(groups) {
   return groups.map(g => g.conditions.map(c => {
     if (c.type === 'device') return `${c.key ?? c.data} ${c.operator ?? ''} ${c.value !== undefined ? JSON.stringify(c.value) : ''}`.trim();
-    if (c.type === 'schedule') return `schedule (${c.kind && c.kind.type})`;
+    if (c.type === 'schedule') {
+      const k = c.kind || {};
+      if (k.type === 'cron') return `cron ${k.expression}`;
+      if (k.type === 'periodic') return `every ${k.interval_secs} s`;
+      if (k.type === 'once') return `once at ${fmtTime(k.at)}`;
+      return 'schedule';
+    }
+    if (c.type === 'time_range') {
+      const off = c.utc_offset_minutes ? ` (UTC${offsetText(c.utc_offset_minutes)})` : ' (UTC)';
+      return `between ${hhmm(c.start_minute)} and ${hhmm(c.end_minute)}${off}`;
+    }
     return c.type;
   }).join(' and ')).join(' or ');
 }
@@ -295,7 +306,8 @@ export async function rules({ main, signal }) {
     h('section', { class: 'panel' }, rulesBox,
       h('p', {}, h('a', { class: 'button primary', href: '#/rules/new', id: 'new-rule' }, 'New rule'))),
     h('section', { class: 'panel' }, scenesBox, outcome,
-      h('p', {}, h('a', { class: 'button primary', href: '#/rules/scenes/new', id: 'new-scene' }, 'New scene'))));
+      h('p', {}, h('a', { class: 'button primary', href: '#/rules/scenes/new', id: 'new-scene' }, 'New scene'))),
+    h('p', {}, h('a', { href: '#/rules/channels', id: 'channels-link' }, 'Notification channels')));
 }
 
 // ---------------------------------------------------------------------------
@@ -334,7 +346,73 @@ function parseValue(text, data) {
   try { return JSON.parse(t); } catch { return t; }
 }
 
+const CONDITION_TYPES = [['device', 'Device data'], ['schedule', 'Schedule'], ['time_range', 'Time of day']];
+const SCHEDULE_KINDS = [['cron', 'Cron expression'], ['periodic', 'Every N seconds'], ['once', 'Once, at a time']];
+const WEEKDAYS = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'];
+
+/** Minutes after midnight as `HH:MM`. */
+const hhmm = m => `${String(Math.floor(m / 60)).padStart(2, '0')}:${String(m % 60).padStart(2, '0')}`;
+/** An offset in minutes as `+HH:MM` / `-HH:MM`. */
+const offsetText = m => `${m < 0 ? '-' : '+'}${hhmm(Math.abs(m))}`;
+/** Milliseconds as the value of a `datetime-local` input (the browser's time zone). */
+function localInput(ms) {
+  if (ms === null || ms === undefined) return '';
+  const d = new Date(ms);
+  return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+/** An error the editor shows next to the input named `field`. */
+function fieldError(fieldPath, message) {
+  const err = new Error(`invalid ${fieldPath}: ${message}`);
+  err.field = fieldPath;
+  return err;
+}
+
+/** `HH:MM` as minutes after midnight. */
+function minutesOf(text, fieldPath) {
+  const m = String(text).match(/^(\d{1,2}):(\d{2})$/);
+  if (!m || Number(m[1]) > 23 || Number(m[2]) > 59) throw fieldError(fieldPath, 'needs a time HH:MM');
+  return Number(m[1]) * 60 + Number(m[2]);
+}
+
+/** A `datetime-local` value as milliseconds; empty is null unless required. */
+function msOf(text, fieldPath, required) {
+  if (!text) {
+    if (required) throw fieldError(fieldPath, 'needs a date and time');
+    return null;
+  }
+  const ms = new Date(text).getTime();
+  if (!Number.isFinite(ms)) throw fieldError(fieldPath, 'needs a date and time');
+  return ms;
+}
+
+/** A fresh condition of `type` (the editor's model). */
+function newConditionOf(type, firstDevice) {
+  if (type === 'schedule') return { type, kindType: 'cron', expression: '', interval: '', at: '', notBefore: '', notAfter: '' };
+  if (type === 'time_range') {
+    return { type, start: '08:00', end: '18:00', weekdays: [], offset: String(-new Date().getTimezoneOffset()) };
+  }
+  return {
+    type: 'device', sourceKind: 'device', sourceId: firstDevice || '',
+    data: 'telemetry', key: '', operator: '>', valueText: '', duration: '',
+  };
+}
+
 function conditionModel(c) {
+  if (c.type === 'schedule') {
+    const k = c.kind || {};
+    return {
+      type: 'schedule', kindType: k.type, expression: k.expression || '',
+      interval: k.interval_secs ?? '', at: localInput(k.at),
+      notBefore: localInput(c.not_before), notAfter: localInput(c.not_after),
+    };
+  }
+  if (c.type === 'time_range') {
+    return {
+      type: 'time_range', start: hhmm(c.start_minute), end: hhmm(c.end_minute),
+      weekdays: c.weekdays || [], offset: String(c.utc_offset_minutes || 0),
+    };
+  }
   if (c.type !== 'device') return { type: 'other', raw: c };
   return {
     type: 'device', sourceKind: c.source.kind, sourceId: c.source.id, data: c.data, key: c.key || '',
@@ -342,8 +420,30 @@ function conditionModel(c) {
   };
 }
 
-function conditionOf(m) {
+function conditionOf(m, p) {
   if (m.type === 'other') return m.raw;
+  if (m.type === 'schedule') {
+    let kind;
+    if (m.kindType === 'cron') kind = { type: 'cron', expression: m.expression.trim() };
+    else if (m.kindType === 'periodic') {
+      const n = Number(m.interval);
+      if (String(m.interval).trim() === '' || !Number.isInteger(n) || n < 1) throw fieldError(`${p}.kind.interval_secs`, 'needs a whole number of seconds, at least 1');
+      kind = { type: 'periodic', interval_secs: n };
+    } else kind = { type: 'once', at: msOf(m.at, `${p}.kind.at`, true) };
+    return {
+      type: 'schedule', kind,
+      not_before: msOf(m.notBefore, `${p}.not_before`, false),
+      not_after: msOf(m.notAfter, `${p}.not_after`, false),
+    };
+  }
+  if (m.type === 'time_range') {
+    const offset = Number(m.offset || 0);
+    if (!Number.isInteger(offset)) throw fieldError(`${p}.utc_offset_minutes`, 'needs whole minutes, e.g. 60 or -300');
+    return {
+      type: 'time_range', start_minute: minutesOf(m.start, `${p}.start_minute`), end_minute: minutesOf(m.end, `${p}.end_minute`),
+      weekdays: [...m.weekdays].sort((a, b) => a - b), utc_offset_minutes: offset,
+    };
+  }
   const c = {
     type: 'device', source: { kind: m.sourceKind, id: m.sourceId }, data: m.data, key: m.key.trim(),
     operator: m.operator, value: parseValue(m.valueText, m.data),
@@ -477,10 +577,8 @@ function triggerEditor(groups, ctx, rerender) {
     device: ctx.devices.map(d => [d.id, `${d.name}${d.device_number ? ` (${d.device_number})` : ''}`]),
     profile: ctx.profiles.map(p => [p.id, p.name]),
   };
-  const newCondition = () => ({
-    type: 'device', sourceKind: 'device', sourceId: sources.device[0] ? sources.device[0][0] : '',
-    data: 'telemetry', key: '', operator: '>', valueText: '', duration: '',
-  });
+  const firstDevice = sources.device[0] ? sources.device[0][0] : '';
+  const newCondition = () => newConditionOf('device', firstDevice);
   return h('div', { 'data-path': 'trigger_groups' },
     groups.map((g, gi) => h('fieldset', { class: 'group', 'data-path': `trigger_groups[${gi}].conditions` },
       h('legend', {}, gi === 0 ? 'When all of these hold' : 'Or when all of these hold'),
@@ -499,13 +597,48 @@ function triggerEditor(groups, ctx, rerender) {
             h('p', {}, `${m.raw.type.replace('_', ' ')} condition (kept as is; change it through the API): `,
               h('code', {}, JSON.stringify(m.raw))), remove);
         }
+        const typeField = field('Condition', select(`${p}.type`, CONDITION_TYPES, m.type, v => {
+          g.conditions[ci] = newConditionOf(v, firstDevice);
+          rerender(`[name="${p}.type"]`);
+        }));
+        const set = k => e => { m[k] = e.target.value; };
+        if (m.type === 'schedule') {
+          const kindFields = m.kindType === 'cron'
+            ? field('Cron expression', h('input', { name: `${p}.kind.expression`, value: m.expression, size: 22, placeholder: '0 0 3 * * *', oninput: set('expression') }),
+              'sec min hour day month weekday, UTC')
+            : m.kindType === 'periodic'
+              ? field('Every (s)', h('input', { name: `${p}.kind.interval_secs`, type: 'number', min: 1, step: 1, value: m.interval, size: 8, oninput: set('interval') }))
+              : field('At', h('input', { name: `${p}.kind.at`, type: 'datetime-local', value: m.at, oninput: set('at') }));
+          return h('div', { class: 'row', 'data-path': p },
+            h('div', { class: 'row-fields' }, typeField,
+              field('Fires', select(`${p}.kind.type`, SCHEDULE_KINDS, m.kindType, v => { m.kindType = v; rerender(`[name="${p}.kind.type"]`); })),
+              kindFields,
+              field('Not before', h('input', { name: `${p}.not_before`, type: 'datetime-local', value: m.notBefore, oninput: set('notBefore') }), 'optional'),
+              field('Not after', h('input', { name: `${p}.not_after`, type: 'datetime-local', value: m.notAfter, oninput: set('notAfter') }), 'optional')),
+            remove);
+        }
+        if (m.type === 'time_range') {
+          return h('div', { class: 'row', 'data-path': p },
+            h('div', { class: 'row-fields' }, typeField,
+              field('From', h('input', { name: `${p}.start_minute`, type: 'time', value: m.start, oninput: set('start') })),
+              field('Until', h('input', { name: `${p}.end_minute`, type: 'time', value: m.end, oninput: set('end') }), 'may cross midnight'),
+              field('UTC offset (min)', h('input', { name: `${p}.utc_offset_minutes`, type: 'number', min: -840, max: 840, step: 1, value: m.offset, size: 6, oninput: set('offset') }),
+                'e.g. 60 for UTC+01:00'),
+              h('fieldset', { class: 'channels', 'data-path': `${p}.weekdays` },
+                h('legend', {}, 'Days (none = every day)'),
+                WEEKDAYS.map((d, i) => h('label', { class: 'check' },
+                  h('input', {
+                    type: 'checkbox', name: `${p}.weekday`, value: i + 1, checked: m.weekdays.includes(i + 1),
+                    onchange: e => { m.weekdays = e.target.checked ? [...m.weekdays, i + 1] : m.weekdays.filter(x => x !== i + 1); },
+                  }), d)))),
+            remove);
+        }
         let options = sources[m.sourceKind];
         if (m.sourceId && !options.some(([id]) => id === m.sourceId)) options = [[m.sourceId, m.sourceId], ...options];
         if (!options.length) options = [['', `— no ${m.sourceKind}s —`]];
         const hint = VALUE_HINT[m.operator] || VALUE_HINT[m.data] || 'a number, text, true or false';
-        const set = k => e => { m[k] = e.target.value; };
         return h('div', { class: 'row', 'data-path': p },
-          h('div', { class: 'row-fields' },
+          h('div', { class: 'row-fields' }, typeField,
             field('Source', select(`${p}.source.kind`, [['device', 'Device'], ['profile', 'Profile (each device)']], m.sourceKind,
               v => { m.sourceKind = v; m.sourceId = sources[v][0] ? sources[v][0][0] : ''; rerender(`[name="${p}.source"]`); })),
             field(m.sourceKind === 'device' ? 'Device' : 'Profile', select(`${p}.source`, options, m.sourceId, v => { m.sourceId = v; })),
@@ -603,7 +736,9 @@ async function editor({ main, params, signal, navigate }, kind) {
       };
       if (!forScene) {
         body.enabled = model.enabled;
-        body.trigger_groups = model.groups.map(g => ({ conditions: g.conditions.map(conditionOf) }));
+        body.trigger_groups = model.groups.map((g, gi) => ({
+          conditions: g.conditions.map((c, ci) => conditionOf(c, `trigger_groups[${gi}].conditions[${ci}]`)),
+        }));
       }
       const saved = existing ? await api('PUT', `/${kind}s/${id}`, body) : await api('POST', `/${kind}s`, body);
       announce(`${forScene ? 'Scene' : 'Rule'} ${saved.name} saved`);
@@ -665,10 +800,6 @@ export async function admin({ main, me, signal }) {
       : table('Users of this tenant', [['Name', u => u.name], ['Email', u => u.email], ['Role', u => u.role],
         ['Custom role', u => (u.role_id ? roleNames.get(u.role_id) || u.role_id : '')], ['Created', u => fmtTime(u.created_at)]], users.items),
     h('h3', {}, 'Add a user'), userForm));
-  sections.push(h('section', { class: 'panel', 'aria-labelledby': 'roles' },
-    h('h2', { id: 'roles' }, 'Roles'),
-    roles instanceof Error ? h('div', { class: 'error', role: 'alert' }, roles.message)
-      : table('Custom roles', [['Name', r => r.name], ['Permissions', r => r.permissions.join(', ')], ['Created', r => fmtTime(r.created_at)]],
-        roles.items, 'No custom roles (built-in: SYS_ADMIN, TENANT_ADMIN, TENANT_USER).')));
+  sections.push(rolesSection({ signal, initial: roles }));
   clear(main, h('h1', {}, 'Administration'), usersSection, h('div', { class: 'grid' }, sections));
 }

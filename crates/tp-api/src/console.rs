@@ -47,6 +47,7 @@ const ASSETS: &[Asset] = &[
     asset!("chart.js", JS),
     asset!("pages.js", JS),
     asset!("device.js", JS),
+    asset!("admin.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

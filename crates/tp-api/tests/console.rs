@@ -3,7 +3,9 @@
 //! `chromium-driver`) over WebDriver: sign in, create a device, create a threshold
 //! rule in the rule editor (an unusable value is reported next to its input), see a
 //! value the device publishes on the live chart, send a command and see it in the
-//! log, acknowledge the alarm the rule raised, create, run and delete a scene.
+//! log, acknowledge the alarm the rule raised, create, run and delete a scene,
+//! create a webhook channel (its secret never shows again), a rule with a cron
+//! schedule, and a custom role with two permissions.
 //! Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
 //! `target/console-screenshots/`.
 //!
@@ -878,6 +880,144 @@ async fn console_in_headless_chromium() {
         .call(reqwest::Method::GET, "/api/v1/scenes", None)
         .await;
     assert_eq!(scenes["total"], 0, "{scenes}");
+
+    // A webhook channel in the channels page: a short secret is reported next to its
+    // input; once saved, the secret is nowhere in the page, only "secret set".
+    const SECRET: &str = "console-test-secret-7f3a9c";
+    b.click("#channels-link").await;
+    b.wait(
+        "the channel form",
+        "return document.querySelector('#channel-form')",
+    )
+    .await;
+    b.type_into("#channel-form [name=name]", "ops hook").await;
+    b.type_into("#channel-form [name=url]", "http://127.0.0.1:9/hook")
+        .await;
+    b.type_into("#channel-form [name=secret]", "short").await;
+    b.click("#channel-form button[type=submit]").await;
+    let err = b
+        .wait(
+            "the secret error in place",
+            "const s = document.querySelector('#channel-form [name=secret]'); \
+             return s.getAttribute('aria-invalid') === 'true' \
+             && document.querySelector('#channel-form .error').textContent",
+        )
+        .await;
+    assert!(err.as_str().unwrap().contains("16 to 1024"), "{err}");
+    b.type_into("#channel-form [name=secret]", SECRET).await;
+    b.click("#channel-form button[type=submit]").await;
+    b.wait(
+        "the channel in the list",
+        "const t = document.querySelector('#channel-list')?.textContent || ''; \
+         return t.includes('ops hook') && t.includes('secret set')",
+    )
+    .await;
+    let secret_shown = format!(
+        "return document.documentElement.outerHTML.includes({s}) \
+         || [...document.querySelectorAll('input, textarea')].some(i => i.value.includes({s}))",
+        s = json!(SECRET)
+    );
+    assert_eq!(
+        b.js(&secret_shown).await,
+        json!(false),
+        "secret in the page"
+    );
+    // Editing offers to replace the secret, never shows it.
+    b.click("[aria-label=\"Edit channel ops hook\"]").await;
+    b.wait(
+        "the channel's edit form",
+        "return document.querySelector('#channel-form')?.textContent.includes('A secret is set') \
+         && document.querySelector('#channel-form [name=secret]').value === ''",
+    )
+    .await;
+    assert_eq!(
+        b.js(&secret_shown).await,
+        json!(false),
+        "secret in the page"
+    );
+    b.screenshot("07a-channels").await;
+    let (_, channels) = node
+        .call(reqwest::Method::GET, "/api/v1/notification-channels", None)
+        .await;
+    let channel = &channels["items"][0];
+    assert_eq!(channel["name"], "ops hook", "{channels}");
+    assert_eq!(channel["type"], "webhook");
+    assert_eq!(channel["url"], "http://127.0.0.1:9/hook");
+    assert_eq!(channel["has_secret"], true);
+    assert!(!channels.to_string().contains(SECRET));
+    let channel_id = channel["id"].as_str().unwrap().to_owned();
+
+    // A rule with a cron schedule that notifies the channel; an expression cron
+    // cannot parse is reported next to its input.
+    b.goto(&format!("{}/#/rules/new", node.base)).await;
+    b.wait(
+        "the rule editor",
+        "return document.querySelector('#rule-form')",
+    )
+    .await;
+    b.type_into("#rule-form [name=name]", "nightly").await;
+    b.choose(&format!("{cond}.type\"]"), "schedule").await;
+    b.wait(
+        "the schedule fields",
+        &format!("return document.querySelector('{cond}.kind.type\"]')"),
+    )
+    .await;
+    b.choose(&format!("{cond}.kind.type\"]"), "cron").await;
+    b.type_into(&format!("{cond}.kind.expression\"]"), "not a cron")
+        .await;
+    b.choose("#rule-form [name=\"actions[0].type\"]", "notify")
+        .await;
+    b.choose("#rule-form [name=\"actions[0].channel\"]", &channel_id)
+        .await;
+    b.type_into("#rule-form [name=\"actions[0].subject\"]", "nightly check")
+        .await;
+    b.type_into("#rule-form [name=\"actions[0].body\"]", "3 o'clock")
+        .await;
+    b.click("#rule-form button[type=submit]").await;
+    b.wait(
+        "the cron error next to its input",
+        &format!(
+            "const v = document.querySelector('{cond}.kind.expression\"]'); \
+             return v.getAttribute('aria-invalid') === 'true' \
+             && v.closest('label').querySelector('.field-error')?.textContent"
+        ),
+    )
+    .await;
+    b.type_into(&format!("{cond}.kind.expression\"]"), "0 0 3 * * *")
+        .await;
+    b.screenshot("07b-rule-editor-schedule").await;
+    b.click("#rule-form button[type=submit]").await;
+    b.wait(
+        "the scheduled rule in the list",
+        "return document.querySelector('#rule-list')?.textContent.includes('cron 0 0 3 * * *')",
+    )
+    .await;
+    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    let nightly = rules["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "nightly")
+        .unwrap_or_else(|| panic!("no rule nightly: {rules}"));
+    assert_eq!(
+        nightly["trigger_groups"],
+        json!([{"conditions": [{
+            "type": "schedule", "kind": {"type": "cron", "expression": "0 0 3 * * *"},
+            "not_before": null, "not_after": null,
+        }]}]),
+    );
+    assert_eq!(nightly["actions"][0]["type"], "notify", "{nightly}");
+    assert_eq!(nightly["actions"][0]["channel"], json!(channel_id));
+    // The editor opens it with the schedule.
+    b.click("[aria-label=\"Edit rule nightly\"]").await;
+    b.wait(
+        "the stored schedule in the editor",
+        &format!(
+            "return document.querySelector('{cond}.kind.expression\"]')?.value === '0 0 3 * * *'"
+        ),
+    )
+    .await;
+
     b.goto(&format!("{}/#/admin", node.base)).await;
     b.wait(
         "the user list",
@@ -885,6 +1025,35 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("08-admin").await;
+    // A custom role with two permissions.
+    b.type_into("#role-form [name=name]", "operators").await;
+    b.click("#role-form input[value=\"device:command\"]").await;
+    b.click("#role-form input[value=\"alarm:ack\"]").await;
+    b.click("#role-form button[type=submit]").await;
+    b.wait(
+        "the role in the list",
+        "return document.querySelector('#role-list')?.textContent.includes('operators')",
+    )
+    .await;
+    let (_, roles) = node.call(reqwest::Method::GET, "/api/v1/roles", None).await;
+    assert_eq!(roles["total"], 1, "{roles}");
+    assert_eq!(roles["items"][0]["name"], "operators");
+    let mut perms: Vec<&str> = roles["items"][0]["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    perms.sort_unstable();
+    assert_eq!(perms, ["alarm:ack", "device:command"]);
+    b.click("[aria-label=\"Edit role operators\"]").await;
+    b.wait(
+        "the role's edit form",
+        "return document.querySelector('#role-form input[value=\"alarm:ack\"]')?.checked \
+         && document.querySelector('#role-form [name=name]').value === 'operators'",
+    )
+    .await;
+    b.screenshot("08a-roles").await;
     b.goto(&format!("{}/#/", node.base)).await;
     b.wait(
         "the dashboard counts",

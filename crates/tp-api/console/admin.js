@@ -1,0 +1,184 @@
+// Notification channels (`#/rules/channels`) and the custom-role editor of the
+// administration page. A webhook's signing secret is write-only: the API only says
+// whether one is set, and the form never shows it again after saving.
+
+import { api, get } from './api.js';
+import { h, clear, fmtTime, badge, errorSlot, showError, field, table, onSubmit, announce } from './ui.js';
+
+/** Every permission the API accepts (crates/tp-api/src/authz.rs), with what it allows. */
+export const PERMISSIONS = [
+  ['device:read', 'Read devices and their data'],
+  ['device:write', 'Create, change and delete devices'],
+  ['device:command', 'Send commands and attribute changes'],
+  ['alarm:read', 'Read alarms'],
+  ['alarm:ack', 'Acknowledge, clear and comment on alarms'],
+  ['rule:read', 'Read rules, scenes and notification channels'],
+  ['rule:write', 'Change rules, scenes and channels; run scenes'],
+  ['group:write', 'Change device groups'],
+  ['profile:write', 'Change device profiles'],
+  ['user:manage', 'Manage users'],
+  ['role:manage', 'Manage custom roles'],
+  ['apikey:manage', 'Manage API keys'],
+  ['audit:read', 'Read the audit log'],
+];
+
+/** Recipients typed one per line or separated by commas. */
+const recipients = text => text.split(/[\n,;]/).map(s => s.trim()).filter(Boolean);
+
+export async function channelsPage({ main, signal }) {
+  const listBox = h('div', { id: 'channel-list' });
+  const listSlot = errorSlot();
+  const formBox = h('div', { id: 'channel-editor' });
+
+  async function reload() {
+    const l = await get('/notification-channels?page_size=200', { signal });
+    clear(listBox, table('Notification channels', [
+      ['Name', c => c.name],
+      ['Type', c => c.type],
+      ['Sends to', c => (c.type === 'webhook' ? h('code', {}, c.url) : (c.to || []).join(', '))],
+      ['Secret', c => (c.type === 'webhook' ? (c.has_secret ? 'secret set' : 'no secret') : '—')],
+      ['State', c => badge(c.enabled ? 'enabled' : 'disabled', c.enabled ? 'on' : 'off')],
+      ['Created', c => fmtTime(c.created_at)],
+      ['Actions', c => h('div', { class: 'actions' },
+        h('button', { type: 'button', 'aria-label': `Edit channel ${c.name}`, onclick: () => edit(c) }, 'Edit'),
+        h('button', {
+          type: 'button', class: 'danger', 'data-action': 'delete', 'aria-label': `Delete channel ${c.name}`,
+          onclick: async () => {
+            if (!window.confirm(`Delete channel “${c.name}”? Rules that notify it stop doing so.`)) return;
+            showError(listSlot, null);
+            try {
+              await api('DELETE', `/notification-channels/${c.id}`);
+              announce(`Channel ${c.name} deleted`);
+              await reload();
+              edit(null);
+            } catch (e) { showError(listSlot, e); }
+          },
+        }, 'Delete'))],
+    ], l.items, 'No notification channels yet: add one below.'));
+  }
+
+  /** The create form (`existing` null) or the edit form of one channel. */
+  function edit(existing) {
+    const slot = errorSlot();
+    let type = existing ? existing.type : 'webhook';
+    const typeSelect = h('select', { name: 'type', disabled: !!existing },
+      h('option', { value: 'webhook' }, 'Webhook (signed HTTP POST)'), h('option', { value: 'email' }, 'Email'));
+    typeSelect.value = type;
+    const specific = h('div', { class: 'stack' });
+    const renderSpecific = () => {
+      if (type === 'webhook') {
+        const hasSecret = existing && existing.has_secret;
+        clear(specific,
+          field('URL', h('input', { name: 'url', type: 'url', required: true, value: existing ? existing.url : '', placeholder: 'https://example.com/hook' })),
+          field(hasSecret ? 'Replace secret' : 'Signing secret',
+            h('input', { name: 'secret', type: 'password', autocomplete: 'new-password', minlength: 16, required: !existing }),
+            hasSecret ? 'A secret is set (never shown). Leave empty to keep it.' : 'At least 16 characters; HMAC-SHA256 signing key. Write-only.'));
+      } else {
+        clear(specific, field('Recipients', h('textarea', { name: 'to', rows: 3, required: true },
+          existing && existing.to ? existing.to.join('\n') : ''), 'One address per line'));
+      }
+    };
+    typeSelect.addEventListener('change', () => { type = typeSelect.value; renderSpecific(); });
+    renderSpecific();
+    const form = h('form', { class: 'stack', id: 'channel-form', novalidate: true },
+      field('Name', h('input', { name: 'name', required: true, maxlength: 255, value: existing ? existing.name : '' })),
+      field('Type', typeSelect),
+      specific,
+      h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'enabled', checked: existing ? existing.enabled : true }), 'Enabled'),
+      slot,
+      h('div', { class: 'actions' },
+        h('button', { type: 'submit', class: 'primary' }, existing ? 'Save channel' : 'Create channel'),
+        existing ? h('button', { type: 'button', onclick: () => edit(null) }, 'Cancel') : null));
+    onSubmit(form, slot, async data => {
+      const body = { name: data.get('name').trim(), enabled: data.get('enabled') !== null };
+      if (type === 'webhook') {
+        body.url = data.get('url').trim();
+        const secret = data.get('secret');
+        if (secret || !existing) body.secret = secret;
+      } else {
+        body.to = recipients(data.get('to'));
+      }
+      if (!existing) body.type = type;
+      const saved = existing
+        ? await api('PUT', `/notification-channels/${existing.id}`, body)
+        : await api('POST', '/notification-channels', body);
+      // The secret leaves the page with the form.
+      form.reset();
+      announce(`Channel ${saved.name} saved`);
+      await reload();
+      edit(null);
+    });
+    clear(formBox, h('h2', { id: 'channel-form-title' }, existing ? `Edit channel “${existing.name}”` : 'Add a channel'), form);
+    if (existing) form.querySelector('[name=name]').focus();
+  }
+
+  await reload();
+  edit(null);
+  clear(main, h('h1', {}, 'Notification channels'),
+    h('p', {}, h('a', { href: '#/rules' }, '← Rules & scenes')),
+    h('section', { class: 'panel' }, listSlot, listBox),
+    h('section', { class: 'panel', 'aria-labelledby': 'channel-form-title' }, formBox));
+}
+
+/** The custom roles of the administration page: list, create, edit, delete. */
+export function rolesSection({ signal, initial }) {
+  const listBox = h('div', { id: 'role-list' });
+  const listSlot = errorSlot();
+  const formBox = h('div', { id: 'role-editor' });
+
+  function renderList(roles) {
+    if (roles instanceof Error) return clear(listBox, h('div', { class: 'error', role: 'alert' }, roles.message));
+    return clear(listBox, table('Custom roles', [
+      ['Name', r => r.name],
+      ['Permissions', r => r.permissions.join(', ')],
+      ['Created', r => fmtTime(r.created_at)],
+      ['Actions', r => h('div', { class: 'actions' },
+        h('button', { type: 'button', 'aria-label': `Edit role ${r.name}`, onclick: () => edit(r) }, 'Edit'),
+        h('button', {
+          type: 'button', class: 'danger', 'data-action': 'delete', 'aria-label': `Delete role ${r.name}`,
+          onclick: async () => {
+            if (!window.confirm(`Delete role “${r.name}”? Its users keep only their built-in role.`)) return;
+            showError(listSlot, null);
+            try {
+              await api('DELETE', `/roles/${r.id}`);
+              announce(`Role ${r.name} deleted`);
+              await reload();
+              edit(null);
+            } catch (e) { showError(listSlot, e); }
+          },
+        }, 'Delete'))],
+    ], roles.items, 'No custom roles (built-in: SYS_ADMIN, TENANT_ADMIN, TENANT_USER).'));
+  }
+  async function reload() { renderList(await get('/roles?page_size=200', { signal })); }
+
+  function edit(existing) {
+    const slot = errorSlot();
+    const held = new Set(existing ? existing.permissions : []);
+    const form = h('form', { class: 'stack', id: 'role-form', novalidate: true },
+      field('Role name', h('input', { name: 'name', required: true, maxlength: 255, value: existing ? existing.name : '' })),
+      h('fieldset', { class: 'permissions' },
+        h('legend', {}, 'Permissions'),
+        h('input', { type: 'hidden', name: 'permissions' }),
+        PERMISSIONS.map(([p, what]) => h('label', { class: 'check' },
+          h('input', { type: 'checkbox', name: 'permission', value: p, checked: held.has(p) }),
+          h('code', {}, p), h('span', { class: 'muted' }, what)))),
+      slot,
+      h('div', { class: 'actions' },
+        h('button', { type: 'submit', class: 'primary' }, existing ? 'Save role' : 'Create role'),
+        existing ? h('button', { type: 'button', onclick: () => edit(null) }, 'Cancel') : null));
+    onSubmit(form, slot, async data => {
+      const body = { name: data.get('name').trim(), permissions: data.getAll('permission') };
+      const saved = existing ? await api('PATCH', `/roles/${existing.id}`, body) : await api('POST', '/roles', body);
+      announce(`Role ${saved.name} saved`);
+      await reload();
+      edit(null);
+    });
+    clear(formBox, h('h3', {}, existing ? `Edit role “${existing.name}”` : 'Add a role'), form);
+    if (existing) form.querySelector('[name=name]').focus();
+  }
+
+  renderList(initial);
+  edit(null);
+  return h('section', { class: 'panel', 'aria-labelledby': 'roles' },
+    h('h2', { id: 'roles' }, 'Roles'), listSlot, listBox, formBox);
+}
