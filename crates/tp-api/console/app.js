@@ -7,6 +7,7 @@ import { h, clear } from './ui.js';
 import * as pages from './pages.js';
 import { devicePage } from './device.js';
 import { channelsPage } from './admin.js';
+import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } from './manage.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -17,15 +18,20 @@ let current = null;
 const ROUTES = [
   [/^\/$/, pages.dashboard, 'Dashboard'],
   [/^\/devices$/, pages.devices, 'Devices'],
+  [/^\/devices\/profiles$/, profilesPage, 'Device profiles'],
+  [/^\/devices\/groups$/, groupsPage, 'Device groups'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, devicePage, 'Device'],
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],
   [/^\/rules\/new$/, pages.ruleEditor, 'New rule'],
   [/^\/rules\/channels$/, channelsPage, 'Notification channels'],
+  [/^\/rules\/notifications$/, notificationsPage, 'Notification history'],
   [/^\/rules\/scenes\/new$/, pages.sceneEditor, 'New scene'],
   [/^\/rules\/scenes\/([0-9a-fA-F-]{36})$/, pages.sceneEditor, 'Edit scene'],
   [/^\/rules\/([0-9a-fA-F-]{36})$/, pages.ruleEditor, 'Edit rule'],
   [/^\/admin$/, pages.admin, 'Administration'],
+  [/^\/admin\/api-keys$/, apiKeysPage, 'API keys'],
+  [/^\/admin\/audit$/, auditPage, 'Audit log'],
 ];
 
 function parseHash() {

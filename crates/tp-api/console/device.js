@@ -8,6 +8,7 @@ import {
   parseJson, announce,
 } from './ui.js';
 import { LineChart, numeric } from './chart.js';
+import { statusHistory } from './manage.js';
 
 const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 24 * 3600e3], ['7d', 7 * 24 * 3600e3], ['30d', 30 * 24 * 3600e3]];
 const AGGS = [['', 'Raw values'], ['avg', 'Average'], ['min', 'Minimum'], ['max', 'Maximum'], ['sum', 'Sum'], ['count', 'Count']];
@@ -154,6 +155,7 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
         : table('Events (last 24 h)', [
           ['Time', e => fmtTime(e.ts)], ['Method', e => e.method], ['Params', e => h('code', {}, fmtValue(e.params))],
         ], events.items, 'No events in the last 24 hours.'))),
+    statusHistory(id, signal),
     h('section', { class: 'panel' }, h('h2', {}, 'Danger zone'), deleteButton, deleteSlot));
 
   await loadLog();

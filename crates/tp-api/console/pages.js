@@ -7,6 +7,7 @@ import {
   onSubmit, announce, pager, parseJson,
 } from './ui.js';
 import { rolesSection } from './admin.js';
+import { usersSection } from './manage.js';
 
 const PAGE_SIZE = 20;
 
@@ -159,6 +160,8 @@ export async function devices({ main, query, signal, navigate }) {
 
   clear(main,
     h('h1', {}, 'Devices'),
+    h('p', {}, h('a', { href: '#/devices/profiles', id: 'profiles-link' }, 'Device profiles'), ' · ',
+      h('a', { href: '#/devices/groups', id: 'groups-link' }, 'Device groups')),
     h('section', { class: 'panel' }, searchForm, listBox),
     h('section', { class: 'panel', 'aria-labelledby': 'add-device' },
       h('h2', { id: 'add-device' }, 'Add a device'), createForm, created));
@@ -307,7 +310,8 @@ export async function rules({ main, signal }) {
       h('p', {}, h('a', { class: 'button primary', href: '#/rules/new', id: 'new-rule' }, 'New rule'))),
     h('section', { class: 'panel' }, scenesBox, outcome,
       h('p', {}, h('a', { class: 'button primary', href: '#/rules/scenes/new', id: 'new-scene' }, 'New scene'))),
-    h('p', {}, h('a', { href: '#/rules/channels', id: 'channels-link' }, 'Notification channels')));
+    h('p', {}, h('a', { href: '#/rules/channels', id: 'channels-link' }, 'Notification channels'), ' · ',
+      h('a', { href: '#/rules/notifications', id: 'notifications-link' }, 'Notification history')));
 }
 
 // ---------------------------------------------------------------------------
@@ -760,9 +764,9 @@ async function editor({ main, params, signal, navigate }, kind) {
 export const ruleEditor = opts => editor(opts, 'rule');
 export const sceneEditor = opts => editor(opts, 'scene');
 
-export async function admin({ main, me, signal }) {
+export async function admin({ main, me, query, signal, navigate }) {
   const sections = [];
-  const refresh = () => admin({ main, me, signal });
+  const refresh = () => admin({ main, me, query, signal, navigate });
   if (me.role === 'SYS_ADMIN') {
     const tenants = await get('/tenants?page_size=200', { signal }).catch(e => e);
     const slot = errorSlot();
@@ -776,30 +780,17 @@ export async function admin({ main, me, signal }) {
         : table('Tenants', [['Name', t => t.name], ['Id', t => h('code', {}, t.id)], ['Created', t => fmtTime(t.created_at)]], tenants.items),
       form, slot));
   }
+  const page = Math.max(1, Number(query.get('page')) || 1);
   const [users, roles] = await Promise.all([
-    get('/users?page_size=200', { signal }).catch(e => e),
+    get(`/users${qs({ page, page_size: 20 })}`, { signal }).catch(e => e),
     get('/roles?page_size=200', { signal }).catch(e => e),
   ]);
-  const roleNames = new Map(roles instanceof Error ? [] : roles.items.map(r => [r.id, r.name]));
-  const userSlot = errorSlot();
-  const roleSelect = h('select', { name: 'role' },
-    h('option', { value: 'TENANT_USER' }, 'Tenant user'), h('option', { value: 'TENANT_ADMIN' }, 'Tenant admin'));
-  const userForm = h('form', { class: 'stack' },
-    field('Email', h('input', { name: 'email', type: 'email', required: true })),
-    field('Name', h('input', { name: 'name', required: true })),
-    field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password' })),
-    field('Role', roleSelect), userSlot,
-    h('button', { type: 'submit' }, 'Add user'));
-  onSubmit(userForm, userSlot, async data => {
-    await api('POST', '/users', { email: data.get('email'), name: data.get('name'), password: data.get('password'), role: data.get('role') });
-    await refresh();
-  });
-  const usersSection = (h('section', { class: 'panel', 'aria-labelledby': 'users' },
-    h('h2', { id: 'users' }, 'Users'),
-    users instanceof Error ? h('div', { class: 'error', role: 'alert' }, users.message)
-      : table('Users of this tenant', [['Name', u => u.name], ['Email', u => u.email], ['Role', u => u.role],
-        ['Custom role', u => (u.role_id ? roleNames.get(u.role_id) || u.role_id : '')], ['Created', u => fmtTime(u.created_at)]], users.items),
-    h('h3', {}, 'Add a user'), userForm));
+  const usersBox = usersSection({ me, query, signal, navigate, users, roles });
   sections.push(rolesSection({ signal, initial: roles }));
-  clear(main, h('h1', {}, 'Administration'), usersSection, h('div', { class: 'grid' }, sections));
+  clear(main, h('h1', {}, 'Administration'),
+    h('p', {}, h('a', { href: '#/admin/api-keys', id: 'api-keys-link' }, 'API keys'), ' · ',
+      h('a', { href: '#/admin/audit', id: 'audit-link' }, 'Audit log'), ' · ',
+      h('a', { href: '#/devices/profiles' }, 'Device profiles'), ' · ',
+      h('a', { href: '#/devices/groups' }, 'Device groups')),
+    usersBox, h('div', { class: 'grid' }, sections));
 }

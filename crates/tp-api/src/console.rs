@@ -48,6 +48,7 @@ const ASSETS: &[Asset] = &[
     asset!("pages.js", JS),
     asset!("device.js", JS),
     asset!("admin.js", JS),
+    asset!("manage.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -5,7 +5,9 @@
 //! value the device publishes on the live chart, send a command and see it in the
 //! log, acknowledge the alarm the rule raised, create, run and delete a scene,
 //! create a webhook channel (its secret never shows again), a rule with a cron
-//! schedule, and a custom role with two permissions.
+//! schedule, a custom role with two permissions, a device profile with a 60 s
+//! heartbeat, a device group holding the device, an API key (shown once), and the
+//! audit log, notification history and device status history pages.
 //! Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
 //! `target/console-screenshots/`.
 //!
@@ -1054,6 +1056,135 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("08a-roles").await;
+
+    // A device profile with a 60 s heartbeat, created through its page.
+    b.goto(&format!("{}/#/devices/profiles", node.base)).await;
+    b.wait(
+        "the profile form",
+        "return document.querySelector('#profile-form')",
+    )
+    .await;
+    b.type_into("#profile-form [name=name]", "thermostats")
+        .await;
+    b.type_into("#profile-form [name=heartbeat_secs]", "60")
+        .await;
+    b.click("#profile-form button[type=submit]").await;
+    b.wait(
+        "the profile in the list",
+        "return document.querySelector('#profile-list')?.textContent.includes('thermostats')",
+    )
+    .await;
+    b.screenshot("10-profiles").await;
+    let (_, profiles) = node
+        .call(reqwest::Method::GET, "/api/v1/profiles", None)
+        .await;
+    let profile = profiles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "thermostats")
+        .unwrap_or_else(|| panic!("no profile thermostats: {profiles}"));
+    assert_eq!(profile["heartbeat_secs"], 60, "{profile}");
+    assert_eq!(profile["online_timeout_secs"], Value::Null, "{profile}");
+    assert_eq!(profile["auto_register"], false, "{profile}");
+
+    // A device group, with the device added to it.
+    b.goto(&format!("{}/#/devices/groups", node.base)).await;
+    b.wait(
+        "the group form",
+        "return document.querySelector('#group-form')",
+    )
+    .await;
+    b.type_into("#group-form [name=name]", "Cellar").await;
+    b.click("#group-form button[type=submit]").await;
+    b.wait(
+        "the new group's page",
+        "return document.querySelector('#group-add-device')",
+    )
+    .await;
+    b.type_into("#group-add-device [name=device]", "boiler-1")
+        .await;
+    b.click("#group-add-device button[type=submit]").await;
+    b.wait(
+        "the device in the group",
+        "return document.querySelector('#group-devices')?.textContent.includes('boiler-1')",
+    )
+    .await;
+    b.screenshot("11-groups").await;
+
+    // An API key: the key is shown once, right after creation.
+    b.goto(&format!("{}/#/admin/api-keys", node.base)).await;
+    b.wait(
+        "the API key form",
+        "return document.querySelector('#api-key-form')",
+    )
+    .await;
+    b.type_into("#api-key-form [name=name]", "ci").await;
+    b.click("#api-key-form button[type=submit]").await;
+    let key = b
+        .wait(
+            "the new key",
+            "return document.querySelector('#new-api-key')?.textContent",
+        )
+        .await;
+    let key = key.as_str().unwrap().to_owned();
+    assert!(key.starts_with("tpk_"), "{key}");
+    b.wait(
+        "the key in the list",
+        "return document.querySelector('#api-key-list')?.textContent.includes('ci')",
+    )
+    .await;
+    b.screenshot("12-api-keys").await;
+    let (_, keys) = node
+        .call(reqwest::Method::GET, "/api/v1/api-keys", None)
+        .await;
+    assert!(!keys.to_string().contains(&key), "the list shows the key");
+    b.goto(&format!("{}/#/admin/audit", node.base)).await;
+    b.wait(
+        "the audit log",
+        "return document.querySelector('#audit-list')?.textContent.includes('api_key.create')",
+    )
+    .await;
+    b.screenshot("13-audit").await;
+    // Back on the page, the key is gone for good.
+    b.goto(&format!("{}/#/admin/api-keys", node.base)).await;
+    b.wait(
+        "the API key list again",
+        "return document.querySelector('#api-key-list')?.textContent.includes('ci')",
+    )
+    .await;
+    assert_eq!(
+        b.js(&format!(
+            "return document.querySelector('#new-api-key') === null \
+             && !document.body.textContent.includes('{key}')"
+        ))
+        .await,
+        json!(true)
+    );
+
+    b.goto(&format!("{}/#/rules/notifications", node.base))
+        .await;
+    b.wait(
+        "the notification history",
+        "return document.querySelector('#notification-list')",
+    )
+    .await;
+    b.screenshot("14-notifications").await;
+
+    // The device page shows the device's status history.
+    b.goto(&format!("{}/#/devices/{device_id}", node.base))
+        .await;
+    b.wait(
+        "the status history",
+        "return document.querySelector('#status-history table, #status-history p.muted')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('#status-history .error')?.textContent || ''")
+            .await,
+        json!("")
+    );
+    b.screenshot("15-device-status-history").await;
     b.goto(&format!("{}/#/", node.base)).await;
     b.wait(
         "the dashboard counts",
