@@ -369,6 +369,28 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
     // online state is visible in the device API
     let (_, dev) = api.get(&base).await;
     assert_eq!(dev["online"], true);
+    // and filters the device list (the console's dashboard counts use the totals)
+    let (_, online) = api.get("/api/v1/devices?online=true").await;
+    let online_ids: Vec<&str> = online["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        online_ids.contains(&dev["id"].as_str().unwrap()),
+        "{online}"
+    );
+    assert_eq!(online["total"].as_u64(), Some(online_ids.len() as u64));
+    let (_, offline) = api.get("/api/v1/devices?online=false").await;
+    assert!(
+        offline["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["online"] == false && d["id"] != dev["id"]),
+        "{offline}"
+    );
 
     // restart on the same data dir: everything is still there
     device.disconnect().await;

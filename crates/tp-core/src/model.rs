@@ -749,6 +749,8 @@ pub struct Paged<T> {
 pub struct DeviceFilter {
     /// Case-insensitive substring of name or device number.
     pub search: Option<String>,
+    /// Only devices currently online (`Some(true)`) or offline (`Some(false)`).
+    pub online: Option<bool>,
     /// Paging.
     pub page: Page,
 }

@@ -182,6 +182,8 @@ pub(crate) struct ListQuery {
     page_size: Option<u64>,
     /// Case-insensitive substring of name or device number.
     search: Option<String>,
+    /// Only online (`true`) or offline (`false`) devices; `total` then counts them.
+    online: Option<bool>,
 }
 
 fn validate_name(name: &str) -> ApiResult<String> {
@@ -392,6 +394,7 @@ pub(crate) async fn list_devices(
     }
     let filter = DeviceFilter {
         search,
+        online: q.online,
         page: Page {
             offset,
             limit: page_size,

@@ -438,6 +438,7 @@ pub async fn device_list_paging_and_search(store: &dyn MetadataStore) {
 
     let list = |search: Option<&str>, offset: u64, limit: u64| DeviceFilter {
         search: search.map(str::to_owned),
+        online: None,
         page: Page { offset, limit },
     };
 
@@ -505,6 +506,43 @@ pub async fn device_list_paging_and_search(store: &dyn MetadataStore) {
         .expect("search");
     assert_eq!(s.total, 0);
     assert!(s.items.is_empty());
+
+    // Online filter: totals count only the matching state (dashboards use it).
+    store
+        .set_device_online(devices[1].id, true, base + 1)
+        .await
+        .expect("set_device_online");
+    store
+        .set_device_online(devices[3].id, true, base + 1)
+        .await
+        .expect("set_device_online");
+    let by_state = |online: bool| DeviceFilter {
+        online: Some(online),
+        ..list(None, 0, 100)
+    };
+    let on = store
+        .list_devices(tenant.id, &by_state(true))
+        .await
+        .expect("list online");
+    assert_eq!(on.total, 2);
+    assert_eq!(
+        on.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![devices[1].id, devices[3].id]
+    );
+    let off = store
+        .list_devices(tenant.id, &by_state(false))
+        .await
+        .expect("list offline");
+    assert_eq!(off.total, 3);
+    assert!(off.items.iter().all(|d| !d.online));
+    store
+        .set_device_online(devices[1].id, false, base + 2)
+        .await
+        .expect("set_device_online");
+    store
+        .set_device_online(devices[3].id, false, base + 2)
+        .await
+        .expect("set_device_online");
 }
 
 /// `update_device` replaces the mutable fields; lookups follow a new username and

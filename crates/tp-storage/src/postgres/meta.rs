@@ -493,21 +493,25 @@ impl MetadataStore for PostgresMetadataStore {
             device_cols!(),
             " FROM devices WHERE tenant_id = $1 AND ($2::text IS NULL \
              OR name ILIKE $2 ESCAPE '\\' OR device_number ILIKE $2 ESCAPE '\\') \
+             AND ($5::boolean IS NULL OR online = $5) \
              ORDER BY created_at, id LIMIT $3 OFFSET $4"
         ))
         .bind(tenant.0)
         .bind(&pattern)
         .bind(limit)
         .bind(offset)
+        .bind(filter.online)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND ($2::text IS NULL \
-             OR name ILIKE $2 ESCAPE '\\' OR device_number ILIKE $2 ESCAPE '\\')",
+             OR name ILIKE $2 ESCAPE '\\' OR device_number ILIKE $2 ESCAPE '\\') \
+             AND ($3::boolean IS NULL OR online = $3)",
         )
         .bind(tenant.0)
         .bind(&pattern)
+        .bind(filter.online)
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;

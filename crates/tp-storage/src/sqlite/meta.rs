@@ -497,12 +497,15 @@ impl MetadataStore for SqliteMetadataStore {
             device_cols!(),
             " FROM devices WHERE tenant_id = ? AND (? IS NULL \
              OR lower(name) LIKE ? ESCAPE '\\' OR lower(device_number) LIKE ? ESCAPE '\\') \
+             AND (? IS NULL OR online = ?) \
              ORDER BY created_at, id LIMIT ? OFFSET ?"
         ))
         .bind(tenant.to_string())
         .bind(&pattern)
         .bind(&pattern)
         .bind(&pattern)
+        .bind(filter.online)
+        .bind(filter.online)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pools.reader)
@@ -510,12 +513,15 @@ impl MetadataStore for SqliteMetadataStore {
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE tenant_id = ? AND (? IS NULL \
-             OR lower(name) LIKE ? ESCAPE '\\' OR lower(device_number) LIKE ? ESCAPE '\\')",
+             OR lower(name) LIKE ? ESCAPE '\\' OR lower(device_number) LIKE ? ESCAPE '\\') \
+             AND (? IS NULL OR online = ?)",
         )
         .bind(tenant.to_string())
         .bind(&pattern)
         .bind(&pattern)
         .bind(&pattern)
+        .bind(filter.online)
+        .bind(filter.online)
         .fetch_one(&self.pools.reader)
         .await
         .map_err(db)?;

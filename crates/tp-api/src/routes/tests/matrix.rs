@@ -800,6 +800,7 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
             a,
             &tp_core::DeviceFilter {
                 search: None,
+                online: None,
                 page: all,
             },
         )
