@@ -182,3 +182,99 @@ export function rolesSection({ signal, initial }) {
   return h('section', { class: 'panel', 'aria-labelledby': 'roles' },
     h('h2', { id: 'roles' }, 'Roles'), listSlot, listBox, formBox);
 }
+
+/**
+ * The tenants of the administration page (SYS_ADMIN only): list, create, rename,
+ * delete (after confirmation; never the caller's own tenant), and add a tenant's
+ * TENANT_ADMIN. `initial` is the first page of `/tenants`, or the error fetching it.
+ */
+export function tenantsSection({ me, signal, initial }) {
+  const listBox = h('div', { id: 'tenant-list' });
+  const listSlot = errorSlot();
+  const formBox = h('div', { id: 'tenant-editor' });
+  const adminBox = h('div', { id: 'tenant-admin-editor' });
+  let tenants = [];
+
+  function renderList(list) {
+    if (list instanceof Error) return clear(listBox, h('div', { class: 'error', role: 'alert' }, list.message));
+    tenants = list.items;
+    return clear(listBox, table('Tenants', [
+      ['Name', t => t.name],
+      ['Id', t => h('code', {}, t.id)],
+      ['Created', t => fmtTime(t.created_at)],
+      ['Actions', t => h('div', { class: 'actions' },
+        h('button', { type: 'button', 'aria-label': `Rename tenant ${t.name}`, onclick: () => edit(t) }, 'Rename'),
+        h('button', { type: 'button', 'aria-label': `Add an admin to tenant ${t.name}`, onclick: () => addAdmin(t.id, true) }, 'Add admin'),
+        t.id === me.tenant_id ? null : h('button', {
+          type: 'button', class: 'danger', 'data-action': 'delete', 'aria-label': `Delete tenant ${t.name}`,
+          onclick: async () => {
+            if (!window.confirm(`Delete tenant “${t.name}” with all its users, devices, data and rules? This cannot be undone.`)) return;
+            showError(listSlot, null);
+            try {
+              await api('DELETE', `/tenants/${t.id}`);
+              announce(`Tenant ${t.name} deleted`);
+              await reload();
+              edit(null);
+            } catch (e) { showError(listSlot, e); }
+          },
+        }, 'Delete'))],
+    ], list.items, 'No tenants.'));
+  }
+  async function reload() {
+    renderList(await get('/tenants?page_size=200', { signal }));
+    addAdmin(adminBox.querySelector('[name=tenant]')?.value);
+  }
+
+  /** The create form (`existing` null) or the rename form of one tenant. */
+  function edit(existing) {
+    const slot = errorSlot();
+    const form = h('form', { class: 'inline', id: 'tenant-form', novalidate: true },
+      field(existing ? 'New name' : 'New tenant', h('input', { name: 'name', required: true, maxlength: 255, value: existing ? existing.name : '' })),
+      h('button', { type: 'submit', class: 'primary' }, existing ? 'Rename tenant' : 'Create tenant'),
+      existing ? h('button', { type: 'button', onclick: () => edit(null) }, 'Cancel') : null);
+    onSubmit(form, slot, async data => {
+      const body = { name: data.get('name').trim() };
+      const saved = existing ? await api('PATCH', `/tenants/${existing.id}`, body) : await api('POST', '/tenants', body);
+      announce(`Tenant ${saved.name} saved`);
+      await reload();
+      edit(null);
+    });
+    clear(formBox, h('h3', { id: 'tenant-form-title' }, existing ? `Rename tenant “${existing.name}”` : 'Add a tenant'), form, slot);
+    if (existing) form.querySelector('[name=name]').focus();
+  }
+
+  /** The form adding a TENANT_ADMIN to the chosen tenant. */
+  function addAdmin(tenantId, focus) {
+    if (!tenants.length) return clear(adminBox);
+    const slot = errorSlot();
+    const select = h('select', { name: 'tenant', required: true },
+      tenants.map(t => h('option', { value: t.id }, t.name)));
+    if (tenantId && tenants.some(t => t.id === tenantId)) select.value = tenantId;
+    const form = h('form', { class: 'stack', id: 'tenant-admin-form', novalidate: true },
+      field('Tenant', select),
+      field('Email', h('input', { name: 'email', type: 'email', required: true, autocomplete: 'off' })),
+      field('Name', h('input', { name: 'name', required: true, maxlength: 255 })),
+      field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }), 'At least 8 characters'),
+      slot,
+      h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create tenant admin')));
+    onSubmit(form, slot, async data => {
+      const tenant = tenants.find(t => t.id === data.get('tenant'));
+      const user = await api('POST', `/tenants/${data.get('tenant')}/admins`, {
+        email: data.get('email').trim(), name: data.get('name').trim(), password: data.get('password'),
+      });
+      form.reset();
+      addAdmin(tenant && tenant.id);
+      announce(`${user.email} is now an admin of ${tenant ? tenant.name : 'the tenant'}`);
+      adminBox.querySelector('#tenant-admin-done').textContent = `Created ${user.email} (TENANT_ADMIN of ${tenant ? tenant.name : data.get('tenant')}).`;
+    });
+    clear(adminBox, h('h3', { id: 'tenant-admin-title' }, 'Add a tenant admin'), form,
+      h('p', { id: 'tenant-admin-done', class: 'muted', role: 'status' }));
+    if (focus) form.querySelector('[name=email]').focus();
+  }
+
+  renderList(initial);
+  edit(null);
+  addAdmin(null);
+  return h('section', { class: 'panel', 'aria-labelledby': 'tenants' },
+    h('h2', { id: 'tenants' }, 'Tenants'), listSlot, listBox, formBox, adminBox);
+}

@@ -6,7 +6,7 @@ import {
   h, clear, fmtTime, fmtValue, badge, onlineBadge, errorSlot, showError, field, table,
   onSubmit, announce, pager, parseJson,
 } from './ui.js';
-import { rolesSection } from './admin.js';
+import { rolesSection, tenantsSection } from './admin.js';
 import { usersSection } from './manage.js';
 
 const PAGE_SIZE = 20;
@@ -769,19 +769,9 @@ export const sceneEditor = opts => editor(opts, 'scene');
 
 export async function admin({ main, me, query, signal, navigate }) {
   const sections = [];
-  const refresh = () => admin({ main, me, query, signal, navigate });
   if (me.role === 'SYS_ADMIN') {
     const tenants = await get('/tenants?page_size=200', { signal }).catch(e => e);
-    const slot = errorSlot();
-    const form = h('form', { class: 'inline' },
-      field('New tenant', h('input', { name: 'name', required: true, maxlength: 255 })),
-      h('button', { type: 'submit' }, 'Create tenant'));
-    onSubmit(form, slot, async data => { await api('POST', '/tenants', { name: data.get('name') }); await refresh(); });
-    sections.push(h('section', { class: 'panel', 'aria-labelledby': 'tenants' },
-      h('h2', { id: 'tenants' }, 'Tenants'),
-      tenants instanceof Error ? h('div', { class: 'error', role: 'alert' }, tenants.message)
-        : table('Tenants', [['Name', t => t.name], ['Id', t => h('code', {}, t.id)], ['Created', t => fmtTime(t.created_at)]], tenants.items),
-      form, slot));
+    sections.push(tenantsSection({ me, signal, initial: tenants }));
   }
   const page = Math.max(1, Number(query.get('page')) || 1);
   const [users, roles] = await Promise.all([

@@ -5,9 +5,11 @@
 //! value the device publishes on the live chart, send a command and see it in the
 //! log, acknowledge the alarm the rule raised, create, run and delete a scene,
 //! create a webhook channel (its secret never shows again), a rule with a cron
-//! schedule, a custom role with two permissions, a device profile with a 60 s
-//! heartbeat, a device group holding the device, an API key (shown once), and the
-//! audit log, notification history and device status history pages.
+//! schedule, a custom role with two permissions, a tenant (renamed, given an
+//! admin whose too-short password is reported in place first) and a deleted
+//! tenant, a device profile with a 60 s heartbeat, a device group holding the
+//! device, an API key (shown once), and the audit log, notification history and
+//! device status history pages.
 //! Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
 //! `target/console-screenshots/`.
 //!
@@ -1056,6 +1058,122 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("08a-roles").await;
+
+    // Tenants (SYS_ADMIN): create one, rename it, give it an admin, delete another.
+    b.type_into("#tenant-form [name=name]", "acme").await;
+    b.click("#tenant-form button[type=submit]").await;
+    b.wait(
+        "the tenant in the list",
+        "return document.querySelector('#tenant-list')?.textContent.includes('acme')",
+    )
+    .await;
+    let (_, tenants) = node
+        .call(reqwest::Method::GET, "/api/v1/tenants", None)
+        .await;
+    let acme = tenants["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme")
+        .unwrap_or_else(|| panic!("no tenant acme: {tenants}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click("[aria-label=\"Rename tenant acme\"]").await;
+    b.wait(
+        "the tenant's rename form",
+        "return document.querySelector('#tenant-form [name=name]')?.value === 'acme'",
+    )
+    .await;
+    b.type_into("#tenant-form [name=name]", "Acme Corp").await;
+    b.click("#tenant-form button[type=submit]").await;
+    b.wait(
+        "the renamed tenant in the list",
+        "return document.querySelector('#tenant-list')?.textContent.includes('Acme Corp')",
+    )
+    .await;
+    let (status, tenant) = node
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/tenants/{acme}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tenant}");
+    assert_eq!(tenant["name"], "Acme Corp");
+    // Its admin; a too-short password is reported in place first.
+    b.click("[aria-label=\"Add an admin to tenant Acme Corp\"]")
+        .await;
+    b.wait(
+        "the admin form on the tenant",
+        &format!(
+            "return document.querySelector('#tenant-admin-form [name=tenant]')?.value === '{acme}'"
+        ),
+    )
+    .await;
+    b.type_into("#tenant-admin-form [name=email]", "boss@acme.example")
+        .await;
+    b.type_into("#tenant-admin-form [name=name]", "Acme Boss")
+        .await;
+    b.type_into("#tenant-admin-form [name=password]", "short")
+        .await;
+    b.click("#tenant-admin-form button[type=submit]").await;
+    b.wait(
+        "the password error in place",
+        "return document.querySelector('#tenant-admin-form .error')?.textContent",
+    )
+    .await;
+    b.type_into("#tenant-admin-form [name=password]", PASSWORD)
+        .await;
+    b.click("#tenant-admin-form button[type=submit]").await;
+    b.wait(
+        "the created admin",
+        "return document.querySelector('#tenant-admin-done')?.textContent.includes('boss@acme.example')",
+    )
+    .await;
+    let boss = login(&node.http, &node.base, "boss@acme.example", PASSWORD).await;
+    let me: Value = node
+        .http
+        .get(format!("{}/api/v1/auth/me", node.base))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "TENANT_ADMIN", "{me}");
+    assert_eq!(me["tenant_id"], json!(acme), "{me}");
+    assert_eq!(me["name"], "Acme Boss", "{me}");
+    b.screenshot("08b-tenants").await;
+    // A second tenant, deleted from the list (the confirmation answered yes).
+    b.type_into("#tenant-form [name=name]", "doomed").await;
+    b.click("#tenant-form button[type=submit]").await;
+    b.wait(
+        "the second tenant in the list",
+        "return document.querySelector('#tenant-list')?.textContent.includes('doomed')",
+    )
+    .await;
+    b.js("window.confirm = () => true; return true").await;
+    b.click("[aria-label=\"Delete tenant doomed\"]").await;
+    b.wait(
+        "the tenant gone from the list",
+        "return !document.querySelector('#tenant-list')?.textContent.includes('doomed')",
+    )
+    .await;
+    let (_, tenants) = node
+        .call(reqwest::Method::GET, "/api/v1/tenants", None)
+        .await;
+    let names: Vec<&str> = tenants["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Acme Corp") && !names.contains(&"doomed"),
+        "{tenants}"
+    );
 
     // A device profile with a 60 s heartbeat, created through its page.
     b.goto(&format!("{}/#/devices/profiles", node.base)).await;
