@@ -153,6 +153,22 @@ impl Api {
             .unwrap_or(0))
     }
 
+    /// The sum over all label sets of counter `name` in the server's Prometheus
+    /// metrics (`GET /metrics`, no authentication); `None` when it is not exported.
+    /// Cheap to poll, unlike counting in the store, which competes with the writer
+    /// for the same cores.
+    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
+        let res = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            bail!("GET /metrics: {}", res.status());
+        }
+        Ok(sum_metric(&res.text().await?, name))
+    }
+
     /// Timestamp of the latest value of `key`.
     pub(crate) async fn latest_ts(&self, device: &str, key: &str) -> anyhow::Result<Option<i64>> {
         let v = self
@@ -300,3 +316,40 @@ pub(crate) fn sleep_until(deadline: Instant) -> tokio::time::Sleep {
 }
 
 pub(crate) const POLL: Duration = Duration::from_millis(5);
+
+/// Sums the samples of metric `name` (any labels) in a Prometheus text exposition.
+pub(crate) fn sum_metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name 12` or `name{labels} 12`, not `name_suffix ...`
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_metric;
+
+    #[test]
+    fn sums_every_label_set_of_one_metric_only() {
+        let text = "# TYPE tp_writer_points_written_total counter\n\
+                    tp_writer_points_written_total{backend=\"sqlite\"} 10\n\
+                    tp_writer_points_written_total{backend=\"postgres\"} 5\n\
+                    tp_writer_points_written_total_other 99\n";
+        assert_eq!(
+            sum_metric(text, "tp_writer_points_written_total"),
+            Some(15.0)
+        );
+        assert_eq!(sum_metric("x 1\n", "tp_writer_points_written_total"), None);
+        assert_eq!(sum_metric("y 2.5\n", "y"), Some(2.5));
+    }
+}
