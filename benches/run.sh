@@ -28,8 +28,11 @@ node_cmd="target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$H
 echo "+ $node_cmd"
 RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
 node=$!
-trap 'pkill -f -- "--data-dir $data" 2>/dev/null; sleep 0.5; rm -rf "$data"' EXIT
+# SIGTERM drains (stores every acknowledged message) before the node exits: wait for
+# it, so the next run does not find the ports still taken.
+trap 'pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
+kill -0 $node 2>/dev/null || { echo "the node did not start:" >&2; cat "$data/node.log" >&2; exit 1; }
 api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_ADMIN_PASSWORD"
 
 run() { # name, args...

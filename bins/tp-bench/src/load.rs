@@ -145,12 +145,22 @@ pub(crate) async fn publish_loop(
     }
 }
 
-/// Waits until every publish is acknowledged or `timeout` passes.
+/// Waits until every publish is acknowledged, no acknowledgement has arrived for 2 s
+/// (publishes a broker refused by closing the connection are never acknowledged),
+/// or `timeout` passes.
 pub(crate) async fn wait_acked(counters: &Counters, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while counters.acked.load(Ordering::Relaxed) < counters.sent.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-    {
+    let mut last = (counters.acked.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let acked = counters.acked.load(Ordering::Relaxed);
+        if acked >= counters.sent.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            return;
+        }
+        if acked > last.0 {
+            last = (acked, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
