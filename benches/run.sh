@@ -11,7 +11,7 @@
 #   benches/run.sh crash         SIGKILL during QoS 1 ingest, restart, acknowledged vs stored
 #   benches/run.sh api           latest-value queries and one-day history aggregation
 #
-# Knobs: RATE, DURATION, DEVICES, CONNS, MQTT_PORT (default 1884; Mosquitto holds 1883).
+# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, MQTT_PORT (default 1884; Mosquitto holds 1883).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?usage: benches/run.sh ingest|small|connections|crash|api}
@@ -54,7 +54,7 @@ case "$scenario" in
   connections)
     sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
-      --addresses 8 --connect-rate 5000 --hold 10 --server-pid $node ;;
+      --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node ;;
   crash)
     run crash crash $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-200}" --points 10 \
       --rate "${RATE:-5000}" --qos 1 --duration 0 --kill-after 10 --server-pid $node \
