@@ -572,8 +572,10 @@ fn probe_bind(addr: SocketAddr, setting: &'static str) -> Result<SocketAddr, Bro
 }
 
 /// Waits until rumqttd's accept loop holds the port (a second bind then fails).
+/// Up to 10 s: on a loaded machine the spawned listener task can take seconds to
+/// be polled, and returning early makes the first device connects fail.
 async fn wait_until_bound(addr: SocketAddr) {
-    for _ in 0..500 {
+    for _ in 0..2000 {
         if std::net::TcpListener::bind(addr).is_err() {
             return;
         }
