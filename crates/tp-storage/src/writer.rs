@@ -59,7 +59,13 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            batch_size: 20_000,
+            // Only reached when the store is behind (otherwise `flush_interval` ends a
+            // batch first), and then larger is faster: SQLite writes every page a
+            // commit dirtied whole, and with one page per series a 100,000-point
+            // batch dirties about as many pages as a 20,000-point one. Ingest
+            // benchmark (1,000 devices x 10 keys, 200k points/s offered): 107k
+            // points/s sustained and p99 9.4 s at 20,000; 168k and 1.4 s at 100,000.
+            batch_size: 100_000,
             flush_interval: Duration::from_millis(100),
             queue_capacity: 4096,
             max_retries: 3,
@@ -709,7 +715,7 @@ mod tests {
     fn config_defaults_and_durations() {
         let c: WriterConfig = serde_json::from_str("{}").expect("defaults");
         assert_eq!(c, WriterConfig::default());
-        assert_eq!(c.batch_size, 20_000);
+        assert_eq!(c.batch_size, 100_000);
         assert_eq!(c.flush_interval, Duration::from_millis(100));
         assert_eq!(c.queue_capacity, 4096);
         let c: WriterConfig =
