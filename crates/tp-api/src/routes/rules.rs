@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tp_core::rules::schedule::CompiledSchedule;
 use tp_core::rules::{
-    Action, ActionTarget, Condition, DataKind, DeviceSource, Operator, Rule, RuleId, RuleStoreRef,
-    SceneId, TriggerGroup,
+    Action, ActionTarget, AlarmEvent, AlarmEventKind, AlarmFilter, AlarmStatus, Condition,
+    DataKind, DeviceSource, Operator, Rule, RuleId, RuleStoreRef, SceneId, TriggerGroup,
 };
-use tp_core::{DeviceId, ProfileId, TenantId, now_ms};
+use tp_core::{DeviceId, Page, ProfileId, TenantId, now_ms};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -552,6 +552,8 @@ pub(crate) async fn get_rule(
 }
 
 /// Changes a rule (absent fields stay); enables or disables it with `enabled`.
+/// Disabling clears the rule's open alarms (nothing would clear them otherwise) and
+/// its evaluation state, so re-enabling starts afresh.
 #[utoipa::path(
     put,
     path = "/rules/{id}",
@@ -577,6 +579,7 @@ pub(crate) async fn update_rule(
 ) -> ApiResult<axum::Json<RuleView>> {
     caller.require(Permission::RuleWrite)?;
     let mut rule = load_rule(&state, &caller, id).await?;
+    let was_enabled = rule.enabled;
     if let Some(n) = req.name {
         rule.name = valid_name("name", &n)?;
     }
@@ -594,9 +597,20 @@ pub(crate) async fn update_rule(
         validate_actions(&state, caller.tenant_id, &actions, None).await?;
         rule.actions = actions;
     }
+    let disabled = was_enabled && !rule.enabled;
     rule.updated_at = now_ms();
     rule_store(&state)?.update_rule(&rule).await?;
     rules_changed(&state, caller.tenant_id).await;
+    if disabled {
+        clear_open_alarms(&state, &caller, rule.id, "the rule was disabled").await?;
+        // A disabled rule is not evaluated: re-enabled, it starts afresh (a value
+        // still out of range fires again, a "held for" window starts again) rather
+        // than resuming a "firing" state whose alarm was just cleared.
+        let store = rule_store(&state)?;
+        for s in store.list_rule_states(rule.id).await? {
+            store.delete_rule_state(rule.id, &s.scope).await?;
+        }
+    }
     audit(
         &state,
         &caller,
@@ -610,7 +624,54 @@ pub(crate) async fn update_rule(
     Ok(axum::Json(rule.into()))
 }
 
-/// Deletes a rule and its evaluation state; its alarms stay.
+/// Clears the open (active or acknowledged) alarms of a rule that no longer runs:
+/// nothing would ever clear them otherwise. Each gets a `cleared` history entry by
+/// the caller with `reason`. Called after the engines have dropped the rule, so no
+/// evaluation reopens or repeats them meanwhile.
+async fn clear_open_alarms(
+    state: &AppState,
+    caller: &Caller,
+    rule: RuleId,
+    reason: &str,
+) -> ApiResult<()> {
+    let store = rule_store(state)?;
+    let filter = AlarmFilter {
+        rule_id: Some(rule),
+        statuses: vec![AlarmStatus::Active, AlarmStatus::Acknowledged],
+        // Cleared alarms leave the filter, so the first page is re-read until empty.
+        page: Page {
+            offset: 0,
+            limit: 500,
+        },
+        ..Default::default()
+    };
+    loop {
+        let open = store.list_alarms(caller.tenant_id, &filter).await?.items;
+        if open.is_empty() {
+            return Ok(());
+        }
+        for mut alarm in open {
+            let now = now_ms();
+            alarm.status = AlarmStatus::Cleared;
+            alarm.cleared_at = Some(now);
+            alarm.updated_at = now;
+            store.update_alarm(&alarm).await?;
+            store
+                .append_alarm_event(&AlarmEvent {
+                    alarm_id: alarm.id,
+                    tenant_id: caller.tenant_id,
+                    ts: now,
+                    kind: AlarmEventKind::Cleared,
+                    user_id: caller.user_id(),
+                    text: Some(reason.to_owned()),
+                })
+                .await?;
+        }
+    }
+}
+
+/// Deletes a rule and its evaluation state; its alarms stay, and the open ones are
+/// cleared (nothing would clear them once the rule is gone).
 #[utoipa::path(
     delete,
     path = "/rules/{id}",
@@ -636,6 +697,7 @@ pub(crate) async fn delete_rule(
         .delete_rule(caller.tenant_id, rule.id)
         .await?;
     rules_changed(&state, caller.tenant_id).await;
+    clear_open_alarms(&state, &caller, rule.id, "the rule was deleted").await?;
     audit(
         &state,
         &caller,

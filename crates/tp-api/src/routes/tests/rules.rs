@@ -5,8 +5,9 @@
 use std::sync::Mutex;
 
 use tp_core::rules::{
-    ActionOutcome, Alarm, AlarmId, AlarmSeverity, AlarmStatus, ChannelId, ChannelKind,
-    NotificationId, NotificationRecord, NotificationStatus, RuleEngineControl, RuleId, SceneId,
+    ActionOutcome, Alarm, AlarmEventKind, AlarmId, AlarmSeverity, AlarmStatus, ChannelId,
+    ChannelKind, NotificationId, NotificationRecord, NotificationStatus, RuleEngineControl, RuleId,
+    SceneId,
 };
 
 use uuid::Uuid;
@@ -563,6 +564,112 @@ async fn alarm_lifecycle_through_the_api() -> Result<()> {
             .await?,
         None
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_rule_clears_its_open_alarms() -> Result<()> {
+    let h = Harness::new().await?;
+    let (tenant, token) = h.other_tenant_user(Role::TenantAdmin).await?;
+    let t = Some(token.as_str());
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let (status, rule) = h
+            .call("POST", "/api/v1/rules", t, Some(schedule_rule(name)))
+            .await?;
+        assert_eq!(status, StatusCode::CREATED, "{rule}");
+        ids.push(RuleId(rule["id"].as_str().context("id")?.parse()?));
+    }
+    // Per rule: one active, one acknowledged, one already cleared alarm.
+    let mut alarms = Vec::new();
+    for rule in &ids {
+        for status in [
+            AlarmStatus::Active,
+            AlarmStatus::Acknowledged,
+            AlarmStatus::Cleared,
+        ] {
+            let mut a = alarm(tenant, Some(DeviceId::new()), AlarmSeverity::Major);
+            a.rule_id = Some(*rule);
+            a.status = status;
+            store(&h).create_alarm(&a).await?;
+            alarms.push(a);
+        }
+    }
+    // An unrelated rule's open alarm stays open.
+    let unrelated = alarm(tenant, None, AlarmSeverity::Minor);
+    store(&h).create_alarm(&unrelated).await?;
+    let status_of = |id| {
+        let store = store(&h).clone();
+        async move { anyhow::Ok(store.get_alarm(tenant, id).await?.context("alarm")?.status) }
+    };
+
+    let state = |rule: RuleId, scope: &str| tp_core::rules::RuleState {
+        rule_id: rule,
+        scope: scope.to_owned(),
+        state: json!({"firing": true}),
+        updated_at: now_ms(),
+    };
+    store(&h).put_rule_state(&state(ids[0], "device:a")).await?;
+    store(&h).put_rule_state(&state(ids[1], "device:b")).await?;
+
+    // Renaming keeps them open; disabling clears the first rule's open ones.
+    let (status, _) = h
+        .call(
+            "PUT",
+            &format!("/api/v1/rules/{}", ids[0].0),
+            t,
+            Some(json!({"name": "renamed"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status_of(alarms[0].id).await?, AlarmStatus::Active);
+    let (status, body) = h
+        .call(
+            "PUT",
+            &format!("/api/v1/rules/{}", ids[0].0),
+            t,
+            Some(json!({"enabled": false})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for a in &alarms[..3] {
+        assert_eq!(
+            status_of(a.id).await?,
+            AlarmStatus::Cleared,
+            "{:?}",
+            a.status
+        );
+    }
+    assert_eq!(status_of(alarms[3].id).await?, AlarmStatus::Active);
+    assert!(
+        store(&h).list_rule_states(ids[0]).await?.is_empty(),
+        "re-enabling starts afresh"
+    );
+    assert_eq!(store(&h).list_rule_states(ids[1]).await?.len(), 1);
+    let events = store(&h).list_alarm_events(tenant, alarms[1].id).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, AlarmEventKind::Cleared);
+    assert_eq!(events[0].text.as_deref(), Some("the rule was disabled"));
+    assert!(events[0].user_id.is_some(), "cleared by the caller");
+    assert!(
+        store(&h)
+            .list_alarm_events(tenant, alarms[2].id)
+            .await?
+            .is_empty(),
+        "an alarm cleared before is not cleared again"
+    );
+
+    // Deleting the second rule clears its open alarms; the unrelated one stays.
+    let (status, _) = h
+        .call("DELETE", &format!("/api/v1/rules/{}", ids[1].0), t, None)
+        .await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for a in &alarms[3..] {
+        assert_eq!(status_of(a.id).await?, AlarmStatus::Cleared);
+    }
+    let events = store(&h).list_alarm_events(tenant, alarms[3].id).await?;
+    assert_eq!(events[0].text.as_deref(), Some("the rule was deleted"));
+    assert_eq!(status_of(unrelated.id).await?, AlarmStatus::Active);
     Ok(())
 }
 
