@@ -294,6 +294,12 @@ pub struct NotifyConfig {
     /// Deliveries in flight at once; more wait for a free slot, so a slow receiver
     /// cannot open unbounded connections.
     pub max_concurrent: usize,
+    /// Let webhook channels reach loopback, private (RFC 1918, fc00::/7), link-local,
+    /// shared (100.64/10) and other non-public addresses. Off by default: channels are
+    /// defined by tenants, and a webhook to `http://127.0.0.1:6379/` or a cloud
+    /// metadata address would let them probe the platform's own network. Checked on
+    /// every delivery, after DNS resolution, so a name cannot be re-pointed later.
+    pub allow_private_webhooks: bool,
     /// Outgoing mail server; email channels fail with "no SMTP server configured"
     /// while its `host` is empty.
     pub smtp: SmtpConfig,
@@ -306,6 +312,7 @@ impl Default for NotifyConfig {
             max_attempts: 4,
             backoff_base_ms: 500,
             max_concurrent: 16,
+            allow_private_webhooks: false,
             smtp: SmtpConfig::default(),
         }
     }

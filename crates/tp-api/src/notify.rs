@@ -48,6 +48,7 @@
 //! details too, since some services put their access token in the URL.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +165,8 @@ pub struct Notifications {
 struct Inner {
     store: RuleStoreRef,
     http: reqwest::Client,
+    /// `notify.allow_private_webhooks`.
+    allow_private: bool,
     smtp: Option<SmtpSender>,
     retry: RetryPolicy,
     /// One permit per delivery allowed to run at once.
@@ -242,12 +245,18 @@ impl Notifications {
     /// [`Error::Invalid`] when the SMTP settings cannot work (bad sender address, TLS
     /// parameters) or the HTTP client cannot be built.
     pub fn new(store: RuleStoreRef, config: &NotifyConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.webhook_timeout_secs.max(1)))
             // A redirected POST would turn into a GET or go to a host nobody signed
             // up for; a redirect is reported as a failed delivery instead.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("thingspanel-rs/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("thingspanel-rs/", env!("CARGO_PKG_VERSION")));
+        if !config.allow_private_webhooks {
+            // Names are resolved here and only public addresses are dialled, so the
+            // check and the connection use the same addresses (no DNS rebinding).
+            http = http.dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        let http = http
             .build()
             .map_err(|e| Error::invalid("notify", format!("HTTP client: {e}")))?;
         let smtp = if config.smtp.host.is_empty() {
@@ -260,6 +269,7 @@ impl Notifications {
             inner: Arc::new(Inner {
                 store,
                 http,
+                allow_private: config.allow_private_webhooks,
                 smtp,
                 retry: RetryPolicy {
                     max_attempts: config.max_attempts.max(1),
@@ -465,6 +475,16 @@ impl Inner {
                         url.scheme()
                     ));
                 }
+                // Literal addresses never reach the resolver: checked here.
+                if !self.allow_private {
+                    let literal = url
+                        .host_str()
+                        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                        .and_then(|h| h.parse::<IpAddr>().ok());
+                    if let Some(ip) = literal.filter(|ip| !is_public(*ip)) {
+                        return Err(NotPublic(ip.to_string()).to_string());
+                    }
+                }
                 let body = serde_json::json!({
                     "notification_id": record.id,
                     "channel_id": record.channel_id,
@@ -532,6 +552,11 @@ impl Inner {
             .await;
         let response = match response {
             Ok(r) => r,
+            // A name that resolves only to non-public addresses will not change by
+            // retrying (and must not be probed repeatedly).
+            Err(e) if caused_by_not_public(&e) => {
+                return Attempt::Permanent(error_chain(&e.without_url()));
+            }
             // Connection refused, DNS, TLS, timeout: the receiver may be back soon.
             Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
         };
@@ -748,5 +773,122 @@ mod tests {
                 .unwrap_err()
                 .contains("invalid")
         );
+    }
+}
+
+/// A webhook target that is not a public address (see
+/// `notify.allow_private_webhooks`).
+#[derive(Debug)]
+struct NotPublic(String);
+
+impl std::fmt::Display for NotPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "webhook target {} is not a public address (notify.allow_private_webhooks is off)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotPublic {}
+
+fn caused_by_not_public(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<NotPublic>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Resolves webhook host names and keeps only public addresses; a name with none
+/// left fails with [`NotPublic`].
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address: not loopback, private,
+/// link-local, shared (CGNAT), unspecified, broadcast, multicast, documentation or
+/// reserved; IPv4-mapped IPv6 addresses are judged as IPv4.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+#[cfg(test)]
+mod public_address_tests {
+    use super::is_public;
+
+    #[test]
+    fn only_globally_routable_addresses_are_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -186,6 +186,8 @@ fn fast_config() -> NotifyConfig {
         max_attempts: 4,
         backoff_base_ms: 5,
         max_concurrent: 4,
+        // The test receivers listen on loopback.
+        allow_private_webhooks: true,
         smtp: SmtpConfig::default(),
     }
 }
@@ -416,6 +418,43 @@ async fn invalid_webhook_url_fails_without_attempt() {
         assert_eq!(record.attempts, 0);
         assert!(record.detail.unwrap().starts_with("invalid URL"));
     }
+}
+
+#[tokio::test]
+async fn webhooks_to_non_public_addresses_are_refused_by_default() {
+    let receiver = WebhookReceiver::start(SECRET).await;
+    let config = NotifyConfig {
+        allow_private_webhooks: false,
+        ..fast_config()
+    };
+    let (_, n) = notifier(&config);
+    let tenant = TenantId::new();
+    // "http://127.0.0.1:<port>/hook" -> "<port>/hook"
+    let port = receiver.url().rsplit(':').next().unwrap().to_owned();
+    for url in [
+        receiver.url(),                                        // 127.0.0.1 literal
+        format!("http://localhost:{port}"),                    // a name resolving to loopback
+        format!("http://[::ffff:127.0.0.1]:{port}"),           // mapped IPv6 literal
+        "http://169.254.169.254/latest/meta-data/".to_owned(), // cloud metadata
+        "http://10.0.0.1/hook".to_owned(),
+    ] {
+        let record = n
+            .deliver_now(&webhook_channel(tenant, &url), message(tenant))
+            .await
+            .unwrap();
+        assert_eq!(
+            record.status,
+            NotificationStatus::Failed,
+            "{url}: {record:?}"
+        );
+        let detail = record.detail.unwrap_or_default();
+        assert!(
+            detail.contains("is not a public address"),
+            "{url}: {detail}"
+        );
+        assert!(record.attempts <= 1, "not retried: {url}");
+    }
+    assert!(receiver.calls().is_empty(), "nothing reached the receiver");
 }
 
 #[tokio::test]

@@ -44,6 +44,8 @@ async fn env() -> Env {
         ("auth.admin_password", PASSWORD.to_owned()),
     ];
     overrides.extend(smtp.config_overrides());
+    // The webhook receiver listens on loopback.
+    overrides.push(("notify.allow_private_webhooks", "true".to_owned()));
     let config = PlatformConfig::load(None, &overrides).unwrap();
     let metadata_url = config.metadata_url();
     let clock = ManualClock::new(START);
