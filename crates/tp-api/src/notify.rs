@@ -10,7 +10,8 @@
 //! # Retries
 //! Up to `notify.max_attempts` attempts (the first included). Between attempts the
 //! task waits `notify.backoff_base_ms`, doubled after each retry (500 ms, 1 s, 2 s, ...;
-//! at most [`MAX_BACKOFF`]). Retried: connection errors, timeouts, HTTP 5xx and 429,
+//! at most [`MAX_BACKOFF`]; a 429 or 5xx with `Retry-After` waits at least what it
+//! asks, within that cap). Retried: connection errors, timeouts, HTTP 5xx and 429,
 //! SMTP 4xx replies. Not retried, because repeating the same request cannot help:
 //! any other non-2xx HTTP status (redirects are not followed), SMTP 5xx replies,
 //! invalid URLs or addresses, and email without a configured SMTP server.
@@ -199,6 +200,9 @@ enum Attempt {
     Sent(String),
     /// Failed; trying again may help.
     Retry(String),
+    /// Failed; the receiver asked to wait at least this long (`Retry-After` on a 429
+    /// or 503) before trying again.
+    RetryAfter(String, Duration),
     /// Failed; trying again cannot help.
     Permanent(String),
 }
@@ -425,7 +429,7 @@ impl Inner {
                 } => self.email_attempt(envelope, formatted).await,
             };
             record.attempts += 1;
-            match outcome {
+            let (detail, asked) = match outcome {
                 Attempt::Sent(detail) => {
                     return self.finish(record, NotificationStatus::Sent, detail).await;
                 }
@@ -434,28 +438,34 @@ impl Inner {
                         .finish(record, NotificationStatus::Failed, detail)
                         .await;
                 }
-                Attempt::Retry(detail) if record.attempts >= self.retry.max_attempts => {
-                    return self
-                        .finish(record, NotificationStatus::Failed, detail)
-                        .await;
-                }
-                Attempt::Retry(detail) => {
-                    let wait = self.retry.backoff(record.attempts);
-                    tracing::debug!(
-                        channel = %record.channel_id,
-                        notification = %record.id,
-                        attempt = record.attempts,
-                        retry_in_ms = wait.as_millis() as u64,
-                        %detail,
-                        "notification attempt failed, retrying"
-                    );
-                    // Progress is visible in the history while the retries run.
-                    record.detail = Some(detail);
-                    record.updated_at = now_ms();
-                    self.store_update(&record).await;
-                    tokio::time::sleep(wait).await;
-                }
+                Attempt::Retry(detail) => (detail, Duration::ZERO),
+                Attempt::RetryAfter(detail, after) => (detail, after),
+            };
+            if record.attempts >= self.retry.max_attempts {
+                return self
+                    .finish(record, NotificationStatus::Failed, detail)
+                    .await;
             }
+            // The receiver's Retry-After is honoured: never less than the backoff,
+            // never more than MAX_BACKOFF.
+            let wait = self
+                .retry
+                .backoff(record.attempts)
+                .max(asked)
+                .min(MAX_BACKOFF);
+            tracing::debug!(
+                channel = %record.channel_id,
+                notification = %record.id,
+                attempt = record.attempts,
+                retry_in_ms = wait.as_millis() as u64,
+                %detail,
+                "notification attempt failed, retrying"
+            );
+            // Progress is visible in the history while the retries run.
+            record.detail = Some(detail);
+            record.updated_at = now_ms();
+            self.store_update(&record).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -565,6 +575,11 @@ impl Inner {
         if status.is_success() {
             return Attempt::Sent(detail);
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         // A short excerpt of the receiver's answer helps whoever reads the history.
         if let Ok(text) = response.text().await {
             let text = text.trim();
@@ -574,7 +589,10 @@ impl Inner {
             }
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Attempt::Retry(detail)
+            match retry_after {
+                Some(after) => Attempt::RetryAfter(detail, after),
+                None => Attempt::Retry(detail),
+            }
         } else {
             Attempt::Permanent(detail)
         }
@@ -776,6 +794,17 @@ mod tests {
     }
 }
 
+/// The wait a `Retry-After` header value asks for: delay-seconds or an HTTP date
+/// (a date in the past asks for none); `None` when it is neither.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// A webhook target that is not a public address (see
 /// `notify.allow_private_webhooks`).
 #[derive(Debug)]
@@ -859,7 +888,30 @@ fn is_public(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod public_address_tests {
-    use super::is_public;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{is_public, parse_retry_after};
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 
     #[test]
     fn only_globally_routable_addresses_are_public() {
