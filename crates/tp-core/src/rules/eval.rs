@@ -42,7 +42,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Condition, DataKind, DeviceSource, Operator, Rule, RuleId, RuleState};
-use super::schedule::{CompiledSchedule, in_time_range};
+use super::schedule::{CompiledSchedule, in_time_range, next_time_range_change};
 use super::{RuleInput, RuleInputData};
 use crate::model::{DeviceId, ProfileId, Timestamp, Value};
 
@@ -262,6 +262,30 @@ struct CRule {
 }
 
 impl CRule {
+    /// The next time one of the daily windows limiting this rule's data conditions
+    /// opens or closes (schedule groups check their windows when they fire).
+    fn next_window_change(&self, now: Timestamp) -> Option<Timestamp> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.schedule.is_none()
+                    && g.conds
+                        .iter()
+                        .any(|c| matches!(self.conds[*c as usize], CCond::Data(_)))
+            })
+            .flat_map(|g| g.conds.iter())
+            .filter_map(|c| match &self.conds[*c as usize] {
+                CCond::TimeRange {
+                    start,
+                    end,
+                    weekdays,
+                    offset,
+                } => next_time_range_change(now, *start, *end, weekdays, *offset),
+                _ => None,
+            })
+            .min()
+    }
+
     fn compile(rule: Rule, errors: &mut Vec<(RuleId, String)>) -> Self {
         let mut conds = Vec::new();
         let mut groups = Vec::new();
@@ -492,6 +516,10 @@ pub struct Evaluator {
     deadlines: BinaryHeap<Deadline>,
     /// Schedules: (fire time, rule, group).
     schedules: BinaryHeap<Reverse<(Timestamp, u32, u32)>>,
+    /// Time-range bounds of rules whose data conditions are limited to a daily window:
+    /// (when the window opens or closes, rule). Re-evaluated then, so a window's end
+    /// clears a firing rule without new data.
+    boundaries: BinaryHeap<Reverse<(Timestamp, u32)>>,
     dirty: HashSet<(u32, Dirty)>,
     errors: Vec<(RuleId, String)>,
 }
@@ -627,8 +655,12 @@ impl Evaluator {
     fn rebuild_timers(&mut self, now: Timestamp) {
         self.deadlines.clear();
         self.schedules.clear();
+        self.boundaries.clear();
         for (ri, (cr, st)) in self.rules.iter().zip(self.state.iter_mut()).enumerate() {
             let ri = ri as u32;
+            if let Some(t) = cr.next_window_change(now) {
+                self.boundaries.push(Reverse((t, ri)));
+            }
             for (cid, c) in cr.conds.iter().enumerate() {
                 let CCond::Data(c) = c else { continue };
                 if c.duration_ms == 0 {
@@ -687,14 +719,12 @@ impl Evaluator {
     }
 
     /// The earliest time [`Self::tick`] has something to do: a duration window
-    /// completes or a schedule is due.
+    /// completes, a schedule is due or a daily time range opens or closes.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let d = self.deadlines.peek().map(|r| r.0.0);
         let s = self.schedules.peek().map(|r| r.0.0);
-        match (d, s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let b = self.boundaries.peek().map(|r| r.0.0);
+        [d, s, b].into_iter().flatten().min()
     }
 
     /// Evaluates one input at `now` (the engine's clock, used for duration windows).
@@ -954,6 +984,27 @@ impl Evaluator {
             }
             self.schedules.pop();
             self.fire_schedule(ri, gi, t, now, &mut out);
+        }
+        while let Some(&Reverse((t, ri))) = self.boundaries.peek() {
+            if t > now {
+                break;
+            }
+            self.boundaries.pop();
+            let Some(cr) = self.rules.get(ri as usize) else {
+                continue;
+            };
+            if let Some(next) = cr.next_window_change(t.max(now)) {
+                self.boundaries.push(Reverse((next, ri)));
+            }
+            let mut scopes: Vec<Scope> = if cr.per_device {
+                self.state[ri as usize].scopes.keys().copied().collect()
+            } else {
+                vec![cr.default_scope]
+            };
+            scopes.sort_unstable();
+            for s in scopes {
+                self.eval_level(ri, s, now, false, None, &mut out);
+            }
         }
         out
     }
@@ -1486,6 +1537,63 @@ mod tests {
             [TransitionKind::Pulse]
         );
         assert!(ev.on_input(&event("door_closed"), 3).is_empty());
+    }
+
+    #[test]
+    fn a_time_range_closing_clears_a_firing_rule_and_opening_fires_it_again() {
+        const H: i64 = 3_600_000;
+        let t = TenantId::new();
+        let d = DeviceId::new();
+        let p = ProfileId::new();
+        let window = Condition::TimeRange {
+            start_minute: 8 * 60,
+            end_minute: 9 * 60,
+            weekdays: vec![],
+            utc_offset_minutes: 0,
+        };
+        // One rule on a device, one on a profile (evaluated per device).
+        let on_device = rule(
+            t,
+            vec![vec![
+                cond(DeviceSource::Device(d), "temp", Operator::Gt, json!(30)),
+                window.clone(),
+            ]],
+        );
+        let on_profile = rule(
+            t,
+            vec![vec![
+                cond(DeviceSource::Profile(p), "temp", Operator::Gt, json!(30)),
+                window,
+            ]],
+        );
+        let mut ev = Evaluator::new();
+        ev.load([on_device.clone(), on_profile.clone()], 7 * H);
+        assert_eq!(ev.next_deadline(), Some(8 * H), "the window opens");
+        // Too hot before the window: nothing.
+        let hot = tel(t, d, Some(p), &[("temp", json!(35))]);
+        assert!(ev.on_input(&hot, 7 * H + 1).is_empty());
+        // The window opens with the value still too hot: both fire, without new data.
+        let f = ev.tick(8 * H);
+        assert_eq!(kinds(&f), [TransitionKind::Fired, TransitionKind::Fired]);
+        assert_eq!(ev.next_deadline(), Some(9 * H), "the window closes");
+        assert_eq!(
+            kinds(&ev.on_input(&hot, 8 * H + 5)),
+            [TransitionKind::Repeated, TransitionKind::Repeated]
+        );
+        // The window closes: both clear (no data arrives).
+        assert!(ev.tick(9 * H - 1).is_empty());
+        let c = ev.tick(9 * H);
+        assert_eq!(
+            kinds(&c),
+            [TransitionKind::Cleared, TransitionKind::Cleared]
+        );
+        let ids: HashSet<RuleId> = c.iter().map(|t| t.rule.id).collect();
+        assert_eq!(ids, HashSet::from([on_device.id, on_profile.id]));
+        assert_eq!(ev.next_deadline(), Some(32 * H), "tomorrow's opening");
+        // A restart keeps the boundaries.
+        let mut ev2 = Evaluator::new();
+        ev2.load([on_device], 10 * H);
+        assert_eq!(ev2.next_deadline(), Some(32 * H));
     }
 
     #[test]

@@ -119,9 +119,75 @@ pub fn in_time_range(
     }
 }
 
+/// The first instant after `now` at which [`in_time_range`] with the same window can
+/// change its answer (a window start or end, or a local midnight when `weekdays`
+/// restricts the days); `None` when it never changes (a whole-day window on every day).
+pub fn next_time_range_change(
+    now: Timestamp,
+    start_minute: u16,
+    end_minute: u16,
+    weekdays: &[u8],
+    utc_offset_minutes: i32,
+) -> Option<Timestamp> {
+    let offset = i64::from(utc_offset_minutes) * MINUTE_MS;
+    let local = now.saturating_add(offset);
+    let day = local.div_euclid(DAY_MS) * DAY_MS;
+    let mut marks = Vec::with_capacity(3);
+    if start_minute != end_minute {
+        marks.push(i64::from(start_minute) * MINUTE_MS);
+        marks.push(i64::from(end_minute) * MINUTE_MS);
+    }
+    if !weekdays.is_empty() {
+        marks.push(0);
+    }
+    [day, day + DAY_MS]
+        .into_iter()
+        .flat_map(|d| marks.iter().map(move |m| d + m))
+        .filter(|t| *t > local)
+        .min()
+        .map(|t| t - offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_range_changes_at_its_bounds_and_at_midnight_on_weekdays() {
+        const H: i64 = 3_600_000;
+        // 08:00-18:00 UTC every day.
+        assert_eq!(next_time_range_change(0, 480, 1080, &[], 0), Some(8 * H));
+        assert_eq!(
+            next_time_range_change(8 * H, 480, 1080, &[], 0),
+            Some(18 * H)
+        );
+        assert_eq!(
+            next_time_range_change(18 * H, 480, 1080, &[], 0),
+            Some(32 * H),
+            "tomorrow 08:00"
+        );
+        // 22:00-02:00 crossing midnight.
+        assert_eq!(
+            next_time_range_change(23 * H, 1320, 120, &[], 0),
+            Some(26 * H)
+        );
+        // Whole day, every day: never changes; on weekdays: at local midnight.
+        assert_eq!(next_time_range_change(5 * H, 0, 0, &[], 0), None);
+        assert_eq!(next_time_range_change(5 * H, 0, 0, &[1], 0), Some(24 * H));
+        // UTC+8: 08:00 local is 00:00 UTC.
+        assert_eq!(
+            next_time_range_change(H, 480, 1080, &[], 480),
+            Some(10 * H),
+            "18:00 local"
+        );
+        // Every answer flips (or, at a midnight, may flip) exactly there.
+        for now in (0..3 * 24 * H).step_by(17 * 60_000) {
+            let next = next_time_range_change(now, 480, 1080, &[1, 2], 60).unwrap();
+            assert!(next > now);
+            let before = in_time_range(now, 480, 1080, &[1, 2], 60);
+            assert_eq!(in_time_range(next - 1, 480, 1080, &[1, 2], 60), before);
+        }
+    }
 
     fn sched(kind: ScheduleKind, nb: Option<i64>, na: Option<i64>) -> CompiledSchedule {
         CompiledSchedule::new(
