@@ -26,7 +26,10 @@
 //!
 //! Transitions are written in order by one task ([`MetadataStore::append_status`]:
 //! history row plus the device's `online`/`last_seen`) and then broadcast to
-//! [`crate::EmbeddedBroker::status_events`] subscribers (the rule engine).
+//! [`crate::EmbeddedBroker::status_events`] subscribers (the rule engine). Between
+//! transitions, the last activity of devices that sent something is written every
+//! [`LAST_SEEN_FLUSH_INTERVAL`] in one batch ([`MetadataStore::touch_devices`]), so a
+//! device's `last_seen` is at most that old without a store write per message.
 //!
 //! Windows are measured on a [`Clock`], so tests can move time forward instead of
 //! sleeping through a timeout ([`ManualClock`]).
@@ -48,6 +51,9 @@ use tp_core::{
 
 /// How often due checks are swept: the most a state flip lags behind its window.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the last activity of active devices is written to the store.
+pub const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a device's resolved mode is trusted before its profile is looked up again
 /// (profile edits and device moves between profiles take effect within this).
 pub const MODE_TTL: Duration = Duration::from_secs(300);
@@ -165,6 +171,8 @@ struct Entry {
     connected: bool,
     /// Last message or connect (clock ms).
     last: Timestamp,
+    /// The `last` written to the store as `last_seen` (a transition writes it too).
+    saved: Timestamp,
     mode: Mode,
     /// When `mode` was looked up; `None` = never.
     resolved: Option<Instant>,
@@ -198,6 +206,7 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct Presence {
     clock: ClockRef,
+    metadata: MetadataStoreRef,
     default_window_ms: i64,
     /// Off while the write-ahead log replays old messages at startup.
     armed: AtomicBool,
@@ -222,6 +231,7 @@ impl Presence {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let presence = Arc::new(Self {
             clock,
+            metadata: metadata.clone(),
             default_window_ms: i64::try_from(default_window.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
@@ -302,6 +312,7 @@ impl Presence {
             online: false,
             connected: false,
             last: now,
+            saved: Timestamp::MIN,
             mode: Mode::Connection,
             resolved: None,
             resolving: false,
@@ -389,6 +400,35 @@ impl Presence {
         }
     }
 
+    /// Writes the last activity of devices that were active since the previous call
+    /// (one batch); entries whose write fails are retried next time.
+    pub(crate) async fn flush_last_seen(&self) {
+        let batch: Vec<(DeviceId, Timestamp)> = {
+            let mut state = self.lock();
+            state
+                .devices
+                .iter_mut()
+                .filter(|(_, e)| e.last > e.saved)
+                .map(|(id, e)| {
+                    e.saved = e.last;
+                    (*id, e.last)
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.metadata.touch_devices(&batch).await {
+            tracing::warn!(devices = batch.len(), error = %e, "cannot record last_seen; retrying later");
+            let mut state = self.lock();
+            for (id, _) in &batch {
+                if let Some(entry) = state.devices.get_mut(id) {
+                    entry.saved = Timestamp::MIN;
+                }
+            }
+        }
+    }
+
     /// Queues a transition for the recorder (called under the state lock, so the
     /// transitions of a device are recorded in the order they happened).
     fn emit(&self, device_id: DeviceId, online: bool, reason: StatusReason, at: Timestamp) {
@@ -433,12 +473,18 @@ async fn record(
 async fn sweep_periodically(presence: std::sync::Weak<Presence>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flush_every = (LAST_SEEN_FLUSH_INTERVAL.as_millis() / SWEEP_INTERVAL.as_millis()).max(1);
+    let mut n: u128 = 0;
     loop {
         tick.tick().await;
         let Some(presence) = presence.upgrade() else {
             return;
         };
         presence.sweep();
+        n += 1;
+        if n.is_multiple_of(flush_every) {
+            presence.flush_last_seen().await;
+        }
     }
 }
 
@@ -522,6 +568,63 @@ mod tests {
         assert_eq!(Mode::from_profile(None, Some(60)), Mode::Timeout(60_000));
         assert_eq!(Mode::from_profile(Some(0), None), Mode::Connection);
         assert_eq!(Mode::from_profile(None, None), Mode::Connection);
+    }
+
+    #[tokio::test]
+    async fn last_activity_is_written_in_batches_and_never_moves_back() {
+        use tp_core::{Device, MetadataStore, Tenant, TenantId};
+        let store = Arc::new(
+            tp_storage::sqlite::SqliteMetadataStore::in_memory()
+                .await
+                .expect("store"),
+        );
+        let tenant = Tenant {
+            id: TenantId::new(),
+            name: "t".into(),
+            created_at: 0,
+        };
+        store.create_tenant(&tenant).await.expect("tenant");
+        let mut ids = Vec::new();
+        for name in ["a", "b"] {
+            let (d, _) = Device::new(tenant.id, name.into(), None);
+            store.create_device(&d).await.expect("device");
+            ids.push(d.id);
+        }
+        let clock = Arc::new(ManualClock::new());
+        let presence =
+            Presence::spawn(store.clone(), None, clock.clone(), Duration::from_secs(300));
+        presence.arm();
+        let last_seen = |id| {
+            let store = store.clone();
+            async move {
+                store
+                    .get_device_by_id(id)
+                    .await
+                    .expect("get")
+                    .expect("device")
+                    .last_seen
+            }
+        };
+        let t0 = clock.now_ms();
+        let mut events = presence.subscribe();
+        presence.activity(ids[0]);
+        presence.activity(ids[1]);
+        // Their online transitions are recorded first (they write last_seen too).
+        for _ in 0..2 {
+            assert!(events.recv().await.expect("event").online);
+        }
+        clock.advance(Duration::from_secs(5));
+        presence.activity(ids[0]);
+        presence.flush_last_seen().await;
+        assert_eq!(last_seen(ids[0]).await, Some(t0 + 5_000));
+        assert!(last_seen(ids[1]).await >= Some(t0), "written once active");
+        // Nothing new: nothing written (a later transition row would not be undone).
+        store
+            .set_device_online(ids[1], true, t0 + 60_000)
+            .await
+            .expect("set");
+        presence.flush_last_seen().await;
+        assert_eq!(last_seen(ids[1]).await, Some(t0 + 60_000));
     }
 
     #[test]

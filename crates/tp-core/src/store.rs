@@ -70,6 +70,10 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()>;
     /// Records a connection state change.
     async fn set_device_online(&self, id: DeviceId, online: bool, at: Timestamp) -> Result<()>;
+    /// Moves `last_seen` of each listed device forward to its timestamp (never back);
+    /// unknown devices are skipped. Brokers call it with batches of recent activity,
+    /// so one write covers many devices.
+    async fn touch_devices(&self, seen: &[(DeviceId, Timestamp)]) -> Result<()>;
     /// Records an online/offline transition: appends it to the device's status history
     /// and sets the device's `online` and `last_seen` (to `event.at`), atomically, so
     /// the history and the device row never disagree. A missing device is

@@ -719,6 +719,55 @@ pub async fn device_online_state(store: &dyn MetadataStore) {
     expect_not_found(store.set_device_online(DeviceId::new(), true, base).await);
 }
 
+/// `touch_devices` moves `last_seen` forward only, leaves `online` alone, skips
+/// unknown devices and handles many devices in one call.
+pub async fn device_touch_last_seen(store: &dyn MetadataStore) {
+    let base = base_ts();
+    let tenant = new_tenant(store, base).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let d = new_device(tenant.id, &format!("toucher-{i}"), base);
+        store.create_device(&d).await.expect("create_device");
+        devices.push(d);
+    }
+    let last_seen = |id| async move {
+        store
+            .get_device_by_id(id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .last_seen
+    };
+    store.touch_devices(&[]).await.expect("nothing to do");
+    store
+        .touch_devices(&[
+            (devices[0].id, base + 100),
+            (DeviceId::new(), base + 100),
+            (devices[1].id, base + 50),
+        ])
+        .await
+        .expect("touch");
+    assert_eq!(last_seen(devices[0].id).await, Some(base + 100));
+    assert_eq!(last_seen(devices[1].id).await, Some(base + 50));
+    assert_eq!(last_seen(devices[2].id).await, None, "not listed");
+    store
+        .touch_devices(&[(devices[0].id, base + 10), (devices[1].id, base + 60)])
+        .await
+        .expect("touch again");
+    assert_eq!(
+        last_seen(devices[0].id).await,
+        Some(base + 100),
+        "never moves back"
+    );
+    assert_eq!(last_seen(devices[1].id).await, Some(base + 60));
+    let got = store
+        .get_device_by_id(devices[0].id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!got.online, "online is not touched");
+}
+
 /// `append_status` sets `online`/`last_seen` and appends history; the history is
 /// newest first (same-millisecond events in reverse append order), filtered by
 /// `[start, end)`, paged with a total, tenant-scoped, and deleted with the device;
@@ -1088,6 +1137,7 @@ macro_rules! metadata_conformance {
             device_update,
             device_delete_cascades,
             device_online_state,
+            device_touch_last_seen,
             device_status_history,
             device_sub_device_lookup,
             attributes_upsert_newest_wins,

@@ -586,6 +586,27 @@ impl MetadataStore for PostgresMetadataStore {
         Ok(())
     }
 
+    async fn touch_devices(&self, seen: &[(DeviceId, Timestamp)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch.
+        let ids: Vec<uuid::Uuid> = seen.iter().map(|(id, _)| id.0).collect();
+        let ats: Vec<i64> = seen.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "UPDATE devices d SET last_seen = v.at \
+             FROM (SELECT id, max(at) AS at FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, at) \
+                   GROUP BY id) v \
+             WHERE d.id = v.id AND (d.last_seen IS NULL OR d.last_seen < v.at)",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
         // One statement: the device row update and the history row commit together.
         let done = sqlx::query(

@@ -596,6 +596,27 @@ impl MetadataStore for SqliteMetadataStore {
         Ok(())
     }
 
+    async fn touch_devices(&self, seen: &[(DeviceId, Timestamp)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // One transaction for the batch; the statement is prepared once.
+        let mut tx = self.pools.begin_write().await?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen = ? WHERE id = ? \
+                 AND (last_seen IS NULL OR last_seen < ?)",
+            )
+            .bind(at)
+            .bind(id.to_string())
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
     async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
         let id = event.device_id.to_string();
         let mut tx = self.pools.begin_write().await?;
