@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tp_api::config::PlatformConfig;
 use tp_api::platform::Platform;
+use tp_api::platform::shutdown_signal;
 
 /// ThingsPanel-compatible IoT platform node.
 #[derive(Parser, Debug)]
@@ -108,19 +109,4 @@ async fn main() -> anyhow::Result<()> {
         report.accepted, report.consumed
     );
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tp_api::config::PlatformConfig;
 use tp_api::platform::Platform;
+use tp_api::platform::shutdown_signal;
 
 /// REST API node of a ThingsPanel-compatible cluster.
 #[derive(Parser, Debug)]
@@ -93,19 +94,4 @@ async fn main() -> anyhow::Result<()> {
     platform.shutdown().await?;
     println!("Stopped.");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tp_api::config::PlatformConfig;
 use tp_api::platform::Platform;
+use tp_api::platform::shutdown_signal;
 
 /// Broker node of a ThingsPanel-compatible cluster.
 #[derive(Parser, Debug)]
@@ -94,19 +95,4 @@ async fn main() -> anyhow::Result<()> {
         report.accepted, report.consumed
     );
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -8,6 +8,7 @@
 use anyhow::Context;
 use clap::Parser;
 use tp_broker::external::{ConsumerDeps, ExternalConfig, ExternalConsumer};
+use tp_broker::shutdown_signal;
 use tp_storage::writer::{BatchWriter, WriterConfig};
 
 /// Consume device topics from an external MQTT cluster and write the time-series store.
@@ -101,25 +102,4 @@ async fn main() -> anyhow::Result<()> {
         .context("final flush of the time-series writer")?;
     tracing::info!(?stats, "stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tp_broker::backplane::{
     ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts, RedisBackplane,
 };
+/// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
+pub use tp_broker::shutdown_signal;
 use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
 use tp_core::rules::RuleEngineControlRef;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};

@@ -61,6 +61,27 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use config::BrokerConfig;
+
+/// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM: what a node binary
+/// waits for before draining (`EmbeddedBroker::shutdown` / `Platform::shutdown`).
+///
+/// # Panics
+/// When the process cannot install the signal handlers (no signal support), at
+/// startup rather than silently never draining.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
 pub use error::BrokerError;
 pub use presence::{Clock, ClockRef, ManualClock, SystemClock};
 pub use tls::TlsSettings;
