@@ -192,6 +192,54 @@ pub(super) fn paging(page: Page) -> (i64, i64) {
     (to_i64(page.limit), to_i64(page.offset))
 }
 
+impl PostgresMetadataStore {
+    /// The row `select` finds by id and tenant (`$1`, `$2`).
+    pub(super) async fn get_scoped<T>(
+        &self,
+        select: &'static str,
+        id: uuid::Uuid,
+        tenant: TenantId,
+        decode: impl Fn(&PgRow) -> RowResult<T>,
+    ) -> Result<Option<T>> {
+        let row = sqlx::query(select)
+            .bind(id)
+            .bind(tenant.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        decode_opt(row, decode)
+    }
+
+    /// A page of a tenant's rows: `select` takes (tenant, limit, offset), `count`
+    /// takes (tenant).
+    pub(super) async fn page_scoped<T>(
+        &self,
+        select: &'static str,
+        count: &'static str,
+        tenant: TenantId,
+        page: Page,
+        decode: impl Fn(&PgRow) -> RowResult<T>,
+    ) -> Result<Paged<T>> {
+        let (limit, offset) = paging(page);
+        let rows = sqlx::query(select)
+            .bind(tenant.0)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let total: i64 = sqlx::query_scalar(count)
+            .bind(tenant.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, decode)?,
+            total: total.unsigned_abs(),
+        })
+    }
+}
+
 /// Per key the attribute with the greatest `ts` (later entries win ties), sorted by key
 /// so concurrent upserts lock rows in one order. One `INSERT .. ON CONFLICT` may touch
 /// a row only once, so the batch must not repeat a key.

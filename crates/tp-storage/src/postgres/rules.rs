@@ -259,41 +259,32 @@ impl RuleStore for PostgresMetadataStore {
     }
 
     async fn get_rule(&self, tenant: TenantId, id: RuleId) -> Result<Option<Rule>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            rule_select!(),
-            " FROM rules WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                rule_select!(),
+                " FROM rules WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            rule_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, rule_from_row)
     }
 
     async fn list_rules(&self, tenant: TenantId, page: Page) -> Result<Paged<Rule>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            rule_select!(),
-            " FROM rules WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                rule_select!(),
+                " FROM rules WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM rules WHERE tenant_id = $1",
+            tenant,
+            page,
+            rule_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rules WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, rule_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn list_enabled_rules(&self) -> Result<Vec<Rule>> {
@@ -370,41 +361,32 @@ impl RuleStore for PostgresMetadataStore {
     }
 
     async fn get_scene(&self, tenant: TenantId, id: SceneId) -> Result<Option<Scene>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            scene_select!(),
-            " FROM scenes WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                scene_select!(),
+                " FROM scenes WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            scene_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, scene_from_row)
     }
 
     async fn list_scenes(&self, tenant: TenantId, page: Page) -> Result<Paged<Scene>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            scene_select!(),
-            " FROM scenes WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                scene_select!(),
+                " FROM scenes WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM scenes WHERE tenant_id = $1",
+            tenant,
+            page,
+            scene_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scenes WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, scene_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_scene(&self, scene: &Scene) -> Result<()> {
@@ -653,17 +635,17 @@ impl RuleStore for PostgresMetadataStore {
         tenant: TenantId,
         id: ChannelId,
     ) -> Result<Option<NotificationChannel>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            channel_select!(),
-            " FROM notification_channels WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                channel_select!(),
+                " FROM notification_channels WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            channel_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, channel_from_row)
     }
 
     async fn list_channels(
@@ -671,28 +653,18 @@ impl RuleStore for PostgresMetadataStore {
         tenant: TenantId,
         page: Page,
     ) -> Result<Paged<NotificationChannel>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            channel_select!(),
-            " FROM notification_channels WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                channel_select!(),
+                " FROM notification_channels WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM notification_channels WHERE tenant_id = $1",
+            tenant,
+            page,
+            channel_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM notification_channels WHERE tenant_id = $1")
-                .bind(tenant.0)
-                .fetch_one(self.pool())
-                .await
-                .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, channel_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_channel(&self, channel: &NotificationChannel) -> Result<()> {

@@ -218,6 +218,54 @@ pub(super) fn paging(page: Page) -> (i64, i64) {
     (to_i64(page.limit), to_i64(page.offset))
 }
 
+impl SqliteMetadataStore {
+    /// The row `select` finds by id and tenant (its two parameters, in that order).
+    pub(super) async fn get_scoped<T>(
+        &self,
+        select: &'static str,
+        id: String,
+        tenant: TenantId,
+        decode: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
+    ) -> Result<Option<T>> {
+        let row = sqlx::query(select)
+            .bind(id)
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        decode_opt(row, decode)
+    }
+
+    /// A page of a tenant's rows: `select` takes (tenant, limit, offset), `count`
+    /// takes (tenant).
+    pub(super) async fn page_scoped<T>(
+        &self,
+        select: &'static str,
+        count: &'static str,
+        tenant: TenantId,
+        page: Page,
+        decode: impl Fn(&SqliteRow) -> std::result::Result<T, SqliteError>,
+    ) -> Result<Paged<T>> {
+        let (limit, offset) = paging(page);
+        let rows = sqlx::query(select)
+            .bind(tenant.to_string())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        let total: i64 = sqlx::query_scalar(count)
+            .bind(tenant.to_string())
+            .fetch_one(&self.pools.reader)
+            .await
+            .map_err(db)?;
+        Ok(Paged {
+            items: decode_all(&rows, decode)?,
+            total: total.unsigned_abs(),
+        })
+    }
+}
+
 #[async_trait]
 impl MetadataStore for SqliteMetadataStore {
     fn backend(&self) -> &'static str {

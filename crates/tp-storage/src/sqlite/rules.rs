@@ -233,41 +233,32 @@ impl RuleStore for SqliteMetadataStore {
     }
 
     async fn get_rule(&self, tenant: TenantId, id: RuleId) -> Result<Option<Rule>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            rule_cols!(),
-            " FROM rules WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                rule_cols!(),
+                " FROM rules WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            rule_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, rule_from_row)
     }
 
     async fn list_rules(&self, tenant: TenantId, page: Page) -> Result<Paged<Rule>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            rule_cols!(),
-            " FROM rules WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                rule_cols!(),
+                " FROM rules WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM rules WHERE tenant_id = ?",
+            tenant,
+            page,
+            rule_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rules WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, rule_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn list_enabled_rules(&self) -> Result<Vec<Rule>> {
@@ -344,41 +335,32 @@ impl RuleStore for SqliteMetadataStore {
     }
 
     async fn get_scene(&self, tenant: TenantId, id: SceneId) -> Result<Option<Scene>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            scene_cols!(),
-            " FROM scenes WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                scene_cols!(),
+                " FROM scenes WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            scene_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, scene_from_row)
     }
 
     async fn list_scenes(&self, tenant: TenantId, page: Page) -> Result<Paged<Scene>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            scene_cols!(),
-            " FROM scenes WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                scene_cols!(),
+                " FROM scenes WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM scenes WHERE tenant_id = ?",
+            tenant,
+            page,
+            scene_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scenes WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, scene_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_scene(&self, scene: &Scene) -> Result<()> {
@@ -628,17 +610,17 @@ impl RuleStore for SqliteMetadataStore {
         tenant: TenantId,
         id: ChannelId,
     ) -> Result<Option<NotificationChannel>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            channel_cols!(),
-            " FROM notification_channels WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                channel_cols!(),
+                " FROM notification_channels WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            channel_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, channel_from_row)
     }
 
     async fn list_channels(
@@ -646,28 +628,18 @@ impl RuleStore for SqliteMetadataStore {
         tenant: TenantId,
         page: Page,
     ) -> Result<Paged<NotificationChannel>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            channel_cols!(),
-            " FROM notification_channels WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                channel_cols!(),
+                " FROM notification_channels WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM notification_channels WHERE tenant_id = ?",
+            tenant,
+            page,
+            channel_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM notification_channels WHERE tenant_id = ?")
-                .bind(tenant.to_string())
-                .fetch_one(&self.pools.reader)
-                .await
-                .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, channel_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_channel(&self, channel: &NotificationChannel) -> Result<()> {
