@@ -339,41 +339,32 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_role(&self, tenant: TenantId, id: RoleId) -> Result<Option<CustomRole>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            role_cols!(),
-            " FROM roles WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                role_cols!(),
+                " FROM roles WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            role_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, role_from_row)
     }
 
     async fn list_roles(&self, tenant: TenantId, page: Page) -> Result<Paged<CustomRole>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            role_cols!(),
-            " FROM roles WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                role_cols!(),
+                " FROM roles WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM roles WHERE tenant_id = $1",
+            tenant,
+            page,
+            role_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, role_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_role(&self, role: &CustomRole) -> Result<()> {
@@ -470,28 +461,19 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_api_keys(&self, tenant: TenantId, page: Page) -> Result<Paged<ApiKey>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            api_key_cols!(),
-            " FROM api_keys WHERE tenant_id = $1 \
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys WHERE tenant_id = $1 \
               ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+            ),
+            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1",
+            tenant,
+            page,
+            api_key_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, api_key_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn delete_api_key(&self, tenant: TenantId, id: ApiKeyId) -> Result<()> {
@@ -527,17 +509,17 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_group(&self, tenant: TenantId, id: GroupId) -> Result<Option<DeviceGroup>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            group_cols!(),
-            " FROM device_groups WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                group_cols!(),
+                " FROM device_groups WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            group_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, group_from_row)
     }
 
     async fn list_groups(&self, tenant: TenantId) -> Result<Vec<DeviceGroup>> {
@@ -774,17 +756,17 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            profile_cols!(),
-            " FROM device_profiles WHERE id = $1 AND tenant_id = $2"
-        ))
-        .bind(id.0)
-        .bind(tenant.0)
-        .fetch_optional(self.pool())
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                profile_cols!(),
+                " FROM device_profiles WHERE id = $1 AND tenant_id = $2"
+            ),
+            id.0,
+            tenant,
+            profile_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, profile_from_row)
     }
 
     async fn get_profile_by_provision_secret(&self, hash: &str) -> Result<Option<DeviceProfile>> {
@@ -801,28 +783,18 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            profile_cols!(),
-            " FROM device_profiles WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                profile_cols!(),
+                " FROM device_profiles WHERE tenant_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM device_profiles WHERE tenant_id = $1",
+            tenant,
+            page,
+            profile_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM device_profiles WHERE tenant_id = $1")
-                .bind(tenant.0)
-                .fetch_one(self.pool())
-                .await
-                .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, profile_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_profile(&self, profile: &DeviceProfile) -> Result<()> {
@@ -900,26 +872,17 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_audit(&self, tenant: TenantId, page: Page) -> Result<Paged<AuditEntry>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            audit_select!(),
-            " WHERE tenant_id = $1 ORDER BY at DESC, seq DESC LIMIT $2 OFFSET $3"
-        ))
-        .bind(tenant.0)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
+        self.page_scoped(
+            concat!(
+                audit_select!(),
+                " WHERE tenant_id = $1 ORDER BY at DESC, seq DESC LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM audit_log WHERE tenant_id = $1",
+            tenant,
+            page,
+            audit_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, audit_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 }
 

@@ -357,41 +357,32 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn get_role(&self, tenant: TenantId, id: RoleId) -> Result<Option<CustomRole>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            role_cols!(),
-            " FROM roles WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                role_cols!(),
+                " FROM roles WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            role_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, role_from_row)
     }
 
     async fn list_roles(&self, tenant: TenantId, page: Page) -> Result<Paged<CustomRole>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            role_cols!(),
-            " FROM roles WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                role_cols!(),
+                " FROM roles WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM roles WHERE tenant_id = ?",
+            tenant,
+            page,
+            role_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, role_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_role(&self, role: &CustomRole) -> Result<()> {
@@ -486,28 +477,19 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn list_api_keys(&self, tenant: TenantId, page: Page) -> Result<Paged<ApiKey>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            api_key_cols!(),
-            " FROM api_keys WHERE tenant_id = ? \
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys WHERE tenant_id = ? \
               ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+            ),
+            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = ?",
+            tenant,
+            page,
+            api_key_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, api_key_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn delete_api_key(&self, tenant: TenantId, id: ApiKeyId) -> Result<()> {
@@ -546,17 +528,17 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn get_group(&self, tenant: TenantId, id: GroupId) -> Result<Option<DeviceGroup>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            group_cols!(),
-            " FROM device_groups WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                group_cols!(),
+                " FROM device_groups WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            group_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, group_from_row)
     }
 
     async fn list_groups(&self, tenant: TenantId) -> Result<Vec<DeviceGroup>> {
@@ -749,17 +731,17 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            profile_cols!(),
-            " FROM device_profiles WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                profile_cols!(),
+                " FROM device_profiles WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            profile_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, profile_from_row)
     }
 
     async fn get_profile_by_provision_secret(&self, hash: &str) -> Result<Option<DeviceProfile>> {
@@ -776,28 +758,18 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            profile_cols!(),
-            " FROM device_profiles WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                profile_cols!(),
+                " FROM device_profiles WHERE tenant_id = ? ORDER BY name, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM device_profiles WHERE tenant_id = ?",
+            tenant,
+            page,
+            profile_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM device_profiles WHERE tenant_id = ?")
-                .bind(tenant.to_string())
-                .fetch_one(&self.pools.reader)
-                .await
-                .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, profile_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn update_profile(&self, profile: &DeviceProfile) -> Result<()> {
@@ -877,27 +849,18 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn list_audit(&self, tenant: TenantId, page: Page) -> Result<Paged<AuditEntry>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_cols!(),
-            " FROM audit_log WHERE tenant_id = ? ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                audit_cols!(),
+                " FROM audit_log WHERE tenant_id = ? ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM audit_log WHERE tenant_id = ?",
+            tenant,
+            page,
+            audit_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, audit_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 }
 

@@ -396,27 +396,18 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn list_users(&self, tenant: TenantId, page: Page) -> Result<Paged<User>> {
-        let (limit, offset) = paging(page);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            user_cols!(),
-            " FROM users WHERE tenant_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?"
-        ))
-        .bind(tenant.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pools.reader)
+        self.page_scoped(
+            concat!(
+                "SELECT ",
+                user_cols!(),
+                " FROM users WHERE tenant_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?"
+            ),
+            "SELECT COUNT(*) FROM users WHERE tenant_id = ?",
+            tenant,
+            page,
+            user_from_row,
+        )
         .await
-        .map_err(db)?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = ?")
-            .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
-            .await
-            .map_err(db)?;
-        Ok(Paged {
-            items: decode_all(&rows, user_from_row)?,
-            total: total.unsigned_abs(),
-        })
     }
 
     async fn count_users(&self) -> Result<u64> {
@@ -455,17 +446,17 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn get_device(&self, tenant: TenantId, id: DeviceId) -> Result<Option<Device>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            device_cols!(),
-            " FROM devices WHERE id = ? AND tenant_id = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        self.get_scoped(
+            concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE id = ? AND tenant_id = ?"
+            ),
+            id.to_string(),
+            tenant,
+            device_from_row,
+        )
         .await
-        .map_err(db)?;
-        decode_opt(row, device_from_row)
     }
 
     async fn get_device_by_id(&self, id: DeviceId) -> Result<Option<Device>> {
