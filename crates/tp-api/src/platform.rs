@@ -225,6 +225,22 @@ impl Platform {
         if mqtt.wal.dir.is_none() {
             mqtt.wal.dir = Some(config.data_dir.join("wal"));
         }
+        // The only broker of its store (embedded SQLite, no cluster): devices the
+        // store shows online are left over from a previous run that could not record
+        // them leaving (crash, SIGKILL). Not on a shared database, where other broker
+        // nodes may hold them.
+        if has_broker && backplane.is_none() && metadata.backend() == "sqlite" {
+            match tp_broker::presence::mark_stale_offline(&metadata, tp_core::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    devices = n,
+                    "marked devices offline that were online when the previous run stopped"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reset the online state left by the previous run")
+                }
+            }
+        }
         let broker = if !has_broker {
             None
         } else {

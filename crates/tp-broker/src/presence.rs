@@ -449,6 +449,72 @@ impl Presence {
     }
 }
 
+/// Marks offline every device the store still shows online (reason
+/// [`StatusReason::ConnectionLost`], at `at`), with a status-history row each; returns
+/// how many. For a node that is the only broker of its store, at startup before it
+/// accepts devices: a previous run that crashed (or was killed) could not record its
+/// devices going offline, and those that do not come back would otherwise stay
+/// online for good. Not for a cluster, where other nodes hold devices online.
+///
+/// # Errors
+/// What the store reports listing tenants or devices; a device deleted meanwhile
+/// is skipped.
+pub async fn mark_stale_offline(
+    metadata: &MetadataStoreRef,
+    at: Timestamp,
+) -> tp_core::Result<u64> {
+    const PAGE: u64 = 500;
+    let mut marked = 0;
+    let mut tenants_offset = 0;
+    loop {
+        let tenants = metadata
+            .list_tenants(tp_core::Page {
+                offset: tenants_offset,
+                limit: PAGE,
+            })
+            .await?;
+        let n = tenants.items.len() as u64;
+        for tenant in tenants.items {
+            // Marked devices leave the filter: the first page is read until empty.
+            loop {
+                let online = metadata
+                    .list_devices(
+                        tenant.id,
+                        &tp_core::DeviceFilter {
+                            online: Some(true),
+                            page: tp_core::Page {
+                                offset: 0,
+                                limit: PAGE,
+                            },
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if online.items.is_empty() {
+                    break;
+                }
+                for d in online.items {
+                    let event = DeviceStatusEvent {
+                        device_id: d.id,
+                        online: false,
+                        reason: StatusReason::ConnectionLost,
+                        at,
+                    };
+                    match metadata.append_status(&event).await {
+                        Ok(()) => marked += 1,
+                        Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if n < PAGE {
+            return Ok(marked);
+        }
+        tenants_offset += n;
+    }
+}
+
 /// Writes transitions to the store in order, then broadcasts them.
 async fn record(
     metadata: MetadataStoreRef,
