@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tp_core::rules::schedule::CompiledSchedule;
 use tp_core::rules::{
-    Action, ActionTarget, AlarmEvent, AlarmEventKind, AlarmFilter, AlarmStatus, Condition,
-    DataKind, DeviceSource, Operator, Rule, RuleId, RuleStoreRef, SceneId, TriggerGroup,
+    Action, ActionTarget, AlarmFilter, AlarmStatus, Condition, DataKind, DeviceSource, Operator,
+    Rule, RuleId, RuleStoreRef, SceneId, TriggerGroup, alarm,
 };
 use tp_core::{DeviceId, Page, ProfileId, TenantId, now_ms};
 use utoipa::ToSchema;
@@ -651,21 +651,11 @@ async fn clear_open_alarms(
             return Ok(());
         }
         for mut alarm in open {
-            let now = now_ms();
-            alarm.status = AlarmStatus::Cleared;
-            alarm.cleared_at = Some(now);
-            alarm.updated_at = now;
+            let mut event = alarm::clear(&mut alarm, now_ms());
+            event.user_id = caller.user_id();
+            event.text = Some(reason.to_owned());
             store.update_alarm(&alarm).await?;
-            store
-                .append_alarm_event(&AlarmEvent {
-                    alarm_id: alarm.id,
-                    tenant_id: caller.tenant_id,
-                    ts: now,
-                    kind: AlarmEventKind::Cleared,
-                    user_id: caller.user_id(),
-                    text: Some(reason.to_owned()),
-                })
-                .await?;
+            store.append_alarm_event(&event).await?;
         }
     }
 }
