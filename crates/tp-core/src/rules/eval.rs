@@ -261,6 +261,19 @@ struct CRule {
     default_scope: Scope,
 }
 
+/// The scopes a rule-wide event (a completed window, a schedule, a time-range bound)
+/// evaluates: every device seen so far for a per-device rule, in a stable order, else
+/// the rule's one scope.
+fn every_scope(cr: &CRule, st: &RuleRuntime) -> Vec<Scope> {
+    if cr.per_device {
+        let mut v: Vec<Scope> = st.scopes.keys().copied().collect();
+        v.sort_unstable();
+        v
+    } else {
+        vec![cr.default_scope]
+    }
+}
+
 impl CRule {
     /// The next time one of the daily windows limiting this rule's data conditions
     /// opens or closes (schedule groups check their windows when they fire).
@@ -966,13 +979,7 @@ impl Evaluator {
             }
             let scopes: Vec<Scope> = match scope {
                 Some(s) => vec![s],
-                None if self.rules[ri as usize].per_device => {
-                    let mut v: Vec<Scope> =
-                        self.state[ri as usize].scopes.keys().copied().collect();
-                    v.sort_unstable();
-                    v
-                }
-                None => vec![self.rules[ri as usize].default_scope],
+                None => every_scope(&self.rules[ri as usize], &self.state[ri as usize]),
             };
             for s in scopes {
                 self.eval_level(ri, s, now, false, None, &mut out);
@@ -996,13 +1003,7 @@ impl Evaluator {
             if let Some(next) = cr.next_window_change(t.max(now)) {
                 self.boundaries.push(Reverse((next, ri)));
             }
-            let mut scopes: Vec<Scope> = if cr.per_device {
-                self.state[ri as usize].scopes.keys().copied().collect()
-            } else {
-                vec![cr.default_scope]
-            };
-            scopes.sort_unstable();
-            for s in scopes {
+            for s in every_scope(cr, &self.state[ri as usize]) {
                 self.eval_level(ri, s, now, false, None, &mut out);
             }
         }
@@ -1041,14 +1042,7 @@ impl Evaluator {
                 st.next_fire.remove(&gi);
             }
         }
-        let scopes: Vec<Scope> = if cr.per_device {
-            let mut v: Vec<Scope> = st.scopes.keys().copied().collect();
-            v.sort_unstable();
-            v
-        } else {
-            vec![cr.default_scope]
-        };
-        for scope in scopes {
+        for scope in every_scope(cr, st) {
             let all = g.conds.iter().all(|cid| {
                 matches!(cr.conds[*cid as usize], CCond::Schedule)
                     || cr.cond_true(st, scope, *cid, now)
