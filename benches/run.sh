@@ -52,7 +52,11 @@ case "$scenario" in
     run small-raw-mosquitto raw --mqtt 127.0.0.1:1883 --devices "${DEVICES:-1000}" --points 1 \
       --rate "${RATE:-50000}" --qos 1 --duration "$DURATION" ${mosq:+--server-pid $mosq} ;;
   connections)
-    sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
+    # More source ports for the load generator; the system's range is put back on exit.
+    ports_before=$(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ' || true)
+    if [ -n "$ports_before" ] && sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null; then
+      trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
+    fi
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
       --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node ;;
   crash)
