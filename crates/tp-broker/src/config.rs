@@ -8,19 +8,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// MQTT 3.1.1 listen address (flag `--mqtt-listen`). Port 0 picks a free port.
+    /// MQTT listen address (flag `--mqtt-listen`): 3.1, 3.1.1 and 5, the level read
+    /// from each CONNECT. Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// MQTT 5 listen address (rumqttd serves each protocol version on its own
-    /// port); unset = no MQTT 5 listener.
+    /// A second MQTT port, for deployments that give MQTT 5 its own (any level is
+    /// accepted on either); unset = none.
     pub v5_listen: Option<SocketAddr>,
-    /// MQTT 3.1.1 over WebSocket listen address; unset = none.
+    /// MQTT over WebSocket listen address (`ws://host:port/mqtt`); unset = none.
     pub ws_listen: Option<SocketAddr>,
     /// CoAP (UDP) device API listen address, conventionally port 5683 (e.g.
     /// `0.0.0.0:5683`); unset = no CoAP. See [`crate::coap`].
     pub coap_listen: Option<SocketAddr>,
-    /// MQTT over TLS: 3.1.1 (conventionally port 8883), 5 and WebSocket (WSS), each
-    /// relayed to its plain listener so the same auth, ACL and limits apply; unset =
-    /// no TLS. See [`crate::TlsSettings`].
+    /// MQTT over TLS (conventionally port 8883) and over WebSocket over TLS (WSS),
+    /// served by the same connection driver as the plain ports, so the same auth,
+    /// ACL and limits apply; unset = no TLS. See [`crate::TlsSettings`].
     pub tls: Option<crate::TlsSettings>,
     /// Most device connections this node accepts; further CONNECTs are refused.
     pub max_connections: usize,
@@ -31,16 +32,24 @@ pub struct BrokerConfig {
     /// limit is refused before it is acknowledged: the connection is closed and the
     /// device resends after reconnecting. Unset (the default) = unlimited.
     pub max_messages_per_second: Option<u32>,
-    /// How long a new TCP connection may take to send CONNECT (ms, at most 65535).
+    /// How long a new TCP connection may take to send CONNECT, TLS and WebSocket
+    /// handshakes included (ms, at most 65535).
     pub connection_timeout_ms: u16,
-    /// Unacknowledged QoS 1/2 messages in flight per connection.
+    /// Most sockets that have not sent CONNECT yet (a pool across all listeners);
+    /// further sockets are closed at accept.
+    pub max_pending_connections: usize,
+    /// Unacknowledged QoS 1 downlink messages in flight per connection; more wait.
     pub max_inflight_count: usize,
+    /// How long a persistent session (MQTT 3.1.1 clean_session=0) is kept while its
+    /// device is away, and the cap on what MQTT 5 clients ask for (seconds).
+    pub session_expiry_secs: u64,
     /// How long a resolved credential stays in the cache (seconds).
     pub credential_cache_ttl_secs: u64,
-    /// Size of one segment of the broker's in-memory ingest log (bytes). The log holds
-    /// `segment_size * segment_count` bytes of acknowledged messages not yet consumed.
+    /// With `segment_count`, the most bytes of acknowledged messages waiting for the
+    /// stores: `segment_size * (segment_count - 2)`; beyond it publishes are refused
+    /// before they are acknowledged (backpressure). Consumed messages are freed at once.
     pub segment_size: usize,
-    /// Number of segments of the in-memory ingest log.
+    /// See `segment_size`.
     pub segment_count: usize,
     /// The write-ahead log of acknowledged messages (`[mqtt.wal]`), so a killed node
     /// loses nothing it acknowledged. See [`crate::WalConfig`].
@@ -52,9 +61,8 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Unread bytes the router's ingest log may hold before publishes are refused:
-    /// all segments but two, so the segment being written and the one being read are
-    /// never the one the router drops when it needs room.
+    /// Unread bytes the ingest queue may hold before publishes are refused (kept as
+    /// `segment_size * (segment_count - 2)` so existing settings mean what they did).
     pub fn max_ingest_backlog_bytes(&self) -> u64 {
         (self.segment_size as u64) * (self.segment_count.max(3) as u64 - 2)
     }
@@ -72,7 +80,9 @@ impl Default for BrokerConfig {
             max_payload_size: 256 * 1024,
             max_messages_per_second: None,
             connection_timeout_ms: 10_000,
+            max_pending_connections: 10_000,
             max_inflight_count: 100,
+            session_expiry_secs: 86_400,
             credential_cache_ttl_secs: 300,
             segment_size: 16 * 1024 * 1024,
             segment_count: 8,

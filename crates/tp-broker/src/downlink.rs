@@ -51,7 +51,6 @@ use tp_core::{
 };
 
 use crate::session::Shared;
-use crate::transport::LinkPublisher;
 
 /// Default lifetime of a queued downlink: one day.
 pub const DEFAULT_EXPIRY_SECS: u32 = 86_400;
@@ -323,7 +322,6 @@ pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
 /// The delivery task: one pass per granted subscription of a device.
 pub(crate) struct Delivery {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) publisher: Arc<LinkPublisher>,
 }
 
 impl Delivery {
@@ -393,7 +391,11 @@ impl Delivery {
         row.updated_at = now;
         metadata.update_command(&row).await?;
         let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-        match self.publisher.publish(topic, bytes) {
+        match self
+            .shared
+            .publish(device.id, &topic, bytes.into())
+            .map_err(|why| crate::transport::undelivered(device.id, &topic, why))
+        {
             Ok(()) => {
                 metrics::counter!("tp_downlink_sent_total").increment(1);
                 tracing::info!(device_id = %target.id, via = %device.id, message_id = %row.message_id, "queued downlink delivered");

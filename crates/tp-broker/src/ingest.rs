@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use rumqttd::Notification;
-use rumqttd::local::LinkRx;
+use tokio::sync::mpsc;
 use tp_core::protocol::{UplinkKind, UplinkTopic, decode_event};
 use tp_core::{DeviceId, Order};
 
 use crate::session::{Shared, decode_envelope, ingest_size};
-use crate::transport::LinkPublisher;
 use crate::uplink::{Ack, Uplinks};
 use crate::wal::{Leftover, Wal, read_leftover};
 
@@ -27,37 +25,19 @@ use crate::wal::{Leftover, Wal, read_leftover};
 pub(crate) struct Ingest {
     pub(crate) uplinks: Uplinks,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) publisher: Arc<LinkPublisher>,
 }
 
 impl Ingest {
-    /// Consumes the router link until it closes.
-    pub(crate) async fn run(self, mut rx: LinkRx) {
-        loop {
-            match rx.next().await {
-                Ok(Some(Notification::Forward(forward))) => {
-                    let segment = self.handle(&forward.publish.payload).await;
-                    // Handed to the writer (or rejected): the log may drop it once
-                    // the writer has committed what is queued.
-                    if let Some(wal) = &self.shared.wal {
-                        wal.consumed(segment);
-                    }
-                    self.shared.consumed(ingest_size(&forward.publish.payload));
-                }
-                // The router pauses a link with many pending notifications until it
-                // says it is ready again; without this, delivery stops for good.
-                Ok(Some(Notification::Unschedule)) => {
-                    if let Err(e) = rx.wake().await {
-                        tracing::error!(error = %e, "cannot wake the ingest link");
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "ingest link closed");
-                    break;
-                }
+    /// Consumes accepted publishes until every connection and the broker are gone.
+    pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+        while let Some(envelope) = rx.recv().await {
+            let segment = self.handle(&envelope).await;
+            // Handed to the writer (or rejected): the log may drop it once the
+            // writer has committed what is queued.
+            if let Some(wal) = &self.shared.wal {
+                wal.consumed(segment);
             }
+            self.shared.consumed(ingest_size(&envelope));
         }
     }
 
@@ -174,8 +154,11 @@ impl Ingest {
             return;
         };
         let (topic, payload) = ack.message(&device.device_number);
-        if let Err(e) = self.publisher.publish(topic, payload) {
-            tracing::warn!(device_id = %device_id, error = %e, "cannot send acknowledgement");
+        // A device that did not subscribe to its response topic does not want it.
+        if let Err(crate::session::Undelivered::Full) =
+            self.shared.publish(device_id, &topic, payload.into())
+        {
+            tracing::warn!(device_id = %device_id, "cannot send acknowledgement: the device's queue is full");
         }
     }
 }

@@ -1,12 +1,15 @@
 //! # tp-broker
 //!
-//! Device access for the platform: an embedded [rumqttd] broker plus our connection
-//! layer, which
+//! Device access for the platform: our own MQTT connection layer (listeners, one
+//! task per connection, [rumqttd]'s packet codecs), which
+//! - serves MQTT 3.1, 3.1.1 and 5 on every port (the level is read from CONNECT),
+//!   over TCP, TLS, WebSocket and WSS, terminated in the connection's own task;
 //! - authenticates each CONNECT by the device's MQTT username/password (cache, then
 //!   the metadata store) and refuses disabled devices;
-//! - knows which device sent each PUBLISH and enforces the topic ACL: a device
-//!   publishes only uplink topics and subscribes only to its own `device_number`'s
-//!   downlink topics, every filter of a SUBSCRIBE checked;
+//! - binds the device's identity at CONNECT and checks every packet and field
+//!   against it: a device publishes only uplink topics (its will too) and subscribes
+//!   only to its own `device_number`'s downlink topics, every filter of a SUBSCRIBE
+//!   checked; a client id belongs to one device at a time;
 //! - ingests telemetry (through the batching writer), attributes, events and command
 //!   responses, acknowledges attribute and event reports as ThingsPanel does;
 //! - tracks online/offline per device (several sessions of one device count once);
@@ -37,6 +40,7 @@
 pub mod backplane;
 pub mod coap;
 mod config;
+mod connection;
 pub mod downlink;
 mod error;
 #[cfg(feature = "external")]
@@ -44,6 +48,7 @@ pub mod external;
 pub mod hooks;
 pub mod http;
 mod ingest;
+mod listener;
 pub mod presence;
 mod rate;
 mod session;
@@ -88,22 +93,13 @@ pub use tls::TlsSettings;
 pub use transport::MqttTransport;
 pub use wal::WalConfig;
 
-use rumqttd::local::LinkBuilder;
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::v5::V5;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::task::JoinHandle;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef};
 use tp_storage::writer::WriterHandle;
 
 use crate::ingest::Ingest;
-use crate::session::{DeviceProtocol, INGEST_TOPIC, Shared};
-use crate::transport::LinkPublisher;
+use crate::session::{Shared, SharedReceivers};
 use crate::uplink::Uplinks;
-
-/// Extra router connection slots beyond `max_connections`: our own local link, and
-/// sessions the router still counts while their disconnect is in flight.
-const ROUTER_HEADROOM: usize = 1024;
 
 /// What the broker needs from the rest of the platform.
 #[derive(Debug, Clone)]
@@ -185,7 +181,7 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Binds the listener and starts the router, the ingest loop and status tracking.
+    /// Binds the listeners and starts them, the ingest loop and status tracking.
     ///
     /// # Errors
     /// [`BrokerError::Bind`] when the listen address is taken or not bindable.
@@ -203,16 +199,25 @@ impl EmbeddedBroker {
         deps: BrokerDeps,
         options: BrokerOptions,
     ) -> Result<Self, BrokerError> {
-        // rumqttd binds inside its accept loop and only logs a failure; bind once here
-        // so a taken port is a clear startup error, and to resolve port 0.
-        let local_addr = probe_bind(config.listen, "--mqtt-listen or mqtt.listen")?;
-        let v5_addr = config
+        // Every listener is bound here, once: a taken port is a clear startup error,
+        // and port 0 resolves to the port the listener holds from now on.
+        let plain = listener::bind(config.listen, "--mqtt-listen or mqtt.listen")?;
+        let local_addr = bound_addr(&plain, config.listen, "--mqtt-listen or mqtt.listen")?;
+        let v5 = config
             .v5_listen
-            .map(|a| probe_bind(a, "mqtt.v5_listen"))
+            .map(|a| listener::bind(a, "mqtt.v5_listen"))
             .transpose()?;
-        let ws_addr = config
+        let v5_addr = v5
+            .as_ref()
+            .map(|l| bound_addr(l, config.listen, "mqtt.v5_listen"))
+            .transpose()?;
+        let ws = config
             .ws_listen
-            .map(|a| probe_bind(a, "mqtt.ws_listen"))
+            .map(|a| listener::bind(a, "mqtt.ws_listen"))
+            .transpose()?;
+        let ws_addr = ws
+            .as_ref()
+            .map(|l| bound_addr(l, config.listen, "mqtt.ws_listen"))
             .transpose()?;
         let tls = config
             .tls
@@ -225,14 +230,6 @@ impl EmbeddedBroker {
             tls_addr(tls::Relay::V5),
             tls_addr(tls::Relay::Ws),
         );
-        // The plain listeners TLS relays to: the configured ones, else loopback-only.
-        let relay_plain =
-            |public: Option<SocketAddr>, tls: Option<SocketAddr>, setting| match (public, tls) {
-                (None, Some(_)) => probe_bind(tls::loopback_any_port(), setting).map(Some),
-                _ => Ok(public),
-            };
-        let v5_plain = relay_plain(v5_addr, tls_v5_addr, "mqtt.tls.v5_listen")?;
-        let ws_plain = relay_plain(ws_addr, wss_addr, "mqtt.tls.wss_listen")?;
         let (coap_socket, coap_addr) = match config.coap_listen {
             Some(addr) => {
                 let bind_error = |source| BrokerError::Bind {
@@ -249,9 +246,9 @@ impl EmbeddedBroker {
             None => (None, None),
         };
 
-        // Acknowledged messages are logged before the router acknowledges them; see [`wal`].
+        // Acknowledged messages are logged before they are acknowledged; see [`wal`].
         let wal = wal::Wal::open(&config.wal, &deps.writer)?;
-        let (shared, mut status_rx, subscribed_rx) = Shared::new(
+        let (shared, receivers) = Shared::new(
             deps.metadata.clone(),
             deps.cache.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
@@ -260,6 +257,11 @@ impl EmbeddedBroker {
             config.max_messages_per_second,
             wal.as_ref().map(|(w, _)| w.clone()),
         );
+        let SharedReceivers {
+            status: mut status_rx,
+            subscribed: subscribed_rx,
+            ingest: ingest_rx,
+        } = receivers;
         // Unarmed until the write-ahead log has replayed (old messages are no sign of life).
         let presence = presence::Presence::spawn(
             deps.metadata.clone(),
@@ -270,27 +272,6 @@ impl EmbeddedBroker {
             Duration::from_secs(config.http_online_secs.into()),
         );
 
-        let router = Router::new(
-            0,
-            RouterConfig {
-                max_connections: config.max_connections + ROUTER_HEADROOM,
-                max_outgoing_packet_count: 200,
-                max_segment_size: config.segment_size.max(config.max_payload_size * 2),
-                max_segment_count: config.segment_count.max(3),
-                custom_segment: None,
-                initialized_filters: None,
-                shared_subscriptions_strategy: Default::default(),
-            },
-        );
-        let router_tx = router.spawn();
-
-        let (mut link_tx, link_rx, _) = LinkBuilder::new("tp-platform", router_tx.clone())
-            .build()
-            .map_err(|e| BrokerError::Router(e.to_string()))?;
-        link_tx
-            .subscribe(INGEST_TOPIC)
-            .map_err(|e| BrokerError::Router(e.to_string()))?;
-        let publisher = Arc::new(LinkPublisher::new(link_tx));
         // Before any listener accepts devices, store what a killed node acknowledged
         // but had not committed.
         if let Some((wal, leftovers)) = &wal {
@@ -303,85 +284,60 @@ impl EmbeddedBroker {
                     observer: options.observer.clone(),
                 },
                 shared: shared.clone(),
-                publisher: publisher.clone(),
             };
             replay.replay(wal, leftovers).await;
             tokio::spawn(wal.clone().maintain(deps.writer.clone()));
         }
         presence.arm();
 
-        let mut connections = ConnectionSettings {
-            connection_timeout_ms: config.connection_timeout_ms,
-            max_payload_size: config.max_payload_size,
-            max_inflight_count: config.max_inflight_count,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
+        let context = listener::Context {
+            shared: shared.clone(),
+            limits: Arc::new(connection::Limits {
+                connect_timeout: Duration::from_millis(config.connection_timeout_ms.into()),
+                max_packet_size: config.max_payload_size,
+                max_inflight: config.max_inflight_count.max(1),
+                session_expiry: Duration::from_secs(config.session_expiry_secs),
+            }),
+            pending: Arc::new(tokio::sync::Semaphore::new(
+                config.max_pending_connections.max(1),
+            )),
         };
-        let auth_shared = shared.clone();
-        connections.set_auth_handler(move |client_id, username, password| {
-            let shared = auth_shared.clone();
-            async move { shared.authenticate(client_id, username, password).await }
-        });
-        // A macro, not a function: the router's channel type is private to rumqttd.
-        macro_rules! spawn_listener {
-            ($name:expr, $addr:expr, $connections:expr, $router_tx:expr, $protocol:expr, $link:expr $(,)?) => {{
-                let settings = ServerSettings {
-                    name: $name.to_owned(),
-                    listen: $addr,
-                    tls: None,
-                    next_connection_delay_ms: 0,
-                    connections: $connections.clone(),
-                };
-                let mut server = Server::new(settings, $router_tx.clone(), $protocol);
-                tokio::spawn(async move {
-                    if let Err(e) = server.start($link).await {
-                        tracing::error!(listener = $name, error = %e, "MQTT listener stopped");
-                    }
-                })
-            }};
-        }
-        let mut listeners = vec![spawn_listener!(
-            "mqtt-v4",
-            local_addr,
-            &connections,
-            &router_tx,
-            DeviceProtocol::new(V4, shared.clone()),
-            LinkType::Remote,
+        let mut listeners = vec![listener::spawn(
+            plain,
+            context.clone(),
+            listener::Framing::Mqtt,
+            None,
         )];
-        if let Some(addr) = v5_plain {
-            listeners.push(spawn_listener!(
-                "mqtt-v5",
-                addr,
-                &connections,
-                &router_tx,
-                DeviceProtocol::new(V5, shared.clone()),
-                LinkType::Remote,
+        if let Some(v5) = v5 {
+            listeners.push(listener::spawn(
+                v5,
+                context.clone(),
+                listener::Framing::Mqtt,
+                None,
             ));
         }
-        if let Some(addr) = ws_plain {
-            // rumqttd serves MQTT over WebSocket for 3.1.1 only.
-            listeners.push(spawn_listener!(
-                "mqtt-ws",
-                addr,
-                &connections,
-                &router_tx,
-                DeviceProtocol::new(V4, shared.clone()),
-                LinkType::Websocket,
+        if let Some(ws) = ws {
+            listeners.push(listener::spawn(
+                ws,
+                context.clone(),
+                listener::Framing::WebSocket,
+                None,
             ));
-        }
-        for addr in [Some(local_addr), v5_plain, ws_plain].into_iter().flatten() {
-            wait_until_bound(addr).await;
         }
         if let Some(tls) = tls {
-            listeners.extend(tls.spawn(
-                |relay| match relay {
-                    tls::Relay::V4 => Some(local_addr),
-                    tls::Relay::V5 => v5_plain,
-                    tls::Relay::Ws => ws_plain,
-                },
-                Duration::from_millis(config.connection_timeout_ms.into()),
-            ));
+            for (relay, bound, addr) in tls.bound {
+                let framing = match relay {
+                    tls::Relay::V4 | tls::Relay::V5 => listener::Framing::Mqtt,
+                    tls::Relay::Ws => listener::Framing::WebSocket,
+                };
+                tracing::info!(%addr, ?relay, "MQTT over TLS listening");
+                listeners.push(listener::spawn(
+                    bound,
+                    context.clone(),
+                    framing,
+                    Some(tls.acceptor.clone()),
+                ));
+            }
         }
 
         let uplinks = Uplinks {
@@ -407,15 +363,13 @@ impl EmbeddedBroker {
             Ingest {
                 uplinks,
                 shared: shared.clone(),
-                publisher: publisher.clone(),
             }
-            .run(link_rx),
+            .run(ingest_rx),
         );
 
         tokio::spawn(
             downlink::Delivery {
                 shared: shared.clone(),
-                publisher: publisher.clone(),
             }
             .run(subscribed_rx),
         );
@@ -425,7 +379,6 @@ impl EmbeddedBroker {
         tokio::spawn(
             downlink::Delivery {
                 shared: shared.clone(),
-                publisher: publisher.clone(),
             }
             .run(queued_rx),
         );
@@ -446,7 +399,6 @@ impl EmbeddedBroker {
         Ok(Self {
             transport: Arc::new(MqttTransport {
                 shared: shared.clone(),
-                publisher,
             }),
             shared,
             device_api,
@@ -471,6 +423,16 @@ impl EmbeddedBroker {
     /// connected here.
     pub fn deliver_queued(&self, device: tp_core::DeviceId) -> bool {
         self.shared.session_device(device).is_some() && self.queued_tx.send(device).is_ok()
+    }
+
+    /// Closes every MQTT connection of `device` on this node and forgets its
+    /// persistent sessions: for a device that was disabled or deleted, or whose
+    /// credentials changed (MQTT 5 clients get DISCONNECT "not authorized"). Returns
+    /// how many connections were told to close; each closes within its task's next
+    /// turn. Other nodes hear of it through the cluster backplane.
+    pub fn disconnect_device(&self, device: tp_core::DeviceId) -> usize {
+        self.shared
+            .close_device(device, session::CloseReason::Revoked)
     }
 
     /// The bound MQTT address.
@@ -580,26 +542,15 @@ impl EmbeddedBroker {
     }
 }
 
-/// Binds and releases `addr`: a taken port becomes an error naming `setting`, and
-/// port 0 resolves to a concrete free port.
-fn probe_bind(addr: SocketAddr, setting: &'static str) -> Result<SocketAddr, BrokerError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.local_addr())
-        .map_err(|source| BrokerError::Bind {
-            addr,
-            setting,
-            source,
-        })
-}
-
-/// Waits until rumqttd's accept loop holds the port (a second bind then fails).
-/// Up to 10 s: on a loaded machine the spawned listener task can take seconds to
-/// be polled, and returning early makes the first device connects fail.
-async fn wait_until_bound(addr: SocketAddr) {
-    for _ in 0..2000 {
-        if std::net::TcpListener::bind(addr).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// The address a listener holds (port 0 resolved); a failure names `setting`.
+fn bound_addr(
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+    setting: &'static str,
+) -> Result<SocketAddr, BrokerError> {
+    listener.local_addr().map_err(|source| BrokerError::Bind {
+        addr,
+        setting,
+        source,
+    })
 }

@@ -1,49 +1,38 @@
-//! The connection layer wrapped around rumqttd: authentication, device identity and
-//! the topic ACL.
+//! Device sessions: who is connected, with which client ids and subscriptions, and
+//! the accounting shared by every connection ([`crate::connection`]), ingest,
+//! downlink and the HTTP/CoAP device APIs.
 //!
-//! rumqttd 0.20 has an async auth hook but no publish/subscribe hook and does not
-//! tell the host who published a message. We wrap its protocol codec
-//! ([`DeviceProtocol`]), which rumqttd clones per connection, so every decoded packet
-//! of a connection passes through code that knows the connection's device:
-//! - CONNECT opens a [`Connection`]; the auth hook resolves and checks the credentials
-//!   and parks the device under its username; the successful CONNACK binds it.
-//! - PUBLISH must be an uplink topic ([`UplinkTopic::parse`]); it is rewritten to the
-//!   internal ingest topic with the device id in an envelope, so identity cannot be
-//!   spoofed and nothing outside the ACL reaches the router.
-//! - SUBSCRIBE: every filter must be one of the device's own downlink topics.
-//! - A violation closes the connection (rumqttd's codec cannot answer with a reason
-//!   code) and is counted in `tp_mqtt_acl_denied_total`.
-//! - A PUBLISH over the device's rate limit (`max_messages_per_second`, one token
-//!   bucket per device across its connections) is refused the same way, before it is
-//!   acknowledged, and counted in `tp_mqtt_rate_limited_total`.
-//! - A SUBACK written to the device records the granted filters and wakes downlink
-//!   delivery ([`crate::downlink`]): queued downlink is published only once the router
-//!   holds a matching subscription, so it cannot race the device's SUBSCRIBE.
-//! - Dropping the connection's codec marks the session closed (online/offline).
+//! - Identity is bound once, at CONNECT ([`crate::connection`]): every later packet
+//!   of the connection, and its will, is checked against that device.
+//! - A client id belongs to one device at a time ([`Shared::register`]): another
+//!   device's CONNECT with it is refused; the same device reconnecting takes its own
+//!   session over (the old connection is closed first).
+//! - Persistent sessions (clean_session=0, MQTT 5 session expiry) are kept per
+//!   (device id, client id), so what is restored always belongs to the same device,
+//!   and their filters are checked against the device's ACL again when restored.
+//! - Downlink goes to the device's own connections whose granted filters match the
+//!   topic ([`Shared::publish`]); there is no shared router whose state another
+//!   connection could poison.
 //! - A QoS >= 1 PUBLISH that passed every check is appended to the write-ahead log
-//!   ([`crate::wal`]) before the router sees (and acknowledges) it; if the append
-//!   fails the publish is refused. The envelope carries the receive time and the
-//!   log segment, so ingest stamps server-time values with the time a replay will
-//!   use too, and counts what it consumed per segment.
+//!   ([`crate::wal`]) before it is acknowledged. The envelope carries the receive
+//!   time and the log segment, so ingest stamps server-time values with the time a
+//!   replay will use too, and counts what it consumed per segment.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rumqttd::protocol::{
-    ConnectReturnCode, Error as ProtoError, Packet, Protocol, SubscribeReasonCode,
-};
 use tokio::sync::mpsc;
-use tp_core::protocol::{UplinkTopic, check_subscribe};
-use tp_core::{
-    CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key, now_ms,
-};
+use tokio_util::sync::CancellationToken;
+use tp_core::protocol::check_subscribe;
+use tp_core::{CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key};
 
 use crate::wal::Wal;
 
-/// Internal topic every accepted device publish is rewritten to.
+/// Topic name carried in the ingest envelope's size accounting (the envelope no
+/// longer travels through a router, but the backlog limit is counted the same way).
 pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
 
 /// A session opened or closed.
@@ -55,37 +44,93 @@ pub(crate) struct StatusChange {
     pub(crate) graceful: bool,
 }
 
+/// What a connection task is told from outside.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Publish to the device (its granted filters decide the QoS).
+    Publish { topic: String, payload: Bytes },
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// Why the platform closes a device connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The same device connected again with the same client id.
+    TakenOver,
+    /// The device was disabled or deleted, or its credentials changed.
+    Revoked,
+}
+
+/// A live connection as the registry sees it.
+struct ConnHandle {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the connection has unregistered (takeover waits for it).
+    gone: CancellationToken,
+}
+
 struct SessionEntry {
     device: Arc<Device>,
-    connections: u32,
-    /// Filters the router granted, with the id of the connection holding each.
+    connections: Vec<ConnHandle>,
+    /// Filters granted, with the id of the connection holding each.
     subscriptions: Vec<(u64, String)>,
     /// Serializes downlink delivery passes of this session (see [`crate::downlink`]).
     delivery: Arc<tokio::sync::Mutex<()>>,
 }
 
-struct PendingAuth {
-    device: Arc<Device>,
-    pending: u32,
+/// What a persistent session keeps while its device is away.
+struct Persisted {
+    filters: Vec<(String, u8)>,
+    expires: Instant,
 }
 
-/// State shared by the auth hook, every connection codec, ingest and transport.
+/// Why [`Shared::register`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterRefused {
+    /// Another device holds this client id.
+    ClientIdInUse,
+}
+
+/// A registered connection: what the driver needs from [`Shared::register`].
+pub(crate) struct Registered {
+    /// The connection this one took over; wait for it before CONNACK.
+    pub(crate) took_over: Option<CancellationToken>,
+    /// Cancel when unregistering.
+    pub(crate) gone: CancellationToken,
+}
+
+/// Why a publish could not be handed to a device connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// The device has no session on this node.
+    NoSession,
+    /// No granted filter of the device matches the topic.
+    NoSubscription,
+    /// The connection's outbound queue is full (a slow or stuck device).
+    Full,
+}
+
+/// State shared by every connection, ingest, downlink and the device APIs.
 pub(crate) struct Shared {
     pub(crate) metadata: MetadataStoreRef,
     pub(crate) cache: CacheRef,
     pub(crate) credential_ttl: Duration,
     pub(crate) max_connections: usize,
     pub(crate) open_connections: AtomicUsize,
-    pending: Mutex<HashMap<String, PendingAuth>>,
     sessions: Mutex<HashMap<DeviceId, SessionEntry>>,
+    /// Client id -> (device, connection) of the live connection holding it.
+    client_ids: Mutex<HashMap<String, (DeviceId, u64)>>,
+    /// Persistent sessions of devices that are away, by (device, client id).
+    persisted: Mutex<HashMap<(DeviceId, String), Persisted>>,
     pub(crate) draining: AtomicBool,
-    /// Publishes let through to the router.
+    /// Publishes accepted (and acknowledged).
     pub(crate) accepted: AtomicU64,
     /// Publishes the ingest loop has finished with.
     pub(crate) consumed: AtomicU64,
-    /// Bytes of accepted publishes the router holds for the ingest loop.
+    /// Bytes of accepted publishes queued for the ingest loop.
     accepted_bytes: AtomicU64,
-    /// Bytes of publishes the ingest loop has taken from the router.
+    /// Bytes of publishes the ingest loop has taken.
     consumed_bytes: AtomicU64,
     /// Most unconsumed bytes before publishes are refused (see [`Shared::admit`]).
     max_lag_bytes: u64,
@@ -96,6 +141,8 @@ pub(crate) struct Shared {
     status_tx: mpsc::UnboundedSender<StatusChange>,
     /// Devices whose connection was just granted a subscription (downlink delivery).
     subscribed_tx: mpsc::UnboundedSender<DeviceId>,
+    /// Accepted device publishes, as envelopes, for the ingest loop.
+    ingest_tx: mpsc::UnboundedSender<Bytes>,
     next_connection_id: AtomicU64,
     /// The write-ahead log, when enabled.
     pub(crate) wal: Option<Arc<Wal>>,
@@ -110,6 +157,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// The receiving ends [`Shared::new`] hands to the broker's tasks.
+pub(crate) struct SharedReceivers {
+    pub(crate) status: mpsc::UnboundedReceiver<StatusChange>,
+    pub(crate) subscribed: mpsc::UnboundedReceiver<DeviceId>,
+    pub(crate) ingest: mpsc::UnboundedReceiver<Bytes>,
+}
+
 impl Shared {
     pub(crate) fn new(
         metadata: MetadataStoreRef,
@@ -119,21 +173,19 @@ impl Shared {
         max_lag_bytes: u64,
         max_messages_per_second: Option<u32>,
         wal: Option<Arc<Wal>>,
-    ) -> (
-        Arc<Self>,
-        mpsc::UnboundedReceiver<StatusChange>,
-        mpsc::UnboundedReceiver<DeviceId>,
-    ) {
-        let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let (subscribed_tx, subscribed_rx) = mpsc::unbounded_channel();
+    ) -> (Arc<Self>, SharedReceivers) {
+        let (status_tx, status) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = mpsc::unbounded_channel();
+        let (ingest_tx, ingest) = mpsc::unbounded_channel();
         let shared = Arc::new(Self {
             metadata,
             cache,
             credential_ttl,
             max_connections,
             open_connections: AtomicUsize::new(0),
-            pending: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            client_ids: Mutex::new(HashMap::new()),
+            persisted: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
@@ -144,53 +196,27 @@ impl Shared {
             rate_limit: max_messages_per_second.map(crate::rate::RateLimiter::new),
             status_tx,
             subscribed_tx,
+            ingest_tx,
             next_connection_id: AtomicU64::new(1),
             wal,
         });
-        (shared, status_rx, subscribed_rx)
+        (
+            shared,
+            SharedReceivers {
+                status,
+                subscribed,
+                ingest,
+            },
+        )
     }
 
-    /// The auth hook: client id sanity, capacity, credentials, enabled flag.
-    pub(crate) async fn authenticate(
-        &self,
-        client_id: String,
-        username: String,
-        password: String,
-    ) -> bool {
-        let refuse = |reason: &'static str| {
-            metrics::counter!("tp_mqtt_auth_refused_total", "reason" => reason).increment(1);
-            tracing::info!(client_id = %client_id, username = %username, reason, "MQTT connection refused");
-            false
-        };
-        if self.draining.load(Ordering::Acquire) {
-            return refuse("draining");
-        }
-        // rumqttd 0.20 (issue #1062): a client the router refuses *after* auth poisons
-        // the listener when it reconnects with the same id. The router refuses ids
-        // containing + # / $ and connections beyond its max_connections, so both are
-        // refused here, before the router sees them.
-        if !valid_client_id(&client_id) {
-            return refuse("invalid_client_id");
-        }
-        if self.open_connections.load(Ordering::Acquire) > self.max_connections {
-            return refuse("capacity");
-        }
-        let device = match self.check_credentials(&username, &password).await {
-            Ok(d) => d,
-            Err(refused) => return refuse(refused.reason()),
-        };
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = pending.entry(username).or_insert_with(|| PendingAuth {
-            device: device.clone(),
-            pending: 0,
-        });
-        entry.device = device;
-        entry.pending += 1;
-        true
+    /// A fresh connection id.
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The enabled device these credentials belong to (the MQTT auth hook and the
-    /// HTTP and CoAP device APIs all authenticate devices here).
+    /// The enabled device these credentials belong to (the MQTT connection driver
+    /// and the HTTP and CoAP device APIs all authenticate devices here).
     pub(crate) async fn check_credentials(
         &self,
         username: &str,
@@ -210,12 +236,10 @@ impl Shared {
         }
     }
 
-    /// Backpressure. rumqttd acknowledges a QoS 1 publish once it is in the router's
-    /// in-memory log, and when that log is full it drops its oldest segment, even if
-    /// our ingest loop has not read it: acknowledged data would be lost. So while the
-    /// unread bytes are at the limit (the store is slower than the devices), publishes
-    /// are refused *before* they are acknowledged: the connection is closed and the
-    /// device resends after reconnecting.
+    /// Backpressure: while the unread bytes queued for ingest are at the limit (the
+    /// store is slower than the devices), publishes are refused *before* they are
+    /// acknowledged: the connection is closed and the device resends after
+    /// reconnecting.
     pub(crate) fn admit(&self, bytes: u64) -> bool {
         let lag = self
             .accepted_bytes
@@ -231,13 +255,22 @@ impl Shared {
     }
 
     /// Takes back an [`Self::admit`] of a publish that is refused after all.
-    fn unadmit(&self, bytes: u64) {
+    pub(crate) fn unadmit(&self, bytes: u64) {
         self.accepted_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.accepted.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Hands an admitted envelope to the ingest loop.
+    pub(crate) fn ingest(&self, envelope: Bytes) {
+        if let Err(e) = self.ingest_tx.send(envelope) {
+            // Only after the ingest loop ended (shutdown): count it as consumed so
+            // a drain does not wait for it.
+            self.consumed(ingest_size(&e.0));
+        }
+    }
+
     /// Whether `device` may publish once more now (the per-device rate limit).
-    fn within_rate(&self, device: &Device) -> bool {
+    pub(crate) fn within_rate(&self, device: &Device) -> bool {
         let Some(limiter) = &self.rate_limit else {
             return true;
         };
@@ -256,52 +289,191 @@ impl Shared {
         self.consumed.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn take_pending(&self, username: &str) -> Option<Arc<Device>> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = pending.get_mut(username)?;
-        let device = entry.device.clone();
-        entry.pending -= 1;
-        if entry.pending == 0 {
-            pending.remove(username);
-        }
-        Some(device)
-    }
-
-    fn session_opened(&self, device: &Arc<Device>) {
+    /// Registers a connection of `device` under `client_id` and opens (or joins) the
+    /// device's session. A client id held by another device is refused; one held by
+    /// the same device is taken over (the old connection is told to close).
+    pub(crate) fn register(
+        &self,
+        device: &Arc<Device>,
+        client_id: &str,
+        connection_id: u64,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Result<Registered, RegisterRefused> {
+        let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = match ids.get(client_id) {
+            Some((owner, _)) if *owner != device.id => {
+                return Err(RegisterRefused::ClientIdInUse);
+            }
+            Some((_, conn)) => Some(*conn),
+            None => None,
+        };
+        ids.insert(client_id.to_owned(), (device.id, connection_id));
+        let gone = CancellationToken::new();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        drop(ids);
         let entry = sessions.entry(device.id).or_insert_with(|| SessionEntry {
             device: device.clone(),
-            connections: 0,
+            connections: Vec::new(),
             subscriptions: Vec::new(),
             delivery: Arc::default(),
         });
         entry.device = device.clone();
-        entry.connections += 1;
+        let took_over = previous.and_then(|old| {
+            let handle = entry.connections.iter().find(|c| c.id == old)?;
+            let _ = handle.tx.try_send(Outbound::Close(CloseReason::TakenOver));
+            Some(handle.gone.clone())
+        });
+        entry.connections.push(ConnHandle {
+            id: connection_id,
+            tx,
+            gone: gone.clone(),
+        });
         metrics::gauge!("tp_mqtt_sessions").increment(1.0);
-        if entry.connections == 1 {
+        if entry.connections.len() == 1 {
             let _ = self.status_tx.send(StatusChange {
                 device_id: device.id,
                 online: true,
                 graceful: false,
             });
         }
+        drop(sessions);
+        Ok(Registered { took_over, gone })
     }
 
-    fn session_closed(&self, device_id: DeviceId, connection_id: u64, graceful: bool) {
+    /// The persistent session of `device` under `client_id`: with `clean_session`
+    /// it is dropped, otherwise its filters are returned, each re-checked against
+    /// the device's ACL today (`None` = no session to restore).
+    pub(crate) fn restore_session(
+        &self,
+        device: &Device,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Option<Vec<(String, u8)>> {
+        let key = (device.id, client_id.to_owned());
+        let stored = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)?;
+        if clean_session || stored.expires <= Instant::now() {
+            return None;
+        }
+        Some(
+            stored
+                .filters
+                .into_iter()
+                .filter(|(f, _)| check_subscribe(f, &device.device_number).is_ok())
+                .collect(),
+        )
+    }
+
+    /// A connection ends: frees its client id, keeps `keep` (how long, and the
+    /// filters with their QoS) when the session persists, and closes the device's
+    /// session with its last connection.
+    pub(crate) fn unregister(
+        &self,
+        device_id: DeviceId,
+        client_id: &str,
+        connection_id: u64,
+        graceful: bool,
+        keep: Option<(Duration, Vec<(String, u8)>)>,
+    ) {
+        let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.get(client_id).is_some_and(|(_, c)| *c == connection_id) {
+            ids.remove(client_id);
+        }
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = sessions.get_mut(&device_id) else {
-            return;
-        };
-        entry.subscriptions.retain(|(c, _)| *c != connection_id);
-        entry.connections -= 1;
-        metrics::gauge!("tp_mqtt_sessions").decrement(1.0);
-        if entry.connections == 0 {
-            sessions.remove(&device_id);
-            let _ = self.status_tx.send(StatusChange {
-                device_id,
-                online: false,
-                graceful,
+        drop(ids);
+        if let Some(entry) = sessions.get_mut(&device_id) {
+            entry.subscriptions.retain(|(c, _)| *c != connection_id);
+            let before = entry.connections.len();
+            entry.connections.retain(|c| {
+                if c.id == connection_id {
+                    c.gone.cancel();
+                    false
+                } else {
+                    true
+                }
             });
+            if entry.connections.len() < before {
+                metrics::gauge!("tp_mqtt_sessions").decrement(1.0);
+            }
+            if entry.connections.is_empty() {
+                sessions.remove(&device_id);
+                let _ = self.status_tx.send(StatusChange {
+                    device_id,
+                    online: false,
+                    graceful,
+                });
+            }
+        }
+        drop(sessions);
+        if let Some((keep_for, filters)) = keep {
+            let now = Instant::now();
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            persisted.retain(|_, p| p.expires > now);
+            persisted.insert(
+                (device_id, client_id.to_owned()),
+                Persisted {
+                    filters,
+                    expires: now + keep_for,
+                },
+            );
+        }
+    }
+
+    /// Closes every connection of `device_id` on this node and forgets its
+    /// persistent sessions (disabled or deleted device, rotated credentials).
+    /// Returns how many connections were told to close.
+    pub(crate) fn close_device(&self, device_id: DeviceId, reason: CloseReason) -> usize {
+        self.persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(d, _), _| *d != device_id);
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = sessions.get(&device_id) else {
+            return 0;
+        };
+        for c in &entry.connections {
+            // A full queue means the connection is stuck; the close is retried by
+            // the connection's own keepalive, and the channel closing ends it too.
+            let _ = c.tx.try_send(Outbound::Close(reason));
+        }
+        entry.connections.len()
+    }
+
+    /// Publishes `payload` on `topic` to the connections of `device_id` holding a
+    /// granted filter that matches it.
+    pub(crate) fn publish(
+        &self,
+        device_id: DeviceId,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<(), Undelivered> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sessions.get(&device_id).ok_or(Undelivered::NoSession)?;
+        let mut targets: Vec<u64> = entry
+            .subscriptions
+            .iter()
+            .filter(|(_, f)| crate::downlink::topic_matches(f, topic))
+            .map(|(c, _)| *c)
+            .collect();
+        targets.dedup();
+        if targets.is_empty() {
+            return Err(Undelivered::NoSubscription);
+        }
+        let mut delivered = false;
+        for c in entry.connections.iter().filter(|c| targets.contains(&c.id)) {
+            let message = Outbound::Publish {
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+            };
+            delivered |= c.tx.try_send(message).is_ok();
+        }
+        if delivered {
+            Ok(())
+        } else {
+            Err(Undelivered::Full)
         }
     }
 
@@ -311,22 +483,28 @@ impl Shared {
         sessions.get(&device_id).map(|e| e.device.clone())
     }
 
-    /// The router granted `filters` to a connection of the device: remember them and
-    /// wake downlink delivery for the device.
-    fn subscribed(&self, device_id: DeviceId, connection_id: u64, filters: Vec<String>) {
+    /// A connection of the device was granted `filters`: remember them and wake
+    /// downlink delivery for the device.
+    pub(crate) fn subscribed(&self, device_id: DeviceId, connection_id: u64, filters: Vec<String>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = sessions.get_mut(&device_id) else {
             return;
         };
-        entry
-            .subscriptions
-            .extend(filters.into_iter().map(|f| (connection_id, f)));
+        for f in filters {
+            if !entry
+                .subscriptions
+                .iter()
+                .any(|(c, g)| *c == connection_id && *g == f)
+            {
+                entry.subscriptions.push((connection_id, f));
+            }
+        }
         drop(sessions);
         let _ = self.subscribed_tx.send(device_id);
     }
 
     /// A connection of the device unsubscribes `filters`: stop counting them.
-    fn unsubscribed(&self, device_id: DeviceId, connection_id: u64, filters: &[String]) {
+    pub(crate) fn unsubscribed(&self, device_id: DeviceId, connection_id: u64, filters: &[String]) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = sessions.get_mut(&device_id) {
             entry
@@ -461,66 +639,13 @@ impl Refused {
     }
 }
 
-/// Client ids the router accepts; empty ids are assigned one by rumqttd.
+/// Client ids accepted at CONNECT: at most 256 bytes, no control characters (they
+/// end up in logs); empty ids get one assigned by the connection driver.
 pub(crate) fn valid_client_id(id: &str) -> bool {
-    id.len() <= 256 && !id.contains(['+', '#', '/', '$']) && !id.chars().any(char::is_control)
+    id.len() <= 256 && !id.chars().any(char::is_control)
 }
 
-/// One device connection, from CONNECT until its codec is dropped.
-struct Connection {
-    shared: Arc<Shared>,
-    id: u64,
-    username: Option<String>,
-    device: OnceLock<Arc<Device>>,
-    /// Filters of SUBSCRIBEs not yet acknowledged, by packet id.
-    subscribing: Mutex<HashMap<u16, Vec<String>>>,
-    /// The device sent DISCONNECT (presence tells it from a lost connection).
-    disconnected: AtomicBool,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
-        if let Some(device) = self.device.get() {
-            let graceful = self.disconnected.load(Ordering::Acquire);
-            self.shared.session_closed(device.id, self.id, graceful);
-        }
-    }
-}
-
-/// rumqttd protocol codec wrapper that enforces identity and the topic ACL.
-#[derive(Clone)]
-pub(crate) struct DeviceProtocol<P> {
-    inner: P,
-    shared: Arc<Shared>,
-    conn: Option<Arc<Connection>>,
-}
-
-impl<P> DeviceProtocol<P> {
-    pub(crate) fn new(inner: P, shared: Arc<Shared>) -> Self {
-        Self {
-            inner,
-            shared,
-            conn: None,
-        }
-    }
-
-    fn device(&self) -> Result<&Arc<Device>, ProtoError> {
-        self.conn
-            .as_ref()
-            .and_then(|c| c.device.get())
-            .ok_or(ProtoError::IncorrectPacketFormat)
-    }
-}
-
-fn deny(device: &Device, what: &'static str, topic: &str) -> ProtoError {
-    metrics::counter!("tp_mqtt_acl_denied_total", "action" => what).increment(1);
-    tracing::warn!(device_id = %device.id, device_number = %device.device_number, topic, action = what,
-        "Topic outside the device's ACL; closing the connection");
-    ProtoError::IncorrectPacketFormat
-}
-
-/// Bytes a publish occupies in the router's ingest log, as counted for backpressure.
+/// Bytes a publish occupies in the ingest queue, as counted for backpressure.
 pub(crate) fn ingest_size(envelope: &[u8]) -> u64 {
     (envelope.len() + INGEST_TOPIC.len()) as u64
 }
@@ -579,159 +704,6 @@ pub(crate) fn decode_envelope(b: &Bytes) -> Option<Envelope<'_>> {
     })
 }
 
-/// Whether the MQTT fixed header byte of a PUBLISH asks for QoS 1 or 2 (an
-/// acknowledgement). rumqttd keeps a decoded publish's QoS private, so the codec
-/// looks at the header before decoding.
-fn acknowledged_qos(first_byte: u8) -> bool {
-    (first_byte >> 1) & 0b11 != 0
-}
-
-impl<P: Protocol> Protocol for DeviceProtocol<P> {
-    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, ProtoError> {
-        // The fixed header of the packet about to be decoded (the QoS of a PUBLISH).
-        let first_byte = stream.first().copied().unwrap_or(0);
-        let packet = self.inner.read_mut(stream, max_size)?;
-        match packet {
-            Packet::Connect(ref _connect, _, _, _, ref login) => {
-                if self.conn.is_some() {
-                    return Err(ProtoError::IncorrectPacketFormat);
-                }
-                self.shared.open_connections.fetch_add(1, Ordering::AcqRel);
-                self.conn = Some(Arc::new(Connection {
-                    shared: self.shared.clone(),
-                    id: self
-                        .shared
-                        .next_connection_id
-                        .fetch_add(1, Ordering::Relaxed),
-                    username: login.as_ref().map(|l| l.username.clone()),
-                    device: OnceLock::new(),
-                    subscribing: Mutex::new(HashMap::new()),
-                    disconnected: AtomicBool::new(false),
-                }));
-                Ok(packet)
-            }
-            Packet::Publish(mut publish, props) => {
-                let device = self.device()?;
-                let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-                if UplinkTopic::parse(topic).is_err() {
-                    return Err(deny(device, "publish", topic));
-                }
-                if self.shared.draining.load(Ordering::Acquire) {
-                    // Not acknowledged, so the device keeps it and retries elsewhere.
-                    return Err(ProtoError::IncorrectPacketFormat);
-                }
-                if !self.shared.within_rate(device) {
-                    // Not acknowledged either: the device resends after reconnecting.
-                    return Err(ProtoError::IncorrectPacketFormat);
-                }
-                let received = now_ms();
-                let mut envelope =
-                    encode_envelope(device.id, received, &publish.topic, &publish.payload);
-                let size = ingest_size(&envelope);
-                if !self.shared.admit(size) {
-                    tracing::debug!(device_id = %device.id, "ingest backlog full; refusing publish");
-                    return Err(ProtoError::IncorrectPacketFormat);
-                }
-                // Last, so nothing refused is logged: an acknowledged publish must be
-                // in the log before the router (which acknowledges it) sees it. QoS 0
-                // is never acknowledged, so it is not logged.
-                if let Some(wal) = &self.shared.wal
-                    && acknowledged_qos(first_byte)
-                {
-                    match wal.append(device.id, received, topic, &publish.payload) {
-                        Ok(segment) => set_envelope_segment(&mut envelope, segment),
-                        Err(e) => {
-                            self.shared.unadmit(size);
-                            tracing::error!(device_id = %device.id, error = %e,
-                                "cannot log the publish to the write-ahead log; refusing it (not acknowledged)");
-                            return Err(ProtoError::IncorrectPacketFormat);
-                        }
-                    }
-                }
-                publish.payload = envelope.freeze();
-                publish.topic = Bytes::from_static(INGEST_TOPIC.as_bytes());
-                publish.retain = false;
-                Ok(Packet::Publish(publish, props))
-            }
-            Packet::Subscribe(ref subscribe, _) => {
-                let device = self.device()?;
-                for filter in &subscribe.filters {
-                    if check_subscribe(&filter.path, &device.device_number).is_err() {
-                        return Err(deny(device, "subscribe", &filter.path));
-                    }
-                }
-                if let Some(conn) = &self.conn {
-                    let filters = subscribe.filters.iter().map(|f| f.path.clone()).collect();
-                    conn.subscribing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(subscribe.pkid, filters);
-                }
-                Ok(packet)
-            }
-            Packet::Unsubscribe(ref unsubscribe, _) => {
-                if let Some(conn) = &self.conn
-                    && let Some(device) = conn.device.get()
-                {
-                    self.shared
-                        .unsubscribed(device.id, conn.id, &unsubscribe.filters);
-                }
-                Ok(packet)
-            }
-            Packet::Disconnect(..) => {
-                if let Some(conn) = &self.conn {
-                    conn.disconnected.store(true, Ordering::Release);
-                }
-                Ok(packet)
-            }
-            other => Ok(other),
-        }
-    }
-
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
-        if let (Packet::ConnAck(ack, _), Some(conn)) = (&packet, &self.conn)
-            && ack.code == ConnectReturnCode::Success
-            && let Some(username) = &conn.username
-            && let Some(device) = self.shared.take_pending(username)
-            && conn.device.set(device.clone()).is_ok()
-        {
-            self.shared.session_opened(&device);
-        }
-        // The router sends the SUBACK only after it registered the filters, so from
-        // here on a downlink published on a matching topic reaches this connection.
-        if let (Packet::SubAck(ack, _), Some(conn)) = (&packet, &self.conn)
-            && let Some(device) = conn.device.get()
-        {
-            let requested = conn
-                .subscribing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&ack.pkid)
-                .unwrap_or_default();
-            let granted: Vec<String> = requested
-                .into_iter()
-                .zip(&ack.return_codes)
-                .filter(|(_, code)| granted(code))
-                .map(|(f, _)| f)
-                .collect();
-            if !granted.is_empty() {
-                self.shared.subscribed(device.id, conn.id, granted);
-            }
-        }
-        self.inner.write(packet, write)
-    }
-}
-
-fn granted(code: &SubscribeReasonCode) -> bool {
-    matches!(
-        code,
-        SubscribeReasonCode::QoS0
-            | SubscribeReasonCode::QoS1
-            | SubscribeReasonCode::QoS2
-            | SubscribeReasonCode::Success(_)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,20 +733,12 @@ mod tests {
     }
 
     #[test]
-    fn publish_qos_comes_from_the_fixed_header() {
-        assert!(!acknowledged_qos(0x30)); // QoS 0
-        assert!(!acknowledged_qos(0x31)); // QoS 0, retain
-        assert!(acknowledged_qos(0x32)); // QoS 1
-        assert!(acknowledged_qos(0x3a)); // QoS 1, dup
-        assert!(acknowledged_qos(0x34)); // QoS 2
-    }
-
-    #[test]
-    fn client_ids_the_router_refuses_are_invalid() {
-        assert!(valid_client_id("mqtt_abc-1"));
-        assert!(valid_client_id(""));
-        for bad in ["site/dev5", "a+b", "a#", "$SYS"] {
-            assert!(!valid_client_id(bad), "{bad}");
+    fn client_ids_with_control_characters_or_too_long_are_invalid() {
+        for good in ["mqtt_abc-1", "", "site/dev5", "a+b"] {
+            assert!(valid_client_id(good), "{good}");
+        }
+        for bad in ["a\nb", "\u{1b}[31m", &"x".repeat(257)] {
+            assert!(!valid_client_id(bad), "{bad:?}");
         }
     }
 }

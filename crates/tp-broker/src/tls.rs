@@ -2,18 +2,11 @@
 //! WebSocket over TLS (WSS) from `mqtt.tls`, and HTTPS for the node's API server
 //! ([`HttpsListener`], used by `http.tls`). rustls with the ring provider throughout.
 //!
-//! MQTT: TLS is terminated here and each connection is relayed to the matching plain
-//! listener (3.1.1, 5 or WebSocket), so devices go through the same connection layer
-//! (authentication, ACL, limits) as on the plain ports. A TLS listener whose plain
-//! counterpart is not configured relays to one bound on loopback only, so TLS-only
-//! deployments need no public plain port for MQTT 5 and WebSocket.
-//!
-//! Not rumqttd's own TLS (`use-rustls`): its accept loop runs every TLS handshake
-//! inline, without a timeout, so one client that connects and stays silent stalls
-//! every later TLS connection; it also pulls a second rustls (0.22) and has no TLS for
-//! WebSocket. Here each handshake runs in its own task, bounded by a timeout.
+//! MQTT: TLS is terminated in each connection's own task, bounded by the connect
+//! timeout, and the decrypted stream goes to the same connection driver as the plain
+//! ports ([`crate::connection`]: authentication, ACL, limits), with no relay.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,18 +26,16 @@ use crate::BrokerError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
-    /// MQTT 3.1.1 over TLS, conventionally `0.0.0.0:8883`; relayed to `mqtt.listen`.
-    /// Port 0 picks a free port. Unset = none.
+    /// MQTT over TLS, conventionally `0.0.0.0:8883` (3.1, 3.1.1 and 5: the level is
+    /// read from CONNECT). Port 0 picks a free port. Unset = none.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-    /// MQTT 5 over TLS (rumqttd serves each protocol version on its own port), e.g.
-    /// `0.0.0.0:8885`; relayed to `mqtt.v5_listen`, or to a loopback-only MQTT 5
-    /// listener when that is unset. Unset = none.
+    /// A second MQTT-over-TLS port, e.g. `0.0.0.0:8885`, for deployments that give
+    /// MQTT 5 its own port (any level is accepted on either). Unset = none.
     #[serde(default)]
     pub v5_listen: Option<SocketAddr>,
-    /// MQTT 3.1.1 over WebSocket over TLS (`wss://host:port/mqtt`), e.g.
-    /// `0.0.0.0:8084`; relayed to `mqtt.ws_listen`, or to a loopback-only WebSocket
-    /// listener when that is unset. Unset = none.
+    /// MQTT over WebSocket over TLS (`wss://host:port/mqtt`), e.g. `0.0.0.0:8084`.
+    /// Unset = none.
     #[serde(default)]
     pub wss_listen: Option<SocketAddr>,
     /// PEM file with the server certificate chain (leaf first).
@@ -162,34 +153,22 @@ fn server_config(
     Ok(config)
 }
 
-/// Binds a TLS listen address; a failure names `setting`.
-fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, BrokerError> {
-    let bind_error = |source| BrokerError::Bind {
-        addr,
-        setting,
-        source,
-    };
-    let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    TcpListener::from_std(listener).map_err(bind_error)
-}
-
-/// Which plain listener a TLS listener relays to.
+/// Which kind of TLS listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Relay {
-    /// MQTT 3.1.1 (`mqtt.listen`).
+    /// MQTT over TLS (`mqtt.tls.listen`).
     V4,
-    /// MQTT 5 (`mqtt.v5_listen`).
+    /// The second MQTT-over-TLS port (`mqtt.tls.v5_listen`).
     V5,
-    /// MQTT 3.1.1 over WebSocket (`mqtt.ws_listen`).
+    /// MQTT over WebSocket over TLS (`mqtt.tls.wss_listen`).
     Ws,
 }
 
 /// The listeners of `mqtt.tls`, bound at startup so a taken port or a bad certificate
 /// is a startup error, before anything else runs.
 pub(crate) struct MqttTlsListeners {
-    acceptor: TlsAcceptor,
-    bound: Vec<(Relay, TcpListener, SocketAddr)>,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) bound: Vec<(Relay, TcpListener, SocketAddr)>,
 }
 
 impl MqttTlsListeners {
@@ -216,7 +195,7 @@ impl MqttTlsListeners {
         let mut bound = Vec::new();
         for (relay, addr, setting) in configured {
             if let Some(addr) = addr {
-                let listener = bind(addr, setting)?;
+                let listener = crate::listener::bind(addr, setting)?;
                 let local = listener.local_addr().map_err(|source| BrokerError::Bind {
                     addr,
                     setting,
@@ -231,98 +210,12 @@ impl MqttTlsListeners {
         })
     }
 
-    /// The bound address of the TLS listener relaying to `relay`, if configured.
+    /// The bound address of the TLS listener of kind `relay`, if configured.
     pub(crate) fn addr(&self, relay: Relay) -> Option<SocketAddr> {
         self.bound
             .iter()
             .find(|(r, _, _)| *r == relay)
             .map(|(_, _, addr)| *addr)
-    }
-
-    /// Starts relaying: each TLS listener forwards to `target(relay)`, the bound
-    /// address of its plain listener (which must exist for every configured relay).
-    pub(crate) fn spawn(
-        self,
-        target: impl Fn(Relay) -> Option<SocketAddr>,
-        handshake_timeout: Duration,
-    ) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for (relay, listener, addr) in self.bound {
-            let Some(upstream) = target(relay) else {
-                // Unreachable by construction: the broker binds a loopback listener
-                // for every relay without a configured one.
-                tracing::error!(%addr, ?relay, "no plain listener to relay MQTT TLS to");
-                continue;
-            };
-            tracing::info!(%addr, ?relay, "MQTT over TLS listening");
-            tasks.push(tokio::spawn(serve(
-                listener,
-                self.acceptor.clone(),
-                relay_target(upstream),
-                handshake_timeout,
-            )));
-        }
-        tasks
-    }
-}
-
-/// Where a TLS relay's plain listener is bound when the operator configured none:
-/// loopback, any free port.
-pub(crate) fn loopback_any_port() -> SocketAddr {
-    (Ipv4Addr::LOCALHOST, 0).into()
-}
-
-/// Where to relay decrypted connections: the plain listener, over loopback when it
-/// listens on all addresses.
-fn relay_target(plain: SocketAddr) -> SocketAddr {
-    match plain.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, plain.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, plain.port()).into(),
-        _ => plain,
-    }
-}
-
-/// Accepts TLS connections and relays each to `upstream` until either side closes.
-async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    upstream: SocketAddr,
-    handshake_timeout: Duration,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "MQTT TLS accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let mut tls =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "MQTT TLS handshake timed out");
-                        return;
-                    }
-                };
-            let mut plain = match TcpStream::connect(upstream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(%upstream, error = %e, "cannot reach the MQTT listener for a TLS connection");
-                    return;
-                }
-            };
-            let _ = plain.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-        });
     }
 }
 

@@ -1,45 +1,32 @@
-//! [`DeviceTransport`] over the embedded broker.
+//! [`DeviceTransport`] over the broker's own device connections.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use rumqttd::local::LinkTx;
 use tp_core::{DeviceId, DeviceTransport, Downlink, Error, Result};
 
-use crate::session::Shared;
+use crate::session::{Shared, Undelivered};
 
-/// Publishes into the router through the platform's own local link.
-pub(crate) struct LinkPublisher {
-    tx: Mutex<LinkTx>,
-}
-
-impl LinkPublisher {
-    pub(crate) fn new(tx: LinkTx) -> Self {
-        Self { tx: Mutex::new(tx) }
-    }
-
-    /// Non-blocking publish (the router channel is bounded; a full channel is an error,
-    /// not a stalled async task).
-    pub(crate) fn publish(&self, topic: String, payload: Vec<u8>) -> Result<()> {
-        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.try_publish(topic, payload)
-            .map(|_| ())
-            .map_err(|e| Error::Unavailable {
-                backend: "mqtt",
-                source: Box::new(e),
-            })
-    }
-}
-
-/// Downlink to devices connected to this node's embedded broker.
+/// Downlink to devices connected to this node's broker.
 pub struct MqttTransport {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) publisher: Arc<LinkPublisher>,
 }
 
 impl std::fmt::Debug for MqttTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttTransport").finish_non_exhaustive()
+    }
+}
+
+/// The error a downlink that reached no connection is reported as.
+pub(crate) fn undelivered(device: DeviceId, topic: &str, why: Undelivered) -> Error {
+    match why {
+        Undelivered::NoSession => Error::not_found("connection", device),
+        Undelivered::NoSubscription => Error::not_found("subscription", topic),
+        Undelivered::Full => Error::Unavailable {
+            backend: "mqtt",
+            source: "the device's outbound queue is full".into(),
+        },
     }
 }
 
@@ -55,16 +42,12 @@ impl DeviceTransport for MqttTransport {
 
     /// Publishes to a connected device. `NotFound` (entity `"connection"`) without a
     /// session, and `NotFound` (entity `"subscription"`) while no subscription of the
-    /// device matches the topic yet: the router would drop the message, so the caller
-    /// should queue it (queued downlink goes out when the device subscribes).
+    /// device matches the topic yet: nothing would receive the message, so the
+    /// caller should queue it (queued downlink goes out when the device subscribes).
     async fn send(&self, message: Downlink) -> Result<()> {
-        match self.shared.accepts(message.device_id, &message.topic) {
-            None => return Err(Error::not_found("connection", message.device_id)),
-            Some(false) => return Err(Error::not_found("subscription", &message.topic)),
-            Some(true) => {}
-        }
-        self.publisher
-            .publish(message.topic, message.payload.to_vec())?;
+        self.shared
+            .publish(message.device_id, &message.topic, message.payload.clone())
+            .map_err(|why| undelivered(message.device_id, &message.topic, why))?;
         metrics::counter!("tp_downlink_sent_total").increment(1);
         Ok(())
     }

@@ -4,13 +4,15 @@
 //! Skipped when no `mosquitto` binary is installed, unless `TP_REQUIRE_SERVICES` is
 //! set (then its absence fails the test). `scripts/test.sh` installs it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tp_broker::external::{ConsumerDeps, ConsumerStats, ExternalConfig, ExternalConsumer};
 use tp_core::{
     Device, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, Order, TelemetryPoint, TenantId,
@@ -52,9 +54,26 @@ struct Mosquitto {
     _dir: tempfile::TempDir,
 }
 
+/// Ports tried before giving up on starting a broker.
+const START_ATTEMPTS: usize = 5;
+
 impl Mosquitto {
     async fn start() -> Option<Self> {
         let binary = mosquitto_binary()?;
+        // The port is found free, released, then bound by mosquitto: under load
+        // something else can take it in between, so a failed start is retried on
+        // another port.
+        for _ in 0..START_ATTEMPTS {
+            if let Some(broker) = Self::try_start(&binary).await {
+                return Some(broker);
+            }
+        }
+        panic!("mosquitto did not start on any of {START_ATTEMPTS} free ports");
+    }
+
+    /// Mosquitto on a port that was free a moment ago, or `None` if it does not
+    /// get to run on it.
+    async fn try_start(binary: &Path) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -66,27 +85,42 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nlog_dest stderr\nlog_type error\n"
+                 max_queued_messages 100000\nlog_dest stderr\nlog_type error\n\
+                 log_type information\n"
             ),
         )
         .unwrap();
-        let child = tokio::process::Command::new(binary)
+        let mut child = tokio::process::Command::new(binary)
             .arg("-c")
             .arg(&conf)
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Mosquitto logs "... running" once its listener is bound, and exits
+        // ("Address already in use") if the bind fails. Connecting to the port would
+        // not tell: whoever took the port may be listening on it.
+        let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+        let running = tokio::time::timeout(PATIENCE, async {
+            while let Ok(Some(line)) = log.next_line().await {
+                eprintln!("mosquitto: {line}");
+                if line.ends_with(" running") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !running {
+            eprintln!("mosquitto did not start on port {port}, trying another");
+            return None;
         }
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = log.next_line().await {
+                eprintln!("mosquitto: {line}");
+            }
+        });
         Some(Self {
             port,
             _child: child,
