@@ -763,3 +763,36 @@ async fn mosquitto_clients_receive_a_command_and_answer_it() {
     assert_eq!(row["response"]["message"], "success");
     node.platform.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_deleting_or_rekeying_a_device_closes_its_live_connection() {
+    let node = Node::start().await;
+    let bystander = node.create_device("rv-stays").await;
+    let mut stays = node.connect(&bystander, "rv-stays").await;
+    let revocations: [(reqwest::Method, &str, Option<Value>); 3] = [
+        (reqwest::Method::PATCH, "", Some(json!({"enabled": false}))),
+        (reqwest::Method::POST, "/credentials", None),
+        (reqwest::Method::DELETE, "", None),
+    ];
+    for (i, (method, suffix, body)) in revocations.into_iter().enumerate() {
+        let number = format!("rv-{i}");
+        let d = node.create_device(&number).await;
+        let mut dev = node.connect(&d, &number).await;
+        let (status, text) = node
+            .call(
+                method.clone(),
+                &format!("/api/v1/devices/{}{suffix}", d.id),
+                body,
+            )
+            .await;
+        assert!(status.is_success(), "{method} {suffix}: {status}: {text}");
+        assert!(
+            dev.closed_within(Duration::from_secs(5)).await,
+            "{method} {suffix}: the connection stayed open"
+        );
+    }
+    assert!(
+        !stays.closed_within(Duration::from_millis(300)).await,
+        "an unrelated device was disconnected"
+    );
+}

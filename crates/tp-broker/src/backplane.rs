@@ -14,6 +14,8 @@
 //!   deletes (a device's cached credentials after delete, disable or re-key) is
 //!   deleted on every node again ([`ClusterEvent::CacheInvalidated`]), which also
 //!   removes an entry another node re-cached from the old row in between.
+//! - A revoked device (disabled, deleted, credentials changed) is disconnected on
+//!   every node ([`ClusterEvent::DeviceRevoked`], `DeviceTransport::disconnect`).
 //! - [`ClusterRules`] wraps the rule engine's control handle: a rule change made
 //!   through one node's API reloads the tenant's rules on every node.
 //! - [`spawn_listener`] is each node's receiving end for all three.
@@ -82,6 +84,20 @@ impl DeviceTransport for ClusterTransport {
         if let Err(e) = self.backplane.publish(&event).await {
             tracing::warn!(device_id = %device, %message_id, error = %e,
                 "cannot announce queued downlink to the cluster; it goes out on the device's next subscribe");
+        }
+    }
+
+    /// Closes the device's connections here and on every other node.
+    async fn disconnect(&self, device: DeviceId) {
+        if let Some(local) = &self.local {
+            local.disconnect(device).await;
+        }
+        let event = ClusterEvent::DeviceRevoked { device_id: device };
+        if let Err(e) = self.backplane.publish(&event).await {
+            // Its credentials are already refused everywhere (cache invalidation);
+            // only a connection open on another node stays until it drops.
+            tracing::error!(device_id = %device, error = %e,
+                "cannot announce a revoked device to the cluster");
         }
     }
 }
@@ -212,6 +228,11 @@ async fn apply(parts: &ListenerParts, event: ClusterEvent) {
                 && broker.deliver_queued(device_id)
             {
                 tracing::debug!(%device_id, ?message_id, "delivering downlink queued on another node");
+            }
+        }
+        ClusterEvent::DeviceRevoked { device_id } => {
+            if let Some(broker) = &parts.broker {
+                broker.disconnect_device(device_id);
             }
         }
         ClusterEvent::CacheInvalidated { key } => {

@@ -463,7 +463,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         }
     }
 
-    fn connack(&mut self, code: ConnectReturnCode, session_present: bool, assigned: Option<String>) {
+    fn connack(
+        &mut self,
+        code: ConnectReturnCode,
+        session_present: bool,
+        assigned: Option<String>,
+    ) {
         let props = match (self.codec, assigned) {
             (Codec::V5, Some(id)) => Some(ConnAckProperties {
                 assigned_client_identifier: Some(id),
@@ -480,7 +485,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         ));
     }
 
-    fn refuse(&mut self, refusal: Refusal, username: &str) -> Option<tokio_util::sync::CancellationToken> {
+    fn refuse(
+        &mut self,
+        refusal: Refusal,
+        username: &str,
+    ) -> Option<tokio_util::sync::CancellationToken> {
         metrics::counter!("tp_mqtt_auth_refused_total", "reason" => refusal.reason()).increment(1);
         tracing::info!(peer = %self.peer, client_id = %printable(&self.client_id),
             username = %printable(username), reason = refusal.reason(), "MQTT connection refused");
@@ -497,9 +506,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         login: Option<rumqttd::protocol::Login>,
         tx: mpsc::Sender<Outbound>,
     ) -> Option<tokio_util::sync::CancellationToken> {
-        let (username, password) = login
-            .map(|l| (l.username, l.password))
-            .unwrap_or_default();
+        let (username, password) = login.map(|l| (l.username, l.password)).unwrap_or_default();
         if self.shared.draining.load(Ordering::Acquire) {
             return self.refuse(Refusal::Unavailable, &username);
         }
@@ -542,18 +549,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             self.client_id = format!("auto-{}", uuid::Uuid::new_v4().simple());
             assigned = Some(self.client_id.clone());
         }
-        let registered = match self
-            .shared
-            .register(&device, &self.client_id, self.connection_id, tx)
-        {
-            Ok(r) => r,
-            Err(RegisterRefused::ClientIdInUse) => {
-                metrics::counter!("tp_mqtt_acl_denied_total", "action" => "client_id").increment(1);
-                tracing::warn!(device_id = %device.id, client_id = %printable(&self.client_id),
+        let registered =
+            match self
+                .shared
+                .register(&device, &self.client_id, self.connection_id, tx)
+            {
+                Ok(r) => r,
+                Err(RegisterRefused::ClientIdInUse) => {
+                    metrics::counter!("tp_mqtt_acl_denied_total", "action" => "client_id")
+                        .increment(1);
+                    tracing::warn!(device_id = %device.id, client_id = %printable(&self.client_id),
                     "client id in use by another device; refusing the connection");
-                return self.refuse(Refusal::ClientId, &username);
-            }
-        };
+                    return self.refuse(Refusal::ClientId, &username);
+                }
+            };
         self.device = Some(device.clone());
         if let Some(previous) = registered.took_over {
             // The old connection of this client id closes first, so its session
@@ -576,8 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         {
             let names = filters.iter().map(|(f, _)| f.clone()).collect();
             self.filters = filters;
-            self.shared
-                .subscribed(device.id, self.connection_id, names);
+            self.shared.subscribed(device.id, self.connection_id, names);
         }
         Some(registered.gone)
     }
@@ -715,8 +723,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 }
                 // Registered before the SUBACK is written and before any downlink
                 // queued for this connection is read, so nothing races the SUBACK.
-                self.shared
-                    .subscribed(device.id, self.connection_id, names);
+                self.shared.subscribed(device.id, self.connection_id, names);
                 self.write(Packet::SubAck(
                     SubAck {
                         pkid: subscribe.pkid,
@@ -897,8 +904,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         {
             let topic = String::from_utf8_lossy(&will.topic).into_owned();
             match ingest(&self.shared, &device, &topic, &will.message, false) {
-                Ok(()) => tracing::info!(device_id = %device.id, topic = %printable(&topic), "will ingested"),
-                Err(_) => tracing::warn!(device_id = %device.id, "will refused (ingest backlog full)"),
+                Ok(()) => {
+                    tracing::info!(device_id = %device.id, topic = %printable(&topic), "will ingested")
+                }
+                Err(_) => {
+                    tracing::warn!(device_id = %device.id, "will refused (ingest backlog full)")
+                }
             }
         }
         let graceful = matches!(end, End::Graceful | End::GracefulWithWill);
@@ -907,8 +918,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             End::Closed(CloseReason::Revoked) => None,
             _ => session_expiry.map(|d| (d, std::mem::take(&mut self.filters))),
         };
-        self.shared
-            .unregister(device.id, &self.client_id, self.connection_id, graceful, keep);
+        self.shared.unregister(
+            device.id,
+            &self.client_id,
+            self.connection_id,
+            graceful,
+            keep,
+        );
         gone.cancel();
     }
 }

@@ -110,9 +110,7 @@ async fn open(
     tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
 ) {
-    let Context {
-        shared, limits, ..
-    } = context;
+    let Context { shared, limits, .. } = context;
     let timeout = limits.connect_timeout;
     match (tls, framing) {
         (None, Framing::Mqtt) => connection::serve(stream, peer, shared, limits, permit).await,

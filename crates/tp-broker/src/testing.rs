@@ -12,6 +12,8 @@ pub struct MqttTestClient {
     client: AsyncClient,
     events: mpsc::UnboundedReceiver<Result<Packet, String>>,
     pending: Vec<Packet>,
+    session_present: bool,
+    pump: tokio::task::JoinHandle<()>,
 }
 
 impl MqttTestClient {
@@ -68,7 +70,9 @@ impl MqttTestClient {
         Self::connect_with(opts, username, password).await
     }
 
-    async fn connect_with(
+    /// Connects with `opts` as given (client id, clean session, last will, ...) plus
+    /// the credentials, and waits for the CONNACK like [`Self::connect`].
+    pub async fn connect_with(
         mut opts: MqttOptions,
         username: &str,
         password: &str,
@@ -83,7 +87,7 @@ impl MqttTestClient {
         network.set_connection_timeout(30);
         eventloop.set_network_options(network);
         let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let pump = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(p)) => {
@@ -103,10 +107,41 @@ impl MqttTestClient {
             client,
             events,
             pending: Vec::new(),
+            session_present: false,
+            pump,
         };
-        me.wait_for(|p| matches!(p, Packet::ConnAck(_)), Duration::from_secs(30))
+        match me
+            .wait_for(|p| matches!(p, Packet::ConnAck(_)), Duration::from_secs(30))
+            .await?
+        {
+            Packet::ConnAck(ack) => me.session_present = ack.session_present,
+            _ => unreachable!("waited for a CONNACK"),
+        }
+        Ok(me)
+    }
+
+    /// The CONNACK's session-present flag.
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// Publishes at `qos` without waiting for an acknowledgement.
+    pub async fn publish_qos(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), String> {
+        self.client
+            .publish(topic, qos, false, payload.into())
             .await
-            .map(|_| me)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Closes the socket without DISCONNECT, as a device that loses its network does.
+    pub fn drop_connection(self) {
+        // Ending rumqttc's event loop drops the socket; nothing is sent.
+        self.pump.abort();
     }
 
     /// Waits for an incoming packet matching `want`, keeping publishes that arrive

@@ -51,4 +51,13 @@ impl DeviceTransport for MqttTransport {
         metrics::counter!("tp_downlink_sent_total").increment(1);
         Ok(())
     }
+
+    async fn disconnect(&self, device: DeviceId) {
+        let closed = self
+            .shared
+            .close_device(device, crate::session::CloseReason::Revoked);
+        if closed > 0 {
+            tracing::info!(device_id = %device, connections = closed, "closed the connections of a revoked device");
+        }
+    }
 }

@@ -169,8 +169,9 @@ async fn refused_client_id_reconnecting_does_not_kill_the_listener() {
     let (device, password) = node.create_device().await;
     let addr = node.broker.local_addr();
     for _ in 0..3 {
-        let r = MqttTestClient::connect(addr, "site\ndev5", &device.credentials.username, &password)
-            .await;
+        let r =
+            MqttTestClient::connect(addr, "site\ndev5", &device.credentials.username, &password)
+                .await;
         assert!(r.is_err());
     }
     let mut ok = node

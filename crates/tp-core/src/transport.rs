@@ -44,6 +44,12 @@ pub trait DeviceTransport: std::fmt::Debug + Send + Sync + 'static {
     async fn queued(&self, device: DeviceId, message_id: &str) {
         let _ = (device, message_id);
     }
+    /// Closes every live connection of `device` and forgets its persistent
+    /// sessions: it was disabled or deleted, or its credentials changed. A cluster
+    /// transport does so on every node. The default has no connections to close.
+    async fn disconnect(&self, device: DeviceId) {
+        let _ = device;
+    }
 }
 
 /// Shared handle to a transport.

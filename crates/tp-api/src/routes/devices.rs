@@ -282,6 +282,14 @@ async fn invalidate_credentials(state: &AppState, username: &str) -> ApiResult<(
     Ok(())
 }
 
+/// Closes the device's live connections (on every node): its credentials no longer
+/// admit it, and a connection authenticated earlier must not outlive that.
+async fn disconnect_device(state: &AppState, device: tp_core::DeviceId) {
+    if let Some(transport) = state.transport() {
+        transport.disconnect(device).await;
+    }
+}
+
 /// Creates a device with fresh MQTT credentials.
 #[utoipa::path(
     post,
@@ -485,6 +493,9 @@ pub(crate) async fn update_device(
     state.metadata.update_device(&device).await?;
     // The broker must not keep using a cached copy (e.g. of a now disabled device).
     invalidate_credentials(&state, &device.credentials.username).await?;
+    if !device.enabled {
+        disconnect_device(&state, device.id).await;
+    }
     audit(
         &state,
         &caller,
@@ -522,6 +533,7 @@ pub(crate) async fn delete_device(
     let device = load_device(&state, &caller, id).await?;
     state.metadata.delete_device(caller.tenant_id, id).await?;
     invalidate_credentials(&state, &device.credentials.username).await?;
+    disconnect_device(&state, id).await;
     audit(
         &state,
         &caller,
@@ -562,6 +574,7 @@ pub(crate) async fn rotate_credentials(
     device.updated_at = now_ms();
     state.metadata.update_device(&device).await?;
     invalidate_credentials(&state, &old.username).await?;
+    disconnect_device(&state, device.id).await;
     audit(
         &state,
         &caller,

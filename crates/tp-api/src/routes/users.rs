@@ -665,7 +665,12 @@ pub(crate) async fn delete_tenant(
     loop {
         let batch = state.metadata.list_devices(tenant.id, &filter).await?;
         let n = batch.items.len() as u64;
-        usernames.extend(batch.items.into_iter().map(|d| d.credentials.username));
+        usernames.extend(
+            batch
+                .items
+                .into_iter()
+                .map(|d| (d.id, d.credentials.username)),
+        );
         if n < filter.page.limit {
             break;
         }
@@ -675,11 +680,14 @@ pub(crate) async fn delete_tenant(
     for user in users {
         revoke_user_sessions(&state, user).await?;
     }
-    for username in usernames {
+    for (device_id, username) in usernames {
         state
             .cache
             .delete(&device_cred_cache_key(&username))
             .await?;
+        if let Some(transport) = state.transport() {
+            transport.disconnect(device_id).await;
+        }
     }
     audit(
         &state,

@@ -63,6 +63,12 @@ pub enum ClusterEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_id: Option<String>,
     },
+    /// A device was disabled or deleted, or its credentials changed: every node
+    /// closes the device's connections.
+    DeviceRevoked {
+        /// The device.
+        device_id: DeviceId,
+    },
     /// A cache key was deleted; every node deletes it from its cache too.
     CacheInvalidated {
         /// The cache key (without the URL prefix).
