@@ -10,26 +10,25 @@
 //! `pending`. Marking before publishing means a fast device response (which marks the
 //! row `replied`/`failed` in ingest) can never be overwritten by a late `sent`.
 //!
-//! Publishing right after the CONNACK would race the device's SUBSCRIBE: the router
-//! drops a message that matches no subscription yet. So delivery is driven by the
-//! SUBACK instead of the CONNACK: the connection codec (the `session` module) sees the
-//! SUBACK the router writes to the device, which the router only produces after it
-//! registered the filters. The codec records the granted filters (and forgets them on
-//! UNSUBSCRIBE and disconnect) and wakes the delivery task, which then publishes
-//! exactly the pending rows whose topic matches a granted filter; rows for topics the
-//! device has not subscribed to yet stay pending and go out on a later SUBACK that
-//! covers them. [`crate::MqttTransport`]'s `send` applies the same rule: a connected
-//! device without a matching subscription is [`tp_core::Error::NotFound`], so the API
-//! leaves the row queued. No timers are involved, so nothing depends on how quickly a
-//! device subscribes.
+//! Publishing right after the CONNACK would race the device's SUBSCRIBE: a message
+//! that matches no subscription yet reaches nobody. So delivery is driven by the
+//! SUBSCRIBE instead of the CONNACK: the connection driver (the `connection`
+//! module) records the granted filters before it writes the SUBACK (and forgets
+//! them on UNSUBSCRIBE and disconnect) and wakes the delivery task, which then
+//! publishes exactly the pending rows whose topic matches a granted filter; rows
+//! for topics the device has not subscribed to yet stay pending and go out on a
+//! later SUBSCRIBE that covers them. [`crate::MqttTransport`]'s `send` applies the
+//! same rule: a connected device without a matching subscription is
+//! [`tp_core::Error::NotFound`], so the API leaves the row queued. No timers are
+//! involved, so nothing depends on how quickly a device subscribes.
 //!
 //! Passes of one session are serialized by a per-session lock, so two SUBACKs cannot
 //! deliver a row twice. A downlink issued through the API in the very instant the
 //! device's SUBACK is processed may still be published by both the API and the pass:
 //! delivery is at-least-once (as MQTT QoS 1 is), and the `message_id` lets a device
 //! drop the duplicate. The other way round, a message published to a connection that
-//! drops at that very moment is marked `sent` but never arrives (the platform publishes
-//! at QoS 0 into the router, and sessions are clean).
+//! drops at that very moment is marked `sent` but never arrives (a QoS 1 downlink
+//! in flight on a connection that drops is not kept for the next one).
 //!
 //! A sub-device has no connection of its own: its rows go out through its top-level
 //! gateway ([`route`]). So a delivery pass for a device also covers every device

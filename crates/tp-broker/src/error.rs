@@ -22,9 +22,6 @@ pub enum BrokerError {
     /// The write-ahead log cannot be opened (`mqtt.wal`).
     #[error(transparent)]
     Wal(#[from] crate::wal::WalError),
-    /// The embedded router refused our internal link.
-    #[error("embedded MQTT router: {0}")]
-    Router(String),
     /// A store or cache failed.
     #[error(transparent)]
     Core(#[from] tp_core::Error),

@@ -274,6 +274,7 @@ impl ExternalConsumer {
                 sessions: None,
                 presence: None,
                 observer: None,
+                caches: Default::default(),
             },
             client,
             counters: counters.clone(),

@@ -272,6 +272,7 @@ impl EmbeddedBroker {
             Duration::from_secs(config.http_online_secs.into()),
         );
 
+        let caches = Arc::new(uplink::DeviceCaches::default());
         // Before any listener accepts devices, store what a killed node acknowledged
         // but had not committed.
         if let Some((wal, leftovers)) = &wal {
@@ -282,6 +283,7 @@ impl EmbeddedBroker {
                     sessions: Some(shared.clone()),
                     presence: Some(presence.clone()),
                     observer: options.observer.clone(),
+                    caches: caches.clone(),
                 },
                 shared: shared.clone(),
             };
@@ -346,6 +348,7 @@ impl EmbeddedBroker {
             sessions: Some(shared.clone()),
             presence: Some(presence.clone()),
             observer: options.observer.clone(),
+            caches,
         };
         let device_api = DeviceApi {
             shared: shared.clone(),

@@ -10,7 +10,7 @@
 //! the acknowledgement of a report ([`Ack`]) reaches the device.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tp_core::protocol::{
@@ -43,6 +43,8 @@ pub(crate) struct Uplinks {
     pub(crate) presence: Option<Arc<crate::presence::Presence>>,
     /// The rule engine, handed each accepted telemetry, attribute and event message.
     pub(crate) observer: Option<UplinkObserverRef>,
+    /// This node's device lookups ([`DeviceCaches`]).
+    pub(crate) caches: Arc<DeviceCaches>,
 }
 
 /// The acknowledgement ThingsPanel sends a device for an attribute or event report,
@@ -321,16 +323,16 @@ impl Uplinks {
         parent: DeviceId,
         addr: &str,
     ) -> tp_core::Result<Option<DeviceId>> {
-        if let Some(id) = sub_device_cache_get(parent, addr) {
+        if let Some(id) = self.caches.sub_device_get(parent, addr) {
             return Ok(Some(id));
         }
         match self.metadata.get_sub_device(parent, addr).await? {
             Some(device) => {
-                sub_device_cache_put(parent, addr, device.id);
+                self.caches.sub_device_put(parent, addr, device.id);
                 Ok(Some(device.id))
             }
             None => {
-                sub_device_cache_remove(parent, addr);
+                self.caches.sub_device_remove(parent, addr);
                 metrics::counter!("tp_ingest_gateway_unknown_subdevice_total").increment(1);
                 tracing::warn!(gateway_id = %parent, addr, "gateway reported data for an unknown sub-device address; that part is dropped");
                 Ok(None)
@@ -449,11 +451,12 @@ impl Uplinks {
         };
         let identity = match self.session_device(device_id) {
             Some(d) => Some((d.tenant_id, d.profile_id)),
-            None => match identity_cache_get(device_id) {
+            None => match self.caches.identity_get(device_id) {
                 Some(i) => Some(i),
                 None => match self.metadata.get_device_by_id(device_id).await {
                     Ok(Some(d)) => {
-                        identity_cache_put(device_id, (d.tenant_id, d.profile_id));
+                        self.caches
+                            .identity_put(device_id, (d.tenant_id, d.profile_id));
                         Some((d.tenant_id, d.profile_id))
                     }
                     Ok(None) => None,
@@ -516,51 +519,50 @@ const SUB_DEVICE_TTL: Duration = Duration::from_secs(30);
 /// Entries kept before the cache is emptied.
 const SUB_DEVICE_CACHE_MAX: usize = 100_000;
 
-type SubDeviceCache = Mutex<HashMap<(DeviceId, String), (DeviceId, Instant)>>;
-
-/// (gateway, address) -> sub-device. Device ids are unique, so one process-wide map
-/// serves every broker of the process. Entries expire after [`SUB_DEVICE_TTL`] and are
-/// dropped when the store no longer knows the address.
-static SUB_DEVICES: LazyLock<SubDeviceCache> = LazyLock::new(Default::default);
-
-fn sub_device_cache_get(parent: DeviceId, addr: &str) -> Option<DeviceId> {
-    let map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(&(parent, addr.to_owned()))
-        .filter(|(_, at)| at.elapsed() < SUB_DEVICE_TTL)
-        .map(|(id, _)| *id)
+/// What a node's uplink path remembers about devices without a session here:
+/// (gateway, address) -> sub-device, and device -> (tenant, profile) of HTTP, CoAP
+/// and sub-devices (for [`Uplinks::observe`]). Per node, so nodes in one process
+/// (tests, embedders) never share state. Entries expire after [`SUB_DEVICE_TTL`];
+/// a sub-device entry is dropped when the store no longer knows the address.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceCaches {
+    sub_devices: Mutex<HashMap<(DeviceId, String), (DeviceId, Instant)>>,
+    identities: Mutex<HashMap<DeviceId, (TenantId, Option<ProfileId>, Instant)>>,
 }
 
-fn sub_device_cache_put(parent: DeviceId, addr: &str, id: DeviceId) {
-    let mut map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= SUB_DEVICE_CACHE_MAX {
-        map.clear();
+impl DeviceCaches {
+    fn sub_device_get(&self, parent: DeviceId, addr: &str) -> Option<DeviceId> {
+        let map = self.sub_devices.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(parent, addr.to_owned()))
+            .filter(|(_, at)| at.elapsed() < SUB_DEVICE_TTL)
+            .map(|(id, _)| *id)
     }
-    map.insert((parent, addr.to_owned()), (id, Instant::now()));
-}
 
-fn sub_device_cache_remove(parent: DeviceId, addr: &str) {
-    let mut map = SUB_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    map.remove(&(parent, addr.to_owned()));
-}
-
-type IdentityCache = Mutex<HashMap<DeviceId, (TenantId, Option<ProfileId>, Instant)>>;
-
-/// Device -> (tenant, profile) of devices without a session here (HTTP, CoAP,
-/// sub-devices), for [`Uplinks::observe`]; same expiry and size bound as the
-/// sub-device cache.
-static IDENTITIES: LazyLock<IdentityCache> = LazyLock::new(Default::default);
-
-fn identity_cache_get(device: DeviceId) -> Option<(TenantId, Option<ProfileId>)> {
-    let map = IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(&device)
-        .filter(|(.., at)| at.elapsed() < SUB_DEVICE_TTL)
-        .map(|(t, p, _)| (*t, *p))
-}
-
-fn identity_cache_put(device: DeviceId, identity: (TenantId, Option<ProfileId>)) {
-    let mut map = IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= SUB_DEVICE_CACHE_MAX {
-        map.clear();
+    fn sub_device_put(&self, parent: DeviceId, addr: &str, id: DeviceId) {
+        let mut map = self.sub_devices.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SUB_DEVICE_CACHE_MAX {
+            map.clear();
+        }
+        map.insert((parent, addr.to_owned()), (id, Instant::now()));
     }
-    map.insert(device, (identity.0, identity.1, Instant::now()));
+
+    fn sub_device_remove(&self, parent: DeviceId, addr: &str) {
+        let mut map = self.sub_devices.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(parent, addr.to_owned()));
+    }
+
+    fn identity_get(&self, device: DeviceId) -> Option<(TenantId, Option<ProfileId>)> {
+        let map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&device)
+            .filter(|(.., at)| at.elapsed() < SUB_DEVICE_TTL)
+            .map(|(t, p, _)| (*t, *p))
+    }
+
+    fn identity_put(&self, device: DeviceId, identity: (TenantId, Option<ProfileId>)) {
+        let mut map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SUB_DEVICE_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(device, (identity.0, identity.1, Instant::now()));
+    }
 }

@@ -1,10 +1,9 @@
 //! The write-ahead log that makes an acknowledgement mean "survives a crash".
 //!
-//! rumqttd 0.20 acknowledges a QoS 1 publish (PUBACK) as soon as the message is in
-//! its in-memory log, before the ingest loop and the batching writer have committed
-//! it, and it has no hook to delay the PUBACK. So the connection layer appends every
-//! QoS >= 1 publish to this log *before* handing it to the router
-//! ([`crate::session::DeviceProtocol`]); the HTTP and CoAP device APIs append
+//! A QoS 1 publish is acknowledged (PUBACK; PUBREC for QoS 2) once it is queued for
+//! ingest, before the ingest loop and the batching writer have committed it. So the
+//! connection driver appends every QoS >= 1 publish to this log *before* it
+//! acknowledges it (the `connection` module); the HTTP and CoAP device APIs append
 //! telemetry and events before they answer. A node killed with acknowledged but
 //! uncommitted messages replays them at its next start ([`crate::EmbeddedBroker::start`]).
 //!
@@ -33,10 +32,9 @@
 //! replaced every `rotate_interval_ms` (when it holds anything). The log counts the
 //! records written to each segment, ingest counts the ones it has handed to the
 //! stores, and a closed segment whose records are all handed over is deleted after a
-//! writer flush (a barrier: everything queued before it is committed). A record the
-//! router never forwards (rumqttd drops the packets read together with one the
-//! connection layer refuses; those were not acknowledged) leaves its segment
-//! incomplete: it is given up once a segment opened [`GIVE_UP_AFTER`] after it closed
+//! writer flush (a barrier: everything queued before it is committed). A record
+//! that never reaches ingest (a shutdown between the append and the queue) leaves
+//! its segment incomplete: it is given up once a segment opened [`GIVE_UP_AFTER`] after it closed
 //! is complete. If the writer dropped a batch (the store kept failing), the segments
 //! are kept for the next start to replay.
 //!
@@ -125,7 +123,7 @@ pub enum WalError {
 }
 
 /// An incomplete segment is given up once a segment opened this long after it
-/// closed is complete: by then every record of it that reached the router has been
+/// closed is complete: by then every record of it that was queued has been
 /// consumed, so the missing ones were never forwarded (and never acknowledged).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 
@@ -510,7 +508,7 @@ impl Wal {
                 tracing::warn!(
                     segment = id,
                     missing,
-                    "write-ahead log: records the router never forwarded (refused in the same read as a later publish; not acknowledged)"
+                    "write-ahead log: records that never reached ingest (not acknowledged)"
                 );
                 out.push(*id);
             }
