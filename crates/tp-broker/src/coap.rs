@@ -436,6 +436,12 @@ impl CoapHandler {
             ));
         };
         match self.api.shared.check_credentials(username, password).await {
+            // The same per-device budget as MQTT publishes (`max_messages_per_second`).
+            Ok(device) if !self.api.shared.within_rate(&device) => Err(Refusal(
+                ResponseType::TooManyRequests,
+                "rate_limited",
+                "the device exceeds max_messages_per_second; retry later".into(),
+            )),
             Ok(device) => {
                 self.api.uplinks.activity(device.id);
                 Ok(Device::clone(&device))
@@ -444,7 +450,7 @@ impl CoapHandler {
             Err(refused) => {
                 metrics::counter!("tp_device_api_auth_refused_total", "transport" => "coap", "reason" => refused.reason())
                     .increment(1);
-                tracing::info!(%username, reason = refused.reason(), "CoAP device request refused");
+                tracing::info!(username = %crate::connection::printable(username), reason = refused.reason(), "CoAP device request refused");
                 Err(unauthorized("wrong device credentials"))
             }
         }

@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     /// limit is refused before it is acknowledged: the connection is closed and the
     /// device resends after reconnecting. Unset (the default) = unlimited.
     pub max_messages_per_second: Option<u32>,
+    /// Most distinct telemetry keys one device may use (counted per node since it
+    /// started); a message that would exceed it is rejected (nothing of it stored)
+    /// and counted in `tp_ingest_key_limit_refused_total`.
+    pub max_telemetry_keys_per_device: usize,
     /// How long a new TCP connection may take to send CONNECT, TLS and WebSocket
     /// handshakes included (ms, at most 65535).
     pub connection_timeout_ms: u16,
@@ -79,6 +83,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             max_payload_size: 256 * 1024,
             max_messages_per_second: None,
+            max_telemetry_keys_per_device: 1_000,
             connection_timeout_ms: 10_000,
             max_pending_connections: 10_000,
             max_inflight_count: 100,

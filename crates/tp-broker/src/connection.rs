@@ -342,15 +342,16 @@ pub(crate) async fn serve<S>(
             .map(|secs| Duration::from_secs(secs.into()).min(limits.session_expiry)),
     };
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let accepted = driver
-        .accept(
-            connect.clean_session,
-            session_expiry.is_some(),
-            will,
-            login,
-            tx,
-        )
-        .await;
+    // Boxed: the credential lookup's future is large and only needed once; inline,
+    // every idle connection's task would carry its space for its whole life.
+    let accepted = Box::pin(driver.accept(
+        connect.clean_session,
+        session_expiry.is_some(),
+        will,
+        login,
+        tx,
+    ))
+    .await;
     drop(permit);
     let Some(gone) = accepted else {
         let _ = driver.flush().await;

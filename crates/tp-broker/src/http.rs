@@ -161,6 +161,12 @@ async fn authenticate(api: &DeviceApi, headers: &HeaderMap) -> Result<Device, De
             unauthorized("HTTP Basic credentials (the device's MQTT username:password) required")
         })?;
     match api.shared.check_credentials(&username, &password).await {
+        // The same per-device budget as MQTT publishes (`max_messages_per_second`).
+        Ok(device) if !api.shared.within_rate(&device) => Err(DeviceError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "the device exceeds max_messages_per_second; retry later",
+        )),
         Ok(device) => {
             api.uplinks.activity(device.id);
             Ok(Device::clone(&device))
@@ -169,7 +175,7 @@ async fn authenticate(api: &DeviceApi, headers: &HeaderMap) -> Result<Device, De
         Err(refused) => {
             metrics::counter!("tp_device_api_auth_refused_total", "transport" => "http", "reason" => refused.reason())
                 .increment(1);
-            tracing::info!(%username, reason = refused.reason(), "HTTP device request refused");
+            tracing::info!(username = %crate::connection::printable(&username), reason = refused.reason(), "HTTP device request refused");
             Err(unauthorized("wrong device credentials"))
         }
     }

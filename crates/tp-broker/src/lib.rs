@@ -272,7 +272,9 @@ impl EmbeddedBroker {
             Duration::from_secs(config.http_online_secs.into()),
         );
 
-        let caches = Arc::new(uplink::DeviceCaches::default());
+        let caches = Arc::new(uplink::DeviceCaches::new(
+            config.max_telemetry_keys_per_device,
+        ));
         // Before any listener accepts devices, store what a killed node acknowledged
         // but had not committed.
         if let Some((wal, leftovers)) = &wal {

@@ -279,7 +279,7 @@ impl Shared {
         }
         metrics::counter!("tp_mqtt_rate_limited_total").increment(1);
         tracing::warn!(device_id = %device.id, device_number = %device.device_number,
-            "device exceeds max_messages_per_second; refusing the publish and closing the connection");
+            "device exceeds max_messages_per_second; refusing the message");
         false
     }
 

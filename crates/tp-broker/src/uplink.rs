@@ -9,7 +9,7 @@
 //! from, the write-ahead log, how a message is acknowledged to its broker, and how
 //! the acknowledgement of a report ([`Ack`]) reaches the device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -401,6 +401,21 @@ impl Uplinks {
                 value: s.value,
             })
             .collect();
+        if !self
+            .caches
+            .admit_keys(device_id, points.iter().map(|p| p.key.as_str()))
+        {
+            metrics::counter!("tp_ingest_key_limit_refused_total").increment(1);
+            tracing::warn!(device_id = %device_id, limit = self.caches.max_keys,
+                "telemetry refused: the device would exceed max_telemetry_keys_per_device");
+            return Err(tp_core::Error::invalid(
+                "telemetry",
+                format!(
+                    "the device would have more than {} distinct telemetry keys (max_telemetry_keys_per_device)",
+                    self.caches.max_keys
+                ),
+            ));
+        }
         metrics::counter!("tp_ingest_points_total").increment(points.len() as u64);
         let observed = self.observer.is_some().then(|| RuleInputData::Telemetry {
             values: points
@@ -524,13 +539,63 @@ const SUB_DEVICE_CACHE_MAX: usize = 100_000;
 /// and sub-devices (for [`Uplinks::observe`]). Per node, so nodes in one process
 /// (tests, embedders) never share state. Entries expire after [`SUB_DEVICE_TTL`];
 /// a sub-device entry is dropped when the store no longer knows the address.
-#[derive(Debug, Default)]
+/// A device's tenant and profile, and when they were looked up.
+type Identity = (TenantId, Option<ProfileId>, Instant);
+
+#[derive(Debug)]
 pub(crate) struct DeviceCaches {
     sub_devices: Mutex<HashMap<(DeviceId, String), (DeviceId, Instant)>>,
-    identities: Mutex<HashMap<DeviceId, (TenantId, Option<ProfileId>, Instant)>>,
+    identities: Mutex<HashMap<DeviceId, Identity>>,
+    /// Hashes of the telemetry keys each device has sent (through this node since
+    /// it started), for the per-device key limit.
+    telemetry_keys: Mutex<HashMap<DeviceId, HashSet<u64>>>,
+    /// Most distinct telemetry keys per device (`max_telemetry_keys_per_device`).
+    max_keys: usize,
+    /// Keyed per process, so nobody can pick key names that collide on purpose.
+    key_hasher: std::hash::RandomState,
+}
+
+impl Default for DeviceCaches {
+    fn default() -> Self {
+        Self::new(crate::BrokerConfig::default().max_telemetry_keys_per_device)
+    }
 }
 
 impl DeviceCaches {
+    pub(crate) fn new(max_keys: usize) -> Self {
+        Self {
+            sub_devices: Mutex::default(),
+            identities: Mutex::default(),
+            telemetry_keys: Mutex::default(),
+            max_keys,
+            key_hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Whether `device` may use `keys`: all already known, or few enough new ones to
+    /// stay within the limit (then they are remembered). A device can otherwise grow
+    /// the stores without bound by sending a new key name in every message.
+    fn admit_keys<'a>(&self, device: DeviceId, keys: impl Iterator<Item = &'a str>) -> bool {
+        use std::hash::BuildHasher;
+        let mut map = self
+            .telemetry_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let known = map.entry(device).or_default();
+        let mut new = Vec::new();
+        for key in keys {
+            let h = self.key_hasher.hash_one(key);
+            if !known.contains(&h) && !new.contains(&h) {
+                new.push(h);
+            }
+        }
+        if known.len() + new.len() > self.max_keys {
+            return false;
+        }
+        known.extend(new);
+        true
+    }
+
     fn sub_device_get(&self, parent: DeviceId, addr: &str) -> Option<DeviceId> {
         let map = self.sub_devices.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(parent, addr.to_owned()))

@@ -786,3 +786,40 @@ async fn an_oversize_publish_is_refused_and_nothing_stored() {
     assert!(stored_points(&node, device.id, "blob").await.is_empty());
     assert_eq!(stored_points(&node, device.id, "small").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_beyond_its_telemetry_key_limit_is_refused_and_counted() {
+    let node = TestBroker::start(|c| c.max_telemetry_keys_per_device = 3).await;
+    let (device, password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .publish("devices/telemetry", r#"{"a":1,"b":2}"#)
+        .await
+        .unwrap();
+    // known keys and one new one: within the limit of 3
+    client
+        .publish("devices/telemetry", r#"{"a":3,"c":4}"#)
+        .await
+        .unwrap();
+    // a fourth key: the whole message is rejected, nothing of it stored
+    client
+        .publish("devices/telemetry", r#"{"a":5,"d":6}"#)
+        .await
+        .unwrap();
+    wait_consumed(&node, 3).await;
+    node.writer.flush().await.unwrap();
+    assert_eq!(node.broker.stats().rejected, 1);
+    assert_eq!(
+        stored_points(&node, device.id, "a").await,
+        vec![Value::Integer(1), Value::Integer(3)]
+    );
+    assert!(stored_points(&node, device.id, "d").await.is_empty());
+    // the known keys still work afterwards
+    client
+        .publish("devices/telemetry", r#"{"b":7}"#)
+        .await
+        .unwrap();
+    wait_consumed(&node, 4).await;
+    node.writer.flush().await.unwrap();
+    assert_eq!(stored_points(&node, device.id, "b").await.len(), 2);
+}

@@ -414,3 +414,34 @@ async fn polled_commands_are_marked_sent_and_responses_mark_them_replied() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(status_of("x1", other.id).await, CommandStatus::Pending);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_device_rate_limit_applies_to_http_too() {
+    // 1 msg/s with bursts of 2, as for MQTT publishes.
+    let node = start(|c| c.max_messages_per_second = Some(1)).await;
+    let (device, password) = node.broker.create_device().await;
+    let (other, other_password) = node.broker.create_device().await;
+    let mut limited = None;
+    for n in 0..50 {
+        let (status, body) = node
+            .post("/telemetry", &device, &password, format!(r#"{{"n":{n}}}"#))
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(body);
+            break;
+        }
+        assert!(status.is_success(), "{status}: {body}");
+    }
+    let body = limited.expect("HTTP requests were never rate limited");
+    assert!(
+        body.to_string().contains("max_messages_per_second"),
+        "{body}"
+    );
+    let (status, body) = node
+        .post("/telemetry", &other, &other_password, r#"{"m":1}"#)
+        .await;
+    assert!(
+        status.is_success(),
+        "another device has its own budget: {status}: {body}"
+    );
+}
