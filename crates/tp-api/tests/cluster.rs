@@ -144,6 +144,9 @@ fn haproxy_binary() -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Sets of free ports tried before giving up on starting HAProxy.
+const START_ATTEMPTS: usize = 5;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -156,14 +159,16 @@ impl Haproxy {
     /// MQTT (TCP) round robin over `brokers` (MQTT address, HTTP address for the
     /// health check), HTTP round robin over `apis`, a stats page; checks every 200 ms,
     /// one failure marks a server down, one success up again.
-    fn start(
+    fn spawn(
         bin: &str,
         brokers: &[(SocketAddr, SocketAddr)],
         apis: &[SocketAddr],
-    ) -> (Self, u16, u16, u16) {
-        let (mqtt, http, stats) = (free_port(), free_port(), free_port());
+        (mqtt, http, stats): (u16, u16, u16),
+    ) -> Self {
+        // noreuseport: a port already bound with SO_REUSEPORT by someone else fails
+        // the start instead of being shared with it.
         let mut cfg = format!(
-            "global\n    maxconn 1000\n\n\
+            "global\n    maxconn 1000\n    noreuseport\n\n\
              defaults\n    timeout connect 2s\n    timeout client 10m\n    \
              timeout server 10m\n    retries 3\n    option redispatch\n\n\
              listen stats\n    bind 127.0.0.1:{stats}\n    mode http\n    \
@@ -201,7 +206,49 @@ impl Haproxy {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        (Self { child, _dir: dir }, mqtt, http, stats)
+        Self { child, _dir: dir }
+    }
+
+    /// Starts HAProxy on free ports: `(proxy, mqtt, http, stats)`. The ports are found
+    /// free, released, then bound by HAProxy: under load something else can take one
+    /// in between, so a failed start is retried on other ports.
+    async fn start(
+        bin: &str,
+        brokers: &[(SocketAddr, SocketAddr)],
+        apis: &[SocketAddr],
+    ) -> (Self, u16, u16, u16) {
+        for _ in 0..START_ATTEMPTS {
+            let (mqtt, http, stats) = (free_port(), free_port(), free_port());
+            let mut proxy = Self::spawn(bin, brokers, apis, (mqtt, http, stats));
+            if proxy.serving(stats).await {
+                return (proxy, mqtt, http, stats);
+            }
+            eprintln!("haproxy did not start on ports {mqtt}, {http}, {stats}, trying others");
+        }
+        panic!("haproxy did not start on any of {START_ATTEMPTS} sets of free ports");
+    }
+
+    /// Whether HAProxy serves its stats page (at most [`WAIT`]). It binds every
+    /// listener before serving any and exits if one bind fails, so its own stats page
+    /// means all of its ports are its own (a connect alone would not tell: whoever
+    /// took a port may be listening on it).
+    async fn serving(&mut self, stats: u16) -> bool {
+        let url = format!("http://127.0.0.1:{stats}/stats;csv");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if let Ok(res) = http.get(&url).send().await
+                && let Ok(csv) = res.text().await
+                && csv.lines().any(|l| l.starts_with("mqtt,FRONTEND,"))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 }
 
@@ -421,7 +468,8 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
 
     let brokers = [&b1, &b2].map(|b| (b.platform().mqtt_addr(), b.platform().http_addr()));
     let api_addrs: Vec<SocketAddr> = apis.iter().map(|n| n.platform.http_addr()).collect();
-    let (proxy, mqtt_port, http_port, stats_port) = Haproxy::start(&haproxy, &brokers, &api_addrs);
+    let (proxy, mqtt_port, http_port, stats_port) =
+        Haproxy::start(&haproxy, &brokers, &api_addrs).await;
     let lb_mqtt: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
     let lb_http = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::new();

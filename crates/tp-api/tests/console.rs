@@ -500,36 +500,51 @@ impl Browser {
     }
 }
 
+/// Starts chromedriver on a free port: `(process, port)`. The port is found free,
+/// released, then bound by chromedriver: under load something else can take it in
+/// between (chromedriver then exits: "IPv4 port not available"), so a start that
+/// does not come up is retried on another port.
+async fn start_chromedriver(driver: &Path, http: &reqwest::Client) -> (tokio::process::Child, u16) {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(res) = http
+                .get(format!("http://127.0.0.1:{port}/status"))
+                .send()
+                .await
+                && let Ok(v) = res.json::<Value>().await
+                && v["value"]["ready"] == true
+            {
+                return (child, port);
+            }
+            if child.try_wait().unwrap().is_some() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("chromedriver did not come up on port {port}, trying another");
+    }
+    panic!("chromedriver never became ready on any of {ATTEMPTS} free ports");
+}
+
 /// Starts chromedriver on a free port and opens a headless Chromium session.
 async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child, Browser) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromedriver");
     let http = reqwest::Client::new();
+    let (child, port) = start_chromedriver(driver, &http).await;
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(res) = http.get(format!("{base}/status")).send().await
-            && let Ok(v) = res.json::<Value>().await
-            && v["value"]["ready"] == true
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chromedriver never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let profile = tempfile::tempdir().unwrap();
     let caps = json!({"capabilities": {"alwaysMatch": {
         "browserName": "chrome",

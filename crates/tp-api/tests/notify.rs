@@ -381,11 +381,12 @@ async fn webhook_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn unreachable_webhook_is_retried_then_failed() {
-    // A port that was just free: connections are refused.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port bound but not listening: connections to it are refused. The socket is
+    // held until the end of the test (a port only probed free and released could be
+    // taken, and listened on, by something else under load).
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = refusing.local_addr().unwrap().port();
     let config = NotifyConfig {
         max_attempts: 2,
         ..fast_config()
@@ -403,6 +404,7 @@ async fn unreachable_webhook_is_retried_then_failed() {
     );
     assert!(!detail.contains(SECRET));
     assert!(detail.to_lowercase().contains("connect"), "{detail}");
+    drop(refusing);
 }
 
 #[tokio::test]
