@@ -107,7 +107,9 @@ pub(crate) struct Schedule {
     pub(crate) counters: Arc<Counters>,
 }
 
-/// Publishes `make_payload(seq)` on `topic` by `schedule` until it is stopped.
+/// Publishes `make_payload(seq)` on `topic` by `schedule` until it is stopped; a
+/// `{seq}` in `topic` is replaced by the sequence number (a new topic per message,
+/// e.g. a ThingsPanel message id).
 pub(crate) async fn publish_loop(
     client: Arc<Client>,
     topic: String,
@@ -128,10 +130,15 @@ pub(crate) async fn publish_loop(
     while !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
         let payload = make_payload(&client, seq);
+        let this_topic = if topic.contains("{seq}") {
+            topic.replace("{seq}", &seq.to_string())
+        } else {
+            topic.clone()
+        };
         seq += 1;
         if client
             .client
-            .publish(topic.clone(), qos, false, payload)
+            .publish(this_topic, qos, false, payload)
             .await
             .is_err()
         {

@@ -2,7 +2,8 @@
 //!
 //! Scenarios: `ingest` (devices publish through the platform; stored points are
 //! counted in its store), `raw` (publishers -> broker -> subscribers, for Mosquitto or
-//! the platform's broker), `connections` (idle authenticated devices) and `api`
+//! the platform's broker), `connections` (idle authenticated devices), `soak`
+//! (memory under a long mixed load) and `api`
 //! (latest-value and one-day-history queries). Each prints a markdown table and JSON.
 
 mod common;
@@ -10,6 +11,7 @@ mod conns;
 mod crash;
 mod load;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -57,6 +59,14 @@ enum Scenario {
         #[command(flatten)]
         crash: crash::CrashOpts,
     },
+    /// Hours-long mixed load (telemetry, attributes, events acknowledged on
+    /// per-message topics) while the server's anonymous RSS is sampled.
+    Soak {
+        #[command(flatten)]
+        soak: soak::SoakOpts,
+        #[command(flatten)]
+        api: scenarios::ApiOpts,
+    },
     /// Latest-value queries under concurrency, and one day of 1 Hz data aggregated.
     Api {
         #[command(flatten)]
@@ -74,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Raw { load, raw } => scenarios::raw(load, raw).await?,
         Scenario::Connections { conns, api } => conns::connections(conns, api).await?,
         Scenario::Crash { load, api, crash } => crash::crash(load, api, crash).await?,
+        Scenario::Soak { soak, api } => soak::soak(soak, api).await?,
         Scenario::Api { query, api } => scenarios::api(query, api).await?,
     };
     report.emit(cli.json.as_deref())

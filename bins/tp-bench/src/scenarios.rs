@@ -76,7 +76,7 @@ pub(crate) fn values_payload(ts: i64, points: usize, seq: u64) -> Vec<u8> {
     s.into_bytes()
 }
 
-async fn connect_all(
+pub(crate) async fn connect_all(
     specs: Vec<ConnectSpec>,
     rate: u64,
     counters: &Arc<Counters>,
