@@ -312,7 +312,7 @@ pub(crate) async fn serve<S>(
     };
     let connection_id = shared.next_connection_id();
     shared.open_connections.fetch_add(1, Ordering::AcqRel);
-    let _open = OpenGuard(shared.clone());
+    let open = OpenGuard(shared.clone());
 
     let mut driver = Driver {
         stream,
@@ -360,7 +360,7 @@ pub(crate) async fn serve<S>(
     let keepalive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let end = driver.run(rx, keepalive).await;
-    driver.finish(end, session_expiry, gone).await;
+    driver.finish(end, session_expiry, gone, open).await;
 }
 
 /// Counts an open (CONNECT received) connection until it ends, panics included.
@@ -889,6 +889,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         end: End,
         session_expiry: Option<Duration>,
         gone: tokio_util::sync::CancellationToken,
+        open: OpenGuard,
     ) {
         let _ = self.stream.shutdown().await;
         let device = self.device().clone();

@@ -793,17 +793,27 @@ async fn a_device_beyond_its_telemetry_key_limit_is_refused_and_counted() {
     let (device, password) = node.create_device().await;
     let mut client = node.connect(&device, &password).await.unwrap();
     client
-        .publish("devices/telemetry", r#"{"a":1,"b":2}"#)
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000001,"values":{"a":1,"b":2}}"#,
+        )
         .await
         .unwrap();
-    // known keys and one new one: within the limit of 3
+    // known keys and one new one: within the limit of 3 (device timestamps, so no
+    // two messages land on the same (key, ts) whatever the clock says)
     client
-        .publish("devices/telemetry", r#"{"a":3,"c":4}"#)
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000002,"values":{"a":3,"c":4}}"#,
+        )
         .await
         .unwrap();
     // a fourth key: the whole message is rejected, nothing of it stored
     client
-        .publish("devices/telemetry", r#"{"a":5,"d":6}"#)
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000003,"values":{"a":5,"d":6}}"#,
+        )
         .await
         .unwrap();
     wait_consumed(&node, 3).await;
@@ -816,7 +826,10 @@ async fn a_device_beyond_its_telemetry_key_limit_is_refused_and_counted() {
     assert!(stored_points(&node, device.id, "d").await.is_empty());
     // the known keys still work afterwards
     client
-        .publish("devices/telemetry", r#"{"b":7}"#)
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000004,"values":{"b":7}}"#,
+        )
         .await
         .unwrap();
     wait_consumed(&node, 4).await;
