@@ -920,6 +920,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             End::Closed(CloseReason::Revoked) => None,
             _ => session_expiry.map(|d| (d, std::mem::take(&mut self.filters))),
         };
+        // The slot is free before the session is seen to close, so whoever waits
+        // for the close can connect at once.
+        drop(open);
         self.shared.unregister(
             device.id,
             &self.client_id,
