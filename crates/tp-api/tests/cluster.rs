@@ -240,7 +240,8 @@ impl Haproxy {
             if self.child.try_wait().unwrap().is_some() {
                 return false;
             }
-            if let Ok(res) = http.get(&url).send().await
+            // With a timeout: whoever took the port may accept and never answer.
+            if let Ok(res) = http.get(&url).timeout(Duration::from_secs(2)).send().await
                 && let Ok(csv) = res.text().await
                 && csv.lines().any(|l| l.starts_with("mqtt,FRONTEND,"))
             {

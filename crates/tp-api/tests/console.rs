@@ -521,8 +521,10 @@ async fn start_chromedriver(driver: &Path, http: &reqwest::Client) -> (tokio::pr
             .expect("start chromedriver");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
+            // With a timeout: whoever took the port may accept and never answer.
             if let Ok(res) = http
                 .get(format!("http://127.0.0.1:{port}/status"))
+                .timeout(Duration::from_secs(2))
                 .send()
                 .await
                 && let Ok(v) = res.json::<Value>().await

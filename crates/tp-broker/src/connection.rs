@@ -54,6 +54,8 @@ const SHRINK_ABOVE: usize = 16 * 1024;
 pub(crate) const OUTBOUND_QUEUE: usize = 64;
 /// Downlink waiting for a free packet id beyond the in-flight window.
 const MAX_WAITING: usize = 1_000;
+/// How long one write to a device may block before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a takeover waits for the previous connection of the client id to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -453,15 +455,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let result = self.stream.write_all(&self.wbuf).await;
+        // A peer that stops reading would block this task forever (and with it the
+        // keepalive check and a takeover waiting for it): give writes a deadline.
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the device does not read what is sent to it",
+            )),
+        };
         self.wbuf.clear();
         if self.wbuf.capacity() > SHRINK_ABOVE {
             self.wbuf = BytesMut::new();
         }
-        match result {
-            Ok(()) => self.stream.flush().await,
-            Err(e) => Err(e),
-        }
+        result
     }
 
     fn connack(
