@@ -516,7 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         persistent: bool,
         will: Option<LastWill>,
         login: Option<rumqttd::protocol::Login>,
-        tx: mpsc::Sender<Outbound>,
+        tx: mpsc::Sender<Box<Outbound>>,
     ) -> Option<tokio_util::sync::CancellationToken> {
         let (username, password) = login.map(|l| (l.username, l.password)).unwrap_or_default();
         if self.shared.draining.load(Ordering::Acquire) {
@@ -604,7 +604,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
 
     /// The connection's loop: packets from the device, downlink from the platform,
     /// keepalive. Returns how it ended.
-    async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>, keepalive: Option<Duration>) -> End {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Box<Outbound>>,
+        keepalive: Option<Duration>,
+    ) -> End {
         let mut deadline = keepalive.map(|k| Instant::now() + k);
         loop {
             // Everything already buffered first (a CONNECT may arrive with more).
@@ -652,7 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                     Ok(0) | Err(_) => return End::Lost,
                     Ok(_) => deadline = keepalive.map(|k| Instant::now() + k),
                 },
-                message = rx.recv() => match message {
+                message = rx.recv() => match message.map(|m| *m) {
                     Some(Outbound::Publish { topic, payload }) => self.downlink(topic, payload),
                     Some(Outbound::Close(reason)) => {
                         let code = match reason {

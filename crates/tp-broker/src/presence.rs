@@ -515,24 +515,36 @@ pub async fn mark_stale_offline(
     }
 }
 
+/// Most status transitions written in one store call.
+const STATUS_BATCH: usize = 1_000;
+
 /// Writes transitions to the store in order, then broadcasts them.
 async fn record(
     metadata: MetadataStoreRef,
     mut transitions: mpsc::UnboundedReceiver<DeviceStatusEvent>,
     events: broadcast::Sender<DeviceStatusEvent>,
 ) {
-    while let Some(event) = transitions.recv().await {
-        match metadata.append_status(&event).await {
-            Ok(()) => {}
-            Err(Error::NotFound { .. }) => {
-                tracing::debug!(device_id = %event.device_id, "status of a deleted device not recorded");
+    // What has queued up is written in one batch: when thousands of devices
+    // connect at once, one transaction each would cost the store more than the
+    // connections themselves.
+    let mut batch = Vec::with_capacity(STATUS_BATCH);
+    while transitions.recv_many(&mut batch, STATUS_BATCH).await > 0 {
+        match metadata.append_statuses(&batch).await {
+            Ok(recorded) if recorded < batch.len() => {
+                tracing::debug!(
+                    missing = batch.len() - recorded,
+                    "status of deleted devices not recorded"
+                );
             }
+            Ok(_) => {}
             Err(e) => {
-                tracing::error!(device_id = %event.device_id, error = %e, "cannot record device status");
+                tracing::error!(events = batch.len(), error = %e, "cannot record device status");
             }
         }
         // No subscribers is not an error.
-        let _ = events.send(event);
+        for event in batch.drain(..) {
+            let _ = events.send(event);
+        }
     }
 }
 

@@ -44,7 +44,8 @@ pub(crate) struct StatusChange {
     pub(crate) graceful: bool,
 }
 
-/// What a connection task is told from outside.
+/// What a connection task is told from outside (boxed in its queue: the queue's
+/// first block is allocated with the connection, so its slots stay pointer-sized).
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// Publish to the device (its granted filters decide the QoS).
@@ -65,7 +66,7 @@ pub(crate) enum CloseReason {
 /// A live connection as the registry sees it.
 struct ConnHandle {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Box<Outbound>>,
     /// Cancelled when the connection has unregistered (takeover waits for it).
     gone: CancellationToken,
 }
@@ -297,7 +298,7 @@ impl Shared {
         device: &Arc<Device>,
         client_id: &str,
         connection_id: u64,
-        tx: mpsc::Sender<Outbound>,
+        tx: mpsc::Sender<Box<Outbound>>,
     ) -> Result<Registered, RegisterRefused> {
         let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
         let previous = match ids.get(client_id) {
@@ -320,7 +321,9 @@ impl Shared {
         entry.device = device.clone();
         let took_over = previous.and_then(|old| {
             let handle = entry.connections.iter().find(|c| c.id == old)?;
-            let _ = handle.tx.try_send(Outbound::Close(CloseReason::TakenOver));
+            let _ = handle
+                .tx
+                .try_send(Box::new(Outbound::Close(CloseReason::TakenOver)));
             Some(handle.gone.clone())
         });
         entry.connections.push(ConnHandle {
@@ -437,7 +440,7 @@ impl Shared {
         for c in &entry.connections {
             // A full queue means the connection is stuck; the close is retried by
             // the connection's own keepalive, and the channel closing ends it too.
-            let _ = c.tx.try_send(Outbound::Close(reason));
+            let _ = c.tx.try_send(Box::new(Outbound::Close(reason)));
         }
         entry.connections.len()
     }
@@ -464,10 +467,10 @@ impl Shared {
         }
         let mut delivered = false;
         for c in entry.connections.iter().filter(|c| targets.contains(&c.id)) {
-            let message = Outbound::Publish {
+            let message = Box::new(Outbound::Publish {
                 topic: topic.to_owned(),
                 payload: payload.clone(),
-            };
+            });
             delivered |= c.tx.try_send(message).is_ok();
         }
         if delivered {

@@ -79,6 +79,21 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     /// the history and the device row never disagree. A missing device is
     /// [`crate::Error::NotFound`]. Deleting a device deletes its history.
     async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()>;
+    /// Records several transitions in order, as [`Self::append_status`] does each;
+    /// events of missing devices are skipped. Returns how many were recorded. A
+    /// backend may commit them together (a connect storm is thousands per second);
+    /// the default records them one by one.
+    async fn append_statuses(&self, events: &[DeviceStatusEvent]) -> Result<usize> {
+        let mut recorded = 0;
+        for event in events {
+            match self.append_status(event).await {
+                Ok(()) => recorded += 1,
+                Err(crate::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recorded)
+    }
     /// A device's status history within `query`'s time range, newest first (events
     /// of the same millisecond in reverse append order); `total` counts the range.
     async fn list_status_history(

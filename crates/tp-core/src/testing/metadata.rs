@@ -771,7 +771,8 @@ pub async fn device_touch_last_seen(store: &dyn MetadataStore) {
 /// `append_status` sets `online`/`last_seen` and appends history; the history is
 /// newest first (same-millisecond events in reverse append order), filtered by
 /// `[start, end)`, paged with a total, tenant-scoped, and deleted with the device;
-/// a missing device is `NotFound`.
+/// a missing device is `NotFound`; `append_statuses` records a batch in order and
+/// skips missing devices.
 pub async fn device_status_history(store: &dyn MetadataStore) {
     let base = base_ts();
     let tenant = new_tenant(store, base).await;
@@ -861,6 +862,37 @@ pub async fn device_status_history(store: &dyn MetadataStore) {
             })
             .await,
     );
+
+    // A batch: in order, missing devices skipped, the others recorded.
+    let batch = [
+        DeviceStatusEvent {
+            device_id: quiet.id,
+            ..ev(true, StatusReason::Connect, base + 50)
+        },
+        DeviceStatusEvent {
+            device_id: DeviceId::new(),
+            ..ev(true, StatusReason::Connect, base + 50)
+        },
+        DeviceStatusEvent {
+            device_id: quiet.id,
+            ..ev(false, StatusReason::ConnectionLost, base + 60)
+        },
+    ];
+    assert_eq!(store.append_statuses(&batch).await.expect("batch"), 2);
+    let quiet_history = store
+        .list_status_history(tenant.id, quiet.id, &StatusHistoryQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        quiet_history.items,
+        vec![batch[2].clone(), batch[0].clone()]
+    );
+    let got = store
+        .get_device(tenant.id, quiet.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!((got.online, got.last_seen), (false, Some(base + 60)));
 
     store
         .delete_device(tenant.id, d.id)

@@ -657,30 +657,22 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
-        let id = event.device_id.to_string();
         let mut tx = self.pools.begin_write().await?;
-        let done = sqlx::query("UPDATE devices SET online = ?, last_seen = ? WHERE id = ?")
-            .bind(event.online)
-            .bind(event.at)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
+        if !append_status_in(&mut tx, event).await? {
             return Err(Error::not_found("device", event.device_id));
         }
-        sqlx::query(
-            "INSERT INTO device_status_history (device_id, tenant_id, online, reason, at) \
-             SELECT id, tenant_id, ?, ?, ? FROM devices WHERE id = ?",
-        )
-        .bind(event.online)
-        .bind(event.reason.as_str())
-        .bind(event.at)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    /// One write transaction for the whole batch: SQLite's cost is the commit.
+    async fn append_statuses(&self, events: &[DeviceStatusEvent]) -> Result<usize> {
+        let mut tx = self.pools.begin_write().await?;
+        let mut recorded = 0;
+        for event in events {
+            recorded += usize::from(append_status_in(&mut tx, event).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(recorded)
     }
 
     async fn list_status_history(
@@ -870,6 +862,36 @@ impl MetadataStore for SqliteMetadataStore {
             total: total.unsigned_abs(),
         })
     }
+}
+
+/// Records one status transition inside `tx`; `false` when the device is missing.
+async fn append_status_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &DeviceStatusEvent,
+) -> Result<bool> {
+    let id = event.device_id.to_string();
+    let done = sqlx::query("UPDATE devices SET online = ?, last_seen = ? WHERE id = ?")
+        .bind(event.online)
+        .bind(event.at)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO device_status_history (device_id, tenant_id, online, reason, at) \
+         SELECT id, tenant_id, ?, ?, ? FROM devices WHERE id = ?",
+    )
+    .bind(event.online)
+    .bind(event.reason.as_str())
+    .bind(event.at)
+    .bind(&id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(true)
 }
 
 #[cfg(test)]
