@@ -91,17 +91,27 @@ pub(crate) fn spawn(
                 tracing::debug!(%peer, "too many connections without CONNECT; refusing one");
                 continue;
             };
-            let context = context.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                open(stream, peer, context, framing, tls, permit).await;
-            });
+            let _ = stream.set_nodelay(true);
+            // A task holds its future inline for the connection's whole life: a plain
+            // connection gets just the driver; the TLS and WebSocket handshakes (large
+            // futures) live in their own boxed task so they do not size every task.
+            match (&tls, framing) {
+                (None, Framing::Mqtt) => {
+                    let Context { shared, limits, .. } = context.clone();
+                    tokio::spawn(connection::serve(stream, peer, shared, limits, permit));
+                }
+                _ => {
+                    let open = open(stream, peer, context.clone(), framing, tls.clone(), permit);
+                    tokio::spawn(Box::pin(open));
+                }
+            }
         }
     })
 }
 
 /// Terminates TLS and WebSocket (within the connect timeout) and runs the driver.
+/// Each stage is boxed, so a handshake's space is freed once it is done instead of
+/// staying in the connection's task for its whole life.
 async fn open(
     stream: TcpStream,
     peer: SocketAddr,
@@ -115,12 +125,12 @@ async fn open(
     match (tls, framing) {
         (None, Framing::Mqtt) => connection::serve(stream, peer, shared, limits, permit).await,
         (None, Framing::WebSocket) => {
-            if let Some(ws) = websocket(stream, peer, timeout).await {
-                connection::serve(ws, peer, shared, limits, permit).await;
+            if let Some(ws) = Box::pin(websocket(stream, peer, timeout)).await {
+                Box::pin(connection::serve(ws, peer, shared, limits, permit)).await;
             }
         }
         (Some(acceptor), framing) => {
-            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
@@ -132,10 +142,12 @@ async fn open(
                 }
             };
             match framing {
-                Framing::Mqtt => connection::serve(tls, peer, shared, limits, permit).await,
+                Framing::Mqtt => {
+                    Box::pin(connection::serve(tls, peer, shared, limits, permit)).await
+                }
                 Framing::WebSocket => {
-                    if let Some(ws) = websocket(tls, peer, timeout).await {
-                        connection::serve(ws, peer, shared, limits, permit).await;
+                    if let Some(ws) = Box::pin(websocket(tls, peer, timeout)).await {
+                        Box::pin(connection::serve(ws, peer, shared, limits, permit)).await;
                     }
                 }
             }
