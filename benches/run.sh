@@ -58,7 +58,21 @@ case "$scenario" in
       trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
     fi
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
-      --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node ;;
+      --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node
+    # The same load against a private Mosquitto (anonymous, no connection limit) on
+    # MOSQ_PORT (above the widened ephemeral range, so no client socket holds it),
+    # side by side in the same run.
+    if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
+      mosq_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+      printf 'listener %s\nallow_anonymous true\nmax_connections -1\nmax_keepalive 65535\n' "${MOSQ_PORT:-65100}" > "$data/mosquitto.conf"
+      "$mosq_bin" -c "$data/mosquitto.conf" > "$data/mosquitto.log" 2>&1 &
+      mosq=$!
+      sleep 1
+      run connections-mosquitto connections --raw-broker --port "${MOSQ_PORT:-65100}" \
+        --connections "${CONNS:-100000}" --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" \
+        --hold 10 --server-pid $mosq || true
+      kill $mosq 2>/dev/null || true
+    fi ;;
   crash)
     run crash crash $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-200}" --points 10 \
       --rate "${RATE:-5000}" --qos 1 --duration 0 --kill-after 10 --server-pid $node \

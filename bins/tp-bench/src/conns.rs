@@ -44,6 +44,11 @@ pub(crate) struct ConnOpts {
     /// PID of the server process.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// Any MQTT broker that lets these clients in without provisioning (e.g. a
+    /// Mosquitto with `allow_anonymous true`): no devices are created through the
+    /// platform's API; each connection sends a made-up username and password.
+    #[arg(long)]
+    pub(crate) raw_broker: bool,
 }
 
 async fn open(addr: SocketAddr, device: &BenchDevice) -> anyhow::Result<TcpStream> {
@@ -67,12 +72,25 @@ pub(crate) async fn connections(opts: ConnOpts, api_opts: ApiOpts) -> anyhow::Re
         "connections",
         json!({"connections": opts.connections, "connect_rate": opts.connect_rate}),
     );
-    let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
-    let bar = progress(opts.connections as u64, "provisioning");
-    let devices = api
-        .create_devices(&format!("conn{}", now_ms()), opts.connections, 64, &bar)
-        .await?;
-    bar.finish_and_clear();
+    let run = now_ms();
+    let devices = if opts.raw_broker {
+        (0..opts.connections)
+            .map(|i| BenchDevice {
+                id: String::new(),
+                number: format!("raw{run}-{i}"),
+                username: format!("raw{i}"),
+                password: "raw".into(),
+            })
+            .collect()
+    } else {
+        let api = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await?;
+        let bar = progress(opts.connections as u64, "provisioning");
+        let devices = api
+            .create_devices(&format!("conn{run}"), opts.connections, 64, &bar)
+            .await?;
+        bar.finish_and_clear();
+        devices
+    };
     let probe = ServerProbe::new(opts.server_pid);
     let rss_before = probe.rss_bytes();
 
