@@ -10,11 +10,13 @@
 #   benches/run.sh connections   idle authenticated devices (N=${CONNS:-100000})
 #   benches/run.sh crash         SIGKILL during QoS 1 ingest, restart, acknowledged vs stored
 #   benches/run.sh api           latest-value queries and one-day history aggregation
+#   benches/run.sh soak          1,000 devices x 1 msg/s (telemetry, attributes, events
+#                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
-# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, MQTT_PORT (default 1884; Mosquitto holds 1883).
+# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: benches/run.sh ingest|small|connections|crash|api}
+scenario=${1:?usage: benches/run.sh ingest|small|connections|crash|soak|api}
 MQTT_PORT=${MQTT_PORT:-1884}
 HTTP_PORT=${HTTP_PORT:-18080}
 DURATION=${DURATION:-30}
@@ -77,6 +79,9 @@ case "$scenario" in
     run crash crash $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-200}" --points 10 \
       --rate "${RATE:-5000}" --qos 1 --duration 0 --kill-after 10 --server-pid $node \
       --restart-cmd "RUST_LOG=warn $node_cmd >> $data/node.log 2>&1" ;;
+  soak)
+    run soak soak $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --per-device-rate 1 \
+      --duration "${SOAK_SECS:-1800}" --warmup "${WARMUP:-300}" --sample 30 --server-pid $node ;;
   api)
     run api api $api --mqtt 127.0.0.1:$MQTT_PORT --devices 100 --concurrency 64 --duration "$DURATION" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -93,7 +93,9 @@ pub(crate) async fn connect_all(
                     connect(spec, counters).await
                 }
             })
-            .buffer_unordered(4096)
+            // In spec order (not completion order): callers pair clients[i] with
+            // their devices[i] (subscriptions, latency probes).
+            .buffered(4096)
             .inspect(|_| bar.inc(1))
             .collect()
             .await;
