@@ -370,11 +370,16 @@ impl Evaluation {
                 _ = stop.cancelled() => return,
                 done = reload.recv() => {
                     let Some(done) = done else { return };
-                    self.reload().await;
-                    // Coalesce notices that arrived meanwhile.
-                    let _ = done.send(());
+                    // Coalesce the notices already queued: one reload covers them all.
+                    // Notices that arrive while it runs are not answered by it (it may
+                    // have read the rules before their change); the next turn reloads.
+                    let mut waiting = vec![done];
                     while let Ok(more) = reload.try_recv() {
-                        let _ = more.send(());
+                        waiting.push(more);
+                    }
+                    self.reload().await;
+                    for done in waiting {
+                        let _ = done.send(());
                     }
                 }
                 _ = timer => {
