@@ -51,26 +51,53 @@ async fn node(config: PlatformConfig, dir: tempfile::TempDir) -> Node {
     }
 }
 
+/// A broker-only node `a` and an API-only node `b` (logged in) on a schema and a
+/// Redis prefix of their own; `None` (skip) without the services.
+struct Pair {
+    a: Node,
+    b: Node,
+    pg: String,
+    schema: String,
+}
+
+impl Pair {
+    async fn start() -> Option<Self> {
+        let pg = tp_core::testing::service_url("TP_TEST_POSTGRES_URL")?;
+        let redis = tp_core::testing::service_url("TP_TEST_REDIS_URL")?;
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
+        let schema = format!("tp_bp_{run}");
+        let pg_url = format!("{pg}{}schema={schema}", sep(&pg));
+        let redis_url = format!("{redis}{}prefix=tp-bp-{run}:", sep(&redis));
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let broker_cfg = cluster_config(dir_a.path(), r#"["broker"]"#, "a", &pg_url, &redis_url);
+        let api_cfg = cluster_config(dir_b.path(), r#"["api"]"#, "b", &pg_url, &redis_url);
+        let a = node(broker_cfg, dir_a).await;
+        let mut b = node(api_cfg, dir_b).await;
+        b.token = login(&b.http, &b.base, ADMIN, PASSWORD).await;
+        Some(Self { a, b, pg, schema })
+    }
+
+    /// Shuts both nodes down and drops their schema.
+    async fn stop(self) {
+        self.a.platform.shutdown().await.unwrap();
+        self.b.platform.shutdown().await.unwrap();
+        let store = tp_storage::postgres::PostgresMetadataStore::connect(&self.pg)
+            .await
+            .unwrap();
+        let drop = format!("DROP SCHEMA {} CASCADE", self.schema);
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_and_invalidations_cross_nodes() {
-    let Some(pg) = tp_core::testing::service_url("TP_TEST_POSTGRES_URL") else {
+    let Some(Pair { a, b, pg, schema }) = Pair::start().await else {
         return;
     };
-    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-    let schema = format!("tp_bp_{run}");
-    let pg_url = format!("{pg}{}schema={schema}", sep(&pg));
-    let redis_url = format!("{redis}{}prefix=tp-bp-{run}:", sep(&redis));
-
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let broker_cfg = cluster_config(dir_a.path(), r#"["broker"]"#, "a", &pg_url, &redis_url);
-    let api_cfg = cluster_config(dir_b.path(), r#"["api"]"#, "b", &pg_url, &redis_url);
-    let a = node(broker_cfg, dir_a).await;
-    let mut b = node(api_cfg, dir_b).await;
-    b.token = login(&b.http, &b.base, ADMIN, PASSWORD).await;
 
     // Roles: A has MQTT and no REST API, B the REST API and no MQTT; both are ready.
     assert!(a.platform.embedded_broker().is_some() && a.platform.backplane().is_some());
@@ -176,74 +203,15 @@ async fn downlink_and_invalidations_cross_nodes() {
     .await;
     assert!(refused.is_err(), "a deleted device must be refused");
 
-    a.platform.shutdown().await.unwrap();
-    b.platform.shutdown().await.unwrap();
-    let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    Pair { a, b, pg, schema }.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_deleting_or_rekeying_a_device_closes_its_connection_on_another_node() {
-    let Some(pg) = tp_core::testing::service_url("TP_TEST_POSTGRES_URL") else {
+    let Some(Pair { a, b, pg, schema }) = Pair::start().await else {
         return;
     };
-    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-    let schema = format!("tp_bp_{run}");
-    let pg_url = format!("{pg}{}schema={schema}", sep(&pg));
-    let redis_url = format!("{redis}{}prefix=tp-bp-{run}:", sep(&redis));
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let broker_cfg = cluster_config(dir_a.path(), r#"["broker"]"#, "a", &pg_url, &redis_url);
-    let api_cfg = cluster_config(dir_b.path(), r#"["api"]"#, "b", &pg_url, &redis_url);
-    let a = node(broker_cfg, dir_a).await;
-    let mut b = node(api_cfg, dir_b).await;
-    b.token = login(&b.http, &b.base, ADMIN, PASSWORD).await;
 
-    let bystander = b.create_device("bp-stays").await;
-    let mut stays = a.connect(&bystander, "bp-stays").await;
-    let revocations: [(reqwest::Method, &str, Option<serde_json::Value>); 3] = [
-        (reqwest::Method::PATCH, "", Some(json!({"enabled": false}))),
-        (reqwest::Method::POST, "/credentials", None),
-        (reqwest::Method::DELETE, "", None),
-    ];
-    for (i, (method, suffix, body)) in revocations.into_iter().enumerate() {
-        let number = format!("bp-revoked-{i}");
-        let d = b.create_device(&number).await;
-        let mut dev = a.connect(&d, &number).await;
-        b.wait_online(&d, true).await;
-        let (status, text) = b
-            .call(
-                method.clone(),
-                &format!("/api/v1/devices/{}{suffix}", d.id),
-                body,
-            )
-            .await;
-        assert!(status.is_success(), "{method} {suffix}: {status}: {text}");
-        assert!(
-            dev.closed_within(Duration::from_secs(5)).await,
-            "{method} {suffix}: the connection on the broker node stayed open"
-        );
-    }
-    assert!(
-        !stays.closed_within(Duration::from_millis(300)).await,
-        "an unrelated device was disconnected"
-    );
-
-    a.platform.shutdown().await.unwrap();
-    b.platform.shutdown().await.unwrap();
-    let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    revoking_closes_connections(&b, &a, "bp-revoked").await;
+    Pair { a, b, pg, schema }.stop().await;
 }

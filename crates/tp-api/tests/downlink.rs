@@ -641,27 +641,6 @@ async fn downlink_requests_are_validated_scoped_and_authorized() {
     node.platform.shutdown().await.unwrap();
 }
 
-/// Whether to fail instead of skip when an external client binary is missing.
-fn services_required() -> bool {
-    std::env::var_os("TP_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-fn binary(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            !services_required(),
-            "{name} is required (TP_REQUIRE_SERVICES is set) but not on PATH"
-        );
-        eprintln!("skipping: {name} not found (Debian package mosquitto-clients)");
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_receive_a_command_and_answer_it() {
     let (Some(sub), Some(pubc)) = (binary("mosquitto_sub"), binary("mosquitto_pub")) else {
@@ -767,32 +746,9 @@ async fn mosquitto_clients_receive_a_command_and_answer_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_deleting_or_rekeying_a_device_closes_its_live_connection() {
     let node = Node::start().await;
-    let bystander = node.create_device("rv-stays").await;
-    let mut stays = node.connect(&bystander, "rv-stays").await;
-    let revocations: [(reqwest::Method, &str, Option<Value>); 3] = [
-        (reqwest::Method::PATCH, "", Some(json!({"enabled": false}))),
-        (reqwest::Method::POST, "/credentials", None),
-        (reqwest::Method::DELETE, "", None),
-    ];
-    for (i, (method, suffix, body)) in revocations.into_iter().enumerate() {
-        let number = format!("rv-{i}");
-        let d = node.create_device(&number).await;
-        let mut dev = node.connect(&d, &number).await;
-        let (status, text) = node
-            .call(
-                method.clone(),
-                &format!("/api/v1/devices/{}{suffix}", d.id),
-                body,
-            )
-            .await;
-        assert!(status.is_success(), "{method} {suffix}: {status}: {text}");
-        assert!(
-            dev.closed_within(Duration::from_secs(5)).await,
-            "{method} {suffix}: the connection stayed open"
-        );
-    }
-    assert!(
-        !stays.closed_within(Duration::from_millis(300)).await,
-        "an unrelated device was disconnected"
-    );
+    revoking_closes_connections(&node, &node, "rv").await;
+}
+
+fn binary(name: &str) -> Option<std::path::PathBuf> {
+    tp_core::testing::command_path(name, "mosquitto-clients")
 }

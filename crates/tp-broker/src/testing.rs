@@ -318,6 +318,25 @@ impl TestBroker {
         (device, password)
     }
 
+    /// Values of telemetry `key` stored for `device`, oldest first (any time).
+    pub async fn stored_points(&self, device: tp_core::DeviceId, key: &str) -> Vec<tp_core::Value> {
+        self.timeseries
+            .query(&tp_core::TsQuery {
+                device_id: device,
+                keys: vec![key.into()],
+                start: 0,
+                end: i64::MAX,
+                aggregation: None,
+                limit: None,
+                order: tp_core::Order::Asc,
+            })
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|kv| kv.value)
+            .collect()
+    }
+
     /// Connects a device with its own credentials and client id `mqtt_<number>`.
     pub async fn connect(
         &self,

@@ -709,21 +709,7 @@ fn point(key: &str, n: i64) -> String {
 
 /// Telemetry points of `key` stored for `device` (any time).
 async fn stored_points(node: &TestBroker, device: tp_core::DeviceId, key: &str) -> Vec<Value> {
-    node.timeseries
-        .query(&TsQuery {
-            device_id: device,
-            keys: vec![key.into()],
-            start: 0,
-            end: i64::MAX,
-            aggregation: None,
-            limit: None,
-            order: Order::Asc,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|kv| kv.value)
-        .collect()
+    node.stored_points(device, key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

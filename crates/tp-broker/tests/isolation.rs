@@ -8,30 +8,13 @@ use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, QoS};
 use tp_broker::testing::{MqttTestClient, TestBroker};
-use tp_core::{Device, Order, TsQuery, Value};
+use tp_core::{Device, Value};
 
 const CLOSE: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(500);
 
-fn services_required() -> bool {
-    std::env::var_os("TP_REQUIRE_SERVICES").is_some()
-}
-
-/// A mosquitto client binary, or `None` (skip) when not installed and not required.
 fn binary(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !services_required(),
-            "{name} is required (TP_REQUIRE_SERVICES is set) but not on PATH"
-        );
-        eprintln!("skipping: {name} not found (Debian package mosquitto-clients)");
-    }
-    found
+    tp_core::testing::command_path(name, "mosquitto-clients")
 }
 
 fn options(node: &TestBroker, client_id: &str) -> MqttOptions {
@@ -48,21 +31,7 @@ async fn connect_opts(
 }
 
 async fn stored(node: &TestBroker, device: &Device, key: &str) -> Vec<Value> {
-    node.timeseries
-        .query(&TsQuery {
-            device_id: device.id,
-            keys: vec![key.into()],
-            start: 0,
-            end: i64::MAX,
-            aggregation: None,
-            limit: None,
-            order: Order::Asc,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|kv| kv.value)
-        .collect()
+    node.stored_points(device.id, key).await
 }
 
 /// Waits until ingest has consumed everything accepted, then flushes the writer.

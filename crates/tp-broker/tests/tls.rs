@@ -353,23 +353,6 @@ async fn mqtt_over_secure_websocket_works_with_the_same_credentials() {
     assert!(client.publish("other/topic", "{}").await.is_err());
 }
 
-/// The path of a command-line client, or `None` (test skipped) when it is not
-/// installed and `TP_REQUIRE_SERVICES` is unset.
-fn binary(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let required =
-            std::env::var_os("TP_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0");
-        assert!(!required, "{name} is required but not on PATH");
-        eprintln!("skipping: {name} not found (Debian package mosquitto-clients)");
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_over_tls_publish_and_receive_downlink() {
     let (Some(sub), Some(pubc)) = (binary("mosquitto_sub"), binary("mosquitto_pub")) else {
@@ -601,4 +584,8 @@ fn tls_settings_parse_with_optional_listeners() {
     assert_eq!(settings.wss_listen, None);
     // the certificate and key are required
     assert!(serde_json::from_str::<TlsSettings>(r#"{"listen": "0.0.0.0:8883"}"#).is_err());
+}
+
+fn binary(name: &str) -> Option<std::path::PathBuf> {
+    tp_core::testing::command_path(name, "mosquitto-clients")
 }

@@ -185,6 +185,36 @@ impl Node {
     }
 }
 
+/// Disables, re-keys and deletes a device each through `api`'s REST API, each
+/// connected to `broker` (the same node, or another one behind the backplane), and
+/// asserts that every one of those connections is closed and a bystander's is not.
+pub(crate) async fn revoking_closes_connections(api: &Node, broker: &Node, prefix: &str) {
+    let bystander = api.create_device(&format!("{prefix}-stays")).await;
+    let mut stays = broker.connect(&bystander, &format!("{prefix}-stays")).await;
+    let revocations: [(reqwest::Method, &str, Option<Value>); 3] = [
+        (reqwest::Method::PATCH, "", Some(json!({"enabled": false}))),
+        (reqwest::Method::POST, "/credentials", None),
+        (reqwest::Method::DELETE, "", None),
+    ];
+    for (i, (method, suffix, body)) in revocations.into_iter().enumerate() {
+        let number = format!("{prefix}-{i}");
+        let d = api.create_device(&number).await;
+        let mut dev = broker.connect(&d, &number).await;
+        api.wait_online(&d, true).await;
+        let path = format!("/api/v1/devices/{}{suffix}", d.id);
+        let (status, text) = api.call(method.clone(), &path, body).await;
+        assert!(status.is_success(), "{method} {suffix}: {status}: {text}");
+        assert!(
+            dev.closed_within(Duration::from_secs(5)).await,
+            "{method} {suffix}: the connection stayed open"
+        );
+    }
+    assert!(
+        !stays.closed_within(Duration::from_millis(300)).await,
+        "an unrelated device was disconnected"
+    );
+}
+
 pub(crate) async fn login(
     http: &reqwest::Client,
     base: &str,

@@ -13,6 +13,27 @@ pub mod rules;
 pub mod timeseries;
 pub mod transport;
 
+/// The path of an external command-line tool the test drives (`mosquitto_pub`, ...),
+/// or `None` to skip the test when it is not on `PATH`. With `TP_REQUIRE_SERVICES`
+/// set (CI) a missing tool panics instead, naming the Debian `package` to install.
+pub fn command_path(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let required =
+            std::env::var_os("TP_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0");
+        assert!(
+            !required,
+            "{name} is required (TP_REQUIRE_SERVICES is set) but not on PATH (Debian package {package})"
+        );
+        eprintln!("skipping: {name} not found (Debian package {package})");
+    }
+    found
+}
+
 /// The URL of an external test service from `var`, or `None` to skip the test.
 ///
 /// When `TP_REQUIRE_SERVICES` is set (CI), a missing variable panics instead, so a
