@@ -5,6 +5,9 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+/// What [`MqttTestClient`] reports when nothing came in time (as opposed to a close).
+const TIMED_OUT: &str = "timed out";
+
 /// A device connected over a real socket with rumqttc (MQTT 3.1.1). Events are
 /// pumped into a channel; the first connection error ends the session (no reconnects).
 #[derive(Debug)]
@@ -154,7 +157,7 @@ impl MqttTestClient {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) => return Err("timed out".into()),
+                Err(_) => return Err(TIMED_OUT.into()),
                 Ok(None) => return Err("connection closed".into()),
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(p))) if want(&p) => return Ok(p),
@@ -177,6 +180,32 @@ impl MqttTestClient {
         self.wait_for(|p| matches!(p, Packet::PubAck(_)), Duration::from_secs(30))
             .await
             .map(|_| ())
+    }
+
+    /// Publishes at QoS 1 and tells whether the broker closed the connection instead
+    /// of acknowledging it (`false`: acknowledged).
+    ///
+    /// # Panics
+    /// When neither happens within 30 s: a test expecting a refusal must see the
+    /// close itself, not a withheld acknowledgement.
+    pub async fn publish_closes(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
+        match self.publish(topic, payload).await {
+            Ok(()) => false,
+            Err(e) if e == TIMED_OUT => panic!("no PUBACK and no close for {topic}"),
+            Err(_) => true,
+        }
+    }
+
+    /// Like [`Self::publish_closes`], for a SUBSCRIBE of all `filters`.
+    ///
+    /// # Panics
+    /// When neither a SUBACK nor a close comes within 30 s.
+    pub async fn subscribe_closes(&mut self, filters: &[&str]) -> bool {
+        match self.subscribe(filters).await {
+            Ok(()) => false,
+            Err(e) if e == TIMED_OUT => panic!("no SUBACK and no close for {filters:?}"),
+            Err(_) => true,
+        }
     }
 
     /// Subscribes at QoS 1 to all `filters` in one SUBSCRIBE and waits for the SUBACK.
@@ -212,7 +241,7 @@ impl MqttTestClient {
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
         self.wait_for(|_| false, timeout)
             .await
-            .is_err_and(|e| e != "timed out")
+            .is_err_and(|e| e != TIMED_OUT)
     }
 
     /// Sends DISCONNECT and waits until the connection is gone.

@@ -350,7 +350,7 @@ async fn mqtt_over_secure_websocket_works_with_the_same_credentials() {
         vec![(1_700_000_000_007, Value::Integer(7))]
     );
     // outside the ACL: the connection is closed
-    assert!(client.publish("other/topic", "{}").await.is_err());
+    assert!(client.publish_closes("other/topic", "{}").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
