@@ -194,16 +194,19 @@ async fn connections_beyond_the_limit_are_refused_without_breaking_the_listener(
         assert!(node.connect(&devices[2].0, &devices[2].1).await.is_err());
     }
     a.disconnect().await;
-    for _ in 0..500 {
+    for _ in 0..3000 {
         if node.broker.stats().connected_devices < 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut c = node
-        .connect(&devices[2].0, &devices[2].1)
-        .await
-        .expect("a slot is free again");
+    let stats = node.broker.stats();
+    assert!(stats.connected_devices < 2, "a's session never closed: {stats:?}");
+    let mut c = match node.connect(&devices[2].0, &devices[2].1).await {
+        Ok(c) => c,
+        // (What the broker counted, should this ever fail: CI once saw it refused.)
+        Err(e) => panic!("a slot is free again: {e}; {:?}", node.broker.stats()),
+    };
     c.publish("devices/telemetry", r#"{"a":1}"#).await.unwrap();
 }
 
