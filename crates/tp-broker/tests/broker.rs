@@ -201,7 +201,10 @@ async fn connections_beyond_the_limit_are_refused_without_breaking_the_listener(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = node.broker.stats();
-    assert!(stats.connected_devices < 2, "a's session never closed: {stats:?}");
+    assert!(
+        stats.connected_devices < 2,
+        "a's session never closed: {stats:?}"
+    );
     let mut c = match node.connect(&devices[2].0, &devices[2].1).await {
         Ok(c) => c,
         // (What the broker counted, should this ever fail: CI once saw it refused.)
