@@ -1,5 +1,5 @@
 //! The cluster side of the embedded broker: N broker nodes share nothing but Redis
-//! and the databases (rumqttd has no clustering), so whatever one node does that
+//! and the databases (broker nodes share no connection state), so whatever one node does that
 //! another must act on goes over the [`RedisBackplane`]:
 //!
 //! - [`ClusterTransport`] wraps a node's [`MqttTransport`](crate::MqttTransport) (or

@@ -11,7 +11,7 @@
 //! | neither (or no profile) | MQTT connect or any message | DISCONNECT / lost connection; a device with no MQTT connection after [`BrokerConfig::http_online_secs`](crate::BrokerConfig::http_online_secs) without a message ([`StatusReason::InactivityTimeout`]) |
 //!
 //! Messages are publishes (not PINGREQ: a keepalive proves the socket, which
-//! rumqttd already watches, not that the device works; refreshing the online-timeout
+//! the connection driver already watches, not that the device works; refreshing the online-timeout
 //! on it would make that mode the same as no mode), authenticated HTTP and CoAP
 //! requests, and the parts of a gateway envelope addressed to a sub-device.
 //!
