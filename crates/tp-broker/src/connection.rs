@@ -497,14 +497,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         ));
     }
 
+    /// Answers the CONNECT with `refusal`'s code, counted and logged as such.
     fn refuse(
         &mut self,
         refusal: Refusal,
         username: &str,
     ) -> Option<tokio_util::sync::CancellationToken> {
-        metrics::counter!("tp_mqtt_auth_refused_total", "reason" => refusal.reason()).increment(1);
+        self.refuse_because(refusal, refusal.reason(), username)
+    }
+
+    /// Answers the CONNECT with `refusal`'s code; `reason` labels the metric and log
+    /// (finer than the code: which credential check failed).
+    fn refuse_because(
+        &mut self,
+        refusal: Refusal,
+        reason: &'static str,
+        username: &str,
+    ) -> Option<tokio_util::sync::CancellationToken> {
+        metrics::counter!("tp_mqtt_auth_refused_total", "reason" => reason).increment(1);
         tracing::info!(peer = %self.peer, client_id = %printable(&self.client_id),
-            username = %printable(username), reason = refusal.reason(), "MQTT connection refused");
+            username = %printable(username), reason, "MQTT connection refused");
         self.connack(refusal.code(self.codec), false, None);
         None
     }
@@ -536,12 +548,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                     crate::session::Refused::Store(_) => Refusal::Unavailable,
                     _ => Refusal::BadCredentials,
                 };
-                metrics::counter!("tp_mqtt_auth_refused_total", "reason" => refused.reason())
-                    .increment(1);
-                tracing::info!(peer = %self.peer, client_id = %printable(&self.client_id),
-                    username = %printable(&username), reason = refused.reason(), "MQTT connection refused");
-                self.connack(refusal.code(self.codec), false, None);
-                return None;
+                return self.refuse_because(refusal, refused.reason(), &username);
             }
         };
         // The will is a publish of this device like any other: same ACL, no retain.

@@ -201,34 +201,26 @@ impl EmbeddedBroker {
     ) -> Result<Self, BrokerError> {
         // Every listener is bound here, once: a taken port is a clear startup error,
         // and port 0 resolves to the port the listener holds from now on.
-        let plain = listener::bind(config.listen, "--mqtt-listen or mqtt.listen")?;
-        let local_addr = bound_addr(&plain, config.listen, "--mqtt-listen or mqtt.listen")?;
+        let (plain, local_addr) = listener::bind(config.listen, "--mqtt-listen or mqtt.listen")?;
         let v5 = config
             .v5_listen
             .map(|a| listener::bind(a, "mqtt.v5_listen"))
-            .transpose()?;
-        let v5_addr = v5
-            .as_ref()
-            .map(|l| bound_addr(l, config.listen, "mqtt.v5_listen"))
             .transpose()?;
         let ws = config
             .ws_listen
             .map(|a| listener::bind(a, "mqtt.ws_listen"))
             .transpose()?;
-        let ws_addr = ws
-            .as_ref()
-            .map(|l| bound_addr(l, config.listen, "mqtt.ws_listen"))
-            .transpose()?;
+        let (v5_addr, ws_addr) = (v5.as_ref().map(|l| l.1), ws.as_ref().map(|l| l.1));
         let tls = config
             .tls
             .as_ref()
             .map(tls::MqttTlsListeners::bind)
             .transpose()?;
-        let tls_addr = |relay| tls.as_ref().and_then(|t| t.addr(relay));
+        let tls_addr = |port| tls.as_ref().and_then(|t| t.addr(port));
         let (tls_addr, tls_v5_addr, wss_addr) = (
-            tls_addr(tls::Relay::V4),
-            tls_addr(tls::Relay::V5),
-            tls_addr(tls::Relay::Ws),
+            tls_addr(tls::TlsPort::V4),
+            tls_addr(tls::TlsPort::V5),
+            tls_addr(tls::TlsPort::Ws),
         );
         let (coap_socket, coap_addr) = match config.coap_listen {
             Some(addr) => {
@@ -306,35 +298,23 @@ impl EmbeddedBroker {
                 config.max_pending_connections.max(1),
             )),
         };
-        let mut listeners = vec![listener::spawn(
-            plain,
-            context.clone(),
-            listener::Framing::Mqtt,
-            None,
-        )];
-        if let Some(v5) = v5 {
-            listeners.push(listener::spawn(
-                v5,
-                context.clone(),
-                listener::Framing::Mqtt,
-                None,
-            ));
-        }
-        if let Some(ws) = ws {
-            listeners.push(listener::spawn(
-                ws,
-                context.clone(),
-                listener::Framing::WebSocket,
-                None,
-            ));
-        }
+        let plain_listeners = [
+            Some((plain, listener::Framing::Mqtt)),
+            v5.map(|(l, _)| (l, listener::Framing::Mqtt)),
+            ws.map(|(l, _)| (l, listener::Framing::WebSocket)),
+        ];
+        let mut listeners: Vec<JoinHandle<()>> = plain_listeners
+            .into_iter()
+            .flatten()
+            .map(|(l, framing)| listener::spawn(l, context.clone(), framing, None))
+            .collect();
         if let Some(tls) = tls {
-            for (relay, bound, addr) in tls.bound {
-                let framing = match relay {
-                    tls::Relay::V4 | tls::Relay::V5 => listener::Framing::Mqtt,
-                    tls::Relay::Ws => listener::Framing::WebSocket,
+            for (port, bound, addr) in tls.bound {
+                let framing = match port {
+                    tls::TlsPort::V4 | tls::TlsPort::V5 => listener::Framing::Mqtt,
+                    tls::TlsPort::Ws => listener::Framing::WebSocket,
                 };
-                tracing::info!(%addr, ?relay, "MQTT over TLS listening");
+                tracing::info!(%addr, ?port, "MQTT over TLS listening");
                 listeners.push(listener::spawn(
                     bound,
                     context.clone(),
@@ -545,17 +525,4 @@ impl EmbeddedBroker {
         }
         Ok(report)
     }
-}
-
-/// The address a listener holds (port 0 resolved); a failure names `setting`.
-fn bound_addr(
-    listener: &tokio::net::TcpListener,
-    addr: SocketAddr,
-    setting: &'static str,
-) -> Result<SocketAddr, BrokerError> {
-    listener.local_addr().map_err(|source| BrokerError::Bind {
-        addr,
-        setting,
-        source,
-    })
 }

@@ -29,8 +29,12 @@ use crate::session::Shared;
 /// Pending connections the kernel queues before we accept them.
 const BACKLOG: u32 = 4096;
 
-/// Binds `addr` with our backlog; a failure names `setting`.
-pub(crate) fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, BrokerError> {
+/// Binds `addr` with our backlog and returns the listener with the address it
+/// holds (port 0 resolved); a failure names `setting`.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    setting: &'static str,
+) -> Result<(TcpListener, SocketAddr), BrokerError> {
     let bind_error = |source| BrokerError::Bind {
         addr,
         setting,
@@ -46,7 +50,9 @@ pub(crate) fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListene
     // in TIME_WAIT. It does not let two listeners share the port.
     socket.set_reuseaddr(true).map_err(bind_error)?;
     socket.bind(addr).map_err(bind_error)?;
-    socket.listen(BACKLOG).map_err(bind_error)
+    let listener = socket.listen(BACKLOG).map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
 }
 
 /// What the bytes on a listener's connections are.

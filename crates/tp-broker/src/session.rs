@@ -455,18 +455,22 @@ impl Shared {
     ) -> Result<(), Undelivered> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sessions.get(&device_id).ok_or(Undelivered::NoSession)?;
-        let mut targets: Vec<u64> = entry
-            .subscriptions
+        let subscribed = |connection: u64| {
+            entry
+                .subscriptions
+                .iter()
+                .any(|(c, f)| *c == connection && crate::downlink::topic_matches(f, topic))
+        };
+        let mut targets = entry
+            .connections
             .iter()
-            .filter(|(_, f)| crate::downlink::topic_matches(f, topic))
-            .map(|(c, _)| *c)
-            .collect();
-        targets.dedup();
-        if targets.is_empty() {
+            .filter(|c| subscribed(c.id))
+            .peekable();
+        if targets.peek().is_none() {
             return Err(Undelivered::NoSubscription);
         }
         let mut delivered = false;
-        for c in entry.connections.iter().filter(|c| targets.contains(&c.id)) {
+        for c in targets {
             let message = Box::new(Outbound::Publish {
                 topic: topic.to_owned(),
                 payload: payload.clone(),

@@ -155,7 +155,7 @@ fn server_config(
 
 /// Which kind of TLS listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Relay {
+pub(crate) enum TlsPort {
     /// MQTT over TLS (`mqtt.tls.listen`).
     V4,
     /// The second MQTT-over-TLS port (`mqtt.tls.v5_listen`).
@@ -168,16 +168,16 @@ pub(crate) enum Relay {
 /// is a startup error, before anything else runs.
 pub(crate) struct MqttTlsListeners {
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) bound: Vec<(Relay, TcpListener, SocketAddr)>,
+    pub(crate) bound: Vec<(TlsPort, TcpListener, SocketAddr)>,
 }
 
 impl MqttTlsListeners {
     /// Loads the certificate and binds every configured TLS listen address.
     pub(crate) fn bind(settings: &TlsSettings) -> Result<Self, BrokerError> {
         let configured = [
-            (Relay::V4, settings.listen, "mqtt.tls.listen"),
-            (Relay::V5, settings.v5_listen, "mqtt.tls.v5_listen"),
-            (Relay::Ws, settings.wss_listen, "mqtt.tls.wss_listen"),
+            (TlsPort::V4, settings.listen, "mqtt.tls.listen"),
+            (TlsPort::V5, settings.v5_listen, "mqtt.tls.v5_listen"),
+            (TlsPort::Ws, settings.wss_listen, "mqtt.tls.wss_listen"),
         ];
         if configured.iter().all(|(_, addr, _)| addr.is_none()) {
             return Err(TlsConfigError {
@@ -193,15 +193,10 @@ impl MqttTlsListeners {
             &[],
         )?;
         let mut bound = Vec::new();
-        for (relay, addr, setting) in configured {
+        for (port, addr, setting) in configured {
             if let Some(addr) = addr {
-                let listener = crate::listener::bind(addr, setting)?;
-                let local = listener.local_addr().map_err(|source| BrokerError::Bind {
-                    addr,
-                    setting,
-                    source,
-                })?;
-                bound.push((relay, listener, local));
+                let (listener, local) = crate::listener::bind(addr, setting)?;
+                bound.push((port, listener, local));
             }
         }
         Ok(Self {
@@ -210,11 +205,11 @@ impl MqttTlsListeners {
         })
     }
 
-    /// The bound address of the TLS listener of kind `relay`, if configured.
-    pub(crate) fn addr(&self, relay: Relay) -> Option<SocketAddr> {
+    /// The bound address of the TLS listener of kind `port`, if configured.
+    pub(crate) fn addr(&self, port: TlsPort) -> Option<SocketAddr> {
         self.bound
             .iter()
-            .find(|(r, _, _)| *r == relay)
+            .find(|(r, _, _)| *r == port)
             .map(|(_, _, addr)| *addr)
     }
 }
