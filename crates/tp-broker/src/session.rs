@@ -390,14 +390,9 @@ impl Shared {
         if let Some(entry) = sessions.get_mut(&device_id) {
             entry.subscriptions.retain(|(c, _)| *c != connection_id);
             let before = entry.connections.len();
-            entry.connections.retain(|c| {
-                if c.id == connection_id {
-                    c.gone.cancel();
-                    false
-                } else {
-                    true
-                }
-            });
+            // Not cancelled here: the connection cancels `gone` once this returns, so a
+            // takeover waiting for it finds the persistent session already stored.
+            entry.connections.retain(|c| c.id != connection_id);
             if entry.connections.len() < before {
                 metrics::gauge!("tp_mqtt_sessions").decrement(1.0);
             }

@@ -399,3 +399,34 @@ async fn qos_0_1_and_2_from_mosquitto_pub_are_stored_once() {
     // Each accepted once (a QoS 2 publish is not ingested again on its PUBREL).
     assert_eq!(node.broker.stats().accepted, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_keeps_the_persistent_session_of_the_same_device() {
+    let node = TestBroker::start(|_| {}).await;
+    let (a, pa) = node.create_device().await;
+    let mut opts = options(&node, "paho-like");
+    opts.set_clean_session(false);
+    let mut first = connect_opts(opts.clone(), &a, &pa).await.unwrap();
+    first
+        .subscribe(&[&format!("devices/command/{}/+", a.device_number)])
+        .await
+        .unwrap();
+    // Reconnecting while the first connection is still open, as paho clients do.
+    let mut second = connect_opts(opts, &a, &pa).await.unwrap();
+    assert!(first.closed_within(CLOSE).await, "old connection kept");
+    assert!(
+        second.session_present(),
+        "the subscriptions were not carried over"
+    );
+    node.broker
+        .transport()
+        .send(tp_core::Downlink {
+            device_id: a.id,
+            topic: format!("devices/command/{}/m2", a.device_number),
+            payload: bytes::Bytes::from_static(br#"{"method":"Ping"}"#),
+        })
+        .await
+        .expect("carried-over subscription");
+    let (topic, _) = second.recv_publish(CLOSE).await.expect("downlink");
+    assert_eq!(topic, format!("devices/command/{}/m2", a.device_number));
+}
