@@ -133,7 +133,9 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
     h('section', { class: 'panel' },
       h('dl', { class: 'facts' },
         [['Device number', h('code', {}, device.device_number)], ['Id', h('code', {}, device.id)],
-          ['MQTT username', h('code', {}, device.credentials ? device.credentials.username : '—')],
+          ['Voucher type', device.credentials ? device.credentials.voucher_type : '—'],
+          ['MQTT username', device.credentials && device.credentials.username ? h('code', {}, device.credentials.username) : 'access token (shown only when issued)'],
+          ['Profile', device.profile_id ? h('code', { id: 'device-profile' }, device.profile_id) : 'none'],
           ['Label', device.label || '—'], ['Enabled', device.enabled ? 'yes' : 'no'],
           ['Last seen', lastSeen], ['Created', fmtTime(device.created_at)]]
           .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))))),

@@ -95,6 +95,10 @@ export async function profilesPage({ main, query, signal, navigate }) {
     const type = h('select', { name: 'device_type', disabled: !!existing },
       ['direct', 'gateway', 'sub_device'].map(t => h('option', { value: t }, t)));
     if (existing) type.value = existing.device_type;
+    const voucher = h('select', { name: 'voucher_type' },
+      [['BASIC', 'BASIC: username and password'], ['ACCESSTOKEN', 'ACCESSTOKEN: a token as the username']]
+        .map(([v, label]) => h('option', { value: v }, label)));
+    if (existing) voucher.value = existing.voucher_type;
     const form = h('form', { class: 'stack', id: 'profile-form', novalidate: true },
       field('Name', h('input', { name: 'name', required: true, maxlength: 255, value: existing ? existing.name : '' })),
       field('Device type', type),
@@ -102,6 +106,7 @@ export async function profilesPage({ main, query, signal, navigate }) {
         'Offline after this long without any message; empty for none'),
       field('Online timeout (seconds)', h('input', { name: 'online_timeout_secs', type: 'number', min: 1, step: 1, value: existing && existing.online_timeout_secs ? existing.online_timeout_secs : '' }),
         'Connection state honoured, plus offline after this silence; empty for none'),
+      field('Voucher type', voucher, 'How devices created in this profile log in unless told otherwise'),
       h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'auto_register', checked: existing ? existing.auto_register : false }),
         'Devices may register themselves with the provisioning secret'),
       existing ? h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'rotate_provision_secret' }), 'Generate a new provisioning secret') : null,
@@ -115,6 +120,7 @@ export async function profilesPage({ main, query, signal, navigate }) {
         heartbeat_secs: secondsOf(data.get('heartbeat_secs'), 'heartbeat_secs'),
         online_timeout_secs: secondsOf(data.get('online_timeout_secs'), 'online_timeout_secs'),
         auto_register: data.get('auto_register') !== null,
+        voucher_type: data.get('voucher_type'),
       };
       let saved;
       if (existing) {

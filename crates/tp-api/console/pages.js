@@ -109,7 +109,10 @@ export async function dashboard({ main, signal }) {
 export async function devices({ main, query, signal, navigate }) {
   const search = query.get('search') || '';
   const page = Math.max(1, Number(query.get('page')) || 1);
-  const list = await get(`/devices${qs({ search, page, page_size: PAGE_SIZE })}`, { signal });
+  const [list, profiles] = await Promise.all([
+    get(`/devices${qs({ search, page, page_size: PAGE_SIZE })}`, { signal }),
+    get('/profiles?page_size=200', { signal }).catch(() => ({ items: [] })),
+  ]);
 
   const searchInput = h('input', { name: 'search', type: 'search', value: search, placeholder: 'name or number' });
   const searchForm = h('form', { class: 'inline', role: 'search' },
@@ -124,19 +127,32 @@ export async function devices({ main, query, signal, navigate }) {
     field('Name', h('input', { name: 'name', required: true, maxlength: 255 })),
     field('Device number', h('input', { name: 'device_number', maxlength: 255 }), 'optional; generated when empty'),
     field('Label', h('input', { name: 'label', maxlength: 255 }), 'optional'),
+    field('Profile', h('select', { name: 'profile_id' },
+      h('option', { value: '' }, '(none)'),
+      profiles.items.map(p => h('option', { value: p.id }, `${p.name} (${p.device_type})`))),
+    'heartbeat, device type and default voucher type'),
+    field('Voucher type', h('select', { name: 'voucher_type' },
+      h('option', { value: '' }, 'the profile’s (else BASIC)'),
+      h('option', { value: 'BASIC' }, 'BASIC: username and password'),
+      h('option', { value: 'ACCESSTOKEN' }, 'ACCESSTOKEN: a token as the username, no password')),
+    'how the device logs in over MQTT, HTTP and CoAP'),
     slot,
     h('button', { type: 'submit', class: 'primary' }, 'Create device'));
   onSubmit(createForm, slot, async data => {
     const body = { name: data.get('name') };
-    for (const k of ['device_number', 'label']) if (data.get(k).trim()) body[k] = data.get(k).trim();
+    for (const k of ['device_number', 'label', 'profile_id', 'voucher_type']) if (data.get(k).trim()) body[k] = data.get(k).trim();
     const d = await api('POST', '/devices', body);
     createForm.reset();
+    const token = d.credentials.voucher_type === 'ACCESSTOKEN';
     clear(created, h('div', { class: 'notice', role: 'status' },
-      h('p', {}, h('strong', {}, `Device “${d.name}” created. `), 'Copy its MQTT credentials now: the password is shown only once.'),
+      h('p', {}, h('strong', {}, `Device “${d.name}” created. `),
+        token ? 'Copy its access token now: it is shown only once. The device sends it as the MQTT username with an empty password.'
+          : 'Copy its MQTT credentials now: the password is shown only once.'),
       h('table', {}, h('tbody', {},
         h('tr', {}, h('th', { scope: 'row' }, 'Device number'), h('td', {}, h('code', {}, d.device_number))),
-        h('tr', {}, h('th', { scope: 'row' }, 'Username'), h('td', {}, h('code', { id: 'new-username' }, d.credentials.username))),
-        h('tr', {}, h('th', { scope: 'row' }, 'Password'), h('td', {}, h('code', { id: 'new-password' }, d.credentials.password))))),
+        h('tr', {}, h('th', { scope: 'row' }, 'Voucher type'), h('td', {}, h('code', { id: 'new-voucher-type' }, d.credentials.voucher_type))),
+        h('tr', {}, h('th', { scope: 'row' }, token ? 'Access token (username)' : 'Username'), h('td', {}, h('code', { id: 'new-username' }, d.credentials.username))),
+        token ? null : h('tr', {}, h('th', { scope: 'row' }, 'Password'), h('td', {}, h('code', { id: 'new-password' }, d.credentials.password))))),
       h('p', {}, h('a', { href: `#/devices/${d.id}`, id: 'new-device-link' }, `Open ${d.name}`))));
     announce(`Device ${d.name} created`);
     await refreshList();

@@ -101,6 +101,16 @@ impl ApiError {
     }
 
     /// The body sent to the client and, for server-side failures, the detail to log.
+    /// The field at fault (if any) and the message a client is shown, e.g. for one
+    /// row of a bulk request. Server-side detail stays out, as in responses.
+    pub(crate) fn field_and_message(&self) -> (Option<String>, String) {
+        let (info, detail) = self.public_parts();
+        if let Some(detail) = detail {
+            tracing::warn!(error = %detail, "request row failed");
+        }
+        (info.field, info.message)
+    }
+
     fn public_parts(&self) -> (ErrorInfo, Option<String>) {
         use tp_core::Error as E;
         let info = |code: &str, message: String| ErrorInfo {

@@ -211,6 +211,7 @@ impl Platform {
             RuleEngineDeps {
                 rules: rules.clone(),
                 metadata: metadata.clone(),
+                profiles: Some(access.clone()),
                 cache: cache.clone(),
                 notifier: Some(Arc::new(notifier)),
                 clock: options.rule_clock.unwrap_or_else(|| Arc::new(SystemClock)),

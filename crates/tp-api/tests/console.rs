@@ -7,7 +7,9 @@
 //! create a webhook channel (its secret never shows again), a rule with a cron
 //! schedule, a custom role with two permissions, a tenant (renamed, given an
 //! admin whose too-short password is reported in place first) and a deleted
-//! tenant, a device profile with a 60 s heartbeat, a device group holding the
+//! tenant, a device profile with a 60 s heartbeat, a profile with a 2 s heartbeat and
+//! access tokens with a device created in it (its token logs in; the device goes
+//! offline after the window), a device group holding the
 //! device, an API key (shown once), and the audit log, notification history and
 //! device status history pages.
 //! Screenshots of each page go to `$TP_ARTIFACTS_DIR`, else
@@ -1222,6 +1224,136 @@ async fn console_in_headless_chromium() {
     assert_eq!(profile["heartbeat_secs"], 60, "{profile}");
     assert_eq!(profile["online_timeout_secs"], Value::Null, "{profile}");
     assert_eq!(profile["auto_register"], false, "{profile}");
+
+    // A profile with a 2 s heartbeat whose devices log in with access tokens, and a
+    // device created in it through the devices page: it is online while it sends
+    // and offline once the heartbeat window passes in silence, with its connection
+    // still open (ThingsPanel's heartbeat mode).
+    b.goto(&format!("{}/#/devices/profiles", node.base)).await;
+    b.wait(
+        "the profile form",
+        "return document.querySelector('#profile-form')",
+    )
+    .await;
+    b.type_into("#profile-form [name=name]", "beacons").await;
+    b.type_into("#profile-form [name=heartbeat_secs]", "2")
+        .await;
+    b.choose("#profile-form [name=voucher_type]", "ACCESSTOKEN")
+        .await;
+    b.click("#profile-form button[type=submit]").await;
+    b.wait(
+        "the beacons profile in the list",
+        "return document.querySelector('#profile-list')?.textContent.includes('beacons')",
+    )
+    .await;
+    let (_, profiles) = node
+        .call(reqwest::Method::GET, "/api/v1/profiles", None)
+        .await;
+    let beacons = profiles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "beacons")
+        .cloned()
+        .unwrap_or_else(|| panic!("no profile beacons: {profiles}"));
+    assert_eq!(beacons["voucher_type"], "ACCESSTOKEN", "{beacons}");
+    b.goto(&format!("{}/#/devices", node.base)).await;
+    b.wait(
+        "the create form",
+        "return document.querySelector('#create-device-form [name=profile_id] option[value]:not([value=\"\"])')",
+    )
+    .await;
+    b.type_into("#create-device-form [name=name]", "Beacon")
+        .await;
+    b.type_into("#create-device-form [name=device_number]", "beacon-1")
+        .await;
+    b.choose(
+        "#create-device-form [name=profile_id]",
+        beacons["id"].as_str().unwrap(),
+    )
+    .await;
+    b.click("#create-device-form button[type=submit]").await;
+    let voucher = b
+        .wait(
+            "the new access token",
+            "return document.querySelector('#new-voucher-type')?.textContent",
+        )
+        .await;
+    assert_eq!(voucher, "ACCESSTOKEN");
+    let token = b
+        .js("return document.querySelector('#new-username').textContent")
+        .await;
+    assert_eq!(
+        b.js("return document.querySelector('#new-password')").await,
+        Value::Null,
+        "an access token has no password"
+    );
+    b.screenshot("10b-access-token").await;
+    let (_, found) = node
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/devices?search=beacon-1",
+            None,
+        )
+        .await;
+    let beacon = found["items"][0].clone();
+    assert_eq!(beacon["profile_id"], beacons["id"], "{beacon}");
+    let beacon_id = beacon["id"].as_str().unwrap().to_owned();
+    let mut radio = tp_broker::testing::MqttTestClient::connect(
+        node.platform.mqtt_addr(),
+        "mqtt_beacon-1",
+        token.as_str().unwrap(),
+        "",
+    )
+    .await
+    .expect("the access token logs in");
+    radio
+        .publish("devices/telemetry", r#"{"rssi":-70}"#)
+        .await
+        .unwrap();
+    let online = |want: bool| {
+        let node = &node;
+        let beacon_id = beacon_id.clone();
+        async move {
+            for _ in 0..1500 {
+                let (_, d) = node
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/api/v1/devices/{beacon_id}"),
+                        None,
+                    )
+                    .await;
+                if d["online"] == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("beacon never became online={want}");
+        }
+    };
+    online(true).await;
+    online(false).await;
+    let (_, history) = node
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/devices/{beacon_id}/status-history"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        history["items"][0]["reason"], "heartbeat_timeout",
+        "{history}"
+    );
+    radio.disconnect().await;
+    // Gone again, so the dashboard further down counts the boiler alone.
+    let (status, _) = node
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/devices/{beacon_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     // A device group, with the device added to it.
     b.goto(&format!("{}/#/devices/groups", node.base)).await;

@@ -364,6 +364,7 @@ async fn expired_downlink_is_marked_expired_and_never_delivered() {
         created_at: now - 10_000,
         updated_at: now - 10_000,
         expires_at: Some(now - 5_000),
+        published: None,
     };
     node.platform
         .metadata()

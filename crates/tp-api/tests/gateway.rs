@@ -224,6 +224,7 @@ async fn queued_commands_to_offline_sub_devices_go_out_when_the_gateway_reconnec
             created_at: now - 10_000,
             updated_at: now - 10_000,
             expires_at: Some(now - 5_000),
+            published: None,
         })
         .await
         .unwrap();

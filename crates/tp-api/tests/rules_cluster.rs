@@ -128,6 +128,7 @@ impl Cluster {
                 RuleEngineDeps {
                     rules: rules.clone(),
                     metadata,
+                    profiles: None,
                     cache: backend.cache().await,
                     notifier: Some(Arc::new(notifier)),
                     clock: clock.clone(),

@@ -16,7 +16,8 @@
 //! # Authentication
 //!
 //! CoAP has no standard authentication, so every request carries the device's MQTT
-//! credentials as URI queries: `coap://host:5683/telemetry?u=<username>&p=<password>`.
+//! credentials as URI queries: `coap://host:5683/telemetry?u=<username>&p=<password>`
+//! (an `ACCESSTOKEN` device: `?u=<token>` alone).
 //! They are checked like an MQTT CONNECT. Plain CoAP is not encrypted: use it on
 //! trusted networks (or behind a DTLS-terminating proxy).
 //!
@@ -430,9 +431,10 @@ impl CoapHandler {
         password: Option<&str>,
     ) -> Result<Device, Refusal> {
         let unauthorized = |m: &str| Refusal(ResponseType::Unauthorized, "unauthorized", m.into());
-        let (Some(username), Some(password)) = (username, password) else {
+        // An access token is the username alone (`?u=<token>`).
+        let (Some(username), password) = (username, password.unwrap_or_default()) else {
             return Err(unauthorized(
-                "credentials required as URI queries u=<username>&p=<password>",
+                "credentials required as URI queries u=<username>&p=<password> (or u=<access token>)",
             ));
         };
         match self.api.shared.check_credentials(username, password).await {
@@ -450,7 +452,7 @@ impl CoapHandler {
             Err(refused) => {
                 metrics::counter!("tp_device_api_auth_refused_total", "transport" => "coap", "reason" => refused.reason())
                     .increment(1);
-                tracing::info!(username = %crate::connection::printable(username), reason = refused.reason(), "CoAP device request refused");
+                tracing::info!(login = %crate::connection::login_hint(username), reason = refused.reason(), "CoAP device request refused");
                 Err(unauthorized("wrong device credentials"))
             }
         }

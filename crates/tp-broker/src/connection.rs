@@ -38,7 +38,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tp_core::protocol::{UplinkTopic, check_subscribe};
+use tp_core::protocol::{UplinkTopic, check_subscribe, ignored_uplink};
 use tp_core::{Device, now_ms};
 
 use crate::session::{
@@ -248,6 +248,13 @@ fn outgoing_publish(topic: &str, payload: &[u8], qos: u8, pkid: u16, dup: bool) 
 /// Escapes what a client sent before it goes into a log line.
 pub(crate) fn printable(s: &str) -> String {
     s.escape_debug().take(300).collect()
+}
+
+/// A login's username as a refusal may log it: an access token is sent as the
+/// username, so only its first characters and length, enough to tell logins apart.
+pub(crate) fn login_hint(username: &str) -> String {
+    let head: String = username.chars().take(4).collect();
+    format!("{}…({} chars)", printable(&head), username.chars().count())
 }
 
 /// How a connection ended.
@@ -516,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     ) -> Option<tokio_util::sync::CancellationToken> {
         metrics::counter!("tp_mqtt_auth_refused_total", "reason" => reason).increment(1);
         tracing::info!(peer = %self.peer, client_id = %printable(&self.client_id),
-            username = %printable(username), reason, "MQTT connection refused");
+            login = %login_hint(username), reason, "MQTT connection refused");
         self.connack(refusal.code(self.codec), false, None);
         None
     }
@@ -812,7 +819,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     fn publish(&mut self, publish: Publish, qos: u8, pkid: u16) -> Option<End> {
         let topic = std::str::from_utf8(&publish.topic).unwrap_or("").to_owned();
         if UplinkTopic::parse(&topic).is_err() {
-            return Some(self.deny("publish", &topic));
+            let Some(label) = ignored_uplink(&topic, &self.device().device_number) else {
+                return Some(self.deny("publish", &topic));
+            };
+            // Allowed by ThingsPanel's broker but meaningless here: acknowledged,
+            // counted, not stored.
+            metrics::counter!("tp_mqtt_ignored_publishes_total", "topic" => label).increment(1);
+            tracing::debug!(device_id = %self.device().id, topic = label, "publish acknowledged and ignored");
+            self.acknowledge(qos, pkid);
+            return None;
         }
         if qos == 2 && self.qos2_pending.contains(&pkid) {
             // A re-sent QoS 2 publish we already logged: acknowledge, don't ingest twice.
@@ -840,6 +855,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             self.disconnect(reason);
             return Some(End::Lost);
         }
+        if qos == 2 {
+            self.qos2_pending.push(pkid);
+        }
+        self.acknowledge(qos, pkid);
+        None
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) of an accepted publish.
+    fn acknowledge(&mut self, qos: u8, pkid: u16) {
         match qos {
             1 => self.write(Packet::PubAck(
                 PubAck {
@@ -848,19 +872,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 },
                 None,
             )),
-            2 => {
-                self.qos2_pending.push(pkid);
-                self.write(Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::Success,
-                    },
-                    None,
-                ));
-            }
+            2 => self.write(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )),
             _ => {}
         }
-        None
     }
 
     /// Publishes a downlink to the device at the QoS of its best matching filter.
@@ -980,6 +1000,8 @@ fn ingest(
             Ok(segment) => set_envelope_segment(&mut envelope, segment),
             Err(e) => {
                 shared.unadmit(size);
+                shared.wal_errors.fetch_add(1, Ordering::AcqRel);
+                metrics::counter!("tp_wal_append_errors_total").increment(1);
                 tracing::error!(device_id = %device.id, error = %e,
                     "cannot log the publish to the write-ahead log; refusing it (not acknowledged)");
                 return Err(DisconnectReasonCode::UnspecifiedError);

@@ -39,14 +39,14 @@
 //! Rows past their `expires_at` are marked `expired` instead of delivered (here and
 //! whenever the API lists them), so a stale command never reaches a device.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tp_core::protocol::{DownlinkKind, DownlinkTopic, GatewayEnvelope, MAX_GATEWAY_DEPTH};
 use tp_core::{
-    CommandKind, CommandLog, CommandStatus, Device, DeviceId, Error, MetadataStore, Page, Result,
-    TenantId, Timestamp, now_ms, random_token,
+    AccessStore, CommandKind, CommandLog, CommandStatus, Device, DeviceId, DeviceType, Error,
+    MetadataStore, Page, PublishedDownlink, Result, TenantId, Timestamp, now_ms, random_token,
 };
 
 use crate::session::Shared;
@@ -70,10 +70,13 @@ pub fn downlink_topic(kind: CommandKind, device_number: &str, message_id: &str) 
     .to_topic()
 }
 
-/// Where a downlink for a device goes: a direct device gets it on its own topic; a
-/// sub-device gets it through its top-level gateway, on the gateway topic, wrapped in
-/// the gateway envelope (`{"sub_device_data":{addr: payload}}`, nested in
-/// `sub_gateway_data` for each gateway in between), as ThingsPanel does.
+/// Where a downlink for a device goes, as ThingsPanel sends it: a direct device gets
+/// it on its own `devices/…` topic as it is; a gateway (its profile's device type)
+/// on its own `gateway/…` topic as `{"gateway_data":…}`; a device behind gateways
+/// through its top-level gateway, on that gateway's topic, as
+/// `{"sub_device_data":{addr:…}}` (a sub-device) or
+/// `{"sub_gateway_data":{addr:{"gateway_data":…}}}` (a sub-gateway), nested in
+/// `sub_gateway_data` for each gateway in between.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// The device whose connection receives the message (the top-level gateway).
@@ -84,11 +87,33 @@ pub struct Route {
     pub payload: serde_json::Value,
 }
 
+impl Route {
+    /// What the log records as published.
+    pub fn published(&self) -> PublishedDownlink {
+        PublishedDownlink {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// Whether `device`'s profile makes it a gateway (without a profile store, or a
+/// profile, it is not).
+pub async fn is_gateway(profiles: Option<&dyn AccessStore>, device: &Device) -> Result<bool> {
+    let (Some(profiles), Some(profile_id)) = (profiles, device.profile_id) else {
+        return Ok(false);
+    };
+    Ok(profiles
+        .get_profile(device.tenant_id, profile_id)
+        .await?
+        .is_some_and(|p| p.device_type == DeviceType::Gateway))
+}
+
 /// Computes the [`Route`] of a downlink of `kind` with `message_id` and `payload` for
-/// `device`. For a sub-device it also remembers (gateway, message id) -> sub-device, so
-/// a gateway answering with a plain response object marks the sub-device's log row.
+/// `device`; `profiles` tells which devices are gateways.
 pub async fn route(
     metadata: &dyn MetadataStore,
+    profiles: Option<&dyn AccessStore>,
     device: &Device,
     kind: CommandKind,
     message_id: &str,
@@ -115,15 +140,24 @@ pub async fn route(
         addrs.push(addr);
         top = parent;
     }
-    if addrs.is_empty() {
+    let gateway = is_gateway(profiles, device).await?;
+    let dkind = downlink_kind(kind);
+    let message_id = dkind.has_message_id().then(|| message_id.to_owned());
+    if addrs.is_empty() && !gateway {
         return Ok(Route {
             device_id: device.id,
-            topic: downlink_topic(kind, &device.device_number, message_id),
+            topic: DownlinkTopic {
+                gateway: false,
+                kind: dkind,
+                device_number: device.device_number.clone(),
+                message_id,
+            }
+            .to_topic(),
             payload: payload.clone(),
         });
     }
-    // Attribute get uses key arrays inside the envelope.
-    let inner = match kind {
+    // Inside the envelope an attribute get is the bare key array.
+    let own = match kind {
         CommandKind::AttributeGet => payload
             .get("keys")
             .cloned()
@@ -131,46 +165,36 @@ pub async fn route(
         _ => payload.clone(),
     };
     let mut envelope = GatewayEnvelope::default();
-    envelope.sub_device_data.insert(addrs[0].clone(), inner);
-    for addr in &addrs[1..] {
+    match addrs.first() {
+        None => envelope.gateway_data = Some(own),
+        Some(addr) if gateway => {
+            let inner = GatewayEnvelope {
+                gateway_data: Some(own),
+                ..GatewayEnvelope::default()
+            };
+            envelope.sub_gateway_data.insert(addr.clone(), inner);
+        }
+        Some(addr) => {
+            envelope.sub_device_data.insert(addr.clone(), own);
+        }
+    }
+    for addr in addrs.iter().skip(1) {
         let mut outer = GatewayEnvelope::default();
         outer.sub_gateway_data.insert(addr.clone(), envelope);
         envelope = outer;
     }
-    let dkind = downlink_kind(kind);
     let topic = DownlinkTopic {
         gateway: true,
         kind: dkind,
         device_number: top.device_number.clone(),
-        message_id: dkind.has_message_id().then(|| message_id.to_owned()),
+        message_id,
     }
     .to_topic();
-    remember_gateway_route(top.id, message_id, device.id);
     Ok(Route {
         device_id: top.id,
         topic,
         payload: serde_json::to_value(&envelope).unwrap_or_default(),
     })
-}
-
-/// Outstanding (gateway, message id) -> sub-device of downlink sent through gateways.
-type GatewayRoutes = Mutex<HashMap<(DeviceId, String), DeviceId>>;
-static GATEWAY_ROUTES: LazyLock<GatewayRoutes> = LazyLock::new(Default::default);
-/// Outstanding routes kept before the oldest knowledge is dropped wholesale.
-const GATEWAY_ROUTES_MAX: usize = 100_000;
-
-fn remember_gateway_route(gateway: DeviceId, message_id: &str, device: DeviceId) {
-    let mut map = GATEWAY_ROUTES.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= GATEWAY_ROUTES_MAX {
-        map.clear();
-    }
-    map.insert((gateway, message_id.to_owned()), device);
-}
-
-/// The sub-device a downlink with `message_id` sent through `gateway` was for.
-pub(crate) fn take_gateway_route(gateway: DeviceId, message_id: &str) -> Option<DeviceId> {
-    let mut map = GATEWAY_ROUTES.lock().unwrap_or_else(|p| p.into_inner());
-    map.remove(&(gateway, message_id.to_owned()))
 }
 
 fn downlink_kind(kind: CommandKind) -> DownlinkKind {
@@ -297,6 +321,10 @@ pub(crate) async fn poll_pending(
         }
         row.status = CommandStatus::Sent;
         row.updated_at = now;
+        row.published = Some(PublishedDownlink {
+            topic: polled.topic.clone(),
+            payload: polled.payload.clone(),
+        });
         metadata.update_command(&row).await?;
         metrics::counter!("tp_downlink_sent_total").increment(1);
         taken.push(polled);
@@ -367,20 +395,26 @@ impl Delivery {
             tracing::info!(device_id = %target.id, message_id = %row.message_id, "queued downlink expired");
             return Ok(true);
         }
-        let (topic, payload) = if target.id == device.id {
-            let topic = downlink_topic(row.kind, &device.device_number, &row.message_id);
-            (topic, row.payload.clone())
-        } else {
-            match route(metadata, target, row.kind, &row.message_id, &row.payload).await {
-                Ok(r) if r.device_id == device.id => (r.topic, r.payload),
-                Ok(_) => return Ok(true), // moved behind another gateway meanwhile
-                Err(e) => {
-                    tracing::warn!(device_id = %target.id, message_id = %row.message_id, error = %e,
-                        "cannot route queued downlink to the sub-device; it stays pending");
-                    return Ok(true);
-                }
+        let profiles = self.shared.profiles.as_deref();
+        let route = match route(
+            metadata,
+            profiles,
+            target,
+            row.kind,
+            &row.message_id,
+            &row.payload,
+        )
+        .await
+        {
+            Ok(r) if r.device_id == device.id => r,
+            Ok(_) => return Ok(true), // moved behind another gateway meanwhile
+            Err(e) => {
+                tracing::warn!(device_id = %target.id, message_id = %row.message_id, error = %e,
+                    "cannot route queued downlink; it stays pending");
+                return Ok(true);
             }
         };
+        let topic = route.topic.clone();
         match self.shared.accepts(device.id, &topic) {
             None => return Ok(false),
             Some(false) => return Ok(true), // not subscribed to this topic (yet)
@@ -388,8 +422,9 @@ impl Delivery {
         }
         row.status = CommandStatus::Sent;
         row.updated_at = now;
+        row.published = Some(route.published());
         metadata.update_command(&row).await?;
-        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        let bytes = serde_json::to_vec(&route.payload).unwrap_or_default();
         match self
             .shared
             .publish(device.id, &topic, bytes.into())

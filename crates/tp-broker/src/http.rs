@@ -4,7 +4,9 @@
 //! # Authentication
 //!
 //! Every request carries the device's MQTT credentials as HTTP Basic auth
-//! (`Authorization: Basic base64(username:password)`, e.g. `curl -u user:pass`).
+//! (`Authorization: Basic base64(username:password)`, e.g. `curl -u user:pass`); an
+//! `ACCESSTOKEN` device sends its token as the username with an empty password
+//! (`curl -u <token>:`).
 //! They are checked exactly like an MQTT CONNECT (credential cache, then the metadata
 //! store; disabled devices refused). A missing or wrong credential is `401` with
 //! `WWW-Authenticate: Basic`.
@@ -175,7 +177,7 @@ async fn authenticate(api: &DeviceApi, headers: &HeaderMap) -> Result<Device, De
         Err(refused) => {
             metrics::counter!("tp_device_api_auth_refused_total", "transport" => "http", "reason" => refused.reason())
                 .increment(1);
-            tracing::info!(username = %crate::connection::printable(&username), reason = refused.reason(), "HTTP device request refused");
+            tracing::info!(login = %crate::connection::login_hint(&username), reason = refused.reason(), "HTTP device request refused");
             Err(unauthorized("wrong device credentials"))
         }
     }
@@ -191,7 +193,8 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
         .decode(encoded.trim())
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
-    let (user, pass) = decoded.split_once(':')?;
+    // An access token alone (`curl -u <token>:` sends the colon; some clients do not).
+    let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
     Some((user.to_owned(), pass.to_owned()))
 }
 
@@ -344,6 +347,10 @@ mod tests {
         assert_eq!(basic_credentials(&format!("Bearer {enc}")), None);
         assert_eq!(basic_credentials("Basic !!!"), None);
         let no_colon = base64::engine::general_purpose::STANDARD.encode("dev1");
-        assert_eq!(basic_credentials(&format!("Basic {no_colon}")), None);
+        // An access token alone, as some clients send it.
+        assert_eq!(
+            basic_credentials(&format!("Basic {no_colon}")),
+            Some(("dev1".into(), String::new()))
+        );
     }
 }

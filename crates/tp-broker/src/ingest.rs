@@ -225,5 +225,6 @@ fn kind_name(kind: UplinkKind) -> &'static str {
         UplinkKind::CommandResponse => "command_response",
         UplinkKind::AttributeSetResponse => "attribute_set_response",
         UplinkKind::OtaProgress => "ota_progress",
+        UplinkKind::Register => "register",
     }
 }

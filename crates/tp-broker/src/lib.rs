@@ -115,9 +115,11 @@ pub struct BrokerDeps {
 /// Optional parts of a broker beyond [`BrokerDeps`] ([`EmbeddedBroker::start_with`]).
 #[derive(Debug, Clone, Default)]
 pub struct BrokerOptions {
-    /// Where device profiles are read for their heartbeat and online-timeout windows
-    /// (cached, see [`presence`]); without it every device is judged by its
-    /// connection and the default window.
+    /// Where device profiles are read: their heartbeat and online-timeout windows
+    /// (cached, see [`presence`]), which devices are gateways (downlink routing, see
+    /// [`downlink::route`]) and the secrets of `devices/register`. Without it every
+    /// device is judged by its connection and the default window, none is a gateway
+    /// and registration over MQTT is refused.
     pub profiles: Option<tp_core::AccessStoreRef>,
     /// The clock presence windows are measured on; [`SystemClock`] when unset. Tests
     /// pass a [`ManualClock`] to step over a window instead of waiting it out.
@@ -148,6 +150,9 @@ pub struct BrokerStats {
     pub rejected: u64,
     /// Devices with at least one session.
     pub connected_devices: usize,
+    /// Publishes refused because the write-ahead log could not take them (not
+    /// acknowledged; the device resends).
+    pub wal_errors: u64,
 }
 
 /// What the HTTP and CoAP device APIs share with the broker: authentication, the
@@ -242,6 +247,7 @@ impl EmbeddedBroker {
         let wal = wal::Wal::open(&config.wal, &deps.writer)?;
         let (shared, receivers) = Shared::new(
             deps.metadata.clone(),
+            options.profiles.clone(),
             deps.cache.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
             config.max_connections,
@@ -449,6 +455,7 @@ impl EmbeddedBroker {
             consumed: self.shared.consumed.load(Ordering::Acquire),
             rejected: self.shared.rejected.load(Ordering::Acquire),
             connected_devices: self.shared.connected_devices(),
+            wal_errors: self.shared.wal_errors.load(Ordering::Acquire),
         }
     }
 

@@ -27,7 +27,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tp_core::protocol::check_subscribe;
-use tp_core::{CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, credential_cache_key};
+use tp_core::{
+    CacheExt, CacheRef, Device, DeviceId, MetadataStoreRef, VoucherType, access_token_key,
+    credential_cache_key,
+};
 
 use crate::wal::Wal;
 
@@ -115,6 +118,9 @@ pub(crate) enum Undelivered {
 /// State shared by every connection, ingest, downlink and the device APIs.
 pub(crate) struct Shared {
     pub(crate) metadata: MetadataStoreRef,
+    /// Device profiles (which devices are gateways, for downlink routing), when the
+    /// platform has them.
+    pub(crate) profiles: Option<tp_core::AccessStoreRef>,
     pub(crate) cache: CacheRef,
     pub(crate) credential_ttl: Duration,
     pub(crate) max_connections: usize,
@@ -137,6 +143,8 @@ pub(crate) struct Shared {
     max_lag_bytes: u64,
     /// Publishes the ingest loop rejected (malformed payloads).
     pub(crate) rejected: AtomicU64,
+    /// Publishes refused because the write-ahead log append failed.
+    pub(crate) wal_errors: AtomicU64,
     /// Per-device publish rate limit (`max_messages_per_second`), if any.
     rate_limit: Option<crate::rate::RateLimiter>,
     status_tx: mpsc::UnboundedSender<StatusChange>,
@@ -166,8 +174,10 @@ pub(crate) struct SharedReceivers {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         metadata: MetadataStoreRef,
+        profiles: Option<tp_core::AccessStoreRef>,
         cache: CacheRef,
         credential_ttl: Duration,
         max_connections: usize,
@@ -180,6 +190,7 @@ impl Shared {
         let (ingest_tx, ingest) = mpsc::unbounded_channel();
         let shared = Arc::new(Self {
             metadata,
+            profiles,
             cache,
             credential_ttl,
             max_connections,
@@ -194,6 +205,7 @@ impl Shared {
             consumed_bytes: AtomicU64::new(0),
             max_lag_bytes,
             rejected: AtomicU64::new(0),
+            wal_errors: AtomicU64::new(0),
             rate_limit: max_messages_per_second.map(crate::rate::RateLimiter::new),
             status_tx,
             subscribed_tx,
@@ -450,22 +462,33 @@ impl Shared {
     ) -> Result<(), Undelivered> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sessions.get(&device_id).ok_or(Undelivered::NoSession)?;
-        let subscribed = |connection: u64| {
-            entry
-                .subscriptions
-                .iter()
-                .any(|(c, f)| *c == connection && crate::downlink::topic_matches(f, topic))
+        let alias = tp_core::protocol::down_alias(topic);
+        // The topic a connection receives the message on: the topic itself when one
+        // of its filters matches, else the `{device_number}/down` alias.
+        let receives = |connection: u64| {
+            let filters = || {
+                entry
+                    .subscriptions
+                    .iter()
+                    .filter(move |(c, _)| *c == connection)
+                    .map(|(_, f)| f.as_str())
+            };
+            if filters().any(|f| crate::downlink::topic_matches(f, topic)) {
+                return Some(topic);
+            }
+            let alias = alias.as_deref()?;
+            filters().any(|f| f == alias).then_some(alias)
         };
         let mut targets = entry
             .connections
             .iter()
-            .filter(|c| subscribed(c.id))
+            .filter_map(|c| receives(c.id).map(|t| (c, t)))
             .peekable();
         if targets.peek().is_none() {
             return Err(Undelivered::NoSubscription);
         }
         let mut delivered = false;
-        for c in targets {
+        for (c, topic) in targets {
             let message = Box::new(Outbound::Publish {
                 topic: topic.to_owned(),
                 payload: payload.clone(),
@@ -520,12 +543,10 @@ impl Shared {
     pub(crate) fn accepts(&self, device_id: DeviceId, topic: &str) -> Option<bool> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sessions.get(&device_id)?;
-        Some(
-            entry
-                .subscriptions
-                .iter()
-                .any(|(_, f)| crate::downlink::topic_matches(f, topic)),
-        )
+        let alias = tp_core::protocol::down_alias(topic);
+        Some(entry.subscriptions.iter().any(|(_, f)| {
+            crate::downlink::topic_matches(f, topic) || alias.as_deref() == Some(f.as_str())
+        }))
     }
 
     /// The device of a live session with the lock serializing its delivery passes.
@@ -561,13 +582,16 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// The enabled device these credentials belong to.
+    /// The enabled device these credentials belong to: a `BASIC` device by username
+    /// and password, or an `ACCESSTOKEN` device by its token sent as the username
+    /// (the password empty or ignored).
     pub(crate) async fn check_credentials(
         &self,
         username: &str,
         password: &str,
     ) -> Result<Arc<Device>, Refused> {
-        let device = self.lookup(username).await?;
+        // No BASIC password is empty, so an empty one can only be an access token's.
+        let device = self.lookup(username, !password.is_empty()).await?;
         if !device.credentials.verify(password) {
             return Err(Refused::BadPassword);
         }
@@ -577,24 +601,42 @@ impl Credentials {
         Ok(device)
     }
 
-    /// The enabled device with this username, without a password check: for hooks
-    /// of an external broker about a connection it already authenticated.
+    /// The enabled device with this username (or access token), without a password
+    /// check: for hooks of an external broker about a connection it already
+    /// authenticated.
     pub(crate) async fn enabled_device(&self, username: &str) -> Result<Arc<Device>, Refused> {
-        let device = self.lookup(username).await?;
+        let device = self.lookup(username, true).await?;
         if !device.enabled {
             return Err(Refused::Disabled);
         }
         Ok(device)
     }
 
-    async fn lookup(&self, username: &str) -> Result<Arc<Device>, Refused> {
-        match self.resolve(username).await {
-            Ok(Some(d)) => Ok(d),
-            Ok(None) => Err(Refused::UnknownUsername),
-            Err(e) => {
-                tracing::error!(error = %e, "credential lookup failed");
-                Err(Refused::Store(e))
-            }
+    /// The device a login names: with `basic`, a `BASIC` device whose username it
+    /// is; else (or when there is none) the `ACCESSTOKEN` device whose token it is.
+    /// Each kind is only found through its own key, so a token's stored digest
+    /// never works as a username.
+    async fn lookup(&self, username: &str, basic: bool) -> Result<Arc<Device>, Refused> {
+        if username.is_empty() {
+            return Err(Refused::UnknownUsername);
+        }
+        let store_error = |e: tp_core::Error| {
+            tracing::error!(error = %e, "credential lookup failed");
+            Refused::Store(e)
+        };
+        if basic
+            && let Some(d) = self.resolve(username).await.map_err(store_error)?
+            && d.credentials.voucher_type == VoucherType::Basic
+        {
+            return Ok(d);
+        }
+        match self
+            .resolve(&access_token_key(username))
+            .await
+            .map_err(store_error)?
+        {
+            Some(d) if d.credentials.voucher_type == VoucherType::AccessToken => Ok(d),
+            _ => Err(Refused::UnknownUsername),
         }
     }
 

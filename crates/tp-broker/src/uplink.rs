@@ -59,6 +59,8 @@ pub(crate) struct Ack {
     gateway: bool,
     /// Why the report was not stored.
     error: Option<String>,
+    /// A payload of its own instead of the response object (registration answers).
+    body: Option<Vec<u8>>,
 }
 
 impl Ack {
@@ -77,11 +79,34 @@ impl Ack {
             method,
             gateway,
             error: result.as_ref().err().map(ToString::to_string),
+            body: None,
+        }
+    }
+
+    /// An answer of `kind` with its own payload.
+    fn with_body(device_id: DeviceId, kind: DownlinkKind, body: Vec<u8>) -> Self {
+        Self {
+            device_id,
+            kind,
+            mid: String::new(),
+            method: None,
+            gateway: false,
+            error: None,
+            body: Some(body),
         }
     }
 
     /// Topic and payload for the device numbered `device_number`, stamped now.
     pub(crate) fn message(self, device_number: &str) -> (String, Vec<u8>) {
+        let topic = DownlinkTopic {
+            gateway: self.gateway,
+            kind: self.kind,
+            device_number: device_number.to_owned(),
+            message_id: self.kind.has_message_id().then_some(self.mid),
+        };
+        if let Some(body) = self.body {
+            return (topic.to_topic(), body);
+        }
         let now = now_ms();
         let response = match self.error {
             None => ResponseObject::success(now, self.method),
@@ -92,12 +117,6 @@ impl Ack {
                 ts: Some(now / 1000),
                 method: self.method,
             },
-        };
-        let topic = DownlinkTopic {
-            gateway: self.gateway,
-            kind: self.kind,
-            device_number: device_number.to_owned(),
-            message_id: Some(self.mid),
         };
         (topic.to_topic(), response.encode())
     }
@@ -160,7 +179,125 @@ impl Uplinks {
                 (self.response(device_id, mid, payload, now).await, None)
             }
             UplinkKind::OtaProgress => (self.ota_progress(device_id, payload, now).await, None),
+            UplinkKind::Register => {
+                let outcome = self.register(device_id, payload).await;
+                let body = match &outcome {
+                    Ok(answer) => answer.clone(),
+                    Err(e) => serde_json::json!({
+                        "result": 1,
+                        "errcode": register_errcode(e),
+                        "message": e.to_string(),
+                        "ts": now / 1000,
+                    }),
+                };
+                let ack = Ack::with_body(
+                    device_id,
+                    DownlinkKind::RegisterResponse,
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                );
+                (outcome.map(|_| ()), Some(ack))
+            }
         }
+    }
+
+    /// `devices/register`: the publishing device registers a new device with a
+    /// profile secret of its own tenant (ThingsPanel's dynamic registration, with
+    /// the fields of its `device/auth` request). With `sub_device_addr` the new device
+    /// sits behind the publisher, or behind `parent_device_number` when that is the
+    /// publisher or a gateway below it. Returns the answer published on
+    /// `devices/register/response/{device_number}` (the publisher's number), with the
+    /// new device's credentials.
+    async fn register(
+        &self,
+        device_id: DeviceId,
+        payload: &[u8],
+    ) -> tp_core::Result<serde_json::Value> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Request {
+            #[serde(alias = "template_secret")]
+            profile_secret: String,
+            device_number: String,
+            #[serde(default, alias = "device_name")]
+            name: Option<String>,
+            #[serde(default)]
+            sub_device_addr: Option<String>,
+            #[serde(default)]
+            parent_device_number: Option<String>,
+            /// Accepted for ThingsPanel clients; the secret names the profile.
+            #[serde(default)]
+            #[allow(dead_code)]
+            product_key: Option<String>,
+        }
+        let req: Request = serde_json::from_slice(payload)
+            .map_err(|e| tp_core::Error::invalid("payload", format!("not a registration: {e}")))?;
+        let Some(profiles) = self.sessions.as_ref().and_then(|s| s.profiles.clone()) else {
+            return Err(tp_core::Error::NotSupported {
+                backend: "broker without device profiles",
+                operation: "devices/register",
+            });
+        };
+        let Some(publisher) = self.metadata.get_device_by_id(device_id).await? else {
+            return Err(tp_core::Error::not_found("device", device_id));
+        };
+        let parent = match (&req.sub_device_addr, &req.parent_device_number) {
+            (None, _) => None,
+            (Some(_), None) => Some(publisher.id),
+            (Some(_), Some(number)) => Some(self.behind(&publisher, number).await?),
+        };
+        let registration = tp_core::provision::Registration {
+            profile_secret: req.profile_secret,
+            device_number: req.device_number,
+            name: req.name,
+            parent,
+            sub_device_addr: req.sub_device_addr,
+            tenant: Some(publisher.tenant_id),
+        };
+        let (device, issued) = tp_core::provision::register_device(
+            self.metadata.as_ref(),
+            profiles.as_ref(),
+            registration,
+        )
+        .await?;
+        tracing::info!(device_id = %device.id, registered_by = %publisher.id,
+            device_number = %device.device_number, "device registered over MQTT");
+        Ok(serde_json::json!({
+            "result": 0,
+            "message": "success",
+            "ts": now_ms() / 1000,
+            "device_id": device.id.0,
+            "device_number": device.device_number,
+            "voucher": {
+                "voucher_type": issued.voucher_type.as_str(),
+                "username": issued.username,
+                "password": issued.password,
+            },
+        }))
+    }
+
+    /// The device numbered `number`, if it is `publisher` or sits below it.
+    async fn behind(&self, publisher: &Device, number: &str) -> tp_core::Result<DeviceId> {
+        let not_below = || {
+            tp_core::Error::invalid(
+                "parent_device_number",
+                "must be the registering gateway or a device behind it",
+            )
+        };
+        let Some(target) = self.metadata.get_device_by_number(number).await? else {
+            return Err(not_below());
+        };
+        let mut cursor = Some(target.clone());
+        for _ in 0..=tp_core::protocol::MAX_GATEWAY_DEPTH {
+            let Some(d) = cursor else { break };
+            if d.id == publisher.id {
+                return Ok(target.id);
+            }
+            cursor = match d.parent_id {
+                Some(p) => self.metadata.get_device_by_id(p).await?,
+                None => None,
+            };
+        }
+        Err(not_below())
     }
 
     /// An OTA progress report, stored as an `ota_progress` event.
@@ -202,7 +339,8 @@ impl Uplinks {
             UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse
         ) {
             return (
-                self.gateway_response(device_id, mid, payload, now).await,
+                self.gateway_response(device_id, uplink.kind, mid, payload, now)
+                    .await,
                 None,
             );
         }
@@ -287,17 +425,20 @@ impl Uplinks {
             UplinkKind::CommandResponse | UplinkKind::AttributeSetResponse => {
                 self.response(device_id, mid, &bytes, now).await
             }
-            UplinkKind::OtaProgress => Ok(()),
+            UplinkKind::OtaProgress | UplinkKind::Register => Ok(()),
         }
     }
 
-    /// A gateway's answer to a command or attribute set. A plain response object
-    /// answers a downlink of the gateway itself, or of whichever device below it the
-    /// message id was issued for (downlink to sub-devices goes through the top-level
-    /// gateway, see [`crate::downlink::route`]); an envelope answers per device.
+    /// A gateway's answer to a command or an attribute set, in any of the forms
+    /// gateways use: a plain response object answers the downlink that went out
+    /// on the gateway's topic with this message id (its own, or one for a device
+    /// behind it: the log records the published topic), else the gateway's own row
+    /// with the id; an envelope answers per device (`gateway_data` the gateway's own,
+    /// `sub_device_data`/`sub_gateway_data` the devices behind it).
     async fn gateway_response(
         &self,
         gateway_id: DeviceId,
+        kind: UplinkKind,
         mid: &str,
         payload: &[u8],
         now: i64,
@@ -305,15 +446,43 @@ impl Uplinks {
         let value: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|e| tp_core::Error::invalid("payload", e.to_string()))?;
         if value.get("result").is_some() {
-            if let Some(target) = crate::downlink::take_gateway_route(gateway_id, mid) {
-                return self.response(target, mid, payload, now).await;
-            }
-            return self.response(gateway_id, mid, payload, now).await;
+            let target = self.published_through(gateway_id, kind, mid).await?;
+            return self
+                .response(target.unwrap_or(gateway_id), mid, payload, now)
+                .await;
         }
         let envelope = GatewayEnvelope::decode(payload)?;
-        crate::downlink::take_gateway_route(gateway_id, mid);
-        self.route_envelope(gateway_id, UplinkKind::CommandResponse, mid, envelope, now)
+        self.route_envelope(gateway_id, kind, mid, envelope, now)
             .await
+    }
+
+    /// The device a downlink with `mid` published on `gateway_id`'s `gateway/…`
+    /// topic was for, if the log has one.
+    async fn published_through(
+        &self,
+        gateway_id: DeviceId,
+        kind: UplinkKind,
+        mid: &str,
+    ) -> tp_core::Result<Option<DeviceId>> {
+        let kind = match kind {
+            UplinkKind::AttributeSetResponse => DownlinkKind::AttributeSet,
+            _ => DownlinkKind::Command,
+        };
+        let Some(gateway) = self.metadata.get_device_by_id(gateway_id).await? else {
+            return Ok(None);
+        };
+        let topic = DownlinkTopic {
+            gateway: true,
+            kind,
+            device_number: gateway.device_number,
+            message_id: Some(mid.to_owned()),
+        }
+        .to_topic();
+        Ok(self
+            .metadata
+            .get_command_by_published_topic(gateway.tenant_id, &topic)
+            .await?
+            .map(|row| row.device_id))
     }
 
     /// The device at `addr` under gateway `parent`, cached; an unknown address is
@@ -517,6 +686,16 @@ impl Uplinks {
         log.response = serde_json::to_value(&response).ok();
         log.updated_at = now;
         self.metadata.update_command(&log).await
+    }
+}
+
+/// The `errcode` of a failed registration.
+fn register_errcode(e: &tp_core::Error) -> &'static str {
+    match e {
+        tp_core::Error::Unauthenticated(_) => "unauthorized",
+        tp_core::Error::AlreadyExists { .. } => "already_exists",
+        tp_core::Error::Invalid { .. } => "invalid_payload",
+        _ => "unavailable",
     }
 }
 

@@ -355,6 +355,7 @@ async fn a_command_response_marks_the_log_row_replied() {
         created_at: now,
         updated_at: now,
         expires_at: None,
+        published: None,
     };
     node.metadata.create_command(&log).await.unwrap();
     let mut client = node.connect(&device, &password).await.unwrap();

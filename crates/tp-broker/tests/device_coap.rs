@@ -191,6 +191,7 @@ fn command_row(device: &Device, mid: &str) -> CommandLog {
         created_at: now,
         updated_at: now,
         expires_at: None,
+        published: None,
     }
 }
 

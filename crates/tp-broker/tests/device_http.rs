@@ -308,6 +308,7 @@ fn log_row(device: &Device, mid: &str, kind: CommandKind, expires_at: Option<i64
         created_at: now,
         updated_at: now,
         expires_at,
+        published: None,
     }
 }
 

@@ -200,6 +200,7 @@ async fn log_row(node: &TestBroker, device: &Device, mid: &str) -> CommandLog {
         created_at: now,
         updated_at: now,
         expires_at: None,
+        published: None,
     };
     node.metadata.create_command(&row).await.unwrap();
     row
@@ -229,6 +230,7 @@ async fn send_through_gateway(
 ) -> (String, serde_json::Value) {
     let r = route(
         node.metadata.as_ref(),
+        None,
         device,
         row.kind,
         &row.message_id,
@@ -236,6 +238,12 @@ async fn send_through_gateway(
     )
     .await
     .unwrap();
+    // Logged as sent with what went out, as the API does: a plain response from
+    // the gateway is matched by the published topic.
+    let mut sent = row.clone();
+    sent.status = CommandStatus::Sent;
+    sent.published = Some(r.published());
+    node.metadata.update_command(&sent).await.unwrap();
     node.broker
         .transport()
         .send(Downlink {

@@ -430,3 +430,48 @@ async fn a_takeover_keeps_the_persistent_session_of_the_same_device() {
     let (topic, _) = second.recv_publish(CLOSE).await.expect("downlink");
     assert_eq!(topic, format!("devices/command/{}/m2", a.device_number));
 }
+
+/// An access token logs in alone; what is stored for it (its digest) never does,
+/// and a BASIC username is never looked up as a token or the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_logs_in_but_its_stored_digest_does_not() {
+    let node = TestBroker::start(|_| {}).await;
+    let (mut device, _) = Device::new(node.tenant, "token device".into(), None);
+    let (credentials, issued) =
+        tp_core::DeviceCredentials::generate_for(tp_core::VoucherType::AccessToken);
+    device.credentials = credentials;
+    node.metadata.create_device(&device).await.unwrap();
+    let token = issued.username;
+    assert_ne!(
+        device.credentials.username, token,
+        "the token is not stored"
+    );
+    let addr = node.broker.local_addr();
+    let mut c = MqttTestClient::connect(addr, "mqtt_tok", &token, "")
+        .await
+        .expect("token login");
+    c.publish("devices/telemetry", r#"{"t":1}"#).await.unwrap();
+    settle(&node).await;
+    assert_eq!(stored(&node, &device, "t").await, vec![Value::Integer(1)]);
+    c.disconnect().await;
+    for password in ["", "anything"] {
+        assert!(
+            MqttTestClient::connect(addr, "mqtt_tok", &device.credentials.username, password)
+                .await
+                .is_err(),
+            "the stored digest logged in (password {password:?})"
+        );
+    }
+    // A BASIC device's username with an empty password is not a token.
+    let (basic, password) = node.create_device().await;
+    assert!(
+        MqttTestClient::connect(addr, "mqtt_b", &basic.credentials.username, "")
+            .await
+            .is_err()
+    );
+    node.connect(&basic, &password)
+        .await
+        .expect("basic login")
+        .disconnect()
+        .await;
+}

@@ -101,6 +101,7 @@ impl Node {
                 online_timeout_secs: online_timeout,
                 auto_register: false,
                 provision_secret_hash: None,
+                voucher_type: Default::default(),
                 created_at: now_ms(),
             };
             self.access.create_profile(&profile).await.unwrap();

@@ -411,3 +411,93 @@ fn a_torn_tail_is_ignored_and_the_records_before_it_are_replayed() {
     });
     rt.shutdown_background();
 }
+
+/// Makes `path` immutable (`chattr +i`) for as long as the guard lives: even root
+/// cannot write to it then, so the log's next append fails as on a full or broken
+/// disk. `None` where the file system or the container does not allow it.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(paths: Vec<PathBuf>) -> Option<Self> {
+        let mut guard = Immutable(Vec::new());
+        for p in paths {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&p)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return None;
+            }
+            guard.0.push(p);
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_log_cannot_take_is_not_acknowledged_and_is_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_dir = dir.path().join("wal");
+    let s = stores(dir.path()).await;
+    let tenant = tp_core::Tenant {
+        id: tp_core::TenantId::new(),
+        name: "t".into(),
+        created_at: tp_core::now_ms(),
+    };
+    s.metadata.create_tenant(&tenant).await.expect("tenant");
+    let (device, password) = Device::new(tenant.id, "d".into(), None);
+    s.metadata.create_device(&device).await.expect("device");
+    let broker = start(&wal_dir, s.metadata.clone(), s.timeseries.clone()).await;
+    let addr = broker.local_addr();
+    let mut c = MqttTestClient::connect(addr, "wal-1", &device.credentials.username, &password)
+        .await
+        .expect("connect");
+    c.publish("devices/telemetry", r#"{"before":1}"#)
+        .await
+        .expect("acknowledged while the log works");
+    let mut files = segments(&wal_dir);
+    files.push(wal_dir.clone());
+    // Needs CAP_LINUX_IMMUTABLE (root), not a service: skipped without it.
+    let Some(_unwritable) = Immutable::set(files) else {
+        eprintln!("skipping: cannot make the log unwritable (chattr +i needs root)");
+        return;
+    };
+    // Not acknowledged: the connection is closed instead (the device keeps the
+    // message and resends it), counted, and nothing of it is stored.
+    assert!(
+        c.publish_closes("devices/telemetry", r#"{"after":2}"#)
+            .await
+    );
+    assert_eq!(broker.stats().wal_errors, 1);
+    eventually("the first message stored", || async {
+        points(&s.timeseries, &device).await.len() == 1
+    })
+    .await;
+    drop(_unwritable);
+    // Once the log can be written again, the device's resend is acknowledged.
+    let mut c = MqttTestClient::connect(addr, "wal-1", &device.credentials.username, &password)
+        .await
+        .expect("reconnect");
+    c.publish("devices/telemetry", r#"{"after":2}"#)
+        .await
+        .expect("acknowledged again");
+    eventually("the resend stored", || async {
+        points(&s.timeseries, &device)
+            .await
+            .iter()
+            .any(|kv| kv.key == "after")
+    })
+    .await;
+}

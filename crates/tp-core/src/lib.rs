@@ -8,6 +8,7 @@
 //! - [`protocol`]: the ThingsPanel MQTT device protocol: uplink/downlink topics, the topic
 //!   ACL, payload codecs (flat JSON, `{"ts":..,"values":{..}}` and arrays of those), the
 //!   response object and the gateway envelope.
+//! - [`provision`]: device self-registration with a profile secret (REST and MQTT).
 //! - The async traits every backend implements: [`MetadataStore`], [`TimeSeriesStore`],
 //!   [`Cache`] and [`DeviceTransport`], used as `Arc<dyn Trait>` at the boundaries.
 //! - [`Error`]: the one error enum, with semantic, backend-agnostic variants.
@@ -32,6 +33,7 @@ pub mod cache;
 mod error;
 pub mod model;
 pub mod protocol;
+pub mod provision;
 pub mod rules;
 pub mod store;
 pub mod transport;

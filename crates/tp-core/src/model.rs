@@ -336,6 +336,8 @@ pub struct DeviceProfile {
     pub auto_register: bool,
     /// Hash of the one-type-one-secret provisioning secret.
     pub provision_secret_hash: Option<String>,
+    /// How devices created in this profile authenticate unless told otherwise.
+    pub voucher_type: VoucherType,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -351,50 +353,236 @@ impl fmt::Debug for DeviceProfile {
     }
 }
 
-/// A device's MQTT login ("voucher"). Only a SHA-256 digest of the password is kept:
-/// passwords are random 128-bit secrets, so a fast hash is enough and keeps the
-/// connect path cheap, while a leaked database does not leak usable credentials.
+/// How a device authenticates: ThingsPanel's voucher types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum VoucherType {
+    /// A username and a password (ThingsPanel's `BASIC`).
+    #[default]
+    #[serde(rename = "BASIC")]
+    Basic,
+    /// A unique, high-entropy token sent as the username alone; the password is
+    /// empty or ignored (ThingsPanel's `ACCESSTOKEN`, the default of its clients).
+    #[serde(rename = "ACCESSTOKEN")]
+    AccessToken,
+}
+
+impl VoucherType {
+    /// The stored and API form (`BASIC`, `ACCESSTOKEN`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoucherType::Basic => "BASIC",
+            VoucherType::AccessToken => "ACCESSTOKEN",
+        }
+    }
+}
+
+impl FromStr for VoucherType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "BASIC" => Ok(VoucherType::Basic),
+            "ACCESSTOKEN" => Ok(VoucherType::AccessToken),
+            other => Err(Error::invalid(
+                "voucher_type",
+                format!("{other:?} is not BASIC or ACCESSTOKEN"),
+            )),
+        }
+    }
+}
+
+/// Shortest access token a user may choose: ThingsPanel's are 22 characters.
+pub const MIN_ACCESS_TOKEN_LEN: usize = 16;
+/// Shortest device password a user may choose: ThingsPanel's are 7 characters.
+pub const MIN_DEVICE_PASSWORD_LEN: usize = 6;
+/// Longest device username, password or access token.
+pub const MAX_DEVICE_SECRET_LEN: usize = 255;
+
+/// A device's login ("voucher"). No secret is kept in the clear: a `BASIC` device's
+/// password and an `ACCESSTOKEN` device's token are stored as SHA-256 digests.
+/// Generated secrets are random 128-bit values, so a fast hash is enough and keeps
+/// the connect path cheap, while a leaked database does not leak usable credentials.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCredentials {
-    /// MQTT username; unique across the installation.
+    /// `BASIC` or `ACCESSTOKEN`.
+    #[serde(default)]
+    pub voucher_type: VoucherType,
+    /// The key a login is looked up by, unique across the installation: a `BASIC`
+    /// device's username; for an `ACCESSTOKEN` device [`access_token_key`] of its token.
     pub username: String,
-    /// Hex SHA-256 of the password.
+    /// Hex SHA-256 of a `BASIC` device's password; empty for an access token.
     pub password_hash: String,
 }
 
 impl fmt::Debug for DeviceCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("DeviceCredentials");
+        d.field("voucher_type", &self.voucher_type);
+        if self.voucher_type == VoucherType::Basic {
+            d.field("username", &self.username);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
+/// A device secret as shown once, at creation or rotation: what a device puts in
+/// its CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCredentials {
+    /// `BASIC` or `ACCESSTOKEN`.
+    pub voucher_type: VoucherType,
+    /// MQTT username: a `BASIC` username, or the access token itself.
+    pub username: String,
+    /// MQTT password of a `BASIC` device; `None` for an access token.
+    pub password: Option<String>,
+}
+
+/// The lookup key of an access token: its digest, marked so that it can never equal
+/// a `BASIC` username (those cannot contain `:`).
+pub fn access_token_key(token: &str) -> String {
+    format!("token:{}", hash_secret(token))
+}
+
 impl DeviceCredentials {
-    /// New random credentials; returns them with the plaintext password, which is
-    /// shown to the caller once and never stored.
+    /// New random `BASIC` credentials; returns them with the plaintext password,
+    /// which is shown to the caller once and never stored.
     pub fn generate() -> (Self, String) {
         let username = random_token(12);
         let password = random_token(16);
         (Self::from_plain(username, &password), password)
     }
 
-    /// Credentials for a given username and plaintext password.
+    /// New random credentials of `voucher_type`, with what the device is to send.
+    pub fn generate_for(voucher_type: VoucherType) -> (Self, IssuedCredentials) {
+        match voucher_type {
+            VoucherType::Basic => {
+                let (credentials, password) = Self::generate();
+                let issued = IssuedCredentials {
+                    voucher_type,
+                    username: credentials.username.clone(),
+                    password: Some(password),
+                };
+                (credentials, issued)
+            }
+            VoucherType::AccessToken => {
+                let token = random_token(16);
+                let issued = IssuedCredentials {
+                    voucher_type,
+                    username: token.clone(),
+                    password: None,
+                };
+                (Self::access_token(&token), issued)
+            }
+        }
+    }
+
+    /// `BASIC` credentials for a given username and plaintext password.
     pub fn from_plain(username: String, password: &str) -> Self {
         Self {
+            voucher_type: VoucherType::Basic,
             username,
             password_hash: hash_secret(password),
         }
     }
 
-    /// Constant-time check of a presented password.
+    /// `ACCESSTOKEN` credentials for a given token.
+    pub fn access_token(token: &str) -> Self {
+        Self {
+            voucher_type: VoucherType::AccessToken,
+            username: access_token_key(token),
+            password_hash: String::new(),
+        }
+    }
+
+    /// Credentials a user chose (or imported from another platform), checked:
+    /// a `BASIC` username of 1 to 255 printable characters without `:` and a password
+    /// of at least [`MIN_DEVICE_PASSWORD_LEN`]; an access token of at least
+    /// [`MIN_ACCESS_TOKEN_LEN`] printable characters without `:`. The error names the
+    /// field (`username`, `password`, `access_token`).
+    pub fn chosen(
+        voucher_type: VoucherType,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<(Self, IssuedCredentials)> {
+        let field = match voucher_type {
+            VoucherType::Basic => "username",
+            VoucherType::AccessToken => "access_token",
+        };
+        let min = match voucher_type {
+            VoucherType::Basic => 1,
+            VoucherType::AccessToken => MIN_ACCESS_TOKEN_LEN,
+        };
+        check_secret(field, username, min)?;
+        let issued = IssuedCredentials {
+            voucher_type,
+            username: username.to_owned(),
+            password: password.map(str::to_owned),
+        };
+        match voucher_type {
+            VoucherType::Basic => {
+                let Some(password) = password else {
+                    return Err(Error::invalid(
+                        "password",
+                        "a BASIC voucher needs a password",
+                    ));
+                };
+                check_secret("password", password, MIN_DEVICE_PASSWORD_LEN)?;
+                Ok((Self::from_plain(username.to_owned(), password), issued))
+            }
+            VoucherType::AccessToken => {
+                if password.is_some_and(|p| !p.is_empty()) {
+                    return Err(Error::invalid(
+                        "password",
+                        "an ACCESSTOKEN voucher has no password",
+                    ));
+                }
+                Ok((
+                    Self::access_token(username),
+                    IssuedCredentials {
+                        password: None,
+                        ..issued
+                    },
+                ))
+            }
+        }
+    }
+
+    /// The username a `BASIC` device connects with; `None` for an access token,
+    /// which is only shown when it is issued.
+    pub fn visible_username(&self) -> Option<&str> {
+        (self.voucher_type == VoucherType::Basic).then_some(self.username.as_str())
+    }
+
+    /// Constant-time check of a presented password; an access token's password is
+    /// ignored.
     pub fn verify(&self, password: &str) -> bool {
+        if self.voucher_type == VoucherType::AccessToken {
+            return true;
+        }
         let presented = hash_secret(password);
         presented
             .as_bytes()
             .ct_eq(self.password_hash.as_bytes())
             .into()
     }
+}
+
+fn check_secret(field: &'static str, value: &str, min: usize) -> Result<()> {
+    let len = value.chars().count();
+    if len < min || len > MAX_DEVICE_SECRET_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be {min} to {MAX_DEVICE_SECRET_LEN} characters"),
+        ));
+    }
+    if field != "password" && value.contains(':') {
+        // HTTP Basic authentication cannot carry a username with ':'.
+        return Err(Error::invalid(field, "must not contain ':'"));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 of a high-entropy secret (device passwords, API keys, profile secrets).
@@ -715,6 +903,19 @@ pub struct CommandLog {
     pub updated_at: Timestamp,
     /// Give up delivering after this time.
     pub expires_at: Option<Timestamp>,
+    /// What went out on the wire the last time it was sent: for a device behind a
+    /// gateway, the gateway's topic and the envelope, so the log shows which
+    /// gateways and addresses the message passed through.
+    pub published: Option<PublishedDownlink>,
+}
+
+/// A downlink as it was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedDownlink {
+    /// Full MQTT topic.
+    pub topic: String,
+    /// Payload as published (for a sub-device, the gateway envelope).
+    pub payload: serde_json::Value,
 }
 
 /// Offset/limit paging.
@@ -849,6 +1050,66 @@ pub fn credential_cache_key(username: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn voucher_types_issue_and_check_their_secrets() {
+        let (c, issued) = DeviceCredentials::generate_for(VoucherType::AccessToken);
+        assert_eq!(c.voucher_type, VoucherType::AccessToken);
+        assert_eq!(issued.password, None);
+        assert_eq!(c.username, access_token_key(&issued.username));
+        assert!(
+            !format!("{c:?}").contains(&c.username),
+            "digest kept out of Debug"
+        );
+        assert!(c.verify("") && c.verify("ignored"));
+        assert_eq!(c.visible_username(), None);
+        let (b, issued) = DeviceCredentials::generate_for(VoucherType::Basic);
+        assert_eq!(b.visible_username(), Some(issued.username.as_str()));
+        assert!(b.verify(issued.password.as_deref().unwrap()) && !b.verify(""));
+
+        let (kept, _) =
+            DeviceCredentials::chosen(VoucherType::AccessToken, "5a3c9e0f-7b21-4d6e-8", None)
+                .unwrap();
+        assert_eq!(
+            kept,
+            DeviceCredentials::access_token("5a3c9e0f-7b21-4d6e-8")
+        );
+        for (t, user, pass, field) in [
+            (VoucherType::AccessToken, "short", None, "access_token"),
+            (
+                VoucherType::AccessToken,
+                "0123456789abcdef:x",
+                None,
+                "access_token",
+            ),
+            (
+                VoucherType::AccessToken,
+                "0123456789abcdefgh",
+                Some("pw"),
+                "password",
+            ),
+            (VoucherType::Basic, "", Some("secret-1"), "username"),
+            (VoucherType::Basic, "a:b", Some("secret-1"), "username"),
+            (VoucherType::Basic, "user", None, "password"),
+            (VoucherType::Basic, "user", Some("12345"), "password"),
+            (
+                VoucherType::Basic,
+                "us\u{7}er",
+                Some("secret-1"),
+                "username",
+            ),
+        ] {
+            match DeviceCredentials::chosen(t, user, pass) {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field, "{user:?}"),
+                other => panic!("{user:?}/{pass:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            "ACCESSTOKEN".parse::<VoucherType>().unwrap(),
+            VoucherType::AccessToken
+        );
+        assert!("token".parse::<VoucherType>().is_err());
+    }
 
     #[test]
     fn credentials_verify_only_the_right_password() {

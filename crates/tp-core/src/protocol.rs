@@ -37,6 +37,9 @@ pub enum UplinkKind {
     AttributeSetResponse,
     /// `ota/devices/progress`.
     OtaProgress,
+    /// `devices/register`: a device (or a gateway, for one behind it) registers a
+    /// new device with a profile secret; answered on `devices/register/response/{device_number}`.
+    Register,
 }
 
 /// A parsed uplink topic.
@@ -69,6 +72,7 @@ impl UplinkTopic {
         };
         let (kind, mid) = match rest {
             ["telemetry"] => (UplinkKind::Telemetry, None),
+            ["register"] if !gateway => (UplinkKind::Register, None),
             ["attributes", mid] => (UplinkKind::Attributes, Some(*mid)),
             ["event", mid] => (UplinkKind::Event, Some(*mid)),
             ["command", "response", mid] => (UplinkKind::CommandResponse, Some(*mid)),
@@ -98,6 +102,7 @@ impl UplinkTopic {
             UplinkKind::CommandResponse => format!("{root}/command/response/{mid}"),
             UplinkKind::AttributeSetResponse => format!("{root}/attributes/set/response/{mid}"),
             UplinkKind::OtaProgress => "ota/devices/progress".to_owned(),
+            UplinkKind::Register => format!("{root}/register"),
         }
     }
 }
@@ -140,6 +145,8 @@ pub enum DownlinkKind {
     EventResponse,
     /// `ota/devices/inform/{device_number}`.
     OtaInform,
+    /// `devices/register/response/{device_number}`: the answer to a `devices/register`.
+    RegisterResponse,
 }
 
 impl DownlinkKind {
@@ -163,10 +170,11 @@ impl DownlinkKind {
             DownlinkKind::AttributeResponse => &["attributes", "response"],
             DownlinkKind::EventResponse => &["event", "response"],
             DownlinkKind::OtaInform => &["devices", "inform"],
+            DownlinkKind::RegisterResponse => &["register", "response"],
         }
     }
 
-    const ALL: [DownlinkKind; 7] = [
+    const ALL: [DownlinkKind; 8] = [
         DownlinkKind::TelemetryControl,
         DownlinkKind::AttributeSet,
         DownlinkKind::AttributeGet,
@@ -174,6 +182,7 @@ impl DownlinkKind {
         DownlinkKind::AttributeResponse,
         DownlinkKind::EventResponse,
         DownlinkKind::OtaInform,
+        DownlinkKind::RegisterResponse,
     ];
 }
 
@@ -218,7 +227,12 @@ impl DownlinkTopic {
 ///
 /// Allowed are exactly the downlink topics of that device; the
 /// `{device_number}` level must be the device's own number (no wildcard), and only
-/// the trailing `{message_id}` level may be `+` or `#`.
+/// the trailing `{message_id}` level may be `+` or `#`. Also allowed, as
+/// ThingsPanel's broker does: `devices/register/response/…` and
+/// `devices/config/down/response/…` with the device's own number, `+` or `#` as the
+/// last level (only messages addressed to the device reach its connection), and
+/// `{device_number}/down` ([`DOWN_ALIAS_SUFFIX`], an alias of the device's
+/// telemetry control topic).
 pub fn check_subscribe(filter: &str, device_number: &str) -> Result<()> {
     let levels: Vec<&str> = filter.split('/').collect();
     let deny = || {
@@ -226,6 +240,16 @@ pub fn check_subscribe(filter: &str, device_number: &str) -> Result<()> {
             "device {device_number} may not subscribe to {filter:?}"
         ))
     };
+    match levels.as_slice() {
+        [n, "down"] if *n == device_number => return Ok(()),
+        ["devices", "register", "response", last]
+        | ["devices", "config", "down", "response", last]
+            if *last == device_number || *last == "+" || *last == "#" =>
+        {
+            return Ok(());
+        }
+        _ => {}
+    }
     let rest = match levels.first() {
         Some(&"devices") | Some(&"gateway") => &levels[1..],
         Some(&"ota") => {
@@ -238,7 +262,10 @@ pub fn check_subscribe(filter: &str, device_number: &str) -> Result<()> {
         _ => return Err(deny()),
     };
     for kind in DownlinkKind::ALL {
-        if kind == DownlinkKind::OtaInform {
+        if matches!(
+            kind,
+            DownlinkKind::OtaInform | DownlinkKind::RegisterResponse
+        ) {
             continue;
         }
         let prefix = kind.prefix();
@@ -262,6 +289,31 @@ pub fn check_subscribe(filter: &str, device_number: &str) -> Result<()> {
         }
     }
     Err(deny())
+}
+
+/// The last level of `{device_number}/down`, which receives what the device's
+/// `devices/telemetry/control/{device_number}` does.
+pub const DOWN_ALIAS_SUFFIX: &str = "/down";
+
+/// The `{device_number}/down` alias a telemetry control `topic` is also delivered
+/// on, if it is one.
+pub fn down_alias(topic: &str) -> Option<String> {
+    let number = topic.strip_prefix("devices/telemetry/control/")?;
+    (!number.is_empty() && !number.contains('/')).then(|| format!("{number}{DOWN_ALIAS_SUFFIX}"))
+}
+
+/// Topics ThingsPanel's broker lets a device publish that have no meaning here:
+/// `devices/config/down` and `{device_number}/up` (a vendor's custom uplink), the
+/// latter bound to the device's own number. They are acknowledged and counted,
+/// nothing is stored; the label names the topic for the metric.
+pub fn ignored_uplink(topic: &str, device_number: &str) -> Option<&'static str> {
+    if topic == "devices/config/down" {
+        return Some("devices/config/down");
+    }
+    match topic.split_once('/') {
+        Some((n, "up")) if n == device_number => Some("+/up"),
+        _ => None,
+    }
 }
 
 /// A telemetry sample decoded from a payload, before it is bound to a device.
@@ -573,6 +625,11 @@ mod tests {
             "ota/devices/inform/d1",
             "gateway/command/d1/+",
             "gateway/telemetry/control/d1",
+            "d1/down",
+            "devices/register/response/d1",
+            "devices/register/response/+",
+            "devices/config/down/response/+",
+            "devices/config/down/response/d1",
         ];
         for f in ok {
             assert!(check_subscribe(f, "d1").is_ok(), "{f}");
@@ -587,10 +644,52 @@ mod tests {
             "devices/telemetry",
             "ota/devices/inform/+",
             "devices/attributes/get/d1/x",
+            "d2/down",
+            "+/down",
+            "#/down",
+            "d1/down/x",
+            "devices/register/response/d2",
+            "devices/register/response/d1/x",
+            "devices/config/down/response/d2",
+            "devices/register/response",
         ];
         for f in denied {
             assert!(check_subscribe(f, "d1").is_err(), "{f}");
         }
+    }
+
+    #[test]
+    fn thingspanel_extra_topics() {
+        assert_eq!(
+            UplinkTopic::parse("devices/register").unwrap().kind,
+            UplinkKind::Register
+        );
+        assert!(UplinkTopic::parse("gateway/register").is_err());
+        assert!(UplinkTopic::parse("devices/register/x").is_err());
+        assert_eq!(
+            ignored_uplink("devices/config/down", "d1"),
+            Some("devices/config/down")
+        );
+        assert_eq!(ignored_uplink("d1/up", "d1"), Some("+/up"));
+        assert_eq!(ignored_uplink("d2/up", "d1"), None);
+        assert_eq!(ignored_uplink("d1/up/x", "d1"), None);
+        assert_eq!(ignored_uplink("devices/other", "d1"), None);
+        assert_eq!(
+            down_alias("devices/telemetry/control/d1").as_deref(),
+            Some("d1/down")
+        );
+        assert_eq!(down_alias("devices/command/d1/m1"), None);
+        assert_eq!(down_alias("devices/telemetry/control/d1/x"), None);
+        assert_eq!(
+            DownlinkTopic {
+                gateway: false,
+                kind: DownlinkKind::RegisterResponse,
+                device_number: "d1".into(),
+                message_id: None,
+            }
+            .to_topic(),
+            "devices/register/response/d1"
+        );
     }
 
     #[test]

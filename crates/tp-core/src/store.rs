@@ -114,13 +114,20 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Logs a downlink.
     async fn create_command(&self, command: &CommandLog) -> Result<()>;
-    /// Updates status, response and `updated_at` of a logged downlink.
+    /// Updates status, response, `updated_at` and `published` of a logged downlink.
     async fn update_command(&self, command: &CommandLog) -> Result<()>;
     /// Finds the downlink a device response refers to.
     async fn get_command_by_message_id(
         &self,
         device: DeviceId,
         message_id: &str,
+    ) -> Result<Option<CommandLog>>;
+    /// The newest downlink of the tenant last published on `topic` (a gateway's
+    /// topic with a message id: which device behind the gateway it was for).
+    async fn get_command_by_published_topic(
+        &self,
+        tenant: TenantId,
+        topic: &str,
     ) -> Result<Option<CommandLog>>;
     /// A device's downlink log, newest first.
     async fn list_commands(

@@ -6,14 +6,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{DeviceIdPath, Json, Query};
+use super::extract::{DeviceIdPath, Json, OptionalJson, Query};
+use super::profiles::parse_voucher_type;
 use super::support::audit;
 use crate::auth::Caller;
 use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, device_cred_cache_key};
 use tp_core::protocol::MAX_GATEWAY_DEPTH;
-use tp_core::{Device, DeviceCredentials, DeviceFilter, Page, now_ms, validate_device_number};
+use tp_core::{
+    Device, DeviceCredentials, DeviceFilter, DeviceProfile, IssuedCredentials, Page, ProfileId,
+    TenantId, VoucherType, now_ms, validate_device_number,
+};
 
 /// Largest `page_size` of the device list.
 pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
@@ -29,6 +33,8 @@ pub(crate) struct DeviceResponse {
     device_number: String,
     /// Free-form label.
     label: Option<String>,
+    /// Profile (heartbeat, device type, ...), if any.
+    profile_id: Option<Uuid>,
     /// Gateway this sub-device sits behind.
     parent_id: Option<Uuid>,
     /// Address of this sub-device under its gateway.
@@ -43,15 +49,19 @@ pub(crate) struct DeviceResponse {
     created_at: i64,
     /// Last change (ms).
     updated_at: i64,
-    /// MQTT login (username only).
+    /// How the device logs in (never a secret).
     credentials: CredentialsView,
 }
 
-/// The MQTT username of a device.
+/// How a device logs in, without its secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CredentialsView {
-    /// MQTT username.
-    username: String,
+    /// `BASIC` (username and password) or `ACCESSTOKEN` (a token as the username alone).
+    #[schema(example = "BASIC")]
+    voucher_type: String,
+    /// The MQTT username of a `BASIC` device; `null` for an access token, which is
+    /// a secret shown only when it is issued.
+    username: Option<String>,
 }
 
 /// A device just created, with its MQTT password (shown only once).
@@ -65,6 +75,8 @@ pub(crate) struct CreatedDeviceResponse {
     device_number: String,
     /// Free-form label.
     label: Option<String>,
+    /// Profile, if any.
+    profile_id: Option<Uuid>,
     /// Gateway this sub-device sits behind.
     parent_id: Option<Uuid>,
     /// Address of this sub-device under its gateway.
@@ -79,17 +91,120 @@ pub(crate) struct CreatedDeviceResponse {
     created_at: i64,
     /// Last change (ms).
     updated_at: i64,
-    /// MQTT login with the plaintext password.
+    /// The login with its secret.
     credentials: NewCredentials,
 }
 
-/// MQTT credentials with the plaintext password; it is not stored and cannot be shown again.
+/// A device's login with its secret, shown only here: only digests are stored.
+/// A `BASIC` device connects with `username` and `password`; an `ACCESSTOKEN`
+/// device with `username` (the token) and an empty password.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct NewCredentials {
-    /// MQTT username.
+    /// `BASIC` or `ACCESSTOKEN`.
+    #[schema(example = "BASIC")]
+    voucher_type: String,
+    /// MQTT username; for `ACCESSTOKEN` the access token itself.
     username: String,
-    /// MQTT password.
-    password: String,
+    /// MQTT password; `null` for `ACCESSTOKEN`.
+    password: Option<String>,
+}
+
+impl From<IssuedCredentials> for NewCredentials {
+    fn from(c: IssuedCredentials) -> Self {
+        Self {
+            voucher_type: c.voucher_type.as_str().to_owned(),
+            username: c.username,
+            password: c.password,
+        }
+    }
+}
+
+/// Credentials a user sets instead of generated ones (e.g. devices moved from
+/// another platform): a `BASIC` `username` and `password`, or an `access_token`.
+/// Without any of them, new ones of `voucher_type` are generated.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CredentialsRequest {
+    /// `BASIC` or `ACCESSTOKEN`; when absent, what the other fields imply, else the
+    /// profile's voucher type, else `BASIC`.
+    #[serde(default)]
+    voucher_type: Option<String>,
+    /// `BASIC` username: 1 to 255 characters, no `:`, unique.
+    #[serde(default)]
+    username: Option<String>,
+    /// `BASIC` password: 6 to 255 characters (stored as a SHA-256 digest; choose a
+    /// random one).
+    #[serde(default)]
+    password: Option<String>,
+    /// `ACCESSTOKEN` token: 16 to 255 characters, no `:`, unique (stored as a
+    /// SHA-256 digest).
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// The credentials a request asks for: chosen ones when given, else generated
+/// ones of the requested voucher type, else of `profile`'s.
+fn credentials_for(
+    req: &CredentialsRequest,
+    profile: Option<&DeviceProfile>,
+) -> ApiResult<(DeviceCredentials, IssuedCredentials)> {
+    let asked = req
+        .voucher_type
+        .as_deref()
+        .map(parse_voucher_type)
+        .transpose()?;
+    let chosen_basic = req.username.is_some() || req.password.is_some();
+    if chosen_basic && req.access_token.is_some() {
+        return Err(ApiError::invalid(
+            "access_token",
+            "give either username and password (BASIC) or access_token (ACCESSTOKEN)",
+        ));
+    }
+    if let Some(token) = &req.access_token {
+        if asked == Some(VoucherType::Basic) {
+            return Err(ApiError::invalid(
+                "voucher_type",
+                "an access_token is an ACCESSTOKEN voucher",
+            ));
+        }
+        return Ok(DeviceCredentials::chosen(
+            VoucherType::AccessToken,
+            token,
+            None,
+        )?);
+    }
+    if chosen_basic {
+        if asked == Some(VoucherType::AccessToken) {
+            return Err(ApiError::invalid(
+                "voucher_type",
+                "an ACCESSTOKEN voucher has an access_token, not a username and password",
+            ));
+        }
+        let Some(username) = &req.username else {
+            return Err(ApiError::invalid(
+                "username",
+                "a BASIC voucher needs a username",
+            ));
+        };
+        return Ok(DeviceCredentials::chosen(
+            VoucherType::Basic,
+            username,
+            req.password.as_deref(),
+        )?);
+    }
+    let voucher_type = asked
+        .or(profile.map(|p| p.voucher_type))
+        .unwrap_or_default();
+    Ok(DeviceCredentials::generate_for(voucher_type))
+}
+
+/// The tenant's profile `id`, or a 400 naming `profile_id`.
+async fn tenant_profile(state: &AppState, tenant: TenantId, id: Uuid) -> ApiResult<DeviceProfile> {
+    state
+        .access
+        .get_profile(tenant, ProfileId(id))
+        .await?
+        .ok_or_else(|| ApiError::invalid("profile_id", "no such profile in the tenant"))
 }
 
 impl DeviceResponse {
@@ -99,6 +214,7 @@ impl DeviceResponse {
             name: d.name,
             device_number: d.device_number,
             label: d.label,
+            profile_id: d.profile_id.map(|p| p.0),
             parent_id: d.parent_id.map(|p| p.0),
             sub_device_addr: d.sub_device_addr,
             enabled: d.enabled,
@@ -107,7 +223,8 @@ impl DeviceResponse {
             created_at: d.created_at,
             updated_at: d.updated_at,
             credentials: CredentialsView {
-                username: d.credentials.username,
+                voucher_type: d.credentials.voucher_type.as_str().to_owned(),
+                username: d.credentials.visible_username().map(str::to_owned),
             },
         }
     }
@@ -140,6 +257,16 @@ pub(crate) struct CreateDeviceRequest {
     /// Address under the gateway; required with `parent_id`, unique per gateway.
     #[serde(default)]
     sub_device_addr: Option<String>,
+    /// Profile of the tenant (heartbeat, device type, default voucher type).
+    #[serde(default)]
+    profile_id: Option<Uuid>,
+    /// `BASIC` or `ACCESSTOKEN` for generated credentials; default: the profile's,
+    /// else `BASIC`.
+    #[serde(default)]
+    voucher_type: Option<String>,
+    /// Credentials to use instead of generated ones.
+    #[serde(default)]
+    credentials: Option<CredentialsRequest>,
 }
 
 /// Changes to a device; absent fields stay as they are, `"label": null` clears the label.
@@ -164,6 +291,12 @@ pub(crate) struct UpdateDeviceRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable)]
     sub_device_addr: Option<Option<String>>,
+    /// Profile of the tenant; `null` removes the device from its profile. Downlink
+    /// routing (device type) follows at once, heartbeat and online-timeout windows
+    /// within five minutes, without the device reconnecting.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Uuid>, nullable)]
+    profile_id: Option<Option<Uuid>>,
 }
 
 fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -311,35 +444,290 @@ pub(crate) async fn create_device(
     Json(req): Json<CreateDeviceRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedDeviceResponse>)> {
     caller.require(Permission::DeviceWrite)?;
+    let (device, issued) = create_one(&state, &caller, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedDeviceResponse::new(device, issued)),
+    ))
+}
+
+/// Checks, stores and audits one new device.
+async fn create_one(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateDeviceRequest,
+) -> ApiResult<(Device, IssuedCredentials)> {
     let name = validate_name(&req.name)?;
     if let Some(n) = &req.device_number {
         validate_device_number(n)?;
     }
     let label = validate_label(req.label)?;
-    let (mut device, password) = Device::new(caller.tenant_id, name, req.device_number);
+    let profile = match req.profile_id {
+        Some(id) => Some(tenant_profile(state, caller.tenant_id, id).await?),
+        None => None,
+    };
+    let mut credentials = req.credentials.unwrap_or_default();
+    match (&req.voucher_type, &credentials.voucher_type) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid(
+                "voucher_type",
+                "differs from credentials.voucher_type",
+            ));
+        }
+        (Some(a), None) => credentials.voucher_type = Some(a.clone()),
+        _ => {}
+    }
+    let (creds, issued) = credentials_for(&credentials, profile.as_ref())?;
+    let (mut device, _) = Device::new(caller.tenant_id, name, req.device_number);
+    device.credentials = creds;
+    device.profile_id = profile.map(|p| p.id);
     device.label = label;
     device.parent_id = req.parent_id.map(tp_core::DeviceId);
     device.sub_device_addr = req.sub_device_addr;
-    validate_placement(&state, &device).await?;
+    validate_placement(state, &device).await?;
     state.metadata.create_device(&device).await?;
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         caller.tenant_id,
         "device.create",
         "device",
         device.id,
-        serde_json::json!({"name": device.name, "device_number": device.device_number}),
+        serde_json::json!({
+            "name": device.name,
+            "device_number": device.device_number,
+            "profile_id": device.profile_id,
+            "voucher_type": device.credentials.voucher_type.as_str(),
+        }),
     )
     .await;
-    let d = DeviceResponse::from_device(device);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedDeviceResponse {
+    Ok((device, issued))
+}
+
+/// Most devices one import request may hold.
+pub(crate) const MAX_IMPORT_ROWS: usize = 1000;
+
+/// One device of an import: the fields of a device create, flat (CSV columns of
+/// the same names).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportRow {
+    /// Display name, 1 to 255 characters.
+    name: String,
+    /// Public identity; generated when absent.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    device_number: Option<String>,
+    /// Free-form label.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    label: Option<String>,
+    /// Profile of the tenant.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    profile_id: Option<Uuid>,
+    /// Gateway this sub-device sits behind (created earlier, or in an earlier row).
+    #[serde(default, deserialize_with = "empty_is_none")]
+    parent_id: Option<Uuid>,
+    /// Address under the gateway.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    sub_device_addr: Option<String>,
+    /// `BASIC` or `ACCESSTOKEN`.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    voucher_type: Option<String>,
+    /// `BASIC` username to keep (e.g. from ThingsPanel's voucher).
+    #[serde(default, deserialize_with = "empty_is_none")]
+    username: Option<String>,
+    /// `BASIC` password to keep.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    password: Option<String>,
+    /// `ACCESSTOKEN` token to keep.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    access_token: Option<String>,
+}
+
+/// CSV cells are strings: an empty cell is an absent value.
+fn empty_is_none<'de, D: Deserializer<'de>, T: std::str::FromStr>(
+    d: D,
+) -> Result<Option<T>, D::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl From<ImportRow> for CreateDeviceRequest {
+    fn from(r: ImportRow) -> Self {
+        Self {
+            name: r.name,
+            device_number: r.device_number,
+            label: r.label,
+            parent_id: r.parent_id,
+            sub_device_addr: r.sub_device_addr,
+            profile_id: r.profile_id,
+            voucher_type: None,
+            credentials: Some(CredentialsRequest {
+                voucher_type: r.voucher_type,
+                username: r.username,
+                password: r.password,
+                access_token: r.access_token,
+            }),
+        }
+    }
+}
+
+/// A JSON import.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportRequest {
+    /// At most 1000 devices, created in order.
+    devices: Vec<serde_json::Value>,
+}
+
+/// Why one row of an import was not created.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ImportRowError {
+    /// Row number: 1 for the first device (the first line after a CSV header).
+    row: usize,
+    /// The field at fault, when one is.
+    field: Option<String>,
+    /// What is wrong.
+    message: String,
+}
+
+/// What an import did: every valid row is created, each other row is reported.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ImportResponse {
+    /// Devices created, with their credentials (shown only here).
+    created: Vec<CreatedDeviceResponse>,
+    /// Rows not created.
+    errors: Vec<ImportRowError>,
+}
+
+/// Creates many devices at once from JSON (`{"devices":[...]}`) or CSV (`text/csv`
+/// with a header line naming the columns: `name`, `device_number`, `label`,
+/// `profile_id`, `parent_id`, `sub_device_addr`, `voucher_type`, `username`,
+/// `password`, `access_token`). Rows are independent: each valid row is created,
+/// each invalid one is reported with its row number and field; credentials given
+/// in a row are kept (devices moved from ThingsPanel keep their vouchers).
+#[utoipa::path(
+    post,
+    path = "/devices/import",
+    tag = "devices",
+    request_body(content(
+        (ImportRequest = "application/json"),
+        (String = "text/csv", example = "name,device_number,voucher_type,access_token\nPump 1,pump-1,ACCESSTOKEN,3f6c0b1e-2c4d-4a8e-9"),
+    )),
+    responses(
+        (status = 200, description = "What was created and which rows were not", body = ImportResponse),
+        (status = 400, description = "Unreadable body, no rows or more than 1000", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:write", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Neither application/json nor text/csv", body = ErrorBody),
+    ),
+    security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
+)]
+pub(crate) async fn import_devices(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<ImportResponse>> {
+    caller.require(Permission::DeviceWrite)?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let rows: Vec<Result<ImportRow, ImportRowError>> = match content_type.as_str() {
+        "application/json" => {
+            let req: ImportRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::invalid("devices", e.to_string()))?;
+            req.devices
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value::<ImportRow>(v).map_err(|e| row_error(i + 1, &e))
+                })
+                .collect()
+        }
+        "text/csv" => {
+            let mut reader = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .from_reader(body.as_ref());
+            reader
+                .deserialize::<ImportRow>()
+                .enumerate()
+                .map(|(i, r)| r.map_err(|e| row_error(i + 1, &e)))
+                .collect()
+        }
+        _ => {
+            return Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json or text/csv",
+            ));
+        }
+    };
+    if rows.is_empty() || rows.len() > MAX_IMPORT_ROWS {
+        return Err(ApiError::invalid(
+            "devices",
+            format!("must hold 1 to {MAX_IMPORT_ROWS} devices"),
+        ));
+    }
+    let mut created = Vec::new();
+    let mut errors = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        let outcome = match row {
+            Ok(row) => create_one(&state, &caller, row.into()).await.map_err(|e| {
+                let (field, message) = e.field_and_message();
+                ImportRowError {
+                    row: i + 1,
+                    field,
+                    message,
+                }
+            }),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((device, issued)) => created.push(CreatedDeviceResponse::new(device, issued)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok(axum::Json(ImportResponse { created, errors }))
+}
+
+/// A row that could not even be read.
+fn row_error(row: usize, e: &dyn std::fmt::Display) -> ImportRowError {
+    let message = e.to_string();
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|marker| {
+            let rest = message.split_once(marker)?.1;
+            Some(rest.split_once('`')?.0.to_owned())
+        });
+    ImportRowError {
+        row,
+        field,
+        message,
+    }
+}
+
+impl CreatedDeviceResponse {
+    fn new(device: Device, issued: IssuedCredentials) -> Self {
+        let d = DeviceResponse::from_device(device);
+        Self {
             id: d.id,
             name: d.name,
             device_number: d.device_number,
             label: d.label,
+            profile_id: d.profile_id,
             parent_id: d.parent_id,
             sub_device_addr: d.sub_device_addr,
             enabled: d.enabled,
@@ -347,12 +735,9 @@ pub(crate) async fn create_device(
             last_seen: d.last_seen,
             created_at: d.created_at,
             updated_at: d.updated_at,
-            credentials: NewCredentials {
-                username: d.credentials.username,
-                password,
-            },
-        }),
-    ))
+            credentials: issued.into(),
+        }
+    }
 }
 
 /// Lists the tenant's devices, oldest first.
@@ -447,7 +832,7 @@ pub(crate) async fn get_device(
     Ok(axum::Json(DeviceResponse::from_device(device)))
 }
 
-/// Changes name, label or enabled flag.
+/// Changes name, label, enabled flag, profile or gateway placement.
 #[utoipa::path(
     patch,
     path = "/devices/{id}",
@@ -472,7 +857,17 @@ pub(crate) async fn update_device(
     caller.require(Permission::DeviceWrite)?;
     let name = req.name.as_deref().map(validate_name).transpose()?;
     let label = req.label.map(validate_label).transpose()?;
+    let profile_id = match req.profile_id {
+        Some(Some(pid)) => Some(Some(
+            tenant_profile(&state, caller.tenant_id, pid).await?.id,
+        )),
+        Some(None) => Some(None),
+        None => None,
+    };
     let mut device = load_device(&state, &caller, id).await?;
+    if let Some(profile_id) = profile_id {
+        device.profile_id = profile_id;
+    }
     if let Some(name) = name {
         device.name = name;
     }
@@ -503,7 +898,12 @@ pub(crate) async fn update_device(
         "device.update",
         "device",
         device.id,
-        serde_json::json!({"name": device.name, "label": device.label, "enabled": device.enabled}),
+        serde_json::json!({
+            "name": device.name,
+            "label": device.label,
+            "enabled": device.enabled,
+            "profile_id": device.profile_id,
+        }),
     )
     .await;
     Ok(axum::Json(DeviceResponse::from_device(device)))
@@ -547,18 +947,22 @@ pub(crate) async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Replaces the device's MQTT credentials; the old ones stop working.
+/// Replaces the device's credentials; the old ones stop working and its live
+/// connections are closed. Without a body, new credentials of the same voucher type
+/// are generated; a body may change the voucher type or set chosen credentials.
 #[utoipa::path(
     post,
     path = "/devices/{id}/credentials",
     tag = "devices",
     params(("id" = Uuid, Path, description = "Device id")),
+    request_body(content = Option<CredentialsRequest>, description = "Optional: voucher type or chosen credentials"),
     responses(
-        (status = 200, description = "The new credentials; the password is shown only here", body = NewCredentials),
-        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 200, description = "The new credentials; the secret is shown only here", body = NewCredentials),
+        (status = 400, description = "Malformed id or invalid credentials", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing device:write", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
+        (status = 409, description = "Username or access token taken", body = ErrorBody),
     ),
     security(("bearer" = ["device:write"]), ("api_key" = ["device:write"]))
 )]
@@ -566,10 +970,19 @@ pub(crate) async fn rotate_credentials(
     caller: Caller,
     State(state): State<AppState>,
     DeviceIdPath(id): DeviceIdPath,
+    OptionalJson(req): OptionalJson<CredentialsRequest>,
 ) -> ApiResult<axum::Json<NewCredentials>> {
     caller.require(Permission::DeviceWrite)?;
     let mut device = load_device(&state, &caller, id).await?;
-    let (credentials, password) = DeviceCredentials::generate();
+    let mut req = req.unwrap_or_default();
+    if req.voucher_type.is_none()
+        && req.username.is_none()
+        && req.password.is_none()
+        && req.access_token.is_none()
+    {
+        req.voucher_type = Some(device.credentials.voucher_type.as_str().to_owned());
+    }
+    let (credentials, issued) = credentials_for(&req, None)?;
     let old = std::mem::replace(&mut device.credentials, credentials);
     device.updated_at = now_ms();
     state.metadata.update_device(&device).await?;
@@ -582,13 +995,10 @@ pub(crate) async fn rotate_credentials(
         "device.rotate_credentials",
         "device",
         id,
-        serde_json::json!({}),
+        serde_json::json!({"voucher_type": issued.voucher_type.as_str()}),
     )
     .await;
-    Ok(axum::Json(NewCredentials {
-        username: device.credentials.username,
-        password,
-    }))
+    Ok(axum::Json(issued.into()))
 }
 
 /// Status history paging and time range.

@@ -57,6 +57,12 @@ pub(crate) struct CommandLogResponse {
     updated_at: i64,
     /// Not delivered after this time (ms).
     expires_at: Option<i64>,
+    /// The topic it was last published on (for a device behind gateways, its
+    /// top-level gateway's `gateway/…` topic); absent until sent.
+    published_topic: Option<String>,
+    /// The payload as published: for a gateway or a device behind one, the gateway
+    /// envelope naming every address it passes through.
+    published_payload: Option<serde_json::Value>,
 }
 
 impl CommandLogResponse {
@@ -71,6 +77,8 @@ impl CommandLogResponse {
             created_at: r.created_at,
             updated_at: r.updated_at,
             expires_at: r.expires_at,
+            published_topic: r.published.as_ref().map(|p| p.topic.clone()),
+            published_payload: r.published.map(|p| p.payload),
         }
     }
 }
@@ -184,6 +192,7 @@ async fn issue(
 ) -> ApiResult<CommandLog> {
     Ok(issue_downlink(
         &state.metadata,
+        Some(&state.access),
         state.transport.as_ref(),
         device,
         kind,
@@ -199,6 +208,7 @@ async fn issue(
 /// the device subscribes).
 pub(crate) async fn issue_downlink(
     metadata: &tp_core::MetadataStoreRef,
+    profiles: Option<&tp_core::AccessStoreRef>,
     transport: Option<&tp_core::DeviceTransportRef>,
     device: &Device,
     kind: CommandKind,
@@ -230,6 +240,7 @@ pub(crate) async fn issue_downlink(
         created_at: now,
         updated_at: now,
         expires_at: Some(now + lifetime_ms),
+        published: None,
     };
     let Some(transport) = transport else {
         metadata.create_command(&row).await?;
@@ -238,6 +249,7 @@ pub(crate) async fn issue_downlink(
     // A sub-device is reached through its top-level gateway, in the gateway envelope.
     let route = match route(
         metadata.as_ref(),
+        profiles.map(|p| p.as_ref() as &dyn tp_core::AccessStore),
         device,
         kind,
         &row.message_id,
@@ -251,6 +263,7 @@ pub(crate) async fn issue_downlink(
             return Err(e);
         }
     };
+    let published = route.published();
     let message = Downlink {
         device_id: route.device_id,
         topic: route.topic,
@@ -269,6 +282,7 @@ pub(crate) async fn issue_downlink(
         }
         // Sent before publishing, so a fast response is never overwritten by "sent".
         row.status = CommandStatus::Sent;
+        row.published = Some(published.clone());
         row.updated_at = now_ms();
         if stored {
             metadata.update_command(&row).await?;
@@ -281,6 +295,7 @@ pub(crate) async fn issue_downlink(
             return Ok(row);
         };
         row.status = CommandStatus::Pending;
+        row.published = None;
         row.updated_at = now_ms();
         metadata.update_command(&row).await?;
         if matches!(e, tp_core::Error::NotFound { .. }) {

@@ -87,6 +87,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             devices::delete_device
         ))
         .routes(routes!(devices::rotate_credentials))
+        .routes(routes!(devices::import_devices))
         .routes(routes!(devices::status_history))
         .routes(routes!(provision::provision))
         .routes(routes!(telemetry::latest_telemetry))

@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tp_core::{
-    AuditEntry, DeviceProfile, DeviceType, ProfileId, hash_secret, now_ms, random_token,
+    AuditEntry, DeviceProfile, DeviceType, ProfileId, VoucherType, hash_secret, now_ms,
+    random_token,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -36,6 +37,10 @@ pub(crate) struct ProfileView {
     auto_register: bool,
     /// Whether a provisioning secret is set.
     has_provision_secret: bool,
+    /// How devices created in the profile authenticate unless told otherwise:
+    /// `BASIC` (username and password) or `ACCESSTOKEN` (a token as the username alone).
+    #[schema(example = "BASIC")]
+    voucher_type: String,
     /// The provisioning secret, only in the response that generated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     provision_secret: Option<String>,
@@ -53,6 +58,7 @@ impl ProfileView {
             online_timeout_secs: p.online_timeout_secs,
             auto_register: p.auto_register,
             has_provision_secret: p.provision_secret_hash.is_some(),
+            voucher_type: p.voucher_type.as_str().to_owned(),
             provision_secret: secret,
             created_at: p.created_at,
         }
@@ -79,6 +85,11 @@ fn parse_device_type(s: &str) -> ApiResult<DeviceType> {
             ));
         }
     })
+}
+
+/// `BASIC` or `ACCESSTOKEN`, or a 400 naming `voucher_type`.
+pub(crate) fn parse_voucher_type(s: &str) -> ApiResult<VoucherType> {
+    Ok(s.parse::<VoucherType>()?)
 }
 
 /// A page of profiles.
@@ -108,6 +119,10 @@ pub(crate) struct CreateProfileRequest {
     /// Let devices self-register; generates a provisioning secret shown once.
     #[serde(default)]
     auto_register: bool,
+    /// `BASIC` (default) or `ACCESSTOKEN`: the voucher type of devices created in
+    /// the profile unless their request names one.
+    #[serde(default)]
+    voucher_type: Option<String>,
 }
 
 /// Changes to a profile; absent fields stay, `null` clears a timeout.
@@ -134,6 +149,10 @@ pub(crate) struct UpdateProfileRequest {
     /// Replace the provisioning secret with a new one (shown once).
     #[serde(default)]
     rotate_provision_secret: bool,
+    /// `BASIC` or `ACCESSTOKEN` for devices created from now on (existing devices
+    /// keep their credentials).
+    #[serde(default)]
+    voucher_type: Option<String>,
 }
 
 async fn load_profile(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<DeviceProfile> {
@@ -185,6 +204,12 @@ pub(crate) async fn create_profile(
         online_timeout_secs: req.online_timeout_secs,
         auto_register: req.auto_register,
         provision_secret_hash: None,
+        voucher_type: req
+            .voucher_type
+            .as_deref()
+            .map(parse_voucher_type)
+            .transpose()?
+            .unwrap_or_default(),
         created_at: now_ms(),
     };
     let secret = req.auto_register.then(|| new_secret(&mut profile));
@@ -297,7 +322,15 @@ pub(crate) async fn update_profile(
         .as_deref()
         .map(parse_device_type)
         .transpose()?;
+    let voucher_type = req
+        .voucher_type
+        .as_deref()
+        .map(parse_voucher_type)
+        .transpose()?;
     let mut profile = load_profile(&state, &caller, id).await?;
+    if let Some(v) = voucher_type {
+        profile.voucher_type = v;
+    }
     if let Some(n) = name {
         profile.name = n;
     }

@@ -5,12 +5,12 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tp_core::{Device, hash_secret, validate_device_number};
+use tp_core::provision::{Registration, register_device};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::devices::NewCredentials;
 use super::extract::Json;
-use super::support::valid_name;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
@@ -27,15 +27,6 @@ pub(crate) struct ProvisionRequest {
     name: Option<String>,
 }
 
-/// MQTT credentials of a provisioned device; the password is shown only here.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ProvisionedCredentials {
-    /// MQTT username.
-    username: String,
-    /// MQTT password.
-    password: String,
-}
-
 /// A provisioned device.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ProvisionResponse {
@@ -43,8 +34,8 @@ pub(crate) struct ProvisionResponse {
     id: Uuid,
     /// Its device number.
     device_number: String,
-    /// Its MQTT login.
-    credentials: ProvisionedCredentials,
+    /// Its login (the profile's voucher type), shown only here.
+    credentials: NewCredentials,
 }
 
 fn refused() -> ApiError {
@@ -73,36 +64,26 @@ pub(crate) async fn provision(
     State(state): State<AppState>,
     Json(req): Json<ProvisionRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<ProvisionResponse>)> {
-    if req.profile_secret.is_empty() {
-        return Err(refused());
-    }
-    let Some(profile) = state
-        .access
-        .get_profile_by_provision_secret(&hash_secret(&req.profile_secret))
-        .await?
-    else {
-        return Err(refused());
+    let registration = Registration {
+        profile_secret: req.profile_secret,
+        device_number: req.device_number,
+        name: req.name,
+        ..Registration::default()
     };
-    if !profile.auto_register {
-        return Err(refused());
-    }
-    validate_device_number(&req.device_number)?;
-    let name = valid_name("name", req.name.as_deref().unwrap_or(&req.device_number))?;
-    let (mut device, password) =
-        Device::new(profile.tenant_id, name, Some(req.device_number.clone()));
-    device.profile_id = Some(profile.id);
-    state.metadata.create_device(&device).await?;
-    tracing::info!(device_id = %device.id, profile_id = %profile.id, tenant_id = %profile.tenant_id,
+    let (device, issued) =
+        match register_device(state.metadata.as_ref(), state.access.as_ref(), registration).await {
+            Ok(done) => done,
+            Err(tp_core::Error::Unauthenticated(_)) => return Err(refused()),
+            Err(e) => return Err(e.into()),
+        };
+    tracing::info!(device_id = %device.id, profile_id = ?device.profile_id, tenant_id = %device.tenant_id,
         device_number = %device.device_number, "device provisioned itself");
     Ok((
         StatusCode::CREATED,
         axum::Json(ProvisionResponse {
             id: device.id.0,
             device_number: device.device_number,
-            credentials: ProvisionedCredentials {
-                username: device.credentials.username,
-                password,
-            },
+            credentials: NewCredentials::from(issued),
         }),
     ))
 }

@@ -33,6 +33,7 @@ const ALARM_LOCK_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Executor {
     pub(crate) rules: RuleStoreRef,
     pub(crate) metadata: MetadataStoreRef,
+    pub(crate) profiles: Option<tp_core::AccessStoreRef>,
     /// Set once the broker is up (the broker needs the engine's observer first).
     pub(crate) transport: OnceLock<DeviceTransportRef>,
     pub(crate) cache: CacheRef,
@@ -249,6 +250,7 @@ impl Executor {
             .ok_or_else(|| Error::not_found("device", id.to_string()))?;
         let row = issue_downlink(
             &self.metadata,
+            self.profiles.as_ref(),
             self.transport.get(),
             &device,
             kind,

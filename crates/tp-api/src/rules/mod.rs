@@ -69,6 +69,8 @@ pub struct RuleEngineDeps {
     pub rules: RuleStoreRef,
     /// Devices and the downlink log.
     pub metadata: MetadataStoreRef,
+    /// Device profiles: which devices are gateways, for downlink routing.
+    pub profiles: Option<tp_core::AccessStoreRef>,
     /// Fire locks of schedules.
     pub cache: CacheRef,
     /// Delivery of notifications (without it, notify actions fail and are counted).
@@ -146,6 +148,7 @@ impl RuleEngine {
         let executor = Arc::new(Executor {
             rules: deps.rules.clone(),
             metadata: deps.metadata.clone(),
+            profiles: deps.profiles.clone(),
             transport: OnceLock::new(),
             cache: deps.cache.clone(),
             notifier: deps.notifier.clone(),

@@ -149,6 +149,7 @@ fn profile(tenant: TenantId, name: &str, created_at: Timestamp) -> DeviceProfile
         online_timeout_secs: None,
         auto_register: false,
         provision_secret_hash: None,
+        voucher_type: Default::default(),
         created_at,
     }
 }
@@ -243,6 +244,7 @@ async fn populate(
         created_at: base,
         updated_at: base,
         expires_at: None,
+        published: None,
     })
     .await
     .expect("command");
@@ -1345,6 +1347,7 @@ pub async fn profile_crud(access: &dyn AccessStore, meta: &dyn MetadataStore) {
     gw.heartbeat_secs = Some(60);
     gw.auto_register = true;
     gw.provision_secret_hash = Some(hash_secret("provision"));
+    gw.voucher_type = crate::VoucherType::AccessToken;
     let mut sub = profile(t, "children", base + 1);
     sub.device_type = DeviceType::SubDevice;
     sub.online_timeout_secs = Some(u32::MAX);

@@ -318,6 +318,29 @@ pub async fn device_round_trip_and_lookups(store: &dyn MetadataStore) {
         store.get_device(tenant.id, gateway.id).await.expect("get"),
         Some(gateway.clone())
     );
+    // An access-token device is found by its token's key and keeps its voucher type.
+    let mut token_device = new_device(tenant.id, "token", base + 2);
+    let token = format!("token-{}", unique());
+    token_device.credentials = crate::DeviceCredentials::access_token(&token);
+    store
+        .create_device(&token_device)
+        .await
+        .expect("create token device");
+    assert_eq!(
+        store
+            .get_device_by_username(&crate::access_token_key(&token))
+            .await
+            .expect("by token key"),
+        Some(token_device.clone())
+    );
+    assert_eq!(
+        store
+            .get_device_by_username(&token)
+            .await
+            .expect("by token"),
+        None,
+        "the token itself is not stored"
+    );
     assert_eq!(
         store.get_device_by_id(DeviceId::new()).await.expect("get"),
         None
@@ -1039,11 +1062,13 @@ fn command(tenant: TenantId, device: DeviceId, message_id: &str, at: Timestamp) 
         created_at: at,
         updated_at: at,
         expires_at: None,
+        published: None,
     }
 }
 
-/// The downlink log: create, find by message id (per device), update status and
-/// response (`NotFound` when missing), list newest first with paging and tenant scope.
+/// The downlink log: create, find by message id (per device) and by published
+/// topic (per tenant), update status, response and what was published (`NotFound`
+/// when missing), list newest first with paging and tenant scope.
 pub async fn commands_log(store: &dyn MetadataStore) {
     let base = base_ts();
     let tenant = new_tenant(store, base).await;
@@ -1057,6 +1082,10 @@ pub async fn commands_log(store: &dyn MetadataStore) {
     let mut c2 = command(tenant.id, d.id, "m2", base + 1);
     c2.kind = CommandKind::AttributeSet;
     c2.status = CommandStatus::Sent;
+    c2.published = Some(crate::PublishedDownlink {
+        topic: "gateway/attributes/set/gw1/m2".to_owned(),
+        payload: serde_json::json!({"sub_device_data": {"a1": {"k": 1}}}),
+    });
     let mut c3 = command(tenant.id, d.id, "m3", base + 2);
     c3.kind = CommandKind::TelemetryControl;
     c3.expires_at = Some(base + 60_000);
@@ -1090,7 +1119,27 @@ pub async fn commands_log(store: &dyn MetadataStore) {
         None
     );
 
+    assert_eq!(
+        store
+            .get_command_by_published_topic(tenant.id, "gateway/attributes/set/gw1/m2")
+            .await
+            .expect("by topic"),
+        Some(c2.clone())
+    );
+    assert_eq!(
+        store
+            .get_command_by_published_topic(other_tenant.id, "gateway/attributes/set/gw1/m2")
+            .await
+            .expect("by topic"),
+        None,
+        "tenant-scoped"
+    );
+
     let mut replied = c1.clone();
+    replied.published = Some(crate::PublishedDownlink {
+        topic: "devices/command/cmd/m1".to_owned(),
+        payload: serde_json::json!({"method": "reboot"}),
+    });
     replied.status = CommandStatus::Replied;
     replied.response = Some(serde_json::json!({"result": 0, "message": "ok"}));
     replied.updated_at = base + 10;

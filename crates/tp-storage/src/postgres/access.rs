@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::PostgresMetadataStore;
 use super::error::{self, PgError, db};
 use super::meta::{
-    RowResult, decode_all, decode_opt, device_cols, device_from_row, json_col, paging,
+    RowResult, decode_all, decode_opt, device_cols, device_from_row, json_col, paging, parse_col,
 };
 use crate::access_common::{
     KEY_HASH_TAKEN, check_api_key, device_type_str, group_cycle, group_has_children,
@@ -86,6 +86,7 @@ fn profile_from_row(row: &PgRow) -> RowResult<DeviceProfile> {
         online_timeout_secs: secs_col(row, "online_timeout_secs")?,
         auto_register: row.try_get("auto_register")?,
         provision_secret_hash: row.try_get("provision_secret_hash")?,
+        voucher_type: parse_col(row, "voucher_type")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -125,7 +126,7 @@ macro_rules! group_cols {
 macro_rules! profile_cols {
     () => {
         "id, tenant_id, name, device_type, heartbeat_secs, online_timeout_secs, auto_register, \
-         provision_secret_hash, created_at"
+         provision_secret_hash, created_at, voucher_type"
     };
 }
 
@@ -738,7 +739,7 @@ impl AccessStore for PostgresMetadataStore {
         sqlx::query(concat!(
             "INSERT INTO device_profiles (",
             profile_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(profile.id.0)
         .bind(profile.tenant_id.0)
@@ -749,6 +750,7 @@ impl AccessStore for PostgresMetadataStore {
         .bind(profile.auto_register)
         .bind(&profile.provision_secret_hash)
         .bind(profile.created_at)
+        .bind(profile.voucher_type.as_str())
         .execute(self.pool())
         .await
         .map_err(|e| write_error(e, "profile", profile_unique(profile), no_foreign))?;
@@ -800,8 +802,8 @@ impl AccessStore for PostgresMetadataStore {
     async fn update_profile(&self, profile: &DeviceProfile) -> Result<()> {
         let done = sqlx::query(
             "UPDATE device_profiles SET name = $1, device_type = $2, heartbeat_secs = $3, \
-             online_timeout_secs = $4, auto_register = $5, provision_secret_hash = $6 \
-             WHERE id = $7 AND tenant_id = $8",
+             online_timeout_secs = $4, auto_register = $5, provision_secret_hash = $6, \
+             voucher_type = $9 WHERE id = $7 AND tenant_id = $8",
         )
         .bind(&profile.name)
         .bind(device_type_str(profile.device_type))
@@ -811,6 +813,7 @@ impl AccessStore for PostgresMetadataStore {
         .bind(&profile.provision_secret_hash)
         .bind(profile.id.0)
         .bind(profile.tenant_id.0)
+        .bind(profile.voucher_type.as_str())
         .execute(self.pool())
         .await
         .map_err(|e| write_error(e, "profile", profile_unique(profile), no_foreign))?;

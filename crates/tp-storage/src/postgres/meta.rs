@@ -8,8 +8,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use tp_core::{
     CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, DeviceStatusEvent,
-    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, Result, StatusHistoryQuery, Tenant,
-    TenantId, Timestamp, User, UserId,
+    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, PublishedDownlink, Result,
+    StatusHistoryQuery, Tenant, TenantId, Timestamp, User, UserId,
 };
 use uuid::Uuid;
 
@@ -60,7 +60,7 @@ impl PostgresMetadataStore {
 
 pub(super) type RowResult<T> = std::result::Result<T, PgError>;
 
-fn parse_col<T: FromStr<Err = Error>>(row: &PgRow, col: &'static str) -> RowResult<T> {
+pub(super) fn parse_col<T: FromStr<Err = Error>>(row: &PgRow, col: &'static str) -> RowResult<T> {
     let s: String = row.try_get(col)?;
     T::from_str(&s).map_err(|e| PgError::decode(col, e))
 }
@@ -98,6 +98,7 @@ pub(super) fn device_from_row(row: &PgRow) -> RowResult<Device> {
         name: row.try_get("name")?,
         device_number: row.try_get("device_number")?,
         credentials: DeviceCredentials {
+            voucher_type: parse_col(row, "voucher_type")?,
             username: row.try_get("username")?,
             password_hash: row.try_get("password_hash")?,
         },
@@ -126,6 +127,13 @@ fn command_from_row(row: &PgRow) -> RowResult<CommandLog> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
+        published: match row.try_get::<Option<String>, _>("published_topic")? {
+            Some(topic) => Some(PublishedDownlink {
+                topic,
+                payload: json_col(row, "published_payload")?.unwrap_or(serde_json::Value::Null),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -161,7 +169,7 @@ pub(super) fn decode_opt<T>(
 macro_rules! device_cols {
     () => {
         "id, tenant_id, name, device_number, username, password_hash, profile_id, parent_id, \
-         sub_device_addr, label, enabled, online, last_seen, created_at, updated_at"
+         sub_device_addr, label, enabled, online, last_seen, created_at, updated_at, voucher_type"
     };
 }
 pub(super) use device_cols;
@@ -175,7 +183,8 @@ macro_rules! user_cols {
 macro_rules! command_select {
     () => {
         "SELECT id, tenant_id, device_id, message_id, kind, payload::text AS payload, status, \
-         response::text AS response, created_at, updated_at, expires_at FROM commands"
+         response::text AS response, created_at, updated_at, expires_at, published_topic, \
+         published_payload::text AS published_payload FROM commands"
     };
 }
 
@@ -427,7 +436,7 @@ impl MetadataStore for PostgresMetadataStore {
         sqlx::query(concat!(
             "INSERT INTO devices (",
             device_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(device.id.0)
         .bind(device.tenant_id.0)
@@ -444,6 +453,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(device.last_seen)
         .bind(device.created_at)
         .bind(device.updated_at)
+        .bind(device.credentials.voucher_type.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
@@ -573,7 +583,8 @@ impl MetadataStore for PostgresMetadataStore {
         let done = sqlx::query(
             "UPDATE devices SET name = $1, device_number = $2, username = $3, \
              password_hash = $4, profile_id = $5, parent_id = $6, sub_device_addr = $7, \
-             label = $8, enabled = $9, updated_at = $10 WHERE id = $11 AND tenant_id = $12",
+             label = $8, enabled = $9, updated_at = $10, voucher_type = $13 \
+             WHERE id = $11 AND tenant_id = $12",
         )
         .bind(&device.name)
         .bind(&device.device_number)
@@ -587,6 +598,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(device.updated_at)
         .bind(device.id.0)
         .bind(device.tenant_id.0)
+        .bind(device.credentials.voucher_type.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
@@ -777,8 +789,8 @@ impl MetadataStore for PostgresMetadataStore {
     async fn create_command(&self, command: &CommandLog) -> Result<()> {
         sqlx::query(
             "INSERT INTO commands (id, tenant_id, device_id, message_id, kind, payload, status, \
-             response, created_at, updated_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, $10, $11)",
+             response, created_at, updated_at, expires_at, published_topic, published_payload) \
+             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, $10, $11, $12, $13::jsonb)",
         )
         .bind(command.id.0)
         .bind(command.tenant_id.0)
@@ -791,6 +803,8 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(command.created_at)
         .bind(command.updated_at)
         .bind(command.expires_at)
+        .bind(command.published.as_ref().map(|p| p.topic.as_str()))
+        .bind(command.published.as_ref().map(|p| p.payload.to_string()))
         .execute(&self.pool)
         .await
         .map_err(|e| conflict(e, "command", |_| command.id.to_string()))?;
@@ -799,13 +813,15 @@ impl MetadataStore for PostgresMetadataStore {
 
     async fn update_command(&self, command: &CommandLog) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE commands SET status = $1, response = $2::jsonb, updated_at = $3 \
-             WHERE id = $4",
+            "UPDATE commands SET status = $1, response = $2::jsonb, updated_at = $3, \
+             published_topic = $5, published_payload = $6::jsonb WHERE id = $4",
         )
         .bind(command.status.as_str())
         .bind(command.response.as_ref().map(|r| r.to_string()))
         .bind(command.updated_at)
         .bind(command.id.0)
+        .bind(command.published.as_ref().map(|p| p.topic.as_str()))
+        .bind(command.published.as_ref().map(|p| p.payload.to_string()))
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -827,6 +843,24 @@ impl MetadataStore for PostgresMetadataStore {
         ))
         .bind(device.0)
         .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        decode_opt(row, command_from_row)
+    }
+
+    async fn get_command_by_published_topic(
+        &self,
+        tenant: TenantId,
+        topic: &str,
+    ) -> Result<Option<CommandLog>> {
+        let row = sqlx::query(concat!(
+            command_select!(),
+            " WHERE published_topic = $1 AND tenant_id = $2 \
+              ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(topic)
+        .bind(tenant.0)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;

@@ -19,7 +19,8 @@ use tp_core::{
 use super::SqliteMetadataStore;
 use super::error::{self, SqliteError, conflict, db};
 use super::meta::{
-    decode_all, decode_opt, device_cols, device_from_row, json_col, opt_uuid_col, paging, uuid_col,
+    decode_all, decode_opt, device_cols, device_from_row, json_col, opt_uuid_col, paging,
+    parse_col, uuid_col,
 };
 use crate::access_common::{
     KEY_HASH_TAKEN, check_api_key, device_type_str, group_cycle, group_has_children,
@@ -84,6 +85,7 @@ fn profile_from_row(row: &SqliteRow) -> RowResult<DeviceProfile> {
         online_timeout_secs: secs_col(row, "online_timeout_secs")?,
         auto_register: row.try_get("auto_register")?,
         provision_secret_hash: row.try_get("provision_secret_hash")?,
+        voucher_type: parse_col(row, "voucher_type")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -123,7 +125,7 @@ macro_rules! group_cols {
 macro_rules! profile_cols {
     () => {
         "id, tenant_id, name, device_type, heartbeat_secs, online_timeout_secs, auto_register, \
-         provision_secret_hash, created_at"
+         provision_secret_hash, created_at, voucher_type"
     };
 }
 
@@ -713,7 +715,7 @@ impl AccessStore for SqliteMetadataStore {
         sqlx::query(concat!(
             "INSERT INTO device_profiles (",
             profile_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(profile.id.to_string())
         .bind(profile.tenant_id.to_string())
@@ -724,6 +726,7 @@ impl AccessStore for SqliteMetadataStore {
         .bind(profile.auto_register)
         .bind(&profile.provision_secret_hash)
         .bind(profile.created_at)
+        .bind(profile.voucher_type.as_str())
         .execute(&self.pools.writer)
         .await
         .map_err(|e| conflict(e, "profile", profile_conflict(profile)))?;
@@ -775,8 +778,8 @@ impl AccessStore for SqliteMetadataStore {
     async fn update_profile(&self, profile: &DeviceProfile) -> Result<()> {
         let done = sqlx::query(
             "UPDATE device_profiles SET name = ?, device_type = ?, heartbeat_secs = ?, \
-             online_timeout_secs = ?, auto_register = ?, provision_secret_hash = ? \
-             WHERE id = ? AND tenant_id = ?",
+             online_timeout_secs = ?, auto_register = ?, provision_secret_hash = ?, \
+             voucher_type = ? WHERE id = ? AND tenant_id = ?",
         )
         .bind(&profile.name)
         .bind(device_type_str(profile.device_type))
@@ -784,6 +787,7 @@ impl AccessStore for SqliteMetadataStore {
         .bind(profile.online_timeout_secs.map(i64::from))
         .bind(profile.auto_register)
         .bind(&profile.provision_secret_hash)
+        .bind(profile.voucher_type.as_str())
         .bind(profile.id.to_string())
         .bind(profile.tenant_id.to_string())
         .execute(&self.pools.writer)

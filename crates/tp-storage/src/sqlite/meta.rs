@@ -8,8 +8,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tp_core::{
     CommandId, CommandLog, Device, DeviceCredentials, DeviceFilter, DeviceId, DeviceStatusEvent,
-    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, Result, StatusHistoryQuery, Tenant,
-    TenantId, Timestamp, User, UserId,
+    Error, KeyValue, MetadataStore, Page, Paged, ProfileId, PublishedDownlink, Result,
+    StatusHistoryQuery, Tenant, TenantId, Timestamp, User, UserId,
 };
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ pub(super) fn opt_uuid_col(
         .transpose()
 }
 
-fn parse_col<T: FromStr<Err = Error>>(
+pub(super) fn parse_col<T: FromStr<Err = Error>>(
     row: &SqliteRow,
     col: &'static str,
 ) -> std::result::Result<T, SqliteError> {
@@ -117,6 +117,7 @@ pub(super) fn device_from_row(row: &SqliteRow) -> std::result::Result<Device, Sq
         name: row.try_get("name")?,
         device_number: row.try_get("device_number")?,
         credentials: DeviceCredentials {
+            voucher_type: parse_col(row, "voucher_type")?,
             username: row.try_get("username")?,
             password_hash: row.try_get("password_hash")?,
         },
@@ -145,6 +146,13 @@ fn command_from_row(row: &SqliteRow) -> std::result::Result<CommandLog, SqliteEr
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
+        published: match row.try_get::<Option<String>, _>("published_topic")? {
+            Some(topic) => Some(PublishedDownlink {
+                topic,
+                payload: json_col(row, "published_payload")?.unwrap_or(serde_json::Value::Null),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -183,7 +191,7 @@ pub(super) fn decode_opt<T>(
 macro_rules! device_cols {
     () => {
         "id, tenant_id, name, device_number, username, password_hash, profile_id, parent_id, \
-         sub_device_addr, label, enabled, online, last_seen, created_at, updated_at"
+         sub_device_addr, label, enabled, online, last_seen, created_at, updated_at, voucher_type"
     };
 }
 pub(super) use device_cols;
@@ -197,7 +205,7 @@ macro_rules! user_cols {
 macro_rules! command_cols {
     () => {
         "id, tenant_id, device_id, message_id, kind, payload, status, response, created_at, \
-         updated_at, expires_at"
+         updated_at, expires_at, published_topic, published_payload"
     };
 }
 
@@ -422,7 +430,7 @@ impl MetadataStore for SqliteMetadataStore {
         sqlx::query(concat!(
             "INSERT INTO devices (",
             device_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(device.id.to_string())
         .bind(device.tenant_id.to_string())
@@ -439,6 +447,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(device.last_seen)
         .bind(device.created_at)
         .bind(device.updated_at)
+        .bind(device.credentials.voucher_type.as_str())
         .execute(&self.pools.writer)
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
@@ -574,7 +583,7 @@ impl MetadataStore for SqliteMetadataStore {
         let done = sqlx::query(
             "UPDATE devices SET name = ?, device_number = ?, username = ?, password_hash = ?, \
              profile_id = ?, parent_id = ?, sub_device_addr = ?, label = ?, enabled = ?, \
-             updated_at = ? WHERE id = ? AND tenant_id = ?",
+             updated_at = ?, voucher_type = ? WHERE id = ? AND tenant_id = ?",
         )
         .bind(&device.name)
         .bind(&device.device_number)
@@ -586,6 +595,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(&device.label)
         .bind(device.enabled)
         .bind(device.updated_at)
+        .bind(device.credentials.voucher_type.as_str())
         .bind(device.id.to_string())
         .bind(device.tenant_id.to_string())
         .execute(&self.pools.writer)
@@ -774,7 +784,7 @@ impl MetadataStore for SqliteMetadataStore {
         sqlx::query(concat!(
             "INSERT INTO commands (",
             command_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(command.id.to_string())
         .bind(command.tenant_id.to_string())
@@ -787,6 +797,8 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(command.created_at)
         .bind(command.updated_at)
         .bind(command.expires_at)
+        .bind(command.published.as_ref().map(|p| p.topic.as_str()))
+        .bind(command.published.as_ref().map(|p| p.payload.to_string()))
         .execute(&self.pools.writer)
         .await
         .map_err(|e| conflict(e, "command", |_| command.id.to_string()))?;
@@ -795,11 +807,14 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn update_command(&self, command: &CommandLog) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE commands SET status = ?, response = ?, updated_at = ? WHERE id = ?",
+            "UPDATE commands SET status = ?, response = ?, updated_at = ?, published_topic = ?, \
+             published_payload = ? WHERE id = ?",
         )
         .bind(command.status.as_str())
         .bind(command.response.as_ref().map(|r| r.to_string()))
         .bind(command.updated_at)
+        .bind(command.published.as_ref().map(|p| p.topic.as_str()))
+        .bind(command.published.as_ref().map(|p| p.payload.to_string()))
         .bind(command.id.to_string())
         .execute(&self.pools.writer)
         .await
@@ -823,6 +838,25 @@ impl MetadataStore for SqliteMetadataStore {
         ))
         .bind(device.to_string())
         .bind(message_id)
+        .fetch_optional(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        decode_opt(row, command_from_row)
+    }
+
+    async fn get_command_by_published_topic(
+        &self,
+        tenant: TenantId,
+        topic: &str,
+    ) -> Result<Option<CommandLog>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE published_topic = ? AND tenant_id = ? \
+              ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(topic)
+        .bind(tenant.to_string())
         .fetch_optional(&self.pools.reader)
         .await
         .map_err(db)?;

@@ -57,6 +57,7 @@ const PUBLIC: Expect = [200; 7];
 const READ_LIST: Expect = [200, 200, 200, 200, 200, 401, 200];
 const READ_ONE: Expect = [404, 200, 200, 200, 200, 401, 404];
 const DEV_CREATE: Expect = [201, 201, 403, 201, 201, 401, 201];
+const DEV_IMPORT: Expect = [200, 200, 403, 200, 200, 401, 200];
 const fn dev_write(ok: u16) -> Expect {
     [404, ok, 403, ok, ok, 401, 404]
 }
@@ -281,6 +282,12 @@ fn table() -> Vec<Row> {
             DEV_CREATE,
         ),
         row("GET", "/api/v1/devices", READ_LIST),
+        with(
+            "POST",
+            "/api/v1/devices/import",
+            |fx, _| json!({"devices": [{"name": format!("imported-{}", fx.uniq)}]}),
+            DEV_IMPORT,
+        ),
         row("GET", "/api/v1/devices/{device}", READ_ONE),
         with(
             "PATCH",
@@ -658,6 +665,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         online_timeout_secs: None,
         auto_register: false,
         provision_secret_hash: None,
+        voucher_type: Default::default(),
         created_at: now_ms(),
     };
     h.access.create_profile(&profile).await?;

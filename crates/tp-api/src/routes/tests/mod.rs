@@ -417,6 +417,7 @@ async fn device_crud_round_trip() -> Result<()> {
             "name",
             "online",
             "parent_id",
+            "profile_id",
             "sub_device_addr",
             "updated_at"
         ]
@@ -429,7 +430,11 @@ async fn device_crud_round_trip() -> Result<()> {
     assert_eq!(created["last_seen"], Json::Null);
     assert_eq!(created["parent_id"], Json::Null);
     assert_eq!(created["sub_device_addr"], Json::Null);
-    assert_eq!(keys_of(&created["credentials"]), ["password", "username"]);
+    assert_eq!(
+        keys_of(&created["credentials"]),
+        ["password", "username", "voucher_type"]
+    );
+    assert_eq!(created["credentials"]["voucher_type"], "BASIC");
     let id = device_id(&created)?;
     let stored = h.meta.get_device_by_id(id).await?.context("stored")?;
     assert!(
@@ -452,9 +457,12 @@ async fn device_crud_round_trip() -> Result<()> {
 
     let (status, got) = h.get(&format!("/api/v1/devices/{id}")).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(keys_of(&got["credentials"]), ["username"]);
+    assert_eq!(keys_of(&got["credentials"]), ["username", "voucher_type"]);
     let mut expected = created.clone();
-    expected["credentials"] = json!({"username": created["credentials"]["username"]});
+    expected["credentials"] = json!({
+        "username": created["credentials"]["username"],
+        "voucher_type": "BASIC",
+    });
     assert_eq!(got, expected);
 
     let (status, list) = h.get("/api/v1/devices").await?;
@@ -756,7 +764,7 @@ async fn rotating_credentials_invalidates_the_old_ones() -> Result<()> {
         )
         .await?;
     assert_eq!(status, StatusCode::OK, "{creds}");
-    assert_eq!(keys_of(&creds), ["password", "username"]);
+    assert_eq!(keys_of(&creds), ["password", "username", "voucher_type"]);
     assert!(h.cache.get(&old_key).await?.is_none());
     assert!(
         h.meta
