@@ -128,6 +128,19 @@ async fn start(
     .expect("broker starts")
 }
 
+/// A device (with its password) in a tenant of its own.
+async fn device_of_a_new_tenant(metadata: &MetadataStoreRef) -> (Device, String) {
+    let tenant = tp_core::Tenant {
+        id: tp_core::TenantId::new(),
+        name: "t".into(),
+        created_at: tp_core::now_ms(),
+    };
+    metadata.create_tenant(&tenant).await.expect("tenant");
+    let (device, password) = Device::new(tenant.id, "d".into(), None);
+    metadata.create_device(&device).await.expect("device");
+    (device, password)
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("wal dir")
@@ -186,14 +199,7 @@ fn acknowledged_but_uncommitted_messages_are_stored_exactly_once_after_a_crash()
     let node1 = runtime();
     let (device, event_ts) = node1.block_on(async {
         let s = stores(dir.path()).await;
-        let tenant = tp_core::Tenant {
-            id: tp_core::TenantId::new(),
-            name: "t".into(),
-            created_at: tp_core::now_ms(),
-        };
-        s.metadata.create_tenant(&tenant).await.expect("tenant");
-        let (device, password) = Device::new(tenant.id, "d".into(), None);
-        s.metadata.create_device(&device).await.expect("device");
+        let (device, password) = device_of_a_new_tenant(&s.metadata).await;
         let hung: TimeSeriesStoreRef = Arc::new(HungStore {
             inner: s.timeseries.clone(),
             never: tokio::sync::Semaphore::new(0),
@@ -451,14 +457,7 @@ async fn a_publish_the_log_cannot_take_is_not_acknowledged_and_is_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal_dir = dir.path().join("wal");
     let s = stores(dir.path()).await;
-    let tenant = tp_core::Tenant {
-        id: tp_core::TenantId::new(),
-        name: "t".into(),
-        created_at: tp_core::now_ms(),
-    };
-    s.metadata.create_tenant(&tenant).await.expect("tenant");
-    let (device, password) = Device::new(tenant.id, "d".into(), None);
-    s.metadata.create_device(&device).await.expect("device");
+    let (device, password) = device_of_a_new_tenant(&s.metadata).await;
     let broker = start(&wal_dir, s.metadata.clone(), s.timeseries.clone()).await;
     let addr = broker.local_addr();
     let mut c = MqttTestClient::connect(addr, "wal-1", &device.credentials.username, &password)
