@@ -510,3 +510,34 @@ async fn commands_are_polled_and_answered_over_coap() {
     assert_eq!(status("a1").await, CommandStatus::Replied);
     assert_eq!(status("a2").await, CommandStatus::Failed);
 }
+
+/// An ACCESSTOKEN device sends its token as `u` alone; a wrong token, or the
+/// token's stored digest, is 4.01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_alone_authenticates() {
+    let (node, addr) = start(256).await;
+    let (mut device, _) = Device::new(node.tenant, "token device".into(), None);
+    let (credentials, issued) =
+        tp_core::DeviceCredentials::generate_for(tp_core::VoucherType::AccessToken);
+    device.credentials = credentials;
+    node.metadata.create_device(&device).await.unwrap();
+    let mut c = Client::new(addr).await;
+    let (code, body) = c
+        .call(
+            RequestType::Post,
+            "/telemetry",
+            &[format!("u={}", issued.username)],
+            r#"{"lux":300}"#,
+        )
+        .await;
+    assert_eq!(code, ResponseType::Changed, "{body}");
+    for queries in [
+        vec![format!("u={}x", issued.username)],
+        vec![format!("u={}", device.credentials.username)],
+    ] {
+        let (code, _) = c
+            .call(RequestType::Post, "/telemetry", &queries, r#"{"lux":1}"#)
+            .await;
+        assert_eq!(code, ResponseType::Unauthorized, "{queries:?}");
+    }
+}
