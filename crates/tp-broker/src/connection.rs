@@ -933,7 +933,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         gone: tokio_util::sync::CancellationToken,
         open: OpenGuard,
     ) {
-        let _ = self.stream.shutdown().await;
         let device = self.device().clone();
         let publish_will = match end {
             End::Graceful => false,
@@ -973,6 +972,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             keep,
         );
         gone.cancel();
+        // Last: a client that sees its socket close may reconnect at once, and must
+        // find its client id and session already released (closing first let another
+        // device's CONNECT with the same id be refused as a duplicate; CI saw it).
+        let _ = self.stream.shutdown().await;
     }
 }
 
