@@ -141,21 +141,15 @@ pub async fn route(
         top = parent;
     }
     let gateway = is_gateway(profiles, device).await?;
-    let dkind = downlink_kind(kind);
-    let message_id = dkind.has_message_id().then(|| message_id.to_owned());
     if addrs.is_empty() && !gateway {
         return Ok(Route {
             device_id: device.id,
-            topic: DownlinkTopic {
-                gateway: false,
-                kind: dkind,
-                device_number: device.device_number.clone(),
-                message_id,
-            }
-            .to_topic(),
+            topic: downlink_topic(kind, &device.device_number, message_id),
             payload: payload.clone(),
         });
     }
+    let dkind = downlink_kind(kind);
+    let message_id = dkind.has_message_id().then(|| message_id.to_owned());
     // Inside the envelope an attribute get is the bare key array.
     let own = match kind {
         CommandKind::AttributeGet => payload
