@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         &config,
         ConsumerDeps {
             metadata,
-            writer: writer.clone(),
+            writer: std::sync::Arc::new(writer.clone()),
         },
     )?;
     tracing::info!(broker = %config.broker, client_id = %config.client_id,

@@ -10,14 +10,14 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tp_broker::backplane::{
-    ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts, RedisBackplane,
-};
+use tp_broker::backplane::{ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts};
 /// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
 pub use tp_broker::shutdown_signal;
 use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
+use tp_core::cluster::BackplaneRef;
 use tp_core::rules::RuleEngineControlRef;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_storage::redis::backplane::RedisBackplane;
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
 use crate::config::{BackplaneMode, PlatformConfig, Role};
@@ -75,7 +75,7 @@ pub struct Platform {
     /// None without the broker role.
     broker: Option<Arc<EmbeddedBroker>>,
     /// The cluster backplane and this node's listener on it, when enabled.
-    backplane: Option<(Arc<RedisBackplane>, JoinHandle<()>)>,
+    backplane: Option<(BackplaneRef, JoinHandle<()>)>,
     http_addr: SocketAddr,
     is_https: bool,
     http: JoinHandle<()>,
@@ -251,7 +251,7 @@ impl Platform {
                     BrokerDeps {
                         metadata: metadata.clone(),
                         cache: cache.clone(),
-                        writer: writer.clone(),
+                        writer: Arc::new(writer.clone()),
                     },
                     // Profiles give presence its heartbeat / online-timeout windows.
                     BrokerOptions {
@@ -292,7 +292,7 @@ impl Platform {
         };
         let backplane = backplane.map(|bp| {
             let listener = tp_broker::backplane::spawn_listener(
-                &bp,
+                bp.as_ref(),
                 ListenerParts {
                     broker: broker.clone(),
                     cache: cache.clone(),
@@ -451,7 +451,7 @@ impl Platform {
     }
 
     /// The cluster backplane, when enabled (`cluster.backplane`).
-    pub fn backplane(&self) -> Option<&Arc<RedisBackplane>> {
+    pub fn backplane(&self) -> Option<&BackplaneRef> {
         self.backplane.as_ref().map(|(bp, _)| bp)
     }
 
@@ -514,9 +514,7 @@ impl Platform {
 
 /// The cluster backplane per `cluster.backplane`: with `"auto"` when the cache is a
 /// single Redis server (the only shared thing nodes have besides the databases).
-async fn connect_backplane(
-    config: &PlatformConfig,
-) -> Result<Option<Arc<RedisBackplane>>, PlatformError> {
+async fn connect_backplane(config: &PlatformConfig) -> Result<Option<BackplaneRef>, PlatformError> {
     let cache = config.storage.cache.trim().to_ascii_lowercase();
     let is_redis = cache.starts_with("redis://") || cache.starts_with("redis+unix://");
     match config.cluster.backplane {
@@ -531,7 +529,7 @@ async fn connect_backplane(
         .unwrap_or_else(|| format!("node-{}", tp_core::random_token(4)));
     RedisBackplane::connect(&config.storage.cache, node_id)
         .await
-        .map(|bp| Some(Arc::new(bp)))
+        .map(|bp| Some(Arc::new(bp) as BackplaneRef))
         .map_err(setting("cluster.backplane (storage.cache)"))
 }
 

@@ -1,6 +1,7 @@
 //! The cluster side of the embedded broker: N broker nodes share nothing but Redis
 //! and the databases (broker nodes share no connection state), so whatever one node does that
-//! another must act on goes over the [`RedisBackplane`]:
+//! another must act on goes over a [`Backplane`] (tp-storage's Redis pub/sub one in
+//! production):
 //!
 //! - [`ClusterTransport`] wraps a node's [`MqttTransport`](crate::MqttTransport) (or
 //!   nothing, on an API-only node). A downlink the node cannot deliver itself stays
@@ -26,12 +27,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
+use tp_core::cluster::{Backplane, BackplaneRef, ClusterEvent};
 use tp_core::rules::{ActionOutcome, RuleEngineControl, RuleEngineControlRef};
 use tp_core::{
     Cache, CacheRef, DeviceId, DeviceTransport, DeviceTransportRef, Downlink, Error, Result,
     SceneId, TenantId,
 };
-pub use tp_storage::redis::backplane::{ClusterEvent, RedisBackplane};
 
 use crate::EmbeddedBroker;
 
@@ -40,13 +41,13 @@ use crate::EmbeddedBroker;
 #[derive(Debug, Clone)]
 pub struct ClusterTransport {
     local: Option<DeviceTransportRef>,
-    backplane: Arc<RedisBackplane>,
+    backplane: BackplaneRef,
 }
 
 impl ClusterTransport {
     /// `local` is this node's broker transport; `None` on a node without MQTT
     /// listeners (the API role), which hands every downlink to the backplane.
-    pub fn new(local: Option<DeviceTransportRef>, backplane: Arc<RedisBackplane>) -> Self {
+    pub fn new(local: Option<DeviceTransportRef>, backplane: BackplaneRef) -> Self {
         Self { local, backplane }
     }
 }
@@ -108,12 +109,12 @@ impl DeviceTransport for ClusterTransport {
 #[derive(Debug, Clone)]
 pub struct InvalidatingCache {
     inner: CacheRef,
-    backplane: Arc<RedisBackplane>,
+    backplane: BackplaneRef,
 }
 
 impl InvalidatingCache {
     /// Wraps `inner`.
-    pub fn new(inner: CacheRef, backplane: Arc<RedisBackplane>) -> Self {
+    pub fn new(inner: CacheRef, backplane: BackplaneRef) -> Self {
         Self { inner, backplane }
     }
 }
@@ -159,12 +160,12 @@ impl Cache for InvalidatingCache {
 #[derive(Debug, Clone)]
 pub struct ClusterRules {
     local: RuleEngineControlRef,
-    backplane: Arc<RedisBackplane>,
+    backplane: BackplaneRef,
 }
 
 impl ClusterRules {
     /// Wraps this node's engine.
-    pub fn new(local: RuleEngineControlRef, backplane: Arc<RedisBackplane>) -> Self {
+    pub fn new(local: RuleEngineControlRef, backplane: BackplaneRef) -> Self {
         Self { local, backplane }
     }
 }
@@ -201,7 +202,7 @@ pub struct ListenerParts {
 }
 
 /// Applies the other nodes' events until the backplane is dropped.
-pub fn spawn_listener(backplane: &RedisBackplane, parts: ListenerParts) -> JoinHandle<()> {
+pub fn spawn_listener(backplane: &dyn Backplane, parts: ListenerParts) -> JoinHandle<()> {
     let mut events = backplane.subscribe();
     tokio::spawn(async move {
         loop {

@@ -525,7 +525,10 @@ mod tests {
                 let ts = tp_storage::open_timeseries("sqlite::memory:")
                     .await
                     .unwrap();
-                let writer = tp_storage::writer::BatchWriter::spawn(ts, Default::default());
+                let writer = Arc::new(tp_storage::writer::BatchWriter::spawn(
+                    ts,
+                    Default::default(),
+                ));
                 let cache = tp_storage::open_cache("memory://").await.unwrap();
                 let tenant = tp_core::Tenant {
                     id: tp_core::TenantId::new(),

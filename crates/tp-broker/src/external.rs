@@ -25,7 +25,7 @@
 //! The client uses manual acknowledgements and a persistent session
 //! (`clean_session = false`). Received messages are decoded and stored by the same
 //! code as the embedded broker's ingest (telemetry and events queued to the
-//! [`BatchWriter`], attributes, command responses, gateway envelopes with their
+//! ingest sink (tp-storage's batching writer in the `tp-storage` role), attributes, command responses, gateway envelopes with their
 //! sub-devices); every `commit_interval` (or `commit_max_messages` messages) the
 //! writer is flushed and only when the flush committed everything (no dropped
 //! batch) are the PUBACKs sent. If a commit fails the messages stay unacknowledged and the consumer
@@ -40,8 +40,6 @@
 //!
 //! Attribute and event reports are acknowledged to the device on its response
 //! topic, as ThingsPanel does ([`ExternalConfig::ack_reports`]).
-//!
-//! [`BatchWriter`]: tp_storage::writer::BatchWriter
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,11 +52,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tp_core::protocol::UplinkTopic;
+use tp_core::ingest::IngestSinkRef;
+use tp_core::protocol::{INGEST_PREFIX, UplinkTopic};
 use tp_core::{Device, DeviceId, MetadataStoreRef, now_ms};
-use tp_storage::writer::WriterHandle;
 
-use crate::hooks::INGEST_PREFIX;
 use crate::uplink::{Ack, Uplinks};
 
 /// Settings of an [`ExternalConsumer`].
@@ -187,7 +184,7 @@ pub struct ConsumerDeps {
     /// Devices (identity), attributes and the command log.
     pub metadata: MetadataStoreRef,
     /// Telemetry and events.
-    pub writer: WriterHandle,
+    pub writer: IngestSinkRef,
 }
 
 /// Counters of a running consumer.

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tp_core::DeviceId;
 use tp_core::protocol::{UplinkKind, UplinkTopic, decode_event};
-use tp_core::{DeviceId, Order};
 
 use crate::session::{Shared, decode_envelope, ingest_size};
 use crate::uplink::{Ack, Uplinks};
@@ -124,22 +124,13 @@ impl Ingest {
             UplinkKind::OtaProgress => (String::new(), "ota_progress".to_owned()),
             _ => return false,
         };
-        let stored = self
+        match self
             .uplinks
             .writer
-            .store()
-            .query_events(
-                record.device_id,
-                record.ts,
-                record.ts.saturating_add(1),
-                1000,
-                Order::Asc,
-            )
-            .await;
-        match stored {
-            Ok(events) => events
-                .iter()
-                .any(|e| e.ts == record.ts && e.message_id == mid && e.method == method),
+            .has_event(record.device_id, record.ts, &mid, &method)
+            .await
+        {
+            Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check for a replayed event; storing it again");
                 false

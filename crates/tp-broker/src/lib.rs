@@ -28,7 +28,8 @@
 //! use tp_storage::{open_cache, open_metadata, open_timeseries, writer::{BatchWriter, WriterConfig}};
 //!
 //! let metadata = open_metadata("sqlite::memory:").await?;
-//! let writer = BatchWriter::spawn(open_timeseries("sqlite::memory:").await?, WriterConfig::default());
+//! // the broker writes through tp-core's `IngestSink`; tp-storage's batching writer is one
+//! let writer = Arc::new(BatchWriter::spawn(open_timeseries("sqlite::memory:").await?, WriterConfig::default()));
 //! let cache = open_cache("memory://").await?;
 //! let config = BrokerConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() };
 //! let broker = EmbeddedBroker::start(&config, BrokerDeps { metadata, cache, writer }).await?;
@@ -45,8 +46,12 @@ pub mod downlink;
 mod error;
 #[cfg(feature = "external")]
 pub mod external;
+#[cfg(feature = "http")]
 pub mod hooks;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+mod https;
 mod ingest;
 mod listener;
 pub mod presence;
@@ -94,8 +99,8 @@ pub use transport::MqttTransport;
 pub use wal::WalConfig;
 
 use tokio::task::JoinHandle;
+use tp_core::ingest::IngestSinkRef;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef};
-use tp_storage::writer::WriterHandle;
 
 use crate::ingest::Ingest;
 use crate::session::{Shared, SharedReceivers};
@@ -109,7 +114,7 @@ pub struct BrokerDeps {
     /// Credential cache.
     pub cache: CacheRef,
     /// Telemetry and events go through the batching writer.
-    pub writer: WriterHandle,
+    pub writer: IngestSinkRef,
 }
 
 /// Optional parts of a broker beyond [`BrokerDeps`] ([`EmbeddedBroker::start_with`]).
@@ -168,10 +173,11 @@ pub(crate) struct DeviceApi {
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     shared: Arc<Shared>,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the HTTP device API
     device_api: DeviceApi,
     presence: Arc<presence::Presence>,
     transport: Arc<MqttTransport>,
-    writer: WriterHandle,
+    writer: IngestSinkRef,
     local_addr: SocketAddr,
     v5_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,

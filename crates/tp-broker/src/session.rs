@@ -604,6 +604,7 @@ impl Credentials {
     /// The enabled device with this username (or access token), without a password
     /// check: for hooks of an external broker about a connection it already
     /// authenticated.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // the auth hooks' lookup
     pub(crate) async fn enabled_device(&self, username: &str) -> Result<Arc<Device>, Refused> {
         let device = self.lookup(username, true).await?;
         if !device.enabled {

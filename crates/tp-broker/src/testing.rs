@@ -326,7 +326,7 @@ impl TestBroker {
             crate::BrokerDeps {
                 metadata: metadata.clone(),
                 cache,
-                writer: writer.clone(),
+                writer: std::sync::Arc::new(writer.clone()),
             },
         )
         .await

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tp_core::ingest::IngestSinkRef;
 use tp_core::protocol::{
     DownlinkKind, DownlinkTopic, GatewayEnvelope, MethodCall, ResponseObject, UplinkKind,
     UplinkTopic, decode_attributes, decode_event, decode_telemetry,
@@ -23,7 +24,6 @@ use tp_core::{
     now_ms,
 };
 use tp_core::{ProfileId, TenantId};
-use tp_storage::writer::WriterHandle;
 
 use crate::session::Shared;
 
@@ -34,7 +34,7 @@ use crate::session::Shared;
 pub(crate) struct Uplinks {
     /// Devices (sub-device addresses, identity), attributes and the command log.
     pub(crate) metadata: MetadataStoreRef,
-    pub(crate) writer: WriterHandle,
+    pub(crate) writer: IngestSinkRef,
     /// The embedded broker's sessions: a connected device's identity without a store
     /// lookup, and the write-ahead log. `None` in the external consumer.
     pub(crate) sessions: Option<Arc<Shared>>,

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tp_core::DeviceId;
-use tp_storage::writer::WriterHandle;
+use tp_core::ingest::IngestSinkRef;
 
 /// Settings of the write-ahead log (`[mqtt.wal]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,7 +270,7 @@ pub(crate) struct Wal {
     next_id: AtomicU64,
     /// Open complete segments up to the newest that was found complete.
     newest_complete_opened: Mutex<Option<Instant>>,
-    /// Writer batches dropped as of the last check (see [`WriterHandle::dropped_batches`]).
+    /// Writer batches dropped as of the last check (see [`tp_core::ingest::IngestSink::dropped_batches`]).
     seen_drops: AtomicU64,
     closed: AtomicBool,
     /// Held (locked) while the log is open; released on close.
@@ -297,7 +297,10 @@ impl Wal {
     /// Opens the log configured by `cfg` (`None` when it is off): locks the
     /// directory, lists the segments a previous run left and opens a new current
     /// segment after them.
-    pub(crate) fn open(cfg: &WalConfig, writer: &WriterHandle) -> Result<Option<Opened>, WalError> {
+    pub(crate) fn open(
+        cfg: &WalConfig,
+        writer: &IngestSinkRef,
+    ) -> Result<Option<Opened>, WalError> {
         let Some(dir) = cfg.dir.as_ref().filter(|_| cfg.enabled) else {
             return Ok(None);
         };
@@ -530,7 +533,7 @@ impl Wal {
 
     /// Deletes the removable segments once the writer has committed what was queued
     /// before (a flush); keeps everything if the writer dropped a batch.
-    async fn collect(&self, writer: &WriterHandle) {
+    async fn collect(&self, writer: &IngestSinkRef) {
         let removable = self.removable();
         if removable.is_empty() {
             return;
@@ -556,7 +559,7 @@ impl Wal {
     }
 
     /// Rotates and collects every `rotate_interval` until the log is closed.
-    pub(crate) async fn maintain(self: Arc<Self>, writer: WriterHandle) {
+    pub(crate) async fn maintain(self: Arc<Self>, writer: IngestSinkRef) {
         loop {
             tokio::time::sleep(self.rotate_interval).await;
             if self.closed.load(Ordering::Acquire) {
@@ -572,7 +575,7 @@ impl Wal {
     /// Closes the log at the end of a drain: no more appends; complete segments are
     /// deleted (after a writer flush), incomplete ones stay for the next start; the
     /// directory is unlocked.
-    pub(crate) async fn close(&self, writer: &WriterHandle) {
+    pub(crate) async fn close(&self, writer: &IngestSinkRef) {
         self.closed.store(true, Ordering::Release);
         let last = self
             .current
@@ -602,7 +605,7 @@ impl Wal {
     /// Deletes replayed segments (after the writer committed their records).
     pub(crate) async fn finish_replay(
         &self,
-        writer: &WriterHandle,
+        writer: &IngestSinkRef,
         leftovers: &[Leftover],
     ) -> Result<(), tp_core::Error> {
         writer.flush().await?;
@@ -682,11 +685,14 @@ mod tests {
         assert_eq!(decoded.bad_tail_bytes, bytes.len() - second);
     }
 
-    async fn temp_wal(dir: &Path) -> (Arc<Wal>, Vec<Leftover>, WriterHandle) {
+    async fn temp_wal(dir: &Path) -> (Arc<Wal>, Vec<Leftover>, IngestSinkRef) {
         let store = tp_storage::open_timeseries("sqlite::memory:")
             .await
             .unwrap();
-        let writer = tp_storage::writer::BatchWriter::spawn(store, Default::default());
+        let writer: IngestSinkRef = Arc::new(tp_storage::writer::BatchWriter::spawn(
+            store,
+            Default::default(),
+        ));
         let cfg = WalConfig {
             dir: Some(dir.to_owned()),
             ..Default::default()

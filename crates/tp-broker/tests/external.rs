@@ -182,7 +182,7 @@ impl Stores {
             config,
             ConsumerDeps {
                 metadata: self.metadata.clone(),
-                writer,
+                writer: std::sync::Arc::new(writer),
             },
         )
         .unwrap()

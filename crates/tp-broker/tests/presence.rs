@@ -35,12 +35,12 @@ struct Node {
 /// API; devices without a profile window stay online `http_online_secs` after a message.
 async fn start(http_online_secs: u32) -> Node {
     let (metadata, access) = tp_storage::open_access("sqlite::memory:").await.unwrap();
-    let writer = tp_storage::writer::BatchWriter::spawn(
+    let writer = std::sync::Arc::new(tp_storage::writer::BatchWriter::spawn(
         tp_storage::open_timeseries("sqlite::memory:")
             .await
             .unwrap(),
         Default::default(),
-    );
+    ));
     let tenant = Tenant {
         id: TenantId::new(),
         name: "presence".into(),

@@ -471,12 +471,12 @@ async fn start_error(tls: TlsSettings) -> BrokerError {
     let deps = tp_broker::BrokerDeps {
         metadata: tp_storage::open_metadata("sqlite::memory:").await.unwrap(),
         cache: tp_storage::open_cache("memory://").await.unwrap(),
-        writer: tp_storage::writer::BatchWriter::spawn(
+        writer: std::sync::Arc::new(tp_storage::writer::BatchWriter::spawn(
             tp_storage::open_timeseries("sqlite::memory:")
                 .await
                 .unwrap(),
             Default::default(),
-        ),
+        )),
     };
     tp_broker::EmbeddedBroker::start(&config, deps)
         .await

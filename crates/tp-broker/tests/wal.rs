@@ -115,13 +115,13 @@ async fn start(
         BrokerDeps {
             metadata,
             cache: tp_storage::open_cache("memory://").await.expect("cache"),
-            writer: BatchWriter::spawn(
+            writer: std::sync::Arc::new(BatchWriter::spawn(
                 timeseries,
                 WriterConfig {
                     flush_interval: Duration::from_millis(10),
                     ..Default::default()
                 },
-            ),
+            )),
         },
     )
     .await

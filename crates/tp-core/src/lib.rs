@@ -10,7 +10,10 @@
 //!   response object and the gateway envelope.
 //! - [`provision`]: device self-registration with a profile secret (REST and MQTT).
 //! - The async traits every backend implements: [`MetadataStore`], [`TimeSeriesStore`],
-//!   [`Cache`] and [`DeviceTransport`], used as `Arc<dyn Trait>` at the boundaries.
+//!   [`Cache`] and [`DeviceTransport`], used as `Arc<dyn Trait>` at the boundaries; the
+//!   [`ingest::IngestSink`] a broker writes device data through and the
+//!   [`cluster::Backplane`] nodes talk over, so the broker and the storage crates
+//!   both depend on tp-core and not on each other.
 //! - [`Error`]: the one error enum, with semantic, backend-agnostic variants.
 //! - `testing` (feature `testing`): the conformance suites every backend must pass.
 //!
@@ -30,7 +33,9 @@
 
 pub mod access;
 pub mod cache;
+pub mod cluster;
 mod error;
+pub mod ingest;
 pub mod model;
 pub mod protocol;
 pub mod provision;

@@ -295,6 +295,12 @@ pub fn check_subscribe(filter: &str, device_number: &str) -> Result<()> {
 /// `devices/telemetry/control/{device_number}` does.
 pub const DOWN_ALIAS_SUFFIX: &str = "/down";
 
+/// Prefix of the internal topic a device publish is rewritten to (VerneMQ) or
+/// republished on (EMQX rule): `tp/ingest/{device_id}/{uplink topic}`. The consumer
+/// (tp-broker's `external` consumer) learns the device from it; devices themselves can never
+/// publish there, as it is outside the uplink ACL.
+pub const INGEST_PREFIX: &str = "tp/ingest/";
+
 /// The `{device_number}/down` alias a telemetry control `topic` is also delivered
 /// on, if it is one.
 pub fn down_alias(topic: &str) -> Option<String> {

@@ -3,19 +3,22 @@
 //! Storage backends for the traits of `tp-core`, plus the batching writer that sits
 //! between ingest and the time-series store.
 //!
-//! | Trait | Backend | URL |
-//! |---|---|---|
-//! | [`MetadataStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
-//! | [`AccessStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
-//! | [`TimeSeriesStore`] | [`sqlite::SqliteTimeSeriesStore`] | `sqlite://<path>`, `sqlite::memory:` |
-//! | [`Cache`] | [`memory::MemoryCache`] | `memory://`, `memory://?capacity=N` |
-//! | [`Cache`] | `redis::RedisCache` (feature `redis`) | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
-//! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` (feature `tdengine`) | `taos+ws://user:pass@host:6041/db?keep_days=N` |
-//! | [`RuleStore`] | [`sqlite::SqliteMetadataStore`] | `sqlite://<path>`, `sqlite::memory:` |
-//! | [`MetadataStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
-//! | [`RuleStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
-//! | [`AccessStore`] | `postgres::PostgresMetadataStore` | `postgres://host/db?schema=s` |
-//! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres://host/db?schema=s` |
+//! Every backend is behind a feature; only `sqlite` is on by default, so a service
+//! that wants PostgreSQL alone builds neither Redis, TDengine nor SQLite
+//! (`default-features = false, features = ["postgres"]`). A URL naming a backend this
+//! build leaves out is refused with the feature to enable.
+//!
+//! | Trait | Backend | Feature | URL |
+//! |---|---|---|---|
+//! | `MetadataStore`, `AccessStore`, `RuleStore` | `sqlite::SqliteMetadataStore` | `sqlite` | `sqlite://<path>`, `sqlite::memory:` |
+//! | [`TimeSeriesStore`] | `sqlite::SqliteTimeSeriesStore` | `sqlite` | `sqlite://<path>`, `sqlite::memory:` |
+//! | `MetadataStore`, `AccessStore`, `RuleStore` | `postgres::PostgresMetadataStore` | `postgres` | `postgres://host/db?schema=s` |
+//! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres` | `postgres://host/db?schema=s` |
+//! | [`TimeSeriesStore`] | `tdengine::TdengineTimeSeriesStore` | `tdengine` | `taos+ws://user:pass@host:6041/db?keep_days=N` |
+//! | [`Cache`] | [`memory::MemoryCache`] | (always) | `memory://`, `memory://?capacity=N` |
+//! | [`Cache`] | `redis::RedisCache` | `redis` | `redis://host:6379/?prefix=tp:`, `redis+cluster://h1:p,h2:p` |
+//! | `tp_core::cluster::Backplane` | `redis::backplane::RedisBackplane` | `redis` | the cache URL |
+//! | `tp_core::ingest::IngestSink` | [`writer::WriterHandle`] | (always) | in front of any [`TimeSeriesStore`] |
 //!
 //! SQLite is the embedded default of a single-node installation: WAL mode, one writer
 //! connection, a small pool of readers, migrations embedded in the binary. Every
@@ -51,13 +54,16 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod access_common;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod rules_common;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "tdengine")]
 pub mod tdengine;
@@ -75,6 +81,18 @@ use tp_core::{AccessStoreRef, CacheRef, Error, MetadataStoreRef, Result, TimeSer
 
 /// Entries of a `memory://` cache without `?capacity=`.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
+
+/// The refusal of a URL whose backend this build leaves out.
+#[allow(dead_code)] // unused when every backend is compiled in
+fn not_enabled(field: &str, url: &str, feature: &str) -> Error {
+    Error::invalid(
+        field,
+        format!(
+            "{:?} needs tp-storage's `{feature}` feature, which is not enabled in this build",
+            url.trim()
+        ),
+    )
+}
 
 /// Where a `sqlite` URL points.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,14 +134,12 @@ fn parse_sqlite(url: &str, field: &str) -> Result<SqliteTarget> {
 }
 
 /// Whether a URL names a PostgreSQL server (`postgres://` or `postgresql://`).
-#[cfg(feature = "postgres")]
 fn is_postgres(url: &str) -> bool {
     let url = url.trim();
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Whether a URL names a Redis server or cluster.
-#[cfg(feature = "redis")]
 fn is_redis(url: &str) -> bool {
     let scheme = url.trim().split_once("://").map_or("", |(s, _)| s);
     matches!(
@@ -133,7 +149,6 @@ fn is_redis(url: &str) -> bool {
 }
 
 /// Whether a URL names a TDengine server (`taos+ws://` or `taos+wss://`).
-#[cfg(feature = "tdengine")]
 fn is_tdengine(url: &str) -> bool {
     let scheme = url.trim().split_once("://").map_or("", |(s, _)| s);
     matches!(scheme.to_ascii_lowercase().as_str(), "taos+ws" | "taos+wss")
@@ -148,16 +163,7 @@ fn is_tdengine(url: &str) -> bool {
 /// [`Error::Invalid`] (field `storage.metadata`) for an unsupported or malformed URL;
 /// backend errors when the store cannot be opened.
 pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
-    #[cfg(feature = "postgres")]
-    if is_postgres(url) {
-        return Ok(Arc::new(
-            postgres::PostgresMetadataStore::connect(url.trim()).await?,
-        ));
-    }
-    Ok(match parse_sqlite(url, "storage.metadata")? {
-        SqliteTarget::Memory => Arc::new(sqlite::SqliteMetadataStore::in_memory().await?),
-        SqliteTarget::File(path) => Arc::new(sqlite::SqliteMetadataStore::open(&path).await?),
-    })
+    Ok(open_rules(url).await?.0)
 }
 
 /// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
@@ -167,16 +173,8 @@ pub async fn open_metadata(url: &str) -> Result<MetadataStoreRef> {
 /// # Errors
 /// As [`open_metadata`].
 pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)> {
-    #[cfg(feature = "postgres")]
-    if is_postgres(url) {
-        let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
-        return Ok((store.clone(), store));
-    }
-    let store = Arc::new(match parse_sqlite(url, "storage.metadata")? {
-        SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
-        SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
-    });
-    Ok((store.clone(), store))
+    let (metadata, access, _) = open_rules(url).await?;
+    Ok((metadata, access))
 }
 
 /// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
@@ -186,16 +184,30 @@ pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)
 /// # Errors
 /// As [`open_metadata`].
 pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, RuleStoreRef)> {
-    #[cfg(feature = "postgres")]
+    const FIELD: &str = "storage.metadata";
     if is_postgres(url) {
-        let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
-        return Ok((store.clone(), store.clone(), store));
+        #[cfg(feature = "postgres")]
+        {
+            let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
+            return Ok((store.clone(), store.clone(), store));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(not_enabled(FIELD, url, "postgres"));
     }
-    let store = Arc::new(match parse_sqlite(url, "storage.metadata")? {
-        SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
-        SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
-    });
-    Ok((store.clone(), store.clone(), store))
+    let target = parse_sqlite(url, FIELD)?;
+    #[cfg(feature = "sqlite")]
+    {
+        let store = Arc::new(match target {
+            SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
+            SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
+        });
+        Ok((store.clone(), store.clone(), store))
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = target;
+        Err(not_enabled(FIELD, url, "sqlite"))
+    }
 }
 
 /// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`],
@@ -206,23 +218,39 @@ pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, 
 /// [`Error::Invalid`] (field `storage.timeseries`) for an unsupported or malformed URL;
 /// backend errors when the store cannot be opened.
 pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
-    #[cfg(feature = "tdengine")]
+    const FIELD: &str = "storage.timeseries";
     if is_tdengine(url) {
-        let (dsn, options) = tdengine::parse_url(url)?;
-        return Ok(Arc::new(
-            tdengine::TdengineTimeSeriesStore::connect(&dsn, options).await?,
-        ));
+        #[cfg(feature = "tdengine")]
+        {
+            let (dsn, options) = tdengine::parse_url(url)?;
+            return Ok(Arc::new(
+                tdengine::TdengineTimeSeriesStore::connect(&dsn, options).await?,
+            ));
+        }
+        #[cfg(not(feature = "tdengine"))]
+        return Err(not_enabled(FIELD, url, "tdengine"));
     }
-    #[cfg(feature = "postgres")]
     if is_postgres(url) {
+        #[cfg(feature = "postgres")]
         return Ok(Arc::new(
             postgres::PostgresTimeSeriesStore::connect(url.trim()).await?,
         ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(not_enabled(FIELD, url, "postgres"));
     }
-    Ok(match parse_sqlite(url, "storage.timeseries")? {
-        SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),
-        SqliteTarget::File(path) => Arc::new(sqlite::SqliteTimeSeriesStore::open(&path).await?),
-    })
+    let target = parse_sqlite(url, FIELD)?;
+    #[cfg(feature = "sqlite")]
+    {
+        Ok(match target {
+            SqliteTarget::Memory => Arc::new(sqlite::SqliteTimeSeriesStore::in_memory().await?),
+            SqliteTarget::File(path) => Arc::new(sqlite::SqliteTimeSeriesStore::open(&path).await?),
+        })
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = target;
+        Err(not_enabled(FIELD, url, "sqlite"))
+    }
 }
 
 /// Opens the cache a URL names: `memory://` or `memory://?capacity=N` (entries); with
@@ -232,11 +260,13 @@ pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
 /// # Errors
 /// [`Error::Invalid`] (field `storage.cache`) for an unsupported or malformed URL.
 pub async fn open_cache(url: &str) -> Result<CacheRef> {
-    #[cfg(feature = "redis")]
-    if is_redis(url) {
-        return Ok(Arc::new(self::redis::RedisCache::connect(url).await?));
-    }
     const FIELD: &str = "storage.cache";
+    if is_redis(url) {
+        #[cfg(feature = "redis")]
+        return Ok(Arc::new(self::redis::RedisCache::connect(url).await?));
+        #[cfg(not(feature = "redis"))]
+        return Err(not_enabled(FIELD, url, "redis"));
+    }
     let url = url.trim();
     let Some(rest) = url.strip_prefix("memory://") else {
         return Err(Error::invalid(
@@ -277,7 +307,7 @@ pub async fn open_cache(url: &str) -> Result<CacheRef> {
     Ok(Arc::new(memory::MemoryCache::new(capacity)))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
 

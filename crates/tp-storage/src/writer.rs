@@ -34,7 +34,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tp_core::{DeviceEvent, Error, Result, TelemetryPoint, TimeSeriesStoreRef};
+use tp_core::ingest::IngestSink;
+use tp_core::{
+    DeviceEvent, DeviceId, Error, Order, Result, TelemetryPoint, TimeSeriesStoreRef, Timestamp,
+};
 
 /// Tuning of a [`BatchWriter`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +172,47 @@ impl WriterHandle {
         let (ack, done) = oneshot::channel();
         self.send(Msg::Shutdown(ack)).await?;
         done.await.map_err(|_| self.stopped())?
+    }
+}
+
+/// The broker (and every other ingest path) writes through this trait; the
+/// inherent methods keep the same meaning.
+#[async_trait::async_trait]
+impl IngestSink for WriterHandle {
+    async fn write(&self, points: Vec<TelemetryPoint>) -> Result<()> {
+        WriterHandle::write(self, points).await
+    }
+
+    async fn write_events(&self, events: Vec<DeviceEvent>) -> Result<()> {
+        WriterHandle::write_events(self, events).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        WriterHandle::flush(self).await
+    }
+
+    fn dropped_batches(&self) -> u64 {
+        WriterHandle::dropped_batches(self)
+    }
+
+    fn backend(&self) -> &'static str {
+        WriterHandle::backend(self)
+    }
+
+    async fn has_event(
+        &self,
+        device: DeviceId,
+        ts: Timestamp,
+        message_id: &str,
+        method: &str,
+    ) -> Result<bool> {
+        let events = self
+            .store
+            .query_events(device, ts, ts.saturating_add(1), 1000, Order::Asc)
+            .await?;
+        Ok(events
+            .iter()
+            .any(|e| e.ts == ts && e.message_id == message_id && e.method == method))
     }
 }
 

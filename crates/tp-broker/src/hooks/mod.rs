@@ -72,11 +72,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Header carrying the hook secret.
 pub const SECRET_HEADER: &str = "x-tp-hook-secret";
 
-/// Prefix of the internal topic a device publish is rewritten to (VerneMQ) or
-/// republished on (EMQX rule): `tp/ingest/{device_id}/{uplink topic}`. The consumer
-/// (`tp_broker::external`) learns the device from it; devices themselves can never
-/// publish there, as it is outside the uplink ACL.
-pub const INGEST_PREFIX: &str = "tp/ingest/";
+pub use tp_core::protocol::INGEST_PREFIX;
 
 /// `[hooks]` settings of a platform node.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -32,11 +32,13 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use ::redis::{Client, RedisError};
+use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tp_core::{DeviceId, Error, Result, TenantId};
+use tp_core::cluster::{Backplane, ClusterEvent};
+use tp_core::{Error, Result};
 
 use super::cache_url::{self, ParsedUrl, Target, URL_FIELD};
 use super::{CONNECT_TIMEOUT, RECONNECT_RETRIES, RESPONSE_TIMEOUT};
@@ -47,39 +49,6 @@ pub const CHANNEL: &str = "tp:cluster";
 const LOCAL_BUFFER: usize = 4096;
 /// Longest wait between two reconnect attempts of the subscription.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// A message from one node to all others.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ClusterEvent {
-    /// A downlink was logged as pending for a device the publishing node cannot
-    /// reach; the node holding `device_id`'s connection delivers the device's
-    /// pending rows (for a sub-device, `device_id` is its top-level gateway).
-    Downlink {
-        /// The device holding the connection.
-        device_id: DeviceId,
-        /// The logged row's message id (for logs; delivery reads every pending row).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        message_id: Option<String>,
-    },
-    /// A device was disabled or deleted, or its credentials changed: every node
-    /// closes the device's connections.
-    DeviceRevoked {
-        /// The device.
-        device_id: DeviceId,
-    },
-    /// A cache key was deleted; every node deletes it from its cache too.
-    CacheInvalidated {
-        /// The cache key (without the URL prefix).
-        key: String,
-    },
-    /// A tenant's rules, scenes or notification channels changed.
-    RulesChanged {
-        /// The tenant.
-        tenant_id: TenantId,
-    },
-}
 
 /// What goes over the wire.
 #[derive(Serialize, Deserialize)]
@@ -194,9 +163,12 @@ impl RedisBackplane {
             listener,
         })
     }
+}
 
+#[async_trait]
+impl Backplane for RedisBackplane {
     /// This node's id.
-    pub fn node_id(&self) -> &str {
+    fn node_id(&self) -> &str {
         &self.node_id
     }
 
@@ -204,7 +176,7 @@ impl RedisBackplane {
     ///
     /// # Errors
     /// [`Error::Unavailable`] when Redis cannot be reached.
-    pub async fn publish(&self, event: &ClusterEvent) -> Result<()> {
+    async fn publish(&self, event: &ClusterEvent) -> Result<()> {
         let payload = serde_json::to_vec(&Envelope {
             origin: self.node_id.clone(),
             event: event.clone(),
@@ -222,12 +194,12 @@ impl RedisBackplane {
 
     /// The other nodes' events from now on. A receiver more than 4096 events
     /// behind gets `RecvError::Lagged` and misses the oldest.
-    pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
     }
 
     /// Whether the subscription is currently up (for readiness checks).
-    pub fn is_subscribed(&self) -> bool {
+    fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
 }
@@ -302,6 +274,7 @@ async fn listen(mut pubsub: PubSub, l: Listener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tp_core::{DeviceId, TenantId};
 
     #[test]
     fn events_have_a_stable_wire_form() {

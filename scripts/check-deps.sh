@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Guards the crate layout (no build needed, `cargo tree` only): the broker and the
+# storage crates both sit on tp-core and not on each other, tp-storage without its
+# default features has no Redis, TDengine or PostgreSQL driver, and the
+# "MQTT into PostgreSQL" template pulls no REST API, mail, Redis or TDengine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deps() { cargo tree -q -e normal --prefix none "$@" | sed 's/ (\*)//' | sort -u; }
+fail=0
+forbid() { # forbid <what> <regex> <cargo tree args...>
+  local what=$1 pattern=$2
+  shift 2
+  local found
+  found=$(deps "$@" | grep -E "$pattern" || true)
+  if [ -n "$found" ]; then
+    echo "check-deps: $what depends on:" >&2
+    echo "$found" | sed 's/^/  /' >&2
+    fail=1
+  fi
+}
+forbid "tp-broker" '^tp-(storage|api) ' -p tp-broker
+forbid "tp-storage (no default features)" '^(redis|taos|sqlx-postgres|sqlx-sqlite|tp-broker) ' \
+  -p tp-storage --no-default-features
+forbid "tp-core" '^tp-(storage|broker|api) ' -p tp-core
+# axum 0.7 is rumqttd's own unconditional dependency (its console); ours is 0.8.
+forbid "examples/mqtt-to-postgres" '^(axum v0\.8|utoipa|lettre|taos|redis|tp-api|jsonwebtoken) ' \
+  -p tp-example-mqtt-to-postgres
+[ "$fail" = 0 ] && echo "check-deps: crate layout ok"
+exit "$fail"
