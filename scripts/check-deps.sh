@@ -18,10 +18,11 @@ forbid() { # forbid <what> <regex> <cargo tree args...>
     fail=1
   fi
 }
-forbid "tp-broker" '^tp-(storage|api) ' -p tp-broker
+forbid "tp-broker" '^tp-(storage|rules|api) ' -p tp-broker
 forbid "tp-storage (no default features)" '^(redis|taos|sqlx-postgres|sqlx-sqlite|tp-broker) ' \
   -p tp-storage --no-default-features
-forbid "tp-core" '^tp-(storage|broker|api) ' -p tp-core
+forbid "tp-core" '^tp-(storage|broker|rules|api) ' -p tp-core
+forbid "tp-rules" '^(tp-(storage|broker|api)|axum|rumqttd|sqlx) ' -p tp-rules
 # axum 0.7 is rumqttd's own unconditional dependency (its console); ours is 0.8.
 forbid "examples/mqtt-to-postgres" '^(axum v0\.8|utoipa|lettre|taos|redis|tp-api|jsonwebtoken) ' \
   -p tp-example-mqtt-to-postgres

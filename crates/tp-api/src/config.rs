@@ -280,104 +280,7 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
-/// Delivery of rule notifications (`[notify]`): webhook timeouts, retries, and the
-/// SMTP server email channels send through.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// Longest wait for one webhook request, connect to response (seconds).
-    pub webhook_timeout_secs: u64,
-    /// Delivery attempts per notification, the first included (at least 1).
-    pub max_attempts: u32,
-    /// Wait before the first retry (milliseconds); doubled for each further retry.
-    pub backoff_base_ms: u64,
-    /// Deliveries in flight at once; more wait for a free slot, so a slow receiver
-    /// cannot open unbounded connections.
-    pub max_concurrent: usize,
-    /// Let webhook channels reach loopback, private (RFC 1918, fc00::/7), link-local,
-    /// shared (100.64/10) and other non-public addresses. Off by default: channels are
-    /// defined by tenants, and a webhook to `http://127.0.0.1:6379/` or a cloud
-    /// metadata address would let them probe the platform's own network. Checked on
-    /// every delivery, after DNS resolution, so a name cannot be re-pointed later.
-    pub allow_private_webhooks: bool,
-    /// Outgoing mail server; email channels fail with "no SMTP server configured"
-    /// while its `host` is empty.
-    pub smtp: SmtpConfig,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        Self {
-            webhook_timeout_secs: 10,
-            max_attempts: 4,
-            backoff_base_ms: 500,
-            max_concurrent: 16,
-            allow_private_webhooks: false,
-            smtp: SmtpConfig::default(),
-        }
-    }
-}
-
-/// Outgoing SMTP server (`[notify.smtp]`).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SmtpConfig {
-    /// Server host name; empty means no server (email is not sent).
-    pub host: String,
-    /// Server port (587 for STARTTLS submission, 465 for implicit TLS, 25 plain).
-    pub port: u16,
-    /// Transport security.
-    pub tls: SmtpTls,
-    /// Login name; no authentication when unset.
-    pub username: Option<String>,
-    /// Login password (`TP_NOTIFY__SMTP__PASSWORD`); never logged.
-    pub password: Option<String>,
-    /// Sender address, e.g. `ThingsPanel <alerts@example.com>`.
-    pub from: String,
-    /// Longest wait for one SMTP command (seconds).
-    pub timeout_secs: u64,
-}
-
-impl Default for SmtpConfig {
-    fn default() -> Self {
-        Self {
-            host: String::new(),
-            port: 587,
-            tls: SmtpTls::Starttls,
-            username: None,
-            password: None,
-            from: "ThingsPanel <noreply@localhost>".to_owned(),
-            timeout_secs: 30,
-        }
-    }
-}
-
-impl std::fmt::Debug for SmtpConfig {
-    // Secrets never reach logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("from", &self.from)
-            .field("timeout_secs", &self.timeout_secs)
-            .finish()
-    }
-}
-
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// Plain text (local relays and tests only: credentials travel unencrypted).
-    None,
-    /// Plain connect, then STARTTLS, which must succeed.
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-}
+pub use tp_rules::notify::{NotifyConfig, SmtpConfig, SmtpTls};
 
 /// A configuration that cannot be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +368,7 @@ impl PlatformConfig {
             return bad("notify.max_concurrent", "must be at least 1");
         }
         if !self.notify.smtp.host.is_empty() {
-            if let Err(e) = crate::notify::parse_mailbox(&self.notify.smtp.from) {
+            if let Err(e) = tp_rules::notify::parse_mailbox(&self.notify.smtp.from) {
                 return bad("notify.smtp.from", &e);
             }
             if self.notify.smtp.password.is_some() && self.notify.smtp.username.is_none() {

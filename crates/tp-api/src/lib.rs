@@ -8,11 +8,13 @@ pub mod authz;
 pub mod config;
 mod console;
 pub mod error;
-pub mod notify;
+/// Notification delivery (webhook, email), in the tp-rules crate.
+pub use tp_rules::notify;
 pub mod openapi;
 pub mod platform;
 mod routes;
-pub mod rules;
+/// The rule engine runtime, in the tp-rules crate.
+pub use tp_rules as rules;
 pub mod state;
 
 pub use openapi::openapi;

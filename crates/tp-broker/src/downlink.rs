@@ -1,6 +1,7 @@
 //! Queued downlink: delivery of logged commands, attribute sets/gets and telemetry
-//! control to devices that were offline when they were issued, plus the helpers the
-//! REST API shares with it (topics, message ids, expiry).
+//! control to devices that were offline when they were issued. How a downlink is
+//! logged and routed (topics, gateway envelopes, message ids, expiry) is
+//! [`tp_core::downlink`], re-exported here.
 //!
 //! # Delivery design
 //!
@@ -43,225 +44,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tp_core::protocol::{DownlinkKind, DownlinkTopic, GatewayEnvelope, MAX_GATEWAY_DEPTH};
+use tp_core::protocol::MAX_GATEWAY_DEPTH;
 use tp_core::{
-    AccessStore, CommandKind, CommandLog, CommandStatus, Device, DeviceId, DeviceType, Error,
-    MetadataStore, Page, PublishedDownlink, Result, TenantId, Timestamp, now_ms, random_token,
+    CommandKind, CommandLog, CommandStatus, Device, DeviceId, MetadataStore, PublishedDownlink,
+    Result, Timestamp, now_ms,
 };
 
 use crate::session::Shared;
 
-/// Default lifetime of a queued downlink: one day.
-pub const DEFAULT_EXPIRY_SECS: u32 = 86_400;
-
-/// Rows read per page while scanning a device's log for pending rows.
-const SCAN_PAGE: u64 = 500;
-
-/// The downlink topic a log row of `kind` is published on (ThingsPanel's topics; the
-/// kinds without a `{message_id}` level ignore `message_id`).
-pub fn downlink_topic(kind: CommandKind, device_number: &str, message_id: &str) -> String {
-    let kind = downlink_kind(kind);
-    DownlinkTopic {
-        gateway: false,
-        kind,
-        device_number: device_number.to_owned(),
-        message_id: kind.has_message_id().then(|| message_id.to_owned()),
-    }
-    .to_topic()
-}
-
-/// Where a downlink for a device goes, as ThingsPanel sends it: a direct device gets
-/// it on its own `devices/…` topic as it is; a gateway (its profile's device type)
-/// on its own `gateway/…` topic as `{"gateway_data":…}`; a device behind gateways
-/// through its top-level gateway, on that gateway's topic, as
-/// `{"sub_device_data":{addr:…}}` (a sub-device) or
-/// `{"sub_gateway_data":{addr:{"gateway_data":…}}}` (a sub-gateway), nested in
-/// `sub_gateway_data` for each gateway in between.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Route {
-    /// The device whose connection receives the message (the top-level gateway).
-    pub device_id: DeviceId,
-    /// Full topic.
-    pub topic: String,
-    /// Payload as published.
-    pub payload: serde_json::Value,
-}
-
-impl Route {
-    /// What the log records as published.
-    pub fn published(&self) -> PublishedDownlink {
-        PublishedDownlink {
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
-        }
-    }
-}
-
-/// Whether `device`'s profile makes it a gateway (without a profile store, or a
-/// profile, it is not).
-pub async fn is_gateway(profiles: Option<&dyn AccessStore>, device: &Device) -> Result<bool> {
-    let (Some(profiles), Some(profile_id)) = (profiles, device.profile_id) else {
-        return Ok(false);
-    };
-    Ok(profiles
-        .get_profile(device.tenant_id, profile_id)
-        .await?
-        .is_some_and(|p| p.device_type == DeviceType::Gateway))
-}
-
-/// Computes the [`Route`] of a downlink of `kind` with `message_id` and `payload` for
-/// `device`; `profiles` tells which devices are gateways.
-pub async fn route(
-    metadata: &dyn MetadataStore,
-    profiles: Option<&dyn AccessStore>,
-    device: &Device,
-    kind: CommandKind,
-    message_id: &str,
-    payload: &serde_json::Value,
-) -> Result<Route> {
-    let mut addrs = Vec::new();
-    let mut top = device.clone();
-    while let Some(parent_id) = top.parent_id {
-        if addrs.len() >= MAX_GATEWAY_DEPTH {
-            return Err(Error::invalid(
-                "parent_id",
-                format!("gateway chain deeper than {MAX_GATEWAY_DEPTH}"),
-            ));
-        }
-        let Some(addr) = top.sub_device_addr.clone() else {
-            return Err(Error::invalid(
-                "sub_device_addr",
-                format!("device {} has a gateway but no sub-device address", top.id),
-            ));
-        };
-        let Some(parent) = metadata.get_device_by_id(parent_id).await? else {
-            return Err(Error::not_found("gateway", parent_id));
-        };
-        addrs.push(addr);
-        top = parent;
-    }
-    let gateway = is_gateway(profiles, device).await?;
-    if addrs.is_empty() && !gateway {
-        return Ok(Route {
-            device_id: device.id,
-            topic: downlink_topic(kind, &device.device_number, message_id),
-            payload: payload.clone(),
-        });
-    }
-    let dkind = downlink_kind(kind);
-    let message_id = dkind.has_message_id().then(|| message_id.to_owned());
-    // Inside the envelope an attribute get is the bare key array.
-    let own = match kind {
-        CommandKind::AttributeGet => payload
-            .get("keys")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!([])),
-        _ => payload.clone(),
-    };
-    let mut envelope = GatewayEnvelope::default();
-    match addrs.first() {
-        None => envelope.gateway_data = Some(own),
-        Some(addr) if gateway => {
-            let inner = GatewayEnvelope {
-                gateway_data: Some(own),
-                ..GatewayEnvelope::default()
-            };
-            envelope.sub_gateway_data.insert(addr.clone(), inner);
-        }
-        Some(addr) => {
-            envelope.sub_device_data.insert(addr.clone(), own);
-        }
-    }
-    for addr in addrs.iter().skip(1) {
-        let mut outer = GatewayEnvelope::default();
-        outer.sub_gateway_data.insert(addr.clone(), envelope);
-        envelope = outer;
-    }
-    let topic = DownlinkTopic {
-        gateway: true,
-        kind: dkind,
-        device_number: top.device_number.clone(),
-        message_id,
-    }
-    .to_topic();
-    Ok(Route {
-        device_id: top.id,
-        topic,
-        payload: serde_json::to_value(&envelope).unwrap_or_default(),
-    })
-}
-
-fn downlink_kind(kind: CommandKind) -> DownlinkKind {
-    match kind {
-        CommandKind::Command => DownlinkKind::Command,
-        CommandKind::AttributeSet => DownlinkKind::AttributeSet,
-        CommandKind::AttributeGet => DownlinkKind::AttributeGet,
-        CommandKind::TelemetryControl => DownlinkKind::TelemetryControl,
-    }
-}
-
-/// A fresh message id: 8 lower-case hex characters from a random source, like
-/// ThingsPanel's (the first 8 characters of a UUID).
-pub fn new_message_id() -> String {
-    random_token(4)
-}
-
-/// Whether a pending row is past its expiry at `now`.
-pub fn is_expired(row: &CommandLog, now: Timestamp) -> bool {
-    row.status == CommandStatus::Pending && row.expires_at.is_some_and(|at| at < now)
-}
-
-/// Marks `row` expired in the store if it is pending and past its expiry; returns
-/// whether it did.
-pub async fn expire_if_stale(
-    metadata: &dyn MetadataStore,
-    row: &mut CommandLog,
-    now: Timestamp,
-) -> Result<bool> {
-    if !is_expired(row, now) {
-        return Ok(false);
-    }
-    row.status = CommandStatus::Expired;
-    row.updated_at = now;
-    metadata.update_command(row).await?;
-    Ok(true)
-}
-
-/// A device's pending log rows, oldest first.
-pub async fn pending_commands(
-    metadata: &dyn MetadataStore,
-    tenant: TenantId,
-    device: DeviceId,
-) -> Result<Vec<CommandLog>> {
-    let mut seen = HashSet::new();
-    let mut pending = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = metadata
-            .list_commands(
-                tenant,
-                device,
-                Page {
-                    offset,
-                    limit: SCAN_PAGE,
-                },
-            )
-            .await?;
-        let n = page.items.len() as u64;
-        for row in page.items {
-            // Rows inserted meanwhile shift later pages by one: skip repeats.
-            if row.status == CommandStatus::Pending && seen.insert(row.id) {
-                pending.push(row);
-            }
-        }
-        offset += n;
-        if n == 0 || offset >= page.total {
-            break;
-        }
-    }
-    pending.sort_by_key(|r| (r.created_at, r.id));
-    Ok(pending)
-}
+pub use tp_core::downlink::{
+    DEFAULT_EXPIRY_SECS, Route, downlink_topic, expire_if_stale, is_expired, is_gateway,
+    new_message_id, pending_commands, route,
+};
 
 /// A downlink handed to a device that polls for it over HTTP or CoAP.
 #[derive(Debug, Clone, serde::Serialize)]

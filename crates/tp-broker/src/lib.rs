@@ -93,8 +93,8 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 pub use error::BrokerError;
-pub use presence::{Clock, ClockRef, ManualClock, SystemClock};
 pub use tls::TlsSettings;
+pub use tp_core::clock::{Clock, ClockRef, ManualClock, MonotonicClock, SystemClock};
 pub use transport::MqttTransport;
 pub use wal::WalConfig;
 
@@ -126,7 +126,7 @@ pub struct BrokerOptions {
     /// device is judged by its connection and the default window, none is a gateway
     /// and registration over MQTT is refused.
     pub profiles: Option<tp_core::AccessStoreRef>,
-    /// The clock presence windows are measured on; [`SystemClock`] when unset. Tests
+    /// The clock presence windows are measured on; [`MonotonicClock`] when unset. Tests
     /// pass a [`ManualClock`] to step over a window instead of waiting it out.
     pub clock: Option<ClockRef>,
     /// Handed every accepted telemetry, attribute and event message (the rule
@@ -272,7 +272,7 @@ impl EmbeddedBroker {
             options.profiles,
             options
                 .clock
-                .unwrap_or_else(|| Arc::new(SystemClock::new())),
+                .unwrap_or_else(|| Arc::new(MonotonicClock::new())),
             Duration::from_secs(config.http_online_secs.into()),
         );
 

@@ -39,11 +39,14 @@
 //! report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, broadcast, mpsc};
+use tp_core::clock::ClockRef;
+#[cfg(doc)]
+use tp_core::clock::{Clock, ManualClock};
 use tp_core::{
     AccessStoreRef, DeviceId, DeviceStatusEvent, Error, MetadataStoreRef, ProfileId, StatusReason,
     Timestamp,
@@ -64,75 +67,6 @@ const RESOLVE_CONCURRENCY: usize = 8;
 /// Status events a slow [`crate::EmbeddedBroker::status_events`] subscriber may fall
 /// behind before it misses some (it then gets `RecvError::Lagged`).
 const BROADCAST_CAPACITY: usize = 4096;
-
-/// Milliseconds on a monotonic timeline; [`SystemClock`] in production.
-pub trait Clock: std::fmt::Debug + Send + Sync + 'static {
-    /// Now, in Unix milliseconds (recorded as the transition time).
-    fn now_ms(&self) -> Timestamp;
-}
-
-/// Shared handle to a clock.
-pub type ClockRef = Arc<dyn Clock>;
-
-/// Wall-clock milliseconds that never go backwards: the wall time at creation plus
-/// monotonic time since, so an NTP step cannot time out every device at once.
-#[derive(Debug)]
-pub struct SystemClock {
-    base_ms: Timestamp,
-    start: Instant,
-}
-
-impl SystemClock {
-    /// A clock starting at the current wall time.
-    pub fn new() -> Self {
-        Self {
-            base_ms: tp_core::now_ms(),
-            start: Instant::now(),
-        }
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> Timestamp {
-        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.base_ms.saturating_add(elapsed)
-    }
-}
-
-/// A clock that moves only when told to (tests: pass a window without waiting).
-#[derive(Debug)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock at the current wall time.
-    pub fn new() -> Self {
-        Self(AtomicI64::new(tp_core::now_ms()))
-    }
-
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(ms, Ordering::AcqRel);
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> Timestamp {
-        self.0.load(Ordering::Acquire)
-    }
-}
 
 /// How a device's liveness is judged (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -636,6 +570,7 @@ async fn resolve_modes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tp_core::clock::{Clock, ManualClock};
 
     #[test]
     fn profile_windows_pick_the_mode() {
@@ -668,7 +603,7 @@ mod tests {
             store.create_device(&d).await.expect("device");
             ids.push(d.id);
         }
-        let clock = Arc::new(ManualClock::new());
+        let clock = ManualClock::new(tp_core::now_ms());
         let presence =
             Presence::spawn(store.clone(), None, clock.clone(), Duration::from_secs(300));
         presence.arm();
@@ -707,11 +642,9 @@ mod tests {
 
     #[test]
     fn manual_clock_moves_only_when_told() {
-        let clock = ManualClock::new();
+        let clock = ManualClock::new(tp_core::now_ms());
         let t = clock.now_ms();
         clock.advance(Duration::from_secs(90));
         assert_eq!(clock.now_ms(), t + 90_000);
-        let system = SystemClock::new();
-        assert!(system.now_ms() <= system.now_ms());
     }
 }

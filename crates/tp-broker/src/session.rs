@@ -466,18 +466,15 @@ impl Shared {
         // The topic a connection receives the message on: the topic itself when one
         // of its filters matches, else the `{device_number}/down` alias.
         let receives = |connection: u64| {
-            let filters = || {
-                entry
-                    .subscriptions
-                    .iter()
-                    .filter(move |(c, _)| *c == connection)
-                    .map(|(_, f)| f.as_str())
-            };
-            if filters().any(|f| crate::downlink::topic_matches(f, topic)) {
-                return Some(topic);
+            let mut via_alias = None;
+            for (_, filter) in entry.subscriptions.iter().filter(|(c, _)| *c == connection) {
+                match received_as(filter, topic, alias.as_deref()) {
+                    Some(t) if t == topic => return Some(topic),
+                    Some(t) => via_alias = Some(t),
+                    None => {}
+                }
             }
-            let alias = alias.as_deref()?;
-            filters().any(|f| f == alias).then_some(alias)
+            via_alias
         };
         let mut targets = entry
             .connections
@@ -544,9 +541,12 @@ impl Shared {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sessions.get(&device_id)?;
         let alias = tp_core::protocol::down_alias(topic);
-        Some(entry.subscriptions.iter().any(|(_, f)| {
-            crate::downlink::topic_matches(f, topic) || alias.as_deref() == Some(f.as_str())
-        }))
+        Some(
+            entry
+                .subscriptions
+                .iter()
+                .any(|(_, f)| received_as(f, topic, alias.as_deref()).is_some()),
+        )
     }
 
     /// The device of a live session with the lock serializing its delivery passes.
@@ -566,6 +566,17 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+/// The topic a subscription `filter` receives a publish on `topic` as: the topic
+/// itself when the filter matches it, else `alias` (the `{device_number}/down` form
+/// ThingsPanel devices may subscribe to instead) when the filter is exactly that.
+fn received_as<'t>(filter: &str, topic: &'t str, alias: Option<&'t str>) -> Option<&'t str> {
+    if crate::downlink::topic_matches(filter, topic) {
+        Some(topic)
+    } else {
+        alias.filter(|a| *a == filter)
     }
 }
 

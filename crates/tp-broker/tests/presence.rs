@@ -47,7 +47,7 @@ async fn start(http_online_secs: u32) -> Node {
         created_at: now_ms(),
     };
     metadata.create_tenant(&tenant).await.unwrap();
-    let clock = Arc::new(ManualClock::new());
+    let clock = ManualClock::new(tp_core::now_ms());
     let config = BrokerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_online_secs,

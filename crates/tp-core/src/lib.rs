@@ -9,6 +9,8 @@
 //!   ACL, payload codecs (flat JSON, `{"ts":..,"values":{..}}` and arrays of those), the
 //!   response object and the gateway envelope.
 //! - [`provision`]: device self-registration with a profile secret (REST and MQTT).
+//! - [`downlink`]: issuing a command, attribute set/get or telemetry control: the
+//!   command log protocol and the route through gateways (REST API and rules alike).
 //! - The async traits every backend implements: [`MetadataStore`], [`TimeSeriesStore`],
 //!   [`Cache`] and [`DeviceTransport`], used as `Arc<dyn Trait>` at the boundaries; the
 //!   [`ingest::IngestSink`] a broker writes device data through and the
@@ -33,7 +35,9 @@
 
 pub mod access;
 pub mod cache;
+pub mod clock;
 pub mod cluster;
+pub mod downlink;
 mod error;
 pub mod ingest;
 pub mod model;

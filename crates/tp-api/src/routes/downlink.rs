@@ -12,9 +12,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tp_broker::downlink::{DEFAULT_EXPIRY_SECS, expire_if_stale, new_message_id, route};
+use tp_core::downlink::{DEFAULT_EXPIRY_SECS, expire_if_stale, issue_downlink};
 use tp_core::protocol::MAX_KEY_LEN;
-use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, Device, Downlink, now_ms};
+use tp_core::{CommandKind, CommandLog, Device, now_ms};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -28,11 +28,6 @@ use crate::state::AppState;
 
 /// Longest accepted `expires_in_secs`: 30 days.
 pub(crate) const MAX_EXPIRY_SECS: u32 = 30 * 86_400;
-
-/// Publish attempts of one request: a second attempt closes the window in which the
-/// device's SUBACK was processed between our failed attempt and putting the row back
-/// to `pending` (that delivery pass did not see the row as pending).
-const SEND_ATTEMPTS: usize = 2;
 
 /// One downlink and what became of it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -200,120 +195,6 @@ async fn issue(
         lifetime_ms,
     )
     .await?)
-}
-
-/// The non-HTTP core of every downlink endpoint, shared with the rule engine's
-/// device actions so both log and deliver identically: logs the row as pending and
-/// publishes it if the device can receive it now (else the broker delivers it when
-/// the device subscribes).
-pub(crate) async fn issue_downlink(
-    metadata: &tp_core::MetadataStoreRef,
-    profiles: Option<&tp_core::AccessStoreRef>,
-    transport: Option<&tp_core::DeviceTransportRef>,
-    device: &Device,
-    kind: CommandKind,
-    payload: serde_json::Value,
-    lifetime_ms: i64,
-) -> tp_core::Result<CommandLog> {
-    // 8 hex characters collide eventually; responses are matched by (device, message_id).
-    let mut message_id = new_message_id();
-    for _ in 0..8 {
-        if metadata
-            .get_command_by_message_id(device.id, &message_id)
-            .await?
-            .is_none()
-        {
-            break;
-        }
-        message_id = new_message_id();
-    }
-    let now = now_ms();
-    let mut row = CommandLog {
-        id: CommandId::new(),
-        tenant_id: device.tenant_id,
-        device_id: device.id,
-        message_id,
-        kind,
-        payload,
-        status: CommandStatus::Pending,
-        response: None,
-        created_at: now,
-        updated_at: now,
-        expires_at: Some(now + lifetime_ms),
-        published: None,
-    };
-    let Some(transport) = transport else {
-        metadata.create_command(&row).await?;
-        return Ok(row);
-    };
-    // A sub-device is reached through its top-level gateway, in the gateway envelope.
-    let route = match route(
-        metadata.as_ref(),
-        profiles.map(|p| p.as_ref() as &dyn tp_core::AccessStore),
-        device,
-        kind,
-        &row.message_id,
-        &row.payload,
-    )
-    .await
-    {
-        Ok(route) => route,
-        Err(e) => {
-            metadata.create_command(&row).await?;
-            return Err(e);
-        }
-    };
-    let published = route.published();
-    let message = Downlink {
-        device_id: route.device_id,
-        topic: route.topic,
-        payload: serde_json::to_vec(&route.payload)
-            .unwrap_or_default()
-            .into(),
-    };
-    // The row is first stored as "sent" when the device is connected: a row stored as
-    // pending could be picked up by the broker's queued-delivery pass (which runs when
-    // the device subscribes) at the same time as this send, and the device would get
-    // the command twice.
-    let mut stored = false;
-    for _ in 0..SEND_ATTEMPTS {
-        if !transport.is_connected(route.device_id).await {
-            break;
-        }
-        // Sent before publishing, so a fast response is never overwritten by "sent".
-        row.status = CommandStatus::Sent;
-        row.published = Some(published.clone());
-        row.updated_at = now_ms();
-        if stored {
-            metadata.update_command(&row).await?;
-        } else {
-            metadata.create_command(&row).await?;
-            stored = true;
-        }
-        let sent = transport.send(message.clone()).await;
-        let Err(e) = sent else {
-            return Ok(row);
-        };
-        row.status = CommandStatus::Pending;
-        row.published = None;
-        row.updated_at = now_ms();
-        metadata.update_command(&row).await?;
-        if matches!(e, tp_core::Error::NotFound { .. }) {
-            tracing::debug!(device_id = %device.id, message_id = %row.message_id, reason = %e,
-                "device cannot receive the downlink yet; queued");
-        } else {
-            tracing::warn!(device_id = %device.id, message_id = %row.message_id, error = %e,
-                "cannot publish downlink; queued");
-            break;
-        }
-    }
-    if !stored {
-        row.status = CommandStatus::Pending;
-        metadata.create_command(&row).await?;
-    }
-    // In a cluster the device may be connected to another node.
-    transport.queued(route.device_id, &row.message_id).await;
-    Ok(row)
 }
 
 /// Audits a logged downlink and answers 201 with it.

@@ -1,5 +1,5 @@
-//! `/api/v1/rules` (rule:read to read, rule:write to change) and the validation of
-//! trigger groups and actions that scenes share.
+//! `/api/v1/rules` (rule:read to read, rule:write to change); trigger groups and
+//! actions are checked by [`tp_rules::validate`] (shared with scenes).
 //!
 //! Rules are checked before they are stored, so the engine never loads one it cannot
 //! evaluate: every field error is a 400 naming the field by its JSON path (e.g.
@@ -9,12 +9,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tp_core::rules::schedule::CompiledSchedule;
 use tp_core::rules::{
-    Action, ActionTarget, AlarmFilter, AlarmStatus, Condition, DataKind, DeviceSource, Operator,
-    Rule, RuleId, RuleStoreRef, SceneId, TriggerGroup, alarm,
+    Action, AlarmFilter, AlarmStatus, Rule, RuleId, RuleStoreRef, TriggerGroup, alarm,
 };
-use tp_core::{DeviceId, Page, ProfileId, TenantId, now_ms};
+use tp_core::{Page, TenantId, now_ms};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -24,6 +22,8 @@ use crate::auth::Caller;
 use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
+pub(crate) use tp_rules::validate::validate_actions;
+use tp_rules::validate::validate_trigger_groups;
 
 /// The rule store, or 503 when the node runs without one.
 pub(crate) fn rule_store(state: &AppState) -> ApiResult<&RuleStoreRef> {
@@ -146,296 +146,6 @@ pub(crate) fn description(d: Option<String>) -> ApiResult<Option<String>> {
     Ok((!d.is_empty()).then(|| d.to_owned()))
 }
 
-fn is_number(v: &serde_json::Value) -> bool {
-    v.is_number()
-}
-
-/// Checks a device condition's right-hand side against its operator and data kind.
-fn check_value(
-    field: &str,
-    data: DataKind,
-    operator: Operator,
-    value: &serde_json::Value,
-) -> ApiResult<()> {
-    let bad = |reason: &str| Err(ApiError::invalid(format!("{field}.value"), reason));
-    if data == DataKind::Status {
-        let ok = matches!(operator, Operator::Eq | Operator::Ne)
-            && (value.is_boolean() || matches!(value.as_str(), Some("online" | "offline")));
-        if !ok {
-            return bad(
-                r#"a status condition compares with = or != to "online", "offline", true or false"#,
-            );
-        }
-        return Ok(());
-    }
-    if data == DataKind::Event && value.is_null() {
-        // The event itself is the trigger.
-        return Ok(());
-    }
-    match operator {
-        Operator::Between => match value.as_array().map(Vec::as_slice) {
-            Some([lo, hi]) if is_number(lo) && is_number(hi) => {
-                if lo.as_f64() > hi.as_f64() {
-                    return bad("between needs [lo, hi] with lo <= hi");
-                }
-            }
-            _ => return bad("between needs a two-element array of numbers [lo, hi]"),
-        },
-        Operator::In => match value.as_array() {
-            Some(items) if !items.is_empty() => {}
-            _ => return bad("in needs a non-empty array"),
-        },
-        Operator::Gt | Operator::Lt | Operator::Ge | Operator::Le => {
-            if !is_number(value) {
-                return bad("an ordering comparison needs a number");
-            }
-        }
-        Operator::Eq | Operator::Ne => {
-            if !(value.is_number() || value.is_string() || value.is_boolean()) {
-                return bad("= and != need a number, string or boolean");
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn device_in_tenant(
-    state: &AppState,
-    tenant: TenantId,
-    id: DeviceId,
-    field: String,
-) -> ApiResult<()> {
-    match state.metadata.get_device(tenant, id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::invalid(
-            field,
-            format!("no device {id} in this tenant"),
-        )),
-    }
-}
-
-async fn profile_in_tenant(
-    state: &AppState,
-    tenant: TenantId,
-    id: ProfileId,
-    field: String,
-) -> ApiResult<()> {
-    match state.access.get_profile(tenant, id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::invalid(
-            field,
-            format!("no profile {id} in this tenant"),
-        )),
-    }
-}
-
-/// Checks trigger groups: at least one group, each with conditions; operators with
-/// fitting values; devices and profiles of the tenant; parsable schedules.
-pub(crate) async fn validate_trigger_groups(
-    state: &AppState,
-    tenant: TenantId,
-    groups: &[TriggerGroup],
-) -> ApiResult<()> {
-    if groups.is_empty() {
-        return Err(ApiError::invalid(
-            "trigger_groups",
-            "needs at least one trigger group",
-        ));
-    }
-    for (g, group) in groups.iter().enumerate() {
-        let gfield = format!("trigger_groups[{g}].conditions");
-        if group.conditions.is_empty() {
-            return Err(ApiError::invalid(gfield, "needs at least one condition"));
-        }
-        if group
-            .conditions
-            .iter()
-            .filter(|c| matches!(c, Condition::Schedule(_)))
-            .count()
-            > 1
-        {
-            return Err(ApiError::invalid(gfield, "at most one schedule per group"));
-        }
-        for (c, condition) in group.conditions.iter().enumerate() {
-            let field = format!("{gfield}[{c}]");
-            match condition {
-                Condition::Device {
-                    source,
-                    data,
-                    key,
-                    operator,
-                    value,
-                    duration_secs: _,
-                } => {
-                    if *data != DataKind::Status && key.trim().is_empty() {
-                        return Err(ApiError::invalid(
-                            format!("{field}.key"),
-                            "names the telemetry/attribute key or event method",
-                        ));
-                    }
-                    check_value(&field, *data, *operator, value)?;
-                    match source {
-                        DeviceSource::Device(id) => {
-                            device_in_tenant(state, tenant, *id, format!("{field}.source")).await?
-                        }
-                        DeviceSource::Profile(id) => {
-                            profile_in_tenant(state, tenant, *id, format!("{field}.source")).await?
-                        }
-                    }
-                }
-                Condition::TimeRange {
-                    start_minute,
-                    end_minute,
-                    weekdays,
-                    utc_offset_minutes,
-                } => {
-                    if *start_minute >= 1440 {
-                        return Err(ApiError::invalid(
-                            format!("{field}.start_minute"),
-                            "must be 0 to 1439",
-                        ));
-                    }
-                    if *end_minute >= 1440 {
-                        return Err(ApiError::invalid(
-                            format!("{field}.end_minute"),
-                            "must be 0 to 1439",
-                        ));
-                    }
-                    if weekdays.iter().any(|d| !(1..=7).contains(d)) {
-                        return Err(ApiError::invalid(
-                            format!("{field}.weekdays"),
-                            "days are 1 (Monday) to 7 (Sunday)",
-                        ));
-                    }
-                    if utc_offset_minutes.abs() > 14 * 60 {
-                        return Err(ApiError::invalid(
-                            format!("{field}.utc_offset_minutes"),
-                            "must be within -840..=840",
-                        ));
-                    }
-                }
-                Condition::Schedule(schedule) => {
-                    if let (Some(nb), Some(na)) = (schedule.not_before, schedule.not_after)
-                        && nb > na
-                    {
-                        return Err(ApiError::invalid(
-                            format!("{field}.not_after"),
-                            "must not be before not_before",
-                        ));
-                    }
-                    if let Err(e) = CompiledSchedule::new(schedule, now_ms()) {
-                        let (inner, reason) = match e {
-                            tp_core::Error::Invalid { field: f, reason } => (f, reason),
-                            other => ("kind".to_owned(), other.to_string()),
-                        };
-                        return Err(ApiError::invalid(format!("{field}.kind.{inner}"), reason));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks actions: the devices, channels and scenes they name exist in the tenant,
-/// texts are present, values are objects. `scene` is the scene being saved (it may
-/// not run itself).
-pub(crate) async fn validate_actions(
-    state: &AppState,
-    tenant: TenantId,
-    actions: &[Action],
-    scene: Option<SceneId>,
-) -> ApiResult<()> {
-    let rules = rule_store(state)?;
-    if actions.is_empty() {
-        return Err(ApiError::invalid("actions", "needs at least one action"));
-    }
-    for (i, action) in actions.iter().enumerate() {
-        let field = format!("actions[{i}]");
-        let target = |t: &ActionTarget| match t {
-            ActionTarget::Device(id) => Some(*id),
-            ActionTarget::TriggeringDevice => None,
-        };
-        match action {
-            Action::Command {
-                target: t, method, ..
-            } => {
-                if method.trim().is_empty() {
-                    return Err(ApiError::invalid(
-                        format!("{field}.method"),
-                        "must not be empty",
-                    ));
-                }
-                if let Some(id) = target(t) {
-                    device_in_tenant(state, tenant, id, format!("{field}.target")).await?;
-                }
-            }
-            Action::SetAttributes { target: t, values }
-            | Action::TelemetryControl { target: t, values } => {
-                if values.as_object().is_none_or(|o| o.is_empty()) {
-                    return Err(ApiError::invalid(
-                        format!("{field}.values"),
-                        "must be a non-empty JSON object",
-                    ));
-                }
-                if let Some(id) = target(t) {
-                    device_in_tenant(state, tenant, id, format!("{field}.target")).await?;
-                }
-            }
-            Action::RaiseAlarm {
-                title, channels, ..
-            } => {
-                if title.trim().is_empty() {
-                    return Err(ApiError::invalid(
-                        format!("{field}.title"),
-                        "must not be empty",
-                    ));
-                }
-                for (c, channel) in channels.iter().enumerate() {
-                    if rules.get_channel(tenant, *channel).await?.is_none() {
-                        return Err(ApiError::invalid(
-                            format!("{field}.channels[{c}]"),
-                            format!("no notification channel {channel} in this tenant"),
-                        ));
-                    }
-                }
-            }
-            Action::ClearAlarm => {}
-            Action::Notify {
-                channel, subject, ..
-            } => {
-                if subject.trim().is_empty() {
-                    return Err(ApiError::invalid(
-                        format!("{field}.subject"),
-                        "must not be empty",
-                    ));
-                }
-                if rules.get_channel(tenant, *channel).await?.is_none() {
-                    return Err(ApiError::invalid(
-                        format!("{field}.channel"),
-                        format!("no notification channel {channel} in this tenant"),
-                    ));
-                }
-            }
-            Action::RunScene { scene: s } => {
-                if Some(*s) == scene {
-                    return Err(ApiError::invalid(
-                        format!("{field}.scene"),
-                        "a scene cannot run itself",
-                    ));
-                }
-                if rules.get_scene(tenant, *s).await?.is_none() {
-                    return Err(ApiError::invalid(
-                        format!("{field}.scene"),
-                        format!("no scene {s} in this tenant"),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn load_rule(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Rule> {
     rule_store(state)?
         .get_rule(caller.tenant_id, RuleId(id))
@@ -468,8 +178,21 @@ pub(crate) async fn create_rule(
     let store = rule_store(&state)?;
     let name = valid_name("name", &req.name)?;
     let description = description(req.description)?;
-    validate_trigger_groups(&state, caller.tenant_id, &req.trigger_groups).await?;
-    validate_actions(&state, caller.tenant_id, &req.actions, None).await?;
+    validate_trigger_groups(
+        state.metadata.as_ref(),
+        state.access.as_ref(),
+        caller.tenant_id,
+        &req.trigger_groups,
+    )
+    .await?;
+    validate_actions(
+        state.metadata.as_ref(),
+        rule_store(&state)?.as_ref(),
+        caller.tenant_id,
+        &req.actions,
+        None,
+    )
+    .await?;
     let now = now_ms();
     let rule = Rule {
         id: RuleId::new(),
@@ -590,11 +313,24 @@ pub(crate) async fn update_rule(
         rule.enabled = e;
     }
     if let Some(groups) = req.trigger_groups {
-        validate_trigger_groups(&state, caller.tenant_id, &groups).await?;
+        validate_trigger_groups(
+            state.metadata.as_ref(),
+            state.access.as_ref(),
+            caller.tenant_id,
+            &groups,
+        )
+        .await?;
         rule.trigger_groups = groups;
     }
     if let Some(actions) = req.actions {
-        validate_actions(&state, caller.tenant_id, &actions, None).await?;
+        validate_actions(
+            state.metadata.as_ref(),
+            rule_store(&state)?.as_ref(),
+            caller.tenant_id,
+            &actions,
+            None,
+        )
+        .await?;
         rule.actions = actions;
     }
     let disabled = was_enabled && !rule.enabled;

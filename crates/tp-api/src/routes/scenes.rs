@@ -129,7 +129,14 @@ pub(crate) async fn create_scene(
     let id = SceneId::new();
     let name = valid_name("name", &req.name)?;
     let description = description(req.description)?;
-    validate_actions(&state, caller.tenant_id, &req.actions, Some(id)).await?;
+    validate_actions(
+        state.metadata.as_ref(),
+        rule_store(&state)?.as_ref(),
+        caller.tenant_id,
+        &req.actions,
+        Some(id),
+    )
+    .await?;
     let now = now_ms();
     let scene = Scene {
         id,
@@ -242,7 +249,14 @@ pub(crate) async fn update_scene(
         scene.description = description(req.description)?;
     }
     if let Some(actions) = req.actions {
-        validate_actions(&state, caller.tenant_id, &actions, Some(scene.id)).await?;
+        validate_actions(
+            state.metadata.as_ref(),
+            rule_store(&state)?.as_ref(),
+            caller.tenant_id,
+            &actions,
+            Some(scene.id),
+        )
+        .await?;
         scene.actions = actions;
     }
     scene.updated_at = now_ms();

@@ -69,7 +69,7 @@ use tp_core::rules::{
 };
 use tp_core::{Error, Result};
 
-use crate::config::{NotifyConfig, SmtpConfig, SmtpTls};
+use serde::{Deserialize, Serialize};
 
 /// Header with the signature of a webhook request.
 pub const SIGNATURE_HEADER: &str = "X-TP-Signature";
@@ -715,83 +715,103 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Delivery of rule notifications (`[notify]`): webhook timeouts, retries, and the
+/// SMTP server email channels send through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Longest wait for one webhook request, connect to response (seconds).
+    pub webhook_timeout_secs: u64,
+    /// Delivery attempts per notification, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the first retry (milliseconds); doubled for each further retry.
+    pub backoff_base_ms: u64,
+    /// Deliveries in flight at once; more wait for a free slot, so a slow receiver
+    /// cannot open unbounded connections.
+    pub max_concurrent: usize,
+    /// Let webhook channels reach loopback, private (RFC 1918, fc00::/7), link-local,
+    /// shared (100.64/10) and other non-public addresses. Off by default: channels are
+    /// defined by tenants, and a webhook to `http://127.0.0.1:6379/` or a cloud
+    /// metadata address would let them probe the platform's own network. Checked on
+    /// every delivery, after DNS resolution, so a name cannot be re-pointed later.
+    pub allow_private_webhooks: bool,
+    /// Outgoing mail server; email channels fail with "no SMTP server configured"
+    /// while its `host` is empty.
+    pub smtp: SmtpConfig,
+}
 
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let p = RetryPolicy {
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            webhook_timeout_secs: 10,
             max_attempts: 4,
-            backoff_base: Duration::from_millis(500),
-        };
-        assert_eq!(p.backoff(1), Duration::from_millis(500));
-        assert_eq!(p.backoff(2), Duration::from_millis(1000));
-        assert_eq!(p.backoff(3), Duration::from_millis(2000));
-        assert_eq!(p.backoff(40), MAX_BACKOFF);
-        assert_eq!(p.backoff(u32::MAX), MAX_BACKOFF);
+            backoff_base_ms: 500,
+            max_concurrent: 16,
+            allow_private_webhooks: false,
+            smtp: SmtpConfig::default(),
+        }
     }
+}
 
-    #[test]
-    fn signature_covers_timestamp_and_body() {
-        let sig = webhook_signature(b"s3cret", 1_700_000_000_000, b"{\"a\":1}");
-        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
-        assert!(verify_webhook_signature(
-            b"s3cret",
-            "1700000000000",
-            b"{\"a\":1}",
-            &sig
-        ));
-        // Another timestamp (a replay with a fresh header), body or key fails.
-        assert!(!verify_webhook_signature(
-            b"s3cret",
-            "1700000000001",
-            b"{\"a\":1}",
-            &sig
-        ));
-        assert!(!verify_webhook_signature(
-            b"s3cret",
-            "1700000000000",
-            b"{\"a\":2}",
-            &sig
-        ));
-        assert!(!verify_webhook_signature(
-            b"other",
-            "1700000000000",
-            b"{\"a\":1}",
-            &sig
-        ));
-        assert!(!verify_webhook_signature(
-            b"s3cret",
-            "1700000000000",
-            b"{\"a\":1}",
-            "sha256=zz"
-        ));
-    }
+/// Outgoing SMTP server (`[notify.smtp]`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Server host name; empty means no server (email is not sent).
+    pub host: String,
+    /// Server port (587 for STARTTLS submission, 465 for implicit TLS, 25 plain).
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// Login name; no authentication when unset.
+    pub username: Option<String>,
+    /// Login password (`TP_NOTIFY__SMTP__PASSWORD`); never logged.
+    pub password: Option<String>,
+    /// Sender address, e.g. `ThingsPanel <alerts@example.com>`.
+    pub from: String,
+    /// Longest wait for one SMTP command (seconds).
+    pub timeout_secs: u64,
+}
 
-    #[test]
-    fn signature_is_the_hmac_of_timestamp_dot_body() {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"key").unwrap();
-        mac.update(b"42.hello");
-        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(webhook_signature(b"key", 42, b"hello"), expected);
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            from: "ThingsPanel <noreply@localhost>".to_owned(),
+            timeout_secs: 30,
+        }
     }
+}
 
-    #[test]
-    fn mailboxes_parse_or_explain() {
-        assert_eq!(
-            parse_mailbox("Ops <ops@example.com>")
-                .unwrap()
-                .email
-                .to_string(),
-            "ops@example.com"
-        );
-        assert!(
-            parse_mailbox("not an address")
-                .unwrap_err()
-                .contains("invalid")
-        );
+impl std::fmt::Debug for SmtpConfig {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
     }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (local relays and tests only: credentials travel unencrypted).
+    None,
+    /// Plain connect, then STARTTLS, which must succeed.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
 }
 
 /// The wait a `Retry-After` header value asks for: delay-seconds or an HTTP date
@@ -883,6 +903,85 @@ fn is_public(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (first == 0x2001 && v6.segments()[1] == 0x0db8)) // documentation
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(500),
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(500));
+        assert_eq!(p.backoff(2), Duration::from_millis(1000));
+        assert_eq!(p.backoff(3), Duration::from_millis(2000));
+        assert_eq!(p.backoff(40), MAX_BACKOFF);
+        assert_eq!(p.backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn signature_covers_timestamp_and_body() {
+        let sig = webhook_signature(b"s3cret", 1_700_000_000_000, b"{\"a\":1}");
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
+        assert!(verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        // Another timestamp (a replay with a fresh header), body or key fails.
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000001",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":2}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"other",
+            "1700000000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_webhook_signature(
+            b"s3cret",
+            "1700000000000",
+            b"{\"a\":1}",
+            "sha256=zz"
+        ));
+    }
+
+    #[test]
+    fn signature_is_the_hmac_of_timestamp_dot_body() {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"key").unwrap();
+        mac.update(b"42.hello");
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(webhook_signature(b"key", 42, b"hello"), expected);
+    }
+
+    #[test]
+    fn mailboxes_parse_or_explain() {
+        assert_eq!(
+            parse_mailbox("Ops <ops@example.com>")
+                .unwrap()
+                .email
+                .to_string(),
+            "ops@example.com"
+        );
+        assert!(
+            parse_mailbox("not an address")
+                .unwrap_err()
+                .contains("invalid")
+        );
     }
 }
 

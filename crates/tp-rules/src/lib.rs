@@ -14,9 +14,44 @@
 //! - A second task acts on transitions in order: actions ([`actions`]) and state
 //!   persistence (`RuleStore::put_rule_state` on transitions, not per message;
 //!   reloaded at start, so windows and firing state survive restarts).
+//! - [`validate`]: the checks a rule or scene passes before it is stored.
+//! - [`notify`]: delivery of notify actions (signed webhooks, SMTP email) with
+//!   retries, recorded in the notification history.
+//!
+//! The engine needs only tp-core's traits (stores, cache, transport), so it runs in
+//! any service that has them: the platform's node, or your own.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tp_core::Result<()> {
+//! use std::sync::Arc;
+//! use tp_rules::{RuleEngine, RuleEngineConfig, RuleEngineDeps, SystemClock};
+//!
+//! let (metadata, _access, rules) = tp_storage::open_rules("sqlite::memory:").await?;
+//! let engine = RuleEngine::start(
+//!     RuleEngineDeps {
+//!         rules,
+//!         metadata,
+//!         profiles: None,
+//!         cache: tp_storage::open_cache("memory://").await?,
+//!         notifier: None,
+//!         clock: Arc::new(SystemClock),
+//!     },
+//!     RuleEngineConfig::default(),
+//! )
+//! .await?;
+//! // hand the broker `engine.observer()`; here nothing arrives
+//! engine.flush().await;
+//! assert_eq!(engine.stats().evaluated, 0);
+//! engine.stop();
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod actions;
-mod clock;
+pub mod notify;
+pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -34,7 +69,7 @@ use tp_core::{
     TenantId,
 };
 
-pub use clock::{Clock, ClockRef, ManualClock, SystemClock};
+pub use tp_core::clock::{Clock, ClockRef, ManualClock, SystemClock};
 
 use actions::Executor;
 

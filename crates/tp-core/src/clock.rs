@@ -1,13 +1,23 @@
-//! The time the rule engine runs on: the system clock in production, a manual clock
-//! in tests so "held for 60 s" windows and cron rules fire by advancing time instead
-//! of sleeping.
+//! The one clock every time-driven part runs on (the rule engine's windows and
+//! schedules, the broker's online/offline windows): the system's in production, a
+//! [`ManualClock`] in tests, so a "held for 60 s" window, a cron rule or a heartbeat
+//! timeout is passed by advancing time instead of sleeping through it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tp_core::clock::{Clock, ManualClock};
+//!
+//! let clock = ManualClock::new(1_000);
+//! clock.advance(Duration::from_secs(60));
+//! assert_eq!(clock.now_ms(), 61_000);
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Timestamp;
 use async_trait::async_trait;
 use tokio::sync::watch;
-use tp_core::Timestamp;
 
 /// A clock the engine reads and waits on.
 #[async_trait]
@@ -29,16 +39,56 @@ pub struct SystemClock;
 #[async_trait]
 impl Clock for SystemClock {
     fn now_ms(&self) -> Timestamp {
-        tp_core::now_ms()
+        crate::now_ms()
     }
 
     async fn sleep_until(&self, deadline: Timestamp) {
         loop {
-            let left = deadline.saturating_sub(tp_core::now_ms());
+            let left = deadline.saturating_sub(crate::now_ms());
             if left <= 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(left.min(60_000) as u64)).await;
+        }
+    }
+}
+
+/// Wall-clock milliseconds that never go backwards: the wall time at creation plus
+/// monotonic time since, so an NTP step cannot time out every device at once (the
+/// broker's presence windows run on it).
+#[derive(Debug)]
+pub struct MonotonicClock {
+    base_ms: Timestamp,
+    start: std::time::Instant,
+}
+
+impl MonotonicClock {
+    /// A clock starting at the current wall time.
+    pub fn new() -> Self {
+        Self {
+            base_ms: crate::now_ms(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> Timestamp {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.base_ms.saturating_add(elapsed)
+    }
+
+    async fn sleep_until(&self, deadline: Timestamp) {
+        let left = deadline.saturating_sub(self.now_ms());
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(left as u64)).await;
         }
     }
 }
@@ -107,6 +157,11 @@ mod tests {
         assert_eq!(clock.now_ms(), 61_000, "never backwards");
         // Past deadlines resolve at once.
         tokio::time::timeout(Duration::from_secs(10), SystemClock.sleep_until(0))
+            .await
+            .expect("immediate");
+        let monotonic = MonotonicClock::new();
+        assert!(monotonic.now_ms() <= monotonic.now_ms());
+        tokio::time::timeout(Duration::from_secs(10), monotonic.sleep_until(0))
             .await
             .expect("immediate");
     }

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tp_broker::downlink::DEFAULT_EXPIRY_SECS;
+use tp_core::downlink::{DEFAULT_EXPIRY_SECS, issue_downlink};
 use tp_core::rules::alarm::{self, AlarmSpec, AlarmStep};
 use tp_core::rules::eval::{Transition, TransitionKind};
 use tp_core::rules::{
@@ -18,8 +18,7 @@ use tp_core::{
     CacheRef, CommandKind, DeviceId, DeviceTransportRef, Error, MetadataStoreRef, Result, TenantId,
 };
 
-use super::clock::ClockRef;
-use crate::routes::downlink::issue_downlink;
+use tp_core::clock::ClockRef;
 
 /// How deep scenes may run scenes (a scene running itself stops here).
 const MAX_SCENE_DEPTH: u8 = 3;
