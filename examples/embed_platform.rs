@@ -4,8 +4,8 @@
 //! `cargo run -p tp-examples --example embed_platform` serves on free loopback ports with
 //! SQLite files in a temporary directory, then stops on Ctrl-C (or at once with `--once`).
 
-use tp_api::config::PlatformConfig;
-use tp_api::platform::Platform;
+use tp_node::config::PlatformConfig;
+use tp_node::platform::Platform;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

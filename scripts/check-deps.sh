@@ -22,7 +22,9 @@ forbid "tp-broker" '^tp-(storage|rules|api) ' -p tp-broker
 forbid "tp-storage (no default features)" '^(redis|taos|sqlx-postgres|sqlx-sqlite|tp-broker) ' \
   -p tp-storage --no-default-features
 forbid "tp-core" '^tp-(storage|broker|rules|api) ' -p tp-core
-forbid "tp-rules" '^(tp-(storage|broker|api)|axum|rumqttd|sqlx) ' -p tp-rules
+forbid "tp-rules" '^(tp-(storage|broker|api|node)|axum|rumqttd|sqlx) ' -p tp-rules
+forbid "tp-rules (no default features)" '^(lettre|reqwest) ' -p tp-rules --no-default-features
+forbid "tp-api" '^(tp-(storage|broker|node)|rumqttd|sqlx|redis|taos|lettre|reqwest) ' -p tp-api
 # axum 0.7 is rumqttd's own unconditional dependency (its console); ours is 0.8.
 forbid "examples/mqtt-to-postgres" '^(axum v0\.8|utoipa|lettre|taos|redis|tp-api|jsonwebtoken) ' \
   -p tp-example-mqtt-to-postgres

@@ -12,14 +12,14 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v coap-client-notls 
    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients libcoap3-bin >&2) || true
 fi
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  # the web console's browser test (crates/tp-api/tests/console.rs) drives Debian's
+  # the web console's browser test (crates/tp-node/tests/console.rs) drives Debian's
   # headless Chromium through chromedriver
   (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
    get_chromium() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2; }
    get_chromium || { as_root apt-get update -qq >&2 && get_chromium; }) || true
 fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
-  # the cluster test (crates/tp-api/tests/cluster.rs) balances its nodes with HAProxy
+  # the cluster test (crates/tp-node/tests/cluster.rs) balances its nodes with HAProxy
   (as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
    get_haproxy() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2; }
    get_haproxy || { as_root apt-get update -qq >&2 && get_haproxy; }) || true

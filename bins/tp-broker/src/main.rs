@@ -7,66 +7,27 @@
 //! the Redis backplane. Same configuration as `thingspanel` (`print-config`); the
 //! role is fixed to `["broker"]`.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use tp_api::config::PlatformConfig;
-use tp_api::platform::Platform;
-use tp_api::platform::shutdown_signal;
+use clap::Parser;
+use tp_node::cli::{NodeArgs, init_tracing, serve_until_signal};
+use tp_node::{Platform, Role};
 
 /// Broker node of a ThingsPanel-compatible cluster.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// TOML config file (see `print-config` and deploy/tp-broker.toml).
-    #[arg(long, env = "TP_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory of the write-ahead log and generated secrets (one per node).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Health/metrics (and device API) listen address, e.g. 0.0.0.0:8081.
-    #[arg(long)]
-    http_listen: Option<String>,
-    /// MQTT listen address, e.g. 0.0.0.0:1883.
-    #[arg(long)]
-    mqtt_listen: Option<String>,
-    /// This node's id on the cluster backplane (random when unset).
-    #[arg(long, env = "TP_NODE_ID")]
-    node_id: Option<String>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print the default configuration as TOML.
-    PrintConfig,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", PlatformConfig::default_toml());
+    if cli.node.run_command() {
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .init();
-
-    let mut overrides = vec![("node.roles", r#"["broker"]"#.to_owned())];
-    let flags = [
-        ("data_dir", cli.data_dir.map(|d| d.display().to_string())),
-        ("http.listen", cli.http_listen),
-        ("mqtt.listen", cli.mqtt_listen),
-        ("cluster.node_id", cli.node_id),
-    ];
-    overrides.extend(flags.into_iter().filter_map(|(k, v)| Some((k, v?))));
-    let config = PlatformConfig::load(cli.config.as_deref(), &overrides)?;
+    init_tracing();
+    let config = cli.node.load(Some(&[Role::Broker]))?;
     if config.storage.metadata.is_empty() {
         tracing::warn!(
             "storage.metadata is unset: this node uses its own SQLite files, which other nodes do not see"
@@ -86,13 +47,6 @@ async fn main() -> anyhow::Result<()> {
             None => "off (downlink only from this node)".to_owned(),
         }
     );
-
-    shutdown_signal().await;
-    println!("Shutting down: storing every acknowledged message...");
-    let report = platform.shutdown().await?;
-    println!(
-        "Stopped ({} messages accepted, {} processed).",
-        report.accepted, report.consumed
-    );
+    serve_until_signal(platform).await?;
     Ok(())
 }

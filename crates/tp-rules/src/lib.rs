@@ -15,8 +15,8 @@
 //!   persistence (`RuleStore::put_rule_state` on transitions, not per message;
 //!   reloaded at start, so windows and firing state survive restarts).
 //! - [`validate`]: the checks a rule or scene passes before it is stored.
-//! - [`notify`]: delivery of notify actions (signed webhooks, SMTP email) with
-//!   retries, recorded in the notification history.
+//! - `notify` (feature `notify`, on by default): delivery of notify actions (signed
+//!   webhooks, SMTP email) with retries, recorded in the notification history.
 //!
 //! The engine needs only tp-core's traits (stores, cache, transport), so it runs in
 //! any service that has them: the platform's node, or your own.
@@ -50,6 +50,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod actions;
+#[cfg(feature = "notify")]
 pub mod notify;
 pub mod validate;
 

@@ -187,7 +187,7 @@ pub(crate) struct NotificationList {
 
 fn valid_url(url: &str) -> ApiResult<String> {
     let url = url.trim();
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(url.to_owned()),
         _ => Err(ApiError::invalid(
             "url",

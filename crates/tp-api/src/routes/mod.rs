@@ -154,7 +154,7 @@ pub fn router(state: AppState) -> Router {
 /// Health, readiness and metrics only (with the same fallbacks and request
 /// metrics): the HTTP surface of a node that runs the broker role without the API
 /// role, so a load balancer can check it without the REST API being exposed there.
-pub(crate) fn system_router(state: AppState) -> Router {
+pub fn system_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", axum::routing::get(system::healthz))
         .route("/readyz", axum::routing::get(system::readyz))

@@ -474,7 +474,7 @@ pub enum ChannelKind {
     /// HTTP POST of a JSON body, signed with HMAC-SHA256 under `secret` over
     /// `"<X-TP-Timestamp>.<body>"` (header `X-TP-Signature: sha256=<hex>`; the signed
     /// timestamp lets receivers reject replays), retried with backoff. The exact
-    /// scheme is documented in `tp_api::notify`.
+    /// scheme is documented in `tp_rules::notify`.
     Webhook {
         /// Receiver URL (http or https).
         url: String,

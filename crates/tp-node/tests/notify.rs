@@ -12,11 +12,11 @@ use common::Duration;
 use common::smtp::{SinkBehavior, SmtpSink};
 use common::webhook::WebhookReceiver;
 use serde_json::json;
-use tp_api::config::{NotifyConfig, SmtpConfig, SmtpTls};
-use tp_api::notify::{NO_SMTP_DETAIL, Notifications};
 use tp_core::model::{DeviceId, NotificationId, Page, Paged, TenantId, now_ms};
 use tp_core::rules::*;
 use tp_core::{Error, Result};
+use tp_node::config::{NotifyConfig, SmtpConfig, SmtpTls};
+use tp_rules::notify::{NO_SMTP_DETAIL, Notifications};
 
 const SECRET: &str = "webhook-secret-do-not-log";
 const WAIT: Duration = Duration::from_secs(20);
@@ -292,7 +292,7 @@ async fn webhook_is_signed_and_recorded_as_sent() {
     assert_eq!(body["channel_id"], channel.id.to_string());
     assert_eq!(body["ts"], record.created_at);
     // The crate's own verifier agrees with the receiver's independent check.
-    assert!(tp_api::notify::verify_webhook_signature(
+    assert!(tp_rules::notify::verify_webhook_signature(
         SECRET.as_bytes(),
         call.headers["x-tp-timestamp"].to_str().unwrap(),
         &call.body,
@@ -700,7 +700,7 @@ async fn sink_overrides_configure_a_node() {
     let sink = SmtpSink::start().await;
     let overrides = sink.config_overrides();
     let refs: Vec<(&str, String)> = overrides.iter().map(|(k, v)| (*k, v.clone())).collect();
-    let config = tp_api::config::PlatformConfig::load(None, &refs).unwrap();
+    let config = tp_node::config::PlatformConfig::load(None, &refs).unwrap();
     assert_eq!(config.notify.smtp.tls, SmtpTls::None);
     assert_eq!(config.notify.smtp.port, sink.port());
     let (_, n) = notifier(&config.notify);

@@ -57,6 +57,16 @@ pub enum Role {
     Api,
 }
 
+impl Role {
+    /// The name in configuration files (`"broker"`, `"api"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Broker => "broker",
+            Role::Api => "api",
+        }
+    }
+}
+
 /// `[node]`: this node's roles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -235,10 +245,10 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
-            token_ttl_secs: crate::auth::DEFAULT_TOKEN_TTL_SECS,
-            refresh_ttl_secs: crate::auth::DEFAULT_REFRESH_TTL_SECS,
-            max_failed_logins: crate::auth::DEFAULT_MAX_FAILED_LOGINS,
-            lockout_secs: crate::auth::DEFAULT_LOCKOUT_SECS,
+            token_ttl_secs: tp_api::auth::DEFAULT_TOKEN_TTL_SECS,
+            refresh_ttl_secs: tp_api::auth::DEFAULT_REFRESH_TTL_SECS,
+            max_failed_logins: tp_api::auth::DEFAULT_MAX_FAILED_LOGINS,
+            lockout_secs: tp_api::auth::DEFAULT_LOCKOUT_SECS,
             admin_email: None,
             admin_password: None,
         }
@@ -246,15 +256,15 @@ impl Default for AuthSettings {
 }
 
 impl AuthSettings {
-    /// The API's [`crate::auth::AuthConfig`] with the given signing secret.
-    pub fn auth_config(&self, jwt_secret: String) -> crate::auth::AuthConfig {
-        crate::auth::AuthConfig {
+    /// The API's [`tp_api::auth::AuthConfig`] with the given signing secret.
+    pub fn auth_config(&self, jwt_secret: String) -> tp_api::auth::AuthConfig {
+        tp_api::auth::AuthConfig {
             jwt_secret,
             token_ttl_secs: self.token_ttl_secs,
             refresh_ttl_secs: self.refresh_ttl_secs,
             max_failed_logins: self.max_failed_logins,
             lockout_secs: self.lockout_secs,
-            ..crate::auth::AuthConfig::default()
+            ..tp_api::auth::AuthConfig::default()
         }
     }
 }

@@ -11,14 +11,14 @@ use common::smtp::SmtpSink;
 use common::webhook::WebhookReceiver;
 use common::*;
 use serde_json::json;
-use tp_api::platform::PlatformOptions;
-use tp_api::rules::ManualClock;
 use tp_core::rules::{
     Action, ActionTarget, AlarmFilter, AlarmSeverity, AlarmStatus, ChannelKind, Condition,
     DataKind, DeviceSource, NotificationChannel, Operator, Rule, RuleEngineControl, RuleId,
     RuleStoreRef, Schedule, ScheduleKind, TriggerGroup,
 };
 use tp_core::{ChannelId, DeviceId, TenantId};
+use tp_node::platform::PlatformOptions;
+use tp_rules::ManualClock;
 
 const SECRET: &str = "webhook-secret-of-the-test";
 /// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).

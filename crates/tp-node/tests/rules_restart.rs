@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use tp_api::platform::PlatformOptions;
-use tp_api::rules::ManualClock;
 use tp_core::rules::{
     Action, ActionTarget, AlarmEventKind, AlarmFilter, AlarmSeverity, AlarmStatus, Condition,
     DataKind, DeviceSource, Operator, Rule, RuleEngineControl, RuleId, RuleStoreRef, Schedule,
     ScheduleKind, TriggerGroup,
 };
 use tp_core::{DeviceId, TenantId};
+use tp_node::platform::PlatformOptions;
+use tp_rules::ManualClock;
 
 /// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).
 const START: i64 = 1_800_000_000_000 + 30_000;

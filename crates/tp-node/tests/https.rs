@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tp_api::config::PlatformConfig;
-use tp_api::platform::{Platform, PlatformError};
+use tp_node::config::PlatformConfig;
+use tp_node::platform::{Platform, PlatformError};
 
 const ADMIN: &str = "admin@example.com";
 const PASSWORD: &str = "correct horse battery staple";

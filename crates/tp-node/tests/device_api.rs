@@ -3,9 +3,9 @@
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use reqwest::StatusCode;
-use tp_api::config::PlatformConfig;
-use tp_api::platform::Platform;
 use tp_core::{Device, Tenant, TenantId, Value, now_ms};
+use tp_node::config::PlatformConfig;
+use tp_node::platform::Platform;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_post_over_http_and_coap_to_a_node() {

@@ -13,9 +13,9 @@ pub(crate) use std::time::Duration;
 
 pub(crate) use reqwest::StatusCode;
 use serde_json::{Value, json};
-pub(crate) use tp_api::config::PlatformConfig;
-pub(crate) use tp_api::platform::Platform;
 pub(crate) use tp_broker::testing::MqttTestClient;
+pub(crate) use tp_node::config::PlatformConfig;
+pub(crate) use tp_node::platform::Platform;
 
 pub(crate) const ADMIN: &str = "admin@example.com";
 pub(crate) const PASSWORD: &str = "correct horse battery staple";

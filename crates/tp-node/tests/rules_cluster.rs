@@ -18,9 +18,6 @@ use std::sync::Arc;
 use common::webhook::WebhookReceiver;
 use common::*;
 use serde_json::json;
-use tp_api::config::NotifyConfig;
-use tp_api::notify::Notifications;
-use tp_api::rules::{ManualClock, RuleEngine, RuleEngineConfig, RuleEngineDeps};
 use tp_core::rules::{
     Action, AlarmEventKind, AlarmFilter, AlarmSeverity, AlarmStatus, ChannelId, ChannelKind,
     Condition, DataKind, DeviceSource, NotificationChannel, Operator, Rule, RuleEngineControl,
@@ -28,6 +25,9 @@ use tp_core::rules::{
     UplinkObserver,
 };
 use tp_core::{CacheRef, DeviceId, KeyValue, TenantId, Value};
+use tp_node::config::NotifyConfig;
+use tp_rules::notify::Notifications;
+use tp_rules::{ManualClock, RuleEngine, RuleEngineConfig, RuleEngineDeps};
 
 const SECRET: &str = "webhook-secret-of-the-cluster-test";
 /// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).

@@ -1,0 +1,668 @@
+//! The all-in-one node: embedded broker + REST API + storage, composed from the
+//! crates' public parts. An integrator can run the whole platform from their own
+//! `main` with [`Platform::start`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tp_broker::backplane::{ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts};
+/// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
+pub use tp_broker::shutdown_signal;
+use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
+use tp_core::cluster::BackplaneRef;
+use tp_core::rules::{RuleEngineControlRef, RuleStoreRef};
+use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
+use tp_storage::redis::backplane::RedisBackplane;
+use tp_storage::writer::{BatchWriter, WriterHandle};
+
+use crate::config::{BackplaneMode, PlatformConfig, Role};
+use tp_api::state::AppState;
+use tp_rules::{ClockRef, RuleEngine, RuleEngineConfig, RuleEngineDeps, SystemClock};
+
+/// A node that failed to start, naming the setting to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// A setting is wrong or a backend is unreachable.
+    #[error("{setting}: {message}")]
+    Setting {
+        /// The setting (and flag) to look at.
+        setting: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The MQTT listener could not start.
+    #[error(transparent)]
+    Broker(#[from] tp_broker::BrokerError),
+}
+
+fn setting(setting: &'static str) -> impl FnOnce(tp_core::Error) -> PlatformError {
+    move |e| PlatformError::Setting {
+        setting,
+        message: e.to_string(),
+    }
+}
+
+/// The first admin created on an empty installation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapAdmin {
+    /// Login email.
+    pub email: String,
+    /// The generated password, when none was configured (shown once).
+    pub generated_password: Option<String>,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Platform {
+    metadata: MetadataStoreRef,
+    timeseries: TimeSeriesStoreRef,
+    cache: CacheRef,
+    writer: WriterHandle,
+    /// None without the broker role.
+    broker: Option<Arc<EmbeddedBroker>>,
+    /// The cluster backplane and this node's listener on it, when enabled.
+    backplane: Option<(BackplaneRef, JoinHandle<()>)>,
+    http_addr: SocketAddr,
+    is_https: bool,
+    http: JoinHandle<()>,
+    stop_http: CancellationToken,
+    drain_timeout: Duration,
+    bootstrap: Option<BootstrapAdmin>,
+    rule_engine: RuleEngine,
+}
+
+/// Parts of a node that are not configuration (tests and embedders).
+#[derive(Debug, Clone, Default)]
+pub struct PlatformOptions {
+    /// The clock of the rule engine's duration windows and schedules; the system
+    /// clock when unset. Tests pass a [`tp_rules::ManualClock`].
+    pub rule_clock: Option<ClockRef>,
+}
+
+/// Longest time a client may take to complete the TLS handshake on the HTTPS port.
+const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API server's listener: plain TCP, or TLS when `http.tls` is set.
+enum HttpListener {
+    Plain(tokio::net::TcpListener),
+    Https(tp_broker::tls::HttpsListener),
+}
+
+/// The process-wide Prometheus recorder (installed once; later nodes in the same
+/// process share it).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+impl Platform {
+    /// Starts a node in named stages: open the stores (`open_stores`), bind the
+    /// HTTP port (`bind_http`), start the writer, rule engine and broker
+    /// (`start_services`), create the first admin if needed, build the API's state
+    /// (`api_state`) and serve (`serve`).
+    ///
+    /// # Errors
+    /// [`PlatformError`] naming the setting to change (bad URL, taken port, ...).
+    pub async fn start(config: PlatformConfig) -> Result<Self, PlatformError> {
+        Self::start_with(config, PlatformOptions::default()).await
+    }
+
+    /// [`Self::start`] with [`PlatformOptions`].
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with(
+        config: PlatformConfig,
+        options: PlatformOptions,
+    ) -> Result<Self, PlatformError> {
+        let stores = open_stores(&config).await?;
+        let http = bind_http(&config, &stores).await?;
+        let services = start_services(&config, &stores, options).await?;
+        // After every port is bound, so a failed start never prints (and loses) a
+        // generated password.
+        let bootstrap = tp_api::auth::bootstrap_admin(
+            stores.metadata.as_ref(),
+            config.auth.admin_email.clone(),
+            config.auth.admin_password.clone(),
+        )
+        .await
+        .map_err(setting("auth.admin_email / auth.admin_password"))?
+        .map(|(email, generated_password)| BootstrapAdmin {
+            email,
+            generated_password,
+        });
+        let state = api_state(&config, &stores, &services)?;
+        Ok(serve(config, stores, http, services, state, bootstrap))
+    }
+
+    /// Where the REST API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The REST API's base URL: `https://` when `http.tls` is set, else `http://`.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.is_https { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// Where MQTT devices connect.
+    ///
+    /// # Panics
+    /// On a node without the broker role (see [`Self::embedded_broker`]).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker().local_addr()
+    }
+
+    /// The embedded broker (its MQTT 5 and WebSocket addresses, counters).
+    ///
+    /// # Panics
+    /// On a node without the broker role (see [`Self::embedded_broker`]).
+    pub fn broker(&self) -> &EmbeddedBroker {
+        self.embedded_broker()
+            .expect("Platform::broker on a node without the broker role")
+    }
+
+    /// The embedded broker, `None` on a node without the broker role.
+    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
+        self.broker.as_deref()
+    }
+
+    /// The cluster backplane, when enabled (`cluster.backplane`).
+    pub fn backplane(&self) -> Option<&BackplaneRef> {
+        self.backplane.as_ref().map(|(bp, _)| bp)
+    }
+
+    /// The admin created by this start, if the installation was empty.
+    pub fn bootstrap_admin(&self) -> Option<&BootstrapAdmin> {
+        self.bootstrap.as_ref()
+    }
+
+    /// The rule engine (its counters; `flush` to wait for evaluation in tests).
+    pub fn rule_engine(&self) -> &RuleEngine {
+        &self.rule_engine
+    }
+
+    /// The metadata store.
+    pub fn metadata(&self) -> &MetadataStoreRef {
+        &self.metadata
+    }
+
+    /// The time-series store.
+    pub fn timeseries(&self) -> &TimeSeriesStoreRef {
+        &self.timeseries
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &CacheRef {
+        &self.cache
+    }
+
+    /// Graceful stop: refuse new MQTT work, get every acknowledged message into the
+    /// store, then stop the HTTP server.
+    pub async fn shutdown(self) -> Result<DrainReport, PlatformError> {
+        let report = match &self.broker {
+            Some(broker) => broker.drain(self.drain_timeout).await?,
+            None => DrainReport {
+                accepted: 0,
+                consumed: 0,
+            },
+        };
+        if let Some((_, listener)) = &self.backplane {
+            listener.abort();
+        }
+        // Everything ingested is evaluated and acted on before the stores go.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.rule_engine.flush()).await;
+        self.rule_engine.stop();
+        self.writer
+            .clone()
+            .shutdown()
+            .await
+            .map_err(setting("storage.timeseries"))?;
+        self.stop_http.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        tracing::info!(
+            accepted = report.accepted,
+            stored = report.consumed,
+            "node stopped"
+        );
+        Ok(report)
+    }
+}
+
+/// Stage 1: the stores the configuration names, and the cluster backplane.
+struct Stores {
+    metadata: MetadataStoreRef,
+    access: AccessStoreRef,
+    rules: RuleStoreRef,
+    timeseries: TimeSeriesStoreRef,
+    cache: CacheRef,
+    backplane: Option<BackplaneRef>,
+}
+
+async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| PlatformError::Setting {
+        setting: "data_dir (--data-dir)",
+        message: format!("cannot create {}: {e}", config.data_dir.display()),
+    })?;
+    // One pool behind the metadata, access and rule stores.
+    let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
+        .await
+        .map_err(setting("storage.metadata"))?;
+    let timeseries = tp_storage::open_timeseries(&config.timeseries_url())
+        .await
+        .map_err(setting("storage.timeseries"))?;
+    let cache = tp_storage::open_cache(&config.storage.cache)
+        .await
+        .map_err(setting("storage.cache"))?;
+    let backplane = connect_backplane(config).await?;
+    if !config.node.has(Role::Broker) && backplane.is_none() {
+        return Err(PlatformError::Setting {
+            setting: "node.roles / cluster.backplane",
+            message: "a node without the broker role sends downlink through the cluster \
+                      backplane: set storage.cache to a redis:// URL"
+                .to_owned(),
+        });
+    }
+    Ok(Stores {
+        metadata,
+        access,
+        rules,
+        timeseries,
+        cache,
+        backplane,
+    })
+}
+
+/// Stage 2: the HTTP port, bound (with its certificate loaded), and the external-broker
+/// hooks; the broker binds its own ports in stage 3.
+struct Http {
+    listener: HttpListener,
+    addr: SocketAddr,
+    hooks: Option<axum::Router>,
+}
+
+async fn bind_http(config: &PlatformConfig, stores: &Stores) -> Result<Http, PlatformError> {
+    // External-broker hooks (VerneMQ webhooks, EMQX HTTP auth) when a secret is
+    // configured; a weak secret stops the start before anything is bound.
+    let hooks = match &config.hooks.secret {
+        Some(_) => Some(
+            tp_broker::hooks::router(
+                tp_broker::hooks::HookDeps {
+                    metadata: stores.metadata.clone(),
+                    cache: stores.cache.clone(),
+                    credential_ttl: Duration::from_secs(config.mqtt.credential_cache_ttl_secs),
+                },
+                &config.hooks,
+            )
+            .map_err(|e| PlatformError::Setting {
+                setting: "hooks",
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| PlatformError::Setting {
+            setting: "http.listen (--http-listen)",
+            message: format!("cannot listen on {}: {e}", config.http.listen),
+        })?;
+    let addr = listener.local_addr().map_err(|e| PlatformError::Setting {
+        setting: "http.listen (--http-listen)",
+        message: e.to_string(),
+    })?;
+    // Certificate problems stop the start here, before the broker or a generated
+    // admin password exist.
+    let listener = match &config.http.tls {
+        Some(files) => HttpListener::Https(
+            tp_broker::tls::HttpsListener::new(
+                listener,
+                files,
+                tp_broker::tls::SettingNames::HTTP,
+                HTTPS_HANDSHAKE_TIMEOUT,
+            )
+            .map_err(|e| PlatformError::Setting {
+                setting: e.setting,
+                message: e.message,
+            })?,
+        ),
+        None => HttpListener::Plain(listener),
+    };
+    Ok(Http {
+        listener,
+        addr,
+        hooks,
+    })
+}
+
+/// Stage 3: the batching writer, the rule engine, the broker (binding its ports),
+/// downlink transport and the backplane listener.
+struct Services {
+    writer: WriterHandle,
+    rule_engine: RuleEngine,
+    live: Arc<tp_api::LiveTelemetry>,
+    broker: Option<Arc<EmbeddedBroker>>,
+    transport: Option<DeviceTransportRef>,
+    api_cache: CacheRef,
+    rule_control: RuleEngineControlRef,
+    backplane: Option<(BackplaneRef, JoinHandle<()>)>,
+}
+
+async fn start_services(
+    config: &PlatformConfig,
+    stores: &Stores,
+    options: PlatformOptions,
+) -> Result<Services, PlatformError> {
+    let Stores {
+        metadata,
+        access,
+        rules,
+        timeseries,
+        cache,
+        backplane,
+    } = stores;
+    let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
+    let notifier = tp_rules::notify::Notifications::new(rules.clone(), &config.notify)
+        .map_err(setting("notify"))?;
+    // Started before the broker, which hands it every accepted message.
+    let rule_engine = RuleEngine::start(
+        RuleEngineDeps {
+            rules: rules.clone(),
+            metadata: metadata.clone(),
+            profiles: Some(access.clone()),
+            cache: cache.clone(),
+            notifier: Some(Arc::new(notifier)),
+            clock: options.rule_clock.unwrap_or_else(|| Arc::new(SystemClock)),
+        },
+        RuleEngineConfig::default(),
+    )
+    .await
+    .map_err(setting("storage.metadata (rules)"))?;
+    let live = Arc::new(tp_api::LiveTelemetry::new());
+    let broker = if config.node.has(Role::Broker) {
+        Some(start_broker(config, stores, &writer, &rule_engine, &live).await?)
+    } else {
+        None
+    };
+
+    // Downlink: this node's broker, and in a cluster the backplane for devices
+    // connected elsewhere.
+    let local_transport = broker.as_ref().map(|b| b.transport());
+    let transport: Option<DeviceTransportRef> = match backplane {
+        Some(bp) => Some(Arc::new(ClusterTransport::new(local_transport, bp.clone()))),
+        None => local_transport,
+    };
+    if let Some(t) = &transport {
+        rule_engine.set_transport(t.clone());
+    }
+    if let Some(broker) = &broker {
+        rule_engine.watch_status(broker.status_events());
+    }
+    // Rule changes and the API's cache invalidations reach every node.
+    let (api_cache, rule_control): (CacheRef, RuleEngineControlRef) = match backplane {
+        Some(bp) => (
+            Arc::new(InvalidatingCache::new(cache.clone(), bp.clone())),
+            Arc::new(ClusterRules::new(Arc::new(rule_engine.clone()), bp.clone())),
+        ),
+        None => (cache.clone(), Arc::new(rule_engine.clone())),
+    };
+    let backplane = backplane.as_ref().map(|bp| {
+        let listener = tp_broker::backplane::spawn_listener(
+            bp.as_ref(),
+            ListenerParts {
+                broker: broker.clone(),
+                cache: cache.clone(),
+                rules: Some(Arc::new(rule_engine.clone())),
+            },
+        );
+        (bp.clone(), listener)
+    });
+    Ok(Services {
+        writer,
+        rule_engine,
+        live,
+        broker,
+        transport,
+        api_cache,
+        rule_control,
+        backplane,
+    })
+}
+
+async fn start_broker(
+    config: &PlatformConfig,
+    stores: &Stores,
+    writer: &WriterHandle,
+    rule_engine: &RuleEngine,
+    live: &Arc<tp_api::LiveTelemetry>,
+) -> Result<Arc<EmbeddedBroker>, PlatformError> {
+    // The broker's write-ahead log lives in the data dir unless set elsewhere.
+    let mut mqtt = config.mqtt.clone();
+    if mqtt.wal.dir.is_none() {
+        mqtt.wal.dir = Some(config.data_dir.join("wal"));
+    }
+    // The only broker of its store (embedded SQLite, no cluster): devices the store
+    // shows online are left over from a previous run that could not record them
+    // leaving (crash, SIGKILL). Not on a shared database, where other broker nodes
+    // may hold them.
+    if stores.backplane.is_none() && stores.metadata.backend() == "sqlite" {
+        match tp_broker::presence::mark_stale_offline(&stores.metadata, tp_core::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                devices = n,
+                "marked devices offline that were online when the previous run stopped"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reset the online state left by the previous run")
+            }
+        }
+    }
+    let broker = EmbeddedBroker::start_with(
+        &mqtt,
+        BrokerDeps {
+            metadata: stores.metadata.clone(),
+            cache: stores.cache.clone(),
+            writer: Arc::new(writer.clone()),
+        },
+        // Profiles give presence its heartbeat / online-timeout windows.
+        BrokerOptions {
+            profiles: Some(stores.access.clone()),
+            clock: None,
+            // The rule engine and the console's live telemetry both see every
+            // accepted message.
+            observer: Some(Arc::new(tp_api::ObserverFanout::new(vec![
+                rule_engine.observer(),
+                live.clone(),
+            ]))),
+        },
+    )
+    .await?;
+    Ok(Arc::new(broker))
+}
+
+/// Stage 4: the REST API's state, with the readiness checks of this node's parts.
+fn api_state(
+    config: &PlatformConfig,
+    stores: &Stores,
+    services: &Services,
+) -> Result<AppState, PlatformError> {
+    let jwt_secret = match &config.auth.jwt_secret {
+        Some(s) => s.clone(),
+        None => load_or_create_secret(&config.data_dir.join("jwt.secret"))?,
+    };
+    let mut state = AppState::new(
+        stores.metadata.clone(),
+        stores.access.clone(),
+        stores.timeseries.clone(),
+        services.api_cache.clone(),
+        config.auth.auth_config(jwt_secret),
+    )
+    .with_rules(stores.rules.clone())
+    .with_rule_engine(services.rule_control.clone())
+    .with_live_telemetry(services.live.clone());
+    if let Some(t) = &services.transport {
+        state = state.with_transport(t.clone());
+    }
+    if let Some(handle) = prometheus() {
+        state = state.with_metrics(handle);
+    }
+    if let Some((bp, _)) = &services.backplane {
+        let bp = bp.clone();
+        state = state.with_readiness_check(
+            "backplane",
+            Arc::new(move || {
+                let subscribed = bp.is_subscribed();
+                Box::pin(async move {
+                    if subscribed {
+                        Ok(())
+                    } else {
+                        Err(tp_core::Error::Unavailable {
+                            backend: "redis",
+                            source: "cluster backplane subscription lost; reconnecting".into(),
+                        })
+                    }
+                })
+            }),
+        );
+    }
+    if let Some(probe) = services.broker.clone() {
+        state = state.with_readiness_check(
+            "mqtt",
+            Arc::new(move || {
+                let healthy = probe.is_healthy();
+                Box::pin(async move {
+                    if healthy {
+                        Ok(())
+                    } else {
+                        Err(tp_core::Error::Unavailable {
+                            backend: "mqtt",
+                            source: "listener or ingest loop stopped".into(),
+                        })
+                    }
+                })
+            }),
+        );
+    }
+    Ok(state)
+}
+
+/// Stage 5: serve HTTP (the REST API, or health/metrics only without the API role,
+/// plus the HTTP device API and the hooks) and hand back the running node.
+fn serve(
+    config: PlatformConfig,
+    stores: Stores,
+    http: Http,
+    services: Services,
+    state: AppState,
+    bootstrap: Option<BootstrapAdmin>,
+) -> Platform {
+    let stop_http = CancellationToken::new();
+    let stop = stop_http.clone();
+    let mut app = if config.node.has(Role::Api) {
+        tp_api::router(state)
+    } else {
+        tp_api::system_router(state)
+    };
+    if let Some(broker) = &services.broker {
+        app = app.merge(tp_broker::http::device_router(broker));
+    }
+    if let Some(hooks) = http.hooks {
+        app = app.merge(hooks);
+    }
+    let is_https = matches!(http.listener, HttpListener::Https(_));
+    let listener = http.listener;
+    let server = tokio::spawn(async move {
+        let stopped = async move { stop.cancelled().await };
+        let served = match listener {
+            HttpListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+            HttpListener::Https(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+        };
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(http_addr = %http.addr, mqtt = ?services.broker.as_ref().map(|b| b.local_addr()),
+        roles = ?config.node.roles, cluster = services.backplane.is_some(), "node started");
+    Platform {
+        metadata: stores.metadata,
+        timeseries: stores.timeseries,
+        cache: stores.cache,
+        writer: services.writer,
+        broker: services.broker,
+        backplane: services.backplane,
+        http_addr: http.addr,
+        is_https,
+        http: server,
+        stop_http,
+        drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        bootstrap,
+        rule_engine: services.rule_engine,
+    }
+}
+
+/// The cluster backplane per `cluster.backplane`: with `"auto"` when the cache is a
+/// single Redis server (the only shared thing nodes have besides the databases).
+async fn connect_backplane(config: &PlatformConfig) -> Result<Option<BackplaneRef>, PlatformError> {
+    let cache = config.storage.cache.trim().to_ascii_lowercase();
+    let is_redis = cache.starts_with("redis://") || cache.starts_with("redis+unix://");
+    match config.cluster.backplane {
+        BackplaneMode::Off => return Ok(None),
+        BackplaneMode::Auto if !is_redis => return Ok(None),
+        BackplaneMode::Auto | BackplaneMode::On => {}
+    }
+    let node_id = config
+        .cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", tp_core::random_token(4)));
+    RedisBackplane::connect(&config.storage.cache, node_id)
+        .await
+        .map(|bp| Some(Arc::new(bp) as BackplaneRef))
+        .map_err(setting("cluster.backplane (storage.cache)"))
+}
+
+/// Reads the JWT secret kept in the data dir, or creates it (mode 0600), so tokens
+/// stay valid across restarts.
+fn load_or_create_secret(path: &Path) -> Result<String, PlatformError> {
+    let err = |e: std::io::Error| PlatformError::Setting {
+        setting: "auth.jwt_secret",
+        message: format!("{}: {e}", path.display()),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().to_owned()),
+        Ok(_) => {
+            return Err(PlatformError::Setting {
+                setting: "auth.jwt_secret",
+                message: format!("{} holds fewer than 32 characters", path.display()),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let secret = tp_core::random_token(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(secret.as_bytes()).map_err(err)?;
+    Ok(secret)
+}
