@@ -13,7 +13,9 @@
 #   benches/run.sh soak          1,000 devices x 1 msg/s (telemetry, attributes, events
 #                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
-# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883).
+# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# PIN=1: the node (and the comparison broker) on CPU 0, tp-bench on CPU 1 (taskset), so the
+# load generator does not steal the server's core on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?usage: benches/run.sh ingest|small|connections|crash|soak|api}
@@ -25,8 +27,12 @@ ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p thingspanel -p tp-bench
 bench=target/release/tp-bench
+server_cpu="" bench_cpu=""
+if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1; then
+  server_cpu="taskset -c 0" bench_cpu="taskset -c 1"
+fi
 data=$(mktemp -d /tmp/tp-bench-data.XXXX)
-node_cmd="target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
+node_cmd="$server_cpu target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
 echo "+ $node_cmd"
 RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
 node=$!
@@ -39,8 +45,8 @@ api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_AD
 
 run() { # name, args...
   local name=$1; shift
-  echo "+ $bench $* --json benches/results/$name.json"
-  "$bench" "$@" --json "benches/results/$name.json" | tee "benches/results/$name.md"
+  echo "+ $bench_cpu $bench $* --json benches/results/$name.json"
+  $bench_cpu "$bench" "$@" --json "benches/results/$name.json" | tee "benches/results/$name.md"
 }
 
 case "$scenario" in
@@ -67,7 +73,7 @@ case "$scenario" in
     if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
       mosq_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
       printf 'listener %s\nallow_anonymous true\nmax_connections -1\nmax_keepalive 65535\n' "${MOSQ_PORT:-65100}" > "$data/mosquitto.conf"
-      "$mosq_bin" -c "$data/mosquitto.conf" > "$data/mosquitto.log" 2>&1 &
+      $server_cpu "$mosq_bin" -c "$data/mosquitto.conf" > "$data/mosquitto.log" 2>&1 &
       mosq=$!
       sleep 1
       run connections-mosquitto connections --raw-broker --port "${MOSQ_PORT:-65100}" \

@@ -2,7 +2,7 @@
 //!
 //! The platform's REST API as an axum [`router`] over tp-core's traits: JWT and API-key
 //! authentication, tenant-scoped RBAC, the OpenAPI document ([`openapi`]), the live
-//! telemetry stream and the web console. It opens no stores and binds no port: hand
+//! telemetry stream and the web console (feature `console`, on by default). It opens no stores and binds no port: hand
 //! it an [`state::AppState`] and serve the router with your own server (tp-node's
 //! `Platform` does this for the platform's binaries).
 //!
@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod authz;
+#[cfg(feature = "console")]
 mod console;
 pub mod error;
 pub mod openapi;

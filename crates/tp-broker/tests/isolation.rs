@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, QoS};
 use tp_broker::testing::{MqttTestClient, TestBroker};
+use tp_core::testing::mosquitto_client;
 use tp_core::{Device, Value};
 
 const CLOSE: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(500);
-
-fn binary(name: &str) -> Option<std::path::PathBuf> {
-    tp_core::testing::command_path(name, "mosquitto-clients")
-}
 
 fn options(node: &TestBroker, client_id: &str) -> MqttOptions {
     let addr = node.broker.local_addr();
@@ -89,7 +86,7 @@ async fn a_will_on_another_devices_downlink_topic_is_refused_at_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_sub_with_a_will_on_another_devices_topic_is_refused() {
-    let Some(sub) = binary("mosquitto_sub") else {
+    let Some(sub) = mosquitto_client("mosquitto_sub") else {
         return;
     };
     let node = TestBroker::start(|_| {}).await;
@@ -298,7 +295,7 @@ async fn disconnecting_a_device_closes_its_live_connections_and_forgets_its_sess
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_sessions_of_one_client_id_never_break_the_listener() {
-    let (Some(sub), Some(publ)) = (binary("mosquitto_sub"), binary("mosquitto_pub")) else {
+    let (Some(sub), Some(publ)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
         return;
     };
     let node = TestBroker::start(|_| {}).await;
@@ -351,7 +348,7 @@ async fn overlapping_sessions_of_one_client_id_never_break_the_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_and_2_from_mosquitto_pub_are_stored_once() {
-    let Some(publ) = binary("mosquitto_pub") else {
+    let Some(publ) = mosquitto_client("mosquitto_pub") else {
         return;
     };
     let node = TestBroker::start(|_| {}).await;

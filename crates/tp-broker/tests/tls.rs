@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 use tp_broker::testing::{MqttTestClient, TestBroker};
+use tp_core::testing::mosquitto_client;
 use tp_broker::{BrokerConfig, BrokerError, TlsSettings};
 use tp_core::{Downlink, Order, TsQuery, Value};
 
@@ -355,7 +356,7 @@ async fn mqtt_over_secure_websocket_works_with_the_same_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_over_tls_publish_and_receive_downlink() {
-    let (Some(sub), Some(pubc)) = (binary("mosquitto_sub"), binary("mosquitto_pub")) else {
+    let (Some(sub), Some(pubc)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
         return;
     };
     let (node, ca, dir) = start().await;
@@ -586,6 +587,3 @@ fn tls_settings_parse_with_optional_listeners() {
     assert!(serde_json::from_str::<TlsSettings>(r#"{"listen": "0.0.0.0:8883"}"#).is_err());
 }
 
-fn binary(name: &str) -> Option<std::path::PathBuf> {
-    tp_core::testing::command_path(name, "mosquitto-clients")
-}

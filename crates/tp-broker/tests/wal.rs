@@ -15,6 +15,7 @@ use tp_broker::{BrokerConfig, BrokerDeps, EmbeddedBroker};
 use tp_core::{
     Device, DeviceEvent, KeyValue, MetadataStoreRef, Order, TimeSeriesStoreRef, TsQuery, Value,
 };
+use tp_core::testing::eventually;
 use tp_storage::writer::{BatchWriter, WriterConfig};
 
 /// A time-series store whose point writes never complete (a store that hangs), so
@@ -149,21 +150,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-/// Polls `check` until it holds (bounded, so a bug fails instead of hanging).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..3000 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never: {what}");
 }
 
 async fn points(ts: &TimeSeriesStoreRef, device: &Device) -> Vec<KeyValue> {

@@ -10,6 +10,7 @@ use tp_core::{CommandId, CommandKind, CommandLog, CommandStatus, DeviceId, Role,
 
 mod common;
 use common::*;
+use tp_core::testing::mosquitto_client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_reaches_a_connected_device_and_responses_update_the_log() {
@@ -644,7 +645,7 @@ async fn downlink_requests_are_validated_scoped_and_authorized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_receive_a_command_and_answer_it() {
-    let (Some(sub), Some(pubc)) = (binary("mosquitto_sub"), binary("mosquitto_pub")) else {
+    let (Some(sub), Some(pubc)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
         return;
     };
     let node = Node::start().await;
@@ -750,6 +751,3 @@ async fn disabling_deleting_or_rekeying_a_device_closes_its_live_connection() {
     revoking_closes_connections(&node, &node, "rv").await;
 }
 
-fn binary(name: &str) -> Option<std::path::PathBuf> {
-    tp_core::testing::command_path(name, "mosquitto-clients")
-}

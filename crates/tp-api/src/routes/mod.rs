@@ -143,9 +143,10 @@ pub fn router(state: AppState) -> Router {
     let docs: Router<AppState> = SwaggerUi::new("/docs")
         .config(Config::new([OPENAPI_PATH]))
         .into();
-    api.merge(docs)
-        .merge(crate::console::router())
-        .fallback(no_route)
+    let app = api.merge(docs);
+    #[cfg(feature = "console")]
+    let app = app.merge(crate::console::router());
+    app.fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
         .with_state(state)

@@ -34,6 +34,33 @@ pub fn command_path(name: &str, package: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// A mosquitto command-line client (`mosquitto_pub`, `mosquitto_sub`), or `None` to
+/// skip the test; see [`command_path`].
+pub fn mosquitto_client(name: &str) -> Option<std::path::PathBuf> {
+    command_path(name, "mosquitto-clients")
+}
+
+/// Polls `check` every 20 ms until it holds, panicking with `what` after 30 s: tests
+/// wait for a state to be reached, never for a fixed time (no timing assertion, and
+/// a bug fails instead of hanging).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened within 30 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The URL of an external test service from `var`, or `None` to skip the test.
 ///
 /// When `TP_REQUIRE_SERVICES` is set (CI), a missing variable panics instead, so a

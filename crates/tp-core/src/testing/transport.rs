@@ -36,13 +36,10 @@ pub trait TransportHarness: Send + Sync {
 }
 
 async fn eventually_connected(t: &DeviceTransportRef, id: DeviceId, want: bool) {
-    for _ in 0..500 {
-        if t.is_connected(id).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("is_connected({id}) never became {want}");
+    super::eventually(&format!("is_connected({id}) becomes {want}"), || async {
+        t.is_connected(id).await == want
+    })
+    .await;
 }
 
 /// A message sent to a connected device arrives on the right topic with its payload.
