@@ -32,9 +32,10 @@ pub struct BrokerConfig {
     /// limit is refused before it is acknowledged: the connection is closed and the
     /// device resends after reconnecting. Unset (the default) = unlimited.
     pub max_messages_per_second: Option<u32>,
-    /// Most distinct telemetry keys one device may use (counted per node since it
-    /// started); a message that would exceed it is rejected (nothing of it stored)
-    /// and counted in `tp_ingest_key_limit_refused_total`.
+    /// Most distinct telemetry keys one device may use (the keys the store already
+    /// holds for it, read when a node first sees the device, plus new ones); a
+    /// message that would exceed it is rejected (nothing of it stored) and counted in
+    /// `tp_ingest_key_limit_refused_total`.
     pub max_telemetry_keys_per_device: usize,
     /// How long a new TCP connection may take to send CONNECT, TLS and WebSocket
     /// handshakes included (ms, at most 65535).

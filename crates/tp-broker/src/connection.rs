@@ -42,7 +42,7 @@ use tp_core::protocol::{UplinkTopic, check_subscribe, ignored_uplink};
 use tp_core::{Device, now_ms};
 
 use crate::session::{
-    CloseReason, Outbound, RegisterRefused, Shared, encode_envelope, ingest_size,
+    CloseReason, KeptSession, Outbound, RegisterRefused, Shared, encode_envelope, ingest_size,
     set_envelope_segment, valid_client_id,
 };
 
@@ -442,8 +442,9 @@ struct Driver<S> {
     will: Option<LastWill>,
     /// Downlink QoS 1 publishes awaiting PUBACK: (packet id, topic, payload).
     inflight: Vec<(u16, String, Bytes)>,
-    /// Downlink waiting for room in the in-flight window.
-    waiting: std::collections::VecDeque<(String, Bytes)>,
+    /// Downlink waiting for room in the in-flight window (and whether it was sent
+    /// before, by a previous connection of a restored session).
+    waiting: std::collections::VecDeque<(String, Bytes, bool)>,
     next_pkid: u16,
     /// Packet ids of QoS 2 publishes received (and logged) whose PUBREL is pending.
     qos2_pending: Vec<u16>,
@@ -606,12 +607,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 .restore_session(&device, &self.client_id, clean_session || !persistent);
         let session_present = restored.is_some();
         self.connack(ConnectReturnCode::Success, session_present, assigned);
-        if let Some(filters) = restored
-            && !filters.is_empty()
-        {
-            let names = filters.iter().map(|(f, _)| f.clone()).collect();
-            self.filters = filters;
-            self.shared.subscribed(device.id, self.connection_id, names);
+        if let Some(kept) = restored {
+            if !kept.filters.is_empty() {
+                let names = kept.filters.iter().map(|(f, _)| f.clone()).collect();
+                self.filters = kept.filters;
+                self.shared.subscribed(device.id, self.connection_id, names);
+            }
+            // What the device had not acknowledged goes out again first (MQTT's
+            // session state: re-sent with DUP), before any new downlink.
+            for (topic, payload, sent) in kept.unacked {
+                self.downlink_with(topic, payload, sent);
+            }
         }
         Some(registered.gone)
     }
@@ -723,9 +729,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             Packet::PubAck(ack, _) => {
                 self.inflight.retain(|(p, _, _)| *p != ack.pkid);
                 while self.inflight.len() < self.limits.max_inflight
-                    && let Some((topic, payload)) = self.waiting.pop_front()
+                    && let Some((topic, payload, dup)) = self.waiting.pop_front()
                 {
-                    self.send_downlink(topic, payload, 1);
+                    self.send_downlink(topic, payload, 1, dup);
                 }
                 None
             }
@@ -885,6 +891,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
 
     /// Publishes a downlink to the device at the QoS of its best matching filter.
     fn downlink(&mut self, topic: String, payload: Bytes) {
+        self.downlink_with(topic, payload, false);
+    }
+
+    /// [`Self::downlink`]; `dup` for a message this session sent before (restored).
+    fn downlink_with(&mut self, topic: String, payload: Bytes, dup: bool) {
         let Some(qos) = self
             .filters
             .iter()
@@ -896,17 +907,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         };
         if qos > 0 && self.inflight.len() >= self.limits.max_inflight {
             if self.waiting.len() < MAX_WAITING {
-                self.waiting.push_back((topic, payload));
+                self.waiting.push_back((topic, payload, dup));
             } else {
                 metrics::counter!("tp_downlink_dropped_total").increment(1);
                 tracing::warn!(device_id = %self.device().id, "device does not acknowledge downlink; dropping one");
             }
             return;
         }
-        self.send_downlink(topic, payload, qos);
+        self.send_downlink(topic, payload, qos, dup);
     }
 
-    fn send_downlink(&mut self, topic: String, payload: Bytes, qos: u8) {
+    fn send_downlink(&mut self, topic: String, payload: Bytes, qos: u8, dup: bool) {
         let pkid = if qos == 0 {
             0
         } else {
@@ -918,7 +929,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 }
             }
         };
-        let publish = outgoing_publish(&topic, &payload, qos, pkid, false);
+        let publish = outgoing_publish(&topic, &payload, qos, pkid, dup && qos > 0);
         self.write(Packet::Publish(publish, None));
         if qos > 0 {
             self.inflight.push((pkid, topic, payload));
@@ -959,7 +970,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         let keep = match end {
             // A revoked device keeps nothing.
             End::Closed(CloseReason::Revoked) => None,
-            _ => session_expiry.map(|d| (d, std::mem::take(&mut self.filters))),
+            _ => session_expiry.map(|d| {
+                // QoS 1 downlink not acknowledged yet stays with the session: sent
+                // again when the device comes back (QoS 0 is never kept).
+                let unacked = self
+                    .inflight
+                    .drain(..)
+                    .map(|(_, topic, payload)| (topic, payload, true))
+                    .chain(self.waiting.drain(..))
+                    .collect();
+                let filters = std::mem::take(&mut self.filters);
+                (d, KeptSession { filters, unacked })
+            }),
         };
         // The slot is free before the session is seen to close, so whoever waits
         // for the close can connect at once.

@@ -28,8 +28,9 @@
 //! device's SUBACK is processed may still be published by both the API and the pass:
 //! delivery is at-least-once (as MQTT QoS 1 is), and the `message_id` lets a device
 //! drop the duplicate. The other way round, a message published to a connection that
-//! drops at that very moment is marked `sent` but never arrives (a QoS 1 downlink
-//! in flight on a connection that drops is not kept for the next one).
+//! drops at that very moment is marked `sent`; a QoS 1 downlink the device had not
+//! acknowledged is kept with a persistent session and sent again when the device
+//! resumes it, but without one (clean session) it never arrives.
 //!
 //! A sub-device has no connection of its own: its rows go out through its top-level
 //! gateway ([`route`]). So a delivery pass for a device also covers every device

@@ -10,19 +10,23 @@
 //!   against it: a device publishes only uplink topics (its will too) and subscribes
 //!   only to its own `device_number`'s downlink topics, every filter of a SUBSCRIBE
 //!   checked; a client id belongs to one device at a time;
-//! - ingests telemetry (through the batching writer), attributes, events and command
+//! - ingests telemetry (through tp-core's [`IngestSink`](tp_core::ingest::IngestSink)), attributes, events and command
 //!   responses, acknowledges attribute and event reports as ThingsPanel does;
 //! - tracks online/offline per device (several sessions of one device count once);
 //! - delivers downlink through [`MqttTransport`], a [`tp_core::DeviceTransport`], and
 //!   queued downlink of devices that were offline once they subscribe ([`downlink`]);
 //! - drains on shutdown: refuses new publishes, consumes everything acknowledged, and
 //!   flushes the writer;
-//! - serves the same device operations over HTTP ([`http::device_router`], merged into
-//!   the node's API server) and CoAP over UDP ([`coap`], when `coap_listen` is set),
-//!   with the same credentials, codecs and stores.
+//! - serves the same device operations over HTTP (`http::device_router`, feature
+//!   `http`, merged into the node's API server) and CoAP over UDP ([`coap`], when
+//!   `coap_listen` is set), with the same credentials, codecs and stores.
 //!
-//! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! It depends on tp-core alone: stores, cache and ingest sink are handed in as
+//! tp-core trait objects, so any backend (or your own) sits under it.
+//!
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> anyhow::Result<()> {
 //! use std::sync::Arc;
 //! use tp_broker::{BrokerConfig, BrokerDeps, EmbeddedBroker};
 //! use tp_storage::{open_cache, open_metadata, open_timeseries, writer::{BatchWriter, WriterConfig}};
@@ -34,6 +38,9 @@
 //! let config = BrokerConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() };
 //! let broker = EmbeddedBroker::start(&config, BrokerDeps { metadata, cache, writer }).await?;
 //! println!("MQTT on {}", broker.local_addr());
+//! // refuse new publishes, store everything acknowledged
+//! let report = broker.drain(std::time::Duration::from_secs(5)).await?;
+//! assert_eq!(report.accepted, report.consumed);
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]

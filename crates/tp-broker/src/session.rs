@@ -85,8 +85,19 @@ struct SessionEntry {
 
 /// What a persistent session keeps while its device is away.
 struct Persisted {
-    filters: Vec<(String, u8)>,
+    session: KeptSession,
     expires: Instant,
+}
+
+/// A persistent session as a connection hands it over when it ends and a later
+/// CONNECT of the same device and client id gets it back.
+#[derive(Debug, Default)]
+pub(crate) struct KeptSession {
+    /// Granted filters with their QoS.
+    pub(crate) filters: Vec<(String, u8)>,
+    /// Downlink the device had not acknowledged, oldest first, and whether it was
+    /// sent already (sent again with DUP set) or was still waiting for the window.
+    pub(crate) unacked: Vec<(String, Bytes, bool)>,
 }
 
 /// Why [`Shared::register`] refused a connection.
@@ -356,14 +367,15 @@ impl Shared {
     }
 
     /// The persistent session of `device` under `client_id`: with `clean_session`
-    /// it is dropped, otherwise its filters are returned, each re-checked against
-    /// the device's ACL today (`None` = no session to restore).
+    /// it is dropped, otherwise it is returned with each filter re-checked against
+    /// the device's ACL today, and the unacknowledged downlink whose topic a kept
+    /// filter still covers (`None` = no session to restore).
     pub(crate) fn restore_session(
         &self,
         device: &Device,
         client_id: &str,
         clean_session: bool,
-    ) -> Option<Vec<(String, u8)>> {
+    ) -> Option<KeptSession> {
         let key = (device.id, client_id.to_owned());
         let stored = self
             .persisted
@@ -373,25 +385,32 @@ impl Shared {
         if clean_session || stored.expires <= Instant::now() {
             return None;
         }
-        Some(
-            stored
-                .filters
-                .into_iter()
-                .filter(|(f, _)| check_subscribe(f, &device.device_number).is_ok())
-                .collect(),
-        )
+        let KeptSession { filters, unacked } = stored.session;
+        let filters: Vec<(String, u8)> = filters
+            .into_iter()
+            .filter(|(f, _)| check_subscribe(f, &device.device_number).is_ok())
+            .collect();
+        let unacked = unacked
+            .into_iter()
+            .filter(|(topic, _, _)| {
+                filters
+                    .iter()
+                    .any(|(f, _)| crate::downlink::topic_matches(f, topic))
+            })
+            .collect();
+        Some(KeptSession { filters, unacked })
     }
 
     /// A connection ends: frees its client id, keeps `keep` (how long, and the
-    /// filters with their QoS) when the session persists, and closes the device's
-    /// session with its last connection.
+    /// session) when the session persists, and closes the device's session with its
+    /// last connection.
     pub(crate) fn unregister(
         &self,
         device_id: DeviceId,
         client_id: &str,
         connection_id: u64,
         graceful: bool,
-        keep: Option<(Duration, Vec<(String, u8)>)>,
+        keep: Option<(Duration, KeptSession)>,
     ) {
         let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.get(client_id).is_some_and(|(_, c)| *c == connection_id) {
@@ -418,14 +437,14 @@ impl Shared {
             }
         }
         drop(sessions);
-        if let Some((keep_for, filters)) = keep {
+        if let Some((keep_for, session)) = keep {
             let now = Instant::now();
             let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
             persisted.retain(|_, p| p.expires > now);
             persisted.insert(
                 (device_id, client_id.to_owned()),
                 Persisted {
-                    filters,
+                    session,
                     expires: now + keep_for,
                 },
             );

@@ -570,6 +570,15 @@ impl Uplinks {
                 value: s.value,
             })
             .collect();
+        if !self.caches.knows_keys_of(device_id) {
+            // First message of this device on this node: start from what the store
+            // holds, so a restart does not reset the device's key allowance.
+            match self.writer.stored_keys(device_id).await {
+                Ok(keys) => self.caches.seed_keys(device_id, &keys),
+                Err(e) => tracing::warn!(device_id = %device_id, error = %e,
+                    "cannot read the device's stored telemetry keys; counting from this message"),
+            }
+        }
         if !self
             .caches
             .admit_keys(device_id, points.iter().map(|p| p.key.as_str()))
@@ -725,8 +734,9 @@ type Identity = (TenantId, Option<ProfileId>, Instant);
 pub(crate) struct DeviceCaches {
     sub_devices: Mutex<HashMap<(DeviceId, String), (DeviceId, Instant)>>,
     identities: Mutex<HashMap<DeviceId, Identity>>,
-    /// Hashes of the telemetry keys each device has sent (through this node since
-    /// it started), for the per-device key limit.
+    /// Hashes of the telemetry keys each device has: those the store held when this
+    /// node first saw the device, and those sent through this node since, for the
+    /// per-device key limit.
     telemetry_keys: Mutex<HashMap<DeviceId, HashSet<u64>>>,
     /// Most distinct telemetry keys per device (`max_telemetry_keys_per_device`).
     max_keys: usize,
@@ -773,6 +783,27 @@ impl DeviceCaches {
         }
         known.extend(new);
         true
+    }
+
+    /// Whether this node has counted `device`'s telemetry keys yet.
+    fn knows_keys_of(&self, device: DeviceId) -> bool {
+        let map = self
+            .telemetry_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.contains_key(&device)
+    }
+
+    /// Counts `keys` (the store's) as known for `device`, beyond the limit if the
+    /// store already holds more (the limit then refuses every new key).
+    fn seed_keys(&self, device: DeviceId, keys: &[String]) {
+        use std::hash::BuildHasher;
+        let mut map = self
+            .telemetry_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let known = map.entry(device).or_default();
+        known.extend(keys.iter().map(|k| self.key_hasher.hash_one(k.as_str())));
     }
 
     fn sub_device_get(&self, parent: DeviceId, addr: &str) -> Option<DeviceId> {

@@ -828,3 +828,69 @@ async fn a_device_beyond_its_telemetry_key_limit_is_refused_and_counted() {
     node.writer.flush().await.unwrap();
     assert_eq!(stored_points(&node, device.id, "b").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telemetry_key_limit_survives_a_restart() {
+    let node = TestBroker::start(|c| c.max_telemetry_keys_per_device = 3).await;
+    let (device, password) = node.create_device().await;
+    let mut client = node.connect(&device, &password).await.unwrap();
+    client
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000001,"values":{"a":1,"b":2,"c":3}}"#,
+        )
+        .await
+        .unwrap();
+    wait_consumed(&node, 1).await;
+    client.disconnect().await;
+    node.broker.drain(Duration::from_secs(10)).await.unwrap();
+    node.writer.flush().await.unwrap();
+
+    // A new broker over the same stores: its caches start empty, the store does not.
+    let config = tp_broker::BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_telemetry_keys_per_device: 3,
+        ..Default::default()
+    };
+    let restarted = tp_broker::EmbeddedBroker::start(
+        &config,
+        tp_broker::BrokerDeps {
+            metadata: node.metadata.clone(),
+            cache: tp_storage::open_cache("memory://").await.unwrap(),
+            writer: std::sync::Arc::new(node.writer.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = MqttTestClient::connect(
+        restarted.local_addr(),
+        &format!("mqtt_{}", device.device_number),
+        &device.credentials.username,
+        &password,
+    )
+    .await
+    .unwrap();
+    // a fourth key is still one too many; the stored ones still work
+    client
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000002,"values":{"d":4}}"#,
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            "devices/telemetry",
+            r#"{"ts":1700000000003,"values":{"a":5}}"#,
+        )
+        .await
+        .unwrap();
+    tp_core::testing::eventually("the restarted broker consumes both", || async {
+        restarted.stats().consumed >= 2
+    })
+    .await;
+    node.writer.flush().await.unwrap();
+    assert_eq!(restarted.stats().rejected, 1);
+    assert!(stored_points(&node, device.id, "d").await.is_empty());
+    assert_eq!(stored_points(&node, device.id, "a").await.len(), 2);
+}

@@ -295,7 +295,10 @@ async fn disconnecting_a_device_closes_its_live_connections_and_forgets_its_sess
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_sessions_of_one_client_id_never_break_the_listener() {
-    let (Some(sub), Some(publ)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
+    let (Some(sub), Some(publ)) = (
+        mosquitto_client("mosquitto_sub"),
+        mosquitto_client("mosquitto_pub"),
+    ) else {
         return;
     };
     let node = TestBroker::start(|_| {}).await;
@@ -426,6 +429,52 @@ async fn a_takeover_keeps_the_persistent_session_of_the_same_device() {
         .expect("carried-over subscription");
     let (topic, _) = second.recv_publish(CLOSE).await.expect("downlink");
     assert_eq!(topic, format!("devices/command/{}/m2", a.device_number));
+}
+
+/// MQTT's session state: a QoS 1 downlink the device received but never
+/// acknowledged (its connection dropped first) is sent again when the device resumes
+/// its persistent session, so a command marked `sent` is not lost with the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_downlink_is_sent_again_when_the_session_resumes() {
+    let node = TestBroker::start(|_| {}).await;
+    let (a, pa) = node.create_device().await;
+    let mut opts = options(&node, "unacked");
+    opts.set_clean_session(false);
+    let mut silent = opts.clone();
+    silent.set_manual_acks(true);
+    let mut first = connect_opts(silent, &a, &pa).await.unwrap();
+    first
+        .subscribe(&[&format!("devices/command/{}/+", a.device_number)])
+        .await
+        .unwrap();
+    let topic = format!("devices/command/{}/m3", a.device_number);
+    node.broker
+        .transport()
+        .send(tp_core::Downlink {
+            device_id: a.id,
+            topic: topic.clone(),
+            payload: bytes::Bytes::from_static(br#"{"method":"Reboot"}"#),
+        })
+        .await
+        .expect("subscribed");
+    let (got, _) = first.recv_publish(CLOSE).await.expect("first delivery");
+    assert_eq!(got, topic);
+    // No PUBACK: the network goes away.
+    first.drop_connection();
+
+    let mut second = connect_opts(opts.clone(), &a, &pa).await.unwrap();
+    assert!(second.session_present());
+    let (again, payload) = second.recv_publish(CLOSE).await.expect("sent again");
+    assert_eq!(again, topic);
+    assert_eq!(payload, br#"{"method":"Reboot"}"#);
+    // Acknowledged this time (the test client acks): not sent a third time.
+    second.disconnect().await;
+    let mut third = connect_opts(opts, &a, &pa).await.unwrap();
+    assert!(third.session_present());
+    assert!(
+        third.recv_publish(QUIET).await.is_none(),
+        "acknowledged downlink resent"
+    );
 }
 
 /// An access token logs in alone; what is stored for it (its digest) never does,

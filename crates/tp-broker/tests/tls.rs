@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 use tp_broker::testing::{MqttTestClient, TestBroker};
-use tp_core::testing::mosquitto_client;
 use tp_broker::{BrokerConfig, BrokerError, TlsSettings};
+use tp_core::testing::mosquitto_client;
 use tp_core::{Downlink, Order, TsQuery, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -356,7 +356,10 @@ async fn mqtt_over_secure_websocket_works_with_the_same_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_over_tls_publish_and_receive_downlink() {
-    let (Some(sub), Some(pubc)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
+    let (Some(sub), Some(pubc)) = (
+        mosquitto_client("mosquitto_sub"),
+        mosquitto_client("mosquitto_pub"),
+    ) else {
         return;
     };
     let (node, ca, dir) = start().await;
@@ -586,4 +589,3 @@ fn tls_settings_parse_with_optional_listeners() {
     // the certificate and key are required
     assert!(serde_json::from_str::<TlsSettings>(r#"{"listen": "0.0.0.0:8883"}"#).is_err());
 }
-

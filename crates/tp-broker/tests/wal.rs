@@ -12,10 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tp_broker::testing::MqttTestClient;
 use tp_broker::{BrokerConfig, BrokerDeps, EmbeddedBroker};
+use tp_core::testing::eventually;
 use tp_core::{
     Device, DeviceEvent, KeyValue, MetadataStoreRef, Order, TimeSeriesStoreRef, TsQuery, Value,
 };
-use tp_core::testing::eventually;
 use tp_storage::writer::{BatchWriter, WriterConfig};
 
 /// A time-series store whose point writes never complete (a store that hangs), so

@@ -101,6 +101,18 @@ pub trait IngestSink: std::fmt::Debug + Send + Sync + 'static {
         let _ = (device, ts, message_id, method);
         Ok(false)
     }
+
+    /// The telemetry keys the store already holds for `device`. A broker seeds its
+    /// per-device key limit with them the first time it sees the device, so a
+    /// restart (or another node) does not hand a device a fresh allowance. A sink
+    /// that cannot tell answers none (the default).
+    ///
+    /// # Errors
+    /// The store's read error.
+    async fn stored_keys(&self, device: DeviceId) -> Result<Vec<String>> {
+        let _ = device;
+        Ok(Vec::new())
+    }
 }
 
 /// Shared handle to an ingest sink.

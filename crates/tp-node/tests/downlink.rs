@@ -645,7 +645,10 @@ async fn downlink_requests_are_validated_scoped_and_authorized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_receive_a_command_and_answer_it() {
-    let (Some(sub), Some(pubc)) = (mosquitto_client("mosquitto_sub"), mosquitto_client("mosquitto_pub")) else {
+    let (Some(sub), Some(pubc)) = (
+        mosquitto_client("mosquitto_sub"),
+        mosquitto_client("mosquitto_pub"),
+    ) else {
         return;
     };
     let node = Node::start().await;
@@ -750,4 +753,3 @@ async fn disabling_deleting_or_rekeying_a_device_closes_its_live_connection() {
     let node = Node::start().await;
     revoking_closes_connections(&node, &node, "rv").await;
 }
-

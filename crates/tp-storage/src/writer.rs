@@ -214,6 +214,11 @@ impl IngestSink for WriterHandle {
             .iter()
             .any(|e| e.ts == ts && e.message_id == message_id && e.method == method))
     }
+
+    async fn stored_keys(&self, device: DeviceId) -> Result<Vec<String>> {
+        let latest = self.store.latest(device, None).await?;
+        Ok(latest.into_iter().map(|kv| kv.key).collect())
+    }
 }
 
 /// The background task that batches writes for a [`TimeSeriesStoreRef`].
