@@ -527,40 +527,42 @@ fn api_state(
         let bp = bp.clone();
         state = state.with_readiness_check(
             "backplane",
-            Arc::new(move || {
-                let subscribed = bp.is_subscribed();
-                Box::pin(async move {
-                    if subscribed {
-                        Ok(())
-                    } else {
-                        Err(tp_core::Error::Unavailable {
-                            backend: "redis",
-                            source: "cluster backplane subscription lost; reconnecting".into(),
-                        })
-                    }
-                })
-            }),
+            flag_check(
+                "redis",
+                "cluster backplane subscription lost; reconnecting",
+                move || bp.is_subscribed(),
+            ),
         );
     }
-    if let Some(probe) = services.broker.clone() {
+    if let Some(broker) = services.broker.clone() {
         state = state.with_readiness_check(
             "mqtt",
-            Arc::new(move || {
-                let healthy = probe.is_healthy();
-                Box::pin(async move {
-                    if healthy {
-                        Ok(())
-                    } else {
-                        Err(tp_core::Error::Unavailable {
-                            backend: "mqtt",
-                            source: "listener or ingest loop stopped".into(),
-                        })
-                    }
-                })
+            flag_check("mqtt", "listener or ingest loop stopped", move || {
+                broker.is_healthy()
             }),
         );
     }
     Ok(state)
+}
+
+/// A readiness check from a synchronous probe: unavailable (`backend`, `reason`)
+/// while `up` says no.
+fn flag_check(
+    backend: &'static str,
+    reason: &'static str,
+    up: impl Fn() -> bool + Send + Sync + 'static,
+) -> tp_api::state::ReadinessCheck {
+    Arc::new(move || {
+        let result = if up() {
+            Ok(())
+        } else {
+            Err(tp_core::Error::Unavailable {
+                backend,
+                source: reason.into(),
+            })
+        };
+        Box::pin(async move { result })
+    })
 }
 
 /// Stage 5: serve HTTP (the REST API, or health/metrics only without the API role,
