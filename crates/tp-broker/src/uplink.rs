@@ -570,19 +570,22 @@ impl Uplinks {
                 value: s.value,
             })
             .collect();
-        if !self.caches.knows_keys_of(device_id) {
-            // First message of this device on this node: start from what the store
-            // holds, so a restart does not reset the device's key allowance.
-            match self.writer.stored_keys(device_id).await {
-                Ok(keys) => self.caches.seed_keys(device_id, &keys),
-                Err(e) => tracing::warn!(device_id = %device_id, error = %e,
-                    "cannot read the device's stored telemetry keys; counting from this message"),
+        let keys = || points.iter().map(|p| p.key.as_str());
+        let admitted = match self.caches.admit_keys(device_id, keys()) {
+            Some(admitted) => admitted,
+            None => {
+                // First message of this device on this node: start from what the store
+                // holds, so a restart does not reset the device's key allowance.
+                let stored = self.writer.stored_keys(device_id).await.unwrap_or_else(|e| {
+                    tracing::warn!(device_id = %device_id, error = %e,
+                        "cannot read the device's stored telemetry keys; counting from this message");
+                    Vec::new()
+                });
+                self.caches.seed_keys(device_id, &stored);
+                self.caches.admit_keys(device_id, keys()) == Some(true)
             }
-        }
-        if !self
-            .caches
-            .admit_keys(device_id, points.iter().map(|p| p.key.as_str()))
-        {
+        };
+        if !admitted {
             metrics::counter!("tp_ingest_key_limit_refused_total").increment(1);
             tracing::warn!(device_id = %device_id, limit = self.caches.max_keys,
                 "telemetry refused: the device would exceed max_telemetry_keys_per_device");
@@ -763,14 +766,19 @@ impl DeviceCaches {
 
     /// Whether `device` may use `keys`: all already known, or few enough new ones to
     /// stay within the limit (then they are remembered). A device can otherwise grow
-    /// the stores without bound by sending a new key name in every message.
-    fn admit_keys<'a>(&self, device: DeviceId, keys: impl Iterator<Item = &'a str>) -> bool {
+    /// the stores without bound by sending a new key name in every message. `None`
+    /// when this node has not counted the device's keys yet ([`Self::seed_keys`]).
+    fn admit_keys<'a>(
+        &self,
+        device: DeviceId,
+        keys: impl Iterator<Item = &'a str>,
+    ) -> Option<bool> {
         use std::hash::BuildHasher;
         let mut map = self
             .telemetry_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let known = map.entry(device).or_default();
+        let known = map.get_mut(&device)?;
         let mut new = Vec::new();
         for key in keys {
             let h = self.key_hasher.hash_one(key);
@@ -779,19 +787,10 @@ impl DeviceCaches {
             }
         }
         if known.len() + new.len() > self.max_keys {
-            return false;
+            return Some(false);
         }
         known.extend(new);
-        true
-    }
-
-    /// Whether this node has counted `device`'s telemetry keys yet.
-    fn knows_keys_of(&self, device: DeviceId) -> bool {
-        let map = self
-            .telemetry_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.contains_key(&device)
+        Some(true)
     }
 
     /// Counts `keys` (the store's) as known for `device`, beyond the limit if the
