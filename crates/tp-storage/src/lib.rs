@@ -63,6 +63,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod rules_common;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "tdengine")]

@@ -340,7 +340,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_role(&self, tenant: TenantId, id: RoleId) -> Result<Option<CustomRole>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 role_cols!(),
@@ -354,7 +354,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_roles(&self, tenant: TenantId, page: Page) -> Result<Paged<CustomRole>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 role_cols!(),
@@ -462,7 +462,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_api_keys(&self, tenant: TenantId, page: Page) -> Result<Paged<ApiKey>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 api_key_cols!(),
@@ -510,7 +510,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_group(&self, tenant: TenantId, id: GroupId) -> Result<Option<DeviceGroup>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 group_cols!(),
@@ -758,7 +758,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 profile_cols!(),
@@ -785,7 +785,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 profile_cols!(),
@@ -875,7 +875,7 @@ impl AccessStore for PostgresMetadataStore {
     }
 
     async fn list_audit(&self, tenant: TenantId, page: Page) -> Result<Paged<AuditEntry>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 audit_select!(),
                 " WHERE tenant_id = $1 ORDER BY at DESC, seq DESC LIMIT $2 OFFSET $3"

@@ -13,9 +13,11 @@ use tp_core::{
 };
 use uuid::Uuid;
 
+use super::dialect::PostgresDialect;
 use super::error::{self, PgError, conflict, db};
 use super::value::{self, ValueArrays};
 use super::{Target, healthcheck, like_escape, migrator, to_i64};
+use crate::sql::SqlStore;
 
 /// [`MetadataStore`] on PostgreSQL.
 ///
@@ -30,12 +32,9 @@ use super::{Target, healthcheck, like_escape, migrator, to_i64};
 /// The same store is the PostgreSQL [`tp_core::AccessStore`] (custom roles, API keys,
 /// device groups, profiles, audit log) on the same schema and pool; see
 /// [`crate::open_access`] for both handles from one URL.
-#[derive(Debug, Clone)]
-pub struct PostgresMetadataStore {
-    pool: PgPool,
-}
+pub type PostgresMetadataStore = SqlStore<PostgresDialect>;
 
-impl PostgresMetadataStore {
+impl SqlStore<PostgresDialect> {
     /// Connects to `url` (see the [module docs](super) for `?schema=` and other
     /// parameters), creates the schema if missing and applies pending migrations.
     ///
@@ -47,14 +46,14 @@ impl PostgresMetadataStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let target = Target::parse(url)?;
         let m = migrator(sqlx::migrate!("./migrations/postgres_meta"));
-        Ok(Self {
+        Ok(Self::with_dialect(PostgresDialect {
             pool: target.open(&m).await?,
-        })
+        }))
     }
 
     /// The connection pool (for administration and tests).
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.db.pool
     }
 }
 
@@ -203,7 +202,7 @@ pub(super) fn paging(page: Page) -> (i64, i64) {
 
 impl PostgresMetadataStore {
     /// The row `select` finds by id and tenant (`$1`, `$2`).
-    pub(super) async fn get_scoped<T>(
+    pub(super) async fn old_get_scoped<T>(
         &self,
         select: &'static str,
         id: uuid::Uuid,
@@ -213,7 +212,7 @@ impl PostgresMetadataStore {
         let row = sqlx::query(select)
             .bind(id)
             .bind(tenant.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await
             .map_err(db)?;
         decode_opt(row, decode)
@@ -221,7 +220,7 @@ impl PostgresMetadataStore {
 
     /// A page of a tenant's rows: `select` takes (tenant, limit, offset), `count`
     /// takes (tenant).
-    pub(super) async fn page_scoped<T>(
+    pub(super) async fn old_page_scoped<T>(
         &self,
         select: &'static str,
         count: &'static str,
@@ -234,12 +233,12 @@ impl PostgresMetadataStore {
             .bind(tenant.0)
             .bind(limit)
             .bind(offset)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await
             .map_err(db)?;
         let total: i64 = sqlx::query_scalar(count)
             .bind(tenant.0)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(db)?;
         Ok(Paged {
@@ -274,7 +273,7 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn healthcheck(&self) -> Result<()> {
-        healthcheck(&self.pool).await
+        healthcheck(self.pool()).await
     }
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()> {
@@ -282,7 +281,7 @@ impl MetadataStore for PostgresMetadataStore {
             .bind(tenant.id.0)
             .bind(&tenant.name)
             .bind(tenant.created_at)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(|e| conflict(e, "tenant", |_| tenant.id.to_string()))?;
         Ok(())
@@ -291,7 +290,7 @@ impl MetadataStore for PostgresMetadataStore {
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await
             .map_err(db)?;
         decode_opt(row, tenant_from_row)
@@ -304,11 +303,11 @@ impl MetadataStore for PostgresMetadataStore {
         )
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(db)?;
         Ok(Paged {
@@ -331,7 +330,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .bind(user.created_at)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(|e| {
             conflict(e, "user", |constraint| {
@@ -352,7 +351,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM users WHERE id = $1"
         ))
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, user_from_row)
@@ -365,7 +364,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM users WHERE email = $1"
         ))
         .bind(email.to_lowercase())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, user_from_row)
@@ -378,7 +377,7 @@ impl MetadataStore for PostgresMetadataStore {
                 .bind(&user.password_hash)
                 .bind(user.role.as_str())
                 .bind(user.id.0)
-                .execute(&self.pool)
+                .execute(self.pool())
                 .await
                 .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -391,7 +390,7 @@ impl MetadataStore for PostgresMetadataStore {
         let done = sqlx::query("DELETE FROM users WHERE id = $1 AND tenant_id = $2")
             .bind(id.0)
             .bind(tenant.0)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -410,12 +409,12 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(tenant.0)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = $1")
             .bind(tenant.0)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(db)?;
         Ok(Paged {
@@ -426,7 +425,7 @@ impl MetadataStore for PostgresMetadataStore {
 
     async fn count_users(&self) -> Result<u64> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(db)?;
         Ok(total.unsigned_abs())
@@ -454,7 +453,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(device.created_at)
         .bind(device.updated_at)
         .bind(device.credentials.voucher_type.as_str())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
         Ok(())
@@ -468,7 +467,7 @@ impl MetadataStore for PostgresMetadataStore {
         ))
         .bind(id.0)
         .bind(tenant.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -481,7 +480,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM devices WHERE id = $1"
         ))
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -494,7 +493,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM devices WHERE username = $1"
         ))
         .bind(username)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -507,7 +506,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM devices WHERE device_number = $1"
         ))
         .bind(device_number)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -521,7 +520,7 @@ impl MetadataStore for PostgresMetadataStore {
         ))
         .bind(parent.0)
         .bind(addr)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -534,7 +533,7 @@ impl MetadataStore for PostgresMetadataStore {
             " FROM devices WHERE parent_id = $1 ORDER BY created_at, id"
         ))
         .bind(parent.0)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         decode_all(&rows, device_from_row)
@@ -559,7 +558,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(limit)
         .bind(offset)
         .bind(filter.online)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -570,7 +569,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(tenant.0)
         .bind(&pattern)
         .bind(filter.online)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await
         .map_err(db)?;
         Ok(Paged {
@@ -599,7 +598,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(device.id.0)
         .bind(device.tenant_id.0)
         .bind(device.credentials.voucher_type.as_str())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
         if done.rows_affected() == 0 {
@@ -609,7 +608,7 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.pool().begin().await.map_err(db)?;
         let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND tenant_id = $2")
             .bind(id.0)
             .bind(tenant.0)
@@ -637,7 +636,7 @@ impl MetadataStore for PostgresMetadataStore {
             .bind(online)
             .bind(at)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -661,7 +660,7 @@ impl MetadataStore for PostgresMetadataStore {
         )
         .bind(&ids)
         .bind(&ats)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(db)?;
         Ok(())
@@ -679,7 +678,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(event.at)
         .bind(event.device_id.0)
         .bind(event.reason.as_str())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -709,7 +708,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(end)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         let total: i64 = match rows.first() {
@@ -722,7 +721,7 @@ impl MetadataStore for PostgresMetadataStore {
             .bind(device.0)
             .bind(start)
             .bind(end)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(db)?,
         };
@@ -760,7 +759,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(values.int)
         .bind(values.real)
         .bind(values.text)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(db)?;
         Ok(())
@@ -780,7 +779,7 @@ impl MetadataStore for PostgresMetadataStore {
         )
         .bind(device.0)
         .bind(keys.map(<[String]>::to_vec))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         decode_all(&rows, attribute_from_row)
@@ -805,7 +804,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(command.expires_at)
         .bind(command.published.as_ref().map(|p| p.topic.as_str()))
         .bind(command.published.as_ref().map(|p| p.payload.to_string()))
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(|e| conflict(e, "command", |_| command.id.to_string()))?;
         Ok(())
@@ -822,7 +821,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(command.id.0)
         .bind(command.published.as_ref().map(|p| p.topic.as_str()))
         .bind(command.published.as_ref().map(|p| p.payload.to_string()))
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -843,7 +842,7 @@ impl MetadataStore for PostgresMetadataStore {
         ))
         .bind(device.0)
         .bind(message_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, command_from_row)
@@ -861,7 +860,7 @@ impl MetadataStore for PostgresMetadataStore {
         ))
         .bind(topic)
         .bind(tenant.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await
         .map_err(db)?;
         decode_opt(row, command_from_row)
@@ -883,7 +882,7 @@ impl MetadataStore for PostgresMetadataStore {
         .bind(device.0)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -891,7 +890,7 @@ impl MetadataStore for PostgresMetadataStore {
         )
         .bind(tenant.0)
         .bind(device.0)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await
         .map_err(db)?;
         Ok(Paged {

@@ -26,9 +26,9 @@
 //! Both stores may share one schema: their migrations use disjoint version ranges.
 
 mod access;
+mod dialect;
 mod error;
 mod meta;
-mod rules;
 mod timescale;
 mod timeseries;
 mod value;
@@ -44,6 +44,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tp_core::{Error, Result};
 
+pub use dialect::PostgresDialect;
 pub use meta::PostgresMetadataStore;
 pub use timescale::TimescaleSettings;
 pub use timeseries::{PgTsOptions, PostgresTimeSeriesStore, TsLayout};

@@ -248,7 +248,7 @@ impl AccessStore for SqliteMetadataStore {
         let done = sqlx::query("UPDATE tenants SET name = ? WHERE id = ?")
             .bind(&tenant.name)
             .bind(tenant.id.to_string())
-            .execute(&self.pools.writer)
+            .execute(&self.db.pools.writer)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -258,7 +258,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn delete_tenant(&self, id: TenantId) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         let done = sqlx::query("DELETE FROM tenants WHERE id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -300,7 +300,7 @@ impl AccessStore for SqliteMetadataStore {
         let row = sqlx::query("SELECT role_id FROM users WHERE id = ? AND tenant_id = ?")
             .bind(user.to_string())
             .bind(tenant.to_string())
-            .fetch_optional(&self.pools.reader)
+            .fetch_optional(&self.db.pools.reader)
             .await
             .map_err(db)?;
         let Some(row) = row else {
@@ -317,7 +317,7 @@ impl AccessStore for SqliteMetadataStore {
         user: UserId,
         role: Option<RoleId>,
     ) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         if !exists_in(
             &mut tx,
             "SELECT 1 FROM users WHERE id = ? AND tenant_id = ?",
@@ -352,14 +352,14 @@ impl AccessStore for SqliteMetadataStore {
         .bind(&role.name)
         .bind(permissions_json(role))
         .bind(role.created_at)
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "role", role_conflict(role)))?;
         Ok(())
     }
 
     async fn get_role(&self, tenant: TenantId, id: RoleId) -> Result<Option<CustomRole>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 role_cols!(),
@@ -373,7 +373,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn list_roles(&self, tenant: TenantId, page: Page) -> Result<Paged<CustomRole>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 role_cols!(),
@@ -395,7 +395,7 @@ impl AccessStore for SqliteMetadataStore {
         .bind(permissions_json(role))
         .bind(role.id.to_string())
         .bind(role.tenant_id.to_string())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "role", role_conflict(role)))?;
         if done.rows_affected() == 0 {
@@ -405,7 +405,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn delete_role(&self, tenant: TenantId, id: RoleId) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         role_in_tenant(&mut tx, tenant, id).await?;
         let users = count(
             &mut tx,
@@ -433,7 +433,7 @@ impl AccessStore for SqliteMetadataStore {
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
         check_api_key(key)?;
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         if let Some(role) = key.role_id {
             role_in_tenant(&mut tx, key.tenant_id, role).await?;
         }
@@ -472,14 +472,14 @@ impl AccessStore for SqliteMetadataStore {
             " FROM api_keys WHERE key_hash = ?"
         ))
         .bind(key_hash)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, api_key_from_row)
     }
 
     async fn list_api_keys(&self, tenant: TenantId, page: Page) -> Result<Paged<ApiKey>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 api_key_cols!(),
@@ -498,7 +498,7 @@ impl AccessStore for SqliteMetadataStore {
         let done = sqlx::query("DELETE FROM api_keys WHERE id = ? AND tenant_id = ?")
             .bind(id.to_string())
             .bind(tenant.to_string())
-            .execute(&self.pools.writer)
+            .execute(&self.db.pools.writer)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -508,7 +508,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn create_group(&self, group: &DeviceGroup) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         if let Some(parent) = group.parent_id {
             group_in_tenant(&mut tx, group.tenant_id, parent).await?;
         }
@@ -530,7 +530,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn get_group(&self, tenant: TenantId, id: GroupId) -> Result<Option<DeviceGroup>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 group_cols!(),
@@ -550,14 +550,14 @@ impl AccessStore for SqliteMetadataStore {
             " FROM device_groups WHERE tenant_id = ? ORDER BY name, id"
         ))
         .bind(tenant.to_string())
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_all(&rows, group_from_row)
     }
 
     async fn update_group(&self, group: &DeviceGroup) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         group_in_tenant(&mut tx, group.tenant_id, group.id).await?;
         if let Some(parent) = group.parent_id {
             if parent == group.id {
@@ -600,7 +600,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn delete_group(&self, tenant: TenantId, id: GroupId) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         group_in_tenant(&mut tx, tenant, id).await?;
         let children = count(
             &mut tx,
@@ -630,7 +630,7 @@ impl AccessStore for SqliteMetadataStore {
         group: GroupId,
         device: DeviceId,
     ) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         group_in_tenant(&mut tx, tenant, group).await?;
         if !exists_in(
             &mut tx,
@@ -660,7 +660,7 @@ impl AccessStore for SqliteMetadataStore {
         group: GroupId,
         device: DeviceId,
     ) -> Result<bool> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         group_in_tenant(&mut tx, tenant, group).await?;
         let done = sqlx::query("DELETE FROM group_devices WHERE group_id = ? AND device_id = ?")
             .bind(group.to_string())
@@ -693,7 +693,7 @@ impl AccessStore for SqliteMetadataStore {
         .bind(group.to_string())
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -702,7 +702,7 @@ impl AccessStore for SqliteMetadataStore {
         )
         .bind(tenant.to_string())
         .bind(group.to_string())
-        .fetch_one(&self.pools.reader)
+        .fetch_one(&self.db.pools.reader)
         .await
         .map_err(db)?;
         Ok(Paged {
@@ -727,14 +727,14 @@ impl AccessStore for SqliteMetadataStore {
         .bind(&profile.provision_secret_hash)
         .bind(profile.created_at)
         .bind(profile.voucher_type.as_str())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "profile", profile_conflict(profile)))?;
         Ok(())
     }
 
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 profile_cols!(),
@@ -754,14 +754,14 @@ impl AccessStore for SqliteMetadataStore {
             " FROM device_profiles WHERE provision_secret_hash = ? ORDER BY created_at, id LIMIT 1"
         ))
         .bind(hash)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, profile_from_row)
     }
 
     async fn list_profiles(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceProfile>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 profile_cols!(),
@@ -790,7 +790,7 @@ impl AccessStore for SqliteMetadataStore {
         .bind(profile.voucher_type.as_str())
         .bind(profile.id.to_string())
         .bind(profile.tenant_id.to_string())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "profile", profile_conflict(profile)))?;
         if done.rows_affected() == 0 {
@@ -800,7 +800,7 @@ impl AccessStore for SqliteMetadataStore {
     }
 
     async fn delete_profile(&self, tenant: TenantId, id: ProfileId) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         if !exists_in(
             &mut tx,
             "SELECT 1 FROM device_profiles WHERE id = ? AND tenant_id = ?",
@@ -846,14 +846,14 @@ impl AccessStore for SqliteMetadataStore {
         .bind(&entry.resource_id)
         .bind(entry.detail.to_string())
         .bind(entry.at)
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "audit", |_| entry.id.to_string()))?;
         Ok(())
     }
 
     async fn list_audit(&self, tenant: TenantId, page: Page) -> Result<Paged<AuditEntry>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 audit_cols!(),

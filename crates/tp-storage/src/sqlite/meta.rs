@@ -13,8 +13,10 @@ use tp_core::{
 };
 use uuid::Uuid;
 
+use super::dialect::SqliteDialect;
 use super::error::{self, SqliteError, conflict, db};
 use super::{Pools, ROWS_PER_INSERT, like_escape, migrator, to_i64, value};
+use crate::sql::SqlStore;
 
 /// [`MetadataStore`] on SQLite.
 ///
@@ -26,12 +28,9 @@ use super::{Pools, ROWS_PER_INSERT, like_escape, migrator, to_i64, value};
 /// The same store is the SQLite [`tp_core::AccessStore`] (custom roles, API keys,
 /// device groups, profiles, audit log) on the same database and pools; see
 /// [`crate::open_access`] for both handles from one URL.
-#[derive(Debug)]
-pub struct SqliteMetadataStore {
-    pub(super) pools: Pools,
-}
+pub type SqliteMetadataStore = SqlStore<SqliteDialect>;
 
-impl SqliteMetadataStore {
+impl SqlStore<SqliteDialect> {
     /// Opens (creating if missing, with parent directories) the database file at
     /// `path` and applies pending migrations.
     ///
@@ -39,9 +38,9 @@ impl SqliteMetadataStore {
     /// [`Error::Backend`] when the file cannot be created or opened or a migration fails.
     pub async fn open(path: &Path) -> Result<Self> {
         let m = migrator(sqlx::migrate!("./migrations/sqlite_meta"));
-        Ok(Self {
+        Ok(Self::with_dialect(SqliteDialect {
             pools: Pools::open_file(path, &m).await?,
-        })
+        }))
     }
 
     /// A private in-memory database, dropped with the store (tests, demos).
@@ -50,9 +49,9 @@ impl SqliteMetadataStore {
     /// [`Error::Backend`] when SQLite cannot be initialised.
     pub async fn in_memory() -> Result<Self> {
         let m = migrator(sqlx::migrate!("./migrations/sqlite_meta"));
-        Ok(Self {
+        Ok(Self::with_dialect(SqliteDialect {
             pools: Pools::open_memory(&m).await?,
-        })
+        }))
     }
 }
 
@@ -228,7 +227,7 @@ pub(super) fn paging(page: Page) -> (i64, i64) {
 
 impl SqliteMetadataStore {
     /// The row `select` finds by id and tenant (its two parameters, in that order).
-    pub(super) async fn get_scoped<T>(
+    pub(super) async fn old_get_scoped<T>(
         &self,
         select: &'static str,
         id: String,
@@ -238,7 +237,7 @@ impl SqliteMetadataStore {
         let row = sqlx::query(select)
             .bind(id)
             .bind(tenant.to_string())
-            .fetch_optional(&self.pools.reader)
+            .fetch_optional(&self.db.pools.reader)
             .await
             .map_err(db)?;
         decode_opt(row, decode)
@@ -246,7 +245,7 @@ impl SqliteMetadataStore {
 
     /// A page of a tenant's rows: `select` takes (tenant, limit, offset), `count`
     /// takes (tenant).
-    pub(super) async fn page_scoped<T>(
+    pub(super) async fn old_page_scoped<T>(
         &self,
         select: &'static str,
         count: &'static str,
@@ -259,12 +258,12 @@ impl SqliteMetadataStore {
             .bind(tenant.to_string())
             .bind(limit)
             .bind(offset)
-            .fetch_all(&self.pools.reader)
+            .fetch_all(&self.db.pools.reader)
             .await
             .map_err(db)?;
         let total: i64 = sqlx::query_scalar(count)
             .bind(tenant.to_string())
-            .fetch_one(&self.pools.reader)
+            .fetch_one(&self.db.pools.reader)
             .await
             .map_err(db)?;
         Ok(Paged {
@@ -281,7 +280,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn healthcheck(&self) -> Result<()> {
-        self.pools.healthcheck().await
+        self.db.pools.healthcheck().await
     }
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()> {
@@ -289,7 +288,7 @@ impl MetadataStore for SqliteMetadataStore {
             .bind(tenant.id.to_string())
             .bind(&tenant.name)
             .bind(tenant.created_at)
-            .execute(&self.pools.writer)
+            .execute(&self.db.pools.writer)
             .await
             .map_err(|e| conflict(e, "tenant", |_| tenant.id.to_string()))?;
         Ok(())
@@ -298,7 +297,7 @@ impl MetadataStore for SqliteMetadataStore {
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&self.pools.reader)
+            .fetch_optional(&self.db.pools.reader)
             .await
             .map_err(db)?;
         decode_opt(row, tenant_from_row)
@@ -311,11 +310,11 @@ impl MetadataStore for SqliteMetadataStore {
         )
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
-            .fetch_one(&self.pools.reader)
+            .fetch_one(&self.db.pools.reader)
             .await
             .map_err(db)?;
         Ok(Paged {
@@ -338,7 +337,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .bind(user.created_at)
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| {
             conflict(e, "user", |msg| {
@@ -355,7 +354,7 @@ impl MetadataStore for SqliteMetadataStore {
     async fn get_user(&self, id: UserId) -> Result<Option<User>> {
         let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = ?"))
             .bind(id.to_string())
-            .fetch_optional(&self.pools.reader)
+            .fetch_optional(&self.db.pools.reader)
             .await
             .map_err(db)?;
         decode_opt(row, user_from_row)
@@ -368,7 +367,7 @@ impl MetadataStore for SqliteMetadataStore {
             " FROM users WHERE email = ?"
         ))
         .bind(email.to_lowercase())
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, user_from_row)
@@ -381,7 +380,7 @@ impl MetadataStore for SqliteMetadataStore {
                 .bind(&user.password_hash)
                 .bind(user.role.as_str())
                 .bind(user.id.to_string())
-                .execute(&self.pools.writer)
+                .execute(&self.db.pools.writer)
                 .await
                 .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -394,7 +393,7 @@ impl MetadataStore for SqliteMetadataStore {
         let done = sqlx::query("DELETE FROM users WHERE id = ? AND tenant_id = ?")
             .bind(id.to_string())
             .bind(tenant.to_string())
-            .execute(&self.pools.writer)
+            .execute(&self.db.pools.writer)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -404,7 +403,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn list_users(&self, tenant: TenantId, page: Page) -> Result<Paged<User>> {
-        self.page_scoped(
+        self.old_page_scoped(
             concat!(
                 "SELECT ",
                 user_cols!(),
@@ -420,7 +419,7 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn count_users(&self) -> Result<u64> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pools.reader)
+            .fetch_one(&self.db.pools.reader)
             .await
             .map_err(db)?;
         Ok(total.unsigned_abs())
@@ -448,14 +447,14 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(device.created_at)
         .bind(device.updated_at)
         .bind(device.credentials.voucher_type.as_str())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
         Ok(())
     }
 
     async fn get_device(&self, tenant: TenantId, id: DeviceId) -> Result<Option<Device>> {
-        self.get_scoped(
+        self.old_get_scoped(
             concat!(
                 "SELECT ",
                 device_cols!(),
@@ -475,7 +474,7 @@ impl MetadataStore for SqliteMetadataStore {
             " FROM devices WHERE id = ?"
         ))
         .bind(id.to_string())
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -488,7 +487,7 @@ impl MetadataStore for SqliteMetadataStore {
             " FROM devices WHERE username = ?"
         ))
         .bind(username)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -501,7 +500,7 @@ impl MetadataStore for SqliteMetadataStore {
             " FROM devices WHERE device_number = ?"
         ))
         .bind(device_number)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -515,7 +514,7 @@ impl MetadataStore for SqliteMetadataStore {
         ))
         .bind(parent.to_string())
         .bind(addr)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, device_from_row)
@@ -528,7 +527,7 @@ impl MetadataStore for SqliteMetadataStore {
             " FROM devices WHERE parent_id = ? ORDER BY created_at, id"
         ))
         .bind(parent.to_string())
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_all(&rows, device_from_row)
@@ -556,7 +555,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(filter.online)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -570,7 +569,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(&pattern)
         .bind(filter.online)
         .bind(filter.online)
-        .fetch_one(&self.pools.reader)
+        .fetch_one(&self.db.pools.reader)
         .await
         .map_err(db)?;
         Ok(Paged {
@@ -598,7 +597,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(device.credentials.voucher_type.as_str())
         .bind(device.id.to_string())
         .bind(device.tenant_id.to_string())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "device", device_conflict(device)))?;
         if done.rows_affected() == 0 {
@@ -608,7 +607,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         let done = sqlx::query("DELETE FROM devices WHERE id = ? AND tenant_id = ?")
             .bind(id.to_string())
             .bind(tenant.to_string())
@@ -636,7 +635,7 @@ impl MetadataStore for SqliteMetadataStore {
             .bind(online)
             .bind(at)
             .bind(id.to_string())
-            .execute(&self.pools.writer)
+            .execute(&self.db.pools.writer)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -650,7 +649,7 @@ impl MetadataStore for SqliteMetadataStore {
             return Ok(());
         }
         // One transaction for the batch; the statement is prepared once.
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         for (id, at) in seen {
             sqlx::query(
                 "UPDATE devices SET last_seen = ? WHERE id = ? \
@@ -667,7 +666,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn append_status(&self, event: &DeviceStatusEvent) -> Result<()> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         if !append_status_in(&mut tx, event).await? {
             return Err(Error::not_found("device", event.device_id));
         }
@@ -676,7 +675,7 @@ impl MetadataStore for SqliteMetadataStore {
 
     /// One write transaction for the whole batch: SQLite's cost is the commit.
     async fn append_statuses(&self, events: &[DeviceStatusEvent]) -> Result<usize> {
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         let mut recorded = 0;
         for event in events {
             recorded += usize::from(append_status_in(&mut tx, event).await?);
@@ -705,7 +704,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(end)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -716,7 +715,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(device.to_string())
         .bind(start)
         .bind(end)
-        .fetch_one(&self.pools.reader)
+        .fetch_one(&self.db.pools.reader)
         .await
         .map_err(db)?;
         Ok(Paged {
@@ -730,7 +729,7 @@ impl MetadataStore for SqliteMetadataStore {
             return Ok(());
         }
         let device = device.to_string();
-        let mut tx = self.pools.begin_write().await?;
+        let mut tx = self.db.pools.begin_write().await?;
         for chunk in attrs.chunks(ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO attributes (device_id, key, ts, vtype, v_int, v_real, v_text) ",
@@ -776,7 +775,11 @@ impl MetadataStore for SqliteMetadataStore {
             list.push_unseparated(")");
         }
         qb.push(" ORDER BY key");
-        let rows = qb.build().fetch_all(&self.pools.reader).await.map_err(db)?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.db.pools.reader)
+            .await
+            .map_err(db)?;
         decode_all(&rows, attribute_from_row)
     }
 
@@ -799,7 +802,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(command.expires_at)
         .bind(command.published.as_ref().map(|p| p.topic.as_str()))
         .bind(command.published.as_ref().map(|p| p.payload.to_string()))
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(|e| conflict(e, "command", |_| command.id.to_string()))?;
         Ok(())
@@ -816,7 +819,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(command.published.as_ref().map(|p| p.topic.as_str()))
         .bind(command.published.as_ref().map(|p| p.payload.to_string()))
         .bind(command.id.to_string())
-        .execute(&self.pools.writer)
+        .execute(&self.db.pools.writer)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -838,7 +841,7 @@ impl MetadataStore for SqliteMetadataStore {
         ))
         .bind(device.to_string())
         .bind(message_id)
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, command_from_row)
@@ -857,7 +860,7 @@ impl MetadataStore for SqliteMetadataStore {
         ))
         .bind(topic)
         .bind(tenant.to_string())
-        .fetch_optional(&self.pools.reader)
+        .fetch_optional(&self.db.pools.reader)
         .await
         .map_err(db)?;
         decode_opt(row, command_from_row)
@@ -880,7 +883,7 @@ impl MetadataStore for SqliteMetadataStore {
         .bind(device.to_string())
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pools.reader)
+        .fetch_all(&self.db.pools.reader)
         .await
         .map_err(db)?;
         let total: i64 = sqlx::query_scalar(
@@ -888,7 +891,7 @@ impl MetadataStore for SqliteMetadataStore {
         )
         .bind(tenant.to_string())
         .bind(device.to_string())
-        .fetch_one(&self.pools.reader)
+        .fetch_one(&self.db.pools.reader)
         .await
         .map_err(db)?;
         Ok(Paged {

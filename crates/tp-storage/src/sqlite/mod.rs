@@ -15,9 +15,9 @@
 //! the life of the store and serves reads and writes through one connection.
 
 mod access;
+mod dialect;
 mod error;
 mod meta;
-mod rules;
 mod timeseries;
 mod value;
 
@@ -33,6 +33,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::Mutex;
 
+pub use dialect::SqliteDialect;
 pub use meta::SqliteMetadataStore;
 pub use timeseries::SqliteTimeSeriesStore;
 
