@@ -25,7 +25,6 @@
 //! parameters (`sslmode`, `application_name`, ...) go to sqlx unchanged.
 //! Both stores may share one schema: their migrations use disjoint version ranges.
 
-mod access;
 mod dialect;
 mod error;
 mod meta;

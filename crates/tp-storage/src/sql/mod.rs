@@ -17,8 +17,8 @@
 //! them from a trait, so the generic code would be mostly bounds. The [`Arg`] enum
 //! costs one small allocation per statement, which a metadata write does not notice.
 
-// mod access;
-// mod meta;
+mod access;
+mod meta;
 mod rules;
 
 use std::borrow::Cow;
@@ -274,10 +274,11 @@ impl UniqueViolation {
                 .detail
                 .split([':', ','])
                 .any(|part| part.trim() == format!("{table}.{column}")),
-            DialectKind::Postgres => self
-                .detail
-                .strip_prefix(table)
-                .is_some_and(|rest| format!("{rest}_").contains(&format!("_{column}_"))),
+            // `<table>_pkey` is the `id` key of every table with one.
+            DialectKind::Postgres => self.detail.strip_prefix(table).is_some_and(|rest| {
+                (rest == "_pkey" && column == "id")
+                    || format!("{rest}_").contains(&format!("_{column}_"))
+            }),
         }
     }
 }
@@ -584,6 +585,8 @@ mod tests {
         assert!(!sqlite.names("rules", "id") && !sqlite.names("scenes", "name"));
         let pg = UniqueViolation::new(DialectKind::Postgres, "rules_tenant_name_key");
         assert!(pg.names("rules", "name") && !pg.names("rules", "id"));
+        let pg = UniqueViolation::new(DialectKind::Postgres, "rules_pkey");
+        assert!(pg.names("rules", "id") && !pg.names("rules", "name"));
         let pg = UniqueViolation::new(DialectKind::Postgres, "devices_username_key");
         assert!(pg.names("devices", "username") && !pg.names("devices", "name"));
         let pg = UniqueViolation::new(DialectKind::Postgres, "devices_device_number_key");

@@ -14,7 +14,6 @@
 //! disjoint version ranges. `in_memory()` keeps a private in-memory database alive for
 //! the life of the store and serves reads and writes through one connection.
 
-mod access;
 mod dialect;
 mod error;
 mod meta;
