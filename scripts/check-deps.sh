@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Guards the crate layout (no build needed, `cargo tree` only): the broker and the
-# storage crates both sit on tp-core and not on each other, tp-storage without its
+# Guards the crate layout (no build needed, `cargo tree` only): storage, broker, rules
+# and the REST API sit side by side on tp-core, none on another; tp-storage without its
 # default features has no Redis, TDengine or PostgreSQL driver, and the
 # "MQTT into PostgreSQL" template pulls no REST API, mail, Redis or TDengine.
 set -euo pipefail
@@ -18,13 +18,14 @@ forbid() { # forbid <what> <regex> <cargo tree args...>
     fail=1
   fi
 }
-forbid "tp-broker" '^tp-(storage|rules|api) ' -p tp-broker
+forbid "tp-broker" '^tp-(storage|rules|api|node) ' -p tp-broker
+forbid "tp-storage" '^tp-(broker|rules|api|node) ' -p tp-storage --all-features
 forbid "tp-storage (no default features)" '^(redis|taos|sqlx-postgres|sqlx-sqlite|tp-broker) ' \
   -p tp-storage --no-default-features
-forbid "tp-core" '^tp-(storage|broker|rules|api) ' -p tp-core
+forbid "tp-core" '^tp-(storage|broker|rules|api|node) ' -p tp-core
 forbid "tp-rules" '^(tp-(storage|broker|api|node)|axum|rumqttd|sqlx) ' -p tp-rules
 forbid "tp-rules (no default features)" '^(lettre|reqwest) ' -p tp-rules --no-default-features
-forbid "tp-api" '^(tp-(storage|broker|node)|rumqttd|sqlx|redis|taos|lettre|reqwest) ' -p tp-api
+forbid "tp-api" '^(tp-(storage|broker|rules|node)|rumqttd|sqlx|redis|taos|lettre|reqwest) ' -p tp-api
 # axum 0.7 is rumqttd's own unconditional dependency (its console); ours is 0.8.
 forbid "examples/mqtt-to-postgres" '^(axum v0\.8|utoipa|lettre|taos|redis|tp-api|jsonwebtoken) ' \
   -p tp-example-mqtt-to-postgres

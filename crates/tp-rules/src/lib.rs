@@ -14,7 +14,6 @@
 //! - A second task acts on transitions in order: actions ([`actions`]) and state
 //!   persistence (`RuleStore::put_rule_state` on transitions, not per message;
 //!   reloaded at start, so windows and firing state survive restarts).
-//! - [`validate`]: the checks a rule or scene passes before it is stored.
 //! - `notify` (feature `notify`, on by default): delivery of notify actions (signed
 //!   webhooks, SMTP email) with retries, recorded in the notification history.
 //!
@@ -52,7 +51,6 @@
 mod actions;
 #[cfg(feature = "notify")]
 pub mod notify;
-pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,5 @@
 //! `/api/v1/rules` (rule:read to read, rule:write to change); trigger groups and
-//! actions are checked by [`tp_rules::validate`] (shared with scenes).
+//! actions are checked by [`tp_core::rules::validate`] (shared with scenes).
 //!
 //! Rules are checked before they are stored, so the engine never loads one it cannot
 //! evaluate: every field error is a 400 naming the field by its JSON path (e.g.
@@ -22,8 +22,8 @@ use crate::auth::Caller;
 use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
-pub(crate) use tp_rules::validate::validate_actions;
-use tp_rules::validate::validate_trigger_groups;
+pub(crate) use tp_core::rules::validate::validate_actions;
+use tp_core::rules::validate::validate_trigger_groups;
 
 /// The rule store, or 503 when the node runs without one.
 pub(crate) fn rule_store(state: &AppState) -> ApiResult<&RuleStoreRef> {

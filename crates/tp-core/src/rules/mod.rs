@@ -9,13 +9,16 @@
 //!   rule engine without waiting for it.
 //! - [`eval`]: pure rule evaluation (index, operators, per-device state, durations,
 //!   schedules); [`schedule`]: next fire times and time ranges; [`alarm`]: the alarm
-//!   lifecycle as a state machine. The runtime that drives them lives in `tp-api`.
+//!   lifecycle as a state machine; [`validate`]: the checks a rule or scene passes
+//!   before it is stored (shared by the REST API and anything else that writes rules).
+//!   The runtime that drives them lives in `tp-rules`.
 
 pub mod alarm;
 pub mod eval;
 pub mod model;
 pub mod schedule;
 pub mod store;
+pub mod validate;
 
 use std::sync::Arc;
 

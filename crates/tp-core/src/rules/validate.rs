@@ -3,12 +3,12 @@
 //! by its JSON path (e.g. `trigger_groups[0].conditions[1].value`), and the ids of
 //! devices, profiles, channels and scenes must exist in the tenant.
 
-use tp_core::rules::schedule::CompiledSchedule;
-use tp_core::rules::{
+use crate::rules::schedule::CompiledSchedule;
+use crate::rules::{
     Action, ActionTarget, Condition, DataKind, DeviceSource, Operator, RuleStore, SceneId,
     TriggerGroup,
 };
-use tp_core::{AccessStore, DeviceId, Error, MetadataStore, ProfileId, Result, TenantId, now_ms};
+use crate::{AccessStore, DeviceId, Error, MetadataStore, ProfileId, Result, TenantId, now_ms};
 
 fn is_number(v: &serde_json::Value) -> bool {
     v.is_number()
