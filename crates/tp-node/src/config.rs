@@ -230,10 +230,21 @@ pub struct AuthSettings {
     pub token_ttl_secs: u64,
     /// Lifetime of a refresh token (seconds).
     pub refresh_ttl_secs: u64,
-    /// Failed sign-ins of one email before it is locked.
+    /// Failed sign-ins of one email from one address before that address is locked
+    /// out of it (other addresses still sign in).
     pub max_failed_logins: u32,
-    /// How long a locked email stays locked (seconds).
+    /// How long an (email, address) lock lasts (seconds); also the counting window.
     pub lockout_secs: u64,
+    /// Failed sign-ins of one email from all addresses after which every further
+    /// attempt waits 1 s, 2 s, 4 s .. up to `backoff_max_secs`.
+    pub global_failed_logins: u32,
+    /// Longest wait between attempts on an email under attack (seconds).
+    pub backoff_max_secs: u64,
+    /// Password hashes computed at once (argon2, 19 MiB each); more sign-ins at the
+    /// same moment are answered 503. Default: one per CPU.
+    pub max_concurrent_hashes: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// First admin's email, used on first start only (`TP_ADMIN_EMAIL`).
     pub admin_email: Option<String>,
     /// First admin's password, used on first start only (`TP_ADMIN_PASSWORD`); generated
@@ -249,6 +260,10 @@ impl Default for AuthSettings {
             refresh_ttl_secs: tp_api::auth::DEFAULT_REFRESH_TTL_SECS,
             max_failed_logins: tp_api::auth::DEFAULT_MAX_FAILED_LOGINS,
             lockout_secs: tp_api::auth::DEFAULT_LOCKOUT_SECS,
+            global_failed_logins: tp_api::auth::DEFAULT_GLOBAL_FAILED_LOGINS,
+            backoff_max_secs: tp_api::auth::DEFAULT_BACKOFF_MAX_SECS,
+            max_concurrent_hashes: tp_api::auth::AuthConfig::default().max_concurrent_hashes,
+            trusted_proxies: Vec::new(),
             admin_email: None,
             admin_password: None,
         }
@@ -264,6 +279,10 @@ impl AuthSettings {
             refresh_ttl_secs: self.refresh_ttl_secs,
             max_failed_logins: self.max_failed_logins,
             lockout_secs: self.lockout_secs,
+            global_failed_logins: self.global_failed_logins,
+            backoff_max_secs: self.backoff_max_secs,
+            max_concurrent_hashes: self.max_concurrent_hashes,
+            trusted_proxies: self.trusted_proxies.clone(),
             ..tp_api::auth::AuthConfig::default()
         }
     }
@@ -281,6 +300,10 @@ impl std::fmt::Debug for AuthSettings {
             .field("refresh_ttl_secs", &self.refresh_ttl_secs)
             .field("max_failed_logins", &self.max_failed_logins)
             .field("lockout_secs", &self.lockout_secs)
+            .field("global_failed_logins", &self.global_failed_logins)
+            .field("backoff_max_secs", &self.backoff_max_secs)
+            .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("admin_email", &self.admin_email)
             .field(
                 "admin_password",
@@ -364,6 +387,15 @@ impl PlatformConfig {
         }
         if self.auth.lockout_secs == 0 {
             return bad("auth.lockout_secs", "must be at least 1");
+        }
+        if self.auth.global_failed_logins == 0 {
+            return bad("auth.global_failed_logins", "must be at least 1");
+        }
+        if self.auth.backoff_max_secs == 0 {
+            return bad("auth.backoff_max_secs", "must be at least 1");
+        }
+        if self.auth.max_concurrent_hashes == 0 {
+            return bad("auth.max_concurrent_hashes", "must be at least 1");
         }
         if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 32) {
             return bad("auth.jwt_secret", "must be at least 32 characters");

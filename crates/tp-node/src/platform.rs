@@ -3,9 +3,12 @@
 //! `main` with [`Platform::start`].
 
 use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tp_broker::tls::HttpsPeer;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
@@ -593,8 +596,29 @@ fn serve(
     let server = tokio::spawn(async move {
         let stopped = async move { stop.cancelled().await };
         let served = match listener {
-            HttpListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
-            HttpListener::Https(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+            // The peer address reaches handlers (sign-in throttling is per address).
+            HttpListener::Plain(l) => {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(l, app).with_graceful_shutdown(stopped).await
+            }
+            HttpListener::Https(l) => {
+                // Handlers look for `ConnectInfo<SocketAddr>`, as over plain TCP.
+                let app = app
+                    .layer(axum::middleware::map_request(
+                        |mut req: axum::extract::Request| async move {
+                            let peer = req
+                                .extensions()
+                                .get::<ConnectInfo<HttpsPeer>>()
+                                .map(|c| c.0.0);
+                            if let Some(peer) = peer {
+                                req.extensions_mut().insert(ConnectInfo(peer));
+                            }
+                            req
+                        },
+                    ))
+                    .into_make_service_with_connect_info::<HttpsPeer>();
+                axum::serve(l, app).with_graceful_shutdown(stopped).await
+            }
         };
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server stopped");

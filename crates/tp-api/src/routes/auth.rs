@@ -9,9 +9,9 @@ use uuid::Uuid;
 use super::extract::Json;
 use super::support::audit;
 use crate::auth::{
-    Caller, Principal, TokenPair, check_lock, clear_failures, end_session, hash_password,
-    normalize_email, record_failure, refresh_session, revoke_user_sessions, start_session,
-    validate_password, verify_password,
+    Caller, ClientAddr, Principal, TokenPair, check_lock, clear_failures, end_session,
+    hash_password, normalize_email, record_failure, refresh_session, revoke_user_sessions,
+    start_session, validate_password, verify_password,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
@@ -66,7 +66,10 @@ pub(crate) struct MeResponse {
 const BAD_LOGIN: &str = "invalid email or password";
 
 /// Exchanges email and password for an access token and a refresh token. After
-/// repeated failures the email is locked for a while (429), whether or not it exists.
+/// repeated failures from one address that address is locked out of the email for a
+/// while (429); after failures from many addresses every attempt on the email waits a
+/// growing delay (429 with the seconds to wait). Unknown emails are treated alike. When
+/// too many passwords are being checked at once the sign-in is refused with 503.
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -76,30 +79,34 @@ const BAD_LOGIN: &str = "invalid email or password";
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
-        (status = 429, description = "Too many failed sign-ins; locked for a while", body = ErrorBody),
+        (status = 429, description = "Too many failed sign-ins from this address, or the account is in backoff", body = ErrorBody),
+        (status = 503, description = "Too many sign-ins at once; retry", body = ErrorBody),
     ),
     security(())
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
+    from: ClientAddr,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<axum::Json<TokenPair>> {
     let email = normalize_email(&req.email);
-    check_lock(&state, &email).await?;
+    check_lock(&state, &email, from).await?;
     if req.password.len() > crate::auth::MAX_PASSWORD_LEN {
         return Err(ApiError::unauthenticated(BAD_LOGIN));
     }
+    let permit = state.auth.hash_permit()?;
     let user = state.metadata.get_user_by_email(&email).await?;
     // Unknown users cost one hash verification too, and get the same answer.
     let ok = verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    drop(permit);
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            record_failure(&state, &email).await?;
+            record_failure(&state, &email, from).await?;
             return Err(ApiError::unauthenticated(BAD_LOGIN));
         }
     };
-    clear_failures(&state, &email).await?;
+    clear_failures(&state, &email, from).await?;
     Ok(axum::Json(start_session(&state, &user).await?))
 }
 
@@ -156,12 +163,14 @@ pub(crate) async fn logout(caller: Caller, State(state): State<AppState>) -> Api
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Wrong current password, or an API key", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "Too many passwords checked at once; retry", body = ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
 pub(crate) async fn change_password(
     caller: Caller,
     State(state): State<AppState>,
+    from: ClientAddr,
     Json(req): Json<PasswordRequest>,
 ) -> ApiResult<axum::Json<TokenPair>> {
     let (user_id, _) = caller.require_user()?;
@@ -171,14 +180,17 @@ pub(crate) async fn change_password(
         .get_user(user_id)
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the token's user no longer exists"))?;
-    check_lock(&state, &user.email).await?;
+    check_lock(&state, &user.email, from).await?;
+    let permit = state.auth.hash_permit()?;
     if req.current_password.len() > crate::auth::MAX_PASSWORD_LEN
         || !verify_password(req.current_password, Some(user.password_hash.clone())).await?
     {
-        record_failure(&state, &user.email).await?;
+        drop(permit);
+        record_failure(&state, &user.email, from).await?;
         return Err(ApiError::forbidden("the current password is wrong"));
     }
     user.password_hash = hash_password(req.new_password).await?;
+    drop(permit);
     state.metadata.update_user(&user).await?;
     revoke_user_sessions(&state, user.id).await?;
     audit(

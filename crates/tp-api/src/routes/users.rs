@@ -195,12 +195,15 @@ async fn insert_user(
     let email = valid_email(email)?;
     let name = valid_name("name", name)?;
     validate_password("password", &password)?;
+    let permit = state.auth.hash_permit()?;
+    let password_hash = hash_password(password).await?;
+    drop(permit);
     let user = User {
         id: UserId::new(),
         tenant_id: tenant,
         email,
         name,
-        password_hash: hash_password(password).await?,
+        password_hash,
         role,
         created_at: now_ms(),
     };
@@ -396,6 +399,7 @@ pub(crate) async fn update_user(
     user.role = new_role;
     let password_changed = req.password.is_some();
     if let Some(p) = req.password {
+        let _permit = state.auth.hash_permit()?;
         user.password_hash = hash_password(p).await?;
     }
     state.metadata.update_user(&user).await?;

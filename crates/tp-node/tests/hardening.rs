@@ -1,0 +1,176 @@
+//! Hostile clients against a whole node over real sockets: password guessing from one
+//! or many addresses, and a flood of anonymous sign-ins.
+//!
+//! Several source addresses come from binding the client to other loopback addresses
+//! (127.0.0.2 ..): Linux routes all of 127/8 to the loopback interface.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::*;
+use serde_json::json;
+use tp_core::testing::eventually;
+
+/// A client whose connections come from `127.0.0.<last>`.
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(http: &reqwest::Client, base: &str, email: &str, password: &str) -> (u16, String) {
+    let res = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap_or_default())
+}
+
+async fn start(
+    customize: impl FnOnce(&mut PlatformConfig),
+) -> (Platform, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    customize(&mut config);
+    let platform = Platform::start(config).await.unwrap();
+    let base = format!("http://{}", platform.http_addr());
+    (platform, base, dir)
+}
+
+#[tokio::test]
+async fn the_admin_signs_in_while_another_address_guesses_its_password() {
+    let (_node, base, _dir) = start(|_| {}).await;
+    let guesser = client_from(2);
+    for _ in 0..5 {
+        let (status, body) = sign_in(&guesser, &base, ADMIN, "not the password").await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // The guessing address is locked out of the account ...
+    let (status, body) = sign_in(&guesser, &base, ADMIN, PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("from this address"), "{body}");
+    // ... the admin, from its own address, is not.
+    let (status, body) = sign_in(&client_from(1), &base, ADMIN, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn guesses_from_many_addresses_slow_the_account_down_without_locking_it() {
+    let (_node, base, _dir) = start(|c| {
+        c.auth.global_failed_logins = 3;
+        c.auth.backoff_max_secs = 2;
+    })
+    .await;
+    for last in 2..5 {
+        let (status, body) = sign_in(&client_from(last), &base, ADMIN, "guess").await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // Every address now waits before its next attempt, the admin's too ...
+    let admin = client_from(1);
+    let (status, body) = sign_in(&admin, &base, ADMIN, PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("slowed down"), "{body}");
+    // ... but only for a moment: the admin gets in once the wait is over.
+    eventually("the admin signs in after the backoff", || {
+        let (admin, base) = (admin.clone(), base.clone());
+        async move { sign_in(&admin, &base, ADMIN, PASSWORD).await.0 == 200 }
+    })
+    .await;
+}
+
+/// Peak resident set of process `pid` so far: `VmHWM` of `/proc/<pid>/status`.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Not a test: the node of [`a_flood_of_anonymous_sign_ins_is_refused_not_queued`],
+/// run in a process of its own (this test binary, re-run with `--ignored --exact`) so
+/// that its memory is measured without the client's. Prints the HTTP address, then
+/// serves until its stdin closes.
+#[tokio::test]
+#[ignore = "started by a_flood_of_anonymous_sign_ins_is_refused_not_queued"]
+async fn node_process() {
+    use tokio::io::AsyncReadExt;
+    let (_node, base, _dir) = start(|_| {}).await;
+    println!("NODE {base}");
+    let mut rest = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_anonymous_sign_ins_is_refused_not_queued() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "node_process", "--nocapture"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the node process ended");
+        if let Some(base) = line.strip_prefix("NODE ") {
+            break base.to_owned();
+        }
+    };
+    eprintln!("before the flood: node peak RSS {} MiB", peak_rss_mib(pid));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let flood: Vec<_> = (0..2000)
+        .map(|i| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                sign_in(&http, &base, &format!("nobody{i}@example.com"), "guess")
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    // The API keeps answering other requests meanwhile.
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(health, StatusCode::OK);
+    let mut refused = 0;
+    for task in flood {
+        let status = task.await.unwrap();
+        assert!(matches!(status, 401 | 503), "status {status}");
+        refused += usize::from(status == 503);
+    }
+    let peak = peak_rss_mib(pid);
+    eprintln!(
+        "2000 parallel anonymous sign-ins: {refused} refused with 503, node peak RSS {peak} MiB"
+    );
+    assert!(
+        refused > 0,
+        "no sign-in was refused for lack of a hashing slot"
+    );
+    assert!(peak < 300, "the node's resident set reached {peak} MiB");
+    // And the admin still signs in afterwards.
+    let (status, body) = sign_in(&http, &base, ADMIN, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    drop(child.stdin.take());
+    child.wait().await.unwrap();
+}
