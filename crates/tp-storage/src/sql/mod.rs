@@ -18,7 +18,7 @@
 //! costs one small allocation per statement, which a metadata write does not notice.
 
 // mod access;
-// mod meta;
+mod meta;
 mod rules;
 
 use std::borrow::Cow;
