@@ -1,6 +1,5 @@
 //! Private error type of the PostgreSQL backends and its mapping to [`tp_core::Error`].
 
-use sqlx::error::ErrorKind;
 use tp_core::Error;
 
 /// Backend name used in errors and metrics.
@@ -73,25 +72,6 @@ impl From<PgError> for Error {
             Error::backend(BACKEND, e)
         }
     }
-}
-
-/// Maps a failed insert or update: a unique violation becomes
-/// [`Error::AlreadyExists`] for `entity`, with the conflicting value chosen by `pick`
-/// from the violated constraint's name.
-pub(crate) fn conflict(
-    e: sqlx::Error,
-    entity: &'static str,
-    pick: impl FnOnce(&str) -> String,
-) -> Error {
-    if let sqlx::Error::Database(db) = &e
-        && db.kind() == ErrorKind::UniqueViolation
-    {
-        return Error::AlreadyExists {
-            entity,
-            id: pick(db.constraint().unwrap_or_default()),
-        };
-    }
-    PgError::from(e).into()
 }
 
 /// Maps any sqlx error.

@@ -438,20 +438,6 @@ impl<D: Dialect> SqlStore<D> {
             .ok_or_else(|| Error::backend(D::backend(), "query returned no row"))
     }
 
-    /// The rows of a write with `RETURNING`, on the writer.
-    pub(crate) async fn write_returning<T>(
-        &self,
-        stmt: Stmt,
-        decode: impl Fn(&D::Row) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        let rows = self
-            .db
-            .fetch_all(On::Writer, stmt)
-            .await
-            .map_err(D::error)?;
-        rows.iter().map(decode).collect()
-    }
-
     /// Opens a write transaction; see [`Dialect::begin`].
     pub(crate) async fn begin(&self, lock: Option<(&'static str, TenantId)>) -> Result<Tx<'_, D>> {
         let tx = self.db.begin(lock).await.map_err(D::error)?;
@@ -482,19 +468,6 @@ impl<D: Dialect> Tx<'_, D> {
     ) -> Result<u64> {
         let r = self.db.execute(On::Tx(&mut self.tx), stmt).await;
         r.map_err(|e| conflict::<D>(e, entity, pick))
-    }
-
-    pub(crate) async fn all<T>(
-        &mut self,
-        stmt: Stmt,
-        decode: impl Fn(&D::Row) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        let rows = self
-            .db
-            .fetch_all(On::Tx(&mut self.tx), stmt)
-            .await
-            .map_err(D::error)?;
-        rows.iter().map(decode).collect()
     }
 
     pub(crate) async fn opt<T>(

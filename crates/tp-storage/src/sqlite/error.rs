@@ -1,6 +1,5 @@
 //! Private error type of the SQLite backends and its mapping to [`tp_core::Error`].
 
-use sqlx::error::ErrorKind;
 use tp_core::Error;
 
 /// Backend name used in errors and metrics.
@@ -59,25 +58,6 @@ impl From<SqliteError> for Error {
             other => Error::backend(BACKEND, other),
         }
     }
-}
-
-/// Maps a failed insert or update: a unique violation becomes
-/// [`Error::AlreadyExists`] for `entity`, with the conflicting value chosen by `pick`
-/// from the constraint message (`UNIQUE constraint failed: table.column`).
-pub(crate) fn conflict(
-    e: sqlx::Error,
-    entity: &'static str,
-    pick: impl FnOnce(&str) -> String,
-) -> Error {
-    if let sqlx::Error::Database(db) = &e
-        && db.kind() == ErrorKind::UniqueViolation
-    {
-        return Error::AlreadyExists {
-            entity,
-            id: pick(db.message()),
-        };
-    }
-    SqliteError::from(e).into()
 }
 
 /// Maps any sqlx error.

@@ -18,7 +18,6 @@ mod dialect;
 mod error;
 mod meta;
 mod timeseries;
-mod value;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -163,25 +162,12 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Escapes `\`, `%` and `_` for a `LIKE .. ESCAPE '\'` pattern.
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(like_escape(r"a%b_c\d"), r"a\%b\_c\\d");
+    fn counts_clamp_to_sql_integers() {
         assert_eq!(to_i64(u64::MAX), i64::MAX);
     }
 }
