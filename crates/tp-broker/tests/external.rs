@@ -75,11 +75,7 @@ impl Mosquitto {
     /// get to run on it.
     async fn try_start(binary: &Path) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = tp_core::testing::free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,

@@ -14,32 +14,27 @@ use tp_core::{Downlink, Order, TsQuery, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A self-signed certificate for 127.0.0.1 and localhost, written to `dir`; returns
-/// TLS settings with every listener on an ephemeral port and the certificate PEM for
+/// Every TLS listener on an ephemeral port with a fresh self-signed certificate for
+/// 127.0.0.1 and localhost written to `dir`; also returns the certificate PEM for
 /// clients to trust.
-fn self_signed(dir: &std::path::Path) -> (TlsSettings, String) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let cert_pem = certified.cert.pem();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, &cert_pem).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+fn tls_settings(dir: &std::path::Path) -> (TlsSettings, String) {
+    let cert = tp_core::testing::tls::self_signed(dir);
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let settings = TlsSettings {
         listen: Some(any),
         v5_listen: Some(any),
         wss_listen: Some(any),
-        cert_path,
-        key_path,
+        cert_path: cert.cert_path,
+        key_path: cert.key_path,
     };
-    (settings, cert_pem)
+    (settings, cert.cert_pem)
 }
 
 /// A broker with every TLS listener and no plain MQTT 5 or WebSocket listener (the
 /// TLS ones relay to loopback-only listeners).
 async fn start() -> (TestBroker, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let (settings, ca) = self_signed(dir.path());
+    let (settings, ca) = tls_settings(dir.path());
     let node = TestBroker::start(|c| c.tls = Some(settings)).await;
     assert_eq!(node.broker.v5_addr(), None);
     assert_eq!(node.broker.ws_addr(), None);
@@ -174,7 +169,7 @@ async fn untrusted_and_stalled_clients_do_not_get_in_or_block_others() {
 
     // a client that trusts another certificate does not complete the handshake
     let other_dir = tempfile::tempdir().unwrap();
-    let (_, other_ca) = self_signed(other_dir.path());
+    let (_, other_ca) = tls_settings(other_dir.path());
     assert!(
         MqttTestClient::connect_tls(addr, other_ca.as_bytes(), "c1", username, &password)
             .await
@@ -446,7 +441,7 @@ async fn mosquitto_clients_over_tls_publish_and_receive_downlink() {
 
     // mosquitto_pub that does not trust the certificate gets nowhere
     let other_dir = tempfile::tempdir().unwrap();
-    let (_, other_ca) = self_signed(other_dir.path());
+    let (_, other_ca) = tls_settings(other_dir.path());
     let other_cafile = other_dir.path().join("ca.pem");
     std::fs::write(&other_cafile, &other_ca).unwrap();
     let mut args = common(tls_v4, "mqttv311", "mosq_tls_untrusting");
@@ -490,9 +485,9 @@ async fn start_error(tls: TlsSettings) -> BrokerError {
 #[tokio::test]
 async fn bad_certificate_settings_are_startup_errors_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let (good, _) = self_signed(dir.path());
+    let (good, _) = tls_settings(dir.path());
     let other_dir = tempfile::tempdir().unwrap();
-    let (other, _) = self_signed(other_dir.path());
+    let (other, _) = tls_settings(other_dir.path());
     let missing = dir.path().join("missing.pem");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();

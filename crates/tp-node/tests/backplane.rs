@@ -8,94 +8,40 @@
 
 mod common;
 
+use common::cluster::{SharedStores, cluster_config};
 use common::*;
 use serde_json::json;
-
-const JWT_SECRET: &str = "backplane-test-secret-0123456789abcdef";
-
-/// A node with `roles` on the shared stores; `dir` keeps its data dir (WAL).
-fn cluster_config(
-    dir: &std::path::Path,
-    roles: &str,
-    node_id: &str,
-    pg_url: &str,
-    redis_url: &str,
-) -> PlatformConfig {
-    let overrides = [
-        ("data_dir", dir.display().to_string()),
-        ("http.listen", "127.0.0.1:0".to_owned()),
-        ("mqtt.listen", "127.0.0.1:0".to_owned()),
-        ("auth.admin_email", ADMIN.to_owned()),
-        ("auth.admin_password", PASSWORD.to_owned()),
-        // One signing secret, so a token from one node is valid on the other.
-        ("auth.jwt_secret", JWT_SECRET.to_owned()),
-        ("storage.metadata", pg_url.to_owned()),
-        ("storage.timeseries", pg_url.to_owned()),
-        ("storage.cache", redis_url.to_owned()),
-        ("node.roles", roles.to_owned()),
-        ("cluster.node_id", node_id.to_owned()),
-    ];
-    PlatformConfig::load(None, &overrides).unwrap()
-}
-
-async fn node(config: PlatformConfig, dir: tempfile::TempDir) -> Node {
-    let platform = Platform::start(config).await.unwrap();
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", platform.http_addr());
-    Node {
-        platform,
-        http,
-        base,
-        token: String::new(),
-        _dir: dir,
-    }
-}
 
 /// A broker-only node `a` and an API-only node `b` (logged in) on a schema and a
 /// Redis prefix of their own; `None` (skip) without the services.
 struct Pair {
     a: Node,
     b: Node,
-    pg: String,
-    schema: String,
+    stores: SharedStores,
 }
 
 impl Pair {
     async fn start() -> Option<Self> {
-        let pg = tp_core::testing::service_url("TP_TEST_POSTGRES_URL")?;
-        let redis = tp_core::testing::service_url("TP_TEST_REDIS_URL")?;
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-        let schema = format!("tp_bp_{run}");
-        let pg_url = format!("{pg}{}schema={schema}", sep(&pg));
-        let redis_url = format!("{redis}{}prefix=tp-bp-{run}:", sep(&redis));
+        let stores = SharedStores::new("bp")?;
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let broker_cfg = cluster_config(dir_a.path(), r#"["broker"]"#, "a", &pg_url, &redis_url);
-        let api_cfg = cluster_config(dir_b.path(), r#"["api"]"#, "b", &pg_url, &redis_url);
-        let a = node(broker_cfg, dir_a).await;
-        let mut b = node(api_cfg, dir_b).await;
-        b.token = login(&b.http, &b.base, ADMIN, PASSWORD).await;
-        Some(Self { a, b, pg, schema })
+        let broker_cfg = cluster_config(dir_a.path(), r#"["broker"]"#, "a", &stores);
+        let api_cfg = cluster_config(dir_b.path(), r#"["api"]"#, "b", &stores);
+        let a = Node::of(Platform::start(broker_cfg).await.unwrap(), dir_a);
+        let b = Node::signed_in(Platform::start(api_cfg).await.unwrap(), dir_b).await;
+        Some(Self { a, b, stores })
     }
 
     /// Shuts both nodes down and drops their schema.
     async fn stop(self) {
         self.a.platform.shutdown().await.unwrap();
         self.b.platform.shutdown().await.unwrap();
-        let store = tp_storage::postgres::PostgresMetadataStore::connect(&self.pg)
-            .await
-            .unwrap();
-        let drop = format!("DROP SCHEMA {} CASCADE", self.schema);
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(store.pool())
-            .await
-            .unwrap();
+        self.stores.drop_schema().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_and_invalidations_cross_nodes() {
-    let Some(Pair { a, b, pg, schema }) = Pair::start().await else {
+    let Some(Pair { a, b, stores }) = Pair::start().await else {
         return;
     };
 
@@ -203,15 +149,15 @@ async fn downlink_and_invalidations_cross_nodes() {
     .await;
     assert!(refused.is_err(), "a deleted device must be refused");
 
-    Pair { a, b, pg, schema }.stop().await;
+    Pair { a, b, stores }.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_deleting_or_rekeying_a_device_closes_its_connection_on_another_node() {
-    let Some(Pair { a, b, pg, schema }) = Pair::start().await else {
+    let Some(Pair { a, b, stores }) = Pair::start().await else {
         return;
     };
 
     revoking_closes_connections(&b, &a, "bp-revoked").await;
-    Pair { a, b, pg, schema }.stop().await;
+    Pair { a, b, stores }.stop().await;
 }

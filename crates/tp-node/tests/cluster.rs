@@ -25,37 +25,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::cluster::{SharedStores, cluster_config};
 use common::*;
 use serde_json::{Value, json};
+use tp_core::testing::free_port;
 
-const JWT_SECRET: &str = "cluster-test-secret-0123456789abcdef01";
 const DEVICES: usize = 10;
 /// Generous bound of every wait (a loaded CI machine).
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A node with `roles` on the shared stores; `dir` is its data dir (WAL).
-fn cluster_config(
-    dir: &std::path::Path,
-    roles: &str,
-    node_id: &str,
-    pg_url: &str,
-    redis_url: &str,
-) -> PlatformConfig {
-    let overrides = [
-        ("data_dir", dir.display().to_string()),
-        ("http.listen", "127.0.0.1:0".to_owned()),
-        ("mqtt.listen", "127.0.0.1:0".to_owned()),
-        ("auth.admin_email", ADMIN.to_owned()),
-        ("auth.admin_password", PASSWORD.to_owned()),
-        ("auth.jwt_secret", JWT_SECRET.to_owned()),
-        ("storage.metadata", pg_url.to_owned()),
-        ("storage.timeseries", pg_url.to_owned()),
-        ("storage.cache", redis_url.to_owned()),
-        ("node.roles", roles.to_owned()),
-        ("cluster.node_id", node_id.to_owned()),
-    ];
-    PlatformConfig::load(None, &overrides).unwrap()
-}
 
 /// A broker node on a Tokio runtime of its own, so that it can be killed like a
 /// process: dropping the runtime drops every task of the node where it stands (its
@@ -146,14 +123,6 @@ fn haproxy_binary() -> Option<String> {
 
 /// Sets of free ports tried before giving up on starting HAProxy.
 const START_ATTEMPTS: usize = 5;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 impl Haproxy {
     /// MQTT (TCP) round robin over `brokers` (MQTT address, HTTP address for the
@@ -411,10 +380,7 @@ async fn stored(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_message() {
-    let Some(pg) = tp_core::testing::service_url("TP_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
+    let Some(stores) = SharedStores::new("cl") else {
         return;
     };
     let Some(haproxy) = haproxy_binary() else {
@@ -425,11 +391,6 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
         eprintln!("skipping: haproxy is not installed");
         return;
     };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-    let schema = format!("tp_cl_{run}");
-    let pg_url = format!("{pg}{}schema={schema}", sep(&pg));
-    let redis_url = format!("{redis}{}prefix=tp-cl-{run}:", sep(&redis));
 
     // Four nodes, started one after the other (the first creates the schema and the
     // admin); each broker node has a data dir (write-ahead log) of its own.
@@ -439,8 +400,7 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
             dirs[i].path(),
             r#"["broker"]"#,
             &format!("broker{}", i + 1),
-            &pg_url,
-            &redis_url,
+            &stores,
         )
     };
     let b1 = BrokerNode::start(broker_cfg(0)).await;
@@ -448,23 +408,10 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
     let mut apis = Vec::new();
     for i in 1..=2 {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = cluster_config(
-            dir.path(),
-            r#"["api"]"#,
-            &format!("api{i}"),
-            &pg_url,
-            &redis_url,
-        );
+        let cfg = cluster_config(dir.path(), r#"["api"]"#, &format!("api{i}"), &stores);
         let platform = Platform::start(cfg).await.unwrap();
         assert!(platform.embedded_broker().is_none());
-        let base = format!("http://{}", platform.http_addr());
-        apis.push(Node {
-            platform,
-            http: reqwest::Client::new(),
-            base,
-            token: String::new(),
-            _dir: dir,
-        });
+        apis.push(Node::of(platform, dir));
     }
 
     let brokers = [&b1, &b2].map(|b| (b.platform().mqtt_addr(), b.platform().http_addr()));
@@ -595,7 +542,7 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
     // but had not committed, and stops gracefully too.
     b1.shutdown().await;
     drop(b2);
-    let ts = tp_storage::open_timeseries(&pg_url).await.unwrap();
+    let ts = tp_storage::open_timeseries(&stores.pg_url).await.unwrap();
     let acked: Vec<Vec<i64>> = progress
         .iter()
         .map(|(_, p)| p.acked.lock().unwrap().clone())
@@ -629,11 +576,5 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
     for n in apis {
         n.platform.shutdown().await.unwrap();
     }
-    let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    stores.drop_schema().await;
 }

@@ -276,17 +276,6 @@ async fn telemetry_stream_ends_after_one_token_lifetime() {
 // ---------------------------------------------------------------------------
 // The console in headless Chromium
 
-/// A binary from `$var`, else the first of `names` found on the PATH.
-fn find_binary(var: &str, names: &[&str]) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(var) {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-}
-
 fn artifacts_dir() -> PathBuf {
     let dir = match std::env::var_os("TP_ARTIFACTS_DIR") {
         Some(d) => PathBuf::from(d),
@@ -425,6 +414,19 @@ impl Browser {
             .await;
     }
 
+    /// Types each `(name, text)` into the field of that name in `form`, in order.
+    async fn fill(&self, form: &str, fields: &[(&str, &str)]) {
+        for (name, text) in fields {
+            self.type_into(&format!("{form} [name=\"{name}\"]"), text)
+                .await;
+        }
+    }
+
+    /// Clicks the submit button of `form`.
+    async fn submit(&self, form: &str) {
+        self.click(&format!("{form} button[type=submit]")).await;
+    }
+
     /// Presses and releases each key (WebDriver key codes, e.g. `\u{E004}` for Tab).
     async fn keys(&self, keys: &[&str]) {
         let actions: Vec<Value> = keys
@@ -474,6 +476,19 @@ impl Browser {
         }
     }
 
+    /// Waits until the page has an element matching `css`.
+    async fn wait_for(&self, what: &str, css: &str) {
+        self.wait(what, &format!("return document.querySelector('{css}')"))
+            .await;
+    }
+
+    /// Waits until the element `css` exists and its text includes `text`.
+    async fn wait_text(&self, what: &str, css: &str, text: &str) {
+        let script =
+            format!("return document.querySelector('{css}')?.textContent.includes('{text}')");
+        self.wait(what, &script).await;
+    }
+
     /// A screenshot of the whole page: the window grows to the page's height for it
     /// (at a laptop's width), then returns to 1366x900.
     async fn screenshot(&self, name: &str) -> PathBuf {
@@ -509,11 +524,7 @@ impl Browser {
 async fn start_chromedriver(driver: &Path, http: &reqwest::Client) -> (tokio::process::Child, u16) {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = tp_core::testing::free_port();
         let mut child = tokio::process::Command::new(driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -585,37 +596,120 @@ async fn start_browser(chromium: &Path, driver: &Path) -> (tokio::process::Child
     (child, browser)
 }
 
+/// `$var` if set, else the first of `names` on the PATH; `None` (skip) when there is
+/// none, a failure instead under `TP_REQUIRE_SERVICES` naming the Debian `package`.
+fn browser_binary(var: &str, names: &[&str], package: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| tp_core::testing::command_path_any(names, package))
+}
+
+/// What every step of the console test works with: the node, the browser on its
+/// console and the chromedriver behind it. Fields drop in this order: the session
+/// ends, chromedriver is killed, then the node stops.
+struct Console {
+    b: Browser,
+    driver: tokio::process::Child,
+    node: Node,
+}
+
+impl Console {
+    /// A node and a headless Chromium session; `None` (skip) without Chromium or
+    /// chromedriver.
+    async fn start() -> Option<Self> {
+        let chromium = browser_binary(
+            "TP_CHROMIUM",
+            &["chromium", "chromium-browser", "google-chrome"],
+            "chromium",
+        );
+        let driver = browser_binary("TP_CHROMEDRIVER", &["chromedriver"], "chromium-driver");
+        let (chromium, driver) = (chromium?, driver?);
+        let node = Node::start().await;
+        let (driver, b) = start_browser(&chromium, &driver).await;
+        Some(Self { b, driver, node })
+    }
+
+    /// Opens a route of the console (`#/devices`; `""` for the start page).
+    async fn goto(&self, route: &str) {
+        self.b.goto(&format!("{}/{route}", self.node.base)).await;
+    }
+
+    /// Opens `route` and waits for the element `css` of its page.
+    async fn open(&self, route: &str, what: &str, css: &str) {
+        self.goto(route).await;
+        self.b.wait_for(what, css).await;
+    }
+
+    /// The body of a GET on the REST API, as the signed-in admin.
+    async fn get(&self, path: &str) -> Value {
+        self.node.call(reqwest::Method::GET, path, None).await.1
+    }
+
+    /// Ends the browser session, then chromedriver.
+    async fn close(self) {
+        let Self { b, mut driver, .. } = self;
+        drop(b);
+        let _ = driver.kill().await;
+    }
+}
+
+/// The item of a list response (`{"items": [...]}`) named `name`.
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("nothing named {name}: {list}"))
+}
+
+/// A field of the first condition of the rule editor's first trigger group.
+fn cond(field: &str) -> String {
+    format!("#rule-form [name=\"trigger_groups[0].conditions[0].{field}\"]")
+}
+
 #[tokio::test]
 async fn console_in_headless_chromium() {
-    let chromium = find_binary(
-        "TP_CHROMIUM",
-        &["chromium", "chromium-browser", "google-chrome"],
-    );
-    let driver = find_binary("TP_CHROMEDRIVER", &["chromedriver"]);
-    let (Some(chromium), Some(driver)) = (chromium, driver) else {
-        assert!(
-            std::env::var_os("TP_REQUIRE_SERVICES").is_none(),
-            "TP_REQUIRE_SERVICES is set but chromium or chromedriver is missing \
-             (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipped: chromium or chromedriver not installed");
+    let Some(c) = Console::start().await else {
         return;
     };
-    let node = Node::start().await;
-    let (mut driver_process, b) = start_browser(&chromium, &driver).await;
+    sign_in(&c).await;
+    let boiler = create_device(&c).await;
+    create_threshold_rule(&c, &boiler).await;
+    // Connected from here to the end: the dashboard counts it online.
+    let mut radio = see_live_values(&c, &boiler).await;
+    send_command_and_attributes(&c, &mut radio).await;
+    acknowledge_alarm(&c).await;
+    create_run_and_delete_scene(&c).await;
+    let channel_id = create_webhook_channel(&c).await;
+    create_scheduled_rule(&c, &channel_id).await;
+    create_role(&c).await;
+    let acme = create_and_rename_tenant(&c).await;
+    add_tenant_admin(&c, &acme).await;
+    delete_tenant(&c).await;
+    create_profile(&c).await;
+    let beacons = create_access_token_profile(&c).await;
+    access_token_device_goes_offline(&c, &beacons).await;
+    create_group(&c).await;
+    create_api_key(&c).await;
+    notification_history(&c).await;
+    device_status_history(&c, &boiler).await;
+    dashboard(&c).await;
+    skip_link_by_keyboard(&c).await;
+    c.close().await;
+}
 
-    // Sign in: a wrong password is reported in place, then the right one works.
-    b.goto(&format!("{}/", node.base)).await;
-    b.wait(
-        "the sign-in form",
-        "return document.querySelector('#login-form')",
+/// Sign in: a wrong password is reported in place, then the right one works.
+async fn sign_in(c: &Console) {
+    let b = &c.b;
+    c.open("", "the sign-in form", "#login-form").await;
+    b.screenshot("01-login").await;
+    b.fill(
+        "#login-form",
+        &[("email", ADMIN), ("password", "wrong password")],
     )
     .await;
-    b.screenshot("01-login").await;
-    b.type_into("#login-form [name=email]", ADMIN).await;
-    b.type_into("#login-form [name=password]", "wrong password")
-        .await;
-    b.click("#login-form button[type=submit]").await;
+    b.submit("#login-form").await;
     let err = b
         .wait(
             "the login error",
@@ -623,26 +717,22 @@ async fn console_in_headless_chromium() {
         )
         .await;
     assert_eq!(err, json!("invalid email or password"));
-    b.type_into("#login-form [name=password]", PASSWORD).await;
-    b.click("#login-form button[type=submit]").await;
-    b.wait(
-        "the dashboard",
-        "return document.querySelector('#card-devices')",
-    )
-    .await;
+    b.fill("#login-form", &[("password", PASSWORD)]).await;
+    b.submit("#login-form").await;
+    b.wait_for("the dashboard", "#card-devices").await;
+}
 
-    // Create a device in the devices page; the credentials are shown once.
-    b.goto(&format!("{}/#/devices", node.base)).await;
-    b.wait(
-        "the create form",
-        "return document.querySelector('#create-device-form')",
+/// Create a device in the devices page; the credentials are shown once.
+async fn create_device(c: &Console) -> TestDevice {
+    let b = &c.b;
+    c.open("#/devices", "the create form", "#create-device-form")
+        .await;
+    b.fill(
+        "#create-device-form",
+        &[("name", "Boiler"), ("device_number", "boiler-1")],
     )
     .await;
-    b.type_into("#create-device-form [name=name]", "Boiler")
-        .await;
-    b.type_into("#create-device-form [name=device_number]", "boiler-1")
-        .await;
-    b.click("#create-device-form button[type=submit]").await;
+    b.submit("#create-device-form").await;
     let username = b
         .wait(
             "the new credentials",
@@ -658,41 +748,33 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("02-devices").await;
-    let (_, list) = node
-        .call(
-            reqwest::Method::GET,
-            "/api/v1/devices?search=boiler-1",
-            None,
-        )
-        .await;
-    let device_id = list["items"][0]["id"].as_str().unwrap().to_owned();
+    let list = c.get("/api/v1/devices?search=boiler-1").await;
+    TestDevice {
+        id: list["items"][0]["id"].as_str().unwrap().to_owned(),
+        number: "boiler-1".to_owned(),
+        username: username.as_str().unwrap().to_owned(),
+        password: password.as_str().unwrap().to_owned(),
+    }
+}
 
-    // A threshold rule through the rule editor, so the value the device publishes
-    // also raises an alarm. A value the operator cannot use is reported next to its
-    // input; a condition row can be added and removed.
-    b.goto(&format!("{}/#/rules", node.base)).await;
-    b.wait(
-        "the rules page",
-        "return document.querySelector('#new-rule')",
-    )
-    .await;
+/// A threshold rule through the rule editor, so the value the device publishes
+/// also raises an alarm. A value the operator cannot use is reported next to its
+/// input; a condition row can be added and removed.
+async fn create_threshold_rule(c: &Console, boiler: &TestDevice) {
+    let b = &c.b;
+    c.open("#/rules", "the rules page", "#new-rule").await;
     b.click("#new-rule").await;
-    b.wait(
-        "the rule editor",
-        "return document.querySelector('#rule-form')",
-    )
-    .await;
-    let cond = "#rule-form [name=\"trigger_groups[0].conditions[0]";
-    b.type_into("#rule-form [name=name]", "boiler hot").await;
-    b.choose(&format!("{cond}.source\"]"), &device_id).await;
-    b.choose(&format!("{cond}.data\"]"), "telemetry").await;
-    b.type_into(&format!("{cond}.key\"]"), "temp").await;
-    b.choose(&format!("{cond}.operator\"]"), ">").await;
-    b.type_into(&format!("{cond}.value\"]"), "hot").await;
+    b.wait_for("the rule editor", "#rule-form").await;
+    b.fill("#rule-form", &[("name", "boiler hot")]).await;
+    b.choose(&cond("source"), &boiler.id).await;
+    b.choose(&cond("data"), "telemetry").await;
+    b.type_into(&cond("key"), "temp").await;
+    b.choose(&cond("operator"), ">").await;
+    b.type_into(&cond("value"), "hot").await;
     b.click("#rule-form .add-condition").await;
-    b.wait(
+    b.wait_for(
         "a second condition row",
-        "return document.querySelector('[name=\"trigger_groups[0].conditions[1].key\"]')",
+        "[name=\"trigger_groups[0].conditions[1].key\"]",
     )
     .await;
     b.click("[aria-label=\"Remove condition 2 of group 1\"]")
@@ -701,9 +783,9 @@ async fn console_in_headless_chromium() {
         .await;
     b.choose("#rule-form [name=\"actions[0].severity\"]", "major")
         .await;
-    b.type_into("#rule-form [name=\"actions[0].title\"]", "Boiler hot")
+    b.fill("#rule-form", &[("actions[0].title", "Boiler hot")])
         .await;
-    b.click("#rule-form button[type=submit]").await;
+    b.submit("#rule-form").await;
     let err = b
         .wait(
             "the value error next to its input",
@@ -714,23 +796,20 @@ async fn console_in_headless_chromium() {
         .await;
     assert!(err.as_str().unwrap().contains("needs a number"), "{err}");
     b.screenshot("02a-rule-editor-invalid").await;
-    let (_, none) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    let none = c.get("/api/v1/rules").await;
     assert_eq!(none["total"], 0, "nothing stored: {none}");
-    b.type_into(&format!("{cond}.value\"]"), "30").await;
+    b.type_into(&cond("value"), "30").await;
     b.screenshot("02b-rule-editor").await;
-    b.click("#rule-form button[type=submit]").await;
-    b.wait(
-        "the new rule in the list",
-        "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
-    )
-    .await;
-    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    b.submit("#rule-form").await;
+    b.wait_text("the new rule in the list", "#rule-list", "boiler hot")
+        .await;
+    let rules = c.get("/api/v1/rules").await;
     let rule = &rules["items"][0];
     assert_eq!(rule["enabled"], true, "{rule}");
     assert_eq!(
         rule["trigger_groups"],
         json!([{"conditions": [{
-            "type": "device", "source": {"kind": "device", "id": device_id},
+            "type": "device", "source": {"kind": "device", "id": boiler.id},
             "data": "telemetry", "key": "temp", "operator": ">", "value": 30,
             "duration_secs": null,
         }]}]),
@@ -745,29 +824,29 @@ async fn console_in_headless_chromium() {
     b.wait(
         "the stored rule in the editor",
         &format!(
-            "return document.querySelector('{cond}.value\"]')?.value === '30' \
-             && document.querySelector('{cond}.source\"]').value === '{device_id}'"
+            "return document.querySelector('{}')?.value === '30' \
+             && document.querySelector('{}').value === '{}'",
+            cond("value"),
+            cond("source"),
+            boiler.id
         ),
     )
     .await;
     b.screenshot("02c-rule-editor-edit").await;
-    b.goto(&format!("{}/#/devices/{device_id}", node.base))
-        .await;
+}
 
-    // The device page subscribes to the live stream; a published value shows up.
+/// The device page subscribes to the live stream; a published value shows up, and
+/// the history of the last hour is drawn averaged into buckets. Returns the device,
+/// connected and subscribed to its commands.
+async fn see_live_values(c: &Console, boiler: &TestDevice) -> MqttTestClient {
+    let b = &c.b;
+    c.goto(&format!("#/devices/{}", boiler.id)).await;
     b.wait(
         "the live stream to open",
         "return document.querySelector('#live-chart')?.dataset.stream === 'open'",
     )
     .await;
-    let mut device = MqttTestClient::connect(
-        node.platform.mqtt_addr(),
-        "mqtt_boiler-1",
-        username.as_str().unwrap(),
-        password.as_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut device = c.node.connect(boiler, "mqtt_boiler-1").await;
     device
         .subscribe(&["devices/command/boiler-1/+"])
         .await
@@ -790,7 +869,7 @@ async fn console_in_headless_chromium() {
     // History of the last hour, averaged into buckets.
     b.js("document.querySelector('#history-form [name=agg]').value = 'avg'; return true")
         .await;
-    b.click("#history-form button[type=submit]").await;
+    b.submit("#history-form").await;
     b.wait(
         "the history chart",
         // Re-asked until the batching writer has stored the values.
@@ -799,12 +878,20 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("03-device-live").await;
+    device
+}
 
-    // Send a command from the form: it is in the log and reaches the device.
-    b.type_into("#command-form [name=method]", "reboot").await;
-    b.type_into("#command-form [name=params]", r#"{"delay": 5}"#)
-        .await;
-    b.click("#command-form button[type=submit]").await;
+/// Send a command from the form: it is in the log and reaches the device. A bad
+/// parameter object is reported next to the form; an attribute set goes out
+/// through the same log.
+async fn send_command_and_attributes(c: &Console, device: &mut MqttTestClient) {
+    let b = &c.b;
+    b.fill(
+        "#command-form",
+        &[("method", "reboot"), ("params", r#"{"delay": 5}"#)],
+    )
+    .await;
+    b.submit("#command-form").await;
     b.wait(
         "the command in the log",
         "return document.querySelector('#command-log').textContent.includes('reboot')",
@@ -814,31 +901,30 @@ async fn console_in_headless_chromium() {
     assert!(topic.starts_with("devices/command/boiler-1/"), "{topic}");
     assert_eq!(json_of(&payload)["method"], "reboot");
     // A bad parameter object is reported next to the form, nothing is sent.
-    b.type_into("#command-form [name=params]", "{oops").await;
-    b.click("#command-form button[type=submit]").await;
+    b.fill("#command-form", &[("params", "{oops")]).await;
+    b.submit("#command-form").await;
     b.wait(
         "the JSON error in place",
         "return document.querySelector('#command-form .error').textContent.includes('not valid JSON')",
     )
     .await;
     // An attribute set goes out through the same log.
-    b.type_into("#attribute-form [name=values]", r#"{"interval": 15}"#)
+    b.fill("#attribute-form", &[("values", r#"{"interval": 15}"#)])
         .await;
-    b.click("#attribute-form button[type=submit]").await;
+    b.submit("#attribute-form").await;
     b.wait(
         "the attribute set in the log",
         "return document.querySelector('#command-log').textContent.includes('interval')",
     )
     .await;
     b.screenshot("04-device-command").await;
+}
 
-    // Acknowledge the alarm the rule raised.
-    b.goto(&format!("{}/#/alarms", node.base)).await;
-    b.wait(
-        "the alarm",
-        "return document.querySelector('button[data-action=acknowledge]')",
-    )
-    .await;
+/// Acknowledge the alarm the rule raised.
+async fn acknowledge_alarm(c: &Console) {
+    let b = &c.b;
+    c.open("#/alarms", "the alarm", "button[data-action=acknowledge]")
+        .await;
     b.screenshot("05-alarms").await;
     b.click("button[data-action=acknowledge]").await;
     b.wait(
@@ -846,43 +932,35 @@ async fn console_in_headless_chromium() {
         "return document.querySelector('.alarm-status')?.textContent === 'acknowledged'",
     )
     .await;
-    let (_, alarms) = node
-        .call(reqwest::Method::GET, "/api/v1/alarms", None)
-        .await;
+    let alarms = c.get("/api/v1/alarms").await;
     assert_eq!(alarms["items"][0]["status"], "acknowledged", "{alarms}");
     assert_eq!(alarms["items"][0]["title"], "Boiler hot");
     b.screenshot("06-alarms-acknowledged").await;
+}
 
-    // The other pages render with real data.
-    b.goto(&format!("{}/#/rules", node.base)).await;
-    b.wait(
-        "the rule list",
-        "return document.querySelector('#rule-list')?.textContent.includes('boiler hot')",
-    )
-    .await;
-    // Create a scene in the scene editor, disable the rule and run the scene.
+/// The rules page renders with real data. Create a scene in the scene editor,
+/// disable the rule and run the scene; then delete the scene from the list (the
+/// confirmation answered yes).
+async fn create_run_and_delete_scene(c: &Console) {
+    let b = &c.b;
+    c.goto("#/rules").await;
+    b.wait_text("the rule list", "#rule-list", "boiler hot")
+        .await;
     b.click("#new-scene").await;
-    b.wait(
-        "the scene editor",
-        "return document.querySelector('#scene-form')",
-    )
-    .await;
-    b.type_into("#scene-form [name=name]", "evening").await;
+    b.wait_for("the scene editor", "#scene-form").await;
+    b.fill("#scene-form", &[("name", "evening")]).await;
     b.choose("#scene-form [name=\"actions[0].type\"]", "clear_alarm")
         .await;
-    b.click("#scene-form button[type=submit]").await;
-    b.wait(
-        "the scene list",
-        "return document.querySelector('#scene-list')?.textContent.includes('evening')",
-    )
-    .await;
+    b.submit("#scene-form").await;
+    b.wait_text("the scene list", "#scene-list", "evening")
+        .await;
     b.click("#rule-list button").await;
     b.wait(
         "the disabled rule",
         "return document.querySelector('#rule-list button')?.textContent === 'Enable'",
     )
     .await;
-    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
+    let rules = c.get("/api/v1/rules").await;
     assert_eq!(rules["items"][0]["enabled"], false, "{rules}");
     b.click("#scene-list button").await;
     b.wait(
@@ -891,33 +969,32 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("07-rules").await;
-    // Delete the scene from the list (the confirmation answered yes).
     b.js("window.confirm = () => true; return true").await;
     b.click("#scene-list button[data-action=delete]").await;
-    b.wait(
-        "the scene gone",
-        "return document.querySelector('#scene-list')?.textContent.includes('No scenes yet')",
-    )
-    .await;
-    let (_, scenes) = node
-        .call(reqwest::Method::GET, "/api/v1/scenes", None)
+    b.wait_text("the scene gone", "#scene-list", "No scenes yet")
         .await;
+    let scenes = c.get("/api/v1/scenes").await;
     assert_eq!(scenes["total"], 0, "{scenes}");
+}
 
-    // A webhook channel in the channels page: a short secret is reported next to its
-    // input; once saved, the secret is nowhere in the page, only "secret set".
+/// A webhook channel in the channels page: a short secret is reported next to its
+/// input; once saved, the secret is nowhere in the page, only "secret set", not
+/// even when the channel is edited. Returns the channel's id.
+async fn create_webhook_channel(c: &Console) -> String {
     const SECRET: &str = "console-test-secret-7f3a9c";
+    let b = &c.b;
     b.click("#channels-link").await;
-    b.wait(
-        "the channel form",
-        "return document.querySelector('#channel-form')",
+    b.wait_for("the channel form", "#channel-form").await;
+    b.fill(
+        "#channel-form",
+        &[
+            ("name", "ops hook"),
+            ("url", "http://127.0.0.1:9/hook"),
+            ("secret", "short"),
+        ],
     )
     .await;
-    b.type_into("#channel-form [name=name]", "ops hook").await;
-    b.type_into("#channel-form [name=url]", "http://127.0.0.1:9/hook")
-        .await;
-    b.type_into("#channel-form [name=secret]", "short").await;
-    b.click("#channel-form button[type=submit]").await;
+    b.submit("#channel-form").await;
     let err = b
         .wait(
             "the secret error in place",
@@ -927,8 +1004,8 @@ async fn console_in_headless_chromium() {
         )
         .await;
     assert!(err.as_str().unwrap().contains("16 to 1024"), "{err}");
-    b.type_into("#channel-form [name=secret]", SECRET).await;
-    b.click("#channel-form button[type=submit]").await;
+    b.fill("#channel-form", &[("secret", SECRET)]).await;
+    b.submit("#channel-form").await;
     b.wait(
         "the channel in the list",
         "const t = document.querySelector('#channel-list')?.textContent || ''; \
@@ -959,69 +1036,61 @@ async fn console_in_headless_chromium() {
         "secret in the page"
     );
     b.screenshot("07a-channels").await;
-    let (_, channels) = node
-        .call(reqwest::Method::GET, "/api/v1/notification-channels", None)
-        .await;
+    let channels = c.get("/api/v1/notification-channels").await;
     let channel = &channels["items"][0];
     assert_eq!(channel["name"], "ops hook", "{channels}");
     assert_eq!(channel["type"], "webhook");
     assert_eq!(channel["url"], "http://127.0.0.1:9/hook");
     assert_eq!(channel["has_secret"], true);
     assert!(!channels.to_string().contains(SECRET));
-    let channel_id = channel["id"].as_str().unwrap().to_owned();
+    channel["id"].as_str().unwrap().to_owned()
+}
 
-    // A rule with a cron schedule that notifies the channel; an expression cron
-    // cannot parse is reported next to its input.
-    b.goto(&format!("{}/#/rules/new", node.base)).await;
-    b.wait(
-        "the rule editor",
-        "return document.querySelector('#rule-form')",
-    )
-    .await;
-    b.type_into("#rule-form [name=name]", "nightly").await;
-    b.choose(&format!("{cond}.type\"]"), "schedule").await;
-    b.wait(
-        "the schedule fields",
-        &format!("return document.querySelector('{cond}.kind.type\"]')"),
-    )
-    .await;
-    b.choose(&format!("{cond}.kind.type\"]"), "cron").await;
-    b.type_into(&format!("{cond}.kind.expression\"]"), "not a cron")
-        .await;
+/// A rule with a cron schedule that notifies the channel; an expression cron
+/// cannot parse is reported next to its input. The editor opens it with the
+/// schedule.
+async fn create_scheduled_rule(c: &Console, channel_id: &str) {
+    let b = &c.b;
+    c.open("#/rules/new", "the rule editor", "#rule-form").await;
+    b.fill("#rule-form", &[("name", "nightly")]).await;
+    b.choose(&cond("type"), "schedule").await;
+    b.wait_for("the schedule fields", &cond("kind.type")).await;
+    b.choose(&cond("kind.type"), "cron").await;
+    b.type_into(&cond("kind.expression"), "not a cron").await;
     b.choose("#rule-form [name=\"actions[0].type\"]", "notify")
         .await;
-    b.choose("#rule-form [name=\"actions[0].channel\"]", &channel_id)
+    b.choose("#rule-form [name=\"actions[0].channel\"]", channel_id)
         .await;
-    b.type_into("#rule-form [name=\"actions[0].subject\"]", "nightly check")
-        .await;
-    b.type_into("#rule-form [name=\"actions[0].body\"]", "3 o'clock")
-        .await;
-    b.click("#rule-form button[type=submit]").await;
+    b.fill(
+        "#rule-form",
+        &[
+            ("actions[0].subject", "nightly check"),
+            ("actions[0].body", "3 o'clock"),
+        ],
+    )
+    .await;
+    b.submit("#rule-form").await;
     b.wait(
         "the cron error next to its input",
         &format!(
-            "const v = document.querySelector('{cond}.kind.expression\"]'); \
+            "const v = document.querySelector('{}'); \
              return v.getAttribute('aria-invalid') === 'true' \
-             && v.closest('label').querySelector('.field-error')?.textContent"
+             && v.closest('label').querySelector('.field-error')?.textContent",
+            cond("kind.expression")
         ),
     )
     .await;
-    b.type_into(&format!("{cond}.kind.expression\"]"), "0 0 3 * * *")
-        .await;
+    b.type_into(&cond("kind.expression"), "0 0 3 * * *").await;
     b.screenshot("07b-rule-editor-schedule").await;
-    b.click("#rule-form button[type=submit]").await;
-    b.wait(
+    b.submit("#rule-form").await;
+    b.wait_text(
         "the scheduled rule in the list",
-        "return document.querySelector('#rule-list')?.textContent.includes('cron 0 0 3 * * *')",
+        "#rule-list",
+        "cron 0 0 3 * * *",
     )
     .await;
-    let (_, rules) = node.call(reqwest::Method::GET, "/api/v1/rules", None).await;
-    let nightly = rules["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "nightly")
-        .unwrap_or_else(|| panic!("no rule nightly: {rules}"));
+    let rules = c.get("/api/v1/rules").await;
+    let nightly = named(&rules, "nightly");
     assert_eq!(
         nightly["trigger_groups"],
         json!([{"conditions": [{
@@ -1031,34 +1100,35 @@ async fn console_in_headless_chromium() {
     );
     assert_eq!(nightly["actions"][0]["type"], "notify", "{nightly}");
     assert_eq!(nightly["actions"][0]["channel"], json!(channel_id));
-    // The editor opens it with the schedule.
     b.click("[aria-label=\"Edit rule nightly\"]").await;
     b.wait(
         "the stored schedule in the editor",
         &format!(
-            "return document.querySelector('{cond}.kind.expression\"]')?.value === '0 0 3 * * *'"
+            "return document.querySelector('{}')?.value === '0 0 3 * * *'",
+            cond("kind.expression")
         ),
     )
     .await;
+}
 
-    b.goto(&format!("{}/#/admin", node.base)).await;
+/// The admin page lists the users; a custom role with two permissions, which its
+/// edit form shows again.
+async fn create_role(c: &Console) {
+    let b = &c.b;
+    c.goto("#/admin").await;
     b.wait(
         "the user list",
         &format!("return document.querySelector('main').textContent.includes('{ADMIN}')"),
     )
     .await;
     b.screenshot("08-admin").await;
-    // A custom role with two permissions.
-    b.type_into("#role-form [name=name]", "operators").await;
+    b.fill("#role-form", &[("name", "operators")]).await;
     b.click("#role-form input[value=\"device:command\"]").await;
     b.click("#role-form input[value=\"alarm:ack\"]").await;
-    b.click("#role-form button[type=submit]").await;
-    b.wait(
-        "the role in the list",
-        "return document.querySelector('#role-list')?.textContent.includes('operators')",
-    )
-    .await;
-    let (_, roles) = node.call(reqwest::Method::GET, "/api/v1/roles", None).await;
+    b.submit("#role-form").await;
+    b.wait_text("the role in the list", "#role-list", "operators")
+        .await;
+    let roles = c.get("/api/v1/roles").await;
     assert_eq!(roles["total"], 1, "{roles}");
     assert_eq!(roles["items"][0]["name"], "operators");
     let mut perms: Vec<&str> = roles["items"][0]["permissions"]
@@ -1077,41 +1147,33 @@ async fn console_in_headless_chromium() {
     )
     .await;
     b.screenshot("08a-roles").await;
+}
 
-    // Tenants (SYS_ADMIN): create one, rename it, give it an admin, delete another.
-    b.type_into("#tenant-form [name=name]", "acme").await;
-    b.click("#tenant-form button[type=submit]").await;
-    b.wait(
-        "the tenant in the list",
-        "return document.querySelector('#tenant-list')?.textContent.includes('acme')",
-    )
-    .await;
-    let (_, tenants) = node
-        .call(reqwest::Method::GET, "/api/v1/tenants", None)
+/// Tenants (SYS_ADMIN): create one in the admin page and rename it. Returns its id.
+async fn create_and_rename_tenant(c: &Console) -> String {
+    let b = &c.b;
+    b.fill("#tenant-form", &[("name", "acme")]).await;
+    b.submit("#tenant-form").await;
+    b.wait_text("the tenant in the list", "#tenant-list", "acme")
         .await;
-    let acme = tenants["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "acme")
-        .unwrap_or_else(|| panic!("no tenant acme: {tenants}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let tenants = c.get("/api/v1/tenants").await;
+    let acme = named(&tenants, "acme")["id"].as_str().unwrap().to_owned();
     b.click("[aria-label=\"Rename tenant acme\"]").await;
     b.wait(
         "the tenant's rename form",
         "return document.querySelector('#tenant-form [name=name]')?.value === 'acme'",
     )
     .await;
-    b.type_into("#tenant-form [name=name]", "Acme Corp").await;
-    b.click("#tenant-form button[type=submit]").await;
-    b.wait(
+    b.fill("#tenant-form", &[("name", "Acme Corp")]).await;
+    b.submit("#tenant-form").await;
+    b.wait_text(
         "the renamed tenant in the list",
-        "return document.querySelector('#tenant-list')?.textContent.includes('Acme Corp')",
+        "#tenant-list",
+        "Acme Corp",
     )
     .await;
-    let (status, tenant) = node
+    let (status, tenant) = c
+        .node
         .call(
             reqwest::Method::GET,
             &format!("/api/v1/tenants/{acme}"),
@@ -1120,7 +1182,13 @@ async fn console_in_headless_chromium() {
         .await;
     assert_eq!(status, StatusCode::OK, "{tenant}");
     assert_eq!(tenant["name"], "Acme Corp");
-    // Its admin; a too-short password is reported in place first.
+    acme
+}
+
+/// The tenant's admin, from its row; a too-short password is reported in place
+/// first. The admin signs in to that tenant.
+async fn add_tenant_admin(c: &Console, acme: &str) {
+    let b = &c.b;
     b.click("[aria-label=\"Add an admin to tenant Acme Corp\"]")
         .await;
     b.wait(
@@ -1130,49 +1198,48 @@ async fn console_in_headless_chromium() {
         ),
     )
     .await;
-    b.type_into("#tenant-admin-form [name=email]", "boss@acme.example")
-        .await;
-    b.type_into("#tenant-admin-form [name=name]", "Acme Boss")
-        .await;
-    b.type_into("#tenant-admin-form [name=password]", "short")
-        .await;
-    b.click("#tenant-admin-form button[type=submit]").await;
+    b.fill(
+        "#tenant-admin-form",
+        &[
+            ("email", "boss@acme.example"),
+            ("name", "Acme Boss"),
+            ("password", "short"),
+        ],
+    )
+    .await;
+    b.submit("#tenant-admin-form").await;
     b.wait(
         "the password error in place",
         "return document.querySelector('#tenant-admin-form .error')?.textContent",
     )
     .await;
-    b.type_into("#tenant-admin-form [name=password]", PASSWORD)
+    b.fill("#tenant-admin-form", &[("password", PASSWORD)])
         .await;
-    b.click("#tenant-admin-form button[type=submit]").await;
-    b.wait(
+    b.submit("#tenant-admin-form").await;
+    b.wait_text(
         "the created admin",
-        "return document.querySelector('#tenant-admin-done')?.textContent.includes('boss@acme.example')",
+        "#tenant-admin-done",
+        "boss@acme.example",
     )
     .await;
+    let node = &c.node;
     let boss = login(&node.http, &node.base, "boss@acme.example", PASSWORD).await;
-    let me: Value = node
-        .http
-        .get(format!("{}/api/v1/auth/me", node.base))
-        .bearer_auth(&boss)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, me) = node
+        .call_as(&boss, reqwest::Method::GET, "/api/v1/auth/me", None)
+        .await;
     assert_eq!(me["role"], "TENANT_ADMIN", "{me}");
     assert_eq!(me["tenant_id"], json!(acme), "{me}");
     assert_eq!(me["name"], "Acme Boss", "{me}");
     b.screenshot("08b-tenants").await;
-    // A second tenant, deleted from the list (the confirmation answered yes).
-    b.type_into("#tenant-form [name=name]", "doomed").await;
-    b.click("#tenant-form button[type=submit]").await;
-    b.wait(
-        "the second tenant in the list",
-        "return document.querySelector('#tenant-list')?.textContent.includes('doomed')",
-    )
-    .await;
+}
+
+/// A second tenant, deleted from the list (the confirmation answered yes).
+async fn delete_tenant(c: &Console) {
+    let b = &c.b;
+    b.fill("#tenant-form", &[("name", "doomed")]).await;
+    b.submit("#tenant-form").await;
+    b.wait_text("the second tenant in the list", "#tenant-list", "doomed")
+        .await;
     b.js("window.confirm = () => true; return true").await;
     b.click("[aria-label=\"Delete tenant doomed\"]").await;
     b.wait(
@@ -1180,9 +1247,7 @@ async fn console_in_headless_chromium() {
         "return !document.querySelector('#tenant-list')?.textContent.includes('doomed')",
     )
     .await;
-    let (_, tenants) = node
-        .call(reqwest::Method::GET, "/api/v1/tenants", None)
-        .await;
+    let tenants = c.get("/api/v1/tenants").await;
     let names: Vec<&str> = tenants["items"]
         .as_array()
         .unwrap()
@@ -1193,86 +1258,79 @@ async fn console_in_headless_chromium() {
         names.contains(&"Acme Corp") && !names.contains(&"doomed"),
         "{tenants}"
     );
+}
 
-    // A device profile with a 60 s heartbeat, created through its page.
-    b.goto(&format!("{}/#/devices/profiles", node.base)).await;
-    b.wait(
-        "the profile form",
-        "return document.querySelector('#profile-form')",
+/// A device profile with a 60 s heartbeat, created through its page.
+async fn create_profile(c: &Console) {
+    let b = &c.b;
+    c.open("#/devices/profiles", "the profile form", "#profile-form")
+        .await;
+    b.fill(
+        "#profile-form",
+        &[("name", "thermostats"), ("heartbeat_secs", "60")],
     )
     .await;
-    b.type_into("#profile-form [name=name]", "thermostats")
+    b.submit("#profile-form").await;
+    b.wait_text("the profile in the list", "#profile-list", "thermostats")
         .await;
-    b.type_into("#profile-form [name=heartbeat_secs]", "60")
-        .await;
-    b.click("#profile-form button[type=submit]").await;
-    b.wait(
-        "the profile in the list",
-        "return document.querySelector('#profile-list')?.textContent.includes('thermostats')",
-    )
-    .await;
     b.screenshot("10-profiles").await;
-    let (_, profiles) = node
-        .call(reqwest::Method::GET, "/api/v1/profiles", None)
-        .await;
-    let profile = profiles["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "thermostats")
-        .unwrap_or_else(|| panic!("no profile thermostats: {profiles}"));
+    let profiles = c.get("/api/v1/profiles").await;
+    let profile = named(&profiles, "thermostats");
     assert_eq!(profile["heartbeat_secs"], 60, "{profile}");
     assert_eq!(profile["online_timeout_secs"], Value::Null, "{profile}");
     assert_eq!(profile["auto_register"], false, "{profile}");
+}
 
-    // A profile with a 2 s heartbeat whose devices log in with access tokens, and a
-    // device created in it through the devices page: it is online while it sends
-    // and offline once the heartbeat window passes in silence, with its connection
-    // still open (ThingsPanel's heartbeat mode).
-    b.goto(&format!("{}/#/devices/profiles", node.base)).await;
-    b.wait(
-        "the profile form",
-        "return document.querySelector('#profile-form')",
+/// A profile with a 2 s heartbeat whose devices log in with access tokens.
+/// Returns the stored profile.
+async fn create_access_token_profile(c: &Console) -> Value {
+    let b = &c.b;
+    c.open("#/devices/profiles", "the profile form", "#profile-form")
+        .await;
+    b.fill(
+        "#profile-form",
+        &[("name", "beacons"), ("heartbeat_secs", "2")],
     )
     .await;
-    b.type_into("#profile-form [name=name]", "beacons").await;
-    b.type_into("#profile-form [name=heartbeat_secs]", "2")
-        .await;
     b.choose("#profile-form [name=voucher_type]", "ACCESSTOKEN")
         .await;
-    b.click("#profile-form button[type=submit]").await;
-    b.wait(
+    b.submit("#profile-form").await;
+    b.wait_text(
         "the beacons profile in the list",
-        "return document.querySelector('#profile-list')?.textContent.includes('beacons')",
+        "#profile-list",
+        "beacons",
     )
     .await;
-    let (_, profiles) = node
-        .call(reqwest::Method::GET, "/api/v1/profiles", None)
-        .await;
-    let beacons = profiles["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "beacons")
-        .cloned()
-        .unwrap_or_else(|| panic!("no profile beacons: {profiles}"));
+    let profiles = c.get("/api/v1/profiles").await;
+    let beacons = named(&profiles, "beacons").clone();
     assert_eq!(beacons["voucher_type"], "ACCESSTOKEN", "{beacons}");
-    b.goto(&format!("{}/#/devices", node.base)).await;
-    b.wait(
+    beacons
+}
+
+/// A device created in the `beacons` profile through the devices page gets an
+/// access token and no password; it is online while it sends and offline once the
+/// heartbeat window passes in silence, with its connection still open
+/// (ThingsPanel's heartbeat mode). Deleted again, so the dashboard further down
+/// counts the boiler alone.
+async fn access_token_device_goes_offline(c: &Console, beacons: &Value) {
+    let b = &c.b;
+    c.open(
+        "#/devices",
         "the create form",
-        "return document.querySelector('#create-device-form [name=profile_id] option[value]:not([value=\"\"])')",
+        "#create-device-form [name=profile_id] option[value]:not([value=\"\"])",
     )
     .await;
-    b.type_into("#create-device-form [name=name]", "Beacon")
-        .await;
-    b.type_into("#create-device-form [name=device_number]", "beacon-1")
-        .await;
+    b.fill(
+        "#create-device-form",
+        &[("name", "Beacon"), ("device_number", "beacon-1")],
+    )
+    .await;
     b.choose(
         "#create-device-form [name=profile_id]",
         beacons["id"].as_str().unwrap(),
     )
     .await;
-    b.click("#create-device-form button[type=submit]").await;
+    b.submit("#create-device-form").await;
     let voucher = b
         .wait(
             "the new access token",
@@ -1289,18 +1347,12 @@ async fn console_in_headless_chromium() {
         "an access token has no password"
     );
     b.screenshot("10b-access-token").await;
-    let (_, found) = node
-        .call(
-            reqwest::Method::GET,
-            "/api/v1/devices?search=beacon-1",
-            None,
-        )
-        .await;
+    let found = c.get("/api/v1/devices?search=beacon-1").await;
     let beacon = found["items"][0].clone();
     assert_eq!(beacon["profile_id"], beacons["id"], "{beacon}");
     let beacon_id = beacon["id"].as_str().unwrap().to_owned();
-    let mut radio = tp_broker::testing::MqttTestClient::connect(
-        node.platform.mqtt_addr(),
+    let mut radio = MqttTestClient::connect(
+        c.node.platform.mqtt_addr(),
         "mqtt_beacon-1",
         token.as_str().unwrap(),
         "",
@@ -1311,83 +1363,47 @@ async fn console_in_headless_chromium() {
         .publish("devices/telemetry", r#"{"rssi":-70}"#)
         .await
         .unwrap();
-    let online = |want: bool| {
-        let node = &node;
-        let beacon_id = beacon_id.clone();
-        async move {
-            for _ in 0..1500 {
-                let (_, d) = node
-                    .call(
-                        reqwest::Method::GET,
-                        &format!("/api/v1/devices/{beacon_id}"),
-                        None,
-                    )
-                    .await;
-                if d["online"] == want {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            panic!("beacon never became online={want}");
-        }
-    };
-    online(true).await;
-    online(false).await;
-    let (_, history) = node
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/devices/{beacon_id}/status-history"),
-            None,
-        )
+    let path = format!("/api/v1/devices/{beacon_id}");
+    for want in [true, false] {
+        tp_core::testing::eventually(&format!("beacon online={want}"), || async {
+            c.get(&path).await["online"] == want
+        })
         .await;
+    }
+    let history = c.get(&format!("{path}/status-history")).await;
     assert_eq!(
         history["items"][0]["reason"], "heartbeat_timeout",
         "{history}"
     );
     radio.disconnect().await;
-    // Gone again, so the dashboard further down counts the boiler alone.
-    let (status, _) = node
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/devices/{beacon_id}"),
-            None,
-        )
-        .await;
+    let (status, _) = c.node.call(reqwest::Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
 
-    // A device group, with the device added to it.
-    b.goto(&format!("{}/#/devices/groups", node.base)).await;
-    b.wait(
-        "the group form",
-        "return document.querySelector('#group-form')",
-    )
-    .await;
-    b.type_into("#group-form [name=name]", "Cellar").await;
-    b.click("#group-form button[type=submit]").await;
-    b.wait(
-        "the new group's page",
-        "return document.querySelector('#group-add-device')",
-    )
-    .await;
-    b.type_into("#group-add-device [name=device]", "boiler-1")
+/// A device group, with the device added to it.
+async fn create_group(c: &Console) {
+    let b = &c.b;
+    c.open("#/devices/groups", "the group form", "#group-form")
         .await;
-    b.click("#group-add-device button[type=submit]").await;
-    b.wait(
-        "the device in the group",
-        "return document.querySelector('#group-devices')?.textContent.includes('boiler-1')",
-    )
-    .await;
+    b.fill("#group-form", &[("name", "Cellar")]).await;
+    b.submit("#group-form").await;
+    b.wait_for("the new group's page", "#group-add-device")
+        .await;
+    b.fill("#group-add-device", &[("device", "boiler-1")]).await;
+    b.submit("#group-add-device").await;
+    b.wait_text("the device in the group", "#group-devices", "boiler-1")
+        .await;
     b.screenshot("11-groups").await;
+}
 
-    // An API key: the key is shown once, right after creation.
-    b.goto(&format!("{}/#/admin/api-keys", node.base)).await;
-    b.wait(
-        "the API key form",
-        "return document.querySelector('#api-key-form')",
-    )
-    .await;
-    b.type_into("#api-key-form [name=name]", "ci").await;
-    b.click("#api-key-form button[type=submit]").await;
+/// An API key: the key is shown once, right after creation; the audit log records
+/// it; back on the page, the key is gone for good.
+async fn create_api_key(c: &Console) {
+    let b = &c.b;
+    c.open("#/admin/api-keys", "the API key form", "#api-key-form")
+        .await;
+    b.fill("#api-key-form", &[("name", "ci")]).await;
+    b.submit("#api-key-form").await;
     let key = b
         .wait(
             "the new key",
@@ -1396,30 +1412,18 @@ async fn console_in_headless_chromium() {
         .await;
     let key = key.as_str().unwrap().to_owned();
     assert!(key.starts_with("tpk_"), "{key}");
-    b.wait(
-        "the key in the list",
-        "return document.querySelector('#api-key-list')?.textContent.includes('ci')",
-    )
-    .await;
-    b.screenshot("12-api-keys").await;
-    let (_, keys) = node
-        .call(reqwest::Method::GET, "/api/v1/api-keys", None)
+    b.wait_text("the key in the list", "#api-key-list", "ci")
         .await;
+    b.screenshot("12-api-keys").await;
+    let keys = c.get("/api/v1/api-keys").await;
     assert!(!keys.to_string().contains(&key), "the list shows the key");
-    b.goto(&format!("{}/#/admin/audit", node.base)).await;
-    b.wait(
-        "the audit log",
-        "return document.querySelector('#audit-list')?.textContent.includes('api_key.create')",
-    )
-    .await;
+    c.goto("#/admin/audit").await;
+    b.wait_text("the audit log", "#audit-list", "api_key.create")
+        .await;
     b.screenshot("13-audit").await;
-    // Back on the page, the key is gone for good.
-    b.goto(&format!("{}/#/admin/api-keys", node.base)).await;
-    b.wait(
-        "the API key list again",
-        "return document.querySelector('#api-key-list')?.textContent.includes('ci')",
-    )
-    .await;
+    c.goto("#/admin/api-keys").await;
+    b.wait_text("the API key list again", "#api-key-list", "ci")
+        .await;
     assert_eq!(
         b.js(&format!(
             "return document.querySelector('#new-api-key') === null \
@@ -1428,22 +1432,26 @@ async fn console_in_headless_chromium() {
         .await,
         json!(true)
     );
+}
 
-    b.goto(&format!("{}/#/rules/notifications", node.base))
-        .await;
-    b.wait(
+/// The notification history page renders.
+async fn notification_history(c: &Console) {
+    c.open(
+        "#/rules/notifications",
         "the notification history",
-        "return document.querySelector('#notification-list')",
+        "#notification-list",
     )
     .await;
-    b.screenshot("14-notifications").await;
+    c.b.screenshot("14-notifications").await;
+}
 
-    // The device page shows the device's status history.
-    b.goto(&format!("{}/#/devices/{device_id}", node.base))
-        .await;
-    b.wait(
+/// The device page shows the device's status history.
+async fn device_status_history(c: &Console, boiler: &TestDevice) {
+    let b = &c.b;
+    c.open(
+        &format!("#/devices/{}", boiler.id),
         "the status history",
-        "return document.querySelector('#status-history table, #status-history p.muted')",
+        "#status-history table, #status-history p.muted",
     )
     .await;
     assert_eq!(
@@ -1452,7 +1460,12 @@ async fn console_in_headless_chromium() {
         json!("")
     );
     b.screenshot("15-device-status-history").await;
-    b.goto(&format!("{}/#/", node.base)).await;
+}
+
+/// The dashboard counts the one device, online.
+async fn dashboard(c: &Console) {
+    let b = &c.b;
+    c.goto("#/").await;
     b.wait(
         "the dashboard counts",
         "return document.querySelector('#card-devices .big')?.textContent === '1' \
@@ -1461,9 +1474,12 @@ async fn console_in_headless_chromium() {
     .await;
     let shot = b.screenshot("09-dashboard").await;
     eprintln!("screenshots in {}", shot.parent().unwrap().display());
+}
 
-    // Keyboard: from the top of the page, Tab reaches the skip button and Enter on it
-    // moves focus to the content.
+/// Keyboard: from the top of the page, Tab reaches the skip button and Enter on it
+/// moves focus to the content.
+async fn skip_link_by_keyboard(c: &Console) {
+    let b = &c.b;
     b.js("window.beforeReload = true; location.reload(); return true")
         .await;
     b.wait(
@@ -1482,7 +1498,4 @@ async fn console_in_headless_chromium() {
         b.js("return document.activeElement.id").await,
         json!("main")
     );
-
-    drop(b);
-    let _ = driver_process.kill().await;
 }

@@ -3,30 +3,11 @@
 //! telemetry, attributes and events; the REST API returns exactly those values; ACL
 //! violations store nothing; after a restart everything is still there.
 
-use std::time::Duration;
+mod common;
 
-use reqwest::StatusCode;
+use common::cluster::SharedStores;
+use common::*;
 use serde_json::{Value, json};
-use tp_broker::testing::MqttTestClient;
-use tp_node::config::PlatformConfig;
-use tp_node::platform::Platform;
-
-const ADMIN: &str = "admin@example.com";
-const PASSWORD: &str = "correct horse battery staple";
-
-/// The node's configuration: embedded defaults in `data_dir`, plus `backends`
-/// (`storage.*` overrides) for the production stack.
-fn config(data_dir: &std::path::Path, backends: &[(&'static str, String)]) -> PlatformConfig {
-    let mut overrides = vec![
-        ("data_dir", data_dir.display().to_string()),
-        ("http.listen", "127.0.0.1:0".to_owned()),
-        ("mqtt.listen", "127.0.0.1:0".to_owned()),
-        ("auth.admin_email", ADMIN.to_owned()),
-        ("auth.admin_password", PASSWORD.to_owned()),
-    ];
-    overrides.extend_from_slice(backends);
-    PlatformConfig::load(None, &overrides).unwrap()
-}
 
 struct Api {
     http: reqwest::Client,
@@ -38,17 +19,7 @@ impl Api {
     async fn login(platform: &Platform) -> Self {
         let http = reqwest::Client::new();
         let base = format!("http://{}", platform.http_addr());
-        let res = http
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"email": ADMIN, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let token = res.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = login(&http, &base, ADMIN, PASSWORD).await;
         Self { http, base, token }
     }
 
@@ -71,19 +42,13 @@ impl Api {
     }
 }
 
-/// Polls `path` until its `items` satisfy `done`.
-async fn eventually(api: &Api, path: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    for _ in 0..500 {
+/// Polls `path` until its `items` satisfy `done`; returns them.
+async fn items_when(api: &Api, path: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    tp_core::testing::eventually_ok(path, || async {
         let items = api.items(path).await;
-        if done(&items) {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{path} never reached the expected state: {:?}",
-        api.items(path).await
-    );
+        if done(&items) { Ok(items) } else { Err(items) }
+    })
+    .await
 }
 
 fn kv(items: &[Value]) -> Vec<(String, i64, Value)> {
@@ -108,39 +73,18 @@ async fn device_data_flows_from_mqtt_to_the_rest_api_and_survives_a_restart() {
 /// Redis (cache, under a key prefix of its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_data_flows_on_postgres_and_redis() {
-    let Some(pg) = tp_core::testing::service_url("TP_TEST_POSTGRES_URL") else {
+    let Some(stores) = SharedStores::new("e2e") else {
         return;
     };
-    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
-        return;
-    };
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-    let pg_url = format!("{pg}{}schema=tp_e2e_{run}", sep(&pg));
-    let backends = [
-        ("storage.metadata", pg_url.clone()),
-        ("storage.timeseries", pg_url.clone()),
-        (
-            "storage.cache",
-            format!("{redis}{}prefix=tp-e2e-{run}:", sep(&redis)),
-        ),
-    ];
-    device_data_flows(&backends).await;
-    // clean up the schema
-    let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA tp_e2e_{run} CASCADE"
-    )))
-    .execute(store.pool())
-    .await
-    .unwrap();
+    device_data_flows(&stores.overrides()).await;
+    stores.drop_schema().await;
 }
 
 async fn device_data_flows(backends: &[(&'static str, String)]) {
     let dir = tempfile::tempdir().unwrap();
-    let platform = Platform::start(config(dir.path(), backends)).await.unwrap();
+    let platform = Platform::start(config_with(dir.path(), backends))
+        .await
+        .unwrap();
     let api = Api::login(&platform).await;
 
     // no token, bad token -> 401 with the JSON error body
@@ -245,7 +189,7 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
         .unwrap();
 
     let base = format!("/api/v1/devices/{id}");
-    let latest = eventually(&api, &format!("{base}/telemetry/latest"), |items| {
+    let latest = items_when(&api, &format!("{base}/telemetry/latest"), |items| {
         items.len() == 3
     })
     .await;
@@ -312,7 +256,7 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
         .await;
     assert_eq!(kv(&count), vec![("temp".into(), t0, json!(6))]);
 
-    let attrs = eventually(&api, &format!("{base}/attributes"), |items| {
+    let attrs = items_when(&api, &format!("{base}/attributes"), |items| {
         items.len() == 2
     })
     .await;
@@ -327,7 +271,7 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
             (json!("ip"), json!("10.0.0.7"))
         ]
     );
-    let events = eventually(&api, &format!("{base}/events"), |items| items.len() == 1).await;
+    let events = items_when(&api, &format!("{base}/events"), |items| items.len() == 1).await;
     assert_eq!(events[0]["method"], "Alarm");
     assert_eq!(events[0]["message_id"], "e1");
     assert_eq!(events[0]["params"], json!({"level": 2}));
@@ -394,7 +338,9 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
     // restart on the same data dir: everything is still there
     device.disconnect().await;
     platform.shutdown().await.unwrap();
-    let platform = Platform::start(config(dir.path(), backends)).await.unwrap();
+    let platform = Platform::start(config_with(dir.path(), backends))
+        .await
+        .unwrap();
     assert!(
         platform.bootstrap_admin().is_none(),
         "the admin is created only once"

@@ -8,33 +8,23 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tp_core::testing::tls::self_signed;
 use tp_node::config::PlatformConfig;
 use tp_node::platform::{Platform, PlatformError};
 
 const ADMIN: &str = "admin@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A self-signed certificate for 127.0.0.1 and localhost in `dir`: (cert path, key
-/// path, cert PEM).
-fn self_signed(dir: &std::path::Path) -> (String, String, String) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-        certified.cert.pem(),
-    )
-}
-
-fn config(data_dir: &std::path::Path, cert_path: &str, key_path: &str) -> PlatformConfig {
+fn config(
+    data_dir: &std::path::Path,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> PlatformConfig {
     let overrides = [
         ("data_dir", data_dir.display().to_string()),
         ("http.listen", "127.0.0.1:0".to_owned()),
-        ("http.tls.cert_path", cert_path.to_owned()),
-        ("http.tls.key_path", key_path.to_owned()),
+        ("http.tls.cert_path", cert_path.display().to_string()),
+        ("http.tls.key_path", key_path.display().to_string()),
         ("mqtt.listen", "127.0.0.1:0".to_owned()),
         ("auth.admin_email", ADMIN.to_owned()),
         ("auth.admin_password", PASSWORD.to_owned()),
@@ -54,13 +44,13 @@ fn client_trusting(ca_pem: &str) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_devices_use_the_api_over_https() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = self_signed(dir.path());
-    let platform = Platform::start(config(dir.path(), &cert, &key))
+    let cert = self_signed(dir.path());
+    let platform = Platform::start(config(dir.path(), &cert.cert_path, &cert.key_path))
         .await
         .unwrap();
     let base = platform.http_url();
     assert_eq!(base, format!("https://{}", platform.http_addr()));
-    let http = client_trusting(&ca);
+    let http = client_trusting(&cert.cert_pem);
 
     // a user logs in and registers a device
     let res = http
@@ -137,8 +127,8 @@ async fn users_and_devices_use_the_api_over_https() {
 
     // a client that does not trust the certificate gets no answer at all
     let other_dir = tempfile::tempdir().unwrap();
-    let (_, _, other_ca) = self_signed(other_dir.path());
-    let err = client_trusting(&other_ca)
+    let other = self_signed(other_dir.path());
+    let err = client_trusting(&other.cert_pem)
         .get(format!("{base}/healthz"))
         .send()
         .await
@@ -158,26 +148,29 @@ async fn users_and_devices_use_the_api_over_https() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_https_certificates_stop_the_start_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, _) = self_signed(dir.path());
+    let good = self_signed(dir.path());
+    let (cert, key) = (good.cert_path.as_path(), good.key_path.as_path());
     let other_dir = tempfile::tempdir().unwrap();
-    let (_, other_key, _) = self_signed(other_dir.path());
-    let missing = dir.path().join("missing.pem").display().to_string();
+    let other_key = self_signed(other_dir.path()).key_path;
+    let missing = dir.path().join("missing.pem");
     let cases = [
         (
-            missing.as_str(),
-            key.as_str(),
-            format!("http.tls.cert_path: cannot read {missing}: "),
+            missing.as_path(),
+            key,
+            format!("http.tls.cert_path: cannot read {}: ", missing.display()),
         ),
         (
-            cert.as_str(),
-            missing.as_str(),
-            format!("http.tls.key_path: cannot read {missing}: "),
+            cert,
+            missing.as_path(),
+            format!("http.tls.key_path: cannot read {}: ", missing.display()),
         ),
         (
-            cert.as_str(),
-            other_key.as_str(),
+            cert,
+            other_key.as_path(),
             format!(
-                "http.tls.key_path: the key in {other_key} does not belong to the certificate in {cert}"
+                "http.tls.key_path: the key in {} does not belong to the certificate in {}",
+                other_key.display(),
+                cert.display()
             ),
         ),
     ];

@@ -7,22 +7,19 @@ mod common;
 
 use std::sync::Arc;
 
+use common::rules::{START, add_rule, alarms, start_with_clock};
 use common::smtp::SmtpSink;
 use common::webhook::WebhookReceiver;
 use common::*;
 use serde_json::json;
 use tp_core::rules::{
-    Action, ActionTarget, AlarmFilter, AlarmSeverity, AlarmStatus, ChannelKind, Condition,
-    DataKind, DeviceSource, NotificationChannel, Operator, Rule, RuleEngineControl, RuleId,
-    RuleStoreRef, Schedule, ScheduleKind, TriggerGroup,
+    Action, ActionTarget, AlarmSeverity, AlarmStatus, ChannelKind, Condition, DataKind,
+    DeviceSource, NotificationChannel, Operator, RuleId, RuleStoreRef, Schedule, ScheduleKind,
 };
-use tp_core::{ChannelId, DeviceId, TenantId};
-use tp_node::platform::PlatformOptions;
+use tp_core::{ChannelId, TenantId};
 use tp_rules::ManualClock;
 
 const SECRET: &str = "webhook-secret-of-the-test";
-/// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).
-const START: i64 = 1_800_000_000_000 + 30_000;
 
 struct Env {
     node: Node,
@@ -36,40 +33,13 @@ async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start().await;
     let webhook = WebhookReceiver::start(SECRET).await;
-    let mut overrides = vec![
-        ("data_dir", dir.path().display().to_string()),
-        ("http.listen", "127.0.0.1:0".to_owned()),
-        ("mqtt.listen", "127.0.0.1:0".to_owned()),
-        ("auth.admin_email", ADMIN.to_owned()),
-        ("auth.admin_password", PASSWORD.to_owned()),
-    ];
-    overrides.extend(smtp.config_overrides());
+    let mut overrides = smtp.config_overrides();
     // The webhook receiver listens on loopback.
     overrides.push(("notify.allow_private_webhooks", "true".to_owned()));
-    let config = PlatformConfig::load(None, &overrides).unwrap();
-    let metadata_url = config.metadata_url();
-    let clock = ManualClock::new(START);
-    let platform = Platform::start_with(
-        config,
-        PlatformOptions {
-            rule_clock: Some(clock.clone()),
-        },
-    )
-    .await
-    .unwrap();
-    // A second handle on the node's database, to define rules and read alarms.
-    let (_, _, rules) = tp_storage::open_rules(&metadata_url).await.unwrap();
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", platform.http_addr());
-    let token = login(&http, &base, ADMIN, PASSWORD).await;
+    let (node, rules, clock) =
+        start_with_clock(config_with(dir.path(), &overrides), START, dir).await;
     Env {
-        node: Node {
-            platform,
-            http,
-            base,
-            token,
-            _dir: dir,
-        },
+        node,
         rules,
         clock,
         webhook,
@@ -78,19 +48,6 @@ async fn env() -> Env {
 }
 
 impl Env {
-    async fn tenant_of(&self, d: &TestDevice) -> (DeviceId, TenantId) {
-        let id: DeviceId = d.id.parse().unwrap();
-        let dev = self
-            .node
-            .platform
-            .metadata()
-            .get_device_by_id(id)
-            .await
-            .unwrap()
-            .unwrap();
-        (id, dev.tenant_id)
-    }
-
     async fn add_rule(
         &self,
         tenant: TenantId,
@@ -98,57 +55,11 @@ impl Env {
         groups: Vec<Vec<Condition>>,
         actions: Vec<Action>,
     ) -> RuleId {
-        let rule = Rule {
-            id: RuleId::new(),
-            tenant_id: tenant,
-            name: name.to_owned(),
-            description: None,
-            enabled: true,
-            trigger_groups: groups
-                .into_iter()
-                .map(|conditions| TriggerGroup { conditions })
-                .collect(),
-            actions,
-            created_at: START,
-            updated_at: START,
-        };
-        self.rules.create_rule(&rule).await.unwrap();
-        self.node.platform.rule_engine().rules_changed(tenant).await;
-        rule.id
-    }
-
-    /// Waits until the engine has evaluated `n` inputs in total, then until their
-    /// actions are done.
-    async fn settle(&self, n: u64) {
-        let engine = self.node.platform.rule_engine();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while engine.stats().evaluated < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "engine evaluated only {:?}",
-                engine.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        engine.flush().await;
+        add_rule(&self.node, &self.rules, tenant, name, groups, actions).await
     }
 
     async fn alarms(&self, tenant: TenantId, rule: RuleId) -> Vec<tp_core::rules::Alarm> {
-        self.rules
-            .list_alarms(
-                tenant,
-                &AlarmFilter {
-                    rule_id: Some(rule),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .items
-    }
-
-    async fn commands(&self, d: &TestDevice) -> Vec<serde_json::Value> {
-        self.node.log(d).await["items"].as_array().unwrap().clone()
+        alarms(&self.rules, tenant, rule).await
     }
 }
 
@@ -156,7 +67,7 @@ impl Env {
 async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
     let env = env().await;
     let d = env.node.create_device("boiler-1").await;
-    let (device, tenant) = env.tenant_of(&d).await;
+    let (device, tenant) = env.node.tenant_of(&d).await;
     let (webhook_ch, email_ch) = (ChannelId::new(), ChannelId::new());
     for (id, name, kind) in [
         (
@@ -221,7 +132,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
     let before_connect = env.node.platform.rule_engine().stats().evaluated;
     let mut client = env.node.connect(&d, "boiler-1").await;
     env.node.wait_online(&d, true).await;
-    env.settle(before_connect + 1).await;
+    env.node.settle(before_connect + 1).await;
     let base = before_connect + 1;
     client
         .subscribe(&[&format!("devices/command/{}/+", d.number)])
@@ -232,15 +143,15 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         .publish("devices/telemetry", json!({"temp": 25}).to_string())
         .await
         .unwrap();
-    env.settle(base + 1).await;
+    env.node.settle(base + 1).await;
     assert!(env.alarms(tenant, rule).await.is_empty(), "25 is normal");
-    assert!(env.commands(&d).await.is_empty());
+    assert!(env.node.commands(&d).await.is_empty());
 
     client
         .publish("devices/telemetry", json!({"temp": 35}).to_string())
         .await
         .unwrap();
-    env.settle(base + 2).await;
+    env.node.settle(base + 2).await;
     let (topic, payload) = client
         .recv_publish(RECV)
         .await
@@ -266,7 +177,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         .publish("devices/telemetry", json!({"temp": 36}).to_string())
         .await
         .unwrap();
-    env.settle(base + 3).await;
+    env.node.settle(base + 3).await;
     let alarms = env.alarms(tenant, rule).await;
     assert_eq!(
         alarms.len(),
@@ -278,7 +189,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         (AlarmStatus::Active, 2)
     );
     assert_eq!(
-        env.commands(&d).await.len(),
+        env.node.commands(&d).await.len(),
         1,
         "edge-triggered: no second command"
     );
@@ -307,7 +218,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         .publish("devices/telemetry", json!({"temp": 20}).to_string())
         .await
         .unwrap();
-    env.settle(base + 4).await;
+    env.node.settle(base + 4).await;
     let alarms = env.alarms(tenant, rule).await;
     assert_eq!(alarms.len(), 1);
     assert_eq!(alarms[0].status, AlarmStatus::Cleared);
@@ -332,7 +243,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
         1
     );
     assert_eq!(calls[1].json["data"]["event"], "alarm.cleared");
-    assert_eq!(env.commands(&d).await.len(), 1);
+    assert_eq!(env.node.commands(&d).await.len(), 1);
     // State was persisted on the transitions.
     let states = env.rules.list_rule_states(rule).await.unwrap();
     assert!(
@@ -346,7 +257,7 @@ async fn threshold_raises_one_alarm_commands_notifies_and_clears() {
 async fn offline_for_60_s_fires_when_the_clock_passes_the_window() {
     let env = env().await;
     let d = env.node.create_device("pump-1").await;
-    let (device, tenant) = env.tenant_of(&d).await;
+    let (device, tenant) = env.node.tenant_of(&d).await;
     let rule = env
         .add_rule(
             tenant,
@@ -373,7 +284,7 @@ async fn offline_for_60_s_fires_when_the_clock_passes_the_window() {
     client.disconnect().await;
     env.node.wait_online(&d, false).await;
     // online, then offline
-    env.settle(base + 2).await;
+    env.node.settle(base + 2).await;
     assert!(env.alarms(tenant, rule).await.is_empty());
 
     env.clock.advance(Duration::from_secs(59));
@@ -408,7 +319,7 @@ async fn offline_for_60_s_fires_when_the_clock_passes_the_window() {
     // Back online: the alarm clears.
     let _client = env.node.connect(&d, "pump-1b").await;
     env.node.wait_online(&d, true).await;
-    env.settle(base + 3).await;
+    env.node.settle(base + 3).await;
     assert_eq!(
         env.alarms(tenant, rule).await[0].status,
         AlarmStatus::Cleared
@@ -420,7 +331,7 @@ async fn offline_for_60_s_fires_when_the_clock_passes_the_window() {
 async fn cron_rule_fires_at_each_minute_of_the_manual_clock() {
     let env = env().await;
     let d = env.node.create_device("lamp-1").await;
-    let (device, tenant) = env.tenant_of(&d).await;
+    let (device, tenant) = env.node.tenant_of(&d).await;
     env.add_rule(
         tenant,
         "every minute",
@@ -440,14 +351,14 @@ async fn cron_rule_fires_at_each_minute_of_the_manual_clock() {
     let engine = env.node.platform.rule_engine();
     engine.flush().await;
     assert!(
-        env.commands(&d).await.is_empty(),
+        env.node.commands(&d).await.is_empty(),
         "nothing before the first minute"
     );
 
     env.clock.advance(Duration::from_secs(29));
     engine.flush().await;
     assert!(
-        env.commands(&d).await.is_empty(),
+        env.node.commands(&d).await.is_empty(),
         "29 s: still before the minute"
     );
 
@@ -456,7 +367,7 @@ async fn cron_rule_fires_at_each_minute_of_the_manual_clock() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             engine.flush().await;
-            let rows = env.commands(&d).await;
+            let rows = env.node.commands(&d).await;
             if rows.len() >= want {
                 assert_eq!(rows.len(), want, "{rows:?}");
                 assert!(

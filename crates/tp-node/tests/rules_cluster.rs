@@ -15,14 +15,15 @@ mod common;
 
 use std::sync::Arc;
 
+use common::cluster::SharedStores;
+use common::rules::START;
 use common::webhook::WebhookReceiver;
 use common::*;
 use serde_json::json;
 use tp_core::rules::{
-    Action, AlarmEventKind, AlarmFilter, AlarmSeverity, AlarmStatus, ChannelId, ChannelKind,
-    Condition, DataKind, DeviceSource, NotificationChannel, Operator, Rule, RuleEngineControl,
-    RuleId, RuleInput, RuleInputData, RuleStoreRef, Schedule, ScheduleKind, TriggerGroup,
-    UplinkObserver,
+    Action, AlarmEventKind, AlarmSeverity, AlarmStatus, ChannelId, ChannelKind, Condition,
+    DataKind, DeviceSource, NotificationChannel, Operator, Rule, RuleEngineControl, RuleId,
+    RuleInput, RuleInputData, RuleStoreRef, Schedule, ScheduleKind, TriggerGroup, UplinkObserver,
 };
 use tp_core::{CacheRef, DeviceId, KeyValue, TenantId, Value};
 use tp_node::config::NotifyConfig;
@@ -30,8 +31,6 @@ use tp_rules::notify::Notifications;
 use tp_rules::{ManualClock, RuleEngine, RuleEngineConfig, RuleEngineDeps};
 
 const SECRET: &str = "webhook-secret-of-the-cluster-test";
-/// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).
-const START: i64 = 1_800_000_000_000 + 30_000;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Where the shared data lives.
@@ -41,11 +40,7 @@ enum Backend {
         cache: CacheRef,
         _dir: tempfile::TempDir,
     },
-    Services {
-        pg: String,
-        schema: String,
-        redis: String,
-    },
+    Services(SharedStores),
 }
 
 impl Backend {
@@ -59,24 +54,13 @@ impl Backend {
     }
 
     fn services() -> Option<Self> {
-        let pg = tp_core::testing::service_url("TP_TEST_POSTGRES_URL")?;
-        let redis = tp_core::testing::service_url("TP_TEST_REDIS_URL")?;
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let sep = |url: &str| if url.contains('?') { '&' } else { '?' };
-        Some(Self::Services {
-            schema: format!("tp_rules_{run}"),
-            redis: format!("{redis}{}prefix=tp-rules-{run}:", sep(&redis)),
-            pg,
-        })
+        SharedStores::new("rules").map(Self::Services)
     }
 
     fn store_url(&self) -> String {
         match self {
             Self::Sqlite { url, .. } => url.clone(),
-            Self::Services { pg, schema, .. } => {
-                let sep = if pg.contains('?') { '&' } else { '?' };
-                format!("{pg}{sep}schema={schema}")
-            }
+            Self::Services(stores) => stores.pg_url.clone(),
         }
     }
 
@@ -84,19 +68,13 @@ impl Backend {
     async fn cache(&self) -> CacheRef {
         match self {
             Self::Sqlite { cache, .. } => cache.clone(),
-            Self::Services { redis, .. } => tp_storage::open_cache(redis).await.unwrap(),
+            Self::Services(stores) => tp_storage::open_cache(&stores.redis_url).await.unwrap(),
         }
     }
 
     async fn cleanup(self) {
-        if let Self::Services { pg, schema, .. } = self {
-            let store = tp_storage::postgres::PostgresMetadataStore::connect(&pg)
-                .await
-                .unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(store.pool())
-                .await
-                .unwrap();
+        if let Self::Services(stores) = self {
+            stores.drop_schema().await;
         }
     }
 }
@@ -306,20 +284,7 @@ async fn both_nodes_raise_one_alarm(backend: Backend) {
             }],
         },
     };
-    let alarms = || async {
-        cluster
-            .rules
-            .list_alarms(
-                cluster.tenant,
-                &AlarmFilter {
-                    rule_id: Some(rule),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .items
-    };
+    let alarms = || common::rules::alarms(&cluster.rules, cluster.tenant, rule);
 
     // Both nodes see the device cross the threshold at once: each fires.
     const REPEATS: u32 = 5;

@@ -13,110 +13,20 @@ mod common;
 
 use std::sync::Arc;
 
+use common::rules::{START, add_rule, alarms, start_with_clock};
 use common::*;
 use serde_json::json;
 use tp_core::rules::{
-    Action, ActionTarget, AlarmEventKind, AlarmFilter, AlarmSeverity, AlarmStatus, Condition,
-    DataKind, DeviceSource, Operator, Rule, RuleEngineControl, RuleId, RuleStoreRef, Schedule,
-    ScheduleKind, TriggerGroup,
+    Action, ActionTarget, AlarmEventKind, AlarmSeverity, AlarmStatus, Condition, DataKind,
+    DeviceSource, Operator, RuleStoreRef, Schedule, ScheduleKind,
 };
 use tp_core::{DeviceId, TenantId};
-use tp_node::platform::PlatformOptions;
 use tp_rules::ManualClock;
 
-/// 30 s past a whole minute (1_800_000_000_000 is divisible by 60_000).
-const START: i64 = 1_800_000_000_000 + 30_000;
-const WAIT: Duration = Duration::from_secs(30);
-
-/// One run of a node on a data dir that outlives it.
-struct Run {
-    platform: Platform,
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    rules: RuleStoreRef,
-    clock: Arc<ManualClock>,
-}
-
-async fn start(dir: &std::path::Path, now: i64) -> Run {
-    let config = config(dir);
-    let metadata_url = config.metadata_url();
-    let clock = ManualClock::new(now);
-    let platform = Platform::start_with(
-        config,
-        PlatformOptions {
-            rule_clock: Some(clock.clone()),
-        },
-    )
-    .await
-    .unwrap();
-    // A second handle on the node's database, to define rules and read alarms.
-    let (_, _, rules) = tp_storage::open_rules(&metadata_url).await.unwrap();
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", platform.http_addr());
-    let token = login(&http, &base, ADMIN, PASSWORD).await;
-    Run {
-        platform,
-        http,
-        base,
-        token,
-        rules,
-        clock,
-    }
-}
-
-impl Run {
-    /// A [`Node`] view for the shared helpers (device creation, MQTT, command log);
-    /// the data dir is owned by the test, so the node gets an empty one to drop.
-    fn node(self) -> (Node, RuleStoreRef, Arc<ManualClock>) {
-        (
-            Node {
-                platform: self.platform,
-                http: self.http,
-                base: self.base,
-                token: self.token,
-                _dir: tempfile::tempdir().unwrap(),
-            },
-            self.rules,
-            self.clock,
-        )
-    }
-}
-
-async fn tenant_of(node: &Node, d: &TestDevice) -> (DeviceId, TenantId) {
-    let id: DeviceId = d.id.parse().unwrap();
-    let dev = node
-        .platform
-        .metadata()
-        .get_device_by_id(id)
-        .await
-        .unwrap()
-        .unwrap();
-    (id, dev.tenant_id)
-}
-
-async fn add_rule(
-    node: &Node,
-    rules: &RuleStoreRef,
-    tenant: TenantId,
-    name: &str,
-    conditions: Vec<Condition>,
-    actions: Vec<Action>,
-) -> RuleId {
-    let rule = Rule {
-        id: RuleId::new(),
-        tenant_id: tenant,
-        name: name.to_owned(),
-        description: None,
-        enabled: true,
-        trigger_groups: vec![TriggerGroup { conditions }],
-        actions,
-        created_at: START,
-        updated_at: START,
-    };
-    rules.create_rule(&rule).await.unwrap();
-    node.platform.rule_engine().rules_changed(tenant).await;
-    rule.id
+/// A node with its clock at `now` on `dir`, a data dir that outlives it; the node
+/// gets an empty one to drop.
+async fn start(dir: &std::path::Path, now: i64) -> (Node, RuleStoreRef, Arc<ManualClock>) {
+    start_with_clock(config(dir), now, tempfile::tempdir().unwrap()).await
 }
 
 fn too_hot(device: DeviceId, held: Option<u32>) -> Condition {
@@ -139,40 +49,6 @@ fn raise(title: &str) -> Action {
     }
 }
 
-/// Waits until the engine has evaluated `n` inputs in total, then until their
-/// actions are done.
-async fn settle(node: &Node, n: u64) {
-    let engine = node.platform.rule_engine();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while engine.stats().evaluated < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engine evaluated only {:?}",
-            engine.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    engine.flush().await;
-}
-
-async fn alarms(
-    rules: &RuleStoreRef,
-    tenant: TenantId,
-    rule: RuleId,
-) -> Vec<tp_core::rules::Alarm> {
-    rules
-        .list_alarms(
-            tenant,
-            &AlarmFilter {
-                rule_id: Some(rule),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .items
-}
-
 async fn history(
     rules: &RuleStoreRef,
     tenant: TenantId,
@@ -187,26 +63,6 @@ async fn history(
         .collect()
 }
 
-/// Flushes the engine until `done` holds for what `read` returns, or fails after a
-/// generous deadline.
-async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
-    node: &Node,
-    what: &str,
-    read: impl Fn() -> F,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        node.platform.rule_engine().flush().await;
-        let v = read().await;
-        if done(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {v:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Connects a device and waits until the engine has evaluated its online status,
 /// an input of its own that arrives asynchronously: a count taken right after the
 /// connect could include it or not, and every later wait would be off by one.
@@ -214,26 +70,22 @@ async fn connect_settled(node: &Node, d: &TestDevice, client_id: &str) -> MqttTe
     let before_connect = node.platform.rule_engine().stats().evaluated;
     let client = node.connect(d, client_id).await;
     node.wait_online(d, true).await;
-    settle(node, before_connect + 1).await;
+    node.settle(before_connect + 1).await;
     client
-}
-
-async fn commands(node: &Node, d: &TestDevice) -> Vec<serde_json::Value> {
-    node.log(d).await["items"].as_array().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_window_started_before_a_restart_completes_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, rules, clock) = start(dir.path(), START).await.node();
+    let (node, rules, clock) = start(dir.path(), START).await;
     let d = node.create_device("boiler-1").await;
-    let (device, tenant) = tenant_of(&node, &d).await;
+    let (device, tenant) = node.tenant_of(&d).await;
     let rule = add_rule(
         &node,
         &rules,
         tenant,
         "hot for a minute",
-        vec![too_hot(device, Some(60))],
+        vec![vec![too_hot(device, Some(60))]],
         vec![raise("Boiler hot for a minute")],
     )
     .await;
@@ -244,7 +96,7 @@ async fn a_held_window_started_before_a_restart_completes_after_it() {
         .publish("devices/telemetry", json!({"temp": 35}).to_string())
         .await
         .unwrap();
-    settle(&node, base + 1).await;
+    node.settle(base + 1).await;
     clock.advance(Duration::from_secs(30));
     node.platform.rule_engine().flush().await;
     assert!(alarms(&rules, tenant, rule).await.is_empty(), "30 s of 60");
@@ -253,7 +105,7 @@ async fn a_held_window_started_before_a_restart_completes_after_it() {
     drop(rules);
 
     // Down for 10 s; the new node's clock goes on from there.
-    let (node, rules, clock) = start(dir.path(), START + 40_000).await.node();
+    let (node, rules, clock) = start(dir.path(), START + 40_000).await;
     let engine = node.platform.rule_engine();
     engine.flush().await;
     assert!(alarms(&rules, tenant, rule).await.is_empty(), "40 s of 60");
@@ -262,13 +114,13 @@ async fn a_held_window_started_before_a_restart_completes_after_it() {
     assert!(alarms(&rules, tenant, rule).await.is_empty(), "59 s of 60");
 
     clock.advance(Duration::from_secs(1));
-    let found = eventually(
-        &node,
-        "the window completes 60 s after the value arrived",
-        || alarms(&rules, tenant, rule),
-        |a| !a.is_empty(),
-    )
-    .await;
+    let found = node
+        .flushed_until(
+            "the window completes 60 s after the value arrived",
+            || alarms(&rules, tenant, rule),
+            |a| !a.is_empty(),
+        )
+        .await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(
         (found[0].status, found[0].occurrences),
@@ -301,15 +153,15 @@ async fn a_held_window_started_before_a_restart_completes_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, rules, _clock) = start(dir.path(), START).await.node();
+    let (node, rules, _clock) = start(dir.path(), START).await;
     let d = node.create_device("boiler-2").await;
-    let (device, tenant) = tenant_of(&node, &d).await;
+    let (device, tenant) = node.tenant_of(&d).await;
     let rule = add_rule(
         &node,
         &rules,
         tenant,
         "too hot",
-        vec![too_hot(device, None)],
+        vec![vec![too_hot(device, None)]],
         vec![
             Action::Command {
                 target: ActionTarget::Device(device),
@@ -326,16 +178,16 @@ async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
         .publish("devices/telemetry", json!({"temp": 35}).to_string())
         .await
         .unwrap();
-    settle(&node, base + 1).await;
+    node.settle(base + 1).await;
     let before = alarms(&rules, tenant, rule).await;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].status, AlarmStatus::Active);
-    assert_eq!(commands(&node, &d).await.len(), 1);
+    assert_eq!(node.commands(&d).await.len(), 1);
     client.disconnect().await;
     node.platform.shutdown().await.unwrap();
     drop(rules);
 
-    let (node, rules, _clock) = start(dir.path(), START + 10_000).await.node();
+    let (node, rules, _clock) = start(dir.path(), START + 10_000).await;
     let mut client = node.connect(&d, "boiler-2b").await;
     // Still hot: the new node knows the rule is firing, so this is a repeat (the
     // alarm counts it, the command is not sent again).
@@ -345,13 +197,13 @@ async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
         .unwrap();
     // Waited for by its outcome: whether the new node also evaluates an online
     // input for this connect does not matter here.
-    let after = eventually(
-        &node,
-        "the repeat is counted on the open alarm",
-        || alarms(&rules, tenant, rule),
-        |a| a.first().is_some_and(|a| a.occurrences == 2),
-    )
-    .await;
+    let after = node
+        .flushed_until(
+            "the repeat is counted on the open alarm",
+            || alarms(&rules, tenant, rule),
+            |a| a.first().is_some_and(|a| a.occurrences == 2),
+        )
+        .await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0].id, before[0].id);
     assert_eq!(
@@ -359,7 +211,7 @@ async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
         (AlarmStatus::Active, 2)
     );
     assert_eq!(
-        commands(&node, &d).await.len(),
+        node.commands(&d).await.len(),
         1,
         "edge-triggered across the restart: no second command"
     );
@@ -369,13 +221,13 @@ async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
         .publish("devices/telemetry", json!({"temp": 20}).to_string())
         .await
         .unwrap();
-    let after = eventually(
-        &node,
-        "the normal value clears the alarm",
-        || alarms(&rules, tenant, rule),
-        |a| a.first().is_some_and(|a| a.status == AlarmStatus::Cleared),
-    )
-    .await;
+    let after = node
+        .flushed_until(
+            "the normal value clears the alarm",
+            || alarms(&rules, tenant, rule),
+            |a| a.first().is_some_and(|a| a.status == AlarmStatus::Cleared),
+        )
+        .await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0].status, AlarmStatus::Cleared);
     assert_eq!(after[0].cleared_at, Some(START + 10_000));
@@ -394,19 +246,19 @@ async fn a_rule_firing_before_a_restart_repeats_and_clears_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_missed_while_down_fire_once_after_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, rules, clock) = start(dir.path(), START).await.node();
+    let (node, rules, clock) = start(dir.path(), START).await;
     let lamp = node.create_device("lamp-1").await;
     let pump = node.create_device("pump-1").await;
-    let (lamp_id, tenant) = tenant_of(&node, &lamp).await;
-    let (pump_id, _) = tenant_of(&node, &pump).await;
+    let (lamp_id, tenant) = node.tenant_of(&lamp).await;
+    let (pump_id, _) = node.tenant_of(&pump).await;
     let siren = node.create_device("siren-1").await;
-    let (siren_id, _) = tenant_of(&node, &siren).await;
+    let (siren_id, _) = node.tenant_of(&siren).await;
     let schedule = |kind| {
-        vec![Condition::Schedule(Schedule {
+        vec![vec![Condition::Schedule(Schedule {
             kind,
             not_before: None,
             not_after: None,
-        })]
+        })]]
     };
     let control = |device| {
         vec![Action::TelemetryControl {
@@ -455,29 +307,29 @@ async fn schedules_missed_while_down_fire_once_after_the_start() {
     // at START would merge START and START + 20 s into one fire.
     node.platform.rule_engine().flush().await;
     clock.advance(Duration::from_secs(30));
-    let lamp_rows = || commands(&node, &lamp);
-    eventually(&node, "the first minute", &lamp_rows, |r| r.len() == 1).await;
-    let pump_rows = || commands(&node, &pump);
-    eventually(&node, "START and START + 20 s", &pump_rows, |r| {
-        r.len() == 2
-    })
-    .await;
-    assert!(commands(&node, &siren).await.is_empty());
+    let lamp_rows = || node.commands(&lamp);
+    node.flushed_until("the first minute", &lamp_rows, |r| r.len() == 1)
+        .await;
+    let pump_rows = || node.commands(&pump);
+    node.flushed_until("START and START + 20 s", &pump_rows, |r| r.len() == 2)
+        .await;
+    assert!(node.commands(&siren).await.is_empty());
     node.platform.shutdown().await.unwrap();
     drop(rules);
 
     // Down for 5 minutes and 10 s: the minutes START + 90 s .. START + 330 s and
     // fifteen 20 s periods were missed.
     let restart_at = START + 30_000 + 310_000;
-    let (node, rules, clock) = start(dir.path(), restart_at).await.node();
+    let (node, rules, clock) = start(dir.path(), restart_at).await;
     let engine = node.platform.rule_engine();
-    let lamp_rows = || commands(&node, &lamp);
-    let pump_rows = || commands(&node, &pump);
-    eventually(&node, "the missed minute", &lamp_rows, |r| r.len() >= 2).await;
-    eventually(&node, "the missed period", &pump_rows, |r| r.len() >= 3).await;
-    let siren_rows = || commands(&node, &siren);
-    eventually(
-        &node,
+    let lamp_rows = || node.commands(&lamp);
+    let pump_rows = || node.commands(&pump);
+    node.flushed_until("the missed minute", &lamp_rows, |r| r.len() >= 2)
+        .await;
+    node.flushed_until("the missed period", &pump_rows, |r| r.len() >= 3)
+        .await;
+    let siren_rows = || node.commands(&siren);
+    node.flushed_until(
         "a schedule whose first fire time passed while down",
         &siren_rows,
         |r| !r.is_empty(),
@@ -493,10 +345,12 @@ async fn schedules_missed_while_down_fire_once_after_the_start() {
     engine.flush().await;
     assert_eq!(pump_rows().await.len(), 3, "19 s: no period yet");
     clock.advance(Duration::from_secs(1));
-    eventually(&node, "the next period", &pump_rows, |r| r.len() == 4).await;
+    node.flushed_until("the next period", &pump_rows, |r| r.len() == 4)
+        .await;
     assert_eq!(lamp_rows().await.len(), 2, "no minute yet");
     clock.advance(Duration::from_secs(30));
-    eventually(&node, "the next minute", &lamp_rows, |r| r.len() == 3).await;
+    node.flushed_until("the next minute", &lamp_rows, |r| r.len() == 3)
+        .await;
     engine.flush().await;
     assert_eq!(
         pump_rows().await.len(),

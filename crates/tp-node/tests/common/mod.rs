@@ -1,8 +1,13 @@
-//! Shared harness of the node-level integration tests (downlink, gateway,
-//! provision): a whole node on ephemeral ports, an admin session, devices as
-//! rumqttc clients.
+//! Shared harness of the node-level integration tests: a whole node on ephemeral
+//! ports, an admin session, devices as rumqttc clients; nodes of a cluster on shared
+//! stores ([`cluster`]) and nodes whose rule engine runs on a manual clock
+//! ([`rules`]).
 #![allow(dead_code)]
 
+/// Nodes of a cluster on a PostgreSQL schema and a Redis key prefix of their own.
+pub(crate) mod cluster;
+/// A node whose rule engine runs on a manual clock, and what rule tests read back.
+pub(crate) mod rules;
 /// Local SMTP server that collects mail (notification tests).
 pub(crate) mod smtp;
 /// Local webhook receiver that checks signatures (notification tests).
@@ -21,14 +26,25 @@ pub(crate) const ADMIN: &str = "admin@example.com";
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 pub(crate) const RECV: Duration = Duration::from_secs(10);
 
+/// A node's configuration: the embedded defaults in `data_dir`, HTTP and MQTT on
+/// ephemeral loopback ports, the test admin.
 pub(crate) fn config(data_dir: &std::path::Path) -> PlatformConfig {
-    let overrides = [
+    config_with(data_dir, &[])
+}
+
+/// [`config`] plus `extra` overrides (`storage.*`, `notify.*`, ...).
+pub(crate) fn config_with(
+    data_dir: &std::path::Path,
+    extra: &[(&'static str, String)],
+) -> PlatformConfig {
+    let mut overrides = vec![
         ("data_dir", data_dir.display().to_string()),
         ("http.listen", "127.0.0.1:0".to_owned()),
         ("mqtt.listen", "127.0.0.1:0".to_owned()),
         ("auth.admin_email", ADMIN.to_owned()),
         ("auth.admin_password", PASSWORD.to_owned()),
     ];
+    overrides.extend_from_slice(extra);
     PlatformConfig::load(None, &overrides).unwrap()
 }
 
@@ -52,16 +68,27 @@ impl Node {
     pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let platform = Platform::start(config(dir.path())).await.unwrap();
-        let http = reqwest::Client::new();
+        Self::signed_in(platform, dir).await
+    }
+
+    /// A started `platform` for the helpers, with no session (a broker-only node
+    /// serves no REST API to sign in to); `dir` goes with it.
+    pub(crate) fn of(platform: Platform, dir: tempfile::TempDir) -> Self {
         let base = format!("http://{}", platform.http_addr());
-        let token = login(&http, &base, ADMIN, PASSWORD).await;
         Self {
             platform,
-            http,
+            http: reqwest::Client::new(),
             base,
-            token,
+            token: String::new(),
             _dir: dir,
         }
+    }
+
+    /// [`Node::of`], signed in as the admin.
+    pub(crate) async fn signed_in(platform: Platform, dir: tempfile::TempDir) -> Self {
+        let mut node = Self::of(platform, dir);
+        node.token = login(&node.http, &node.base, ADMIN, PASSWORD).await;
+        node
     }
 
     pub(crate) async fn call_as(
