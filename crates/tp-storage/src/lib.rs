@@ -20,6 +20,12 @@
 //! | `tp_core::cluster::Backplane` | `redis::backplane::RedisBackplane` | `redis` | the cache URL |
 //! | `tp_core::ingest::IngestSink` | [`writer::WriterHandle`] | (always) | in front of any [`TimeSeriesStore`] |
 //!
+//! The metadata, access and rule stores are written once, as `sql::SqlStore<D>` over
+//! a `sql::Dialect` (SQLite or PostgreSQL): the dialect owns the connections, binds
+//! values in its own column types and maps its errors; the statements and row decoding
+//! are shared. `SqliteMetadataStore` and `PostgresMetadataStore` are that store with
+//! their dialect; their modules keep only pools, migrations and time-series code.
+//!
 //! SQLite is the embedded default of a single-node installation: WAL mode, one writer
 //! connection, a small pool of readers, migrations embedded in the binary. Every
 //! backend passes the conformance suites of `tp_core::testing`.
