@@ -174,3 +174,111 @@ async fn a_flood_of_anonymous_sign_ins_is_refused_not_queued() {
     drop(child.stdin.take());
     child.wait().await.unwrap();
 }
+
+/// Forwards connections from a local port to `target` until dropped: a backend that
+/// can be made to disappear.
+struct Relay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                pipes.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every pipe.
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn readiness_tells_anyone_what_failed_but_not_why() {
+    let Some(redis) = tp_core::testing::service_url("TP_TEST_REDIS_URL") else {
+        return;
+    };
+    let target = redis
+        .trim_start_matches("redis://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let relay = Relay::start(target).await;
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let cache = format!("redis://{}/?prefix=tp-ready-{prefix}:", relay.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(config_with(dir.path(), &[("storage.cache", cache)]))
+        .await
+        .unwrap();
+    let node = Node::signed_in(platform, dir).await;
+    let (status, body) = node.call(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    drop(relay);
+    let anonymous = reqwest::Client::new();
+    let url = format!("{}/readyz", node.base);
+    let body: serde_json::Value = loop {
+        let res = anonymous.get(&url).send().await.unwrap();
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break res.json().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["checks"]["cache"], "failed", "{body}");
+    assert_eq!(body["checks"]["metadata"], "ok", "{body}");
+    assert_eq!(body["error"]["message"], "cache: failed", "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+}
+
+#[tokio::test]
+async fn the_history_limit_caps_the_whole_response() {
+    let node = Node::start().await;
+    let device = node.create_device("meter-1").await;
+    let mut mqtt = node.connect(&device, "meter-1").await;
+    let rows: Vec<_> = (0..10)
+        .map(|i| json!({"ts": 1_000 + i, "values": {"a": i, "b": i, "c": i}}))
+        .collect();
+    mqtt.publish("devices/telemetry", serde_json::to_vec(&rows).unwrap())
+        .await
+        .unwrap();
+    let all = format!(
+        "/api/v1/devices/{}/telemetry?start=0&end=100000&limit=100",
+        device.id
+    );
+    eventually("30 stored rows", || {
+        let (node, all) = (&node, all.clone());
+        async move {
+            let (_, body) = node.call(reqwest::Method::GET, &all, None).await;
+            body["items"].as_array().map_or(0, Vec::len) == 30
+        }
+    })
+    .await;
+    let capped = format!(
+        "/api/v1/devices/{}/telemetry?start=0&end=100000&limit=15",
+        device.id
+    );
+    let (status, body) = node.call(reqwest::Method::GET, &capped, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 15, "{body}");
+    // Keys are filled in ascending order: all of `a`, then the first five of `b`.
+    let keys: Vec<&str> = items.iter().map(|i| i["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.iter().filter(|k| **k == "a").count(), 10);
+    assert_eq!(keys.iter().filter(|k| **k == "b").count(), 5);
+}

@@ -254,6 +254,9 @@ impl Notifications {
             // A redirected POST would turn into a GET or go to a host nobody signed
             // up for; a redirect is reported as a failed delivery instead.
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY would carry the request to a host the address guard never
+            // sees (the proxy resolves it): webhooks always connect directly.
+            .no_proxy()
             .user_agent(concat!("thingspanel-rs/", env!("CARGO_PKG_VERSION")));
         if !config.allow_private_webhooks {
             // Names are resolved here and only public addresses are dialled, so the
@@ -873,7 +876,11 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
 
 /// Whether `ip` is a globally routable unicast address: not loopback, private,
 /// link-local, shared (CGNAT), unspecified, broadcast, multicast, documentation or
-/// reserved; IPv4-mapped IPv6 addresses are judged as IPv4.
+/// reserved. IPv6 addresses that carry an IPv4 address (mapped `::ffff:a.b.c.d`,
+/// compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) are judged by the
+/// IPv4 address they lead to; ranges that tunnel to addresses not visible in the
+/// address (Teredo `2001::/32`, local NAT64 `64:ff9b:1::/48`) and the non-routable
+/// ones (site-local `fec0::/10`, discard `100::/64`, ORCHID, benchmarking) are refused.
 fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -892,16 +899,40 @@ fn is_public(ip: IpAddr) -> bool {
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            if v6.is_loopback() || v6.is_unspecified() {
+                return false;
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
+            if seg[..5] == [0; 5] && (seg[5] == 0xffff || seg[5] == 0) {
+                return embedded(seg[6], seg[7]);
+            }
+            // NAT64 well-known prefix 64:ff9b::/96.
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(seg[6], seg[7]);
+            }
+            // 6to4 2002:a.b.c.d::/48.
+            if seg[0] == 0x2002 {
+                return embedded(seg[1], seg[2]);
+            }
+            let first = seg[0];
+            !(v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)) // documentation
+                || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || (first == 0x0064 && seg[1] == 0xff9b) // local-use NAT64 64:ff9b:1::/48
+                || seg[..4] == [0x0100, 0, 0, 0] // discard-only 100::/64
+                || (first == 0x2001 && seg[1] == 0) // Teredo 2001::/32
+                || (first == 0x2001 && seg[1] == 0x0002 && seg[2] == 0) // benchmarking
+                || (first == 0x2001 && (seg[1] & 0xffe0) == 0x0020) // ORCHIDv2 2001:20::/28
+                || (first == 0x2001 && (seg[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
+                || (first == 0x2001 && seg[1] == 0x0db8) // documentation
+                || first == 0x3fff) // documentation 3fff::/20
         }
     }
 }
@@ -1030,6 +1061,18 @@ mod public_address_tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // IPv6 transition ranges leading to private or unseen IPv4 addresses.
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
+            "2001:db8::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -1038,6 +1081,8 @@ mod public_address_tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::error::{ErrorBody, ErrorInfo};
 use crate::state::{AppState, BoxFuture};
 
@@ -28,9 +30,10 @@ pub(crate) struct HealthResponse {
 pub(crate) struct ReadyResponse {
     /// `ready` or `not_ready`.
     status: &'static str,
-    /// Check name -> `ok` or what failed.
+    /// Check name -> `ok`, or `failed` (what failed only for a `SYS_ADMIN` caller:
+    /// backend error text names hosts and internals).
     checks: BTreeMap<&'static str, String>,
-    /// Set when not ready: the first failing check.
+    /// Set when not ready: the first failing check (its detail for admins only).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorInfo>,
 }
@@ -47,7 +50,9 @@ pub(crate) async fn healthz() -> axum::Json<HealthResponse> {
     axum::Json(HealthResponse { status: "ok" })
 }
 
-/// The node can serve: every store, the cache and every added check are healthy.
+/// The node can serve: every store, the cache and every added check are healthy. The
+/// status code and check names are public (load balancers probe without credentials);
+/// why a check failed is shown to a `SYS_ADMIN` caller only.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -58,7 +63,8 @@ pub(crate) async fn healthz() -> axum::Json<HealthResponse> {
     ),
     security(())
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>, parts: Parts) -> Response {
+    let detailed = is_sys_admin(&state, parts).await;
     let mut checks: Vec<(&'static str, BoxFuture<tp_core::Result<()>>)> = Vec::new();
     let (m, t, c) = (
         state.metadata.clone(),
@@ -85,6 +91,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             }
             Err(msg) => {
                 tracing::warn!(check = name, error = %msg, "Readiness check failed.");
+                let msg = if detailed { msg } else { "failed".to_owned() };
                 if error.is_none() {
                     error = Some(ErrorInfo {
                         code: "unavailable".to_owned(),
@@ -111,6 +118,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         error,
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Whether the request carries the credentials of a `SYS_ADMIN` (a missing or bad
+/// credential is simply not one: readiness stays public).
+async fn is_sys_admin(state: &AppState, mut parts: Parts) -> bool {
+    let has_credentials = parts.headers.contains_key(header::AUTHORIZATION)
+        || parts.headers.contains_key(crate::auth::API_KEY_HEADER);
+    has_credentials
+        && Caller::from_request_parts(&mut parts, state)
+            .await
+            .is_ok_and(|c| c.require_sys_admin().is_ok())
 }
 
 /// Prometheus metrics in the text exposition format.

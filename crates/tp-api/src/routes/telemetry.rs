@@ -106,7 +106,8 @@ pub(crate) struct HistoryQuery {
     agg: Option<String>,
     /// Bucket length in ms; required with `agg`.
     interval: Option<i64>,
-    /// Rows per key, 1 to 100000 (default 10000).
+    /// Rows in the whole response, 1 to 100000 (default 10000), filled key by key
+    /// in ascending key order.
     limit: Option<u64>,
     /// `asc` (default) or `desc`.
     #[param(value_type = Option<String>, example = "asc")]
@@ -270,16 +271,35 @@ pub(crate) async fn telemetry_history(
     let limit = parse_limit(q.limit, DEFAULT_LIMIT)?;
     let order = parse_order(q.order.as_deref(), Order::Asc)?;
     load_device(&state, &caller, id).await?;
-    let query = TsQuery {
-        device_id: id,
-        keys,
-        start: q.start,
-        end: q.end,
-        aggregation,
-        limit: Some(limit),
-        order,
+    // `limit` bounds the whole response, so the store is asked key by key with what
+    // is left: one request can no longer read keys x limit rows.
+    let mut keys = if keys.is_empty() {
+        let latest = state.timeseries.latest(id, None).await?;
+        latest.into_iter().map(|kv| kv.key).collect()
+    } else {
+        keys
     };
-    let rows = state.timeseries.query(&query).await?;
+    keys.sort();
+    keys.dedup();
+    let mut rows = Vec::new();
+    let mut left = limit;
+    for key in keys {
+        if left == 0 {
+            break;
+        }
+        let query = TsQuery {
+            device_id: id,
+            keys: vec![key],
+            start: q.start,
+            end: q.end,
+            aggregation,
+            limit: Some(left),
+            order,
+        };
+        let found = state.timeseries.query(&query).await?;
+        left = left.saturating_sub(found.len() as u64);
+        rows.extend(found);
+    }
     Ok(axum::Json(KeyValueList::from_rows(rows)))
 }
 
