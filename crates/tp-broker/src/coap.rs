@@ -27,8 +27,11 @@
 //! token), non-confirmable ones with a non-confirmable response. A retransmitted
 //! request (same peer and message id within the exchange lifetime) is answered with
 //! the first answer and not processed again. Payloads are JSON (any Content-Format is
-//! read as JSON); every answer carries ThingsPanel's response object as
-//! `application/json`. Errors: 4.00 Bad Request (bad payload, naming the problem),
+//! read as JSON); every answer to an authenticated request carries ThingsPanel's
+//! response object as `application/json`. A request refused before its credentials
+//! were accepted gets the response code alone, no payload: its source address may be
+//! spoofed, and an answer larger than the request would make this server an
+//! amplifier in a reflection attack. Errors: 4.00 Bad Request (bad payload, naming the problem),
 //! 4.01 Unauthorized (missing or wrong credentials), 4.02 Bad Option (an unsupported
 //! critical option), 4.04 Not Found (unknown resource or `message_id`), 4.05 Method
 //! Not Allowed, 4.13 Request Entity Too Large (over `max_payload_size`, or block-wise
@@ -257,7 +260,8 @@ impl CoapHandler {
             Seen::InProgress => return None,
             Seen::Answered(answer) => return Some(answer),
         }
-        let (code, body) = match self.respond(&request).await {
+        let mut authenticated = false;
+        let (code, body) = match self.respond(&request, &mut authenticated).await {
             Ok((code, body)) => (code, body),
             Err(Refusal(code, errcode, message)) => {
                 let body = ResponseObject {
@@ -270,6 +274,8 @@ impl CoapHandler {
                 (code, body.encode())
             }
         };
+        // Never more bytes to an unverified sender than it sent (no amplification).
+        let body = if authenticated { body } else { Vec::new() };
         let answer = self.answer(&request, code, body);
         self.exchanges
             .lock()
@@ -292,7 +298,9 @@ impl CoapHandler {
         }
         packet.header.code = MessageClass::Response(code);
         packet.set_token(request.get_token().to_vec());
-        packet.set_content_format(ContentFormat::ApplicationJSON);
+        if !body.is_empty() {
+            packet.set_content_format(ContentFormat::ApplicationJSON);
+        }
         packet.payload = body;
         match packet.to_bytes_with_limit(MAX_ANSWER) {
             Ok(b) => Some(b),
@@ -304,7 +312,12 @@ impl CoapHandler {
     }
 
     /// Routes, authenticates and processes a request.
-    async fn respond(&self, request: &Packet) -> Result<(ResponseType, Vec<u8>), Refusal> {
+    /// Sets `authenticated` once the request's credentials are accepted.
+    async fn respond(
+        &self,
+        request: &Packet,
+        authenticated: &mut bool,
+    ) -> Result<(ResponseType, Vec<u8>), Refusal> {
         let bad_request = |m: String| Refusal(ResponseType::BadRequest, "invalid_payload", m);
         for (&number, _) in request.options() {
             if number == BLOCK1 {
@@ -354,6 +367,7 @@ impl CoapHandler {
                 .find_map(|q| q.strip_prefix(name)?.strip_prefix('='))
         };
         let device = self.authenticate(query("u"), query("p")).await?;
+        *authenticated = true;
         let shared = &self.api.shared;
         if shared.draining.load(Ordering::Acquire) {
             return Err(Refusal(
