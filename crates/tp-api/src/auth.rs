@@ -666,6 +666,8 @@ pub enum Principal {
         name: String,
         /// The user who created it.
         created_by: UserId,
+        /// When it stops working (ms), if ever; keys it creates expire no later.
+        expires_at: Option<i64>,
     },
 }
 
@@ -872,16 +874,28 @@ async fn caller_from_api_key(state: &AppState, key: &str) -> std::result::Result
     if key.role == Role::SysAdmin {
         return Err(refused());
     }
+    // A key acts for the user who made it: it stops working when that user is gone
+    // and never does more than that user may do now (a demoted creator's keys shrink
+    // with it; a key cannot outlive its creator's rights).
+    let creator = lookup_user(state, key.created_by)
+        .await?
+        .filter(|u| u.tenant_id == key.tenant_id)
+        .ok_or_else(|| {
+            ApiError::unauthenticated("API key revoked: its creator no longer exists")
+        })?;
+    let creator_custom = role_permissions(state, key.tenant_id, creator.role_id).await?;
+    let creator_may = effective_permissions(creator.role, creator_custom);
     let custom = role_permissions(state, key.tenant_id, key.role_id).await?;
     Ok(Caller {
         tenant_id: key.tenant_id,
         role: key.role,
         role_id: key.role_id,
-        permissions: effective_permissions(key.role, custom),
+        permissions: effective_permissions(key.role, custom).intersection(creator_may),
         principal: Principal::ApiKey {
             id: key.id,
             name: key.name,
             created_by: key.created_by,
+            expires_at: key.expires_at,
         },
     })
 }

@@ -134,6 +134,11 @@ impl Permissions {
         self.0 & other.0 == other.0
     }
 
+    /// Both sets' permissions.
+    pub fn intersection(self, other: Permissions) -> Self {
+        Self(self.0 & other.0)
+    }
+
     /// The union.
     pub fn union(self, other: Permissions) -> Self {
         Permissions(self.0 | other.0)

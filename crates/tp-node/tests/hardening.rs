@@ -282,3 +282,114 @@ async fn the_history_limit_caps_the_whole_response() {
     assert_eq!(keys.iter().filter(|k| **k == "a").count(), 10);
     assert_eq!(keys.iter().filter(|k| **k == "b").count(), 5);
 }
+
+/// A request with an API key.
+async fn with_key(
+    node: &Node,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = node
+        .http
+        .request(method, format!("{}{path}", node.base))
+        .header("x-api-key", key);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn api_keys_act_for_their_creator_and_cannot_escape_it() {
+    let node = Node::start().await;
+    let post = reqwest::Method::POST;
+    let (status, ops) = node
+        .call(
+            post.clone(),
+            "/api/v1/users",
+            Some(json!({"email": "ops@example.com", "name": "Ops", "password": "ops-password-1", "role": "TENANT_ADMIN"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ops}");
+    let ops_id = ops["id"].as_str().unwrap().to_owned();
+    let ops_token = login(&node.http, &node.base, "ops@example.com", "ops-password-1").await;
+    let hour = tp_core::now_ms() + 3_600_000;
+    let (status, k1) = node
+        .call_as(
+            &ops_token,
+            post.clone(),
+            "/api/v1/api-keys",
+            Some(json!({"name": "k1", "role": "TENANT_ADMIN", "expires_at": hour})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{k1}");
+    let k1 = k1["key"].as_str().unwrap().to_owned();
+
+    // A key cannot mint a key that outlives it.
+    for expires in [json!(null), json!(hour + 1)] {
+        let (status, body) = with_key(
+            &node,
+            &k1,
+            post.clone(),
+            "/api/v1/api-keys",
+            Some(json!({"name": "k2", "role": "TENANT_USER", "expires_at": expires})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{expires}: {body}");
+        assert_eq!(body["error"]["field"], "expires_at", "{body}");
+    }
+    let (status, body) = with_key(
+        &node,
+        &k1,
+        post.clone(),
+        "/api/v1/api-keys",
+        Some(json!({"name": "k2", "role": "TENANT_USER", "expires_at": hour})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Its creator demoted: the key loses what the creator lost.
+    let (status, body) = node
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/users/{ops_id}"),
+            Some(json!({"role": "TENANT_USER"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = with_key(
+        &node,
+        &k1,
+        post.clone(),
+        "/api/v1/api-keys",
+        Some(json!({"name": "k3", "role": "TENANT_USER", "expires_at": hour})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = with_key(&node, &k1, reqwest::Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "reading stays within the creator's rights: {body}"
+    );
+
+    // Its creator deleted: the key stops working and leaves the list.
+    let (status, body) = node
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{ops_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = with_key(&node, &k1, reqwest::Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (_, keys) = node
+        .call(reqwest::Method::GET, "/api/v1/api-keys", None)
+        .await;
+    assert_eq!(keys["total"], 0, "{keys}");
+}

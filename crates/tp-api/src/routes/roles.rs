@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::extract::{IdPath, Json, Query};
 use super::support::{PageQuery, audit, page_of, valid_name};
-use crate::auth::{Caller, forget_role, role_permissions};
+use crate::auth::{Caller, Principal, forget_role, role_permissions};
 use crate::authz::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
@@ -382,6 +382,18 @@ pub(crate) async fn create_api_key(
     };
     if req.expires_at.is_some_and(|t| t <= now_ms()) {
         return Err(ApiError::invalid("expires_at", "must be in the future"));
+    }
+    // A key minting keys cannot escape its own expiry.
+    if let Principal::ApiKey {
+        expires_at: Some(own),
+        ..
+    } = caller.principal
+        && req.expires_at.is_none_or(|t| t > own)
+    {
+        return Err(ApiError::invalid(
+            "expires_at",
+            "a key created with an API key must expire no later than that key",
+        ));
     }
     let role_id = match req.role_id {
         Some(id) => Some(

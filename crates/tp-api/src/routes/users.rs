@@ -468,6 +468,9 @@ pub(crate) async fn delete_user(
         .delete_user(caller.tenant_id, user.id)
         .await?;
     revoke_user_sessions(&state, user.id).await?;
+    // Its API keys already stop working (a key acts for a creator that must exist);
+    // they also leave the tenant's key list.
+    let revoked_keys = delete_keys_created_by(&state, caller.tenant_id, user.id).await?;
     audit(
         &state,
         &caller,
@@ -475,10 +478,41 @@ pub(crate) async fn delete_user(
         "user.delete",
         "user",
         user.id,
-        serde_json::json!({"email": user.email}),
+        serde_json::json!({"email": user.email, "api_keys_revoked": revoked_keys}),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the tenant's API keys created by `user`; returns how many.
+async fn delete_keys_created_by(
+    state: &AppState,
+    tenant: TenantId,
+    user: UserId,
+) -> ApiResult<usize> {
+    let mut doomed = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = state
+            .access
+            .list_api_keys(tenant, tp_core::Page { limit: 500, offset })
+            .await?;
+        let n = page.items.len() as u64;
+        doomed.extend(
+            page.items
+                .into_iter()
+                .filter(|k| k.created_by == user)
+                .map(|k| k.id),
+        );
+        offset += n;
+        if n == 0 || offset >= page.total {
+            break;
+        }
+    }
+    for key in &doomed {
+        state.access.delete_api_key(tenant, *key).await?;
+    }
+    Ok(doomed.len())
 }
 
 async fn load_tenant(state: &AppState, id: Uuid) -> ApiResult<Tenant> {
