@@ -1,14 +1,17 @@
-//! Authentication: JWT access tokens with rotating refresh tokens, revocation and
-//! lockout state in the shared [`tp_core::Cache`] (so they hold on every API node),
-//! API keys, password hashing, the [`Caller`] extractor and the first-start admin
+//! Authentication: JWT access tokens with rotating refresh tokens, revocation, API
+//! keys, password hashing, the [`Caller`] extractor and the first-start admin
 //! bootstrap.
 //!
-//! Every authenticated request checks, in the cache: that the token's `jti` is not
-//! revoked (logout), that the user's session generation is the token's (a password
-//! change or deletion starts a new one), and the user itself (a short-lived cached
-//! lookup, dropped when the user is deleted or its role changes). The revocation
-//! state must not be evicted before it expires: with Redis, use a no-eviction
-//! policy for the API's keys.
+//! Every authenticated request checks: that the token's session is not revoked
+//! (logout, or a refresh token presented twice, which revokes its whole session),
+//! that the user's session generation is the token's (a password change or deletion
+//! starts a new one), and the user itself (a short-lived cached lookup, dropped when
+//! the user is deleted or its role changes). Revocations and generations are written
+//! to the metadata store ([`tp_core::MetadataStore::put_auth_state`]), so they hold
+//! across restarts and on every node whatever the cache; the [`tp_core::Cache`] keeps
+//! them for a few seconds so a request costs no store round trip. Refresh tokens and
+//! sign-in throttling live in the cache alone (losing them signs users out or forgets
+//! failures; neither lets anything revoked back in).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +75,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// Leeway (seconds) accepted on token expiry; revocations outlive tokens by it.
 const LEEWAY_SECS: u64 = 30;
+
+/// How long a node keeps what the store said about a session or generation: a
+/// revocation made on another node with a per-node cache is seen within this time.
+const AUTH_STATE_CACHE: Duration = Duration::from_secs(5);
 
 /// Authentication settings. `Debug` never prints the secret.
 #[derive(Clone, Serialize, Deserialize)]
@@ -291,13 +298,21 @@ impl AuthKeys {
 pub(crate) mod keys {
     use tp_core::{RoleId, UserId, hash_secret};
 
-    /// Present while an access token (by `jti`) is revoked.
-    pub(crate) fn revoked(jti: &str) -> String {
-        format!("auth:revoked:{jti}")
+    /// Store key of a revoked session (all its access and refresh tokens).
+    pub(crate) fn revoked_session(sid: &str) -> String {
+        format!("session-revoked:{sid}")
     }
-    /// A user's current session generation.
+    /// Store key of a user's current session generation.
     pub(crate) fn generation(user: UserId) -> String {
-        format!("auth:gen:{user}")
+        format!("generation:{user}")
+    }
+    /// Store key of a refresh token already exchanged (by hash): its session.
+    pub(crate) fn used_refresh(token: &str) -> String {
+        format!("refresh-used:{}", hash_secret(token))
+    }
+    /// The cache's copy of a store key.
+    pub(crate) fn cached(store_key: &str) -> String {
+        format!("auth:state:{store_key}")
     }
     /// The cached user lookup.
     pub(crate) fn user(user: UserId) -> String {
@@ -354,35 +369,77 @@ struct RefreshRecord {
     generation: String,
 }
 
+/// A piece of persistent authentication state: the cache's copy when fresh, else the
+/// store's (then kept in the cache for [`AUTH_STATE_CACHE`]; an absent value too, as
+/// an empty string).
+async fn auth_state(state: &AppState, key: &str) -> Result<Option<String>> {
+    let cached = keys::cached(key);
+    if let Some(v) = state.cache.get(&cached).await? {
+        let v = String::from_utf8_lossy(&v).into_owned();
+        return Ok((!v.is_empty()).then_some(v));
+    }
+    let v = state.metadata.get_auth_state(key, now_ms()).await?;
+    state
+        .cache
+        .set(
+            &cached,
+            v.as_deref().unwrap_or_default().as_bytes(),
+            Some(AUTH_STATE_CACHE),
+        )
+        .await?;
+    Ok(v)
+}
+
+/// Writes persistent authentication state (store first, then this node's cache).
+async fn set_auth_state(state: &AppState, key: &str, value: &str, ttl: Duration) -> Result<()> {
+    let expires_at = now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    state
+        .metadata
+        .put_auth_state(key, value, expires_at)
+        .await?;
+    state
+        .cache
+        .set(&keys::cached(key), value.as_bytes(), Some(AUTH_STATE_CACHE))
+        .await?;
+    Ok(())
+}
+
 /// The user's session generation, created when absent.
 async fn current_generation(state: &AppState, user: UserId) -> Result<String> {
     let key = keys::generation(user);
-    if let Some(g) = state.cache.get(&key).await? {
-        return Ok(String::from_utf8_lossy(&g).into_owned());
+    if let Some(g) = auth_state(state, &key).await? {
+        return Ok(g);
     }
     let fresh = random_token(8);
-    if state
-        .cache
-        .set_nx(&key, fresh.as_bytes(), Some(state.auth.generation_ttl()))
-        .await?
-    {
-        return Ok(fresh);
-    }
-    Ok(state
-        .cache
-        .get(&key)
-        .await?
-        .map(|g| String::from_utf8_lossy(&g).into_owned())
-        .unwrap_or(fresh))
+    set_auth_state(state, &key, &fresh, state.auth.generation_ttl()).await?;
+    Ok(fresh)
 }
 
-/// Whether a token of generation `claimed` is still valid. A missing generation key
-/// has outlived every token issued under it (its TTL exceeds every token's).
+/// Whether a token of generation `claimed` is still valid. A missing generation has
+/// outlived every token issued under it (it lives longer than any token).
 async fn generation_is_current(state: &AppState, user: UserId, claimed: &str) -> Result<bool> {
-    Ok(match state.cache.get(&keys::generation(user)).await? {
-        Some(g) => g == claimed.as_bytes(),
+    Ok(match auth_state(state, &keys::generation(user)).await? {
+        Some(g) => g == claimed,
         None => true,
     })
+}
+
+/// Whether a session (all its tokens) is revoked.
+async fn session_revoked(state: &AppState, sid: &str) -> Result<bool> {
+    Ok(!sid.is_empty()
+        && auth_state(state, &keys::revoked_session(sid))
+            .await?
+            .is_some())
+}
+
+/// Revokes a session: its access tokens and every refresh token of its family.
+async fn revoke_session(state: &AppState, sid: &str) -> Result<()> {
+    // As long as any token of the session could be presented.
+    let ttl = state.auth.generation_ttl();
+    set_auth_state(state, &keys::revoked_session(sid), "1", ttl).await?;
+    // Logouts are rare: a good moment to drop what has expired.
+    state.metadata.purge_auth_state(now_ms()).await?;
+    Ok(())
 }
 
 async fn issue_pair(state: &AppState, user: &User, sid: &str) -> Result<TokenPair> {
@@ -421,12 +478,25 @@ pub(crate) async fn start_session(state: &AppState, user: &User) -> Result<Token
 pub(crate) async fn refresh_session(state: &AppState, refresh_token: &str) -> Result<TokenPair> {
     let refused = || Error::Unauthenticated("invalid or expired refresh token".into());
     let key = keys::refresh(refresh_token);
-    let record: RefreshRecord = state.cache.get_json(&key).await?.ok_or_else(refused)?;
+    let used = keys::used_refresh(refresh_token);
+    let Some(record) = state.cache.get_json::<RefreshRecord>(&key).await? else {
+        // Presented again after it was exchanged: one of the two holders is a thief,
+        // and which one cannot be told, so the whole session ends.
+        if let Some(sid) = auth_state(state, &used).await? {
+            revoke_session(state, &sid).await?;
+            tracing::warn!("Refresh token reused; its session is revoked.");
+        }
+        return Err(refused());
+    };
     // Single use: only the request that removes the key may continue.
     if !state.cache.delete(&key).await? {
         return Err(refused());
     }
-    if !generation_is_current(state, record.user, &record.generation).await? {
+    let ttl = Duration::from_secs(state.auth.refresh_ttl_secs + LEEWAY_SECS);
+    set_auth_state(state, &used, &record.sid, ttl).await?;
+    if session_revoked(state, &record.sid).await?
+        || !generation_is_current(state, record.user, &record.generation).await?
+    {
         return Err(refused());
     }
     let user = state
@@ -439,15 +509,12 @@ pub(crate) async fn refresh_session(state: &AppState, refresh_token: &str) -> Re
 
 /// Ends the caller's session: its access token (until it expires) and its refresh token.
 pub(crate) async fn end_session(state: &AppState, session: &Session) -> Result<()> {
-    let ttl = session.exp.saturating_sub(now_secs()) + LEEWAY_SECS;
-    state
-        .cache
-        .set(
-            &keys::revoked(&session.jti),
-            b"1",
-            Some(Duration::from_secs(ttl)),
-        )
-        .await?;
+    let sid = if session.sid.is_empty() {
+        &session.jti
+    } else {
+        &session.sid
+    };
+    revoke_session(state, sid).await?;
     let session_key = keys::session(&session.sid);
     if let Some(refresh_key) = state.cache.get(&session_key).await? {
         state
@@ -462,14 +529,14 @@ pub(crate) async fn end_session(state: &AppState, session: &Session) -> Result<(
 /// Revokes every token of a user (password change, deletion) on every node sharing
 /// the cache, and drops its cached lookup.
 pub(crate) async fn revoke_user_sessions(state: &AppState, user: UserId) -> Result<()> {
-    state
-        .cache
-        .set(
-            &keys::generation(user),
-            random_token(8).as_bytes(),
-            Some(state.auth.generation_ttl()),
-        )
-        .await?;
+    let generation = random_token(8);
+    set_auth_state(
+        state,
+        &keys::generation(user),
+        &generation,
+        state.auth.generation_ttl(),
+    )
+    .await?;
     forget_user(state, user).await
 }
 
@@ -825,12 +892,12 @@ pub(crate) async fn role_permissions(
 
 async fn caller_from_token(state: &AppState, token: &str) -> std::result::Result<Caller, ApiError> {
     let claims = state.auth.verify(token)?;
-    if state
-        .cache
-        .get(&keys::revoked(&claims.jti))
-        .await?
-        .is_some()
-    {
+    let sid = if claims.sid.is_empty() {
+        &claims.jti
+    } else {
+        &claims.sid
+    };
+    if session_revoked(state, sid).await? {
         return Err(ApiError::unauthenticated("token revoked"));
     }
     if !generation_is_current(state, claims.sub, &claims.generation).await? {

@@ -46,6 +46,16 @@ pub trait MetadataStore: std::fmt::Debug + Send + Sync + 'static {
     /// Number of users installation-wide (bootstrap check).
     async fn count_users(&self) -> Result<u64>;
 
+    /// Stores a piece of authentication state that must survive restarts and be
+    /// shared by every API node (a revoked session, a user's session generation, a
+    /// used refresh token): `key` holds `value` until `expires_at` (ms), replacing any
+    /// earlier value. Expired entries may be dropped at any time.
+    async fn put_auth_state(&self, key: &str, value: &str, expires_at: Timestamp) -> Result<()>;
+    /// The value of `key` if it has not expired at `now` (ms).
+    async fn get_auth_state(&self, key: &str, now: Timestamp) -> Result<Option<String>>;
+    /// Drops the entries expired at `now`; returns how many.
+    async fn purge_auth_state(&self, now: Timestamp) -> Result<u64>;
+
     /// Creates a device.
     async fn create_device(&self, device: &Device) -> Result<()>;
     /// Looks a device of a tenant up.

@@ -393,3 +393,68 @@ async fn api_keys_act_for_their_creator_and_cannot_escape_it() {
         .await;
     assert_eq!(keys["total"], 0, "{keys}");
 }
+
+#[tokio::test]
+async fn nothing_revoked_comes_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |dir: &std::path::Path| Platform::start(config(dir));
+    let platform = start(dir.path()).await.unwrap();
+    let base = format!("http://{}", platform.http_addr());
+    let http = reqwest::Client::new();
+    let me = |token: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.get(format!("{base}/api/v1/auth/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // One session signed out, another revoked by a password change.
+    let signed_out = login(&http, &base, ADMIN, PASSWORD).await;
+    let before_change = login(&http, &base, ADMIN, PASSWORD).await;
+    let current = login(&http, &base, ADMIN, PASSWORD).await;
+    let res = http
+        .post(format!("{base}/api/v1/auth/logout"))
+        .bearer_auth(&signed_out)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = http
+        .put(format!("{base}/api/v1/auth/password"))
+        .bearer_auth(&current)
+        .json(&json!({"current_password": PASSWORD, "new_password": "a new password 2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let renewed = res.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(me(signed_out.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(before_change.clone()).await, StatusCode::UNAUTHORIZED);
+
+    // The same node again, on its data directory, with a fresh (in-memory) cache.
+    platform.shutdown().await.unwrap();
+    let platform = start(dir.path()).await.unwrap();
+    let base2 = format!("http://{}", platform.http_addr());
+    let me = |token: String| {
+        let (http, base) = (http.clone(), base2.clone());
+        async move {
+            http.get(format!("{base}/api/v1/auth/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(signed_out).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(before_change).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(renewed).await, StatusCode::OK);
+    platform.shutdown().await.unwrap();
+}

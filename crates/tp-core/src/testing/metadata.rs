@@ -122,6 +122,59 @@ pub async fn tenant_create_get_list(store: &dyn MetadataStore) {
     assert_eq!(ours, mine);
 }
 
+/// Authentication state round-trips until it expires, a put replaces value and
+/// expiry, and a purge drops only what has expired.
+pub async fn auth_state_round_trip(store: &dyn MetadataStore) {
+    let key = format!("session:{}", unique());
+    let now = 1_700_000_000_000;
+    assert_eq!(store.get_auth_state(&key, now).await.expect("get"), None);
+    store
+        .put_auth_state(&key, "revoked", now + 1_000)
+        .await
+        .expect("put");
+    assert_eq!(
+        store
+            .get_auth_state(&key, now)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("revoked")
+    );
+    // A later put replaces value and expiry.
+    store
+        .put_auth_state(&key, "again", now + 5_000)
+        .await
+        .expect("put again");
+    assert_eq!(
+        store
+            .get_auth_state(&key, now + 2_000)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("again")
+    );
+    // Expired entries read as absent and are purged.
+    assert_eq!(
+        store.get_auth_state(&key, now + 5_000).await.expect("get"),
+        None
+    );
+    let other = format!("session:{}", unique());
+    store
+        .put_auth_state(&other, "x", now + 10_000)
+        .await
+        .expect("put");
+    assert!(store.purge_auth_state(now + 5_000).await.expect("purge") >= 1);
+    assert_eq!(store.get_auth_state(&key, now).await.expect("get"), None);
+    assert_eq!(
+        store
+            .get_auth_state(&other, now)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("x")
+    );
+}
+
 /// Users round-trip by id and email; update replaces name, hash and role only;
 /// delete is tenant-scoped and `NotFound` when missing.
 pub async fn user_crud(store: &dyn MetadataStore) {
@@ -1209,6 +1262,7 @@ macro_rules! metadata_conformance {
             backend_and_healthcheck,
             tenant_create_get_list,
             user_crud,
+            auth_state_round_trip,
             user_email_unique,
             user_list_paging,
             device_round_trip_and_lookups,

@@ -463,6 +463,30 @@ impl<D: Dialect> MetadataStore for SqlStore<D> {
             .await
     }
 
+    async fn put_auth_state(&self, key: &str, value: &str, expires_at: Timestamp) -> Result<()> {
+        let stmt = Stmt::new(
+            "INSERT INTO auth_state (key, value, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(expires_at);
+        self.exec(stmt).await?;
+        Ok(())
+    }
+
+    async fn get_auth_state(&self, key: &str, now: Timestamp) -> Result<Option<String>> {
+        let stmt = Stmt::new("SELECT value FROM auth_state WHERE key = $1 AND expires_at > $2")
+            .bind(key)
+            .bind(now);
+        self.opt(stmt, |r| r.text("value")).await
+    }
+
+    async fn purge_auth_state(&self, now: Timestamp) -> Result<u64> {
+        self.exec(Stmt::new("DELETE FROM auth_state WHERE expires_at <= $1").bind(now))
+            .await
+    }
+
     async fn create_device(&self, device: &Device) -> Result<()> {
         let stmt = Stmt::new(concat!(
             "INSERT INTO devices (",
