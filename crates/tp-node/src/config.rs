@@ -416,6 +416,11 @@ impl PlatformConfig {
             if self.notify.smtp.password.is_some() && self.notify.smtp.username.is_none() {
                 return bad("notify.smtp.username", "required when a password is set");
             }
+            if let Some(path) = &self.notify.smtp.ca_file
+                && let Err(e) = tp_rules::notify::check_ca_file(path)
+            {
+                return bad("notify.smtp.ca_file", &e);
+            }
         }
         Ok(())
     }
@@ -586,6 +591,54 @@ mod tests {
         assert!(err.to_string().contains("notify.max_attempts"), "{err}");
         let err = PlatformConfig::load(None, &[("notify.smtp.tls", "ssl".into())]).unwrap_err();
         assert!(err.to_string().contains("tls"), "{err}");
+    }
+
+    #[test]
+    fn smtp_ca_file_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = tp_core::testing::tls::self_signed(dir.path());
+        let with_ca = |path: &Path| {
+            PlatformConfig::load(
+                None,
+                &[
+                    ("notify.smtp.host", "relay.internal".into()),
+                    ("notify.smtp.ca_file", path.display().to_string()),
+                ],
+            )
+        };
+        let c = with_ca(&cert.cert_path).unwrap();
+        assert_eq!(
+            c.notify.smtp.ca_file.as_deref(),
+            Some(cert.cert_path.as_path())
+        );
+        assert_eq!(c.notify.smtp.tls, SmtpTls::Starttls);
+        let missing = dir.path().join("missing.pem");
+        let err = with_ca(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("notify.smtp.ca_file: cannot read") && err.contains("missing.pem"),
+            "{err}"
+        );
+        // The key file is PEM but holds no certificate.
+        let err = with_ca(&cert.key_path).unwrap_err().to_string();
+        assert!(
+            err.contains("notify.smtp.ca_file: no PEM certificate"),
+            "{err}"
+        );
+        // From a TOML file too.
+        let file = dir.path().join("tp.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[notify.smtp]\nhost = \"relay.internal\"\nca_file = {:?}\n",
+                cert.cert_path.display().to_string()
+            ),
+        )
+        .unwrap();
+        let c = PlatformConfig::load(Some(&file), &[]).unwrap();
+        assert_eq!(
+            c.notify.smtp.ca_file.as_deref(),
+            Some(cert.cert_path.as_path())
+        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Notification delivery over real sockets: signed webhooks to a local axum
-//! receiver (retries on 5xx/429, no retry on other 4xx), email to a local SMTP sink,
-//! and the notification history each delivery leaves behind.
+//! receiver (retries on 5xx/429, no retry on other 4xx), email to a local SMTP sink
+//! (plain, STARTTLS and implicit TLS, the sink's self-signed certificate trusted
+//! through `notify.smtp.ca_file`), and the notification history each delivery
+//! leaves behind.
 
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use common::Duration;
-use common::smtp::{SinkBehavior, SmtpSink};
+use common::smtp::{SinkBehavior, SinkTls, SmtpSink};
 use common::webhook::WebhookReceiver;
 use serde_json::json;
 use tp_core::model::{DeviceId, NotificationId, Page, Paged, TenantId, now_ms};
@@ -246,6 +249,29 @@ fn smtp_config(sink: &SmtpSink) -> NotifyConfig {
             timeout_secs: 10,
             ..SmtpConfig::default()
         },
+        ..fast_config()
+    }
+}
+
+/// `[notify.smtp]` for a TLS sink: the default security (`starttls`) unless `tls`
+/// says otherwise, trusting `ca_file` when given, with credentials (sent only once
+/// the session is encrypted).
+fn tls_config(sink: &SmtpSink, tls: Option<SmtpTls>, ca_file: Option<&Path>) -> NotifyConfig {
+    let mut smtp = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: sink.port(),
+        from: "ThingsPanel <alerts@example.com>".into(),
+        timeout_secs: 10,
+        username: Some("mailer".into()),
+        password: Some("smtp-password-do-not-log".into()),
+        ca_file: ca_file.map(Path::to_path_buf),
+        ..SmtpConfig::default()
+    };
+    if let Some(tls) = tls {
+        smtp.tls = tls;
+    }
+    NotifyConfig {
+        smtp,
         ..fast_config()
     }
 }
@@ -714,4 +740,152 @@ async fn sink_overrides_configure_a_node() {
         .unwrap();
     assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
     assert_eq!(sink.wait_for_mails(1, WAIT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn email_is_delivered_over_starttls_to_a_server_trusted_by_ca_file() {
+    let sink = SmtpSink::start_tls(SinkTls::Starttls).await;
+    // No `tls` set: STARTTLS is the default.
+    assert_eq!(SmtpConfig::default().tls, SmtpTls::Starttls);
+    let config = tls_config(&sink, None, Some(sink.ca_file()));
+    assert_eq!(config.smtp.tls, SmtpTls::Starttls);
+    let (store, n) = notifier(&config);
+    let tenant = TenantId::new();
+    let msg = message(tenant);
+
+    let record = n
+        .deliver_now(&email_channel(tenant, &["ops@example.com"]), msg.clone())
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    assert!(
+        record.detail.as_deref().unwrap().starts_with("250"),
+        "{record:?}"
+    );
+    assert_eq!(store.get(record.id), record);
+
+    let mails = sink.wait_for_mails(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert!(mail.tls, "the message came over the upgraded session");
+    assert_eq!(sink.starttls_upgrades(), 1);
+    assert_eq!(sink.sessions(), 1);
+    assert!(sink.tls_failures().is_empty(), "{:?}", sink.tls_failures());
+    assert_eq!(mail.from, "alerts@example.com");
+    assert_eq!(mail.to, ["ops@example.com"]);
+    assert_eq!(mail.subject().as_deref(), Some("Temperature high"));
+    assert_eq!(mail.body(), msg.body);
+    assert_eq!(
+        mail.auth,
+        Some(("mailer".into(), "smtp-password-do-not-log".into())),
+        "credentials were sent, over TLS"
+    );
+}
+
+#[tokio::test]
+async fn email_is_delivered_over_implicit_tls_to_a_server_trusted_by_ca_file() {
+    let sink = SmtpSink::start_tls(SinkTls::Implicit).await;
+    let (_, n) = notifier(&tls_config(&sink, Some(SmtpTls::Tls), Some(sink.ca_file())));
+    let tenant = TenantId::new();
+
+    let record = n
+        .deliver_now(
+            &email_channel(tenant, &["Oncall <oncall@example.com>"]),
+            message(tenant),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Sent, "{record:?}");
+    assert_eq!(record.attempts, 1);
+
+    let mails = sink.wait_for_mails(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert!(mail.tls, "the message came over TLS");
+    assert_eq!(sink.starttls_upgrades(), 0, "TLS from the first byte");
+    assert!(sink.tls_failures().is_empty(), "{:?}", sink.tls_failures());
+    assert_eq!(mail.to, ["oncall@example.com"]);
+    assert_eq!(mail.subject().as_deref(), Some("Temperature high"));
+    assert!(mail.header("To").unwrap().contains("oncall@example.com"));
+    assert!(mail.auth.is_some());
+}
+
+#[tokio::test]
+async fn untrusted_smtp_certificates_are_refused_and_nothing_is_sent() {
+    // Another self-signed certificate: trusting it does not make the sink's trusted.
+    let other = SmtpSink::start_tls(SinkTls::Implicit).await;
+    for (kind, tls, ca_file) in [
+        (SinkTls::Starttls, SmtpTls::Starttls, None),
+        (SinkTls::Starttls, SmtpTls::Starttls, Some(other.ca_file())),
+        (SinkTls::Implicit, SmtpTls::Tls, None),
+    ] {
+        let case = format!("{kind:?} sink, ca_file {ca_file:?}");
+        let sink = SmtpSink::start_tls(kind).await;
+        let mut config = tls_config(&sink, Some(tls), ca_file);
+        config.max_attempts = 1;
+        let (store, n) = notifier(&config);
+        let tenant = TenantId::new();
+        let record = n
+            .deliver_now(
+                &email_channel(tenant, &["ops@example.com"]),
+                message(tenant),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            record.status,
+            NotificationStatus::Failed,
+            "{case}: {record:?}"
+        );
+        assert_eq!(record.attempts, 1, "{case}");
+        assert_eq!(store.get(record.id).status, NotificationStatus::Failed);
+        let detail = record.detail.unwrap_or_default();
+        assert!(
+            detail.contains("invalid peer certificate"),
+            "{case}: verification failed: {detail}"
+        );
+        assert!(!detail.contains("smtp-password-do-not-log"), "{detail}");
+        // The sink saw the client abort the handshake (it may learn of it just after
+        // the client reported the failure).
+        let failures = sink.wait_for_tls_failures(1, WAIT).await;
+        assert_eq!(failures.len(), 1, "{case}: {failures:?}");
+        assert!(
+            failures[0].contains("received fatal alert"),
+            "{case}: {failures:?}"
+        );
+        assert!(sink.mails().is_empty(), "{case}: nothing received");
+        assert_eq!(sink.sessions(), 1, "{case}");
+        assert_eq!(sink.starttls_upgrades(), 0, "{case}");
+    }
+    assert_eq!(other.sessions(), 0);
+}
+
+#[tokio::test]
+async fn tls_sink_overrides_configure_a_node() {
+    // The node's configuration path: `notify.smtp.ca_file` is loaded and checked by
+    // `PlatformConfig::load`, and the notifier built from it trusts the sink.
+    for kind in [SinkTls::Starttls, SinkTls::Implicit] {
+        let sink = SmtpSink::start_tls(kind).await;
+        let overrides = sink.config_overrides();
+        let refs: Vec<(&str, String)> = overrides.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let config = tp_node::config::PlatformConfig::load(None, &refs).unwrap();
+        assert_eq!(config.notify.smtp.ca_file.as_deref(), Some(sink.ca_file()));
+        let (_, n) = notifier(&config.notify);
+        let tenant = TenantId::new();
+        let record = n
+            .deliver_now(
+                &email_channel(tenant, &["ops@example.com"]),
+                message(tenant),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            record.status,
+            NotificationStatus::Sent,
+            "{kind:?}: {record:?}"
+        );
+        let mails = sink.wait_for_mails(1, WAIT).await;
+        assert!(mails[0].tls, "{kind:?}");
+    }
 }

@@ -43,6 +43,16 @@
 //! a fresh timestamp. [`verify_webhook_signature`] does exactly this check (without the
 //! clock window). `X-TP-Notification-Id` repeats the notification id.
 //!
+//! # SMTP transport security
+//! `notify.smtp.tls` is `starttls` (the default: a plain connection upgraded with
+//! STARTTLS, which must be offered and must succeed; there is no fallback to plain
+//! text), `tls` (TLS from the first byte, port 465) or `none`. With TLS the server's
+//! certificate is always verified against the public (Mozilla) roots and the host
+//! name against `notify.smtp.host`; an internal relay with a certificate of a private
+//! CA, or a self-signed one, is trusted by naming that CA's (or the certificate's own)
+//! PEM file in `notify.smtp.ca_file`, added to the public roots. Verification cannot
+//! be turned off.
+//!
 //! # Secrets
 //! Webhook secrets and the SMTP password are never logged; logs name the channel and
 //! notification ids and the outcome. Webhook URLs are left out of logs and error
@@ -50,6 +60,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,8 +69,10 @@ use hmac::{Hmac, Mac};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 use tokio::sync::{Semaphore, watch};
 use tp_core::model::{Timestamp, now_ms};
@@ -154,6 +167,53 @@ pub fn parse_mailbox(text: &str) -> std::result::Result<Mailbox, String> {
     text.trim()
         .parse::<Mailbox>()
         .map_err(|e| format!("invalid email address {text:?}: {e}"))
+}
+
+/// Reads `notify.smtp.ca_file` and checks every certificate in it can serve as a
+/// trust anchor, so a wrong path or file is a startup error naming the setting
+/// rather than a failed delivery later.
+///
+/// # Errors
+/// Why the file cannot be used: unreadable, not PEM, no `CERTIFICATE` block, or a
+/// certificate that does not parse.
+pub fn check_ca_file(path: &Path) -> std::result::Result<(), String> {
+    ca_certificates(path).map(|_| ())
+}
+
+/// The certificates of a PEM file (`notify.smtp.ca_file`), each checked on its own.
+fn ca_certificates(path: &Path) -> std::result::Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+    if ders.is_empty() {
+        return Err(format!(
+            "no PEM certificate (\"BEGIN CERTIFICATE\") in {}",
+            path.display()
+        ));
+    }
+    ders.iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let bad = |e: lettre::transport::smtp::Error| {
+                format!(
+                    "certificate {} in {} cannot be used: {}",
+                    i + 1,
+                    path.display(),
+                    error_chain(&e)
+                )
+            };
+            let cert = Certificate::from_der(der.to_vec()).map_err(bad)?;
+            // lettre parses the certificate only when it builds the TLS settings:
+            // built here alone (no other roots), a malformed one is found now.
+            TlsParameters::builder("localhost".to_owned())
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(cert.clone())
+                .build()
+                .map_err(bad)?;
+            Ok(cert)
+        })
+        .collect()
 }
 
 /// The platform's [`Notifier`]: webhook and email delivery with retries, recorded
@@ -675,9 +735,22 @@ impl SmtpSender {
     fn new(config: &SmtpConfig) -> Result<Self> {
         let from =
             parse_mailbox(&config.from).map_err(|e| Error::invalid("notify.smtp.from", e))?;
+        // The private CA (or self-signed certificate) of `ca_file` is trusted in
+        // addition to the public roots; the certificate is always verified.
+        let extra_roots = match &config.ca_file {
+            Some(path) => {
+                ca_certificates(path).map_err(|e| Error::invalid("notify.smtp.ca_file", e))?
+            }
+            None => Vec::new(),
+        };
         let tls_params = || {
-            TlsParameters::new(config.host.clone())
-                .map_err(|e| Error::invalid("notify.smtp.tls", e.to_string()))
+            extra_roots
+                .iter()
+                .fold(TlsParameters::builder(config.host.clone()), |b, cert| {
+                    b.add_root_certificate(cert.clone())
+                })
+                .build()
+                .map_err(|e| Error::invalid("notify.smtp.tls", error_chain(&e)))
         };
         let tls = match config.tls {
             SmtpTls::None => Tls::None,
@@ -774,6 +847,11 @@ pub struct SmtpConfig {
     pub from: String,
     /// Longest wait for one SMTP command (seconds).
     pub timeout_secs: u64,
+    /// PEM file with one or more CA certificates (or the server's self-signed
+    /// certificate) to trust for `tls = "starttls"` / `"tls"`, in addition to the
+    /// public roots: for internal relays. The server certificate is verified either
+    /// way. Unset = public roots only.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -786,6 +864,7 @@ impl Default for SmtpConfig {
             password: None,
             from: "ThingsPanel <noreply@localhost>".to_owned(),
             timeout_secs: 30,
+            ca_file: None,
         }
     }
 }
@@ -801,6 +880,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("from", &self.from)
             .field("timeout_secs", &self.timeout_secs)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -1013,6 +1093,95 @@ mod tests {
                 .unwrap_err()
                 .contains("invalid")
         );
+    }
+}
+
+#[cfg(test)]
+mod ca_file_tests {
+    use super::*;
+
+    fn smtp(ca_file: Option<PathBuf>) -> SmtpConfig {
+        SmtpConfig {
+            host: "mail.internal.example".into(),
+            ca_file,
+            password: Some("smtp-password-do-not-log".into()),
+            username: Some("mailer".into()),
+            ..SmtpConfig::default()
+        }
+    }
+
+    fn invalid_field(config: &SmtpConfig) -> (String, String) {
+        match SmtpSender::new(config) {
+            Err(Error::Invalid { field, reason }) => (field, reason),
+            Err(e) => panic!("expected Invalid, got {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn a_pem_certificate_is_accepted_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = tp_core::testing::tls::self_signed(dir.path());
+        assert_eq!(check_ca_file(&cert.cert_path), Ok(()));
+        // A bundle of several certificates is fine too.
+        let other = tempfile::tempdir().unwrap();
+        let second = tp_core::testing::tls::self_signed(other.path());
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", cert.cert_pem, second.cert_pem)).unwrap();
+        assert_eq!(ca_certificates(&bundle).unwrap().len(), 2);
+        for tls in [SmtpTls::Starttls, SmtpTls::Tls, SmtpTls::None] {
+            let config = SmtpConfig {
+                tls,
+                ..smtp(Some(bundle.clone()))
+            };
+            assert!(SmtpSender::new(&config).is_ok(), "{tls:?}");
+        }
+    }
+
+    #[test]
+    fn unusable_files_are_config_errors_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = tp_core::testing::tls::self_signed(dir.path());
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "not a certificate\n").unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, expect) in [
+            (dir.path().join("missing.pem"), "cannot read"),
+            (text, "no PEM certificate"),
+            // The private key alone is PEM, but no certificate.
+            (cert.key_path.clone(), "no PEM certificate"),
+            (garbage, "cannot be used"),
+            (broken, "not valid PEM"),
+            // A directory cannot be read as a file.
+            (dir.path().to_path_buf(), "cannot read"),
+        ] {
+            let err = check_ca_file(&path).unwrap_err();
+            assert!(err.contains(expect), "{}: {err}", path.display());
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            let (field, reason) = invalid_field(&smtp(Some(path.clone())));
+            assert_eq!(field, "notify.smtp.ca_file");
+            assert_eq!(reason, err);
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_ca_file_but_not_the_password() {
+        let config = smtp(Some("/etc/thingspanel/smtp-ca.pem".into()));
+        let debug = format!("{config:?}");
+        assert!(debug.contains("/etc/thingspanel/smtp-ca.pem"), "{debug}");
+        assert!(!debug.contains("smtp-password-do-not-log"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
     }
 }
 

@@ -1,16 +1,27 @@
 //! A minimal SMTP server for tests: speaks enough of RFC 5321 for lettre (greeting,
 //! EHLO/HELO, AUTH PLAIN, MAIL FROM, RCPT TO, DATA with dot-unstuffing, RSET, NOOP,
-//! QUIT) over plain TCP and keeps every accepted message.
+//! QUIT, and STARTTLS per RFC 3207) and keeps every accepted message, noting whether
+//! it came over TLS.
 //!
-//! Point `notify.smtp` at it with `host = "127.0.0.1"`, `port = sink.port()`,
-//! `tls = "none"`.
+//! Three kinds ([`SinkTls`]): plain TCP without STARTTLS ([`SmtpSink::start`]; point
+//! `notify.smtp` at it with `host = "127.0.0.1"`, `port = sink.port()`,
+//! `tls = "none"`), STARTTLS offered and honoured, and TLS from the first byte
+//! (SMTPS). The TLS kinds use a fresh self-signed certificate for `127.0.0.1` and
+//! `localhost` ([`SmtpSink::ca_file`]; rustls with the ring provider), so a client
+//! trusts them only when told to.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tp_core::testing::tls::{SelfSigned, self_signed};
 
 /// One accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +35,8 @@ pub(crate) struct ReceivedMail {
     pub(crate) data: String,
     /// `AUTH PLAIN` identity `(username, password)` of the session, if any.
     pub(crate) auth: Option<(String, String)>,
+    /// Whether the message came over TLS (after STARTTLS, or on the SMTPS sink).
+    pub(crate) tls: bool,
 }
 
 impl ReceivedMail {
@@ -85,10 +98,28 @@ pub(crate) struct SinkBehavior {
     pub(crate) rcpt_reply: Option<String>,
 }
 
+/// How the sink secures its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SinkTls {
+    /// Plain TCP; STARTTLS is neither offered nor accepted.
+    #[default]
+    None,
+    /// Plain greeting, `STARTTLS` in the EHLO reply; the client upgrades, then sends
+    /// a new EHLO over TLS (`notify.smtp.tls = "starttls"`).
+    Starttls,
+    /// TLS handshake right after accept, then the greeting (SMTPS,
+    /// `notify.smtp.tls = "tls"`).
+    Implicit,
+}
+
 #[derive(Default)]
 struct Shared {
     mails: Vec<ReceivedMail>,
     sessions: usize,
+    /// Sessions upgraded with STARTTLS (handshake completed).
+    starttls_upgrades: usize,
+    /// Why TLS handshakes failed (the client's alert, e.g. an unknown CA).
+    tls_failures: Vec<String>,
 }
 
 /// A running sink on 127.0.0.1; stops accepting when dropped.
@@ -96,6 +127,9 @@ pub(crate) struct SmtpSink {
     addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     task: tokio::task::JoinHandle<()>,
+    tls: SinkTls,
+    /// The certificate of the TLS kinds, in a directory that lives as long as the sink.
+    cert: Option<(tempfile::TempDir, SelfSigned)>,
 }
 
 impl Drop for SmtpSink {
@@ -110,8 +144,25 @@ impl SmtpSink {
         Self::start_with(SinkBehavior::default()).await
     }
 
-    /// A sink with the given behavior.
+    /// A plain-TCP sink with the given behavior.
     pub(crate) async fn start_with(behavior: SinkBehavior) -> Self {
+        Self::start_secured(behavior, SinkTls::None).await
+    }
+
+    /// A sink that accepts every message, secured as `tls` says; the TLS kinds
+    /// present a fresh self-signed certificate ([`Self::ca_file`]).
+    pub(crate) async fn start_tls(tls: SinkTls) -> Self {
+        Self::start_secured(SinkBehavior::default(), tls).await
+    }
+
+    /// A sink with the given behavior and security.
+    pub(crate) async fn start_secured(behavior: SinkBehavior, tls: SinkTls) -> Self {
+        let cert = (tls != SinkTls::None).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = self_signed(dir.path());
+            (dir, cert)
+        });
+        let acceptor = cert.as_ref().map(|(_, c)| acceptor(c));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -120,12 +171,30 @@ impl SmtpSink {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = state.clone();
                 let behavior = behavior.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = session(stream, state, behavior).await;
+                    let _ = session(stream, state, behavior, tls, acceptor).await;
                 });
             }
         });
-        Self { addr, shared, task }
+        Self {
+            addr,
+            shared,
+            task,
+            tls,
+            cert,
+        }
+    }
+
+    /// The PEM file of the sink's self-signed certificate, for `notify.smtp.ca_file`
+    /// (TLS kinds only).
+    pub(crate) fn ca_file(&self) -> &Path {
+        &self
+            .cert
+            .as_ref()
+            .expect("a plain sink has no certificate")
+            .1
+            .cert_path
     }
 
     /// Listening address.
@@ -139,18 +208,28 @@ impl SmtpSink {
     }
 
     /// `PlatformConfig::load` overrides that point a node's `[notify.smtp]` at this
-    /// sink (plain SMTP) with a fast retry backoff.
+    /// sink (`tls` matching its kind; `ca_file` its certificate for the TLS kinds)
+    /// with a fast retry backoff.
     pub(crate) fn config_overrides(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let tls = match self.tls {
+            SinkTls::None => "none",
+            SinkTls::Starttls => "starttls",
+            SinkTls::Implicit => "tls",
+        };
+        let mut overrides = vec![
             ("notify.smtp.host", "127.0.0.1".to_owned()),
             ("notify.smtp.port", self.port().to_string()),
-            ("notify.smtp.tls", "none".to_owned()),
+            ("notify.smtp.tls", tls.to_owned()),
             (
                 "notify.smtp.from",
                 "ThingsPanel <alerts@example.com>".to_owned(),
             ),
             ("notify.backoff_base_ms", "10".to_owned()),
-        ]
+        ];
+        if self.cert.is_some() {
+            overrides.push(("notify.smtp.ca_file", self.ca_file().display().to_string()));
+        }
+        overrides
     }
 
     /// Messages accepted so far.
@@ -161,6 +240,33 @@ impl SmtpSink {
     /// SMTP sessions (connections) so far.
     pub(crate) fn sessions(&self) -> usize {
         self.shared.lock().unwrap().sessions
+    }
+
+    /// Sessions that switched to TLS with STARTTLS (handshake completed).
+    pub(crate) fn starttls_upgrades(&self) -> usize {
+        self.shared.lock().unwrap().starttls_upgrades
+    }
+
+    /// Why TLS handshakes with the sink failed, one entry per failure.
+    pub(crate) fn tls_failures(&self) -> Vec<String> {
+        self.shared.lock().unwrap().tls_failures.clone()
+    }
+
+    /// Waits (up to `deadline`) until at least `n` TLS handshakes failed (the sink
+    /// learns of a failure after the client, which may have moved on); returns why.
+    pub(crate) async fn wait_for_tls_failures(&self, n: usize, deadline: Duration) -> Vec<String> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let failures = self.tls_failures();
+            if failures.len() >= n {
+                return failures;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "expected {n} failed TLS handshakes, got {failures:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits (up to `deadline`) until at least `n` messages arrived; returns them.
@@ -190,17 +296,103 @@ fn path_arg(rest: &str) -> String {
     }
 }
 
+/// A TLS acceptor for `cert`: rustls with the ring provider named explicitly (no
+/// process-wide default provider is installed), as in tp-broker's TLS listeners.
+fn acceptor(cert: &SelfSigned) -> TlsAcceptor {
+    let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(&cert.key_path).unwrap()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// One connection: the TLS handshake first (SMTPS), or a plain dialogue that may
+/// switch to TLS (STARTTLS) and continue there.
 async fn session(
     stream: TcpStream,
     state: Arc<Mutex<Shared>>,
     behavior: SinkBehavior,
+    tls: SinkTls,
+    acceptor: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     state.lock().unwrap().sessions += 1;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    write
-        .write_all(b"220 sink.test ESMTP test sink\r\n")
-        .await?;
+    let handshake = |stream: TcpStream| {
+        let acceptor = acceptor.clone().expect("TLS sinks have a certificate");
+        let state = state.clone();
+        async move {
+            acceptor.accept(stream).await.inspect_err(|e| {
+                state.lock().unwrap().tls_failures.push(e.to_string());
+            })
+        }
+    };
+    match tls {
+        SinkTls::None => {
+            dialogue(stream, &state, &behavior, Phase::Plain).await?;
+        }
+        SinkTls::Starttls => {
+            let upgraded = dialogue(stream, &state, &behavior, Phase::OfferStarttls).await?;
+            if let Some(stream) = upgraded {
+                let stream = handshake(stream).await?;
+                state.lock().unwrap().starttls_upgrades += 1;
+                // No new greeting: the client starts over with EHLO (RFC 3207).
+                dialogue(stream, &state, &behavior, Phase::AfterStarttls).await?;
+            }
+        }
+        SinkTls::Implicit => {
+            let stream = handshake(stream).await?;
+            dialogue(stream, &state, &behavior, Phase::Implicit).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a dialogue stands with respect to TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Plain, STARTTLS not offered.
+    Plain,
+    /// Plain, STARTTLS offered: the dialogue ends (returning the stream) when the
+    /// client asks for it.
+    OfferStarttls,
+    /// Over TLS after STARTTLS: no greeting, STARTTLS no longer offered.
+    AfterStarttls,
+    /// Over TLS from the first byte.
+    Implicit,
+}
+
+impl Phase {
+    fn tls(self) -> bool {
+        matches!(self, Self::AfterStarttls | Self::Implicit)
+    }
+}
+
+/// Writes one reply (CRLF added) and flushes it (a TLS stream holds it otherwise).
+async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) -> std::io::Result<()> {
+    stream.write_all(text.as_bytes()).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
+}
+
+/// The SMTP dialogue over `stream` until QUIT or the client leaves (`None`), or until
+/// STARTTLS was accepted (`Some(stream)`, to be wrapped in TLS).
+async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &Mutex<Shared>,
+    behavior: &SinkBehavior,
+    phase: Phase,
+) -> std::io::Result<Option<S>> {
+    let mut lines = BufReader::new(stream);
+    if phase != Phase::AfterStarttls {
+        reply(&mut lines, "220 sink.test ESMTP test sink").await?;
+    }
     let mut from: Option<String> = None;
     let mut to: Vec<String> = Vec::new();
     let mut auth: Option<(String, String)> = None;
@@ -208,18 +400,37 @@ async fn session(
     loop {
         line.clear();
         if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let cmd = line.trim_end_matches(['\r', '\n']);
         let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 OK".to_owned()
+        let reply_text: String = if upper.starts_with("EHLO") {
+            let starttls = if phase == Phase::OfferStarttls {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
+            format!(
+                "250-sink.test\r\n{starttls}250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 OK"
+            )
+        } else if upper == "STARTTLS" {
+            if phase != Phase::OfferStarttls {
+                "502 5.5.1 STARTTLS not offered".to_owned()
+            } else {
+                reply(&mut lines, "220 2.0.0 ready to start TLS").await?;
+                // Plain text pipelined after STARTTLS must not be taken as if it had
+                // come over TLS (the CVE-2011-0411 class): drop such a session.
+                if !lines.buffer().is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(lines.into_inner()));
+            }
         } else if upper.starts_with("HELO") {
             "250 sink.test".to_owned()
         } else if upper.starts_with("AUTH PLAIN") {
             let arg = cmd.get("AUTH PLAIN".len()..).unwrap_or("").trim();
             let arg = if arg.is_empty() {
-                write.write_all(b"334 \r\n").await?;
+                reply(&mut lines, "334 ").await?;
                 line.clear();
                 lines.read_line(&mut line).await?;
                 line.trim().to_owned()
@@ -255,12 +466,12 @@ async fn session(
             if from.is_none() || to.is_empty() {
                 "503 5.5.1 need MAIL and RCPT first".to_owned()
             } else {
-                write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                reply(&mut lines, "354 end with <CRLF>.<CRLF>").await?;
                 let mut data = String::new();
                 loop {
                     line.clear();
                     if lines.read_line(&mut line).await? == 0 {
-                        return Ok(());
+                        return Ok(None);
                     }
                     let l = line.trim_end_matches(['\r', '\n']);
                     if l == "." {
@@ -275,6 +486,7 @@ async fn session(
                     to: std::mem::take(&mut to),
                     data,
                     auth: auth.clone(),
+                    tls: phase.tls(),
                 });
                 format!("250 2.0.0 OK queued as {}", s.mails.len())
             }
@@ -285,13 +497,12 @@ async fn session(
         } else if upper.starts_with("NOOP") {
             "250 2.0.0 OK".to_owned()
         } else if upper == "QUIT" {
-            write.write_all(b"221 2.0.0 bye\r\n").await?;
-            return Ok(());
+            reply(&mut lines, "221 2.0.0 bye").await?;
+            return Ok(None);
         } else {
             "502 5.5.2 command not implemented".to_owned()
         };
-        write.write_all(reply.as_bytes()).await?;
-        write.write_all(b"\r\n").await?;
+        reply(&mut lines, &reply_text).await?;
     }
 }
 
