@@ -44,6 +44,10 @@ pub struct AppState {
     pub(crate) rule_engine: Option<RuleEngineControlRef>,
     /// Live telemetry for `GET /devices/{id}/telemetry/stream`; without it the route answers 503.
     pub(crate) live: Option<Arc<crate::LiveTelemetry>>,
+    /// Per-tenant limits.
+    pub(crate) limits: crate::quota::TenantLimits,
+    /// Open live streams per tenant on this node.
+    pub(crate) streams: Arc<crate::quota::StreamCounts>,
 }
 
 impl AppState {
@@ -71,7 +75,15 @@ impl AppState {
             rules: None,
             rule_engine: None,
             live: None,
+            limits: crate::quota::TenantLimits::default(),
+            streams: Arc::default(),
         }
+    }
+
+    /// Sets the per-tenant limits (default: [`crate::quota::TenantLimits::default`]).
+    pub fn with_limits(mut self, limits: crate::quota::TenantLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Adds the rule store behind the rule, scene, alarm and notification routes (the

@@ -42,6 +42,8 @@ pub struct PlatformConfig {
     pub node: NodeConfig,
     /// Multi-node operation (`[cluster]`): the Redis backplane.
     pub cluster: ClusterConfig,
+    /// Per-tenant limits (`[limits]`): devices, rules, channels, open streams.
+    pub limits: tp_api::quota::TenantLimits,
 }
 
 /// A role of a node: several nodes of different roles form a cluster.
@@ -172,6 +174,7 @@ impl Default for PlatformConfig {
             hooks: tp_broker::hooks::HooksConfig::default(),
             node: NodeConfig::default(),
             cluster: ClusterConfig::default(),
+            limits: tp_api::quota::TenantLimits::default(),
         }
     }
 }

@@ -519,7 +519,8 @@ fn api_state(
     )
     .with_rules(stores.rules.clone())
     .with_rule_engine(services.rule_control.clone())
-    .with_live_telemetry(services.live.clone());
+    .with_live_telemetry(services.live.clone())
+    .with_limits(config.limits);
     if let Some(t) = &services.transport {
         state = state.with_transport(t.clone());
     }

@@ -458,3 +458,89 @@ async fn nothing_revoked_comes_back_after_a_restart() {
     assert_eq!(me(renewed).await, StatusCode::OK);
     platform.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn tenant_limits_are_enforced_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.limits = tp_api::quota::TenantLimits {
+        max_devices: 2,
+        max_rules: 1,
+        max_channels: 1,
+        max_streams: 1,
+    };
+    let node = Node::signed_in(Platform::start(config).await.unwrap(), dir).await;
+    let post = reqwest::Method::POST;
+    let quota = |status: StatusCode, body: &serde_json::Value, setting: &str| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(setting), "{body}");
+    };
+
+    let first = node.create_device("dev-1").await;
+    node.create_device("dev-2").await;
+    let (status, body) = node
+        .call(
+            post.clone(),
+            "/api/v1/devices",
+            Some(json!({"name": "dev-3"})),
+        )
+        .await;
+    quota(status, &body, "limits.max_devices");
+
+    let rule = |name: &str| {
+        json!({
+            "name": name,
+            "trigger_groups": [{"conditions": [
+                {"type": "schedule", "kind": {"type": "cron", "expression": "0 */5 * * * *"}}
+            ]}],
+            "actions": [{"type": "raise_alarm", "severity": "minor", "title": "tick"}],
+        })
+    };
+    let (status, body) = node
+        .call(post.clone(), "/api/v1/rules", Some(rule("r1")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = node
+        .call(post.clone(), "/api/v1/rules", Some(rule("r2")))
+        .await;
+    quota(status, &body, "limits.max_rules");
+
+    let channel = |name: &str| {
+        json!({"name": name, "type": "webhook", "url": "https://hooks.example.com/a",
+               "secret": "a-signing-secret-of-some-length"})
+    };
+    let (status, body) = node
+        .call(
+            post.clone(),
+            "/api/v1/notification-channels",
+            Some(channel("c1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = node
+        .call(
+            post.clone(),
+            "/api/v1/notification-channels",
+            Some(channel("c2")),
+        )
+        .await;
+    quota(status, &body, "limits.max_channels");
+
+    // One live stream per tenant: a second is refused until the first is closed.
+    let stream = format!("{}/api/v1/devices/{}/telemetry/stream", node.base, first.id);
+    let open = || node.http.get(&stream).bearer_auth(&node.token).send();
+    let held = open().await.unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    drop(held);
+    eventually("the stream slot is given back", || async {
+        let res = open().await.unwrap();
+        res.status() == StatusCode::OK
+    })
+    .await;
+}

@@ -189,6 +189,8 @@ fn fast_config() -> NotifyConfig {
         max_attempts: 4,
         backoff_base_ms: 5,
         max_concurrent: 4,
+        max_concurrent_per_tenant: 4,
+        max_queued_per_tenant: 1_000,
         // The test receivers listen on loopback.
         allow_private_webhooks: true,
         smtp: SmtpConfig::default(),
@@ -556,6 +558,90 @@ async fn concurrent_deliveries_are_bounded() {
     for id in ids {
         assert_eq!(store.get(id).status, NotificationStatus::Sent);
     }
+}
+
+/// A tenant notifying a receiver that hangs keeps at most its share of the delivery
+/// slots: another tenant's notification goes out meanwhile (it used to queue behind
+/// every one of the first tenant's).
+#[tokio::test]
+async fn one_tenants_slow_receiver_does_not_hold_up_another_tenant() {
+    let stuck = WebhookReceiver::with_delay(SECRET, &[], Duration::from_secs(30)).await;
+    let fine = WebhookReceiver::start(SECRET).await;
+    let config = NotifyConfig {
+        webhook_timeout_secs: 30,
+        max_attempts: 1,
+        max_concurrent: 4,
+        max_concurrent_per_tenant: 2,
+        ..fast_config()
+    };
+    let (_store, n) = notifier(&config);
+    let noisy = TenantId::new();
+    let noisy_channel = webhook_channel(noisy, &stuck.url());
+    for _ in 0..20 {
+        n.notify(&noisy_channel, message(noisy)).await.unwrap();
+    }
+    tp_core::testing::eventually("the noisy tenant's deliveries hang", || {
+        let stuck = &stuck;
+        async move { stuck.max_concurrent() >= 2 }
+    })
+    .await;
+    let quiet = TenantId::new();
+    let record = n
+        .notify(&webhook_channel(quiet, &fine.url()), message(quiet))
+        .await
+        .unwrap();
+    let calls = fine.wait_for_calls(1, WAIT).await;
+    assert_eq!(
+        calls.len(),
+        1,
+        "the quiet tenant's notification {} never went out",
+        record.id
+    );
+    assert!(
+        stuck.max_concurrent() <= 2,
+        "the noisy tenant held {} slots",
+        stuck.max_concurrent()
+    );
+}
+
+/// One tenant cannot fill the node's queue: past its own share its notifications
+/// fail at once, and other tenants still queue.
+#[tokio::test]
+async fn a_tenants_queue_share_is_bounded() {
+    let stuck = WebhookReceiver::with_delay(SECRET, &[], Duration::from_secs(30)).await;
+    let config = NotifyConfig {
+        webhook_timeout_secs: 30,
+        max_attempts: 1,
+        max_concurrent_per_tenant: 1,
+        max_queued_per_tenant: 3,
+        ..fast_config()
+    };
+    let (_store, n) = notifier(&config);
+    let noisy = TenantId::new();
+    let channel = webhook_channel(noisy, &stuck.url());
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(n.notify(&channel, message(noisy)).await.unwrap());
+    }
+    let refused: Vec<_> = statuses
+        .iter()
+        .filter(|r| r.status == NotificationStatus::Failed)
+        .collect();
+    assert_eq!(refused.len(), 2, "{statuses:?}");
+    assert!(
+        refused[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("max_queued_per_tenant"),
+        "{refused:?}"
+    );
+    let other = TenantId::new();
+    let record = n
+        .notify(&webhook_channel(other, &stuck.url()), message(other))
+        .await
+        .unwrap();
+    assert_eq!(record.status, NotificationStatus::Pending, "{record:?}");
 }
 
 #[tokio::test]

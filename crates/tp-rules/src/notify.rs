@@ -58,10 +58,11 @@
 //! notification ids and the outcome. Webhook URLs are left out of logs and error
 //! details too, since some services put their access token in the URL.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -75,7 +76,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 use tokio::sync::{Semaphore, watch};
-use tp_core::model::{Timestamp, now_ms};
+use tp_core::model::{TenantId, Timestamp, now_ms};
 use tp_core::rules::{
     ChannelKind, Notification, NotificationChannel, NotificationRecord, NotificationStatus,
     Notifier, RuleStoreRef,
@@ -230,10 +231,68 @@ struct Inner {
     allow_private: bool,
     smtp: Option<SmtpSender>,
     retry: RetryPolicy,
-    /// One permit per delivery allowed to run at once.
+    /// One permit per delivery attempt allowed to run at once.
     slots: Arc<Semaphore>,
     /// Deliveries queued or running.
     in_flight: watch::Sender<usize>,
+    /// Each tenant's share of the queue and of the slots.
+    tenants: Arc<TenantShares>,
+}
+
+/// Per-tenant fairness: a tenant's deliveries queue behind its own slots before they
+/// compete for the node's, so one tenant can keep at most its share of the node busy
+/// and at most its share of the queue full.
+#[derive(Debug)]
+struct TenantShares {
+    slots_each: usize,
+    queue_each: usize,
+    shares: Mutex<HashMap<TenantId, TenantShare>>,
+}
+
+#[derive(Debug)]
+struct TenantShare {
+    slots: Arc<Semaphore>,
+    /// Deliveries of the tenant queued or running; the entry goes when it is 0.
+    queued: usize,
+}
+
+impl TenantShares {
+    /// Counts a delivery in; `None` when the tenant's queue share is full.
+    fn enter(self: &Arc<Self>, tenant: TenantId) -> Option<TenantTicket> {
+        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        let share = shares.entry(tenant).or_insert_with(|| TenantShare {
+            slots: Arc::new(Semaphore::new(self.slots_each)),
+            queued: 0,
+        });
+        if share.queued >= self.queue_each {
+            return None;
+        }
+        share.queued += 1;
+        Some(TenantTicket {
+            shares: self.clone(),
+            tenant,
+            slots: share.slots.clone(),
+        })
+    }
+}
+
+/// One delivery's place in its tenant's share; counted out when dropped.
+struct TenantTicket {
+    shares: Arc<TenantShares>,
+    tenant: TenantId,
+    slots: Arc<Semaphore>,
+}
+
+impl Drop for TenantTicket {
+    fn drop(&mut self) {
+        let mut shares = self.shares.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(share) = shares.get_mut(&self.tenant) {
+            share.queued = share.queued.saturating_sub(1);
+            if share.queued == 0 {
+                shares.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 struct SmtpSender {
@@ -344,6 +403,13 @@ impl Notifications {
                 },
                 slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
                 in_flight,
+                tenants: Arc::new(TenantShares {
+                    slots_each: config
+                        .max_concurrent_per_tenant
+                        .clamp(1, config.max_concurrent.max(1)),
+                    queue_each: config.max_queued_per_tenant.max(1),
+                    shares: Mutex::default(),
+                }),
             }),
         })
     }
@@ -366,13 +432,16 @@ impl Notifications {
         let Some(guard) = InFlight::enter(&self.inner.in_flight) else {
             return Ok(self.inner.give_up_queue_full(record).await);
         };
+        let Some(ticket) = self.inner.tenants.enter(record.tenant_id) else {
+            return Ok(self.inner.give_up_tenant_queue_full(record).await);
+        };
         let inner = self.inner.clone();
         let channel = channel.clone();
         // Run on its own task so a caller that stops waiting (an HTTP request
         // cancelled mid-retry) does not leave the record pending forever.
         let task = tokio::spawn(async move {
             let _guard = guard;
-            inner.deliver(&channel, &message, record).await
+            inner.deliver(&channel, &message, record, ticket).await
         });
         task.await
             .map_err(|e| Error::backend("notify", format!("delivery task: {e}")))
@@ -451,12 +520,15 @@ impl Notifier for Notifications {
         let Some(guard) = InFlight::enter(&self.inner.in_flight) else {
             return Ok(self.inner.give_up_queue_full(record).await);
         };
+        let Some(ticket) = self.inner.tenants.enter(record.tenant_id) else {
+            return Ok(self.inner.give_up_tenant_queue_full(record).await);
+        };
         let inner = self.inner.clone();
         let channel = channel.clone();
         let created = record.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            inner.deliver(&channel, &message, record).await;
+            inner.deliver(&channel, &message, record, ticket).await;
         });
         Ok(created)
     }
@@ -470,9 +542,8 @@ impl Inner {
         channel: &NotificationChannel,
         message: &Notification,
         mut record: NotificationRecord,
+        ticket: TenantTicket,
     ) -> NotificationRecord {
-        // Waiting for a slot happens here, inside the task, so `notify` never blocks.
-        let _permit = self.slots.clone().acquire_owned().await;
         let prepared = match self.prepare(channel, message, &record) {
             Ok(p) => p,
             Err(detail) => {
@@ -482,6 +553,11 @@ impl Inner {
             }
         };
         loop {
+            // Waiting for slots happens here, inside the task, so `notify` never
+            // blocks: first the tenant's own, then one of the node's. Both are given
+            // back before a retry's backoff.
+            let tenant_slot = ticket.slots.clone().acquire_owned().await;
+            let node_slot = self.slots.clone().acquire_owned().await;
             let outcome = match &prepared {
                 Prepared::Webhook { url, secret, body } => {
                     self.webhook_attempt(url, secret, body, &record).await
@@ -491,6 +567,7 @@ impl Inner {
                     formatted,
                 } => self.email_attempt(envelope, formatted).await,
             };
+            drop((node_slot, tenant_slot));
             record.attempts += 1;
             let (detail, asked) = match outcome {
                 Attempt::Sent(detail) => {
@@ -709,6 +786,15 @@ impl Inner {
         record
     }
 
+    async fn give_up_tenant_queue_full(&self, record: NotificationRecord) -> NotificationRecord {
+        self.finish(
+            record,
+            NotificationStatus::Failed,
+            "the tenant's delivery queue is full (notify.max_queued_per_tenant)".to_owned(),
+        )
+        .await
+    }
+
     async fn give_up_queue_full(&self, record: NotificationRecord) -> NotificationRecord {
         self.finish(
             record,
@@ -805,6 +891,13 @@ pub struct NotifyConfig {
     /// Deliveries in flight at once; more wait for a free slot, so a slow receiver
     /// cannot open unbounded connections.
     pub max_concurrent: usize,
+    /// Of those, how many one tenant may hold at once: a tenant notifying a slow or
+    /// dead receiver in a loop fills its own share, not everyone's. Slots are held
+    /// per attempt, not across a retry's backoff.
+    pub max_concurrent_per_tenant: usize,
+    /// Deliveries one tenant may have queued or running; past it its notifications
+    /// are recorded as failed at once (the queue of the whole node holds 10,000).
+    pub max_queued_per_tenant: usize,
     /// Let webhook channels reach loopback, private (RFC 1918, fc00::/7), link-local,
     /// shared (100.64/10) and other non-public addresses. Off by default: channels are
     /// defined by tenants, and a webhook to `http://127.0.0.1:6379/` or a cloud
@@ -823,6 +916,8 @@ impl Default for NotifyConfig {
             max_attempts: 4,
             backoff_base_ms: 500,
             max_concurrent: 16,
+            max_concurrent_per_tenant: 4,
+            max_queued_per_tenant: 1_000,
             allow_private_webhooks: false,
             smtp: SmtpConfig::default(),
         }

@@ -272,6 +272,22 @@ pub(crate) async fn create_channel(
 ) -> ApiResult<(StatusCode, axum::Json<ChannelView>)> {
     caller.require(Permission::RuleWrite)?;
     let store = rule_store(&state)?;
+    let channels = store
+        .list_channels(
+            caller.tenant_id,
+            tp_core::Page {
+                limit: 1,
+                offset: 0,
+            },
+        )
+        .await?
+        .total;
+    crate::quota::check(
+        "notification channels",
+        "max_channels",
+        channels,
+        state.limits.max_channels,
+    )?;
     let name = valid_name("name", &req.name)?;
     let kind =
         match req.kind.as_str() {

@@ -457,6 +457,22 @@ async fn create_one(
     caller: &Caller,
     req: CreateDeviceRequest,
 ) -> ApiResult<(Device, IssuedCredentials)> {
+    let devices = state
+        .metadata
+        .list_devices(
+            caller.tenant_id,
+            &tp_core::DeviceFilter {
+                search: None,
+                online: None,
+                page: tp_core::Page {
+                    limit: 1,
+                    offset: 0,
+                },
+            },
+        )
+        .await?
+        .total;
+    crate::quota::check("devices", "max_devices", devices, state.limits.max_devices)?;
     let name = validate_name(&req.name)?;
     if let Some(n) = &req.device_number {
         validate_device_number(n)?;

@@ -176,6 +176,17 @@ pub(crate) async fn create_rule(
 ) -> ApiResult<(StatusCode, axum::Json<RuleView>)> {
     caller.require(Permission::RuleWrite)?;
     let store = rule_store(&state)?;
+    let rules = store
+        .list_rules(
+            caller.tenant_id,
+            tp_core::Page {
+                limit: 1,
+                offset: 0,
+            },
+        )
+        .await?
+        .total;
+    crate::quota::check("rules", "max_rules", rules, state.limits.max_rules)?;
     let name = valid_name("name", &req.name)?;
     let description = description(req.description)?;
     validate_trigger_groups(

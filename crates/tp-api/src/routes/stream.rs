@@ -231,6 +231,7 @@ fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Option
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing device:read", body = ErrorBody),
         (status = 404, description = "No such device in the tenant", body = ErrorBody),
+        (status = 429, description = "The tenant holds limits.max_streams streams open already", body = ErrorBody),
         (status = 503, description = "This node has no live telemetry", body = ErrorBody),
     ),
     security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
@@ -250,12 +251,17 @@ pub(crate) async fn telemetry_stream(
             "live telemetry is not available on this node",
         ));
     };
+    let slot = state
+        .streams
+        .open(caller.tenant_id, state.limits.max_streams)?;
     let rx = live.subscribe(id);
     // The credential was checked once, at the start: the stream ends after one access
     // token lifetime, so a revoked session or deleted key stops receiving data by then
     // at the latest. Clients reconnect with their current token.
     let until = tokio::time::Instant::now() + Duration::from_secs(state.auth.ttl_secs);
-    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+    // The slot lives as long as the stream: dropping the stream (end or client gone)
+    // gives it back.
+    let stream = futures_util::stream::unfold((rx, slot), move |(mut rx, slot)| async move {
         let received = tokio::select! {
             r = rx.recv() => r,
             () = tokio::time::sleep_until(until) => return None,
@@ -272,7 +278,7 @@ pub(crate) async fn telemetry_stream(
             // The hub is gone (node shutting down): end the stream.
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok(event), rx))
+        Some((Ok(event), (rx, slot)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
