@@ -83,20 +83,6 @@ impl axum::serve::Listener for HttpsListener {
     }
 }
 
-/// The client address of an HTTPS connection: serve with
-/// `into_make_service_with_connect_info::<HttpsPeer>()` to see it in handlers (axum
-/// provides `ConnectInfo<SocketAddr>` for plain TCP listeners only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpsPeer(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpsListener>>
-    for HttpsPeer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
 async fn accept_https(
     listener: TcpListener,
     acceptor: TlsAcceptor,

@@ -17,7 +17,7 @@ use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
 
 use crate::BrokerError;
 #[cfg(feature = "http")]
-pub use crate::https::{HttpsListener, HttpsPeer};
+pub use crate::https::HttpsListener;
 
 /// MQTT over TLS settings (`mqtt.tls`). At least one of the three listen addresses
 /// must be set; they share one certificate.

@@ -190,13 +190,33 @@ pub struct HttpConfig {
     /// not sent in the clear when no TLS-terminating proxy sits in front. Plain-HTTP
     /// requests to the port get a `400`. Unset = plain HTTP.
     pub tls: Option<tp_broker::tls::CertificateFiles>,
+    /// Seconds a client has to send a request's headers; then the connection closes.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's body; then the request fails (408).
+    pub body_read_timeout_secs: u64,
+    /// HTTP connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let limits = crate::http_server::HttpLimits::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls: None,
+            header_read_timeout_secs: limits.header_read_timeout_secs,
+            body_read_timeout_secs: limits.body_read_timeout_secs,
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub(crate) fn limits(&self) -> crate::http_server::HttpLimits {
+        crate::http_server::HttpLimits {
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            body_read_timeout_secs: self.body_read_timeout_secs,
+            max_connections: self.max_connections,
         }
     }
 }

@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod config;
+mod http_server;
 pub mod platform;
 
 pub use config::{PlatformConfig, Role};

@@ -4,11 +4,9 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ConnectInfo;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tp_broker::tls::HttpsPeer;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
@@ -24,6 +22,7 @@ use tp_storage::redis::backplane::RedisBackplane;
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
 use crate::config::{BackplaneMode, PlatformConfig, Role};
+use crate::http_server;
 use tp_api::state::AppState;
 use tp_rules::{ClockRef, RuleEngine, RuleEngineConfig, RuleEngineDeps, SystemClock};
 
@@ -594,35 +593,13 @@ fn serve(
     }
     let is_https = matches!(http.listener, HttpListener::Https(_));
     let listener = http.listener;
+    let limits = config.http.limits();
+    let drain = Duration::from_secs(config.drain_timeout_secs);
     let server = tokio::spawn(async move {
-        let stopped = async move { stop.cancelled().await };
-        let served = match listener {
+        match listener {
             // The peer address reaches handlers (sign-in throttling is per address).
-            HttpListener::Plain(l) => {
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(l, app).with_graceful_shutdown(stopped).await
-            }
-            HttpListener::Https(l) => {
-                // Handlers look for `ConnectInfo<SocketAddr>`, as over plain TCP.
-                let app = app
-                    .layer(axum::middleware::map_request(
-                        |mut req: axum::extract::Request| async move {
-                            let peer = req
-                                .extensions()
-                                .get::<ConnectInfo<HttpsPeer>>()
-                                .map(|c| c.0.0);
-                            if let Some(peer) = peer {
-                                req.extensions_mut().insert(ConnectInfo(peer));
-                            }
-                            req
-                        },
-                    ))
-                    .into_make_service_with_connect_info::<HttpsPeer>();
-                axum::serve(l, app).with_graceful_shutdown(stopped).await
-            }
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped");
+            HttpListener::Plain(l) => http_server::serve(l, app, limits, stop, drain).await,
+            HttpListener::Https(l) => http_server::serve(l, app, limits, stop, drain).await,
         }
     });
     tracing::info!(http_addr = %http.addr, mqtt = ?services.broker.as_ref().map(|b| b.local_addr()),

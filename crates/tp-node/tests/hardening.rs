@@ -544,3 +544,71 @@ async fn tenant_limits_are_enforced_with_clear_errors() {
     })
     .await;
 }
+
+/// Whether the server closed `conn` (reads until end of stream; any bytes it sent, a
+/// 408 for instance, are skipped).
+async fn closed_by_server(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_too_many_connections_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.http.header_read_timeout_secs = 1;
+    let platform = Platform::start(config).await.unwrap();
+    let addr = platform.http_addr();
+
+    // A client that never finishes its headers is disconnected.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(30), closed_by_server(&mut slow)).await;
+    assert_eq!(
+        cut,
+        Ok(true),
+        "a connection with unfinished headers stayed open"
+    );
+    platform.shutdown().await.unwrap();
+
+    // At the cap, a new connection is closed at once (long before the 60 s header
+    // deadline could close it); below the cap connections are served again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.http.header_read_timeout_secs = 60;
+    config.http.max_connections = 3;
+    let platform = Platform::start(config).await.unwrap();
+    let addr = platform.http_addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(30), closed_by_server(&mut extra)).await;
+    assert_eq!(
+        refused,
+        Ok(true),
+        "a connection over http.max_connections stayed open"
+    );
+    drop(held);
+    eventually("a connection is accepted again below the cap", || async {
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    platform.shutdown().await.unwrap();
+}
