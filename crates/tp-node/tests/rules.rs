@@ -400,3 +400,65 @@ async fn cron_rule_fires_at_each_minute_of_the_manual_clock() {
     }
     env.node.platform.shutdown().await.unwrap();
 }
+
+/// A rule that raises an alarm and notifies in the same firing: the notification
+/// names the alarm (it used to carry `"alarm_id": null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_action_names_the_alarm_its_firing_raised() {
+    let env = env().await;
+    let d = env.node.create_device("tank-1").await;
+    let (_, tenant) = env.node.tenant_of(&d).await;
+    let channel = ChannelId::new();
+    env.rules
+        .create_channel(&NotificationChannel {
+            id: channel,
+            tenant_id: tenant,
+            name: "ops".to_owned(),
+            enabled: true,
+            kind: ChannelKind::Webhook {
+                url: env.webhook.url(),
+                secret: SECRET.to_owned(),
+            },
+            created_at: START,
+        })
+        .await
+        .unwrap();
+    let rule = env
+        .add_rule(
+            tenant,
+            "hourly check",
+            vec![vec![Condition::Schedule(Schedule {
+                kind: ScheduleKind::Cron {
+                    expression: "0 * * * * *".to_owned(),
+                },
+                not_before: None,
+                not_after: None,
+            })]],
+            vec![
+                Action::RaiseAlarm {
+                    severity: AlarmSeverity::Minor,
+                    title: "Check the tank".to_owned(),
+                    description: None,
+                    channels: vec![],
+                },
+                Action::Notify {
+                    channel,
+                    subject: "tank".to_owned(),
+                    body: "check it".to_owned(),
+                },
+            ],
+        )
+        .await;
+    env.node.platform.rule_engine().flush().await;
+    env.clock.advance(Duration::from_secs(30));
+    let calls = env.webhook.wait_for_calls(1, Duration::from_secs(30)).await;
+    let raised = env.alarms(tenant, rule).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(
+        calls[0].json["alarm_id"],
+        json!(raised[0].id),
+        "{}",
+        calls[0].json
+    );
+    assert_eq!(calls[0].json["rule_id"], json!(rule));
+}

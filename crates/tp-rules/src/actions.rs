@@ -176,9 +176,22 @@ impl Executor {
                     subject,
                     body,
                 } => {
+                    // The alarm this firing raised (or that is open for the rule and
+                    // device), so the receiver can link the notification to it.
+                    let alarm_id = match firing {
+                        Some(f) => match self.rules.get_open_alarm(f.rule.id, f.device).await {
+                            Ok(open) => open.map(|a| a.id),
+                            Err(e) => {
+                                tracing::warn!(rule_id = %f.rule.id, error = %e, "cannot look up the open alarm for a notification");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
                     let data = serde_json::json!({
                         "rule_id": firing.map(|f| f.rule.id),
                         "device_id": triggering,
+                        "alarm_id": alarm_id,
                         "details": firing.map(|f| f.details.clone()),
                     });
                     (
@@ -188,7 +201,7 @@ impl Executor {
                             *channel,
                             subject.clone(),
                             body.clone(),
-                            None,
+                            alarm_id,
                             firing.map(|f| f.rule.id),
                             data,
                         )
