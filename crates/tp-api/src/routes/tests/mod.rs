@@ -68,6 +68,8 @@ fn state(
     ts: &TimeSeriesStoreRef,
     cache: &CacheRef,
 ) -> AppState {
+    // The permission matrix creates far more rows per tenant than the default limits
+    // allow; the limits themselves are tested over real sockets (tp-node hardening).
     AppState::new(
         meta.clone(),
         access.clone(),
@@ -75,6 +77,12 @@ fn state(
         cache.clone(),
         auth_config(),
     )
+    .with_limits(crate::quota::TenantLimits {
+        max_devices: 0,
+        max_rules: 0,
+        max_channels: 0,
+        max_streams: 0,
+    })
 }
 
 impl Harness {
