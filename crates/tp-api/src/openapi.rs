@@ -2,9 +2,10 @@
 
 use utoipa::Modify;
 use utoipa::OpenApi;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterIn, PathItem};
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -85,5 +86,60 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.paths
         .paths
         .insert("/docs".to_owned(), PathItem::new(HttpMethod::Get, docs));
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            document_extractor_errors(op);
+        }
+    }
     doc
+}
+
+/// Adds the answers the request extractors give on every route, so no handler has to
+/// repeat them: 400 for a path parameter that does not parse (a malformed id), and
+/// for a JSON body 400 (malformed JSON or a wrong field), 413 (over the body limit)
+/// and 415 (not `application/json`). Existing entries are kept.
+fn document_extractor_errors(op: &mut Operation) {
+    let error = |description: &str| -> RefOr<Response> {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let has_path_param = op.parameters.as_ref().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path))
+    });
+    let responses = &mut op.responses.responses;
+    if has_path_param {
+        responses
+            .entry("400".to_owned())
+            .or_insert_with(|| error("A path parameter is malformed (e.g. not a UUID)"));
+    }
+    if op.request_body.is_some() {
+        responses
+            .entry("400".to_owned())
+            .or_insert_with(|| error("Malformed JSON or an invalid field"));
+        responses
+            .entry("413".to_owned())
+            .or_insert_with(|| error("The body exceeds the size limit"));
+        responses
+            .entry("415".to_owned())
+            .or_insert_with(|| error("The body is not `application/json`"));
+    }
 }
