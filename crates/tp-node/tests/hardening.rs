@@ -612,3 +612,28 @@ async fn slow_headers_and_too_many_connections_are_cut_off() {
     .await;
     platform.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_alone_cannot_change_its_users_password() {
+    let node = Node::start().await;
+    let (status, me) = node
+        .call(reqwest::Method::GET, "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let id = me["id"].as_str().unwrap().to_owned();
+    let (status, body) = node
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            Some(json!({"password": "taken over by a thief"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "password", "{body}");
+    // The owner is not signed out, and the old password still works.
+    let (status, _) = node
+        .call(reqwest::Method::GET, "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    login(&node.http, &node.base, ADMIN, PASSWORD).await;
+}

@@ -382,6 +382,15 @@ pub(crate) async fn update_user(
         None => None,
     };
     if let Some(p) = &req.password {
+        // A stolen token must not be enough to take the account over and sign its
+        // owner out: one's own password changes through PUT /auth/password, which
+        // asks for the current one.
+        if caller.user_id() == Some(user.id) {
+            return Err(ApiError::invalid(
+                "password",
+                "change your own password with PUT /api/v1/auth/password (it asks for the current one)",
+            ));
+        }
         validate_password("password", p)?;
     }
     let role_id = match req.role_id {
