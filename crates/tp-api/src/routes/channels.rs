@@ -31,6 +31,7 @@ pub(crate) struct ChannelView {
     /// Channel id.
     id: Uuid,
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Disabled channels record a skipped notification instead of sending.
     enabled: bool,
@@ -86,6 +87,7 @@ pub(crate) struct ChannelList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateChannelRequest {
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `webhook` or `email`.
     #[serde(rename = "type")]
@@ -112,6 +114,7 @@ pub(crate) struct CreateChannelRequest {
 pub(crate) struct UpdateChannelRequest {
     /// Name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// Enable or disable.
     #[serde(default)]

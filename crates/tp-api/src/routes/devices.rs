@@ -28,6 +28,7 @@ pub(crate) struct DeviceResponse {
     /// Device id.
     id: Uuid,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Public identity, used in downlink topics.
     device_number: String,
@@ -70,6 +71,7 @@ pub(crate) struct CreatedDeviceResponse {
     /// Device id.
     id: Uuid,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Public identity, used in downlink topics.
     device_number: String,
@@ -244,6 +246,7 @@ pub(crate) struct DeviceList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateDeviceRequest {
     /// Display name, 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Public identity (one MQTT topic level); generated when absent.
     #[serde(default)]
@@ -275,6 +278,7 @@ pub(crate) struct CreateDeviceRequest {
 pub(crate) struct UpdateDeviceRequest {
     /// Display name, 1 to 255 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// Free-form label; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -310,8 +314,10 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000000)]
     page: Option<u64>,
     /// Devices per page, 1 to 1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     page_size: Option<u64>,
     /// Case-insensitive substring of name or device number.
     search: Option<String>,
@@ -529,6 +535,7 @@ pub(crate) const MAX_IMPORT_ROWS: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImportRow {
     /// Display name, 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Public identity; generated when absent.
     #[serde(default, deserialize_with = "empty_is_none")]
@@ -1026,8 +1033,10 @@ pub(crate) struct StatusHistoryParams {
     /// Exclusive end (ms since the epoch).
     end: Option<i64>,
     /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000000)]
     page: Option<u64>,
     /// Events per page, 1 to 1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     page_size: Option<u64>,
 }
 

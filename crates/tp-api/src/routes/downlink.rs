@@ -143,8 +143,10 @@ pub(crate) struct TelemetryControlRequest {
 #[into_params(parameter_in = Query)]
 pub(crate) struct LogQuery {
     /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000000)]
     page: Option<u64>,
     /// Rows per page, 1 to 1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     page_size: Option<u64>,
 }
 

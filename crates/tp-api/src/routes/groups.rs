@@ -27,6 +27,7 @@ pub(crate) struct GroupView {
     /// Parent group; `null` for a root.
     parent_id: Option<Uuid>,
     /// Name, unique among siblings.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     description: Option<String>,
@@ -59,6 +60,7 @@ pub(crate) struct GroupNode {
     /// Group id.
     id: Uuid,
     /// Name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     description: Option<String>,
@@ -79,6 +81,7 @@ pub(crate) struct GroupTree {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateGroupRequest {
     /// Name, unique among siblings.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Parent group of the tenant; absent for a root.
     #[serde(default)]
@@ -95,6 +98,7 @@ pub(crate) struct CreateGroupRequest {
 pub(crate) struct UpdateGroupRequest {
     /// Name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// New parent; `null` makes the group a root.
     #[serde(default, deserialize_with = "double_option")]

@@ -25,6 +25,7 @@ pub(crate) struct ProfileView {
     /// Profile id.
     id: Uuid,
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `direct`, `gateway` or `sub_device`.
     #[schema(example = "direct")]
@@ -106,15 +107,18 @@ pub(crate) struct ProfileList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateProfileRequest {
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `direct` (default), `gateway` or `sub_device`.
     #[serde(default)]
     device_type: Option<String>,
-    /// Heartbeat timeout in seconds.
+    /// Heartbeat timeout in seconds (at most 30 days).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     heartbeat_secs: Option<u32>,
-    /// Online timeout in seconds.
+    /// Online timeout in seconds (at most 30 days).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     online_timeout_secs: Option<u32>,
     /// Let devices self-register; generates a provisioning secret shown once.
     #[serde(default)]
@@ -131,17 +135,18 @@ pub(crate) struct CreateProfileRequest {
 pub(crate) struct UpdateProfileRequest {
     /// Name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// `direct`, `gateway` or `sub_device`.
     #[serde(default)]
     device_type: Option<String>,
     /// Heartbeat timeout in seconds; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>, nullable)]
+    #[schema(value_type = Option<u32>, nullable, maximum = 2592000)]
     heartbeat_secs: Option<Option<u32>>,
     /// Online timeout in seconds; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>, nullable)]
+    #[schema(value_type = Option<u32>, nullable, maximum = 2592000)]
     online_timeout_secs: Option<Option<u32>>,
     /// Self-registration; turning it on without a secret generates one (shown once).
     #[serde(default)]
@@ -200,8 +205,8 @@ pub(crate) async fn create_profile(
             .map(parse_device_type)
             .transpose()?
             .unwrap_or_default(),
-        heartbeat_secs: req.heartbeat_secs,
-        online_timeout_secs: req.online_timeout_secs,
+        heartbeat_secs: timeout_secs("heartbeat_secs", req.heartbeat_secs)?,
+        online_timeout_secs: timeout_secs("online_timeout_secs", req.online_timeout_secs)?,
         auto_register: req.auto_register,
         provision_secret_hash: None,
         voucher_type: req
@@ -338,10 +343,10 @@ pub(crate) async fn update_profile(
         profile.device_type = t;
     }
     if let Some(h) = req.heartbeat_secs {
-        profile.heartbeat_secs = h;
+        profile.heartbeat_secs = timeout_secs("heartbeat_secs", h)?;
     }
     if let Some(o) = req.online_timeout_secs {
-        profile.online_timeout_secs = o;
+        profile.online_timeout_secs = timeout_secs("online_timeout_secs", o)?;
     }
     if let Some(a) = req.auto_register {
         profile.auto_register = a;
@@ -484,4 +489,18 @@ pub(crate) async fn list_audit(
         items: paged.items.into_iter().map(AuditView::from).collect(),
         total: paged.total,
     }))
+}
+
+/// Longest heartbeat or online timeout a profile may set: 30 days (the document says
+/// so too, so clients and property-based testers see the same bound).
+const MAX_TIMEOUT_SECS: u32 = 30 * 86_400;
+
+fn timeout_secs(field: &str, secs: Option<u32>) -> ApiResult<Option<u32>> {
+    match secs {
+        Some(s) if s > MAX_TIMEOUT_SECS => Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_TIMEOUT_SECS} (30 days)"),
+        )),
+        other => Ok(other),
+    }
 }

@@ -20,6 +20,7 @@ pub(crate) struct RoleView {
     /// Role id.
     id: Uuid,
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Granted permissions (`device:read`, `device:write`, `device:command`,
     /// `alarm:ack`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`,
@@ -54,6 +55,7 @@ pub(crate) struct RoleList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRoleRequest {
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Permission names; each must be known and held by the caller.
     permissions: Vec<String>,
@@ -65,6 +67,7 @@ pub(crate) struct CreateRoleRequest {
 pub(crate) struct UpdateRoleRequest {
     /// Name, unique in the tenant.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// Permission names replacing the current ones.
     #[serde(default)]
@@ -286,6 +289,7 @@ pub(crate) struct ApiKeyView {
     /// Key id.
     id: Uuid,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `TENANT_ADMIN` or `TENANT_USER`.
     role: String,
@@ -337,6 +341,7 @@ pub(crate) struct ApiKeyList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateApiKeyRequest {
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `TENANT_USER` (default) or `TENANT_ADMIN`.
     #[serde(default)]

@@ -49,6 +49,7 @@ pub(crate) struct RuleView {
     /// Rule id.
     id: Uuid,
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     description: Option<String>,
@@ -95,6 +96,7 @@ pub(crate) struct RuleList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRuleRequest {
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     #[serde(default)]
@@ -116,6 +118,7 @@ pub(crate) struct CreateRuleRequest {
 pub(crate) struct UpdateRuleRequest {
     /// Name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// Free text; `""` clears it.
     #[serde(default)]

@@ -22,6 +22,7 @@ pub(crate) struct SceneView {
     /// Scene id.
     id: Uuid,
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     description: Option<String>,
@@ -61,6 +62,7 @@ pub(crate) struct SceneList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSceneRequest {
     /// Name, unique in the tenant.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Free text.
     #[serde(default)]
@@ -76,6 +78,7 @@ pub(crate) struct CreateSceneRequest {
 pub(crate) struct UpdateSceneRequest {
     /// Name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// Free text; `""` clears it.
     #[serde(default)]

@@ -8,6 +8,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
+/// Largest `page` number of a list (the OpenAPI document declares it).
+pub(crate) const MAX_PAGE: u64 = 1_000_000_000;
+
 /// Largest `page_size` of a list.
 pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
 
@@ -16,8 +19,10 @@ pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 1000000000)]
     pub(crate) page: Option<u64>,
     /// Rows per page, 1 to 1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) page_size: Option<u64>,
 }
 
@@ -26,6 +31,12 @@ pub(crate) fn page_of(page: Option<u64>, page_size: Option<u64>) -> ApiResult<Pa
     let page = page.unwrap_or(1);
     if page == 0 {
         return Err(ApiError::invalid("page", "must be at least 1"));
+    }
+    if page > MAX_PAGE {
+        return Err(ApiError::invalid(
+            "page",
+            format!("must be at most {MAX_PAGE}"),
+        ));
     }
     let page_size = page_size.unwrap_or(20);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {

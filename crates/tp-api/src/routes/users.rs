@@ -27,6 +27,7 @@ pub(crate) struct UserView {
     /// Email address (lower-case).
     email: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// `SYS_ADMIN`, `TENANT_ADMIN` or `TENANT_USER`.
     role: String,
@@ -66,6 +67,7 @@ pub(crate) struct CreateUserRequest {
     /// Email address, unique installation-wide.
     email: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Password, at least 8 characters.
     password: String,
@@ -83,6 +85,7 @@ pub(crate) struct CreateUserRequest {
 pub(crate) struct UpdateUserRequest {
     /// Display name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
     /// New password (revokes the user's sessions).
     #[serde(default)]
@@ -108,6 +111,7 @@ pub(crate) struct TenantView {
     /// Tenant id.
     id: Uuid,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Creation time (ms).
     created_at: i64,
@@ -137,6 +141,7 @@ pub(crate) struct TenantList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantRequest {
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
 }
 
@@ -147,6 +152,7 @@ pub(crate) struct CreateAdminRequest {
     /// Email address, unique installation-wide.
     email: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Password, at least 8 characters.
     password: String,
