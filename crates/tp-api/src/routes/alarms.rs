@@ -159,6 +159,7 @@ pub(crate) struct AlarmQuery {
     /// Comma-separated states (`active,acknowledged`); default all.
     status: Option<String>,
     /// Only this severity.
+    #[param(value_type = Option<super::names::SeverityName>, inline)]
     severity: Option<String>,
     /// Page number, from 1 (default 1).
     #[param(minimum = 1, maximum = 1000000000)]

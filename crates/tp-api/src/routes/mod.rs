@@ -21,6 +21,7 @@ mod devices;
 pub(crate) mod downlink;
 mod extract;
 mod groups;
+mod names;
 mod profiles;
 mod provision;
 mod roles;

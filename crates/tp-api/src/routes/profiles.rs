@@ -111,6 +111,7 @@ pub(crate) struct CreateProfileRequest {
     name: String,
     /// `direct` (default), `gateway` or `sub_device`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::DeviceTypeName>)]
     device_type: Option<String>,
     /// Heartbeat timeout in seconds (at most 30 days).
     #[serde(default)]
@@ -126,6 +127,7 @@ pub(crate) struct CreateProfileRequest {
     /// `BASIC` (default) or `ACCESSTOKEN`: the voucher type of devices created in
     /// the profile unless their request names one.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
 }
 
@@ -139,6 +141,7 @@ pub(crate) struct UpdateProfileRequest {
     name: Option<String>,
     /// `direct`, `gateway` or `sub_device`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::DeviceTypeName>)]
     device_type: Option<String>,
     /// Heartbeat timeout in seconds; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -157,6 +160,7 @@ pub(crate) struct UpdateProfileRequest {
     /// `BASIC` or `ACCESSTOKEN` for devices created from now on (existing devices
     /// keep their credentials).
     #[serde(default)]
+    #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
 }
 

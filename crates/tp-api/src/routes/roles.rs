@@ -58,6 +58,7 @@ pub(crate) struct CreateRoleRequest {
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
     /// Permission names; each must be known and held by the caller.
+    #[schema(value_type = Vec<super::names::PermissionName>)]
     permissions: Vec<String>,
 }
 
@@ -71,6 +72,7 @@ pub(crate) struct UpdateRoleRequest {
     name: Option<String>,
     /// Permission names replacing the current ones.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<super::names::PermissionName>>)]
     permissions: Option<Vec<String>>,
 }
 
