@@ -70,6 +70,10 @@ pub(crate) struct Limits {
     pub(crate) session_expiry: Duration,
 }
 
+/// Packet types (the high nibble of the first byte) only a server sends.
+const CONNACK: u8 = 2;
+const UNSUBACK: u8 = 11;
+
 /// The two codecs, chosen by the CONNECT's protocol level.
 #[derive(Clone, Copy)]
 enum Codec {
@@ -81,7 +85,12 @@ impl Codec {
     fn read(self, buf: &mut BytesMut, max: usize) -> Result<Packet, ProtoError> {
         match self {
             Self::V4 => V4.read_mut(buf, max),
-            Self::V5 => V5.read_mut(buf, max),
+            // rumqttd's MQTT 5 reader panics (`unreachable!`) on a CONNACK or UNSUBACK
+            // with a body; no client sends either, so they are refused before it.
+            Self::V5 => match buf.first().map(|b| b >> 4) {
+                Some(t @ (CONNACK | UNSUBACK)) => Err(ProtoError::InvalidPacketType(t)),
+                _ => V5.read_mut(buf, max),
+            },
         }
     }
 
@@ -199,6 +208,11 @@ fn read_start(buf: &mut BytesMut) -> Start {
         (b"MQTT", 4) => Start::Connect(Codec::V4),
         (b"MQTT", 5) => Start::Connect(Codec::V5),
         (b"MQIsdp", 3) => {
+            // The name and level read above must lie inside the packet: a shorter
+            // remaining length is malformed (and would underflow below).
+            if remaining < 2 + name_len + 1 {
+                return Start::NotConnect;
+            }
             if buf.len() < header + remaining {
                 return Start::Incomplete;
             }
@@ -1092,6 +1106,27 @@ mod tests {
     }
 
     #[test]
+    fn an_mqtt_3_1_connect_shorter_than_its_header_is_refused() {
+        // Found by the mqtt_connection fuzz target: remaining length 1 with a whole
+        // `MQIsdp` header behind it underflowed `remaining - 2` (a panic in debug
+        // builds, a 10-byte varint in release ones).
+        for remaining in [0u8, 1, 2, 8] {
+            let mut b = BytesMut::from(&[0x10, remaining][..]);
+            b.put_u16(6);
+            b.put_slice(b"MQIsdp");
+            b.put_u8(3);
+            b.put_slice(&[0xc2, 0x00, 0x3c, 0x00, 0x01, b'a']);
+            assert!(
+                matches!(read_start(&mut b), Start::NotConnect),
+                "{remaining}"
+            );
+        }
+        // The smallest one that holds its header is still read as 3.1.1.
+        let mut b = connect("MQIsdp", 3, "");
+        assert!(matches!(read_start(&mut b), Start::Connect(Codec::V4)));
+    }
+
+    #[test]
     fn publish_ids_are_read_from_the_header() {
         let p = outgoing_publish("devices/telemetry", b"{}", 1, 7, false);
         let mut b = BytesMut::new();
@@ -1102,6 +1137,29 @@ mod tests {
         V4.write(Packet::Publish(p, None), &mut b).unwrap();
         assert_eq!(publish_ids(&b), Some((0, 0)));
         assert_eq!(publish_ids(&b[..2]), None);
+    }
+
+    #[test]
+    fn server_only_packets_from_an_mqtt_5_client_are_errors_not_panics() {
+        // Found by the mqtt_connection fuzz target: rumqttd's V5 reader reaches
+        // `unreachable!()` on a CONNACK or UNSUBACK that has a body, which ended
+        // the connection's task without its cleanup (client id left registered).
+        for first in [0x20u8, 0xB0] {
+            for codec in [Codec::V5, Codec::V4] {
+                let mut b = BytesMut::from(&[first, 0x03, 0x00, 0x01, 0x00][..]);
+                let _ = codec.read(&mut b, 1024);
+            }
+            let mut b = BytesMut::from(&[first, 0x03, 0x00, 0x01, 0x00][..]);
+            assert!(matches!(
+                Codec::V5.read(&mut b, 1024),
+                Err(ProtoError::InvalidPacketType(_))
+            ));
+        }
+        let mut ping = BytesMut::from(&[0xC0u8, 0x00][..]);
+        assert!(matches!(
+            Codec::V5.read(&mut ping, 1024),
+            Ok(Packet::PingReq(_))
+        ));
     }
 
     #[test]

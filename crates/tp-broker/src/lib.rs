@@ -53,6 +53,9 @@ pub mod downlink;
 mod error;
 #[cfg(feature = "external")]
 pub mod external;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "http")]
 pub mod hooks;
 #[cfg(feature = "http")]
