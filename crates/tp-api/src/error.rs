@@ -89,6 +89,7 @@ impl ApiError {
             ApiError::Http { status, .. } => *status,
             ApiError::Core(e) => match e {
                 E::Invalid { .. } => StatusCode::BAD_REQUEST,
+                E::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 E::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 E::PermissionDenied(_) => StatusCode::FORBIDDEN,
                 E::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -125,6 +126,14 @@ impl ApiError {
                     ErrorInfo {
                         code: "invalid_input".to_owned(),
                         message: format!("invalid {field}: {reason}"),
+                        field: Some(field.clone()),
+                    },
+                    None,
+                ),
+                E::Unprocessable { field, reason } => (
+                    ErrorInfo {
+                        code: "unprocessable".to_owned(),
+                        message: format!("unprocessable {field}: {reason}"),
                         field: Some(field.clone()),
                     },
                     None,

@@ -70,8 +70,10 @@ impl Modify for SecurityAddon {
     }
 }
 
-/// The OpenAPI document of every route served by [`crate::router`].
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI 3.1 document of every route served by [`crate::router`], as JSON
+/// (what `GET /api/v1/openapi.json` serves). It is JSON rather than utoipa's typed
+/// document because the last edits (discriminators, links) are made on the JSON.
+pub fn openapi() -> serde_json::Value {
     let mut doc = crate::routes::api_router().into_openapi();
     let docs = OperationBuilder::new()
         .tag("system")
@@ -100,7 +102,144 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             document_extractor_errors(op);
         }
     }
-    doc
+    // utoipa's document types are plain data; serializing them cannot fail.
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+    add_discriminators(&mut value);
+    add_links(&mut value);
+    value
+}
+
+/// The tagged unions of the rule model and the property that names each member.
+const TAGGED_UNIONS: [(&str, &str); 5] = [
+    ("Condition", "type"),
+    ("Action", "type"),
+    ("ScheduleKind", "type"),
+    ("DeviceSource", "kind"),
+    ("ActionTarget", "kind"),
+];
+
+/// Turns each tagged union of [`TAGGED_UNIONS`] (a `oneOf` of inline objects, as the
+/// derive writes serde's internally and adjacently tagged enums) into a `oneOf` of
+/// named schemas, one per kind (`ConditionDevice`, `ActionRaiseAlarm`, ...), with a
+/// `discriminator` mapping each tag value to its schema, so generated clients get
+/// one type per kind and pick it by the tag instead of trying each in turn.
+fn add_discriminators(doc: &mut serde_json::Value) {
+    use serde_json::{Map, Value, json};
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut added = Map::new();
+    for (name, tag) in TAGGED_UNIONS {
+        let Some(members) = schemas
+            .get_mut(name)
+            .and_then(|s| s.get_mut("oneOf"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        let mut mapping = Map::new();
+        for member in members.iter_mut() {
+            // A unit or struct variant is one object; a newtype variant is an
+            // `allOf` of the inner type and an object holding only the tag.
+            let parts = match member.get("allOf").and_then(Value::as_array) {
+                Some(parts) => parts.clone(),
+                None => vec![member.clone()],
+            };
+            let Some(kind) = parts.iter().find_map(|p| {
+                p.pointer(&format!("/properties/{tag}/enum/0"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            }) else {
+                continue;
+            };
+            let member_name = format!("{name}{}", pascal_case(&kind));
+            let reference = format!("#/components/schemas/{member_name}");
+            added.insert(
+                member_name,
+                std::mem::replace(member, json!({ "$ref": reference })),
+            );
+            mapping.insert(kind, Value::String(reference));
+        }
+        if let Some(union) = schemas.get_mut(name).and_then(Value::as_object_mut) {
+            union.insert(
+                "discriminator".to_owned(),
+                json!({ "propertyName": tag, "mapping": mapping }),
+            );
+        }
+    }
+    schemas.extend(added);
+}
+
+/// `raise_alarm` -> `RaiseAlarm`.
+fn pascal_case(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Adds OpenAPI links from every create (`POST /x` answering 201 with the new
+/// resource's `id`) to the operations on that resource (`/x/{id}` and below), so
+/// stateful testers and client generators can chain create -> get/update/delete.
+fn add_links(doc: &mut serde_json::Value) {
+    use serde_json::{Map, Value, json};
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return;
+    };
+    let mut links: Vec<(String, Map<String, Value>)> = Vec::new();
+    for collection in paths.keys() {
+        let creates = paths[collection]
+            .pointer("/post/responses/201")
+            .is_some();
+        if !creates {
+            continue;
+        }
+        let item = format!("{collection}/{{id}}");
+        let mut targets = Map::new();
+        for (path, ops) in paths {
+            if path != &item && !path.starts_with(&format!("{item}/")) {
+                continue;
+            }
+            // Only paths whose sole parameter is the new resource's id.
+            if path.matches('{').count() != 1 {
+                continue;
+            }
+            for op in ops.as_object().into_iter().flat_map(|o| o.values()) {
+                if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+                    targets.insert(
+                        id.to_owned(),
+                        json!({
+                            "operationId": id,
+                            "parameters": { "id": "$response.body#/id" },
+                        }),
+                    );
+                }
+            }
+        }
+        if !targets.is_empty() {
+            links.push((collection.clone(), targets));
+        }
+    }
+    for (collection, targets) in links {
+        if let Some(created) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/post/responses/201",
+                collection.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            created.insert("links".to_owned(), Value::Object(targets));
+        }
+    }
 }
 
 /// Adds the answers the request extractors give on every route, so no handler has to

@@ -39,6 +39,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Well-formed input the platform cannot act on: it names something that does
+    /// not exist in the caller's tenant (a device, channel or scene in a rule), or
+    /// two fields contradict each other (a range that ends before it starts). The
+    /// shape was right, so the API answers 422 rather than 400.
+    #[error("unprocessable {field}: {reason}")]
+    Unprocessable {
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The caller did not prove who it is.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -77,6 +88,14 @@ impl Error {
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unprocessable`].
+    pub fn unprocessable(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unprocessable {
             field: field.into(),
             reason: reason.into(),
         }

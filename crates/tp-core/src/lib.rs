@@ -41,6 +41,8 @@ pub mod downlink;
 mod error;
 pub mod ingest;
 pub mod model;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod protocol;
 pub mod provision;
 pub mod rules;

@@ -157,6 +157,7 @@ pub(crate) struct AlarmQuery {
     /// Only this rule's alarms.
     rule_id: Option<Uuid>,
     /// Comma-separated states (`active,acknowledged`); default all.
+    #[param(value_type = Option<Vec<AlarmStatus>>, style = Form, explode = false)]
     status: Option<String>,
     /// Only this severity.
     #[param(value_type = Option<super::names::SeverityName>, inline)]
@@ -182,6 +183,7 @@ pub(crate) struct CountQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CommentRequest {
     /// 1 to 2000 characters.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     text: String,
 }
 
@@ -189,8 +191,9 @@ pub(crate) struct CommentRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TransitionRequest {
-    /// Recorded in the alarm's history.
+    /// Recorded in the alarm's history (blank: no note).
     #[serde(default)]
+    #[schema(max_length = 2000)]
     text: Option<String>,
 }
 
@@ -224,7 +227,10 @@ fn transition(body: &[u8]) -> ApiResult<TransitionRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(TransitionRequest::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid("text", e.to_string()))
+    // `null` is the document's "no note" (the body schema is nullable).
+    serde_json::from_slice::<Option<TransitionRequest>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::invalid("text", e.to_string()))
 }
 
 fn note(text: Option<String>) -> ApiResult<Option<String>> {

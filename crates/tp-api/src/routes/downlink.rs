@@ -91,8 +91,8 @@ pub(crate) struct CommandLogList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CommandRequest {
-    /// Command identifier, 1 to 255 bytes.
-    #[schema(example = "ReSet")]
+    /// Command identifier, 1 to 255 characters.
+    #[schema(example = "ReSet", min_length = 1, max_length = 255)]
     method: String,
     /// Parameters (a JSON object; `{}` when absent).
     #[serde(default)]
@@ -100,6 +100,7 @@ pub(crate) struct CommandRequest {
     params: Option<serde_json::Value>,
     /// Seconds a queued command waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     expires_in_secs: Option<u32>,
 }
 
@@ -108,10 +109,11 @@ pub(crate) struct CommandRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AttributeSetRequest {
     /// Non-empty object of attribute values.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = tp_core::openapi::non_empty_values)]
     values: serde_json::Map<String, serde_json::Value>,
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     expires_in_secs: Option<u32>,
 }
 
@@ -123,6 +125,7 @@ pub(crate) struct AttributeGetRequest {
     keys: Vec<String>,
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     expires_in_secs: Option<u32>,
 }
 
@@ -131,10 +134,11 @@ pub(crate) struct AttributeGetRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TelemetryControlRequest {
     /// Non-empty object of values, e.g. `{"switch":true}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = tp_core::openapi::non_empty_values)]
     values: serde_json::Map<String, serde_json::Value>,
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     expires_in_secs: Option<u32>,
 }
 
@@ -169,11 +173,11 @@ fn check_values(
     }
     if let Some(k) = values
         .keys()
-        .find(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+        .find(|k| k.is_empty() || k.chars().count() > MAX_KEY_LEN)
     {
         return Err(ApiError::invalid(
             "values",
-            format!("key {k:?} must be 1 to {MAX_KEY_LEN} bytes"),
+            format!("key {k:?} must be 1 to {MAX_KEY_LEN} characters"),
         ));
     }
     Ok(serde_json::Value::Object(values))
@@ -244,10 +248,10 @@ pub(crate) async fn send_command(
     Json(req): Json<CommandRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandLogResponse>)> {
     caller.require(Permission::DeviceCommand)?;
-    if req.method.is_empty() || req.method.len() > MAX_KEY_LEN {
+    if req.method.is_empty() || req.method.chars().count() > MAX_KEY_LEN {
         return Err(ApiError::invalid(
             "method",
-            format!("must be 1 to {MAX_KEY_LEN} bytes"),
+            format!("must be 1 to {MAX_KEY_LEN} characters"),
         ));
     }
     let params = match req.params {

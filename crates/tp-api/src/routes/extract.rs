@@ -92,9 +92,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
             return Ok(OptionalJson(None));
         }
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));
-        Json::<T>::from_request(req, state)
+        // `null` is the same as no body: the document declares the body nullable.
+        Json::<Option<T>>::from_request(req, state)
             .await
-            .map(|Json(v)| OptionalJson(Some(v)))
+            .map(|Json(v)| OptionalJson(v))
     }
 }
 

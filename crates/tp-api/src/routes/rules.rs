@@ -56,10 +56,10 @@ pub(crate) struct RuleView {
     /// Disabled rules are not evaluated.
     enabled: bool,
     /// OR of AND-groups of conditions (see `tp_core::rules::Condition`).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     trigger_groups: Vec<TriggerGroup>,
     /// Run in order when the rule fires (see `tp_core::rules::Action`).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     actions: Vec<Action>,
     /// Creation time (ms).
     created_at: i64,
@@ -105,10 +105,10 @@ pub(crate) struct CreateRuleRequest {
     #[serde(default)]
     enabled: Option<bool>,
     /// At least one group, each with at least one condition.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     trigger_groups: Vec<TriggerGroup>,
     /// At least one action.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     actions: Vec<Action>,
 }
 
@@ -128,11 +128,11 @@ pub(crate) struct UpdateRuleRequest {
     enabled: Option<bool>,
     /// New trigger groups.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(min_items = 1)]
     trigger_groups: Option<Vec<TriggerGroup>>,
     /// New actions.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(min_items = 1)]
     actions: Option<Vec<Action>>,
 }
 
@@ -165,6 +165,7 @@ async fn load_rule(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Rul
     responses(
         (status = 201, description = "Created", body = RuleView),
         (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 422, description = "Well-formed but not usable: a device, profile, channel or scene it names is not in the tenant, or a value does not fit its operator; `field` names it", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing rule:write", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
@@ -300,6 +301,7 @@ pub(crate) async fn get_rule(
     responses(
         (status = 200, description = "The updated rule", body = RuleView),
         (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 422, description = "Well-formed but not usable: a device, profile, channel or scene it names is not in the tenant, or a value does not fit its operator; `field` names it", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing rule:write", body = ErrorBody),
         (status = 404, description = "No such rule in the tenant", body = ErrorBody),

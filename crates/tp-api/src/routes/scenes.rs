@@ -27,7 +27,7 @@ pub(crate) struct SceneView {
     /// Free text.
     description: Option<String>,
     /// Run in order (see `tp_core::rules::Action`).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     actions: Vec<Action>,
     /// Creation time (ms).
     created_at: i64,
@@ -68,7 +68,7 @@ pub(crate) struct CreateSceneRequest {
     #[serde(default)]
     description: Option<String>,
     /// At least one action.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     actions: Vec<Action>,
 }
 
@@ -85,7 +85,7 @@ pub(crate) struct UpdateSceneRequest {
     description: Option<String>,
     /// New actions.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(min_items = 1)]
     actions: Option<Vec<Action>>,
 }
 
@@ -95,7 +95,6 @@ pub(crate) struct SceneRunView {
     /// The scene.
     scene_id: Uuid,
     /// One entry per action, in order.
-    #[schema(value_type = Vec<Object>)]
     outcomes: Vec<ActionOutcome>,
 }
 
@@ -115,6 +114,7 @@ async fn load_scene(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Sc
     responses(
         (status = 201, description = "Created", body = SceneView),
         (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 422, description = "Well-formed but not usable: a device, profile, channel or scene it names is not in the tenant, or a value does not fit its operator; `field` names it", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing rule:write", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
@@ -229,6 +229,7 @@ pub(crate) async fn get_scene(
     responses(
         (status = 200, description = "The updated scene", body = SceneView),
         (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 422, description = "Well-formed but not usable: a device, profile, channel or scene it names is not in the tenant, or a value does not fit its operator; `field` names it", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing rule:write", body = ErrorBody),
         (status = 404, description = "No such scene in the tenant", body = ErrorBody),

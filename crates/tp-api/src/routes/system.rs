@@ -169,7 +169,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 pub(crate) async fn openapi_json() -> Response {
     static SPEC: OnceLock<String> = OnceLock::new();
     let spec = SPEC.get_or_init(|| {
-        crate::openapi::openapi().to_json().unwrap_or_else(|e| {
+        serde_json::to_string(&crate::openapi::openapi()).unwrap_or_else(|e| {
             tracing::error!(error = %e, "Failed to serialize the OpenAPI document.");
             String::new()
         })

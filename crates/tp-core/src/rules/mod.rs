@@ -85,6 +85,7 @@ pub type UplinkObserverRef = Arc<dyn UplinkObserver>;
 
 /// What happened to one action of a scene run or a rule firing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionOutcome {
     /// Position of the action in its list.
     pub index: usize,

@@ -36,14 +36,17 @@ pub struct Rule {
 
 /// Conditions that must all hold at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggerGroup {
     /// AND-ed conditions. A group with a [`Condition::Schedule`] fires when the
     /// schedule is due and every other condition holds at that time.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub conditions: Vec<Condition>,
 }
 
 /// One condition of a trigger group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Condition {
     /// A value of one device, or of every device of a profile (then each device is
@@ -70,14 +73,18 @@ pub enum Condition {
     /// plus `utc_offset_minutes`.
     TimeRange {
         /// Window start, minutes after midnight.
+        #[cfg_attr(feature = "openapi", schema(maximum = 1439))]
         start_minute: u16,
         /// Window end, minutes after midnight (may be smaller than start: crosses midnight).
+        #[cfg_attr(feature = "openapi", schema(maximum = 1439))]
         end_minute: u16,
         /// Days the window applies, 1 = Monday .. 7 = Sunday; empty = every day.
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::weekdays))]
         weekdays: Vec<u8>,
         /// Offset of the local time zone from UTC.
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(minimum = -840, maximum = 840))]
         utc_offset_minutes: i32,
     },
     /// A time trigger (ThingsPanel types 20/21).
@@ -86,6 +93,7 @@ pub enum Condition {
 
 /// Which devices a device condition watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum DeviceSource {
     /// One device.
@@ -96,6 +104,7 @@ pub enum DeviceSource {
 
 /// Kind of device data a condition compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DataKind {
     /// Telemetry value of `key`.
@@ -110,6 +119,7 @@ pub enum DataKind {
 
 /// Comparison operators (ThingsPanel's `=`, `!=`, `>`, `<`, `>=`, `<=`, `between`, `in`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Operator {
     /// Equal.
     #[serde(rename = "=")]
@@ -139,29 +149,35 @@ pub enum Operator {
 
 /// A time trigger, optionally limited to a validity range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Schedule {
     /// When it fires.
     pub kind: ScheduleKind,
     /// Does not fire before this time.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub not_before: Option<Timestamp>,
     /// Does not fire after this time.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub not_after: Option<Timestamp>,
 }
 
 /// When a [`Schedule`] fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// Once, at `at`.
     Once {
-        /// Fire time.
+        /// Fire time (ms since the Unix epoch).
+        #[cfg_attr(feature = "openapi", schema(value_type = i64))]
         at: Timestamp,
     },
     /// Every `interval_secs`, counted from `not_before` (or from the rule's creation).
     Periodic {
         /// Period in seconds (at least 1).
+        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
         interval_secs: u32,
     },
     /// A cron expression with seconds (`sec min hour day-of-month month day-of-week`),
@@ -174,6 +190,7 @@ pub enum ScheduleKind {
 
 /// Something a rule or scene does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// Send a command `{"method","params"}` to a device.
@@ -181,6 +198,7 @@ pub enum Action {
         /// Which device.
         target: ActionTarget,
         /// Command identifier.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
         method: String,
         /// Command parameters.
         #[serde(default)]
@@ -190,14 +208,16 @@ pub enum Action {
     SetAttributes {
         /// Which device.
         target: ActionTarget,
-        /// Attribute values (a JSON object).
+        /// Attribute values (a non-empty JSON object).
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::non_empty_values))]
         values: serde_json::Value,
     },
     /// Telemetry control (`devices/telemetry/control/{device_number}`).
     TelemetryControl {
         /// Which device.
         target: ActionTarget,
-        /// Values (a JSON object).
+        /// Values (a non-empty JSON object).
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::non_empty_values))]
         values: serde_json::Value,
     },
     /// Raise (or, while one is open, update) the alarm of this rule and device, and
@@ -206,6 +226,7 @@ pub enum Action {
         /// Severity.
         severity: AlarmSeverity,
         /// Short title.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
         title: String,
         /// Longer text.
         #[serde(default)]
@@ -221,6 +242,7 @@ pub enum Action {
         /// The channel.
         channel: ChannelId,
         /// Subject (email) / title (webhook).
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
         subject: String,
         /// Body text.
         #[serde(default)]
@@ -235,6 +257,7 @@ pub enum Action {
 
 /// The device an action acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum ActionTarget {
     /// A fixed device.
@@ -265,6 +288,7 @@ pub struct Scene {
 
 /// How bad an alarm is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmSeverity {
     /// Service-affecting, act now.
@@ -313,6 +337,7 @@ impl AlarmSeverity {
 /// that is active or acknowledged is *open*: at most one open alarm exists per rule
 /// and device, and a repeat of its condition updates it instead of adding another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmStatus {
     /// Raised, nobody has looked at it.
@@ -391,6 +416,7 @@ pub struct Alarm {
 
 /// What happened to an alarm (its history, including comments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmEventKind {
     /// Raised.
@@ -502,6 +528,7 @@ impl fmt::Debug for ChannelKind {
 
 /// Delivery state of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationStatus {
     /// Being delivered (retries pending).

@@ -1,5 +1,5 @@
 //! The checks a rule or scene passes before it is stored, so the engine never loads
-//! one it cannot evaluate: every field error is [`Error::Invalid`] naming the field
+//! one it cannot evaluate: every field error is [`Error::Unprocessable`] (HTTP 422) naming the field
 //! by its JSON path (e.g. `trigger_groups[0].conditions[1].value`), and the ids of
 //! devices, profiles, channels and scenes must exist in the tenant.
 
@@ -21,7 +21,7 @@ fn check_value(
     operator: Operator,
     value: &serde_json::Value,
 ) -> Result<()> {
-    let bad = |reason: &str| Err(Error::invalid(format!("{field}.value"), reason));
+    let bad = |reason: &str| Err(Error::unprocessable(format!("{field}.value"), reason));
     if data == DataKind::Status {
         let ok = matches!(operator, Operator::Eq | Operator::Ne)
             && (value.is_boolean() || matches!(value.as_str(), Some("online" | "offline")));
@@ -71,7 +71,7 @@ async fn device_in_tenant(
 ) -> Result<()> {
     match metadata.get_device(tenant, id).await? {
         Some(_) => Ok(()),
-        None => Err(Error::invalid(
+        None => Err(Error::unprocessable(
             field,
             format!("no device {id} in this tenant"),
         )),
@@ -86,7 +86,7 @@ async fn profile_in_tenant(
 ) -> Result<()> {
     match access.get_profile(tenant, id).await? {
         Some(_) => Ok(()),
-        None => Err(Error::invalid(
+        None => Err(Error::unprocessable(
             field,
             format!("no profile {id} in this tenant"),
         )),
@@ -102,7 +102,7 @@ pub async fn validate_trigger_groups(
     groups: &[TriggerGroup],
 ) -> Result<()> {
     if groups.is_empty() {
-        return Err(Error::invalid(
+        return Err(Error::unprocessable(
             "trigger_groups",
             "needs at least one trigger group",
         ));
@@ -110,7 +110,7 @@ pub async fn validate_trigger_groups(
     for (g, group) in groups.iter().enumerate() {
         let gfield = format!("trigger_groups[{g}].conditions");
         if group.conditions.is_empty() {
-            return Err(Error::invalid(gfield, "needs at least one condition"));
+            return Err(Error::unprocessable(gfield, "needs at least one condition"));
         }
         if group
             .conditions
@@ -119,7 +119,7 @@ pub async fn validate_trigger_groups(
             .count()
             > 1
         {
-            return Err(Error::invalid(gfield, "at most one schedule per group"));
+            return Err(Error::unprocessable(gfield, "at most one schedule per group"));
         }
         for (c, condition) in group.conditions.iter().enumerate() {
             let field = format!("{gfield}[{c}]");
@@ -133,7 +133,7 @@ pub async fn validate_trigger_groups(
                     duration_secs: _,
                 } => {
                     if *data != DataKind::Status && key.trim().is_empty() {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.key"),
                             "names the telemetry/attribute key or event method",
                         ));
@@ -157,25 +157,25 @@ pub async fn validate_trigger_groups(
                     utc_offset_minutes,
                 } => {
                     if *start_minute >= 1440 {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.start_minute"),
                             "must be 0 to 1439",
                         ));
                     }
                     if *end_minute >= 1440 {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.end_minute"),
                             "must be 0 to 1439",
                         ));
                     }
                     if weekdays.iter().any(|d| !(1..=7).contains(d)) {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.weekdays"),
                             "days are 1 (Monday) to 7 (Sunday)",
                         ));
                     }
                     if utc_offset_minutes.abs() > 14 * 60 {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.utc_offset_minutes"),
                             "must be within -840..=840",
                         ));
@@ -185,7 +185,7 @@ pub async fn validate_trigger_groups(
                     if let (Some(nb), Some(na)) = (schedule.not_before, schedule.not_after)
                         && nb > na
                     {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.not_after"),
                             "must not be before not_before",
                         ));
@@ -195,7 +195,7 @@ pub async fn validate_trigger_groups(
                             Error::Invalid { field: f, reason } => (f, reason),
                             other => ("kind".to_owned(), other.to_string()),
                         };
-                        return Err(Error::invalid(format!("{field}.kind.{inner}"), reason));
+                        return Err(Error::unprocessable(format!("{field}.kind.{inner}"), reason));
                     }
                 }
             }
@@ -215,7 +215,7 @@ pub async fn validate_actions(
     scene: Option<SceneId>,
 ) -> Result<()> {
     if actions.is_empty() {
-        return Err(Error::invalid("actions", "needs at least one action"));
+        return Err(Error::unprocessable("actions", "needs at least one action"));
     }
     for (i, action) in actions.iter().enumerate() {
         let field = format!("actions[{i}]");
@@ -228,7 +228,7 @@ pub async fn validate_actions(
                 target: t, method, ..
             } => {
                 if method.trim().is_empty() {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.method"),
                         "must not be empty",
                     ));
@@ -240,7 +240,7 @@ pub async fn validate_actions(
             Action::SetAttributes { target: t, values }
             | Action::TelemetryControl { target: t, values } => {
                 if values.as_object().is_none_or(|o| o.is_empty()) {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.values"),
                         "must be a non-empty JSON object",
                     ));
@@ -253,14 +253,14 @@ pub async fn validate_actions(
                 title, channels, ..
             } => {
                 if title.trim().is_empty() {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.title"),
                         "must not be empty",
                     ));
                 }
                 for (c, channel) in channels.iter().enumerate() {
                     if rules.get_channel(tenant, *channel).await?.is_none() {
-                        return Err(Error::invalid(
+                        return Err(Error::unprocessable(
                             format!("{field}.channels[{c}]"),
                             format!("no notification channel {channel} in this tenant"),
                         ));
@@ -272,13 +272,13 @@ pub async fn validate_actions(
                 channel, subject, ..
             } => {
                 if subject.trim().is_empty() {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.subject"),
                         "must not be empty",
                     ));
                 }
                 if rules.get_channel(tenant, *channel).await?.is_none() {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.channel"),
                         format!("no notification channel {channel} in this tenant"),
                     ));
@@ -286,13 +286,13 @@ pub async fn validate_actions(
             }
             Action::RunScene { scene: s } => {
                 if Some(*s) == scene {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.scene"),
                         "a scene cannot run itself",
                     ));
                 }
                 if rules.get_scene(tenant, *s).await?.is_none() {
-                    return Err(Error::invalid(
+                    return Err(Error::unprocessable(
                         format!("{field}.scene"),
                         format!("no scene {s} in this tenant"),
                     ));
