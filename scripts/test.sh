@@ -24,6 +24,11 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
    get_haproxy() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2; }
    get_haproxy || { as_root apt-get update -qq >&2 && get_haproxy; }) || true
 fi
+if ! command -v openapi-python-client >/dev/null 2>&1; then
+  # the generated-client test (crates/tp-node/tests/generated_client.rs) builds a
+  # Python client from the OpenAPI document with openapi-python-client (PyPI)
+  python3 -m pip install -q openapi-python-client >&2 || true
+fi
 eval "$(scripts/services.sh)"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc

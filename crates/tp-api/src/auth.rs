@@ -1000,7 +1000,7 @@ impl FromRequestParts<AppState> for Caller {
 /// Checks a new password's length.
 pub(crate) fn validate_password(field: &str, password: &str) -> Result<()> {
     let len = password.chars().count();
-    if len < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&len) {
         return Err(Error::invalid(
             field,
             format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),

@@ -63,6 +63,12 @@ impl ApiError {
         ApiError::Core(tp_core::Error::invalid(field, reason))
     }
 
+    /// A 422 naming the field: well-formed, but it names something not in the
+    /// tenant or contradicts another field.
+    pub fn unprocessable(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::Core(tp_core::Error::unprocessable(field, reason))
+    }
+
     /// A 401.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         ApiError::Core(tp_core::Error::Unauthenticated(message.into()))

@@ -24,6 +24,8 @@ pub const API_KEY_SCHEME: &str = "api_key";
         description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
+    // Named only through a query parameter's `value_type`, so not collected by a route.
+    components(schemas(tp_core::rules::AlarmStatus)),
     tags(
         (name = "auth", description = "Sign in, refresh, sign out, password change and the current user"),
         (name = "tenants", description = "Tenants and their admins (SYS_ADMIN)"),
@@ -109,13 +111,33 @@ pub fn openapi() -> serde_json::Value {
     value
 }
 
+/// Operations that answer 422 (`unprocessable`, naming the field) for a well-formed
+/// request they cannot act on, and why. Rules and scenes document theirs inline.
+const UNPROCESSABLE: &[(&str, &str)] = &[
+    ("create_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)"),
+    ("update_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)"),
+    ("create_user", "`role_id` is not a role of the tenant"),
+    ("update_user", "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)"),
+    ("create_api_key", "`role_id` is not a role of the tenant, or `expires_at` is not in the future"),
+    ("create_channel", "The URL or a recipient address is not usable"),
+    ("update_channel", "A field of the other channel type, or the URL or a recipient address is not usable"),
+    ("import_devices", "The CSV holds no device rows, or more than 1000"),
+    ("telemetry_history", "`end` is not after `start`, `agg` and `interval` come without each other, or the range has more than 100000 buckets"),
+    ("delete_telemetry", "`end` is not after `start`"),
+    ("events", "`end` is not after `start`"),
+    ("status_history", "`end` is before `start`"),
+];
+
 /// The tagged unions of the rule model and the property that names each member.
-const TAGGED_UNIONS: [(&str, &str); 5] = [
-    ("Condition", "type"),
-    ("Action", "type"),
-    ("ScheduleKind", "type"),
-    ("DeviceSource", "kind"),
-    ("ActionTarget", "kind"),
+/// The third element: the members refuse unknown fields (serde `deny_unknown_fields`),
+/// which the derive does not write for enum members.
+const TAGGED_UNIONS: [(&str, &str, bool); 6] = [
+    ("CreateChannelRequest", "type", true),
+    ("Condition", "type", false),
+    ("Action", "type", false),
+    ("ScheduleKind", "type", false),
+    ("DeviceSource", "kind", false),
+    ("ActionTarget", "kind", false),
 ];
 
 /// Turns each tagged union of [`TAGGED_UNIONS`] (a `oneOf` of inline objects, as the
@@ -132,7 +154,7 @@ fn add_discriminators(doc: &mut serde_json::Value) {
         return;
     };
     let mut added = Map::new();
-    for (name, tag) in TAGGED_UNIONS {
+    for (name, tag, closed) in TAGGED_UNIONS {
         let Some(members) = schemas
             .get_mut(name)
             .and_then(|s| s.get_mut("oneOf"))
@@ -155,6 +177,9 @@ fn add_discriminators(doc: &mut serde_json::Value) {
             }) else {
                 continue;
             };
+            if closed && let Some(object) = member.as_object_mut() {
+                object.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
             let member_name = format!("{name}{}", pascal_case(&kind));
             let reference = format!("#/components/schemas/{member_name}");
             added.insert(
@@ -260,15 +285,33 @@ fn document_extractor_errors(op: &mut Operation) {
                 .build(),
         )
     };
-    let has_path_param = op.parameters.as_ref().is_some_and(|ps| {
-        ps.iter()
-            .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path))
-    });
+    let has_param = |place: ParameterIn| {
+        op.parameters.as_ref().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == place))
+        })
+    };
+    let (path_param, query_param) = (has_param(ParameterIn::Path), has_param(ParameterIn::Query));
+    let unprocessable = op
+        .operation_id
+        .as_deref()
+        .and_then(|id| UNPROCESSABLE.iter().find(|(op_id, _)| *op_id == id))
+        .map(|(_, why)| *why);
     let responses = &mut op.responses.responses;
-    if has_path_param {
+    if path_param {
         responses
             .entry("400".to_owned())
             .or_insert_with(|| error("A path parameter is malformed (e.g. not a UUID)"));
+    }
+    if query_param {
+        responses
+            .entry("400".to_owned())
+            .or_insert_with(|| error("A query parameter is malformed or out of range"));
+    }
+    if let Some(why) = unprocessable {
+        responses
+            .entry("422".to_owned())
+            .or_insert_with(|| error(why));
     }
     if op.request_body.is_some() {
         responses

@@ -662,7 +662,7 @@ impl Device {
 
 /// Checks that a device number can appear as one MQTT topic level.
 pub fn validate_device_number(number: &str) -> Result<()> {
-    if number.is_empty() || number.len() > 100 {
+    if number.is_empty() || number.chars().count() > 100 {
         return Err(Error::invalid(
             "device_number",
             "must be 1 to 100 characters",

@@ -34,3 +34,16 @@ pub fn weekdays() -> Array {
         .description(Some("Days the window applies, 1 = Monday .. 7 = Sunday; empty = every day"))
         .build()
 }
+
+/// A list of keys, each 1 to [`MAX_VALUE_KEY_CHARS`] characters (empty: all keys).
+pub fn key_list() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_VALUE_KEY_CHARS)),
+        )
+        .description(Some("Keys, each 1 to 255 characters; empty means all"))
+        .build()
+}

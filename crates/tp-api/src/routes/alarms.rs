@@ -198,10 +198,11 @@ pub(crate) struct TransitionRequest {
 }
 
 fn parse_statuses(s: Option<&str>) -> ApiResult<Vec<AlarmStatus>> {
-    let Some(s) = s else { return Ok(Vec::new()) };
+    // `status=` is the empty list; otherwise every item must be a state (`a,,b` is not).
+    let Some(s) = s.filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
     s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
         .map(|p| {
             AlarmStatus::parse(p).map_err(|_| {
                 ApiError::invalid(
@@ -224,8 +225,10 @@ fn parse_severity(s: &str) -> ApiResult<AlarmSeverity> {
 
 /// The optional JSON body of acknowledge/clear (an empty body is no note).
 fn transition(body: &[u8]) -> ApiResult<TransitionRequest> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TransitionRequest::default());
+    match body.iter().copied().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(TransitionRequest::default()),
+        Some(b'{' | b'n') => {}
+        Some(_) => return Err(ApiError::invalid("body", "must be a JSON object or null")),
     }
     // `null` is the document's "no note" (the body schema is nullable).
     serde_json::from_slice::<Option<TransitionRequest>>(body)

@@ -82,29 +82,37 @@ pub(crate) struct ChannelList {
     total: u64,
 }
 
-/// A new channel: a webhook (`url`, `secret`) or email (`to`).
+/// A new channel: a webhook (`url`, `secret`) or email (`to`), told apart by `type`.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateChannelRequest {
-    /// Name, unique in the tenant.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
-    name: String,
-    /// `webhook` or `email`.
-    #[serde(rename = "type")]
-    #[schema(example = "webhook")]
-    kind: String,
-    /// Sends (default true).
-    #[serde(default)]
-    enabled: Option<bool>,
-    /// Webhook: http(s) receiver URL.
-    #[serde(default)]
-    url: Option<String>,
-    /// Webhook: HMAC-SHA256 signing secret, at least 16 characters. Write-only.
-    #[serde(default)]
-    secret: Option<String>,
-    /// Email: recipients.
-    #[serde(default)]
-    to: Option<Vec<String>>,
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum CreateChannelRequest {
+    /// An HTTP POST of a signed JSON body.
+    Webhook {
+        /// Name, unique in the tenant.
+        #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+        name: String,
+        /// Sends (default true).
+        #[serde(default)]
+        enabled: Option<bool>,
+        /// http(s) receiver URL with a host (an unusable URL is a 422).
+        #[schema(example = "https://hooks.example.com/tp", pattern = "^https?://")]
+        url: String,
+        /// HMAC-SHA256 signing secret, 16 to 1024 characters. Write-only.
+        #[schema(min_length = 16, max_length = 1024)]
+        secret: String,
+    },
+    /// Email through the platform's SMTP server.
+    Email {
+        /// Name, unique in the tenant.
+        #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+        name: String,
+        /// Sends (default true).
+        #[serde(default)]
+        enabled: Option<bool>,
+        /// Recipients (an address that is not one is a 422 naming it).
+        #[schema(min_items = 1, max_items = 50, example = json!(["ops@example.com"]))]
+        to: Vec<String>,
+    },
 }
 
 /// Changes to a channel; absent fields stay (the type cannot change). A webhook's
@@ -121,12 +129,15 @@ pub(crate) struct UpdateChannelRequest {
     enabled: Option<bool>,
     /// Webhook: new URL.
     #[serde(default)]
+    #[schema(pattern = "^https?://")]
     url: Option<String>,
-    /// Webhook: new signing secret. Write-only.
+    /// Webhook: new signing secret, 16 to 1024 characters. Write-only.
     #[serde(default)]
+    #[schema(min_length = 16, max_length = 1024)]
     secret: Option<String>,
     /// Email: new recipients.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 50)]
     to: Option<Vec<String>>,
 }
 
@@ -192,7 +203,7 @@ fn valid_url(url: &str) -> ApiResult<String> {
     let url = url.trim();
     match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(url.to_owned()),
-        _ => Err(ApiError::invalid(
+        _ => Err(ApiError::unprocessable(
             "url",
             "must be an http:// or https:// URL with a host",
         )),
@@ -200,7 +211,7 @@ fn valid_url(url: &str) -> ApiResult<String> {
 }
 
 fn valid_secret(secret: &str) -> ApiResult<String> {
-    if secret.chars().count() < MIN_SECRET_CHARS || secret.len() > 1024 {
+    if !(MIN_SECRET_CHARS..=1024).contains(&secret.chars().count()) {
         return Err(ApiError::invalid(
             "secret",
             format!("must be {MIN_SECRET_CHARS} to 1024 characters"),
@@ -228,7 +239,7 @@ fn valid_recipients(to: &[String]) -> ApiResult<Vec<String>> {
             if ok {
                 Ok(addr.to_owned())
             } else {
-                Err(ApiError::invalid(
+                Err(ApiError::unprocessable(
                     format!("to[{i}]"),
                     "is not an email address",
                 ))
@@ -237,8 +248,9 @@ fn valid_recipients(to: &[String]) -> ApiResult<Vec<String>> {
         .collect()
 }
 
+/// A field of the other channel type in an update: the stored type decides, so 422.
 fn wrong_type(field: &str, kind: &str) -> ApiError {
-    ApiError::invalid(field, format!("does not apply to a {kind} channel"))
+    ApiError::unprocessable(field, format!("does not apply to a {kind} channel"))
 }
 
 async fn load_channel(
@@ -291,47 +303,34 @@ pub(crate) async fn create_channel(
         channels,
         state.limits.max_channels,
     )?;
-    let name = valid_name("name", &req.name)?;
-    let kind =
-        match req.kind.as_str() {
-            "webhook" => {
-                if req.to.is_some() {
-                    return Err(wrong_type("to", "webhook"));
-                }
-                let url = valid_url(
-                    req.url
-                        .as_deref()
-                        .ok_or_else(|| ApiError::invalid("url", "a webhook needs a url"))?,
-                )?;
-                let secret = valid_secret(req.secret.as_deref().ok_or_else(|| {
-                    ApiError::invalid("secret", "a webhook needs a signing secret")
-                })?)?;
-                ChannelKind::Webhook { url, secret }
-            }
-            "email" => {
-                if req.url.is_some() {
-                    return Err(wrong_type("url", "email"));
-                }
-                if req.secret.is_some() {
-                    return Err(wrong_type("secret", "email"));
-                }
-                let to = valid_recipients(req.to.as_deref().ok_or_else(|| {
-                    ApiError::invalid("to", "an email channel needs recipients")
-                })?)?;
-                ChannelKind::Email { to }
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    "type",
-                    format!("{other:?} is not one of webhook, email"),
-                ));
-            }
-        };
+    let (name, enabled, kind) = match req {
+        CreateChannelRequest::Webhook {
+            name,
+            enabled,
+            url,
+            secret,
+        } => (
+            name,
+            enabled,
+            ChannelKind::Webhook {
+                url: valid_url(&url)?,
+                secret: valid_secret(&secret)?,
+            },
+        ),
+        CreateChannelRequest::Email { name, enabled, to } => (
+            name,
+            enabled,
+            ChannelKind::Email {
+                to: valid_recipients(&to)?,
+            },
+        ),
+    };
+    let name = valid_name("name", &name)?;
     let channel = NotificationChannel {
         id: ChannelId::new(),
         tenant_id: caller.tenant_id,
         name,
-        enabled: req.enabled.unwrap_or(true),
+        enabled: enabled.unwrap_or(true),
         kind,
         created_at: now_ms(),
     };
@@ -344,7 +343,10 @@ pub(crate) async fn create_channel(
         "channel.create",
         "channel",
         channel.id,
-        serde_json::json!({"name": channel.name, "type": req.kind}),
+        serde_json::json!({"name": channel.name, "type": match channel.kind {
+            ChannelKind::Webhook { .. } => "webhook",
+            ChannelKind::Email { .. } => "email",
+        }}),
     )
     .await;
     Ok((StatusCode::CREATED, axum::Json(channel.into())))

@@ -19,8 +19,6 @@ use tp_core::{
     TenantId, VoucherType, now_ms, validate_device_number,
 };
 
-/// Largest `page_size` of the device list.
-pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
 
 /// A device as the API shows it (never the credential hash).
 #[derive(Debug, Serialize, ToSchema)]
@@ -130,6 +128,7 @@ pub(crate) struct CredentialsRequest {
     /// `BASIC` or `ACCESSTOKEN`; when absent, what the other fields imply, else the
     /// profile's voucher type, else `BASIC`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
     /// `BASIC` username: 1 to 255 characters, no `:`, unique.
     #[serde(default)]
@@ -200,13 +199,13 @@ fn credentials_for(
     Ok(DeviceCredentials::generate_for(voucher_type))
 }
 
-/// The tenant's profile `id`, or a 400 naming `profile_id`.
+/// The tenant's profile `id`, or a 422 naming `profile_id`.
 async fn tenant_profile(state: &AppState, tenant: TenantId, id: Uuid) -> ApiResult<DeviceProfile> {
     state
         .access
         .get_profile(tenant, ProfileId(id))
         .await?
-        .ok_or_else(|| ApiError::invalid("profile_id", "no such profile in the tenant"))
+        .ok_or_else(|| ApiError::unprocessable("profile_id", "no such profile in the tenant"))
 }
 
 impl DeviceResponse {
@@ -248,8 +247,10 @@ pub(crate) struct CreateDeviceRequest {
     /// Display name, 1 to 255 characters.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
-    /// Public identity (one MQTT topic level); generated when absent.
+    /// Public identity (one MQTT topic level: 1 to 100 characters, none of `/`, `+`,
+    /// `#`, `$`, blanks or control characters); generated when absent.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$")]
     device_number: Option<String>,
     /// Free-form label.
     #[serde(default)]
@@ -266,6 +267,7 @@ pub(crate) struct CreateDeviceRequest {
     /// `BASIC` or `ACCESSTOKEN` for generated credentials; default: the profile's,
     /// else `BASIC`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
     /// Credentials to use instead of generated ones.
     #[serde(default)]
@@ -350,7 +352,7 @@ fn validate_label(label: Option<String>) -> ApiResult<Option<String>> {
 async fn validate_placement(state: &AppState, device: &Device) -> ApiResult<()> {
     let Some(parent_id) = device.parent_id else {
         if device.sub_device_addr.is_some() {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "sub_device_addr",
                 "only a device with a parent_id has a sub-device address",
             ));
@@ -360,7 +362,7 @@ async fn validate_placement(state: &AppState, device: &Device) -> ApiResult<()> 
     let addr = match device.sub_device_addr.as_deref() {
         Some(a) if !a.is_empty() && a.chars().count() <= 255 => a,
         _ => {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "sub_device_addr",
                 "a sub-device needs an address of 1 to 255 characters",
             ));
@@ -370,20 +372,20 @@ async fn validate_placement(state: &AppState, device: &Device) -> ApiResult<()> 
     let mut depth = 0;
     while let Some(id) = cursor {
         if id == device.id {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "parent_id",
                 "a device cannot sit behind itself",
             ));
         }
         depth += 1;
         if depth > MAX_GATEWAY_DEPTH {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "parent_id",
                 format!("gateways nest at most {MAX_GATEWAY_DEPTH} levels"),
             ));
         }
         let Some(parent) = state.metadata.get_device(device.tenant_id, id).await? else {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "parent_id",
                 "no such device in the tenant",
             ));
@@ -604,7 +606,8 @@ impl From<ImportRow> for CreateDeviceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImportRequest {
-    /// At most 1000 devices, created in order.
+    /// 1 to 1000 devices, created in order.
+    #[schema(min_items = 1, max_items = 1000)]
     devices: Vec<serde_json::Value>,
 }
 
@@ -698,8 +701,9 @@ pub(crate) async fn import_devices(
             ));
         }
     };
+    // A CSV's row count is not something its schema (a string) can state: 422.
     if rows.is_empty() || rows.len() > MAX_IMPORT_ROWS {
-        return Err(ApiError::invalid(
+        return Err(ApiError::unprocessable(
             "devices",
             format!("must hold 1 to {MAX_IMPORT_ROWS} devices"),
         ));
@@ -783,21 +787,10 @@ pub(crate) async fn list_devices(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<axum::Json<DeviceList>> {
     caller.require(Permission::DeviceRead)?;
-    let page = q.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::invalid("page", "must be at least 1"));
-    }
-    let page_size = q.page_size.unwrap_or(20);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::invalid(
-            "page_size",
-            format!("must be 1 to {MAX_PAGE_SIZE}"),
-        ));
-    }
-    let offset = (page - 1)
-        .checked_mul(page_size)
-        .filter(|o| *o <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    let Page {
+        offset,
+        limit: page_size,
+    } = super::support::page_of(q.page, q.page_size)?;
     let search = q
         .search
         .map(|s| s.trim().to_owned())
@@ -1084,25 +1077,14 @@ pub(crate) async fn status_history(
     Query(q): Query<StatusHistoryParams>,
 ) -> ApiResult<axum::Json<StatusHistoryList>> {
     caller.require(Permission::DeviceRead)?;
-    let page = q.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::invalid("page", "must be at least 1"));
-    }
-    let page_size = q.page_size.unwrap_or(20);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::invalid(
-            "page_size",
-            format!("must be 1 to {MAX_PAGE_SIZE}"),
-        ));
-    }
-    let offset = (page - 1)
-        .checked_mul(page_size)
-        .filter(|o| *o <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::invalid("page", "too large"))?;
+    let Page {
+        offset,
+        limit: page_size,
+    } = super::support::page_of(q.page, q.page_size)?;
     if let (Some(start), Some(end)) = (q.start, q.end)
         && start > end
     {
-        return Err(ApiError::invalid("end", "must not be before start"));
+        return Err(ApiError::unprocessable("end", "must not be before start"));
     }
     // 404 for another tenant's device, not an empty page.
     let device = load_device(&state, &caller, id).await?;

@@ -101,6 +101,7 @@ pub(crate) struct CommandRequest {
     /// Seconds a queued command waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     expires_in_secs: Option<u32>,
 }
 
@@ -114,6 +115,7 @@ pub(crate) struct AttributeSetRequest {
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     expires_in_secs: Option<u32>,
 }
 
@@ -121,11 +123,13 @@ pub(crate) struct AttributeSetRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AttributeGetRequest {
-    /// Keys to report; empty means all.
+    /// Keys to report (each 1 to 255 characters); empty means all.
+    #[schema(schema_with = tp_core::openapi::key_list)]
     keys: Vec<String>,
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     expires_in_secs: Option<u32>,
 }
 
@@ -139,6 +143,7 @@ pub(crate) struct TelemetryControlRequest {
     /// Seconds a queued request waits for an offline device (1 to 2592000, default 86400).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     expires_in_secs: Option<u32>,
 }
 
@@ -331,11 +336,11 @@ pub(crate) async fn get_attributes(
     if let Some(k) = req
         .keys
         .iter()
-        .find(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+        .find(|k| k.is_empty() || k.chars().count() > MAX_KEY_LEN)
     {
         return Err(ApiError::invalid(
             "keys",
-            format!("key {k:?} must be 1 to {MAX_KEY_LEN} bytes"),
+            format!("key {k:?} must be 1 to {MAX_KEY_LEN} characters"),
         ));
     }
     let lifetime = expiry(req.expires_in_secs)?;

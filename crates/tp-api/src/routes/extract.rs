@@ -57,10 +57,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        let (parts, bytes) = read_body(req, state).await?;
+        object_body(parts, bytes, state, false)
+            .await
+            .and_then(|v| v.ok_or_else(|| ApiError::invalid("body", "must be a JSON object")))
+            .map(Json)
+    }
+}
+
+/// Reads the whole body (413 over the limit).
+async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<(axum::http::request::Parts, axum::body::Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state).await {
+        Ok(b) => Ok((parts, b)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::http(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        )),
+        Err(r) => Err(ApiError::invalid("body", r.body_text())),
+    }
+}
+
+/// Parses a JSON body that must be an object (or, with `null_ok`, `null`: `None`).
+/// Every request type is a struct, and serde would also fill a struct from an array
+/// (`[null, null]`), which the document does not allow: it is refused here.
+async fn object_body<S: Send + Sync, T: DeserializeOwned>(
+    parts: axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+    state: &S,
+    null_ok: bool,
+) -> Result<Option<T>, ApiError> {
+    let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let value = match axum::Json::<Option<T>>::from_request(req, state).await {
+        Ok(axum::Json(v)) => v,
+        Err(rejection) => return Err(json_rejection(rejection)),
+    };
+    match first {
+        Some(b'{') => Ok(value),
+        Some(b'n') if null_ok => Ok(None),
+        _ => Err(ApiError::invalid("body", "must be a JSON object")),
     }
 }
 
@@ -73,29 +113,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        let bytes =
-            match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
-                .await
-            {
-                Ok(b) => b,
-                Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    return Err(ApiError::http(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "request body is too large",
-                    ));
-                }
-                Err(r) => return Err(ApiError::invalid("body", r.body_text())),
-            };
+        let (parts, bytes) = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(OptionalJson(None));
         }
-        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         // `null` is the same as no body: the document declares the body nullable.
-        Json::<Option<T>>::from_request(req, state)
+        object_body(parts, bytes, state, true)
             .await
-            .map(|Json(v)| OptionalJson(v))
+            .map(OptionalJson)
     }
 }
 

@@ -68,9 +68,65 @@ pub(crate) enum PermissionName {
     AlarmRead,
 }
 
+/// An aggregation of a history query.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum AggregationName {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+}
+
+/// The order of a history or event query.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum OrderName {
+    Asc,
+    Desc,
+}
+
+/// The built-in role of a tenant's user or API key.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code, clippy::enum_variant_names)]
+pub(crate) enum TenantRoleName {
+    #[serde(rename = "TENANT_ADMIN")]
+    TenantAdmin,
+    #[serde(rename = "TENANT_USER")]
+    TenantUser,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spelling(v: impl Serialize) -> String {
+        serde_json::to_value(v).unwrap().as_str().unwrap().to_owned()
+    }
+
+    /// The documented aggregations, orders and roles are the ones the API parses.
+    #[test]
+    fn query_and_role_names_match_the_parsers() {
+        for agg in [
+            AggregationName::Avg,
+            AggregationName::Min,
+            AggregationName::Max,
+            AggregationName::Sum,
+            AggregationName::Count,
+        ] {
+            spelling(agg).parse::<tp_core::Aggregation>().unwrap();
+        }
+        for role in [TenantRoleName::TenantAdmin, TenantRoleName::TenantUser] {
+            spelling(role).parse::<tp_core::Role>().unwrap();
+        }
+        assert_eq!(
+            [OrderName::Asc, OrderName::Desc].map(spelling),
+            ["asc", "desc"]
+        );
+    }
 
     /// The documented permission names are exactly the ones the API parses.
     #[test]

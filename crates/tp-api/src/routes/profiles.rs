@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use super::extract::{IdPath, Json, Query};
 use super::support::{PageQuery, audit, page_of, valid_name};
-use super::users::double_option;
 use crate::auth::Caller;
 use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -116,10 +115,12 @@ pub(crate) struct CreateProfileRequest {
     /// Heartbeat timeout in seconds (at most 30 days).
     #[serde(default)]
     #[schema(maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     heartbeat_secs: Option<u32>,
     /// Online timeout in seconds (at most 30 days).
     #[serde(default)]
     #[schema(maximum = 2592000)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     online_timeout_secs: Option<u32>,
     /// Let devices self-register; generates a provisioning secret shown once.
     #[serde(default)]
@@ -144,11 +145,11 @@ pub(crate) struct UpdateProfileRequest {
     #[schema(value_type = Option<super::names::DeviceTypeName>)]
     device_type: Option<String>,
     /// Heartbeat timeout in seconds; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "tp_core::serde_int::nullable")]
     #[schema(value_type = Option<u32>, nullable, maximum = 2592000)]
     heartbeat_secs: Option<Option<u32>>,
     /// Online timeout in seconds; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "tp_core::serde_int::nullable")]
     #[schema(value_type = Option<u32>, nullable, maximum = 2592000)]
     online_timeout_secs: Option<Option<u32>>,
     /// Self-registration; turning it on without a secret generates one (shown once).

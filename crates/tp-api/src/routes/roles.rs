@@ -347,12 +347,14 @@ pub(crate) struct CreateApiKeyRequest {
     name: String,
     /// `TENANT_USER` (default) or `TENANT_ADMIN`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::TenantRoleName>)]
     role: Option<String>,
     /// Custom role of the tenant adding permissions.
     #[serde(default)]
     role_id: Option<Uuid>,
     /// Refuse the key after this time (ms since the epoch); must be in the future.
     #[serde(default)]
+    #[serde(deserialize_with = "tp_core::serde_int::optional")]
     expires_at: Option<i64>,
 }
 
@@ -388,7 +390,7 @@ pub(crate) async fn create_api_key(
         Some(r) => r,
     };
     if req.expires_at.is_some_and(|t| t <= now_ms()) {
-        return Err(ApiError::invalid("expires_at", "must be in the future"));
+        return Err(ApiError::unprocessable("expires_at", "must be in the future"));
     }
     // A key minting keys cannot escape its own expiry.
     if let Principal::ApiKey {
@@ -408,7 +410,7 @@ pub(crate) async fn create_api_key(
                 .access
                 .get_role(caller.tenant_id, RoleId(id))
                 .await?
-                .ok_or_else(|| ApiError::invalid("role_id", "no such role in the tenant"))?
+                .ok_or_else(|| ApiError::unprocessable("role_id", "no such role in the tenant"))?
                 .id,
         ),
         None => None,

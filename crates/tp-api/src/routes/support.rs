@@ -55,9 +55,22 @@ pub(crate) fn page_of(page: Option<u64>, page_size: Option<u64>) -> ApiResult<Pa
     })
 }
 
-/// A trimmed display name of 1 to 255 characters.
+/// Whether `c` is what the document's `\s` means: the white space and line
+/// terminators of JSON Schema's (ECMA-262) regular expressions, which is what
+/// generated clients and testers check patterns with.
+pub(crate) fn is_blank(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}'
+    )
+}
+
+/// A display name of 1 to 255 characters, blanks ([`is_blank`]) trimmed: what the
+/// document's `pattern: \S` with `maxLength: 255` accepts.
 pub(crate) fn valid_name(field: &str, name: &str) -> ApiResult<String> {
-    let name = name.trim();
+    let name = name.trim_matches(is_blank);
     let len = name.chars().count();
     if len == 0 || len > 255 {
         return Err(ApiError::invalid(field, "must be 1 to 255 characters"));

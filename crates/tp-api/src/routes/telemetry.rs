@@ -101,16 +101,19 @@ pub(crate) struct HistoryQuery {
     start: i64,
     /// Exclusive end (ms since the epoch); must be greater than `start`.
     end: i64,
-    /// Aggregate into buckets of `interval` ms.
-    #[param(value_type = Option<String>, example = "avg")]
+    /// Aggregate into buckets of `interval` ms (`interval` is then required: 422
+    /// without it, and for more than 100000 buckets).
+    #[param(value_type = Option<super::names::AggregationName>, inline)]
     agg: Option<String>,
-    /// Bucket length in ms; required with `agg`.
+    /// Bucket length in ms, at least 1; only with `agg`.
+    #[param(minimum = 1)]
     interval: Option<i64>,
     /// Rows in the whole response, 1 to 100000 (default 10000), filled key by key
     /// in ascending key order.
+    #[param(minimum = 1, maximum = 100000)]
     limit: Option<u64>,
     /// `asc` (default) or `desc`.
-    #[param(value_type = Option<String>, example = "asc")]
+    #[param(value_type = Option<super::names::OrderName>, inline)]
     order: Option<String>,
 }
 
@@ -135,9 +138,10 @@ pub(crate) struct EventsQuery {
     /// Exclusive end in ms (default: now).
     end: Option<i64>,
     /// At most this many events, 1 to 100000 (default 100).
+    #[param(minimum = 1, maximum = 100000)]
     limit: Option<u64>,
     /// `desc` (default) or `asc`.
-    #[param(value_type = Option<String>, example = "desc")]
+    #[param(value_type = Option<super::names::OrderName>, inline)]
     order: Option<String>,
 }
 
@@ -164,7 +168,7 @@ fn parse_keys(keys: Option<&str>) -> ApiResult<Option<Vec<String>>> {
 
 fn check_range(start: i64, end: i64) -> ApiResult<()> {
     if start >= end {
-        return Err(ApiError::invalid("end", "must be greater than start"));
+        return Err(ApiError::unprocessable("end", "must be greater than start"));
     }
     Ok(())
 }
@@ -247,10 +251,10 @@ pub(crate) async fn telemetry_history(
     let aggregation = match (q.agg.as_deref(), q.interval) {
         (None, None) => None,
         (None, Some(_)) => {
-            return Err(ApiError::invalid("agg", "required when interval is given"));
+            return Err(ApiError::unprocessable("agg", "required when interval is given"));
         }
         (Some(_), None) => {
-            return Err(ApiError::invalid("interval", "required with agg"));
+            return Err(ApiError::unprocessable("interval", "required with agg"));
         }
         (Some(agg), Some(interval)) => {
             let agg: Aggregation = agg.parse()?;
@@ -260,7 +264,7 @@ pub(crate) async fn telemetry_history(
             let span = q.end.saturating_sub(q.start);
             let buckets = span / interval + i64::from(span % interval != 0);
             if buckets > MAX_BUCKETS {
-                return Err(ApiError::invalid(
+                return Err(ApiError::unprocessable(
                     "interval",
                     format!("too small: the range would have more than {MAX_BUCKETS} buckets"),
                 ));

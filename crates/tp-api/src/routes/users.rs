@@ -64,15 +64,19 @@ pub(crate) struct UserList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateUserRequest {
-    /// Email address, unique installation-wide.
+    /// Email address, unique installation-wide: 3 to 255 characters with an `@`
+    /// (surrounding blanks are trimmed; stored lower-case).
+    #[schema(min_length = 3, max_length = 255, pattern = r"^\s*[^\s@]+@[^\s@]+\s*$", example = "ops@example.com")]
     email: String,
     /// Display name.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
-    /// Password, at least 8 characters.
+    /// Password, 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
     /// `TENANT_USER` (default) or `TENANT_ADMIN`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::TenantRoleName>)]
     role: Option<String>,
     /// Custom role of the tenant adding permissions.
     #[serde(default)]
@@ -87,11 +91,13 @@ pub(crate) struct UpdateUserRequest {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: Option<String>,
-    /// New password (revokes the user's sessions).
+    /// New password, 8 to 1024 characters (revokes the user's sessions).
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024)]
     password: Option<String>,
     /// `TENANT_USER` or `TENANT_ADMIN`.
     #[serde(default)]
+    #[schema(value_type = Option<super::names::TenantRoleName>)]
     role: Option<String>,
     /// Custom role; `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
@@ -149,12 +155,15 @@ pub(crate) struct TenantRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateAdminRequest {
-    /// Email address, unique installation-wide.
+    /// Email address, unique installation-wide: 3 to 255 characters with an `@`
+    /// (surrounding blanks are trimmed; stored lower-case).
+    #[schema(min_length = 3, max_length = 255, pattern = r"^\s*[^\s@]+@[^\s@]+\s*$", example = "ops@example.com")]
     email: String,
     /// Display name.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
-    /// Password, at least 8 characters.
+    /// Password, 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
 }
 
@@ -169,12 +178,20 @@ fn tenant_role(raw: Option<&str>) -> ApiResult<Role> {
     }
 }
 
+/// The document's email pattern: one `@` with something on both sides, no blanks
+/// ([`super::support::is_blank`]) inside; blanks around it are trimmed.
 fn valid_email(email: &str) -> ApiResult<String> {
-    let email = normalize_email(email);
-    if email.len() < 3 || email.len() > 255 || !email.contains('@') {
+    let blank = super::support::is_blank;
+    let trimmed = email.trim_matches(blank);
+    let ok = (3..=255).contains(&email.chars().count())
+        && trimmed.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        })
+        && !trimmed.chars().any(blank);
+    if !ok {
         return Err(ApiError::invalid("email", "must be an email address"));
     }
-    Ok(email)
+    Ok(normalize_email(trimmed))
 }
 
 /// A custom role of the tenant; an unknown id is a 400 naming `role_id`.
@@ -185,7 +202,7 @@ async fn existing_role(state: &AppState, tenant: TenantId, id: Uuid) -> ApiResul
         .get_role(tenant, id)
         .await?
         .map(|r| r.id)
-        .ok_or_else(|| ApiError::invalid("role_id", "no such role in the tenant"))
+        .ok_or_else(|| ApiError::unprocessable("role_id", "no such role in the tenant"))
 }
 
 /// Creates a user after the caller's checks; returns it with its custom role.
@@ -392,7 +409,7 @@ pub(crate) async fn update_user(
         // owner out: one's own password changes through PUT /auth/password, which
         // asks for the current one.
         if caller.user_id() == Some(user.id) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "password",
                 "change your own password with PUT /api/v1/auth/password (it asks for the current one)",
             ));

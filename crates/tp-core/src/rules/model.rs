@@ -67,6 +67,7 @@ pub enum Condition {
         /// The comparison must hold continuously for this long before the condition
         /// is true ("held for N seconds").
         #[serde(default)]
+        #[serde(deserialize_with = "crate::serde_int::optional")]
         duration_secs: Option<u32>,
     },
     /// Only true inside a daily time window (ThingsPanel type 22), evaluated in UTC
@@ -74,17 +75,21 @@ pub enum Condition {
     TimeRange {
         /// Window start, minutes after midnight.
         #[cfg_attr(feature = "openapi", schema(maximum = 1439))]
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         start_minute: u16,
         /// Window end, minutes after midnight (may be smaller than start: crosses midnight).
         #[cfg_attr(feature = "openapi", schema(maximum = 1439))]
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         end_minute: u16,
         /// Days the window applies, 1 = Monday .. 7 = Sunday; empty = every day.
         #[serde(default)]
         #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::weekdays))]
+        #[serde(deserialize_with = "crate::serde_int::list")]
         weekdays: Vec<u8>,
         /// Offset of the local time zone from UTC.
         #[serde(default)]
         #[cfg_attr(feature = "openapi", schema(minimum = -840, maximum = 840))]
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         utc_offset_minutes: i32,
     },
     /// A time trigger (ThingsPanel types 20/21).
@@ -156,10 +161,12 @@ pub struct Schedule {
     /// Does not fire before this time.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    #[serde(deserialize_with = "crate::serde_int::optional")]
     pub not_before: Option<Timestamp>,
     /// Does not fire after this time.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    #[serde(deserialize_with = "crate::serde_int::optional")]
     pub not_after: Option<Timestamp>,
 }
 
@@ -172,12 +179,14 @@ pub enum ScheduleKind {
     Once {
         /// Fire time (ms since the Unix epoch).
         #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         at: Timestamp,
     },
     /// Every `interval_secs`, counted from `not_before` (or from the rule's creation).
     Periodic {
         /// Period in seconds (at least 1).
         #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         interval_secs: u32,
     },
     /// A cron expression with seconds (`sec min hour day-of-month month day-of-week`),

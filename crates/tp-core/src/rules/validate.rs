@@ -1,7 +1,10 @@
 //! The checks a rule or scene passes before it is stored, so the engine never loads
-//! one it cannot evaluate: every field error is [`Error::Unprocessable`] (HTTP 422) naming the field
-//! by its JSON path (e.g. `trigger_groups[0].conditions[1].value`), and the ids of
-//! devices, profiles, channels and scenes must exist in the tenant.
+//! one it cannot evaluate. Every error names the field by its JSON path (e.g.
+//! `trigger_groups[0].conditions[1].value`): [`Error::Invalid`] (HTTP 400) for what
+//! the OpenAPI document declares (non-empty lists and texts, minute and day ranges),
+//! [`Error::Unprocessable`] (HTTP 422) for what a schema cannot say: ids of devices,
+//! profiles, channels and scenes that are not in the tenant, a value that does not
+//! fit its operator, a cron expression that does not parse, contradicting fields.
 
 use crate::rules::schedule::CompiledSchedule;
 use crate::rules::{
@@ -102,7 +105,7 @@ pub async fn validate_trigger_groups(
     groups: &[TriggerGroup],
 ) -> Result<()> {
     if groups.is_empty() {
-        return Err(Error::unprocessable(
+        return Err(Error::invalid(
             "trigger_groups",
             "needs at least one trigger group",
         ));
@@ -110,7 +113,7 @@ pub async fn validate_trigger_groups(
     for (g, group) in groups.iter().enumerate() {
         let gfield = format!("trigger_groups[{g}].conditions");
         if group.conditions.is_empty() {
-            return Err(Error::unprocessable(gfield, "needs at least one condition"));
+            return Err(Error::invalid(gfield, "needs at least one condition"));
         }
         if group
             .conditions
@@ -157,25 +160,25 @@ pub async fn validate_trigger_groups(
                     utc_offset_minutes,
                 } => {
                     if *start_minute >= 1440 {
-                        return Err(Error::unprocessable(
+                        return Err(Error::invalid(
                             format!("{field}.start_minute"),
                             "must be 0 to 1439",
                         ));
                     }
                     if *end_minute >= 1440 {
-                        return Err(Error::unprocessable(
+                        return Err(Error::invalid(
                             format!("{field}.end_minute"),
                             "must be 0 to 1439",
                         ));
                     }
                     if weekdays.iter().any(|d| !(1..=7).contains(d)) {
-                        return Err(Error::unprocessable(
+                        return Err(Error::invalid(
                             format!("{field}.weekdays"),
                             "days are 1 (Monday) to 7 (Sunday)",
                         ));
                     }
                     if utc_offset_minutes.abs() > 14 * 60 {
-                        return Err(Error::unprocessable(
+                        return Err(Error::invalid(
                             format!("{field}.utc_offset_minutes"),
                             "must be within -840..=840",
                         ));
@@ -215,7 +218,7 @@ pub async fn validate_actions(
     scene: Option<SceneId>,
 ) -> Result<()> {
     if actions.is_empty() {
-        return Err(Error::unprocessable("actions", "needs at least one action"));
+        return Err(Error::invalid("actions", "needs at least one action"));
     }
     for (i, action) in actions.iter().enumerate() {
         let field = format!("actions[{i}]");
@@ -228,7 +231,7 @@ pub async fn validate_actions(
                 target: t, method, ..
             } => {
                 if method.trim().is_empty() {
-                    return Err(Error::unprocessable(
+                    return Err(Error::invalid(
                         format!("{field}.method"),
                         "must not be empty",
                     ));
@@ -240,7 +243,7 @@ pub async fn validate_actions(
             Action::SetAttributes { target: t, values }
             | Action::TelemetryControl { target: t, values } => {
                 if values.as_object().is_none_or(|o| o.is_empty()) {
-                    return Err(Error::unprocessable(
+                    return Err(Error::invalid(
                         format!("{field}.values"),
                         "must be a non-empty JSON object",
                     ));
@@ -253,7 +256,7 @@ pub async fn validate_actions(
                 title, channels, ..
             } => {
                 if title.trim().is_empty() {
-                    return Err(Error::unprocessable(
+                    return Err(Error::invalid(
                         format!("{field}.title"),
                         "must not be empty",
                     ));
@@ -272,7 +275,7 @@ pub async fn validate_actions(
                 channel, subject, ..
             } => {
                 if subject.trim().is_empty() {
-                    return Err(Error::unprocessable(
+                    return Err(Error::invalid(
                         format!("{field}.subject"),
                         "must not be empty",
                     ));

@@ -524,7 +524,7 @@ async fn api_keys_authenticate_until_deleted_or_expired() -> Result<()> {
             Some(json!({"name": "past", "expires_at": now_ms() - 1})),
         )
         .await?;
-    assert_error(&got, 400, "invalid_input", Some("expires_at"));
+    assert_error(&got, 422, "unprocessable", Some("expires_at"));
     let (status, soon) = h
         .call(
             "POST",
