@@ -8,7 +8,13 @@ that fires a rule), then writes a schemathesis.toml that pins each path paramete
 to a seeded id. Deleting operations get ids of their own, so a DELETE that runs
 early cannot take the data away from the operations after it.
 
-    api-fuzz-seed.py BASE_URL TOKEN > schemathesis.toml
+    api-fuzz-seed.py BASE_URL TOKEN DOC_OUT > schemathesis.toml
+
+It also writes DOC_OUT, the node's OpenAPI document with the seeded ids as the
+`example` of the fields and parameters that name them (`role_id`, a condition's
+device, a path's `{id}`, ...). Schemathesis builds the first requests of its
+coverage phase from examples, so those requests name things that exist; the
+served document itself is not changed.
 """
 
 import base64
@@ -18,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
-BASE, TOKEN = sys.argv[1], sys.argv[2]
+BASE, TOKEN, DOC_OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def call(method, path, body=None, auth=None, expect=(200, 201, 202, 204)):
@@ -129,6 +135,49 @@ pins = {
 }
 
 doc = call("GET", "/api/v1/openapi.json")
+
+# Examples of seeded ids, by property or parameter name (path ids by path below).
+examples_by_name = {
+    "role_id": role,
+    "profile_id": profile,
+    "device_id": device,
+    "rule_id": rule,
+    "channel": channel,
+    "scene": scene,
+    "url": "https://hooks.example.com/fuzz",
+    "start": 0,
+    "end": 4102444800000,
+    "key": "temp",
+}
+schemas = doc["components"]["schemas"]
+for name, schema in schemas.items():
+    for prop, sub in (schema.get("properties") or {}).items():
+        if prop in examples_by_name and "$ref" not in sub:
+            sub["example"] = examples_by_name[prop]
+        if prop == "channels" and sub.get("type") == "array":
+            sub["example"] = [channel]
+        if prop == "id" and name in ("DeviceSourceDevice", "ActionTargetDevice"):
+            sub.pop("$ref", None)
+            sub.update({"type": "string", "format": "uuid", "example": device})
+        if prop == "id" and name == "DeviceSourceProfile":
+            sub.pop("$ref", None)
+            sub.update({"type": "string", "format": "uuid", "example": profile})
+for path, item in doc["paths"].items():
+    base = max((p for p in pins if path == p or path.startswith(p + "/")), key=len, default=None)
+    for method, op in item.items():
+        if not isinstance(op, dict):
+            continue
+        for param in op.get("parameters", []):
+            name = param.get("name")
+            if param.get("in") == "path" and base is not None:
+                chosen = pins[base]
+                ids = (chosen.get(method.upper()) if path == base else None) or chosen["*"]
+                if name in ids:
+                    param["example"] = ids[name][0]
+            elif param.get("in") == "query" and name in examples_by_name:
+                param["example"] = examples_by_name[name]
+with open(DOC_OUT, "w") as out:
+    json.dump(doc, out)
 print("# Written by scripts/api-fuzz-seed.py for one run; ids are of that run's node.")
 print("[checks.positive_data_acceptance]")
 # 422: well-formed requests naming data the generator cannot know (an id of another
@@ -188,7 +237,7 @@ for path, item in doc["paths"].items():
 for name, ids in dictionaries.items():
     print()
     print(f"[dictionaries.{name}]")
-    print("values = [" + ", ".join(f'"{i}"' for i in ids) + "]")
+    print("values = " + json.dumps(ids))
 for path, method, bindings in operations:
     print()
     print("[[operations]]")

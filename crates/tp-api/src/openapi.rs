@@ -114,7 +114,8 @@ pub fn openapi() -> serde_json::Value {
 /// Operations that answer 422 (`unprocessable`, naming the field) for a well-formed
 /// request they cannot act on, and why. Rules and scenes document theirs inline.
 const UNPROCESSABLE: &[(&str, &str)] = &[
-    ("create_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)"),
+    ("create_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep), or the chosen credentials do not fit the voucher type"),
+    ("rotate_credentials", "The chosen credentials do not fit the voucher type (a username without a password, a token with a username)"),
     ("update_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)"),
     ("create_user", "`role_id` is not a role of the tenant"),
     ("update_user", "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)"),

@@ -130,16 +130,19 @@ pub(crate) struct CredentialsRequest {
     #[serde(default)]
     #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
-    /// `BASIC` username: 1 to 255 characters, no `:`, unique.
+    /// `BASIC` username: 1 to 255 characters, no `:` or control characters, unique.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$")]
     username: Option<String>,
-    /// `BASIC` password: 6 to 255 characters (stored as a SHA-256 digest; choose a
-    /// random one).
+    /// `BASIC` password: 6 to 255 characters, no control characters (stored as a
+    /// SHA-256 digest; choose a random one).
     #[serde(default)]
+    #[schema(min_length = 6, max_length = 255, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
     password: Option<String>,
-    /// `ACCESSTOKEN` token: 16 to 255 characters, no `:`, unique (stored as a
-    /// SHA-256 digest).
+    /// `ACCESSTOKEN` token: 16 to 255 characters, no `:` or control characters,
+    /// unique (stored as a SHA-256 digest).
     #[serde(default)]
+    #[schema(min_length = 16, max_length = 255, pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$")]
     access_token: Option<String>,
 }
 
@@ -156,14 +159,14 @@ fn credentials_for(
         .transpose()?;
     let chosen_basic = req.username.is_some() || req.password.is_some();
     if chosen_basic && req.access_token.is_some() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::unprocessable(
             "access_token",
             "give either username and password (BASIC) or access_token (ACCESSTOKEN)",
         ));
     }
     if let Some(token) = &req.access_token {
         if asked == Some(VoucherType::Basic) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "voucher_type",
                 "an access_token is an ACCESSTOKEN voucher",
             ));
@@ -176,21 +179,27 @@ fn credentials_for(
     }
     if chosen_basic {
         if asked == Some(VoucherType::AccessToken) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "voucher_type",
                 "an ACCESSTOKEN voucher has an access_token, not a username and password",
             ));
         }
         let Some(username) = &req.username else {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "username",
                 "a BASIC voucher needs a username",
+            ));
+        };
+        let Some(password) = &req.password else {
+            return Err(ApiError::unprocessable(
+                "password",
+                "a BASIC voucher needs a password",
             ));
         };
         return Ok(DeviceCredentials::chosen(
             VoucherType::Basic,
             username,
-            req.password.as_deref(),
+            Some(password),
         )?);
     }
     let voucher_type = asked
