@@ -108,7 +108,57 @@ pub fn openapi() -> serde_json::Value {
     let mut value = serde_json::to_value(&doc).unwrap_or_default();
     add_discriminators(&mut value);
     add_links(&mut value);
+    add_request_examples(&mut value);
     value
+}
+
+/// An example of every JSON request body, by schema name (ids are placeholders:
+/// replace them with ones of your tenant).
+const REQUEST_EXAMPLES: &[(&str, &str)] = &[
+    ("TransitionRequest", r#"{"text": "on my way"}"#),
+    ("CommentRequest", r#"{"text": "valve replaced"}"#),
+    ("CreateApiKeyRequest", r#"{"name": "erp-sync", "role": "TENANT_USER", "expires_at": 4102444800000}"#),
+    ("LoginRequest", r#"{"email": "admin@thingspanel.local", "password": "correct horse battery staple"}"#),
+    ("PasswordRequest", r#"{"current_password": "correct horse battery staple", "new_password": "a new long passphrase"}"#),
+    ("RefreshRequest", r#"{"refresh_token": "<refresh token from sign-in>"}"#),
+    ("ProvisionRequest", r#"{"profile_secret": "<the profile's provisioning secret>", "device_number": "pump-7", "name": "Pump 7"}"#),
+    ("CreateDeviceRequest", r#"{"name": "Boiler", "device_number": "boiler-1", "label": "basement"}"#),
+    ("ImportRequest", r#"{"devices": [{"name": "Pump 1", "device_number": "pump-1"}, {"name": "Pump 2", "device_number": "pump-2", "voucher_type": "ACCESSTOKEN"}]}"#),
+    ("UpdateDeviceRequest", r#"{"label": "roof", "enabled": true}"#),
+    ("AttributeSetRequest", r#"{"values": {"target_temp": 21.5}, "expires_in_secs": 3600}"#),
+    ("AttributeGetRequest", r#"{"keys": ["fw", "ip"]}"#),
+    ("CommandRequest", r#"{"method": "ReSet", "params": {"delay": 5}, "expires_in_secs": 86400}"#),
+    ("CredentialsRequest", r#"{"voucher_type": "ACCESSTOKEN"}"#),
+    ("TelemetryControlRequest", r#"{"values": {"switch": false}}"#),
+    ("CreateGroupRequest", r#"{"name": "Building A"}"#),
+    ("UpdateGroupRequest", r#"{"name": "Building A (north)"}"#),
+    ("CreateChannelRequest", r#"{"type": "email", "name": "ops mail", "to": ["ops@example.com"]}"#),
+    ("UpdateChannelRequest", r#"{"enabled": false}"#),
+    ("CreateProfileRequest", r#"{"name": "Boilers", "device_type": "direct", "online_timeout_secs": 300}"#),
+    ("UpdateProfileRequest", r#"{"heartbeat_secs": 120}"#),
+    ("CreateRoleRequest", r#"{"name": "operator", "permissions": ["device:read", "device:command", "alarm:ack"]}"#),
+    ("UpdateRoleRequest", r#"{"permissions": ["device:read"]}"#),
+    ("CreateRuleRequest", r#"{"name": "boiler too hot", "trigger_groups": [{"conditions": [{"type": "device", "source": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "data": "telemetry", "key": "temperature", "operator": ">", "value": 40, "duration_secs": 30}]}], "actions": [{"type": "raise_alarm", "severity": "major", "title": "Boiler too hot"}, {"type": "telemetry_control", "target": {"kind": "triggering_device"}, "values": {"switch": false}}]}"#),
+    ("UpdateRuleRequest", r#"{"enabled": false}"#),
+    ("CreateSceneRequest", r#"{"name": "all off", "actions": [{"type": "command", "target": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "method": "SetPower", "params": {"on": false}}]}"#),
+    ("UpdateSceneRequest", r#"{"description": "every boiler off"}"#),
+    ("TenantRequest", r#"{"name": "Acme Heating"}"#),
+    ("CreateAdminRequest", r#"{"email": "admin@acme.example", "name": "Acme admin", "password": "a long passphrase"}"#),
+    ("CreateUserRequest", r#"{"email": "ops@acme.example", "name": "Operator", "password": "a long passphrase", "role": "TENANT_USER"}"#),
+    ("UpdateUserRequest", r#"{"name": "Night operator"}"#),
+];
+
+/// Puts [`REQUEST_EXAMPLES`] on their schemas.
+fn add_request_examples(doc: &mut serde_json::Value) {
+    for (name, example) in REQUEST_EXAMPLES {
+        let example: serde_json::Value = serde_json::from_str(example).unwrap_or_default();
+        if let Some(schema) = doc
+            .pointer_mut(&format!("/components/schemas/{name}"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert("example".to_owned(), example);
+        }
+    }
 }
 
 /// Operations that answer 422 (`unprocessable`, naming the field) for a well-formed
@@ -324,5 +374,36 @@ fn document_extractor_errors(op: &mut Operation) {
         responses
             .entry("415".to_owned())
             .or_insert_with(|| error("The body is not `application/json`"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every JSON request body has an example, and every example belongs to a
+    /// request schema that exists (a renamed type would silently lose it).
+    #[test]
+    fn every_request_body_has_an_example() {
+        let doc = super::openapi();
+        let schemas = &doc["components"]["schemas"];
+        for (name, _) in super::REQUEST_EXAMPLES {
+            assert!(schemas[name].is_object(), "no schema {name}");
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(schema) = op.pointer("/requestBody/content/application~1json/schema")
+                else {
+                    continue;
+                };
+                let reference = schema["$ref"]
+                    .as_str()
+                    .or_else(|| schema.pointer("/oneOf/0/$ref").and_then(|r| r.as_str()))
+                    .unwrap_or_else(|| panic!("{method} {path}: body is not a named schema"));
+                let name = reference.rsplit('/').next().unwrap();
+                assert!(
+                    schemas[name].get("example").is_some(),
+                    "{method} {path}: {name} has no example"
+                );
+            }
+        }
     }
 }

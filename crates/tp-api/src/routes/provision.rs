@@ -20,7 +20,9 @@ use crate::state::AppState;
 pub(crate) struct ProvisionRequest {
     /// The provisioning secret of a profile that allows self-registration.
     profile_secret: String,
-    /// The device's number (one MQTT topic level), unique installation-wide.
+    /// The device's number (one MQTT topic level: 1 to 100 characters, none of `/`,
+    /// `+`, `#`, `$`, blanks or control characters), unique installation-wide.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$")]
     device_number: String,
     /// Display name; the device number when absent.
     #[serde(default)]
