@@ -53,7 +53,14 @@ impl Ingest {
 
     /// Decodes and stores one device message received at `ts`.
     async fn process(&self, device_id: DeviceId, topic: &str, payload: &[u8], ts: i64) {
-        self.uplinks.activity(device_id);
+        // A sign of life only while the device still has a session here: ingest
+        // runs behind the connections under load, and a message processed after its
+        // session closed would bring the device back online with no connection,
+        // until the inactivity window ran out (minutes of a wrong "online"). The
+        // close already recorded the device's state.
+        if self.shared.session_device(device_id).is_some() {
+            self.uplinks.activity(device_id);
+        }
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };

@@ -143,6 +143,11 @@ pub struct BrokerOptions {
     /// engine); `observe` must not block. Online/offline reaches observers through
     /// [`EmbeddedBroker::status_events`].
     pub observer: Option<tp_core::rules::UplinkObserverRef>,
+    /// Device ownership leases of a cluster (tp-storage's Redis ones): this node's
+    /// devices are marked offline by another node when this one dies, and this node
+    /// marks those of dead nodes (see [`tp_core::cluster::DeviceLeases`]). `None`
+    /// on a single node.
+    pub leases: Option<tp_core::cluster::DeviceLeasesRef>,
 }
 
 /// Outcome of [`EmbeddedBroker::drain`].
@@ -284,7 +289,15 @@ impl EmbeddedBroker {
                 .clock
                 .unwrap_or_else(|| Arc::new(MonotonicClock::new())),
             Duration::from_secs(config.http_online_secs.into()),
+            options.leases.clone(),
         );
+        if let Some(leases) = &options.leases {
+            presence::start_leases(&presence, leases).await;
+            tokio::spawn(presence::keep_leases(
+                Arc::downgrade(&presence),
+                leases.clone(),
+            ));
+        }
 
         let caches = Arc::new(uplink::DeviceCaches::new(
             config.max_telemetry_keys_per_device,

@@ -15,10 +15,11 @@ use tp_broker::backplane::{ClusterRules, ClusterTransport, InvalidatingCache, Li
 /// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
 pub use tp_broker::shutdown_signal;
 use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
-use tp_core::cluster::BackplaneRef;
+use tp_core::cluster::{BackplaneRef, DeviceLeasesRef};
 use tp_core::rules::{RuleEngineControlRef, RuleStoreRef};
 use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::redis::backplane::RedisBackplane;
+use tp_storage::redis::leases::RedisLeases;
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
 use crate::config::{BackplaneMode, PlatformConfig, Role};
@@ -476,6 +477,21 @@ async fn start_broker(
             }
         }
     }
+    // In a cluster, a lease per broker node on the devices it serves: the devices
+    // of a node that dies are marked offline by another one (`cluster.lease_secs`).
+    let leases = match &stores.backplane {
+        Some(bp) => Some(
+            RedisLeases::connect(
+                &config.storage.cache,
+                bp.node_id(),
+                Duration::from_secs(config.cluster.lease_secs),
+            )
+            .await
+            .map(|l| Arc::new(l) as DeviceLeasesRef)
+            .map_err(setting("cluster.lease_secs (storage.cache)"))?,
+        ),
+        None => None,
+    };
     let broker = EmbeddedBroker::start_with(
         &mqtt,
         BrokerDeps {
@@ -493,6 +509,7 @@ async fn start_broker(
                 rule_engine.observer(),
                 live.clone(),
             ]))),
+            leases,
         },
     )
     .await?;
