@@ -573,11 +573,16 @@ pub(crate) async fn start_leases(presence: &Presence, leases: &DeviceLeasesRef) 
     }
 }
 
-/// Renews this node's lease every third of the lease time and marks offline,
+/// Renews this node's lease every third of the lease time (at least every second)
+/// and marks offline,
 /// once across the cluster, the devices of nodes whose lease expired; ends when
 /// the tracker is dropped.
 pub(crate) async fn keep_leases(presence: std::sync::Weak<Presence>, leases: DeviceLeasesRef) {
-    let every = (leases.lease() / 3).max(Duration::from_millis(50));
+    // At least every second: a lost node is noticed at most that long after its
+    // lease expired.
+    let every = (leases.lease() / 3)
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut held = true;
@@ -611,8 +616,9 @@ pub(crate) async fn keep_leases(presence: std::sync::Weak<Presence>, leases: Dev
                 for (node, ids) in lost {
                     let marked = presence.lost(&ids);
                     metrics::counter!("tp_node_lost_devices_total").increment(marked as u64);
-                    tracing::warn!(lost_node = %node, devices = marked,
-                        "a broker node's lease expired; marked its devices offline");
+                    tracing::warn!(lost_node = %node, marked_offline = marked,
+                        "a broker node's lease expired; the devices it still held are offline \
+                         (node_lost), those that reconnected elsewhere kept their state");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot look for lost broker nodes"),
