@@ -148,6 +148,43 @@ pub struct BrokerOptions {
     /// marks those of dead nodes (see [`tp_core::cluster::DeviceLeases`]). `None`
     /// on a single node.
     pub leases: Option<tp_core::cluster::DeviceLeasesRef>,
+    /// Filled in while the write-ahead log replays at start (before any listener
+    /// accepts devices), for a readiness probe that says how far it is.
+    pub replay_progress: Option<Arc<ReplayProgress>>,
+}
+
+/// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
+#[derive(Debug, Default)]
+pub struct ReplayProgress {
+    running: std::sync::atomic::AtomicBool,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl ReplayProgress {
+    /// `(replayed, total)` messages while a replay runs; `None` before and after.
+    pub fn replaying(&self) -> Option<(u64, u64)> {
+        self.running.load(Ordering::Acquire).then(|| {
+            (
+                self.done.load(Ordering::Acquire),
+                self.total.load(Ordering::Acquire),
+            )
+        })
+    }
+
+    pub(crate) fn begin(&self, total: u64) {
+        self.done.store(0, Ordering::Release);
+        self.total.store(total, Ordering::Release);
+        self.running.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn advance(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn end(&self) {
+        self.running.store(false, Ordering::Release);
+    }
 }
 
 /// Outcome of [`EmbeddedBroker::drain`].
@@ -316,7 +353,8 @@ impl EmbeddedBroker {
                 },
                 shared: shared.clone(),
             };
-            replay.replay(wal, leftovers).await;
+            let progress = options.replay_progress.clone().unwrap_or_default();
+            replay.replay(wal, leftovers, &progress).await;
             tokio::spawn(wal.clone().maintain(deps.writer.clone()));
         }
         presence.arm();

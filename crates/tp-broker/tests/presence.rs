@@ -65,6 +65,7 @@ async fn start(http_online_secs: u32) -> Node {
             clock: Some(clock.clone()),
             observer: None,
             leases: None,
+            replay_progress: None,
         },
     )
     .await

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tp_broker::backplane::{ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts};
 /// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
 pub use tp_broker::shutdown_signal;
-use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
+use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker, ReplayProgress};
 use tp_core::cluster::{BackplaneRef, DeviceLeasesRef};
 use tp_core::rules::{RuleEngineControlRef, RuleStoreRef};
 use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
@@ -135,8 +135,44 @@ impl Platform {
         options: PlatformOptions,
     ) -> Result<Self, PlatformError> {
         let stores = open_stores(&config).await?;
-        let http = bind_http(&config, &stores).await?;
-        let services = start_services(&config, &stores, options).await?;
+        let Http {
+            listener,
+            addr,
+            hooks,
+        } = bind_http(&config, &stores).await?;
+        // Until the API serves, the HTTP port says why not: a broker replaying its
+        // write-ahead log reports "replaying N of M" on /readyz.
+        let progress = Arc::new(ReplayProgress::default());
+        let stop_interim = CancellationToken::new();
+        let (interim, listener) = match listener {
+            HttpListener::Plain(l) => (
+                Some(serve_while_starting(
+                    l,
+                    progress.clone(),
+                    stop_interim.clone(),
+                )),
+                None,
+            ),
+            other => (None, Some(other)),
+        };
+        let services = start_services(&config, &stores, options, progress).await;
+        stop_interim.cancel();
+        let listener = match (interim, listener) {
+            (Some(interim), _) => {
+                HttpListener::Plain(interim.await.map_err(|e| PlatformError::Setting {
+                    setting: "http.listen (--http-listen)",
+                    message: format!("the start-up responder failed: {e}"),
+                })?)
+            }
+            (None, Some(listener)) => listener,
+            (None, None) => unreachable!("the listener is either served or kept"),
+        };
+        let services = services?;
+        let http = Http {
+            listener,
+            addr,
+            hooks,
+        };
         // After every port is bound, so a failed start never prints (and loses) a
         // generated password.
         let bootstrap = tp_api::auth::bootstrap_admin(
@@ -372,6 +408,7 @@ async fn start_services(
     config: &PlatformConfig,
     stores: &Stores,
     options: PlatformOptions,
+    progress: Arc<ReplayProgress>,
 ) -> Result<Services, PlatformError> {
     let Stores {
         metadata,
@@ -400,7 +437,7 @@ async fn start_services(
     .map_err(setting("storage.metadata (rules)"))?;
     let live = Arc::new(tp_api::LiveTelemetry::new());
     let broker = if config.node.has(Role::Broker) {
-        Some(start_broker(config, stores, &writer, &rule_engine, &live).await?)
+        Some(start_broker(config, stores, &writer, &rule_engine, &live, progress).await?)
     } else {
         None
     };
@@ -455,6 +492,7 @@ async fn start_broker(
     writer: &WriterHandle,
     rule_engine: &RuleEngine,
     live: &Arc<tp_api::LiveTelemetry>,
+    progress: Arc<ReplayProgress>,
 ) -> Result<Arc<EmbeddedBroker>, PlatformError> {
     // The broker's write-ahead log lives in the data dir unless set elsewhere.
     let mut mqtt = config.mqtt.clone();
@@ -510,6 +548,7 @@ async fn start_broker(
                 live.clone(),
             ]))),
             leases,
+            replay_progress: Some(progress),
         },
     )
     .await?;
@@ -636,6 +675,60 @@ fn serve(
         bootstrap,
         rule_engine: services.rule_engine,
     }
+}
+
+/// Answers the HTTP port while the node starts, until `stop`; then hands the
+/// listener back. `/healthz` is 200 (the process is alive); everything else is 503
+/// with what the node is doing, e.g. `{"status":"starting","checks":{"wal":"replaying
+/// 5000 of 100000"}}`, so a load balancer keeps devices away and an operator sees the
+/// progress of the write-ahead log replay.
+fn serve_while_starting(
+    listener: tokio::net::TcpListener,
+    progress: Arc<ReplayProgress>,
+    stop: CancellationToken,
+) -> JoinHandle<tokio::net::TcpListener> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return listener,
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(answer_starting(stream, progress.clone()));
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn answer_starting(mut stream: tokio::net::TcpStream, progress: Arc<ReplayProgress>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 2048];
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+    else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = if path == "/healthz" {
+        ("200 OK", r#"{"status":"ok"}"#.to_owned())
+    } else {
+        let doing = match progress.replaying() {
+            Some((done, total)) => format!("replaying {done} of {total}"),
+            None => "starting".to_owned(),
+        };
+        (
+            "503 Service Unavailable",
+            format!(r#"{{"status":"starting","checks":{{"wal":"{doing}"}}}}"#),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The cluster backplane per `cluster.backplane`: with `"auto"` when the cache is a

@@ -603,7 +603,9 @@ async fn history(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_broker_s_devices_go_offline_once_with_reason_node_lost() {
     use tp_core::StatusReason;
-    use tp_core::rules::{Action, AlarmSeverity, Condition, DataKind, DeviceSource, Operator};
+    use tp_core::rules::{
+        Action, AlarmSeverity, Condition, DataKind, DeviceSource, Operator, RuleEngineControl,
+    };
 
     let Some(stores) = SharedStores::new("lease") else {
         return;
@@ -657,7 +659,12 @@ async fn a_killed_broker_s_devices_go_offline_once_with_reason_node_lost() {
     for i in 0..DEVICES {
         let d = api.create_device(&format!("lease-dev-{i}")).await;
         let id: tp_core::DeviceId = d.id.parse().unwrap();
-        let tenant = metadata.get_device_by_id(id).await.unwrap().unwrap().tenant_id;
+        let tenant = metadata
+            .get_device_by_id(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant_id;
         let rule = tp_core::rules::Rule {
             id: tp_core::rules::RuleId::new(),
             tenant_id: tenant,
@@ -749,7 +756,11 @@ async fn a_killed_broker_s_devices_go_offline_once_with_reason_node_lost() {
     for (_, id, tenant, rule) in &survivors_clients {
         let h = history(&metadata, *tenant, *id).await;
         assert!(h.iter().all(|e| e.online), "{h:?}");
-        assert!(common::rules::alarms(&rules, *tenant, *rule).await.is_empty());
+        assert!(
+            common::rules::alarms(&rules, *tenant, *rule)
+                .await
+                .is_empty()
+        );
     }
 
     // The lost devices reconnect through HAProxy, to broker1: online again.
@@ -758,7 +769,10 @@ async fn a_killed_broker_s_devices_go_offline_once_with_reason_node_lost() {
         back.push(connect_retrying(lb_mqtt, d).await);
         api.wait_online(d, true).await;
     }
-    wait_until("every device on broker1", async || b1.connected() == DEVICES).await;
+    wait_until("every device on broker1", async || {
+        b1.connected() == DEVICES
+    })
+    .await;
     // broker2 restarted under its id takes back what its previous run held: nothing
     // (broker1 reaped it), so no device goes offline again.
     let b2 = BrokerNode::start(broker_cfg(1)).await;
