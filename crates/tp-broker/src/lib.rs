@@ -172,17 +172,20 @@ impl ReplayProgress {
         })
     }
 
-    pub(crate) fn begin(&self, total: u64) {
+    /// A replay of `total` messages starts.
+    pub fn begin(&self, total: u64) {
         self.done.store(0, Ordering::Release);
         self.total.store(total, Ordering::Release);
         self.running.store(true, Ordering::Release);
     }
 
-    pub(crate) fn advance(&self) {
+    /// One more message replayed.
+    pub fn advance(&self) {
         self.done.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn end(&self) {
+    /// The replay is over (stored and committed, or given up).
+    pub fn end(&self) {
         self.running.store(false, Ordering::Release);
     }
 }

@@ -780,3 +780,42 @@ fn load_or_create_secret(path: &Path) -> Result<String, PlatformError> {
     file.write_all(secret.as_bytes()).map_err(err)?;
     Ok(secret)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: node\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_http_port_reports_replay_progress_while_the_node_starts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let progress = Arc::new(ReplayProgress::default());
+        let stop = CancellationToken::new();
+        let interim = serve_while_starting(listener, progress.clone(), stop.clone());
+        let starting = get(addr, "/readyz").await;
+        assert!(
+            starting.starts_with("HTTP/1.1 503") && starting.contains(r#""wal":"starting""#),
+            "{starting}"
+        );
+        progress.begin(10);
+        progress.advance();
+        progress.advance();
+        let replaying = get(addr, "/readyz").await;
+        assert!(replaying.contains("replaying 2 of 10"), "{replaying}");
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        let listener = interim.await.unwrap();
+        assert_eq!(listener.local_addr().unwrap(), addr);
+    }
+}
