@@ -254,6 +254,10 @@ defaults
     timeout connect 5s
     timeout client 10m
     timeout server 10m
+    # A loaded node answers /readyz slower than the check interval: without this, a
+    # check times out after \`inter\`, the node is marked down and (shutdown-sessions)
+    # every device on the *surviving* broker is disconnected and reconnects.
+    timeout check 3s
 listen stats
     bind 127.0.0.1:$lb_stats
     mode http
@@ -268,7 +272,7 @@ backend tp_broker
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server inter 1s fall 3 rise 2 on-marked-down shutdown-sessions
     server broker1 127.0.0.1:$b1_mqtt check port $b1_http
     server broker2 127.0.0.1:$b2_mqtt check port $b2_http
 frontend api
