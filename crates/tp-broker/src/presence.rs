@@ -34,9 +34,14 @@
 //! Windows are measured on a [`Clock`], so tests can move time forward instead of
 //! sleeping through a timeout ([`ManualClock`]).
 //!
-//! Presence is per node: the node a device talks to tracks it. Devices the store
-//! still shows online from before a restart are corrected when they next connect or
-//! report.
+//! Presence is per node: the node a device talks to tracks it. In a cluster
+//! ([`crate::BrokerOptions::leases`]) every transition also records which node holds
+//! the device (before the store write), each node renews a lease on its devices, and
+//! a node whose lease expired has the devices it still held marked offline by another
+//! node ([`StatusReason::NodeLost`], once: see [`tp_core::cluster::DeviceLeases`]);
+//! a node restarted under the same id marks its previous run's devices offline at
+//! once. Messages processed after the device's MQTT session closed (ingest runs
+//! behind the connections under load) are no sign of life (`Ingest::process`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -699,6 +699,20 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_examples_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let broker = PlatformConfig::load(Some(&deploy.join("tp-broker.toml")), &[]).unwrap();
+        assert_eq!(broker.cluster.lease_secs, 15);
+        assert_eq!(broker.log.format, LogFormat::Text);
+        assert_eq!(broker.cluster.backplane, BackplaneMode::On);
+        PlatformConfig::load(Some(&deploy.join("tp-api.toml")), &[]).unwrap();
+        let json = PlatformConfig::load(None, &[("log.format", "json".into())]).unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
+        let err = PlatformConfig::load(None, &[("cluster.lease_secs", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("cluster.lease_secs"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let mut c = PlatformConfig::default();
         c.auth.admin_password = Some("hunter2-secret".into());
