@@ -13,7 +13,8 @@
 #   benches/run.sh soak          1,000 devices x 1 msg/s (telemetry, attributes, events
 #                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
-# Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# Knobs: STORE=postgres (metadata and time series on the local PostgreSQL, a fresh schema;
+# default the embedded SQLite), RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
 # PIN=1: the node (and the comparison broker) on CPU 0, tp-bench on CPU 1 (taskset), so the
 # load generator does not steal the server's core on a 2-core machine.
 set -euo pipefail
@@ -32,9 +33,16 @@ if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1; then
   server_cpu="taskset -c 0" bench_cpu="taskset -c 1"
 fi
 data=$(mktemp -d /tmp/tp-bench-data.XXXX)
+if [ "${STORE:-sqlite}" = postgres ]; then
+  eval "$(scripts/services.sh)"
+  pg=${TP_TEST_POSTGRES_URL:?PostgreSQL is not available}
+  case "$pg" in *\?*) pg="$pg&" ;; *) pg="$pg?" ;; esac
+  export TP_STORAGE__METADATA="${pg}schema=tp_bench_$(date +%s)"
+  export TP_STORAGE__TIMESERIES=$TP_STORAGE__METADATA
+fi
 node_cmd="$server_cpu target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
 echo "+ $node_cmd"
-RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
+RUST_LOG=warn,tp_broker::ingest=info $node_cmd > "$data/node.log" 2>&1 &
 node=$!
 # SIGTERM drains (stores every acknowledged message) before the node exits: wait for
 # it, so the next run does not find the ports still taken.
@@ -84,7 +92,9 @@ case "$scenario" in
   crash)
     run crash crash $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-200}" --points 10 \
       --rate "${RATE:-5000}" --qos 1 --duration 0 --kill-after 10 --server-pid $node \
-      --restart-cmd "RUST_LOG=warn $node_cmd >> $data/node.log 2>&1" ;;
+      --restart-cmd "RUST_LOG=warn,tp_broker::ingest=info $node_cmd >> $data/node.log 2>&1"
+    # The replay's own numbers (total, seconds, rate) from the restarted node's log.
+    grep -h "write-ahead log" "$data/node.log" || true ;;
   soak)
     run soak soak $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --per-device-rate 1 \
       --duration "${SOAK_SECS:-1800}" --warmup "${WARMUP:-300}" --sample 30 --server-pid $node ;;

@@ -11,6 +11,7 @@ use tp_node::platform::Platform;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter("info,rumqttd=warn")
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 
     let data_dir = tempfile_dir()?;

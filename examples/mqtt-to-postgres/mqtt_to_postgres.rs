@@ -20,7 +20,10 @@ use tp_storage::writer::{BatchWriter, WriterConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let pg = std::env::var("TP_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?schema=mqtt_demo".into());
     let listen = std::env::var("TP_MQTT_LISTEN").unwrap_or_else(|_| "127.0.0.1:1884".into());

@@ -20,8 +20,8 @@ async fn main() -> anyhow::Result<()> {
     if cli.node.run_command() {
         return Ok(());
     }
-    init_tracing();
     let config = cli.node.load(None)?;
+    init_tracing(config.log.format);
     let data_dir = config.data_dir.clone();
     let platform = Platform::start(config)
         .await

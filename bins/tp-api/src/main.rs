@@ -25,8 +25,8 @@ async fn main() -> anyhow::Result<()> {
     if cli.node.run_command() {
         return Ok(());
     }
-    init_tracing();
     let config = cli.node.load(Some(&[Role::Api]))?;
+    init_tracing(config.log.format);
     if config.auth.jwt_secret.is_none() {
         tracing::warn!(
             "auth.jwt_secret is unset: tokens issued here are not valid on other API nodes"

@@ -95,7 +95,9 @@ pub(crate) async fn crash(
         .args(["-c", &format!("{} &", crash.restart_cmd)])
         .status()?;
     let mut api = None;
-    for _ in 0..200 {
+    // Up to 10 minutes: the node answers only once its write-ahead log has replayed
+    // (its /readyz says how far it is meanwhile).
+    for _ in 0..6000 {
         if let Ok(a) = Api::login(&api_opts.api, &api_opts.email, &api_opts.password).await {
             api = Some(a);
             break;

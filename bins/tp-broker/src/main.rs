@@ -26,8 +26,8 @@ async fn main() -> anyhow::Result<()> {
     if cli.node.run_command() {
         return Ok(());
     }
-    init_tracing();
     let config = cli.node.load(Some(&[Role::Broker]))?;
+    init_tracing(config.log.format);
     if config.storage.metadata.is_empty() {
         tracing::warn!(
             "storage.metadata is unset: this node uses its own SQLite files, which other nodes do not see"

@@ -53,7 +53,14 @@ impl Ingest {
 
     /// Decodes and stores one device message received at `ts`.
     async fn process(&self, device_id: DeviceId, topic: &str, payload: &[u8], ts: i64) {
-        self.uplinks.activity(device_id);
+        // A sign of life only while the device still has a session here: ingest
+        // runs behind the connections under load, and a message processed after its
+        // session closed would bring the device back online with no connection,
+        // until the inactivity window ran out (minutes of a wrong "online"). The
+        // close already recorded the device's state.
+        if self.shared.session_device(device_id).is_some() {
+            self.uplinks.activity(device_id);
+        }
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };
@@ -74,10 +81,44 @@ impl Ingest {
     /// Replays the records a previous run left in the write-ahead log, through the
     /// same path as live messages, waits until the writer has committed them, and
     /// deletes the segments. Runs before any listener accepts devices.
-    pub(crate) async fn replay(&self, wal: &Wal, leftovers: &[Leftover]) {
+    /// `progress` counts the records (a first pass reads the segments for the total).
+    pub(crate) async fn replay(
+        &self,
+        wal: &Wal,
+        leftovers: &[Leftover],
+        progress: &crate::ReplayProgress,
+    ) {
         if leftovers.is_empty() {
             return;
         }
+        let total: usize = leftovers
+            .iter()
+            .map(|l| read_leftover(l).records.len())
+            .sum();
+        progress.begin(total as u64);
+        let started = std::time::Instant::now();
+        tracing::info!(
+            segments = leftovers.len(),
+            messages = total,
+            "replaying the write-ahead log"
+        );
+        self.replay_records(wal, leftovers, progress).await;
+        progress.end();
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            messages = total,
+            seconds = format!("{secs:.1}"),
+            per_second = (total as f64 / secs.max(1e-3)) as u64,
+            "write-ahead log replay finished (stored and committed)"
+        );
+    }
+
+    async fn replay_records(
+        &self,
+        wal: &Wal,
+        leftovers: &[Leftover],
+        progress: &crate::ReplayProgress,
+    ) {
         let (mut replayed, mut skipped, mut bad_tails) = (0u64, 0u64, 0u64);
         for leftover in leftovers {
             let decoded = read_leftover(leftover);
@@ -88,6 +129,7 @@ impl Ingest {
                     "write-ahead log segment ends in a torn or corrupt record; replaying the records before it");
             }
             for r in decoded.records {
+                progress.advance();
                 if self.event_already_stored(&r).await {
                     skipped += 1;
                     continue;

@@ -143,6 +143,51 @@ pub struct BrokerOptions {
     /// engine); `observe` must not block. Online/offline reaches observers through
     /// [`EmbeddedBroker::status_events`].
     pub observer: Option<tp_core::rules::UplinkObserverRef>,
+    /// Device ownership leases of a cluster (tp-storage's Redis ones): this node's
+    /// devices are marked offline by another node when this one dies, and this node
+    /// marks those of dead nodes (see [`tp_core::cluster::DeviceLeases`]). `None`
+    /// on a single node.
+    pub leases: Option<tp_core::cluster::DeviceLeasesRef>,
+    /// Filled in while the write-ahead log replays at start (before any listener
+    /// accepts devices), for a readiness probe that says how far it is.
+    pub replay_progress: Option<Arc<ReplayProgress>>,
+}
+
+/// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
+#[derive(Debug, Default)]
+pub struct ReplayProgress {
+    running: std::sync::atomic::AtomicBool,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl ReplayProgress {
+    /// `(replayed, total)` messages while a replay runs; `None` before and after.
+    pub fn replaying(&self) -> Option<(u64, u64)> {
+        self.running.load(Ordering::Acquire).then(|| {
+            (
+                self.done.load(Ordering::Acquire),
+                self.total.load(Ordering::Acquire),
+            )
+        })
+    }
+
+    /// A replay of `total` messages starts.
+    pub fn begin(&self, total: u64) {
+        self.done.store(0, Ordering::Release);
+        self.total.store(total, Ordering::Release);
+        self.running.store(true, Ordering::Release);
+    }
+
+    /// One more message replayed.
+    pub fn advance(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The replay is over (stored and committed, or given up).
+    pub fn end(&self) {
+        self.running.store(false, Ordering::Release);
+    }
 }
 
 /// Outcome of [`EmbeddedBroker::drain`].
@@ -284,7 +329,15 @@ impl EmbeddedBroker {
                 .clock
                 .unwrap_or_else(|| Arc::new(MonotonicClock::new())),
             Duration::from_secs(config.http_online_secs.into()),
+            options.leases.clone(),
         );
+        if let Some(leases) = &options.leases {
+            presence::start_leases(&presence, leases).await;
+            tokio::spawn(presence::keep_leases(
+                Arc::downgrade(&presence),
+                leases.clone(),
+            ));
+        }
 
         let caches = Arc::new(uplink::DeviceCaches::new(
             config.max_telemetry_keys_per_device,
@@ -303,7 +356,8 @@ impl EmbeddedBroker {
                 },
                 shared: shared.clone(),
             };
-            replay.replay(wal, leftovers).await;
+            let progress = options.replay_progress.clone().unwrap_or_default();
+            replay.replay(wal, leftovers, &progress).await;
             tokio::spawn(wal.clone().maintain(deps.writer.clone()));
         }
         presence.arm();

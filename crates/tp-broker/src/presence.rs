@@ -34,9 +34,14 @@
 //! Windows are measured on a [`Clock`], so tests can move time forward instead of
 //! sleeping through a timeout ([`ManualClock`]).
 //!
-//! Presence is per node: the node a device talks to tracks it. Devices the store
-//! still shows online from before a restart are corrected when they next connect or
-//! report.
+//! Presence is per node: the node a device talks to tracks it. In a cluster
+//! ([`crate::BrokerOptions::leases`]) every transition also records which node holds
+//! the device (before the store write), each node renews a lease on its devices, and
+//! a node whose lease expired has the devices it still held marked offline by another
+//! node ([`StatusReason::NodeLost`], once: see [`tp_core::cluster::DeviceLeases`]);
+//! a node restarted under the same id marks its previous run's devices offline at
+//! once. Messages processed after the device's MQTT session closed (ingest runs
+//! behind the connections under load) are no sign of life (`Ingest::process`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +52,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tp_core::clock::ClockRef;
 #[cfg(doc)]
 use tp_core::clock::{Clock, ManualClock};
+use tp_core::cluster::DeviceLeasesRef;
 use tp_core::{
     AccessStoreRef, DeviceId, DeviceStatusEvent, Error, MetadataStoreRef, ProfileId, StatusReason,
     Timestamp,
@@ -159,6 +165,7 @@ impl Presence {
         profiles: Option<AccessStoreRef>,
         clock: ClockRef,
         default_window: Duration,
+        leases: Option<DeviceLeasesRef>,
     ) -> Arc<Self> {
         let (transitions, transitions_rx) = mpsc::unbounded_channel();
         let (resolve, resolve_rx) = mpsc::unbounded_channel();
@@ -175,7 +182,7 @@ impl Presence {
             resolve,
             events: events.clone(),
         });
-        tokio::spawn(record(metadata.clone(), transitions_rx, events));
+        tokio::spawn(record(metadata.clone(), leases, transitions_rx, events));
         tokio::spawn(resolve_modes(
             Arc::downgrade(&presence),
             Resolver {
@@ -233,6 +240,41 @@ impl Presence {
         }
         if !entry.online {
             state.devices.remove(&id);
+        }
+    }
+
+    /// Another node's lease expired (or this node's previous run's, at start) and
+    /// these devices were handed to this node to mark offline
+    /// ([`StatusReason::NodeLost`]). A device online here meanwhile (it reconnected
+    /// to this node) is left alone. Returns how many were marked.
+    pub(crate) fn lost(&self, ids: &[DeviceId]) -> usize {
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        let mut marked = 0;
+        for id in ids {
+            if state
+                .devices
+                .get(id)
+                .is_some_and(|e| e.online || e.connected)
+            {
+                continue;
+            }
+            self.emit(*id, false, StatusReason::NodeLost, now);
+            marked += 1;
+        }
+        marked
+    }
+
+    /// This node's lease had lapsed (Redis unreachable for the lease time): another
+    /// node may have marked its devices offline. Records every device online here
+    /// as online again (and as this node's).
+    pub(crate) fn reassert(&self) {
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        for (id, entry) in &state.devices {
+            if entry.online {
+                self.emit(*id, true, StatusReason::Activity, now);
+            }
         }
     }
 
@@ -455,6 +497,7 @@ const STATUS_BATCH: usize = 1_000;
 /// Writes transitions to the store in order, then broadcasts them.
 async fn record(
     metadata: MetadataStoreRef,
+    leases: Option<DeviceLeasesRef>,
     mut transitions: mpsc::UnboundedReceiver<DeviceStatusEvent>,
     events: broadcast::Sender<DeviceStatusEvent>,
 ) {
@@ -463,6 +506,19 @@ async fn record(
     // connections themselves.
     let mut batch = Vec::with_capacity(STATUS_BATCH);
     while transitions.recv_many(&mut batch, STATUS_BATCH).await > 0 {
+        // Ownership first: a device is this node's before it shows online, so a
+        // node lost later never takes a device that moved here.
+        if let Some(leases) = &leases {
+            let changes: Vec<(DeviceId, bool)> = batch
+                .iter()
+                .filter(|e| e.reason != StatusReason::NodeLost)
+                .map(|e| (e.device_id, e.online))
+                .collect();
+            if let Err(e) = leases.record(&changes).await {
+                tracing::warn!(devices = changes.len(), error = %e,
+                    "cannot record device ownership; a loss of this node may not mark them offline");
+            }
+        }
         match metadata.append_statuses(&batch).await {
             Ok(recorded) if recorded < batch.len() => {
                 tracing::debug!(
@@ -496,6 +552,81 @@ async fn sweep_periodically(presence: std::sync::Weak<Presence>) {
         n += 1;
         if n.is_multiple_of(flush_every) {
             presence.flush_last_seen().await;
+        }
+    }
+}
+
+/// At start, before devices are accepted: takes this node's lease and marks
+/// offline what a previous run under the same node id still owned (a killed node
+/// restarted within its lease time; none of those connections exist any more).
+pub(crate) async fn start_leases(presence: &Presence, leases: &DeviceLeasesRef) {
+    if let Err(e) = leases.renew().await {
+        tracing::warn!(error = %e, "cannot take this node's device lease; retrying in the background");
+        return;
+    }
+    match leases.take_own().await {
+        Ok(ids) if !ids.is_empty() => {
+            let marked = presence.lost(&ids);
+            tracing::info!(
+                devices = marked,
+                node_id = leases.node_id(),
+                "marked offline the devices a previous run of this node held"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read what a previous run of this node held"),
+    }
+}
+
+/// Renews this node's lease every third of the lease time (at least every second)
+/// and marks offline,
+/// once across the cluster, the devices of nodes whose lease expired; ends when
+/// the tracker is dropped.
+pub(crate) async fn keep_leases(presence: std::sync::Weak<Presence>, leases: DeviceLeasesRef) {
+    // At least every second: a lost node is noticed at most that long after its
+    // lease expired.
+    let every = (leases.lease() / 3)
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held = true;
+    loop {
+        tick.tick().await;
+        let Some(presence) = presence.upgrade() else {
+            return;
+        };
+        match leases.renew().await {
+            Ok(true) => held = true,
+            Ok(false) => {
+                if held {
+                    tracing::warn!(
+                        node_id = leases.node_id(),
+                        "this node's device lease had lapsed; recording its devices online again"
+                    );
+                }
+                presence.reassert();
+                held = true;
+            }
+            Err(e) => {
+                if held {
+                    tracing::warn!(error = %e, "cannot renew this node's device lease");
+                }
+                held = false;
+                continue;
+            }
+        }
+        match leases.reap_lost().await {
+            Ok(lost) => {
+                for (node, ids) in lost {
+                    let marked = presence.lost(&ids);
+                    metrics::counter!("tp_node_lost_devices_total").increment(marked as u64);
+                    tracing::warn!(lost_node = %node, marked_offline = marked,
+                        "a broker node's lease expired; the devices it still held are offline \
+                         (node_lost), those that reconnected elsewhere kept their state");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for lost broker nodes"),
         }
     }
 }
@@ -604,8 +735,13 @@ mod tests {
             ids.push(d.id);
         }
         let clock = ManualClock::new(tp_core::now_ms());
-        let presence =
-            Presence::spawn(store.clone(), None, clock.clone(), Duration::from_secs(300));
+        let presence = Presence::spawn(
+            store.clone(),
+            None,
+            clock.clone(),
+            Duration::from_secs(300),
+            None,
+        );
         presence.arm();
         let last_seen = |id| {
             let store = store.clone();

@@ -591,6 +591,75 @@ async fn a_slow_store_makes_the_broker_refuse_publishes_instead_of_losing_acknow
         .unwrap();
 }
 
+/// Ingest behind the connections (a slow store): messages a device sent before it
+/// disconnected are processed after its session closed, and do not bring it back
+/// online (which left it "online" with no connection until the inactivity window
+/// ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_processed_after_the_session_closed_do_not_bring_the_device_back_online() {
+    let (open_tx, open) = tokio::sync::watch::channel(false);
+    let inner = tp_storage::open_timeseries("sqlite::memory:")
+        .await
+        .unwrap();
+    let store = std::sync::Arc::new(GatedStore { inner, open });
+    let node = TestBroker::start_with(
+        |_| {},
+        store,
+        // Every message is its own batch, and the queue is short: ingest stalls at
+        // once behind the closed store.
+        tp_storage::writer::WriterConfig {
+            batch_size: 1,
+            queue_capacity: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (device, password) = node.create_device().await;
+    let mut events = node.broker.status_events();
+    let mut client = node.connect(&device, &password).await.unwrap();
+    const SENT: u64 = 50;
+    for i in 0..SENT {
+        client
+            .publish("devices/telemetry", format!(r#"{{"v":{i}}}"#))
+            .await
+            .unwrap();
+    }
+    assert!(
+        node.broker.stats().consumed < SENT,
+        "ingest is held up by the store"
+    );
+    client.disconnect().await;
+    // The close is recorded while messages still wait for ingest.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("status event")
+            .unwrap();
+        seen.push((e.online, e.reason));
+    }
+    open_tx.send(true).unwrap();
+    wait_consumed(&node, SENT).await;
+    // A marker transition: every event before it has been broadcast.
+    let client = node.connect(&device, &password).await.unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no status event after {seen:?}"))
+            .unwrap();
+        seen.push((e.online, e.reason));
+        if e.reason == tp_core::StatusReason::Connect && seen.len() > 2 {
+            break;
+        }
+    }
+    use tp_core::StatusReason::{Connect, Disconnect};
+    assert_eq!(
+        seen,
+        vec![(true, Connect), (false, Disconnect), (true, Connect)]
+    );
+    client.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_clients_are_authenticated_and_held_to_the_same_acl() {
     use rumqttc::v5::mqttbytes::QoS;

@@ -64,6 +64,8 @@ async fn start(http_online_secs: u32) -> Node {
             profiles: Some(access.clone()),
             clock: Some(clock.clone()),
             observer: None,
+            leases: None,
+            replay_progress: None,
         },
     )
     .await

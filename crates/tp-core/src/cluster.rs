@@ -81,3 +81,58 @@ pub trait Backplane: std::fmt::Debug + Send + Sync + 'static {
 
 /// Shared handle to a backplane.
 pub type BackplaneRef = Arc<dyn Backplane>;
+
+/// Which broker node serves which device, held as a renewed lease per node, so that
+/// the devices of a node that died (killed, crashed, cut off) can be marked offline
+/// by another node, exactly once.
+///
+/// # Contract
+/// - A lease belongs to one node id (given when the implementation is built).
+///   [`Self::renew`] keeps it alive for the lease time; a node that stops renewing
+///   loses it when that time has passed.
+/// - [`Self::record`] moves a device to this node (`online = true`) or lets go of
+///   it (`online = false`, only if this node still owns it). A device owned by
+///   another node moves; that node's later loss does not include it any more.
+/// - [`Self::reap_lost`] hands each lost node's devices (those it still owned) to
+///   exactly one caller across the cluster, and forgets them: two nodes calling it
+///   at once never both get a device.
+/// - [`Self::take_own`] hands back what a previous run under this node id owned
+///   (it is a new process: none of those connections exist) and forgets it.
+#[async_trait]
+pub trait DeviceLeases: std::fmt::Debug + Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+
+    /// How long a lease lasts without renewal: renew well within it (a third).
+    fn lease(&self) -> std::time::Duration;
+
+    /// Renews this node's lease; `false` when it had lapsed before this call
+    /// (another node may have marked this node's devices offline meanwhile).
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the lease store cannot be reached.
+    async fn renew(&self) -> Result<bool>;
+
+    /// Records ownership changes of this node, in order (`true` = the device is
+    /// online here now, `false` = it left this node).
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the lease store cannot be reached.
+    async fn record(&self, changes: &[(DeviceId, bool)]) -> Result<()>;
+
+    /// The devices of every node whose lease expired, each handed to one caller
+    /// only: `(node id, devices it still owned)`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the lease store cannot be reached.
+    async fn reap_lost(&self) -> Result<Vec<(String, Vec<DeviceId>)>>;
+
+    /// The devices a previous run of this node id still owned; forgets them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the lease store cannot be reached.
+    async fn take_own(&self) -> Result<Vec<DeviceId>>;
+}
+
+/// Shared handle to device leases.
+pub type DeviceLeasesRef = Arc<dyn DeviceLeases>;

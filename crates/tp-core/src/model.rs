@@ -978,6 +978,9 @@ pub enum StatusReason {
     /// No profile window: no message within the broker's default window for
     /// devices without an MQTT connection (HTTP, CoAP, sub-devices).
     InactivityTimeout,
+    /// The broker node holding the device's connection stopped renewing its lease
+    /// (killed, crashed, cut off): another node marked its devices offline.
+    NodeLost,
 }
 
 impl StatusReason {
@@ -991,6 +994,7 @@ impl StatusReason {
             StatusReason::HeartbeatTimeout => "heartbeat_timeout",
             StatusReason::OnlineTimeout => "online_timeout",
             StatusReason::InactivityTimeout => "inactivity_timeout",
+            StatusReason::NodeLost => "node_lost",
         }
     }
 }
@@ -1006,6 +1010,7 @@ impl FromStr for StatusReason {
             "heartbeat_timeout" => StatusReason::HeartbeatTimeout,
             "online_timeout" => StatusReason::OnlineTimeout,
             "inactivity_timeout" => StatusReason::InactivityTimeout,
+            "node_lost" => StatusReason::NodeLost,
             other => return Err(Error::invalid("reason", format!("unknown {other:?}"))),
         })
     }

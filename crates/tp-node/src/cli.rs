@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{ConfigError, PlatformConfig, Role};
+use crate::config::{ConfigError, LogFormat, PlatformConfig, Role};
 use crate::platform::{Platform, PlatformError, shutdown_signal};
 
 /// Flags of a node binary (`#[command(flatten)]` them into the binary's parser).
@@ -79,16 +79,19 @@ impl NodeArgs {
     }
 }
 
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`), with colour codes only
-/// on a terminal (a log file or journal gets plain text).
-pub fn init_tracing() {
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`): plain text with colour
+/// codes only when stdout is a terminal (a log file or journal gets none), or one
+/// JSON object per line with [`LogFormat::Json`] (`log.format = "json"`,
+/// `TP_LOG__FORMAT=json`).
+pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
 }
 
 /// The sign-in line a node prints at start (the generated admin password appears

@@ -44,6 +44,28 @@ pub struct PlatformConfig {
     pub cluster: ClusterConfig,
     /// Per-tenant limits (`[limits]`): devices, rules, channels, open streams.
     pub limits: tp_api::quota::TenantLimits,
+    /// Log output (`[log]`): plain text or JSON lines.
+    pub log: LogConfig,
+}
+
+/// `[log]`: how the node writes its log (to stdout; `RUST_LOG` filters it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (default; colour only on a terminal) or `"json"` (one JSON object
+    /// per line, for log shippers), `TP_LOG__FORMAT=json`.
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A role of a node: several nodes of different roles form a cluster.
@@ -101,8 +123,15 @@ pub struct ClusterConfig {
     /// invalidations, rule changes): `"auto"` (default) when `storage.cache` is a
     /// single-server `redis://` URL, `true` to require it, `false` for none.
     pub backplane: BackplaneMode,
-    /// This node's id on the backplane; a random one when unset.
+    /// This node's id on the backplane; a random one when unset. Keep it across
+    /// restarts of a node: a node restarted under its id marks offline at once what
+    /// its previous run held, instead of after the lease time.
     pub node_id: Option<String>,
+    /// Seconds a broker node's lease on its devices lasts without renewal (renewed
+    /// every third of it, in Redis, with the backplane). When a node dies, another
+    /// node marks its devices offline (reason `node_lost`) within about this time,
+    /// once; a node cut off from Redis this long is treated as dead.
+    pub lease_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -110,6 +139,7 @@ impl Default for ClusterConfig {
         Self {
             backplane: BackplaneMode::Auto,
             node_id: None,
+            lease_secs: 15,
         }
     }
 }
@@ -175,6 +205,7 @@ impl Default for PlatformConfig {
             node: NodeConfig::default(),
             cluster: ClusterConfig::default(),
             limits: tp_api::quota::TenantLimits::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -423,6 +454,9 @@ impl PlatformConfig {
         if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 32) {
             return bad("auth.jwt_secret", "must be at least 32 characters");
         }
+        if self.cluster.lease_secs == 0 {
+            return bad("cluster.lease_secs", "must be at least 1");
+        }
         if self.notify.max_attempts == 0 {
             return bad("notify.max_attempts", "must be at least 1");
         }
@@ -662,6 +696,20 @@ mod tests {
             c.notify.smtp.ca_file.as_deref(),
             Some(cert.cert_path.as_path())
         );
+    }
+
+    #[test]
+    fn the_deploy_examples_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let broker = PlatformConfig::load(Some(&deploy.join("tp-broker.toml")), &[]).unwrap();
+        assert_eq!(broker.cluster.lease_secs, 15);
+        assert_eq!(broker.log.format, LogFormat::Text);
+        assert_eq!(broker.cluster.backplane, BackplaneMode::On);
+        PlatformConfig::load(Some(&deploy.join("tp-api.toml")), &[]).unwrap();
+        let json = PlatformConfig::load(None, &[("log.format", "json".into())]).unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
+        let err = PlatformConfig::load(None, &[("cluster.lease_secs", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("cluster.lease_secs"), "{err}");
     }
 
     #[test]

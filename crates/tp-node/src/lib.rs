@@ -32,5 +32,5 @@ pub mod config;
 mod http_server;
 pub mod platform;
 
-pub use config::{PlatformConfig, Role};
+pub use config::{LogFormat, PlatformConfig, Role};
 pub use platform::{BootstrapAdmin, Platform, PlatformError, PlatformOptions, shutdown_signal};

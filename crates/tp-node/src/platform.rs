@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tp_broker::backplane::{ClusterRules, ClusterTransport, InvalidatingCache, ListenerParts};
 /// SIGINT/SIGTERM, what the node binaries wait for before [`Platform::shutdown`].
 pub use tp_broker::shutdown_signal;
-use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker};
-use tp_core::cluster::BackplaneRef;
+use tp_broker::{BrokerDeps, BrokerOptions, DrainReport, EmbeddedBroker, ReplayProgress};
+use tp_core::cluster::{BackplaneRef, DeviceLeasesRef};
 use tp_core::rules::{RuleEngineControlRef, RuleStoreRef};
 use tp_core::{AccessStoreRef, CacheRef, DeviceTransportRef, MetadataStoreRef, TimeSeriesStoreRef};
 use tp_storage::redis::backplane::RedisBackplane;
+use tp_storage::redis::leases::RedisLeases;
 use tp_storage::writer::{BatchWriter, WriterHandle};
 
 use crate::config::{BackplaneMode, PlatformConfig, Role};
@@ -134,8 +135,44 @@ impl Platform {
         options: PlatformOptions,
     ) -> Result<Self, PlatformError> {
         let stores = open_stores(&config).await?;
-        let http = bind_http(&config, &stores).await?;
-        let services = start_services(&config, &stores, options).await?;
+        let Http {
+            listener,
+            addr,
+            hooks,
+        } = bind_http(&config, &stores).await?;
+        // Until the API serves, the HTTP port says why not: a broker replaying its
+        // write-ahead log reports "replaying N of M" on /readyz.
+        let progress = Arc::new(ReplayProgress::default());
+        let stop_interim = CancellationToken::new();
+        let (interim, listener) = match listener {
+            HttpListener::Plain(l) => (
+                Some(serve_while_starting(
+                    l,
+                    progress.clone(),
+                    stop_interim.clone(),
+                )),
+                None,
+            ),
+            other => (None, Some(other)),
+        };
+        let services = start_services(&config, &stores, options, progress).await;
+        stop_interim.cancel();
+        let listener = match (interim, listener) {
+            (Some(interim), _) => {
+                HttpListener::Plain(interim.await.map_err(|e| PlatformError::Setting {
+                    setting: "http.listen (--http-listen)",
+                    message: format!("the start-up responder failed: {e}"),
+                })?)
+            }
+            (None, Some(listener)) => listener,
+            (None, None) => unreachable!("the listener is either served or kept"),
+        };
+        let services = services?;
+        let http = Http {
+            listener,
+            addr,
+            hooks,
+        };
         // After every port is bound, so a failed start never prints (and loses) a
         // generated password.
         let bootstrap = tp_api::auth::bootstrap_admin(
@@ -371,6 +408,7 @@ async fn start_services(
     config: &PlatformConfig,
     stores: &Stores,
     options: PlatformOptions,
+    progress: Arc<ReplayProgress>,
 ) -> Result<Services, PlatformError> {
     let Stores {
         metadata,
@@ -399,7 +437,7 @@ async fn start_services(
     .map_err(setting("storage.metadata (rules)"))?;
     let live = Arc::new(tp_api::LiveTelemetry::new());
     let broker = if config.node.has(Role::Broker) {
-        Some(start_broker(config, stores, &writer, &rule_engine, &live).await?)
+        Some(start_broker(config, stores, &writer, &rule_engine, &live, progress).await?)
     } else {
         None
     };
@@ -454,6 +492,7 @@ async fn start_broker(
     writer: &WriterHandle,
     rule_engine: &RuleEngine,
     live: &Arc<tp_api::LiveTelemetry>,
+    progress: Arc<ReplayProgress>,
 ) -> Result<Arc<EmbeddedBroker>, PlatformError> {
     // The broker's write-ahead log lives in the data dir unless set elsewhere.
     let mut mqtt = config.mqtt.clone();
@@ -476,6 +515,21 @@ async fn start_broker(
             }
         }
     }
+    // In a cluster, a lease per broker node on the devices it serves: the devices
+    // of a node that dies are marked offline by another one (`cluster.lease_secs`).
+    let leases = match &stores.backplane {
+        Some(bp) => Some(
+            RedisLeases::connect(
+                &config.storage.cache,
+                bp.node_id(),
+                Duration::from_secs(config.cluster.lease_secs),
+            )
+            .await
+            .map(|l| Arc::new(l) as DeviceLeasesRef)
+            .map_err(setting("cluster.lease_secs (storage.cache)"))?,
+        ),
+        None => None,
+    };
     let broker = EmbeddedBroker::start_with(
         &mqtt,
         BrokerDeps {
@@ -493,6 +547,8 @@ async fn start_broker(
                 rule_engine.observer(),
                 live.clone(),
             ]))),
+            leases,
+            replay_progress: Some(progress),
         },
     )
     .await?;
@@ -621,6 +677,60 @@ fn serve(
     }
 }
 
+/// Answers the HTTP port while the node starts, until `stop`; then hands the
+/// listener back. `/healthz` is 200 (the process is alive); everything else is 503
+/// with what the node is doing, e.g. `{"status":"starting","checks":{"wal":"replaying
+/// 5000 of 100000"}}`, so a load balancer keeps devices away and an operator sees the
+/// progress of the write-ahead log replay.
+fn serve_while_starting(
+    listener: tokio::net::TcpListener,
+    progress: Arc<ReplayProgress>,
+    stop: CancellationToken,
+) -> JoinHandle<tokio::net::TcpListener> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return listener,
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(answer_starting(stream, progress.clone()));
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn answer_starting(mut stream: tokio::net::TcpStream, progress: Arc<ReplayProgress>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 2048];
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+    else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = if path == "/healthz" {
+        ("200 OK", r#"{"status":"ok"}"#.to_owned())
+    } else {
+        let doing = match progress.replaying() {
+            Some((done, total)) => format!("replaying {done} of {total}"),
+            None => "starting".to_owned(),
+        };
+        (
+            "503 Service Unavailable",
+            format!(r#"{{"status":"starting","checks":{{"wal":"{doing}"}}}}"#),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
 /// The cluster backplane per `cluster.backplane`: with `"auto"` when the cache is a
 /// single Redis server (the only shared thing nodes have besides the databases).
 async fn connect_backplane(config: &PlatformConfig) -> Result<Option<BackplaneRef>, PlatformError> {
@@ -669,4 +779,43 @@ fn load_or_create_secret(path: &Path) -> Result<String, PlatformError> {
     let mut file = options.open(path).map_err(err)?;
     file.write_all(secret.as_bytes()).map_err(err)?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: node\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_http_port_reports_replay_progress_while_the_node_starts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let progress = Arc::new(ReplayProgress::default());
+        let stop = CancellationToken::new();
+        let interim = serve_while_starting(listener, progress.clone(), stop.clone());
+        let starting = get(addr, "/readyz").await;
+        assert!(
+            starting.starts_with("HTTP/1.1 503") && starting.contains(r#""wal":"starting""#),
+            "{starting}"
+        );
+        progress.begin(10);
+        progress.advance();
+        progress.advance();
+        let replaying = get(addr, "/readyz").await;
+        assert!(replaying.contains("replaying 2 of 10"), "{replaying}");
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        let listener = interim.await.unwrap();
+        assert_eq!(listener.local_addr().unwrap(), addr);
+    }
 }

@@ -578,3 +578,220 @@ async fn devices_spread_commands_cross_and_failover_loses_no_acknowledged_messag
     }
     stores.drop_schema().await;
 }
+
+/// The status history of a device, oldest first.
+async fn history(
+    metadata: &tp_core::MetadataStoreRef,
+    tenant: tp_core::TenantId,
+    device: tp_core::DeviceId,
+) -> Vec<tp_core::DeviceStatusEvent> {
+    let mut items = metadata
+        .list_status_history(tenant, device, &tp_core::StatusHistoryQuery::default())
+        .await
+        .unwrap()
+        .items;
+    items.sort_by_key(|e| e.at);
+    items
+}
+
+/// A broker killed without drain: within its lease time another node marks its
+/// devices offline (reason `node_lost`), once each (status history; a rule on
+/// "offline" raises one alarm per device, with one occurrence); the survivor's
+/// devices stay online; the lost devices come back online through HAProxy on the
+/// surviving node, and the killed node restarting under its id marks nothing
+/// offline again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_s_devices_go_offline_once_with_reason_node_lost() {
+    use tp_core::StatusReason;
+    use tp_core::rules::{
+        Action, AlarmSeverity, Condition, DataKind, DeviceSource, Operator, RuleEngineControl,
+    };
+
+    let Some(stores) = SharedStores::new("lease") else {
+        return;
+    };
+    let Some(haproxy) = haproxy_binary() else {
+        assert!(
+            std::env::var_os("TP_REQUIRE_SERVICES").is_none(),
+            "haproxy is not installed but TP_REQUIRE_SERVICES is set"
+        );
+        eprintln!("skipping: haproxy is not installed");
+        return;
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let broker_cfg = |i: usize| {
+        let mut c = cluster_config(
+            dirs[i].path(),
+            r#"["broker"]"#,
+            &format!("broker{}", i + 1),
+            &stores,
+        );
+        // A short lease: the test waits for its effects, never for a fixed time.
+        c.cluster.lease_secs = 1;
+        c
+    };
+    let b1 = BrokerNode::start(broker_cfg(0)).await;
+    let mut b2 = BrokerNode::start(broker_cfg(1)).await;
+    let api_dir = tempfile::tempdir().unwrap();
+    let api = Node::signed_in(
+        Platform::start(cluster_config(
+            api_dir.path(),
+            r#"["api"]"#,
+            "api1",
+            &stores,
+        ))
+        .await
+        .unwrap(),
+        api_dir,
+    )
+    .await;
+    let brokers = [&b1, &b2].map(|b| (b.platform().mqtt_addr(), b.platform().http_addr()));
+    let (proxy, mqtt_port, _, stats_port) =
+        Haproxy::start(&haproxy, &brokers, &[api.platform.http_addr()]).await;
+    let lb_mqtt: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
+    let http = reqwest::Client::new();
+    wait_all_up(&http, stats_port, 3).await;
+
+    // Devices, each with a rule "offline -> alarm" (on both brokers' engines).
+    let metadata = api.platform.metadata().clone();
+    let (_, _, rules) = tp_storage::open_rules(&stores.pg_url).await.unwrap();
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let d = api.create_device(&format!("lease-dev-{i}")).await;
+        let id: tp_core::DeviceId = d.id.parse().unwrap();
+        let tenant = metadata
+            .get_device_by_id(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant_id;
+        let rule = tp_core::rules::Rule {
+            id: tp_core::rules::RuleId::new(),
+            tenant_id: tenant,
+            name: format!("{} offline", d.number),
+            description: None,
+            enabled: true,
+            trigger_groups: vec![tp_core::rules::TriggerGroup {
+                conditions: vec![Condition::Device {
+                    source: DeviceSource::Device(id),
+                    data: DataKind::Status,
+                    key: String::new(),
+                    operator: Operator::Eq,
+                    value: json!("offline"),
+                    duration_secs: None,
+                }],
+            }],
+            actions: vec![Action::RaiseAlarm {
+                severity: AlarmSeverity::Warning,
+                title: "offline".to_owned(),
+                description: None,
+                channels: vec![],
+            }],
+            created_at: tp_core::now_ms(),
+            updated_at: tp_core::now_ms(),
+        };
+        rules.create_rule(&rule).await.unwrap();
+        for b in [&b1, &b2] {
+            b.platform().rule_engine().rules_changed(tenant).await;
+        }
+        let before = [b1.connected(), b2.connected()];
+        let client = connect_retrying(lb_mqtt, &d).await;
+        wait_until("the device's session on a node", async || {
+            b1.connected() + b2.connected() == i + 1
+        })
+        .await;
+        let node = if b1.connected() > before[0] { 0 } else { 1 };
+        api.wait_online(&d, true).await;
+        devices.push((d, id, tenant, rule.id, client, node));
+    }
+    let victims = devices.iter().filter(|d| d.5 == 1).count();
+    assert!(
+        victims > 0 && victims < DEVICES,
+        "devices on both nodes: {victims} of {DEVICES} on broker2"
+    );
+
+    // broker2 dies where it stands; its devices stay away (so nothing but its lost
+    // lease can mark them offline).
+    b2.kill();
+    let mut survivors_clients = Vec::new();
+    let mut lost = Vec::new();
+    for (d, id, tenant, rule, client, node) in devices {
+        if node == 1 {
+            drop(client);
+            lost.push((d, id, tenant, rule));
+        } else {
+            survivors_clients.push((client, id, tenant, rule));
+        }
+    }
+    for (d, id, tenant, _) in &lost {
+        tp_core::testing::eventually_ok("the lost node's device offline (node_lost)", || async {
+            let h = history(&metadata, *tenant, *id).await;
+            match h.last() {
+                Some(e) if !e.online && e.reason == StatusReason::NodeLost => Ok(()),
+                _ => Err(format!("{}: {h:?}", d.number)),
+            }
+        })
+        .await;
+    }
+    // Exactly once each, and a rule on "offline" fired once per device.
+    let engine = b1.platform().rule_engine();
+    for (d, id, tenant, rule) in &lost {
+        let h = history(&metadata, *tenant, *id).await;
+        let node_lost = h.iter().filter(|e| e.reason == StatusReason::NodeLost);
+        assert_eq!(node_lost.count(), 1, "{}: {h:?}", d.number);
+        let alarms = tp_core::testing::eventually_ok("the offline rule's alarm", || async {
+            engine.flush().await;
+            let alarms = common::rules::alarms(&rules, *tenant, *rule).await;
+            if alarms.is_empty() {
+                Err(d.number.clone())
+            } else {
+                Ok(alarms)
+            }
+        })
+        .await;
+        assert_eq!(alarms.len(), 1, "{}: {alarms:?}", d.number);
+        assert_eq!(alarms[0].occurrences, 1, "{}: {alarms:?}", d.number);
+    }
+    // The survivor's devices never went offline.
+    for (_, id, tenant, rule) in &survivors_clients {
+        let h = history(&metadata, *tenant, *id).await;
+        assert!(h.iter().all(|e| e.online), "{h:?}");
+        assert!(
+            common::rules::alarms(&rules, *tenant, *rule)
+                .await
+                .is_empty()
+        );
+    }
+
+    // The lost devices reconnect through HAProxy, to broker1: online again.
+    let mut back = Vec::new();
+    for (d, _, _, _) in &lost {
+        back.push(connect_retrying(lb_mqtt, d).await);
+        api.wait_online(d, true).await;
+    }
+    wait_until("every device on broker1", async || {
+        b1.connected() == DEVICES
+    })
+    .await;
+    // broker2 restarted under its id takes back what its previous run held: nothing
+    // (broker1 reaped it), so no device goes offline again.
+    let b2 = BrokerNode::start(broker_cfg(1)).await;
+    for (d, id, tenant, _) in &lost {
+        let h = history(&metadata, *tenant, *id).await;
+        assert!(h.last().is_some_and(|e| e.online), "{}: {h:?}", d.number);
+        let offline = h.iter().filter(|e| !e.online).count();
+        assert_eq!(offline, 1, "{}: {h:?}", d.number);
+    }
+
+    for c in back {
+        c.disconnect().await;
+    }
+    for (c, _, _, _) in survivors_clients {
+        c.disconnect().await;
+    }
+    drop(proxy);
+    b2.shutdown().await;
+    b1.shutdown().await;
+    api.platform.shutdown().await.unwrap();
+    stores.drop_schema().await;
+}

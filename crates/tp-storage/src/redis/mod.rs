@@ -24,6 +24,7 @@
 
 pub mod backplane;
 mod cache_url;
+pub mod leases;
 
 use std::time::Duration;
 
