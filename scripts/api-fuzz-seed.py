@@ -176,8 +176,10 @@ for path, item in doc["paths"].items():
                     param["example"] = ids[name][0]
             elif param.get("in") == "query" and name in examples_by_name:
                 param["example"] = examples_by_name[name]
+# The document's own request examples name a placeholder device; name the seeded one.
+text = json.dumps(doc).replace("00000000-0000-0000-0000-000000000001", device)
 with open(DOC_OUT, "w") as out:
-    json.dump(doc, out)
+    out.write(text)
 print("# Written by scripts/api-fuzz-seed.py for one run; ids are of that run's node.")
 print("[checks.positive_data_acceptance]")
 # 422: well-formed requests naming data the generator cannot know (an id of another
