@@ -117,34 +117,91 @@ pub fn openapi() -> serde_json::Value {
 const REQUEST_EXAMPLES: &[(&str, &str)] = &[
     ("TransitionRequest", r#"{"text": "on my way"}"#),
     ("CommentRequest", r#"{"text": "valve replaced"}"#),
-    ("CreateApiKeyRequest", r#"{"name": "erp-sync", "role": "TENANT_USER", "expires_at": 4102444800000}"#),
-    ("LoginRequest", r#"{"email": "admin@thingspanel.local", "password": "correct horse battery staple"}"#),
-    ("PasswordRequest", r#"{"current_password": "correct horse battery staple", "new_password": "a new long passphrase"}"#),
-    ("RefreshRequest", r#"{"refresh_token": "<refresh token from sign-in>"}"#),
-    ("ProvisionRequest", r#"{"profile_secret": "<the profile's provisioning secret>", "device_number": "pump-7", "name": "Pump 7"}"#),
-    ("CreateDeviceRequest", r#"{"name": "Boiler", "device_number": "boiler-1", "label": "basement"}"#),
-    ("ImportRequest", r#"{"devices": [{"name": "Pump 1", "device_number": "pump-1"}, {"name": "Pump 2", "device_number": "pump-2", "voucher_type": "ACCESSTOKEN"}]}"#),
-    ("UpdateDeviceRequest", r#"{"label": "roof", "enabled": true}"#),
-    ("AttributeSetRequest", r#"{"values": {"target_temp": 21.5}, "expires_in_secs": 3600}"#),
+    (
+        "CreateApiKeyRequest",
+        r#"{"name": "erp-sync", "role": "TENANT_USER", "expires_at": 4102444800000}"#,
+    ),
+    (
+        "LoginRequest",
+        r#"{"email": "admin@thingspanel.local", "password": "correct horse battery staple"}"#,
+    ),
+    (
+        "PasswordRequest",
+        r#"{"current_password": "correct horse battery staple", "new_password": "a new long passphrase"}"#,
+    ),
+    (
+        "RefreshRequest",
+        r#"{"refresh_token": "<refresh token from sign-in>"}"#,
+    ),
+    (
+        "ProvisionRequest",
+        r#"{"profile_secret": "<the profile's provisioning secret>", "device_number": "pump-7", "name": "Pump 7"}"#,
+    ),
+    (
+        "CreateDeviceRequest",
+        r#"{"name": "Boiler", "device_number": "boiler-1", "label": "basement"}"#,
+    ),
+    (
+        "ImportRequest",
+        r#"{"devices": [{"name": "Pump 1", "device_number": "pump-1"}, {"name": "Pump 2", "device_number": "pump-2", "voucher_type": "ACCESSTOKEN"}]}"#,
+    ),
+    (
+        "UpdateDeviceRequest",
+        r#"{"label": "roof", "enabled": true}"#,
+    ),
+    (
+        "AttributeSetRequest",
+        r#"{"values": {"target_temp": 21.5}, "expires_in_secs": 3600}"#,
+    ),
     ("AttributeGetRequest", r#"{"keys": ["fw", "ip"]}"#),
-    ("CommandRequest", r#"{"method": "ReSet", "params": {"delay": 5}, "expires_in_secs": 86400}"#),
+    (
+        "CommandRequest",
+        r#"{"method": "ReSet", "params": {"delay": 5}, "expires_in_secs": 86400}"#,
+    ),
     ("CredentialsRequest", r#"{"voucher_type": "ACCESSTOKEN"}"#),
-    ("TelemetryControlRequest", r#"{"values": {"switch": false}}"#),
+    (
+        "TelemetryControlRequest",
+        r#"{"values": {"switch": false}}"#,
+    ),
     ("CreateGroupRequest", r#"{"name": "Building A"}"#),
     ("UpdateGroupRequest", r#"{"name": "Building A (north)"}"#),
-    ("CreateChannelRequest", r#"{"type": "email", "name": "ops mail", "to": ["ops@example.com"]}"#),
+    (
+        "CreateChannelRequest",
+        r#"{"type": "email", "name": "ops mail", "to": ["ops@example.com"]}"#,
+    ),
     ("UpdateChannelRequest", r#"{"enabled": false}"#),
-    ("CreateProfileRequest", r#"{"name": "Boilers", "device_type": "direct", "online_timeout_secs": 300}"#),
+    (
+        "CreateProfileRequest",
+        r#"{"name": "Boilers", "device_type": "direct", "online_timeout_secs": 300}"#,
+    ),
     ("UpdateProfileRequest", r#"{"heartbeat_secs": 120}"#),
-    ("CreateRoleRequest", r#"{"name": "operator", "permissions": ["device:read", "device:command", "alarm:ack"]}"#),
+    (
+        "CreateRoleRequest",
+        r#"{"name": "operator", "permissions": ["device:read", "device:command", "alarm:ack"]}"#,
+    ),
     ("UpdateRoleRequest", r#"{"permissions": ["device:read"]}"#),
-    ("CreateRuleRequest", r#"{"name": "boiler too hot", "trigger_groups": [{"conditions": [{"type": "device", "source": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "data": "telemetry", "key": "temperature", "operator": ">", "value": 40, "duration_secs": 30}]}], "actions": [{"type": "raise_alarm", "severity": "major", "title": "Boiler too hot"}, {"type": "telemetry_control", "target": {"kind": "triggering_device"}, "values": {"switch": false}}]}"#),
+    (
+        "CreateRuleRequest",
+        r#"{"name": "boiler too hot", "trigger_groups": [{"conditions": [{"type": "device", "source": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "data": "telemetry", "key": "temperature", "operator": ">", "value": 40, "duration_secs": 30}]}], "actions": [{"type": "raise_alarm", "severity": "major", "title": "Boiler too hot"}, {"type": "telemetry_control", "target": {"kind": "triggering_device"}, "values": {"switch": false}}]}"#,
+    ),
     ("UpdateRuleRequest", r#"{"enabled": false}"#),
-    ("CreateSceneRequest", r#"{"name": "all off", "actions": [{"type": "command", "target": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "method": "SetPower", "params": {"on": false}}]}"#),
-    ("UpdateSceneRequest", r#"{"description": "every boiler off"}"#),
+    (
+        "CreateSceneRequest",
+        r#"{"name": "all off", "actions": [{"type": "command", "target": {"kind": "device", "id": "00000000-0000-0000-0000-000000000001"}, "method": "SetPower", "params": {"on": false}}]}"#,
+    ),
+    (
+        "UpdateSceneRequest",
+        r#"{"description": "every boiler off"}"#,
+    ),
     ("TenantRequest", r#"{"name": "Acme Heating"}"#),
-    ("CreateAdminRequest", r#"{"email": "admin@acme.example", "name": "Acme admin", "password": "a long passphrase"}"#),
-    ("CreateUserRequest", r#"{"email": "ops@acme.example", "name": "Operator", "password": "a long passphrase", "role": "TENANT_USER"}"#),
+    (
+        "CreateAdminRequest",
+        r#"{"email": "admin@acme.example", "name": "Acme admin", "password": "a long passphrase"}"#,
+    ),
+    (
+        "CreateUserRequest",
+        r#"{"email": "ops@acme.example", "name": "Operator", "password": "a long passphrase", "role": "TENANT_USER"}"#,
+    ),
     ("UpdateUserRequest", r#"{"name": "Night operator"}"#),
 ];
 
@@ -164,16 +221,43 @@ fn add_request_examples(doc: &mut serde_json::Value) {
 /// Operations that answer 422 (`unprocessable`, naming the field) for a well-formed
 /// request they cannot act on, and why. Rules and scenes document theirs inline.
 const UNPROCESSABLE: &[(&str, &str)] = &[
-    ("create_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep), or the chosen credentials do not fit the voucher type"),
-    ("rotate_credentials", "The chosen credentials do not fit the voucher type (a username without a password, a token with a username)"),
-    ("update_device", "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)"),
+    (
+        "create_device",
+        "`profile_id` or `parent_id` is not a device/profile of the tenant, the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep), or the chosen credentials do not fit the voucher type",
+    ),
+    (
+        "rotate_credentials",
+        "The chosen credentials do not fit the voucher type (a username without a password, a token with a username)",
+    ),
+    (
+        "update_device",
+        "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)",
+    ),
     ("create_user", "`role_id` is not a role of the tenant"),
-    ("update_user", "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)"),
-    ("create_api_key", "`role_id` is not a role of the tenant, or `expires_at` is not in the future"),
-    ("create_channel", "The URL or a recipient address is not usable"),
-    ("update_channel", "A field of the other channel type, or the URL or a recipient address is not usable"),
-    ("import_devices", "The CSV holds no device rows, or more than 1000"),
-    ("telemetry_history", "`end` is not after `start`, `agg` and `interval` come without each other, or the range has more than 100000 buckets"),
+    (
+        "update_user",
+        "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)",
+    ),
+    (
+        "create_api_key",
+        "`role_id` is not a role of the tenant, or `expires_at` is not in the future",
+    ),
+    (
+        "create_channel",
+        "The URL or a recipient address is not usable",
+    ),
+    (
+        "update_channel",
+        "A field of the other channel type, or the URL or a recipient address is not usable",
+    ),
+    (
+        "import_devices",
+        "The CSV holds no device rows, or more than 1000",
+    ),
+    (
+        "telemetry_history",
+        "`end` is not after `start`, `agg` and `interval` come without each other, or the range has more than 100000 buckets",
+    ),
     ("delete_telemetry", "`end` is not after `start`"),
     ("events", "`end` is not after `start`"),
     ("status_history", "`end` is before `start`"),
@@ -273,9 +357,7 @@ fn add_links(doc: &mut serde_json::Value) {
     };
     let mut links: Vec<(String, Map<String, Value>)> = Vec::new();
     for collection in paths.keys() {
-        let creates = paths[collection]
-            .pointer("/post/responses/201")
-            .is_some();
+        let creates = paths[collection].pointer("/post/responses/201").is_some();
         if !creates {
             continue;
         }

@@ -31,7 +31,9 @@ pub fn weekdays() -> Array {
                 .minimum(Some(1))
                 .maximum(Some(7)),
         )
-        .description(Some("Days the window applies, 1 = Monday .. 7 = Sunday; empty = every day"))
+        .description(Some(
+            "Days the window applies, 1 = Monday .. 7 = Sunday; empty = every day",
+        ))
         .build()
 }
 

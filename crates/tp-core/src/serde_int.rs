@@ -35,7 +35,10 @@ impl<'de, T: TryFrom<i128>> Deserialize<'de> for Integral<T> {
         impl<T: TryFrom<i128>> V<T> {
             fn fit<E: de::Error>(n: i128) -> Result<Integral<T>, E> {
                 T::try_from(n).map(Integral).map_err(|_| {
-                    E::invalid_value(de::Unexpected::Other(&n.to_string()), &"an integer in range")
+                    E::invalid_value(
+                        de::Unexpected::Other(&n.to_string()),
+                        &"an integer in range",
+                    )
                 })
             }
         }
@@ -53,7 +56,7 @@ impl<'de, T: TryFrom<i128>> Deserialize<'de> for Integral<T> {
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 // Exactly representable integers only: |v| < 2^63 keeps the cast exact
                 // for every value that can fit an i64 or smaller type.
-                if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_807e18 {
+                if v.fract() == 0.0 && v.abs() < 9_223_372_036_854_775_808.0 {
                     #[allow(clippy::cast_possible_truncation)]
                     return Self::fit(v as i128);
                 }
@@ -71,9 +74,7 @@ pub fn integer<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D
 
 /// `deserialize_with` for an optional integer field (`null` is `None`; pair it with
 /// `#[serde(default)]` so an absent field is `None` too).
-pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
+pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
     Option::<Integral<T>>::deserialize(d).map(|v| v.map(|Integral(v)| v))
 }
 

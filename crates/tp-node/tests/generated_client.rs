@@ -68,9 +68,15 @@ async fn a_generated_python_client_creates_a_rule_and_reads_its_alarm() {
         );
     }
     assert!(package.join("api/rules/create_rule.py").is_file(), "{log}");
-    assert!(package.join("models/condition_device.py").is_file(), "{log}");
+    assert!(
+        package.join("models/condition_device.py").is_file(),
+        "{log}"
+    );
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/generated_client/drive.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/generated_client/drive.py"
+    );
     let base = node.base.clone();
     let parent = work.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
@@ -111,14 +117,17 @@ async fn a_generated_python_client_creates_a_rule_and_reads_its_alarm() {
     // The same rule through the plain API: both actions stored as sent.
     let rule_id = seen["rule_id"].as_str().unwrap();
     let (status, rule) = node
-        .call(reqwest::Method::GET, &format!("/api/v1/rules/{rule_id}"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/rules/{rule_id}"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{rule}");
     assert_eq!(rule["actions"][1]["type"], "telemetry_control", "{rule}");
     assert_eq!(rule["actions"][1]["values"]["switch"], false, "{rule}");
     assert_eq!(
-        rule["actions"][1]["target"]["kind"],
-        "triggering_device",
+        rule["actions"][1]["target"]["kind"], "triggering_device",
         "{rule}"
     );
 }

@@ -19,7 +19,6 @@ use tp_core::{
     TenantId, VoucherType, now_ms, validate_device_number,
 };
 
-
 /// A device as the API shows it (never the credential hash).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeviceResponse {
@@ -132,17 +131,29 @@ pub(crate) struct CredentialsRequest {
     voucher_type: Option<String>,
     /// `BASIC` username: 1 to 255 characters, no `:` or control characters, unique.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 255, pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$"
+    )]
     username: Option<String>,
     /// `BASIC` password: 6 to 255 characters, no control characters (stored as a
     /// SHA-256 digest; choose a random one).
     #[serde(default)]
-    #[schema(min_length = 6, max_length = 255, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        min_length = 6,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     password: Option<String>,
     /// `ACCESSTOKEN` token: 16 to 255 characters, no `:` or control characters,
     /// unique (stored as a SHA-256 digest).
     #[serde(default)]
-    #[schema(min_length = 16, max_length = 255, pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        min_length = 16,
+        max_length = 255,
+        pattern = r"^[^:\x00-\x1f\x7f-\x9f]+$"
+    )]
     access_token: Option<String>,
 }
 
@@ -259,7 +270,11 @@ pub(crate) struct CreateDeviceRequest {
     /// Public identity (one MQTT topic level: 1 to 100 characters, none of `/`, `+`,
     /// `#`, `$`, blanks or control characters); generated when absent.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$"
+    )]
     device_number: Option<String>,
     /// Free-form label.
     #[serde(default)]

@@ -104,7 +104,11 @@ mod tests {
     use super::*;
 
     fn spelling(v: impl Serialize) -> String {
-        serde_json::to_value(v).unwrap().as_str().unwrap().to_owned()
+        serde_json::to_value(v)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// The documented aggregations, orders and roles are the ones the API parses.

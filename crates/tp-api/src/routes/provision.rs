@@ -22,7 +22,11 @@ pub(crate) struct ProvisionRequest {
     profile_secret: String,
     /// The device's number (one MQTT topic level: 1 to 100 characters, none of `/`,
     /// `+`, `#`, `$`, blanks or control characters), unique installation-wide.
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^/+#$\s\x00-\x1f\x7f-\x9f]+$"
+    )]
     device_number: String,
     /// Display name; the device number when absent.
     #[serde(default)]

@@ -390,7 +390,10 @@ pub(crate) async fn create_api_key(
         Some(r) => r,
     };
     if req.expires_at.is_some_and(|t| t <= now_ms()) {
-        return Err(ApiError::unprocessable("expires_at", "must be in the future"));
+        return Err(ApiError::unprocessable(
+            "expires_at",
+            "must be in the future",
+        ));
     }
     // A key minting keys cannot escape its own expiry.
     if let Principal::ApiKey {

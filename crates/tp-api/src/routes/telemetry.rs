@@ -251,7 +251,10 @@ pub(crate) async fn telemetry_history(
     let aggregation = match (q.agg.as_deref(), q.interval) {
         (None, None) => None,
         (None, Some(_)) => {
-            return Err(ApiError::unprocessable("agg", "required when interval is given"));
+            return Err(ApiError::unprocessable(
+                "agg",
+                "required when interval is given",
+            ));
         }
         (Some(_), None) => {
             return Err(ApiError::unprocessable("interval", "required with agg"));

@@ -66,7 +66,12 @@ pub(crate) struct UserList {
 pub(crate) struct CreateUserRequest {
     /// Email address, unique installation-wide: 3 to 255 characters with an `@`
     /// (surrounding blanks are trimmed; stored lower-case).
-    #[schema(min_length = 3, max_length = 255, pattern = r"^\s*[^\s@]+@[^\s@]+\s*$", example = "ops@example.com")]
+    #[schema(
+        min_length = 3,
+        max_length = 255,
+        pattern = r"^\s*[^\s@]+@[^\s@]+\s*$",
+        example = "ops@example.com"
+    )]
     email: String,
     /// Display name.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
@@ -157,7 +162,12 @@ pub(crate) struct TenantRequest {
 pub(crate) struct CreateAdminRequest {
     /// Email address, unique installation-wide: 3 to 255 characters with an `@`
     /// (surrounding blanks are trimmed; stored lower-case).
-    #[schema(min_length = 3, max_length = 255, pattern = r"^\s*[^\s@]+@[^\s@]+\s*$", example = "ops@example.com")]
+    #[schema(
+        min_length = 3,
+        max_length = 255,
+        pattern = r"^\s*[^\s@]+@[^\s@]+\s*$",
+        example = "ops@example.com"
+    )]
     email: String,
     /// Display name.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]

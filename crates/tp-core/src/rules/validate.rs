@@ -122,7 +122,10 @@ pub async fn validate_trigger_groups(
             .count()
             > 1
         {
-            return Err(Error::unprocessable(gfield, "at most one schedule per group"));
+            return Err(Error::unprocessable(
+                gfield,
+                "at most one schedule per group",
+            ));
         }
         for (c, condition) in group.conditions.iter().enumerate() {
             let field = format!("{gfield}[{c}]");
@@ -198,7 +201,10 @@ pub async fn validate_trigger_groups(
                             Error::Invalid { field: f, reason } => (f, reason),
                             other => ("kind".to_owned(), other.to_string()),
                         };
-                        return Err(Error::unprocessable(format!("{field}.kind.{inner}"), reason));
+                        return Err(Error::unprocessable(
+                            format!("{field}.kind.{inner}"),
+                            reason,
+                        ));
                     }
                 }
             }
