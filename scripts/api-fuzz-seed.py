@@ -56,6 +56,8 @@ profile, profile_del = two("/api/v1/profiles", lambda n: {"name": n, "device_typ
 created = call("POST", "/api/v1/devices", {"name": "fuzz-device", "profile_id": profile})
 device, credentials = created["id"], created["credentials"]
 group, group_del = two("/api/v1/groups", lambda n: {"name": n})
+# A member, so removing one from the group has one to remove.
+call("PUT", f"/api/v1/groups/{group}/devices/{device}")
 role, role_del = two("/api/v1/roles", lambda n: {"name": n, "permissions": ["device:read"]})
 user, user_del = two(
     "/api/v1/users",
@@ -183,7 +185,7 @@ with open(DOC_OUT, "w") as out:
 print("# Written by scripts/api-fuzz-seed.py for one run; ids are of that run's node.")
 print("[checks.positive_data_acceptance]")
 # 422: well-formed requests naming data the generator cannot know (an id of another
-# resource, a time range that ends before it starts); the document lists them.
+# resource) or fields that contradict each other; the document lists them.
 print('expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]')
 dictionaries = {
     # Ids inside bodies and query ranges that can work: a generator cannot know the

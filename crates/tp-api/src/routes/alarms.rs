@@ -198,8 +198,9 @@ pub(crate) struct TransitionRequest {
 }
 
 fn parse_statuses(s: Option<&str>) -> ApiResult<Vec<AlarmStatus>> {
-    // `status=` is the empty list; otherwise every item must be a state (`a,,b` is not).
-    let Some(s) = s.filter(|s| !s.is_empty()) else {
+    // Absent: every state. Present: every item must be a state (`status=` and
+    // `a,,b` name an empty state).
+    let Some(s) = s else {
         return Ok(Vec::new());
     };
     s.split(',')

@@ -99,7 +99,7 @@ pub(crate) struct HistoryQuery {
     keys: Option<String>,
     /// Inclusive start (ms since the epoch).
     start: i64,
-    /// Exclusive end (ms since the epoch); must be greater than `start`.
+    /// Exclusive end (ms since the epoch); an `end` not after `start` is an empty range.
     end: i64,
     /// Aggregate into buckets of `interval` ms (`interval` is then required: 422
     /// without it, and for more than 100000 buckets).
@@ -125,7 +125,7 @@ pub(crate) struct DeleteQuery {
     keys: Option<String>,
     /// Inclusive start (ms since the epoch).
     start: i64,
-    /// Exclusive end (ms since the epoch); must be greater than `start`.
+    /// Exclusive end (ms since the epoch); an `end` not after `start` is an empty range.
     end: i64,
 }
 
@@ -154,23 +154,23 @@ fn parse_keys(keys: Option<&str>) -> ApiResult<Option<Vec<String>>> {
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
         .collect();
+    // `keys` is one free string in the document, so what is wrong inside it is a 422.
     if keys.iter().any(|k| k.chars().count() > 255) {
-        return Err(ApiError::invalid(
+        return Err(ApiError::unprocessable(
             "keys",
             "a key is longer than 255 characters",
         ));
     }
     if keys.len() > 1000 {
-        return Err(ApiError::invalid("keys", "at most 1000 keys"));
+        return Err(ApiError::unprocessable("keys", "at most 1000 keys"));
     }
     Ok((!keys.is_empty()).then_some(keys))
 }
 
-fn check_range(start: i64, end: i64) -> ApiResult<()> {
-    if start >= end {
-        return Err(ApiError::unprocessable("end", "must be greater than start"));
-    }
-    Ok(())
+/// Whether `[start, end)` holds no time at all (`end <= start`): such a range is
+/// answered as empty (nothing read, nothing deleted), like any range without data.
+fn is_empty_range(start: i64, end: i64) -> bool {
+    end <= start
 }
 
 fn parse_order(order: Option<&str>, default: Order) -> ApiResult<Order> {
@@ -247,7 +247,6 @@ pub(crate) async fn telemetry_history(
 ) -> ApiResult<axum::Json<KeyValueList>> {
     caller.require(Permission::DeviceRead)?;
     let keys = parse_keys(q.keys.as_deref())?.unwrap_or_default();
-    check_range(q.start, q.end)?;
     let aggregation = match (q.agg.as_deref(), q.interval) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -278,6 +277,9 @@ pub(crate) async fn telemetry_history(
     let limit = parse_limit(q.limit, DEFAULT_LIMIT)?;
     let order = parse_order(q.order.as_deref(), Order::Asc)?;
     load_device(&state, &caller, id).await?;
+    if is_empty_range(q.start, q.end) {
+        return Ok(axum::Json(KeyValueList::from_rows(Vec::new())));
+    }
     // `limit` bounds the whole response, so the store is asked key by key with what
     // is left: one request can no longer read keys x limit rows.
     let mut keys = if keys.is_empty() {
@@ -333,12 +335,15 @@ pub(crate) async fn delete_telemetry(
 ) -> ApiResult<axum::Json<DeletedResponse>> {
     caller.require(Permission::DeviceWrite)?;
     let keys = parse_keys(q.keys.as_deref())?;
-    check_range(q.start, q.end)?;
     load_device(&state, &caller, id).await?;
-    let deleted = state
-        .timeseries
-        .delete_range(id, keys.as_deref(), q.start, q.end)
-        .await?;
+    let deleted = if is_empty_range(q.start, q.end) {
+        0
+    } else {
+        state
+            .timeseries
+            .delete_range(id, keys.as_deref(), q.start, q.end)
+            .await?
+    };
     audit(
         &state,
         &caller,
@@ -405,14 +410,17 @@ pub(crate) async fn events(
     // `end` is exclusive: the default includes events received this millisecond.
     let end = q.end.unwrap_or_else(|| now_ms().saturating_add(1));
     let start = q.start.unwrap_or_else(|| end.saturating_sub(DAY_MS));
-    check_range(start, end)?;
     let limit = parse_limit(q.limit, DEFAULT_EVENT_LIMIT)?;
     let order = parse_order(q.order.as_deref(), Order::Desc)?;
     load_device(&state, &caller, id).await?;
-    let rows = state
-        .timeseries
-        .query_events(id, start, end, limit, order)
-        .await?;
+    let rows = if is_empty_range(start, end) {
+        Vec::new()
+    } else {
+        state
+            .timeseries
+            .query_events(id, start, end, limit, order)
+            .await?
+    };
     Ok(axum::Json(EventList {
         items: rows
             .into_iter()
