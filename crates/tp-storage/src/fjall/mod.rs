@@ -84,7 +84,7 @@ use std::path::PathBuf;
 
 use tp_core::{Error, Result};
 
-pub use store::FjallTimeSeriesStore;
+pub use store::{DiskSpace, FjallTimeSeriesStore};
 
 /// One day in milliseconds: the default partition width.
 const DAY_MS: i64 = 86_400_000;

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 
 use ::fjall::config::CompressionPolicy;
 use ::fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -25,10 +25,68 @@ const META_EVENT_SEQ: &str = "event_seq";
 
 type FjallResult<T> = std::result::Result<T, FjallError>;
 
+/// Bytes on disk of a [`FjallTimeSeriesStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Tables of every keyspace: the stored data after compression.
+    pub tables: u64,
+    /// Journal files.
+    pub journal: u64,
+}
+
 /// [`TimeSeriesStore`] on the fjall LSM tree; see [the module docs](super).
 #[derive(Debug, Clone)]
 pub struct FjallTimeSeriesStore {
     inner: Arc<Inner>,
+    /// `fsync` per write or not.
+    persist: PersistMode,
+    retention_ms: Option<i64>,
+}
+
+/// Databases open in this process by canonical path: fjall locks its directory, so a
+/// second store on the same directory in one process (a node restarted in place while
+/// tasks of the old one still hold the store, several stores in tests) shares the
+/// open database instead of failing.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Inner>)>> = Mutex::new(Vec::new());
+
+/// How long an open waits for this process to release a database it is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn shared(path: &Path, partition_ms: i64) -> FjallResult<Arc<Inner>> {
+    std::fs::create_dir_all(path).map_err(|source| FjallError::CreateDir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let key = path
+        .canonicalize()
+        .map_err(|source| FjallError::CreateDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+    open.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(inner) = open
+        .iter()
+        .find(|(p, _)| *p == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(inner);
+    }
+    // The last handle of an earlier open may still be closing (its drop stops
+    // fjall's threads, then unlocks): wait for that, boundedly.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let inner = loop {
+        match Inner::open(&key, false, partition_ms) {
+            Err(FjallError::Fjall(::fjall::Error::Locked))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break Arc::new(other?),
+        }
+    };
+    open.push((key, Arc::downgrade(&inner)));
+    Ok(inner)
 }
 
 struct Inner {
@@ -41,8 +99,6 @@ struct Inner {
     /// series id → `ts ‖ value` of its newest point.
     latest: Keyspace,
     partition_ms: i64,
-    retention_ms: Option<i64>,
-    persist: PersistMode,
     /// What readers need: series ids and open partitions.
     catalog: RwLock<Catalog>,
     /// Writers (`write`, `write_events`, `delete_range`, retention) one at a time.
@@ -56,8 +112,6 @@ impl std::fmt::Debug for Inner {
         f.debug_struct("FjallTimeSeriesStore")
             .field("path", &self.path)
             .field("partition_ms", &self.partition_ms)
-            .field("retention_ms", &self.retention_ms)
-            .field("persist", &self.persist)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +151,7 @@ fn bucket_span(start: Timestamp, end: Timestamp, partition_ms: i64) -> (i64, i64
 }
 
 impl Inner {
-    fn open(path: &Path, temporary: bool, options: &FjallOptions) -> FjallResult<Self> {
+    fn open(path: &Path, temporary: bool, requested_partition_ms: i64) -> FjallResult<Self> {
         std::fs::create_dir_all(path).map_err(|source| FjallError::CreateDir {
             path: path.display().to_string(),
             source,
@@ -116,16 +170,16 @@ impl Inner {
         let partition_ms = match meta.get(META_PARTITION_MS).map_err(fj)? {
             Some(v) => read_i64(&v, META_PARTITION_MS)?,
             None => {
-                meta.insert(META_PARTITION_MS, options.partition_ms.to_be_bytes())
+                meta.insert(META_PARTITION_MS, requested_partition_ms.to_be_bytes())
                     .map_err(fj)?;
-                options.partition_ms
+                requested_partition_ms
             }
         };
-        if partition_ms != options.partition_ms {
+        if partition_ms != requested_partition_ms {
             tracing::warn!(
                 path = %path.display(),
                 stored = partition_ms,
-                requested = options.partition_ms,
+                requested = requested_partition_ms,
                 "partition_ms is fixed when the store is created; keeping the stored value"
             );
         }
@@ -171,12 +225,6 @@ impl Inner {
             series,
             latest,
             partition_ms,
-            retention_ms: options.retention_ms,
-            persist: if options.fsync {
-                PersistMode::SyncData
-            } else {
-                PersistMode::Buffer
-            },
             catalog: RwLock::new(catalog),
             writer: Mutex::new(WriterState {
                 next_series,
@@ -247,7 +295,12 @@ impl Inner {
         }
     }
 
-    fn write(&self, points: &[TelemetryPoint]) -> FjallResult<()> {
+    fn write(
+        &self,
+        points: &[TelemetryPoint],
+        persist: PersistMode,
+        retention_ms: Option<i64>,
+    ) -> FjallResult<()> {
         if points.is_empty() {
             return Ok(());
         }
@@ -285,7 +338,7 @@ impl Inner {
         order.sort_by_key(|&i| (ids[i], points[i].ts));
 
         let mut batch = ::fjall::OwnedWriteBatch::with_capacity(self.db.clone(), points.len() * 2)
-            .durability(Some(self.persist));
+            .durability(Some(persist));
         let mut current: Option<(i64, Keyspace)> = None;
         let mut value = Vec::with_capacity(16);
         let mut latest_updates = Vec::new();
@@ -337,7 +390,7 @@ impl Inner {
                     .insert(key.into(), id);
             }
         }
-        if let Some(keep) = self.retention_ms {
+        if let Some(keep) = retention_ms {
             self.drop_before_locked(tp_core::now_ms().saturating_sub(keep))?;
         }
         Ok(())
@@ -445,13 +498,14 @@ impl Inner {
         keys: Option<&[String]>,
         start: Timestamp,
         end: Timestamp,
+        persist: PersistMode,
     ) -> FjallResult<u64> {
         if start >= end {
             return Ok(0);
         }
         let mut w = self.writer();
         let partitions = self.partitions_in(start, end);
-        let mut batch = self.db.batch().durability(Some(self.persist));
+        let mut batch = self.db.batch().durability(Some(persist));
         let mut deleted = 0;
         let mut latest_changes = Vec::new();
         for (_, id) in self.device_series(device, keys) {
@@ -503,12 +557,13 @@ impl Inner {
         &self,
         events: &[DeviceEvent],
         progress: Option<(&str, &[u8])>,
+        persist: PersistMode,
     ) -> FjallResult<()> {
         if events.is_empty() && progress.is_none() {
             return Ok(());
         }
         let mut w = self.writer();
-        let mut batch = self.db.batch().durability(Some(self.persist));
+        let mut batch = self.db.batch().durability(Some(persist));
         let mut seq = w.next_event;
         let mut current: Option<(i64, Keyspace)> = None;
         for e in events {
@@ -675,11 +730,24 @@ impl FjallTimeSeriesStore {
 
     async fn open_at(path: PathBuf, temporary: bool, options: FjallOptions) -> Result<Self> {
         options.validate()?;
-        let inner = tokio::task::spawn_blocking(move || Inner::open(&path, temporary, &options))
-            .await
-            .map_err(FjallError::from)??;
+        let partition_ms = options.partition_ms;
+        let inner = tokio::task::spawn_blocking(move || {
+            if temporary {
+                Inner::open(&path, true, partition_ms).map(Arc::new)
+            } else {
+                shared(&path, partition_ms)
+            }
+        })
+        .await
+        .map_err(FjallError::from)??;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
+            persist: if options.fsync {
+                PersistMode::SyncData
+            } else {
+                PersistMode::Buffer
+            },
+            retention_ms: options.retention_ms,
         })
     }
 
@@ -708,12 +776,19 @@ impl FjallTimeSeriesStore {
         .await
     }
 
-    /// Bytes on disk: tables, blobs and journals.
+    /// Bytes on disk, split into the tables (the stored data, compressed) and the
+    /// journal (a write-ahead buffer fjall preallocates in 64 MiB files and deletes
+    /// once its contents are flushed to tables).
     ///
     /// # Errors
     /// [`Error::Backend`] when the journal cannot be measured.
-    pub fn disk_space(&self) -> Result<u64> {
-        Ok(self.inner.db.disk_space().map_err(fj)?)
+    pub fn disk_space(&self) -> Result<DiskSpace> {
+        let journal = self.inner.db.journal_disk_space().map_err(fj)?;
+        let total = self.inner.db.disk_space().map_err(fj)?;
+        Ok(DiskSpace {
+            tables: total.saturating_sub(journal),
+            journal,
+        })
     }
 
     /// Flushes every memtable to a table and compacts each keyspace fully, so
@@ -746,7 +821,7 @@ impl FjallTimeSeriesStore {
     pub(crate) async fn meta_set(&self, key: &'static str, value: Vec<u8>) -> Result<()> {
         self.blocking(move |inner| {
             let _w = inner.writer();
-            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            let mut batch = inner.db.batch().durability(Some(PersistMode::Buffer));
             batch.insert(&inner.meta, key, value);
             batch.commit().map_err(fj)
         })
@@ -761,7 +836,8 @@ impl FjallTimeSeriesStore {
         key: &'static str,
         value: Vec<u8>,
     ) -> Result<()> {
-        self.blocking(move |inner| inner.write_events(&events, Some((key, &value))))
+        let persist = self.persist;
+        self.blocking(move |inner| inner.write_events(&events, Some((key, &value)), persist))
             .await
     }
 
@@ -799,7 +875,9 @@ impl TimeSeriesStore for FjallTimeSeriesStore {
             return Ok(());
         }
         let points = points.to_vec();
-        self.blocking(move |inner| inner.write(&points)).await
+        let (persist, retention) = (self.persist, self.retention_ms);
+        self.blocking(move |inner| inner.write(&points, persist, retention))
+            .await
     }
 
     async fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> Result<Vec<KeyValue>> {
@@ -831,7 +909,8 @@ impl TimeSeriesStore for FjallTimeSeriesStore {
             return Ok(0);
         }
         let keys = keys.map(<[String]>::to_vec);
-        self.blocking(move |inner| inner.delete_range(device, keys.as_deref(), start, end))
+        let persist = self.persist;
+        self.blocking(move |inner| inner.delete_range(device, keys.as_deref(), start, end, persist))
             .await
     }
 
@@ -840,7 +919,8 @@ impl TimeSeriesStore for FjallTimeSeriesStore {
             return Ok(());
         }
         let events = events.to_vec();
-        self.blocking(move |inner| inner.write_events(&events, None))
+        let persist = self.persist;
+        self.blocking(move |inner| inner.write_events(&events, None, persist))
             .await
     }
 
@@ -949,6 +1029,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["m1", "m2"]
         );
+    }
+
+    /// Two stores on one directory in one process share the open database (fjall
+    /// locks its directory); after both are dropped it opens again.
+    #[tokio::test]
+    async fn stores_on_one_directory_share_the_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ts");
+        let d = DeviceId::new();
+        let a = FjallTimeSeriesStore::open(&path, FjallOptions::default())
+            .await
+            .expect("a");
+        let b = FjallTimeSeriesStore::open(&path, FjallOptions::default())
+            .await
+            .expect("b");
+        a.write(&[point(d, "x", 1, 1.0)]).await.expect("a writes");
+        b.write(&[point(d, "y", 2, 2.0)]).await.expect("b writes");
+        for s in [&a, &b] {
+            assert_eq!(s.latest(d, None).await.expect("latest").len(), 2);
+        }
+        drop((a, b));
+        let c = FjallTimeSeriesStore::open(&path, FjallOptions::default())
+            .await
+            .expect("reopen");
+        assert_eq!(c.query(&all(d)).await.expect("query").len(), 2);
     }
 
     /// Retention drops whole partitions (history and events), keeps latest values,
@@ -1101,5 +1206,81 @@ mod tests {
             .map(|r| r.ts)
             .collect();
         assert_eq!(ts, vec![994, 993, 992]);
+    }
+}
+
+#[cfg(test)]
+mod speed_probe {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "diagnostic"]
+    async fn probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallTimeSeriesStore::open(&dir.path().join("ts"), FjallOptions::default())
+            .await
+            .unwrap();
+        let devices: Vec<DeviceId> = (0..1000).map(|_| DeviceId::new()).collect();
+        let mk = |step: i64| -> Vec<TelemetryPoint> {
+            (0..10_000usize)
+                .map(|s| TelemetryPoint {
+                    device_id: devices[s % 1000],
+                    key: format!("k{}", s / 1000),
+                    ts: 1_700_000_000_000 + step * 1000,
+                    value: Value::Float(20.0 + (s % 7) as f64 / 100.0),
+                })
+                .collect()
+        };
+        let batches: Vec<_> = (0..100).map(mk).collect();
+        let t0 = std::time::Instant::now();
+        for b in &batches {
+            store.write(b).await.unwrap();
+        }
+        let e = t0.elapsed();
+        eprintln!(
+            "store.write: {:?} = {:.0} points/s",
+            e,
+            1e6 / e.as_secs_f64()
+        );
+        let inner = &store.inner;
+        let t0 = std::time::Instant::now();
+        for (n, b) in batches.iter().enumerate() {
+            let t = std::time::Instant::now();
+            inner.write(b, PersistMode::Buffer, None).unwrap();
+            if n % 20 == 0 {
+                eprintln!("  one batch: {:?}", t.elapsed());
+            }
+        }
+        let e = t0.elapsed();
+        eprintln!(
+            "inner.write (rewrite): {:?} = {:.0} points/s",
+            e,
+            1e6 / e.as_secs_f64()
+        );
+        for series in [100u64, 10_000] {
+            let ks = inner
+                .db
+                .keyspace(&format!("raw{series}"), partition_options)
+                .unwrap();
+            let t0 = std::time::Instant::now();
+            for step in 0..100u64 {
+                let mut batch = inner.db.batch().durability(Some(PersistMode::Buffer));
+                for s in 0..10_000u64 {
+                    let ts = (step * 10_000 + s) / series;
+                    batch.insert(
+                        &ks,
+                        codec::point_key(s % series, ts as i64),
+                        [2u8; 9].as_slice(),
+                    );
+                }
+                batch.commit().unwrap();
+            }
+            let e = t0.elapsed();
+            eprintln!(
+                "raw fjall 1 insert/point, {series} series: {:?} = {:.0} points/s",
+                e,
+                1e6 / e.as_secs_f64()
+            );
+        }
     }
 }
