@@ -691,7 +691,7 @@ impl Bucket {
 
     fn result(&self, agg: Aggregation) -> Option<Value> {
         if agg == Aggregation::Count {
-            return (self.count > 0).then(|| Value::Integer(self.count as i64));
+            return (self.count > 0).then_some(Value::Integer(self.count as i64));
         }
         if self.numeric == 0 {
             return None;
