@@ -812,12 +812,14 @@ impl FjallTimeSeriesStore {
     }
 
     /// A value of the `meta` keyspace (import progress and similar).
+    #[cfg(feature = "sqlite")] // used by `crate::migrate` only
     pub(crate) async fn meta_get(&self, key: &'static str) -> Result<Option<Vec<u8>>> {
         self.blocking(move |inner| Ok(inner.meta.get(key).map_err(fj)?.map(|v| v.to_vec())))
             .await
     }
 
     /// Sets a value of the `meta` keyspace, durably.
+    #[cfg(feature = "sqlite")] // used by `crate::migrate` only
     pub(crate) async fn meta_set(&self, key: &'static str, value: Vec<u8>) -> Result<()> {
         self.blocking(move |inner| {
             let _w = inner.writer();
@@ -830,6 +832,7 @@ impl FjallTimeSeriesStore {
 
     /// Stores events and sets a `meta` value in the same atomic batch (resumable
     /// imports: progress is recorded with the data it describes).
+    #[cfg(feature = "sqlite")] // used by `crate::migrate` only
     pub(crate) async fn write_events_with_progress(
         &self,
         events: Vec<DeviceEvent>,
@@ -843,6 +846,7 @@ impl FjallTimeSeriesStore {
 
     /// Persists the journal with `fsync` (imports call this before recording that
     /// they are done).
+    #[cfg(feature = "sqlite")] // used by `crate::migrate` only
     pub(crate) async fn sync(&self) -> Result<()> {
         self.blocking(|inner| inner.db.persist(PersistMode::SyncAll).map_err(fj))
             .await
