@@ -22,7 +22,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.node.run_command() {
+    if cli.node.run_command().await? {
         return Ok(());
     }
     let config = cli.node.load(Some(&[Role::Api]))?;

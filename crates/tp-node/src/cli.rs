@@ -13,10 +13,10 @@ use crate::platform::{Platform, PlatformError, shutdown_signal};
 #[derive(Args, Debug, Clone, Default)]
 pub struct NodeArgs {
     /// TOML config file (see `print-config` and deploy/*.toml).
-    #[arg(long, env = "TP_CONFIG")]
+    #[arg(long, env = "TP_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Directory for the embedded databases, the write-ahead log and generated secrets.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// HTTP listen address (REST API, or health/metrics on a broker node), e.g. 0.0.0.0:8080.
     #[arg(long)]
@@ -37,6 +37,15 @@ pub struct NodeArgs {
 pub enum NodeCommand {
     /// Print the default configuration as TOML.
     PrintConfig,
+    /// Import the time series an older version kept in SQLite
+    /// (`<data_dir>/timeseries.db`) into the embedded engine (`<data_dir>/timeseries/`).
+    /// A node on the default storage does this by itself on start; this runs it alone
+    /// (with the node stopped). Idempotent and resumable; the SQLite file is left as is.
+    MigrateTimeseries {
+        /// The SQLite file to import (default `<data_dir>/timeseries.db`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
 }
 
 impl NodeArgs {
@@ -67,16 +76,75 @@ impl NodeArgs {
         PlatformConfig::load(self.config.as_deref(), &overrides)
     }
 
-    /// Handles a subcommand; `true` when one ran and the binary should exit.
-    pub fn run_command(&self) -> bool {
-        match self.command {
+    /// Handles a subcommand; `Ok(true)` when one ran and the binary should exit.
+    ///
+    /// # Errors
+    /// [`PlatformError`] when the subcommand failed (configuration, storage).
+    pub async fn run_command(&self) -> Result<bool, PlatformError> {
+        match &self.command {
             Some(NodeCommand::PrintConfig) => {
                 print!("{}", PlatformConfig::default_toml());
-                true
+                Ok(true)
             }
-            None => false,
+            Some(NodeCommand::MigrateTimeseries { from }) => {
+                let config = self.load(None)?;
+                let report = migrate_timeseries(&config, from.as_deref()).await?;
+                if report.already_done {
+                    println!("nothing to do: the time series were imported before");
+                } else {
+                    println!(
+                        "imported {} series, {} points and {} events into {}",
+                        report.series,
+                        report.points,
+                        report.events,
+                        config.timeseries_url()
+                    );
+                }
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
+}
+
+/// `migrate-timeseries`: imports the SQLite time-series file `from` (default
+/// `<data_dir>/timeseries.db`) into the configured embedded engine.
+///
+/// # Errors
+/// [`PlatformError::Setting`] when the time-series store is not the embedded engine,
+/// the file does not exist, or the import fails (it can be run again and resumes).
+pub async fn migrate_timeseries(
+    config: &PlatformConfig,
+    from: Option<&std::path::Path>,
+) -> Result<tp_storage::migrate::ImportReport, PlatformError> {
+    let url = config.timeseries_url();
+    let (target, options) =
+        tp_storage::fjall::parse_url(&url, "storage.timeseries").map_err(|_| {
+            PlatformError::Setting {
+                setting: "storage.timeseries",
+                message: format!(
+                    "migrate-timeseries imports into the embedded engine (fjall://..), \
+                     but the time-series store is {url:?}"
+                ),
+            }
+        })?;
+    let source = from.map_or_else(
+        || config.data_dir.join(crate::config::LEGACY_TIMESERIES_FILE),
+        std::path::Path::to_path_buf,
+    );
+    if !source.exists() {
+        return Err(PlatformError::Setting {
+            setting: "--from / --data-dir",
+            message: format!("{} does not exist", source.display()),
+        });
+    }
+    let store = tp_storage::fjall::open(target, options)
+        .await
+        .map_err(|e| PlatformError::Setting {
+            setting: "storage.timeseries",
+            message: format!("{e} (is a node running on this data dir? stop it first)"),
+        })?;
+    crate::platform::import_legacy_timeseries(&source, &store).await
 }
 
 /// Logs to stdout, filtered by `RUST_LOG` (default `info`): plain text with colour

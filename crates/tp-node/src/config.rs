@@ -252,13 +252,16 @@ impl HttpConfig {
     }
 }
 
-/// Backend URLs. Empty metadata/timeseries URLs mean SQLite files in `data_dir`.
+/// Backend URLs. An empty metadata URL means a SQLite file in `data_dir`, an empty
+/// time-series URL the embedded engine in `data_dir` (see
+/// [`PlatformConfig::timeseries_url`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Metadata store URL (`sqlite://path`, `sqlite::memory:`); default `<data_dir>/metadata.db`.
     pub metadata: String,
-    /// Time-series store URL; default `<data_dir>/timeseries.db`.
+    /// Time-series store URL (`fjall://dir`, `sqlite://path`, `postgres://..`,
+    /// `taos+ws://..`); default the embedded engine in `<data_dir>/timeseries/`.
     pub timeseries: String,
     /// Cache URL (`memory://`).
     pub cache: String,
@@ -496,9 +499,33 @@ impl PlatformConfig {
         or_sqlite(&self.storage.metadata, &self.data_dir, "metadata.db")
     }
 
-    /// The time-series URL with the data-dir default applied.
+    /// The time-series URL with the data-dir default applied: the embedded engine in
+    /// `<data_dir>/timeseries/` (`fjall://`), which `fdatasync`s every write when the
+    /// write-ahead log syncs every record (`mqtt.wal.fsync`), so the log never drops a
+    /// segment whose data is only in the page cache.
     pub fn timeseries_url(&self) -> String {
-        or_sqlite(&self.storage.timeseries, &self.data_dir, "timeseries.db")
+        if self.storage.timeseries.is_empty() {
+            let fsync = if self.mqtt.wal.fsync {
+                "?fsync=true"
+            } else {
+                ""
+            };
+            format!(
+                "fjall://{}{fsync}",
+                self.data_dir.join(TIMESERIES_DIR).display()
+            )
+        } else {
+            self.storage.timeseries.clone()
+        }
+    }
+
+    /// The SQLite time-series file older nodes kept in the data dir, when the
+    /// time-series store is the embedded default (it is imported on start).
+    pub fn legacy_timeseries_file(&self) -> Option<PathBuf> {
+        self.storage
+            .timeseries
+            .is_empty()
+            .then(|| self.data_dir.join(LEGACY_TIMESERIES_FILE))
     }
 }
 
@@ -520,6 +547,11 @@ const OPTIONAL_TLS_TOML: &str = r#"
 # cert_path = "/etc/thingspanel/tls/cert.pem"
 # key_path = "/etc/thingspanel/tls/key.pem"
 "#;
+
+/// Directory of the embedded time-series engine in the data dir.
+pub const TIMESERIES_DIR: &str = "timeseries";
+/// The SQLite time-series file of nodes before the embedded engine.
+pub const LEGACY_TIMESERIES_FILE: &str = "timeseries.db";
 
 fn or_sqlite(url: &str, dir: &Path, file: &str) -> String {
     if url.is_empty() {

@@ -42,6 +42,9 @@ pub enum PlatformError {
     /// The MQTT listener could not start.
     #[error(transparent)]
     Broker(#[from] tp_broker::BrokerError),
+    /// The configuration cannot be loaded (subcommands load it themselves).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 fn setting(setting: &'static str) -> impl FnOnce(tp_core::Error) -> PlatformError {
@@ -304,9 +307,7 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
     let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
-    let timeseries = tp_storage::open_timeseries(&config.timeseries_url())
-        .await
-        .map_err(setting("storage.timeseries"))?;
+    let timeseries = open_timeseries(config).await?;
     let cache = tp_storage::open_cache(&config.storage.cache)
         .await
         .map_err(setting("storage.cache"))?;
@@ -327,6 +328,73 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         cache,
         backplane,
     })
+}
+
+/// The time-series store the configuration names. On the embedded default, an older
+/// node's SQLite time-series file in the data dir is imported into it first, so an
+/// upgraded node shows its history (once; an interrupted import resumes).
+async fn open_timeseries(config: &PlatformConfig) -> Result<TimeSeriesStoreRef, PlatformError> {
+    let url = config.timeseries_url();
+    let Some(legacy) = config.legacy_timeseries_file() else {
+        return tp_storage::open_timeseries(&url)
+            .await
+            .map_err(setting("storage.timeseries"));
+    };
+    let (target, options) = tp_storage::fjall::parse_url(&url, "storage.timeseries")
+        .map_err(setting("storage.timeseries"))?;
+    let store = tp_storage::fjall::open(target, options)
+        .await
+        .map_err(setting("storage.timeseries"))?;
+    import_legacy_timeseries(&legacy, &store).await?;
+    Ok(Arc::new(store))
+}
+
+/// Imports the SQLite time-series file `legacy` into `store` unless that was done
+/// before or there is no such file (`thingspanel migrate-timeseries` and the node's
+/// start both come here).
+///
+/// # Errors
+/// [`PlatformError::Setting`] (`storage.timeseries`) naming the file, the failure and
+/// the two ways on.
+pub async fn import_legacy_timeseries(
+    legacy: &std::path::Path,
+    store: &tp_storage::fjall::FjallTimeSeriesStore,
+) -> Result<tp_storage::migrate::ImportReport, PlatformError> {
+    let failed = |e: tp_core::Error| PlatformError::Setting {
+        setting: "storage.timeseries",
+        message: format!(
+            "importing the SQLite time series of {} into {} failed: {e}. Fix the cause and \
+             start again (the import resumes; `thingspanel migrate-timeseries` runs it alone), \
+             or keep SQLite with storage.timeseries = \"sqlite://{}\"",
+            legacy.display(),
+            store.path().display(),
+            legacy.display()
+        ),
+    };
+    if !legacy.exists() || tp_storage::migrate::is_done(store).await.map_err(failed)? {
+        return Ok(tp_storage::migrate::ImportReport {
+            already_done: legacy.exists(),
+            no_source: !legacy.exists(),
+            ..Default::default()
+        });
+    }
+    tracing::warn!(
+        from = %legacy.display(),
+        to = %store.path().display(),
+        "found time series of an older version in SQLite: importing them into the embedded \
+         engine before starting (once; an interrupted import resumes)"
+    );
+    let report = tp_storage::migrate::sqlite_to_fjall(legacy, store)
+        .await
+        .map_err(failed)?;
+    tracing::warn!(
+        series = report.series,
+        points = report.points,
+        events = report.events,
+        from = %legacy.display(),
+        "time-series import done; the SQLite file is no longer read and may be deleted"
+    );
+    Ok(report)
 }
 
 /// Stage 2: the HTTP port, bound (with its certificate loaded), and the external-broker

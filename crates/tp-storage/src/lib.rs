@@ -3,14 +3,16 @@
 //! Storage backends for the traits of `tp-core`, plus the batching writer that sits
 //! between ingest and the time-series store.
 //!
-//! Every backend is behind a feature; only `sqlite` is on by default, so a service
-//! that wants PostgreSQL alone builds neither Redis, TDengine nor SQLite
+//! Every backend is behind a feature; only `sqlite` and `fjall` (the embedded
+//! time-series engine) are on by default, so a service that wants PostgreSQL alone
+//! builds neither Redis, TDengine, fjall nor SQLite
 //! (`default-features = false, features = ["postgres"]`). A URL naming a backend this
 //! build leaves out is refused with the feature to enable.
 //!
 //! | Trait | Backend | Feature | URL |
 //! |---|---|---|---|
 //! | `MetadataStore`, `AccessStore`, `RuleStore` | `sqlite::SqliteMetadataStore` | `sqlite` | `sqlite://<path>`, `sqlite::memory:` |
+//! | [`TimeSeriesStore`] | `fjall::FjallTimeSeriesStore` (embedded default) | `fjall` | `fjall://<dir>?retention_ms=N`, `fjall::memory:` |
 //! | [`TimeSeriesStore`] | `sqlite::SqliteTimeSeriesStore` | `sqlite` | `sqlite://<path>`, `sqlite::memory:` |
 //! | `MetadataStore`, `AccessStore`, `RuleStore` | `postgres::PostgresMetadataStore` | `postgres` | `postgres://host/db?schema=s` |
 //! | [`TimeSeriesStore`] | `postgres::PostgresTimeSeriesStore` | `postgres` | `postgres://host/db?schema=s` |
@@ -26,9 +28,11 @@
 //! are shared. `SqliteMetadataStore` and `PostgresMetadataStore` are that store with
 //! their dialect; their modules keep only pools, migrations and time-series code.
 //!
-//! SQLite is the embedded default of a single-node installation: WAL mode, one writer
-//! connection, a small pool of readers, migrations embedded in the binary. Every
-//! backend passes the conformance suites of `tp_core::testing`.
+//! SQLite is the embedded metadata store of a single-node installation: WAL mode, one
+//! writer connection, a small pool of readers, migrations embedded in the binary. Its
+//! embedded time-series store is `fjall` (an LSM tree: several times SQLite's write
+//! rate); `migrate` imports an older SQLite time-series file into it. Every backend
+//! passes the conformance suites of `tp_core::testing`.
 //!
 //! [`open_metadata`], [`open_timeseries`] and [`open_cache`] build a backend from a
 //! URL, which is what configuration files carry; [`open_access`] builds the metadata
@@ -62,7 +66,11 @@
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod access_common;
+#[cfg(feature = "fjall")]
+pub mod fjall;
 pub mod memory;
+#[cfg(all(feature = "sqlite", feature = "fjall"))]
+pub mod migrate;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -219,14 +227,24 @@ pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, 
 }
 
 /// Opens the time-series store a URL names; accepts the same URLs as [`open_metadata`],
-/// and with the `tdengine` feature `taos+ws://..` / `taos+wss://..` (see
-/// `tdengine::parse_url`).
+/// with the `fjall` feature `fjall://<dir>` / `fjall::memory:` (see
+/// `fjall::parse_url`), and with the `tdengine` feature `taos+ws://..` /
+/// `taos+wss://..` (see `tdengine::parse_url`).
 ///
 /// # Errors
 /// [`Error::Invalid`] (field `storage.timeseries`) for an unsupported or malformed URL;
 /// backend errors when the store cannot be opened.
 pub async fn open_timeseries(url: &str) -> Result<TimeSeriesStoreRef> {
     const FIELD: &str = "storage.timeseries";
+    if url.trim().starts_with("fjall:") {
+        #[cfg(feature = "fjall")]
+        {
+            let (target, options) = fjall::parse_url(url, FIELD)?;
+            return Ok(Arc::new(fjall::open(target, options).await?));
+        }
+        #[cfg(not(feature = "fjall"))]
+        return Err(not_enabled(FIELD, url, "fjall"));
+    }
     if is_tdengine(url) {
         #[cfg(feature = "tdengine")]
         {

@@ -174,6 +174,78 @@ mod sqlite_url_shared_file {
     tp_core::timeseries_conformance!(shared());
 }
 
+/// The embedded engine on a directory that is removed when the test ends.
+async fn fjall_ts_dir() -> Option<Held<dyn tp_core::TimeSeriesStore>> {
+    let db = TempDb::new();
+    let store: TimeSeriesStoreRef = Arc::new(
+        tp_storage::fjall::FjallTimeSeriesStore::open(
+            &db.dir.path().join("ts"),
+            tp_storage::fjall::FjallOptions::default(),
+        )
+        .await
+        .expect("open"),
+    );
+    Some(Held {
+        store,
+        _dir: Some(db),
+    })
+}
+
+mod fjall_file_timeseries {
+    tp_core::timeseries_conformance!(super::fjall_ts_dir());
+}
+
+/// "Memory" mode: fjall's temporary mode, a fresh directory removed on drop.
+mod fjall_memory_timeseries {
+    use super::*;
+    tp_core::timeseries_conformance!(async {
+        let store: TimeSeriesStoreRef = tp_storage::open_timeseries("fjall::memory:")
+            .await
+            .expect("open");
+        Some(store)
+    });
+}
+
+/// Small partitions (10 s): queries, deletes and aggregates cross partition borders.
+mod fjall_small_partitions_timeseries {
+    use super::*;
+    tp_core::timeseries_conformance!(async {
+        let db = TempDb::new();
+        let url = format!(
+            "fjall://{}?partition_ms=10000&fsync=true",
+            db.dir.path().join("ts").display()
+        );
+        let store = tp_storage::open_timeseries(&url).await.expect("open");
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    });
+}
+
+/// All cases at once on one store (one database directory), as the node uses it.
+mod fjall_one_shared_store {
+    use super::*;
+
+    static SHARED: tokio::sync::OnceCell<(tempfile::TempDir, TimeSeriesStoreRef)> =
+        tokio::sync::OnceCell::const_new();
+
+    tp_core::timeseries_conformance!(async {
+        let (_, store) = SHARED
+            .get_or_init(|| async {
+                let dir = tempfile::Builder::new()
+                    .prefix("tp-storage-fjall-shared")
+                    .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                    .expect("tempdir");
+                let url = format!("fjall://{}", dir.path().join("ts").display());
+                let store = tp_storage::open_timeseries(&url).await.expect("open");
+                (dir, store)
+            })
+            .await;
+        Some(store.clone())
+    });
+}
+
 mod memory_cache {
     use super::*;
     tp_core::cache_conformance!(async {

@@ -145,6 +145,84 @@ impl SqliteTimeSeriesStore {
     }
 }
 
+/// Reading a whole store back, in chunks, for `crate::migrate`.
+#[cfg(feature = "fjall")]
+impl SqliteTimeSeriesStore {
+    /// Whether any history row or event is stored.
+    pub(crate) async fn has_data(&self) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM ts_kv) OR EXISTS (SELECT 1 FROM ts_events)",
+        )
+        .fetch_one(&self.pools.reader)
+        .await
+        .map_err(db)
+    }
+
+    /// Every series as `(series_id, device, key)`, ids ascending.
+    pub(crate) async fn export_series(&self) -> Result<Vec<(i64, DeviceId, String)>> {
+        let rows: Vec<(i64, Vec<u8>, String)> =
+            sqlx::query_as("SELECT series_id, device_id, key FROM ts_series ORDER BY series_id")
+                .fetch_all(&self.pools.reader)
+                .await
+                .map_err(db)?;
+        rows.into_iter()
+            .map(|(id, device, key)| {
+                let device = uuid::Uuid::from_slice(&device)
+                    .map_err(|e| SqliteError::decode("device_id", e))?;
+                Ok((id, DeviceId(device), key))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` history rows of a series after `after` (exclusive), ts ascending.
+    pub(crate) async fn export_points(
+        &self,
+        series_id: i64,
+        after: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(Timestamp, Value)>> {
+        let rows = sqlx::query(
+            "SELECT ts, vtype, v FROM ts_kv WHERE series_id = ? AND ts > ? \
+             ORDER BY ts LIMIT ?",
+        )
+        .bind(series_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("ts").map_err(db)?, decode_value(r)?)))
+            .collect()
+    }
+
+    /// Up to `limit` events with a rowid above `after`, in rowid (insertion) order.
+    pub(crate) async fn export_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, DeviceEvent)>> {
+        let rows = sqlx::query(
+            "SELECT rowid, device_id, ts, message_id, method, params FROM ts_events \
+             WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pools.reader)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let device: Vec<u8> = r.try_get("device_id").map_err(db)?;
+                let device = uuid::Uuid::from_slice(&device)
+                    .map_err(|e| SqliteError::decode("device_id", e))?;
+                let rowid: i64 = r.try_get("rowid").map_err(db)?;
+                Ok((rowid, event_from_row(r, DeviceId(device))?))
+            })
+            .collect()
+    }
+}
+
 fn device_blob(d: DeviceId) -> [u8; 16] {
     *d.0.as_bytes()
 }
