@@ -157,7 +157,7 @@ pub(crate) struct AlarmQuery {
     /// Only this rule's alarms.
     rule_id: Option<Uuid>,
     /// Comma-separated states (`active,acknowledged`); default all.
-    #[param(value_type = Option<Vec<AlarmStatus>>, style = Form, explode = false)]
+    #[param(value_type = Option<Vec<AlarmStatus>>, style = Form, explode = false, min_items = 1)]
     status: Option<String>,
     /// Only this severity.
     #[param(value_type = Option<super::names::SeverityName>, inline)]
