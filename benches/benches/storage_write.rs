@@ -12,6 +12,8 @@
 //! history plus latest values, in one transaction. A second group, `.../1k_devices`,
 //! writes the batching writer's default 5 000-point batches over 1 000 devices x 10
 //! keys (the ingest target: nearly every point of a batch is a distinct series).
+//! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
+//! 10 keys (10,000 series, one point each per batch).
 //! Criterion reports the throughput in elements/s = points/s.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -92,6 +94,16 @@ fn postgres(c: &mut Criterion) {
         ))
         .unwrap();
     run(c, &rt, "storage_write/postgres", &store, 100, &BATCHES);
+    // The target shape: 10,000 series (1,000 devices x 10 keys), 10,000-point
+    // batches, so every point of a batch is a distinct series.
+    run(
+        c,
+        &rt,
+        "storage_write/postgres/10k_series",
+        &store,
+        1_000,
+        &[10_000],
+    );
     let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
     rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
         .unwrap();
