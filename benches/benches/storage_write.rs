@@ -13,7 +13,9 @@
 //! writes the batching writer's default 5 000-point batches over 1 000 devices x 10
 //! keys (the ingest target: nearly every point of a batch is a distinct series).
 //! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
-//! 10 keys (10,000 series, one point each per batch).
+//! 10 keys (10,000 series, one point each per batch), and every PostgreSQL group
+//! twice: `storage_write/postgres/..` (the default binary `COPY` path) and
+//! `storage_write/postgres_insert/..` (`write_method=insert`, the `UNNEST` path).
 //! Criterion reports the throughput in elements/s = points/s.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -86,27 +88,41 @@ fn postgres(c: &mut Criterion) {
         return;
     };
     let rt = Runtime::new().unwrap();
-    let schema = format!("tp_bench_{}", uuid::Uuid::new_v4().simple());
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store = rt
-        .block_on(tp_storage::postgres::PostgresTimeSeriesStore::connect(
-            &format!("{url}{sep}schema={schema}"),
-        ))
-        .unwrap();
-    run(c, &rt, "storage_write/postgres", &store, 100, &BATCHES);
-    // The target shape: 10,000 series (1,000 devices x 10 keys), 10,000-point
-    // batches, so every point of a batch is a distinct series.
-    run(
-        c,
-        &rt,
-        "storage_write/postgres/10k_series",
-        &store,
-        1_000,
-        &[10_000],
-    );
-    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-    rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
-        .unwrap();
+    // The default write path (binary COPY + merge), then the previous one (UNNEST
+    // arrays, `write_method=insert`) for comparison, each in a fresh schema.
+    for (group, params) in [
+        ("postgres", ""),
+        ("postgres_insert", "&write_method=insert"),
+    ] {
+        let schema = format!("tp_bench_{}", uuid::Uuid::new_v4().simple());
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = rt
+            .block_on(tp_storage::postgres::PostgresTimeSeriesStore::connect(
+                &format!("{url}{sep}schema={schema}{params}"),
+            ))
+            .unwrap();
+        run(
+            c,
+            &rt,
+            &format!("storage_write/{group}"),
+            &store,
+            100,
+            &BATCHES,
+        );
+        // The target shape: 10,000 series (1,000 devices x 10 keys),
+        // 10,000-point batches, so every point of a batch is a distinct series.
+        run(
+            c,
+            &rt,
+            &format!("storage_write/{group}/10k_series"),
+            &store,
+            1_000,
+            &[10_000],
+        );
+        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+        rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
+            .unwrap();
+    }
 }
 
 criterion_group!(benches, sqlite, postgres);
