@@ -82,6 +82,7 @@ const OWN_PARAMS: &[&str] = &[
     "compress_after_ms",
     "retention_ms",
     "write_method",
+    "copy_min_rows",
 ];
 
 fn invalid_url(reason: impl Into<String>) -> Error {

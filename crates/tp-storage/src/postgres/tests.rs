@@ -101,6 +101,11 @@ mod timeseries {
     tp_core::timeseries_conformance!(super::timeseries_store());
 }
 
+/// Every batch through binary `COPY` (the default stages small ones with `UNNEST`).
+mod timeseries_copy {
+    tp_core::timeseries_conformance!(super::timeseries_store_with("&copy_min_rows=0"));
+}
+
 /// The `UNNEST` write path passes the same suite as the default `COPY` one.
 mod timeseries_insert {
     tp_core::timeseries_conformance!(super::timeseries_store_with("&write_method=insert"));
@@ -618,16 +623,18 @@ async fn dump(
     out
 }
 
-/// The `COPY` path stores exactly what the `INSERT` path stores, batch after batch,
-/// and writing everything again (a replay) changes nothing.
+/// The `COPY` path stores exactly what the `INSERT` path (and the default, which
+/// stages small batches with `UNNEST`) stores, batch after batch, and writing
+/// everything again (a replay) changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_and_insert_store_the_same_rows() {
-    let Some(copy) = timeseries_store().await else {
+    let Some(copy) = timeseries_store_with("&copy_min_rows=0").await else {
         return;
     };
     let insert = timeseries_store_with("&write_method=insert")
         .await
         .expect("second schema");
+    let staged = timeseries_store().await.expect("third schema");
     let devices: Vec<tp_core::DeviceId> = (0..7).map(|_| tp_core::DeviceId::new()).collect();
     let batches = mixed_batches(&devices);
     assert!(
@@ -647,7 +654,7 @@ async fn copy_and_insert_store_the_same_rows() {
             params: serde_json::json!({"i": i, "text": "é \"q\""}),
         })
         .collect();
-    for store in [&*copy, &*insert] {
+    for store in [&*copy, &*insert, &*staged] {
         for b in &batches {
             store.write(b).await.expect("write");
         }
@@ -655,6 +662,11 @@ async fn copy_and_insert_store_the_same_rows() {
     }
     let first = dump(&copy, &devices).await;
     assert_eq!(first, dump(&insert, &devices).await, "same rows both ways");
+    assert_eq!(
+        first,
+        dump(&staged, &devices).await,
+        "same rows staged by UNNEST"
+    );
     assert!(first.iter().map(|(h, ..)| h.len()).sum::<usize>() > 1_000);
 
     // Last write wins inside a batch: the value of the last occurrence is stored.

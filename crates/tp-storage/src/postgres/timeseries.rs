@@ -26,7 +26,7 @@ const ROWS_PER_STATEMENT: usize = 10_000;
 /// Options of [`PostgresTimeSeriesStore`]; each can also be set by a URL query
 /// parameter of the same name (`partition_ms`, `timescale=auto|off`,
 /// `compress_after_ms` (`0` = off), `retention_ms` (`0` = off),
-/// `write_method=copy|insert`).
+/// `write_method=copy|insert`, `copy_min_rows`).
 ///
 /// The layout options take effect when the store first creates `ts_kv` in a schema;
 /// later connections use the layout and partition width recorded then.
@@ -45,6 +45,13 @@ pub struct PgTsOptions {
     pub retention_ms: Option<i64>,
     /// How a batch of points reaches the tables. Default: [`WriteMethod::Copy`].
     pub write_method: WriteMethod,
+    /// [`WriteMethod::Copy`] only: batches with fewer (deduplicated) points fill the
+    /// staging table with one `INSERT .. SELECT FROM UNNEST` instead of `COPY`.
+    /// `COPY` sends its data and its end as two writes, and sqlx 0.9.0 leaves
+    /// Nagle's algorithm on (sqlx issue #4335, fixed after 0.9.0), so the end waits
+    /// for the server's delayed ACK, ~40 ms on Linux: a constant that only large
+    /// batches amortize. Default: 4,000. `0` = always `COPY`.
+    pub copy_min_rows: usize,
 }
 
 /// How [`PostgresTimeSeriesStore`] writes a batch (URL: `write_method=copy|insert`).
@@ -70,9 +77,13 @@ impl Default for PgTsOptions {
             compress_after_ms: Some(7 * DAY_MS),
             retention_ms: None,
             write_method: WriteMethod::Copy,
+            copy_min_rows: DEFAULT_COPY_MIN_ROWS,
         }
     }
 }
+
+/// Default of [`PgTsOptions::copy_min_rows`].
+const DEFAULT_COPY_MIN_ROWS: usize = 4_000;
 
 impl PgTsOptions {
     /// Applies the URL query parameters the module parsed.
@@ -88,6 +99,11 @@ impl PgTsOptions {
                 "partition_ms" => self.partition_ms = ms(k, v)?,
                 "compress_after_ms" => self.compress_after_ms = Some(ms(k, v)?).filter(|n| *n > 0),
                 "retention_ms" => self.retention_ms = Some(ms(k, v)?).filter(|n| *n > 0),
+                "copy_min_rows" => {
+                    self.copy_min_rows = v
+                        .parse()
+                        .map_err(|_| invalid_url("copy_min_rows must be a non-negative integer"))?;
+                }
                 "write_method" => {
                     self.write_method = match v.as_str() {
                         "copy" => WriteMethod::Copy,
@@ -155,6 +171,7 @@ pub struct PostgresTimeSeriesStore {
     /// Partition indexes `k` known to exist (partitioned layout only).
     partitions: Mutex<HashSet<i64>>,
     write_method: WriteMethod,
+    copy_min_rows: usize,
 }
 
 /// Serializes DDL on this schema's `ts_kv` across processes.
@@ -197,6 +214,7 @@ impl PostgresTimeSeriesStore {
             ext_schema,
             partitions: Mutex::new(HashSet::new()),
             write_method: options.write_method,
+            copy_min_rows: options.copy_min_rows,
         })
     }
 
@@ -327,16 +345,35 @@ impl PostgresTimeSeriesStore {
 
     /// [`WriteMethod::Copy`]: `points` deduplicated and sorted ([`dedupe`]).
     async fn write_copy(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
-        let payload = stage_payload(points);
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(CREATE_STAGE_SQL).execute(&mut *tx).await?;
-        let mut copy = tx.copy_in_raw(COPY_STAGE_SQL).await?;
-        if let Err(e) = copy.send(payload).await {
-            // The connection may be unusable; the transaction is rolled back on drop.
-            let _ = copy.abort("send failed").await;
-            return Err(e);
+        if points.len() >= self.copy_min_rows {
+            let payload = stage_payload(points);
+            let mut copy = tx.copy_in_raw(COPY_STAGE_SQL).await?;
+            if let Err(e) = copy.send(payload).await {
+                // The connection may be unusable; the transaction is rolled back on drop.
+                let _ = copy.abort("send failed").await;
+                return Err(e);
+            }
+            copy.finish().await?;
+        } else {
+            // Small batches: one message instead of COPY's data-then-done pair, which
+            // waits for the server's delayed ACK (~40 ms) on a connection without
+            // TCP_NODELAY (see `PgTsOptions::copy_min_rows`).
+            let cols = Columns::of(points.iter().copied());
+            let newest: Vec<bool> = (0..points.len()).map(|i| is_newest(points, i)).collect();
+            sqlx::query(STAGE_UNNEST_SQL)
+                .bind(cols.device)
+                .bind(cols.key)
+                .bind(cols.ts)
+                .bind(cols.values.tag)
+                .bind(cols.values.int)
+                .bind(cols.values.real)
+                .bind(cols.values.text)
+                .bind(newest)
+                .execute(&mut *tx)
+                .await?;
         }
-        copy.finish().await?;
         // New points are the rule and an upsert costs a third more than a plain
         // insert, so try the plain one; a point already stored (a replay, a device
         // resending) rolls it back and the batch merges instead.
@@ -423,6 +460,12 @@ const CREATE_STAGE_SQL: &str = "DO $$ BEGIN \
      v_text text, newest boolean NOT NULL) ON COMMIT DELETE ROWS; \
      END IF; END $$";
 
+/// The staging rows as `UNNEST` arrays (small batches).
+const STAGE_UNNEST_SQL: &str = "INSERT INTO tp_stage_kv \
+     (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
+     $5::bigint[], $6::float8[], $7::text[], $8::bool[])";
+
 const COPY_STAGE_SQL: &str = "COPY tp_stage_kv (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
      FROM STDIN (FORMAT binary)";
 
@@ -459,6 +502,15 @@ const INSERT_LATEST_SQL: &str = "INSERT INTO ts_latest (device_id, key, ts, vtyp
      vtype = excluded.vtype, v_int = excluded.v_int, v_real = excluded.v_real, \
      v_text = excluded.v_text WHERE excluded.ts >= ts_latest.ts";
 
+/// Whether row `i` of a deduplicated batch sorted by `(device, key, ts)` is the
+/// newest of its series (the last of its `(device, key)` run).
+fn is_newest(sorted: &[&TelemetryPoint], i: usize) -> bool {
+    let p = sorted[i];
+    sorted
+        .get(i + 1)
+        .is_none_or(|n| n.device_id != p.device_id || n.key != p.key)
+}
+
 /// Series in a deduplicated batch sorted by `(device, key, ts)`.
 fn newest_count(sorted: &[&TelemetryPoint]) -> usize {
     sorted
@@ -474,9 +526,7 @@ fn stage_payload(sorted: &[&TelemetryPoint]) -> Vec<u8> {
     // ~90 bytes a row for a float point with a short key.
     let mut c = CopyBuffer::new(8, 64 + sorted.len() * 96);
     for (i, p) in sorted.iter().enumerate() {
-        let newest = sorted
-            .get(i + 1)
-            .is_none_or(|n| n.device_id != p.device_id || n.key != p.key);
+        let newest = is_newest(sorted, i);
         // Same columns and tags as `ValueArrays::push`.
         let (int, real, text): (Option<i64>, Option<f64>, Option<std::borrow::Cow<'_, str>>) =
             match &p.value {
@@ -1159,6 +1209,7 @@ mod unit_tests {
                 compress_after_ms: None,
                 retention_ms: Some(DAY_MS),
                 write_method: WriteMethod::Copy,
+                copy_min_rows: DEFAULT_COPY_MIN_ROWS,
             }
         );
         let o = PgTsOptions::default()
@@ -1170,6 +1221,7 @@ mod unit_tests {
             ("partition_ms", "x"),
             ("timescale", "maybe"),
             ("write_method", "bulk"),
+            ("copy_min_rows", "-1"),
             ("retention_ms", "-1"),
         ] {
             assert!(
