@@ -14,8 +14,10 @@
 //! keys (the ingest target: nearly every point of a batch is a distinct series).
 //! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
 //! 10 keys (10,000 series, one point each per batch), and every PostgreSQL group
-//! twice: `storage_write/postgres/..` (the default binary `COPY` path) and
-//! `storage_write/postgres_insert/..` (`write_method=insert`, the `UNNEST` path).
+//! three times: `storage_write/postgres/..` (the default: binary `COPY` staging from
+//! 4,000 points, `UNNEST` staging below), `storage_write/postgres_copy_always/..`
+//! (`copy_min_rows=0`) and `storage_write/postgres_insert/..` (`write_method=insert`,
+//! the previous `UNNEST` upsert path).
 //! Criterion reports the throughput in elements/s = points/s.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -88,8 +90,8 @@ fn postgres(c: &mut Criterion) {
         return;
     };
     let rt = Runtime::new().unwrap();
-    // The default write path (binary COPY + merge), then the previous one (UNNEST
-    // arrays, `write_method=insert`) for comparison, each in a fresh schema.
+    // The default write path, COPY for every batch, and the previous path (UNNEST
+    // upserts, `write_method=insert`) for comparison, each in a fresh schema.
     for (group, params) in [
         ("postgres", ""),
         ("postgres_insert", "&write_method=insert"),

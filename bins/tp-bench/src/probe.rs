@@ -60,7 +60,11 @@ pub(crate) struct Sampler {
 impl Sampler {
     /// Offers one sent message; cheap when it is not picked.
     pub(crate) fn offer(&self, device: usize, ts: i64, at: Instant) {
-        if self.seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.every) {
+        if self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.every)
+        {
             let _ = self.tx.send(Sample { device, ts, at });
         }
     }
