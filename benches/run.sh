@@ -14,6 +14,8 @@
 #                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
 # Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# LATENCY_SAMPLES (ingest: publish-to-stored samples to aim for, default 1200),
+# NODE_BIN (run this node binary instead of the one just built, e.g. an older build for a before/after),
 # PIN=1: the node (and the comparison broker) on CPU 0, tp-bench on CPU 1 (taskset), so the
 # load generator does not steal the server's core on a 2-core machine.
 set -euo pipefail
@@ -26,19 +28,25 @@ export TP_ADMIN_EMAIL=bench@example.com TP_ADMIN_PASSWORD=bench-password-123
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p thingspanel -p tp-bench
-bench=target/release/tp-bench
+# Private copies: with a shared CARGO_TARGET_DIR another build may replace the
+# binaries while a run is using them.
+target=${CARGO_TARGET_DIR:-target}
+bin=$(mktemp -d /tmp/tp-bench-bin.XXXX)
+cp "$target/release/thingspanel" "$target/release/tp-bench" "$bin/"
+bench=$bin/tp-bench
+node_bin=${NODE_BIN:-$bin/thingspanel}
 server_cpu="" bench_cpu=""
 if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1; then
   server_cpu="taskset -c 0" bench_cpu="taskset -c 1"
 fi
 data=$(mktemp -d /tmp/tp-bench-data.XXXX)
-node_cmd="$server_cpu target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
+node_cmd="$server_cpu $node_bin --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
 echo "+ $node_cmd"
 RUST_LOG=warn $node_cmd > "$data/node.log" 2>&1 &
 node=$!
 # SIGTERM drains (stores every acknowledged message) before the node exits: wait for
 # it, so the next run does not find the ports still taken.
-trap 'pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
+trap 'pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data" "$bin"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
 kill -0 $node 2>/dev/null || { echo "the node did not start:" >&2; cat "$data/node.log" >&2; exit 1; }
 api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_ADMIN_PASSWORD"
@@ -52,7 +60,8 @@ run() { # name, args...
 case "$scenario" in
   ingest)
     run ingest ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 10 \
-      --rate "${RATE:-20000}" --qos 1 --duration "$DURATION" --server-pid $node ;;
+      --rate "${RATE:-20000}" --qos 1 --duration "$DURATION" --server-pid $node \
+      --latency-samples "${LATENCY_SAMPLES:-1200}" ;;
   small)
     run small-platform ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 1 \
       --rate "${RATE:-50000}" --qos 1 --duration "$DURATION" --server-pid $node
@@ -63,7 +72,7 @@ case "$scenario" in
     # More source ports for the load generator; the system's range is put back on exit.
     ports_before=$(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ' || true)
     if [ -n "$ports_before" ] && sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null; then
-      trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
+      trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data" "$bin"' EXIT
     fi
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
       --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node
