@@ -94,6 +94,7 @@ fn postgres(c: &mut Criterion) {
     // upserts, `write_method=insert`) for comparison, each in a fresh schema.
     for (group, params) in [
         ("postgres", ""),
+        ("postgres_copy_always", "&copy_min_rows=0"),
         ("postgres_insert", "&write_method=insert"),
     ] {
         let schema = format!("tp_bench_{}", uuid::Uuid::new_v4().simple());
