@@ -15,7 +15,8 @@
 #
 # Knobs: RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
 # LATENCY_SAMPLES (ingest: publish-to-stored samples to aim for, default 1200),
-# NODE_BIN (run this node binary instead of the one just built, e.g. an older build for a before/after),
+# NODE_BIN, BENCH_BIN (run these binaries instead of the ones just built: an older node for a
+# before/after, or copies checked to be this checkout's on a shared target dir),
 # PIN=1: the node (and the comparison broker) on CPU 0, tp-bench on CPU 1 (taskset), so the
 # load generator does not steal the server's core on a 2-core machine.
 set -euo pipefail
@@ -28,12 +29,14 @@ export TP_ADMIN_EMAIL=bench@example.com TP_ADMIN_PASSWORD=bench-password-123
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p thingspanel -p tp-bench
-# Private copies: with a shared CARGO_TARGET_DIR another build may replace the
-# binaries while a run is using them.
+# Private copies, taken right after the build: with a shared CARGO_TARGET_DIR,
+# target/release/<name> is re-linked by every checkout's build (fresh or not), so
+# it can be another checkout's binary a moment later. On a busy shared target dir,
+# build, check and copy the binaries yourself and pass NODE_BIN and BENCH_BIN.
 target=${CARGO_TARGET_DIR:-target}
 bin=$(mktemp -d /tmp/tp-bench-bin.XXXX)
 cp "$target/release/thingspanel" "$target/release/tp-bench" "$bin/"
-bench=$bin/tp-bench
+bench=${BENCH_BIN:-$bin/tp-bench}
 node_bin=${NODE_BIN:-$bin/thingspanel}
 server_cpu="" bench_cpu=""
 if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1; then
