@@ -15,7 +15,7 @@
 //! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
 //! 10 keys (10,000 series, one point each per batch), and every PostgreSQL group
 //! three times: `storage_write/postgres/..` (the default: binary `COPY` staging from
-//! 4,000 points, `UNNEST` staging below), `storage_write/postgres_copy_always/..`
+//! 2,000 points, `UNNEST` staging below), `storage_write/postgres_copy_always/..`
 //! (`copy_min_rows=0`) and `storage_write/postgres_insert/..` (`write_method=insert`,
 //! the previous `UNNEST` upsert path).
 //! Criterion reports the throughput in elements/s = points/s.
