@@ -14,7 +14,10 @@
 #                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
 # Knobs: STORE=postgres (metadata and time series on the local PostgreSQL, a fresh schema;
-# default the embedded SQLite), RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# default the embedded stores), RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# LATENCY_SAMPLES (ingest: publish-to-stored samples to aim for, default 1200),
+# NODE_BIN, BENCH_BIN (run these binaries instead of the ones just built: an older node for a
+# before/after, or copies checked to be this checkout's on a shared target dir),
 # PIN=1: the node (and the comparison broker) on CPU 0, tp-bench on CPU 1 (taskset), so the
 # load generator does not steal the server's core on a 2-core machine.
 set -euo pipefail
@@ -27,7 +30,15 @@ export TP_ADMIN_EMAIL=bench@example.com TP_ADMIN_PASSWORD=bench-password-123
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p thingspanel -p tp-bench
-bench=target/release/tp-bench
+# Private copies, taken right after the build: with a shared CARGO_TARGET_DIR,
+# target/release/<name> is re-linked by every checkout's build (fresh or not), so
+# it can be another checkout's binary a moment later. On a busy shared target dir,
+# build, check and copy the binaries yourself and pass NODE_BIN and BENCH_BIN.
+target=${CARGO_TARGET_DIR:-target}
+bin=$(mktemp -d /tmp/tp-bench-bin.XXXX)
+cp "$target/release/thingspanel" "$target/release/tp-bench" "$bin/"
+bench=${BENCH_BIN:-$bin/tp-bench}
+node_bin=${NODE_BIN:-$bin/thingspanel}
 server_cpu="" bench_cpu=""
 if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null 2>&1; then
   server_cpu="taskset -c 0" bench_cpu="taskset -c 1"
@@ -40,13 +51,13 @@ if [ "${STORE:-sqlite}" = postgres ]; then
   export TP_STORAGE__METADATA="${pg}schema=tp_bench_$(date +%s)"
   export TP_STORAGE__TIMESERIES=$TP_STORAGE__METADATA
 fi
-node_cmd="$server_cpu target/release/thingspanel --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
+node_cmd="$server_cpu $node_bin --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
 echo "+ $node_cmd"
 RUST_LOG=warn,tp_broker::ingest=info $node_cmd > "$data/node.log" 2>&1 &
 node=$!
 # SIGTERM drains (stores every acknowledged message) before the node exits: wait for
 # it, so the next run does not find the ports still taken.
-trap 'pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
+trap 'pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data" "$bin"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
 kill -0 $node 2>/dev/null || { echo "the node did not start:" >&2; cat "$data/node.log" >&2; exit 1; }
 api="--api http://127.0.0.1:$HTTP_PORT --email $TP_ADMIN_EMAIL --password $TP_ADMIN_PASSWORD"
@@ -60,7 +71,8 @@ run() { # name, args...
 case "$scenario" in
   ingest)
     run ingest ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 10 \
-      --rate "${RATE:-20000}" --qos 1 --duration "$DURATION" --server-pid $node ;;
+      --rate "${RATE:-20000}" --qos 1 --duration "$DURATION" --server-pid $node \
+      --latency-samples "${LATENCY_SAMPLES:-1200}" ;;
   small)
     run small-platform ingest $api --mqtt 127.0.0.1:$MQTT_PORT --devices "${DEVICES:-1000}" --points 1 \
       --rate "${RATE:-50000}" --qos 1 --duration "$DURATION" --server-pid $node
@@ -71,7 +83,7 @@ case "$scenario" in
     # More source ports for the load generator; the system's range is put back on exit.
     ports_before=$(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ' || true)
     if [ -n "$ports_before" ] && sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null; then
-      trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data"' EXIT
+      trap 'sysctl -qw net.ipv4.ip_local_port_range="$ports_before"; pkill -f -- "--data-dir $data" 2>/dev/null; for _ in $(seq 300); do pgrep -f -- "--data-dir $data" >/dev/null || break; sleep 0.1; done; rm -rf "$data" "$bin"' EXIT
     fi
     run connections connections $api --port "$MQTT_PORT" --connections "${CONNS:-100000}" \
       --addresses 8 --connect-rate "${CONNECT_RATE:-5000}" --hold 10 --server-pid $node

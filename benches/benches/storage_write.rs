@@ -13,6 +13,12 @@
 //! history plus latest values, in one transaction. A second group, `.../1k_devices`,
 //! writes the batching writer's default 5 000-point batches over 1 000 devices x 10
 //! keys (the ingest target: nearly every point of a batch is a distinct series).
+//! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
+//! 10 keys (10,000 series, one point each per batch), and every PostgreSQL group
+//! three times: `storage_write/postgres/..` (the default: binary `COPY` staging from
+//! 2,000 points, `UNNEST` staging below), `storage_write/postgres_copy_always/..`
+//! (`copy_min_rows=0`) and `storage_write/postgres_insert/..` (`write_method=insert`,
+//! the previous `UNNEST` upsert path).
 //! Criterion reports the throughput in elements/s = points/s. The `.../10k_series`
 //! groups write 10,000-point batches over 10,000 series (1,000 devices x 10 keys, one
 //! point per series per batch), the issue-19 target.
@@ -238,17 +244,42 @@ fn postgres(c: &mut Criterion) {
         return;
     };
     let rt = Runtime::new().unwrap();
-    let schema = format!("tp_bench_{}", uuid::Uuid::new_v4().simple());
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store = rt
-        .block_on(tp_storage::postgres::PostgresTimeSeriesStore::connect(
-            &format!("{url}{sep}schema={schema}"),
-        ))
-        .unwrap();
-    run(c, &rt, "storage_write/postgres", &store, 100, &BATCHES);
-    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-    rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
-        .unwrap();
+    // The default write path, COPY for every batch, and the previous path (UNNEST
+    // upserts, `write_method=insert`) for comparison, each in a fresh schema.
+    for (group, params) in [
+        ("postgres", ""),
+        ("postgres_copy_always", "&copy_min_rows=0"),
+        ("postgres_insert", "&write_method=insert"),
+    ] {
+        let schema = format!("tp_bench_{}", uuid::Uuid::new_v4().simple());
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = rt
+            .block_on(tp_storage::postgres::PostgresTimeSeriesStore::connect(
+                &format!("{url}{sep}schema={schema}{params}"),
+            ))
+            .unwrap();
+        run(
+            c,
+            &rt,
+            &format!("storage_write/{group}"),
+            &store,
+            100,
+            &BATCHES,
+        );
+        // The issue's target shape: 10,000 series (1,000 devices x 10 keys),
+        // 10,000-point batches, so every point of a batch is a distinct series.
+        run(
+            c,
+            &rt,
+            &format!("storage_write/{group}/10k_series"),
+            &store,
+            1_000,
+            &[10_000],
+        );
+        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+        rt.block_on(sqlx::query(sqlx::AssertSqlSafe(drop_schema)).execute(store.pool()))
+            .unwrap();
+    }
 }
 
 criterion_group!(benches, fjall, sqlite, postgres, bytes_per_point);

@@ -2,7 +2,7 @@
 //! histograms, progress display and the result report.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -324,8 +324,6 @@ impl Report {
 pub(crate) fn sleep_until(deadline: Instant) -> tokio::time::Sleep {
     tokio::time::sleep(deadline.saturating_duration_since(Instant::now()))
 }
-
-pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 /// Sums the samples of metric `name` (any labels) in a Prometheus text exposition.
 pub(crate) fn sum_metric(text: &str, name: &str) -> Option<f64> {

@@ -60,6 +60,7 @@ pub(crate) async fn crash(
             offset: period.mul_f64(i as f64 / devices.len() as f64),
             stop: stop.clone(),
             counters: counters.clone(),
+            probe: None,
         };
         let points = load.points;
         tokio::spawn(publish_loop(

@@ -105,6 +105,9 @@ pub(crate) struct Schedule {
     pub(crate) offset: Duration,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<Counters>,
+    /// Offers each sent message to the publish-to-stored prober, as the device
+    /// with this index (`None`: no latency sampling).
+    pub(crate) probe: Option<(usize, Arc<crate::probe::Sampler>)>,
 }
 
 /// Publishes `make_payload(seq)` on `topic` by `schedule` until it is stopped; a
@@ -122,6 +125,7 @@ pub(crate) async fn publish_loop(
         offset,
         stop,
         counters,
+        probe,
     } = schedule;
     tokio::time::sleep(offset).await;
     let mut ticker = tokio::time::interval(period);
@@ -129,6 +133,7 @@ pub(crate) async fn publish_loop(
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
+        let built = Instant::now();
         let payload = make_payload(&client, seq);
         let this_topic = if topic.contains("{seq}") {
             topic.replace("{seq}", &seq.to_string())
@@ -146,6 +151,9 @@ pub(crate) async fn publish_loop(
             continue;
         }
         counters.sent.fetch_add(1, Ordering::Relaxed);
+        if let Some((device, sampler)) = &probe {
+            sampler.offer(*device, client.last_ts.load(Ordering::Relaxed), built);
+        }
         if qos == QoS::AtMostOnce {
             counters.acked.fetch_add(1, Ordering::Relaxed);
         }

@@ -10,6 +10,7 @@ mod common;
 mod conns;
 mod crash;
 mod load;
+mod probe;
 mod scenarios;
 mod soak;
 

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::common::{
-    Api, BenchDevice, Latency, POLL, Report, ServerProbe, now_ms, now_us, progress, sleep_until,
+    Api, BenchDevice, Latency, Report, ServerProbe, now_ms, now_us, progress, sleep_until,
 };
 use crate::load::{
     Client, ConnectSpec, Counters, Schedule, connect, publish_loop, qos, wait_acked,
@@ -44,6 +44,10 @@ pub(crate) struct LoadOpts {
     /// PID of the server process, to report its RSS and CPU.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// Publish-to-stored latency samples to aim for (ingest): every
+    /// `rate x duration / latency_samples`-th message is timed until it is stored.
+    #[arg(long, default_value_t = 1_200)]
+    pub(crate) latency_samples: u64,
 }
 
 /// Credentials of the platform's REST API.
@@ -153,6 +157,9 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
     let written_before = api.metric(WRITTEN).await.ok().flatten();
     let stop = Arc::new(AtomicBool::new(false));
     let period = Duration::from_secs_f64(load.devices as f64 / load.rate.max(1) as f64);
+    // Publish-to-stored latency of a sample of the messages (see `probe`).
+    let every = crate::probe::stride(load.rate * load.duration, load.latency_samples);
+    let (sampler, prober) = crate::probe::start(api.clone(), Arc::new(devices.clone()), every);
     let t_start = now_ms();
     for (i, client) in clients.iter().enumerate() {
         let schedule = Schedule {
@@ -161,6 +168,7 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
             offset: period.mul_f64(i as f64 / clients.len() as f64),
             stop: stop.clone(),
             counters: counters.clone(),
+            probe: Some((i, sampler.clone())),
         };
         let points = load.points;
         tokio::spawn(publish_loop(
@@ -176,36 +184,8 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
         ));
     }
 
-    // Latency probe: time from a publish until the API shows it as the latest value.
-    let latency = Arc::new(Latency::new());
-    let probe_task = {
-        let (api, clients, devices, latency, stop) = (
-            api.clone(),
-            clients.clone(),
-            devices.clone(),
-            latency.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i = (i + 7) % clients.len();
-                let sent = clients[i].last_ts.load(Ordering::Relaxed);
-                if sent > 0 {
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while Instant::now() < deadline {
-                        if matches!(api.latest_ts(&devices[i].id, "k0").await, Ok(Some(ts)) if ts >= sent)
-                        {
-                            latency.record_us(((now_ms() - sent).max(0) as u64) * 1000);
-                            break;
-                        }
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    // The publishers hold the sampler from here on; the prober ends after them.
+    drop(sampler);
 
     let bar = progress(load.duration, "publishing");
     for _ in 0..load.duration {
@@ -220,7 +200,8 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
     // acknowledgements is part of it.
     let wait_start = Instant::now();
     wait_acked(&counters, Duration::from_secs(30)).await;
-    let _ = probe_task.await;
+    let probed = prober.await.context("latency prober")?;
+    let probe_secs = wait_start.elapsed().as_secs_f64() + publish_secs;
     let cpu = probe.cpu_percent();
     let sent = counters.sent.load(Ordering::Relaxed);
     let acked = counters.acked.load(Ordering::Relaxed);
@@ -292,8 +273,23 @@ pub(crate) async fn ingest(load: LoadOpts, api_opts: ApiOpts) -> anyhow::Result<
         counters.errors.load(Ordering::Relaxed) as f64,
         "count",
     );
-    let (n, p50, p95, p99) = latency.summary();
+    let (n, p50, p95, p99) = probed.latency.summary();
     report.add("publish-to-stored samples", n as f64, "count");
+    report.add(
+        "publish-to-stored samples skipped (too many in flight)",
+        probed.skipped as f64,
+        "count",
+    );
+    report.add(
+        "publish-to-stored samples not stored within 30 s",
+        probed.timed_out as f64,
+        "count",
+    );
+    report.add(
+        "latency polls (latest-value requests added)",
+        probed.polls as f64 / probe_secs,
+        "req/s",
+    );
     report.add("publish-to-stored p50", p50, "ms");
     report.add("publish-to-stored p95", p95, "ms");
     report.add("publish-to-stored p99", p99, "ms");
@@ -390,6 +386,7 @@ pub(crate) async fn raw(load: LoadOpts, raw: RawOpts) -> anyhow::Result<Report> 
             offset: period.mul_f64(i as f64 / clients.len() as f64),
             stop: stop.clone(),
             counters: counters.clone(),
+            probe: None,
         };
         let body = body.clone();
         tokio::spawn(publish_loop(

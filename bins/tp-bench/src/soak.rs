@@ -87,6 +87,7 @@ pub(crate) async fn soak(opts: SoakOpts, api_opts: ApiOpts) -> anyhow::Result<Re
             offset: period.mul_f64(i as f64 / clients.len() as f64),
             stop: stop.clone(),
             counters: counters.clone(),
+            probe: None,
         };
         // One loop per kind, each a third of the rate, so the topics rotate.
         for kind in 0..3u64 {

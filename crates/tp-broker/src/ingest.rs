@@ -27,18 +27,59 @@ pub(crate) struct Ingest {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// Ingest workers. A device's messages always go to the same worker, so they are
+/// processed in the order they arrived; devices on different workers never wait for
+/// each other (an attribute write to the metadata store, the first message of a
+/// device reading its stored keys, or a registration only hold up the devices that
+/// share its worker).
+const INGEST_WORKERS: usize = 16;
+
 impl Ingest {
-    /// Consumes accepted publishes until every connection and the broker are gone.
+    /// Consumes accepted publishes until every connection and the broker are gone:
+    /// routes each to its device's worker ([`INGEST_WORKERS`]), then waits for the
+    /// workers to finish what they were given.
     pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+        let this = Arc::new(self);
+        let (mut workers, mut tasks) = (Vec::new(), Vec::new());
+        for _ in 0..INGEST_WORKERS {
+            // Unbounded like the queue feeding it: what the workers hold together is
+            // still bounded by the broker's ingest backlog (`Shared::admit` counts a
+            // message until a worker has consumed it).
+            let (tx, rx) = mpsc::unbounded_channel();
+            workers.push(tx);
+            tasks.push(tokio::spawn(this.clone().work(rx)));
+        }
+        while let Some(envelope) = rx.recv().await {
+            let worker = decode_envelope(&envelope).map_or(0, |e| worker_of(e.device_id));
+            if let Err(e) = workers[worker].send(envelope) {
+                // The worker panicked; account for the message so a drain ends.
+                tracing::error!("ingest worker is gone; message not processed");
+                this.done(&e.0, 0);
+            }
+        }
+        drop(workers);
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "ingest worker failed");
+            }
+        }
+    }
+
+    /// One worker: its devices' messages, in order.
+    async fn work(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
         while let Some(envelope) = rx.recv().await {
             let segment = self.handle(&envelope).await;
-            // Handed to the writer (or rejected): the log may drop it once the
-            // writer has committed what is queued.
-            if let Some(wal) = &self.shared.wal {
-                wal.consumed(segment);
-            }
-            self.shared.consumed(ingest_size(&envelope));
+            self.done(&envelope, segment);
         }
+    }
+
+    /// Handed to the writer (or rejected): the log may drop it once the writer has
+    /// committed what is queued.
+    fn done(&self, envelope: &Bytes, segment: u64) {
+        if let Some(wal) = &self.shared.wal {
+            wal.consumed(segment);
+        }
+        self.shared.consumed(ingest_size(envelope));
     }
 
     /// Processes one envelope; returns its write-ahead log segment (0 = none).
@@ -248,6 +289,19 @@ impl Uplinks {
             }
         }
     }
+}
+
+/// The worker of `device`: a stable spread of device ids (random UUIDs).
+fn worker_of(device: DeviceId) -> usize {
+    let bytes = device.0.as_bytes();
+    let mut h = 0u64;
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h ^= u64::from_le_bytes(word);
+    }
+    // Fibonacci hashing: the top bits of the product are well mixed.
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % INGEST_WORKERS
 }
 
 fn kind_name(kind: UplinkKind) -> &'static str {

@@ -116,13 +116,7 @@ async fn start(
         BrokerDeps {
             metadata,
             cache: tp_storage::open_cache("memory://").await.expect("cache"),
-            writer: std::sync::Arc::new(BatchWriter::spawn(
-                timeseries,
-                WriterConfig {
-                    flush_interval: Duration::from_millis(10),
-                    ..Default::default()
-                },
-            )),
+            writer: std::sync::Arc::new(BatchWriter::spawn(timeseries, WriterConfig::default())),
         },
     )
     .await

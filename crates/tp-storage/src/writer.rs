@@ -1,12 +1,16 @@
 //! A batching writer in front of a [`TimeSeriesStore`].
 //!
 //! Ingest paths hand points and events to a [`WriterHandle`]; one background task
-//! buffers them and stores them in large batches, which is what SQLite (one writer)
-//! and every other time-series backend want. The queue between handles and the task
-//! is bounded, so a slow store slows producers down instead of growing memory.
+//! stores them in batches, which is what SQLite (one writer) and every other
+//! time-series backend want. The queue between handles and the task is bounded, so a
+//! slow store slows producers down instead of growing memory.
 //!
-//! - A batch is stored when `batch_size` points/events are buffered or `flush_interval`
-//!   after the first buffered one, whichever comes first.
+//! - Group commit, no timer: an idle writer stores what it is given at once; while a
+//!   write is in flight, whatever arrives queues up and becomes the next batch (at
+//!   most `batch_size` points/events), stored as soon as the write before it is done.
+//!   So light load is stored with the latency of one write, and under heavy load
+//!   batches grow by themselves to what the store can absorb. (The former
+//!   `flush_interval` is accepted in configuration and ignored.)
 //! - A failed store write is retried `max_retries` times with exponential backoff.
 //!   If it still fails the batch is dropped, logged, counted and reported to the next
 //!   [`WriterHandle::flush`] / [`WriterHandle::shutdown`] caller.
@@ -33,7 +37,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tp_core::ingest::IngestSink;
 use tp_core::{
     DeviceEvent, DeviceId, Error, Order, Result, TelemetryPoint, TimeSeriesStoreRef, Timestamp,
@@ -43,12 +46,15 @@ use tp_core::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriterConfig {
-    /// Store a batch once this many points (plus events) are buffered; also the
-    /// largest batch handed to the store in one call.
+    /// Largest batch (points plus events) handed to the store in one call. Batches
+    /// form while a write is in flight, so they reach this size only when the store
+    /// is behind.
     pub batch_size: usize,
-    /// Store whatever is buffered this long after the first buffered item
-    /// (milliseconds as a number, or a string such as `"100ms"`, `"2s"`).
-    #[serde(with = "duration")]
+    /// Deprecated and ignored: the writer no longer waits for a timer before a
+    /// write (group commit, see the module docs). Still accepted so configuration
+    /// files and `TP_WRITER__FLUSH_INTERVAL` keep loading; a non-zero value logs a
+    /// warning when the writer starts. Will be removed in a future release.
+    #[serde(with = "duration", skip_serializing_if = "Duration::is_zero")]
     pub flush_interval: Duration,
     /// Messages (`write` calls) the queue holds before `write` waits.
     pub queue_capacity: usize,
@@ -62,14 +68,15 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            // Only reached when the store is behind (otherwise `flush_interval` ends a
-            // batch first), and then larger is faster: SQLite writes every page a
-            // commit dirtied whole, and with one page per series a 100,000-point
-            // batch dirties about as many pages as a 20,000-point one. Ingest
-            // benchmark (1,000 devices x 10 keys, 200k points/s offered): 107k
-            // points/s sustained and p99 9.4 s at 20,000; 168k and 1.4 s at 100,000.
+            // Only reached when the store is behind (batches are what queued during
+            // the previous write), and then larger is faster: SQLite writes every
+            // page a commit dirtied whole, and with one page per series a
+            // 100,000-point batch dirties about as many pages as a 20,000-point one.
+            // Ingest benchmark (1,000 devices x 10 keys, 200k points/s offered):
+            // 107k points/s sustained and p99 9.4 s at 20,000; 168k and 1.4 s at
+            // 100,000.
             batch_size: 100_000,
-            flush_interval: Duration::from_millis(100),
+            flush_interval: Duration::ZERO,
             queue_capacity: 4096,
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
@@ -250,6 +257,12 @@ impl BatchWriter {
     /// The task ends after [`WriterHandle::shutdown`] or when every handle is dropped
     /// (storing what is buffered first).
     pub fn spawn(store: TimeSeriesStoreRef, cfg: WriterConfig) -> WriterHandle {
+        if !cfg.flush_interval.is_zero() {
+            tracing::warn!(
+                flush_interval_ms = cfg.flush_interval.as_millis() as u64,
+                "writer.flush_interval is deprecated and ignored: the writer stores at once when idle and batches what arrives during a write (group commit). Remove the setting."
+            );
+        }
         let cfg = WriterConfig {
             batch_size: cfg.batch_size.max(1),
             queue_capacity: cfg.queue_capacity.max(1),
@@ -280,59 +293,59 @@ impl BatchWriter {
         self.points.len() + self.events.len()
     }
 
+    /// Group commit: wait for work while idle; then take everything already queued
+    /// (up to a batch) and store it. What arrives during that write is taken next.
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut deadline: Option<Instant> = None;
         loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => msg,
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    deadline = None;
-                    self.store_buffered().await;
-                    continue;
-                }
-            };
-            match msg {
-                Some(Msg::Points(p)) => self.points.extend(p),
-                Some(Msg::Events(e)) => self.events.extend(e),
-                Some(Msg::Flush(ack)) => {
-                    deadline = None;
-                    self.store_buffered().await;
-                    let _ = ack.send(self.take_failure());
-                    continue;
-                }
-                Some(Msg::Shutdown(ack)) => {
-                    // Refuse new messages, keep the ones already accepted.
-                    rx.close();
-                    let mut acks = vec![ack];
-                    while let Some(msg) = rx.recv().await {
-                        match msg {
-                            Msg::Points(p) => self.points.extend(p),
-                            Msg::Events(e) => self.events.extend(e),
-                            Msg::Flush(a) | Msg::Shutdown(a) => acks.push(a),
-                        }
-                    }
-                    self.store_buffered().await;
-                    let failure = self.failure.take();
-                    for a in acks {
-                        let _ = a.send(match &failure {
-                            None => Ok(()),
-                            Some(f) => Err(Error::backend(self.backend, f.clone())),
-                        });
-                    }
-                    return;
-                }
-                None => {
-                    // Every handle is gone.
-                    self.store_buffered().await;
-                    return;
-                }
-            }
-            if self.buffered() >= self.cfg.batch_size {
-                deadline = None;
+            let Some(first) = rx.recv().await else {
+                // Every handle is gone.
                 self.store_buffered().await;
-            } else if deadline.is_none() && self.buffered() > 0 {
-                deadline = Some(Instant::now() + self.cfg.flush_interval);
+                return;
+            };
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Points(p) => self.points.extend(p),
+                    Msg::Events(e) => self.events.extend(e),
+                    Msg::Flush(ack) => {
+                        // A barrier: everything queued before it is buffered now.
+                        self.store_buffered().await;
+                        let _ = ack.send(self.take_failure());
+                    }
+                    Msg::Shutdown(ack) => {
+                        self.shutdown(rx, ack).await;
+                        return;
+                    }
+                }
+                if self.buffered() >= self.cfg.batch_size {
+                    break;
+                }
+                // Only what is already queued: never wait for more.
+                next = rx.try_recv().ok();
             }
+            self.store_buffered().await;
+        }
+    }
+
+    /// Refuses new messages, stores the ones already accepted, answers every waiting
+    /// flush and shutdown.
+    async fn shutdown(mut self, mut rx: mpsc::Receiver<Msg>, ack: oneshot::Sender<Result<()>>) {
+        rx.close();
+        let mut acks = vec![ack];
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Points(p) => self.points.extend(p),
+                Msg::Events(e) => self.events.extend(e),
+                Msg::Flush(a) | Msg::Shutdown(a) => acks.push(a),
+            }
+        }
+        self.store_buffered().await;
+        let failure = self.failure.take();
+        for a in acks {
+            let _ = a.send(match &failure {
+                None => Ok(()),
+                Some(f) => Err(Error::backend(self.backend, f.clone())),
+            });
         }
     }
 
@@ -439,13 +452,6 @@ impl Batch<'_> {
             Batch::Points(_) => "points",
             Batch::Events(_) => "events",
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -606,47 +612,71 @@ mod tests {
             .collect()
     }
 
-    fn cfg(batch_size: usize, flush_interval: Duration, queue_capacity: usize) -> WriterConfig {
+    fn cfg(batch_size: usize, queue_capacity: usize) -> WriterConfig {
         WriterConfig {
             batch_size,
-            flush_interval,
             queue_capacity,
             max_retries: 3,
             retry_backoff: Duration::from_millis(10),
+            ..WriterConfig::default()
         }
     }
 
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    #[tokio::test]
-    async fn flushes_by_size() {
-        let store = Arc::new(FakeStore::default());
-        let w = BatchWriter::spawn(store.clone(), cfg(10, HOUR, 64));
-        let d = DeviceId::new();
-        for i in 0..5 {
-            w.write(points(d, i * 5, 5)).await.expect("write");
+    /// Waits until the store has been entered `n` times (no timing involved).
+    async fn entered(store: &FakeStore, n: usize) {
+        while store.entered.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
         }
-        w.flush().await.expect("flush");
-        // Two size-triggered batches, then the flush stores the rest.
-        assert_eq!(store.batch_sizes(), vec![10, 10, 5]);
-        assert_eq!(store.points(), points(d, 0, 25));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn flushes_by_time() {
+    async fn an_idle_writer_stores_at_once() {
         let store = Arc::new(FakeStore::default());
-        let w = BatchWriter::spawn(store.clone(), cfg(1000, Duration::from_millis(100), 64));
+        let w = BatchWriter::spawn(store.clone(), cfg(1000, 64));
         let d = DeviceId::new();
+        let start = tokio::time::Instant::now();
         w.write(points(d, 0, 3)).await.expect("write");
-        // Paused clock: sleeping lets the runtime advance to the writer's deadline.
-        for _ in 0..100 {
-            if !store.batch_sizes().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // No flush: the writer stores by itself. The clock is paused and only moves
+        // when every task waits for a timer, so an unchanged clock shows that no
+        // timer stood between the write and the store.
+        while store.batch_sizes().is_empty() {
+            tokio::task::yield_now().await;
         }
-        assert_eq!(store.batch_sizes(), vec![3], "stored without flush()");
+        assert_eq!(store.batch_sizes(), vec![3]);
+        assert_eq!(tokio::time::Instant::now(), start, "no timer on the way");
         w.shutdown().await.expect("shutdown");
+    }
+
+    #[tokio::test]
+    async fn batches_form_while_a_write_is_in_flight() {
+        let gate = Arc::new(Semaphore::new(0));
+        let store = Arc::new(FakeStore {
+            gate: Some(gate.clone()),
+            ..FakeStore::default()
+        });
+        let w = BatchWriter::spawn(store.clone(), cfg(10, 64));
+        let d = DeviceId::new();
+        w.write(points(d, 0, 1)).await.expect("write");
+        // The first message goes to the store alone, which holds it.
+        entered(&store, 1).await;
+        // Everything queued meanwhile is the next batch, cut at `batch_size`.
+        for i in 0..5 {
+            w.write(points(d, 1 + i * 5, 5)).await.expect("write");
+        }
+        w.write_events(vec![DeviceEvent {
+            device_id: d,
+            ts: 1,
+            message_id: "m".into(),
+            method: "alarm".into(),
+            params: serde_json::json!({}),
+        }])
+        .await
+        .expect("events");
+        gate.add_permits(1000);
+        w.flush().await.expect("flush");
+        assert_eq!(store.batch_sizes(), vec![1, 10, 10, 5]);
+        assert_eq!(store.points(), points(d, 0, 26));
+        assert_eq!(store.events.lock().expect("lock").len(), 1);
     }
 
     #[tokio::test]
@@ -656,13 +686,11 @@ mod tests {
             gate: Some(gate.clone()),
             ..FakeStore::default()
         });
-        let w = BatchWriter::spawn(store.clone(), cfg(1, HOUR, 2));
+        let w = BatchWriter::spawn(store.clone(), cfg(1, 2));
         let d = DeviceId::new();
         // The first write reaches the store, which blocks.
         w.write(points(d, 0, 1)).await.expect("write");
-        while store.entered.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        entered(&store, 1).await;
         // Two more fill the queue.
         w.write(points(d, 1, 1)).await.expect("write");
         w.write(points(d, 2, 1)).await.expect("write");
@@ -687,7 +715,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_drains_everything() {
         let store = Arc::new(FakeStore::default());
-        let w = BatchWriter::spawn(store.clone(), cfg(1000, HOUR, 64));
+        let w = BatchWriter::spawn(store.clone(), cfg(1000, 64));
         let other = w.clone();
         let d = DeviceId::new();
         for i in 0..50 {
@@ -713,15 +741,12 @@ mod tests {
     #[tokio::test]
     async fn dropping_every_handle_stores_the_rest() {
         let store = Arc::new(FakeStore::default());
-        let w = BatchWriter::spawn(store.clone(), cfg(1000, HOUR, 64));
+        let w = BatchWriter::spawn(store.clone(), cfg(1000, 64));
         let d = DeviceId::new();
         w.write(points(d, 0, 7)).await.expect("write");
         drop(w);
-        for _ in 0..1000 {
-            if !store.batch_sizes().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        while store.batch_sizes().is_empty() {
+            tokio::task::yield_now().await;
         }
         assert_eq!(store.points(), points(d, 0, 7));
     }
@@ -732,7 +757,7 @@ mod tests {
             fail_first: AtomicUsize::new(2),
             ..FakeStore::default()
         });
-        let w = BatchWriter::spawn(store.clone(), cfg(1000, HOUR, 64));
+        let w = BatchWriter::spawn(store.clone(), cfg(1000, 64));
         let d = DeviceId::new();
         w.write(points(d, 0, 4)).await.expect("write");
         w.flush().await.expect("flush succeeds after retries");
@@ -745,7 +770,7 @@ mod tests {
             fail_first: AtomicUsize::new(4), // 1 attempt + 3 retries
             ..FakeStore::default()
         });
-        let w = BatchWriter::spawn(store.clone(), cfg(1000, HOUR, 64));
+        let w = BatchWriter::spawn(store.clone(), cfg(1000, 64));
         let d = DeviceId::new();
         w.write(points(d, 0, 4)).await.expect("write");
         let err = w
@@ -765,8 +790,15 @@ mod tests {
         let c: WriterConfig = serde_json::from_str("{}").expect("defaults");
         assert_eq!(c, WriterConfig::default());
         assert_eq!(c.batch_size, 100_000);
-        assert_eq!(c.flush_interval, Duration::from_millis(100));
+        assert_eq!(c.flush_interval, Duration::ZERO);
         assert_eq!(c.queue_capacity, 4096);
+        // The deprecated setting still loads (and is ignored), and is not written
+        // out when unset.
+        assert!(
+            !serde_json::to_string(&c)
+                .expect("ser")
+                .contains("flush_interval")
+        );
         let c: WriterConfig =
             serde_json::from_str(r#"{"flush_interval":"2s","retry_backoff":250}"#).expect("parse");
         assert_eq!(c.flush_interval, Duration::from_secs(2));

@@ -85,6 +85,11 @@ pub(crate) fn is_missing_partition(e: &sqlx::Error) -> bool {
         && d.message().contains("no partition"))
 }
 
+/// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,10 @@
 //!   partitions created on demand, so retention drops whole partitions
 //!   ([`PostgresTimeSeriesStore::drop_partitions_before`]); when the `timescaledb`
 //!   extension is available it is a hypertable with compression and an optional
-//!   retention policy instead. Writes are batched through `UNNEST` arrays: one
-//!   statement per table per batch, not one per point.
+//!   retention policy instead. A batch is written with binary `COPY` into a
+//!   temporary staging table and merged into history and latest values with one
+//!   `INSERT .. SELECT .. ON CONFLICT DO UPDATE` each (`write_method=insert`: `UNNEST`
+//!   arrays instead), never one statement per point.
 //!
 //! # URLs
 //!
@@ -25,6 +27,7 @@
 //! parameters (`sslmode`, `application_name`, ...) go to sqlx unchanged.
 //! Both stores may share one schema: their migrations use disjoint version ranges.
 
+mod copy;
 mod dialect;
 mod error;
 mod meta;
@@ -46,7 +49,7 @@ use tp_core::{Error, Result};
 pub use dialect::PostgresDialect;
 pub use meta::PostgresMetadataStore;
 pub use timescale::TimescaleSettings;
-pub use timeseries::{PgTsOptions, PostgresTimeSeriesStore, TsLayout};
+pub use timeseries::{PgTsOptions, PostgresTimeSeriesStore, TsLayout, WriteMethod};
 
 use error::{PgError, db};
 
@@ -78,6 +81,8 @@ const OWN_PARAMS: &[&str] = &[
     "timescale",
     "compress_after_ms",
     "retention_ms",
+    "write_method",
+    "copy_min_rows",
 ];
 
 fn invalid_url(reason: impl Into<String>) -> Error {

@@ -12,7 +12,8 @@ use tp_core::{
 };
 use uuid::Uuid;
 
-use super::error::{self, PgError, db, is_missing_partition};
+use super::copy::CopyBuffer;
+use super::error::{self, PgError, db, is_missing_partition, is_unique_violation};
 use super::timescale::{self, TimescaleSettings};
 use super::value::{self, ValueArrays};
 use super::{Target, healthcheck, invalid_url, migrator, to_i64};
@@ -24,10 +25,12 @@ const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Options of [`PostgresTimeSeriesStore`]; each can also be set by a URL query
 /// parameter of the same name (`partition_ms`, `timescale=auto|off`,
-/// `compress_after_ms` (`0` = off), `retention_ms` (`0` = off)).
+/// `compress_after_ms` (`0` = off), `retention_ms` (`0` = off),
+/// `write_method=copy|insert`, `copy_min_rows`).
 ///
-/// They take effect when the store first creates `ts_kv` in a schema; later
-/// connections use the layout and partition width recorded then.
+/// The layout options take effect when the store first creates `ts_kv` in a schema;
+/// later connections use the layout and partition width recorded then.
+/// `write_method` applies to every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgTsOptions {
     /// Width of a history partition (TimescaleDB: chunk) in milliseconds. Default: 1 day.
@@ -40,6 +43,30 @@ pub struct PgTsOptions {
     /// Default: none (use [`PostgresTimeSeriesStore::drop_partitions_before`] from a
     /// scheduler, which works on both layouts).
     pub retention_ms: Option<i64>,
+    /// How a batch of points reaches the tables. Default: [`WriteMethod::Copy`].
+    pub write_method: WriteMethod,
+    /// [`WriteMethod::Copy`] only: batches with fewer (deduplicated) points fill the
+    /// staging table with one `INSERT .. SELECT FROM UNNEST` instead of `COPY`.
+    /// `COPY` sends its data and its end as two writes, and sqlx 0.9.0 leaves
+    /// Nagle's algorithm on (sqlx issue #4335, fixed after 0.9.0), so the end waits
+    /// for the server's delayed ACK, ~40 ms on Linux: a constant that only large
+    /// batches amortize (in the storage_write bench it hit 500-point batches, not 2,000-point ones). Default: 2,000. `0` = always `COPY`.
+    pub copy_min_rows: usize,
+}
+
+/// How [`PostgresTimeSeriesStore`] writes a batch (URL: `write_method=copy|insert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMethod {
+    /// Binary `COPY` into a session-temporary staging table, then one
+    /// `INSERT .. SELECT .. ON CONFLICT DO UPDATE` into history and one into latest
+    /// values, in one transaction. The fastest; works through transaction-pooling
+    /// proxies too (the staging table is created, if missing, in every transaction).
+    #[default]
+    Copy,
+    /// `INSERT .. SELECT FROM UNNEST($1::uuid[], ..)` with array parameters, 10,000
+    /// rows per statement: the previous method, kept as a fallback and as the
+    /// reference the `COPY` path is tested against.
+    Insert,
 }
 
 impl Default for PgTsOptions {
@@ -49,9 +76,14 @@ impl Default for PgTsOptions {
             timescale: true,
             compress_after_ms: Some(7 * DAY_MS),
             retention_ms: None,
+            write_method: WriteMethod::Copy,
+            copy_min_rows: DEFAULT_COPY_MIN_ROWS,
         }
     }
 }
+
+/// Default of [`PgTsOptions::copy_min_rows`].
+const DEFAULT_COPY_MIN_ROWS: usize = 2_000;
 
 impl PgTsOptions {
     /// Applies the URL query parameters the module parsed.
@@ -67,6 +99,18 @@ impl PgTsOptions {
                 "partition_ms" => self.partition_ms = ms(k, v)?,
                 "compress_after_ms" => self.compress_after_ms = Some(ms(k, v)?).filter(|n| *n > 0),
                 "retention_ms" => self.retention_ms = Some(ms(k, v)?).filter(|n| *n > 0),
+                "copy_min_rows" => {
+                    self.copy_min_rows = v
+                        .parse()
+                        .map_err(|_| invalid_url("copy_min_rows must be a non-negative integer"))?;
+                }
+                "write_method" => {
+                    self.write_method = match v.as_str() {
+                        "copy" => WriteMethod::Copy,
+                        "insert" => WriteMethod::Insert,
+                        _ => return Err(invalid_url("write_method must be copy or insert")),
+                    }
+                }
                 "timescale" => {
                     self.timescale = match v.as_str() {
                         "auto" | "on" | "true" => true,
@@ -102,10 +146,15 @@ pub enum TsLayout {
 
 /// [`TimeSeriesStore`] on PostgreSQL (optionally TimescaleDB).
 ///
-/// - History `ts_kv (device_id, key, ts)` is written with one multi-row
-///   `INSERT .. SELECT FROM UNNEST(..) ON CONFLICT DO UPDATE` per 10 000 points (the
-///   batch is deduplicated first, the last occurrence of a point winning), latest
-///   values `ts_latest` with one upsert per batch guarded by `excluded.ts >= ts`.
+/// - A batch is deduplicated first (the last occurrence of a `(device, key, ts)`
+///   wins, so a batch holding one point twice stores its later value) and sorted.
+///   Then, in one transaction ([`WriteMethod::Copy`], the default): binary `COPY`
+///   into the session's temporary staging table `tp_stage_kv` (`ON COMMIT DELETE
+///   ROWS`), `INSERT INTO ts_kv .. SELECT .. ON CONFLICT (device_id, key, ts) DO
+///   UPDATE` (a replayed point overwrites itself: idempotent) and the same into
+///   `ts_latest` for the rows flagged newest of their series, guarded by
+///   `excluded.ts >= ts`. [`WriteMethod::Insert`] sends the same rows as `UNNEST`
+///   arrays instead.
 /// - In the partitioned layout, partitions are created on demand before a write
 ///   (known ones are cached; creation is serialized by an advisory lock). A batch with
 ///   timestamps spread over many partition widths creates that many partitions.
@@ -121,6 +170,8 @@ pub struct PostgresTimeSeriesStore {
     ext_schema: Option<String>,
     /// Partition indexes `k` known to exist (partitioned layout only).
     partitions: Mutex<HashSet<i64>>,
+    write_method: WriteMethod,
+    copy_min_rows: usize,
 }
 
 /// Serializes DDL on this schema's `ts_kv` across processes.
@@ -162,6 +213,8 @@ impl PostgresTimeSeriesStore {
             layout,
             ext_schema,
             partitions: Mutex::new(HashSet::new()),
+            write_method: options.write_method,
+            copy_min_rows: options.copy_min_rows,
         })
     }
 
@@ -284,6 +337,74 @@ impl PostgresTimeSeriesStore {
     }
 
     async fn write_once(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
+        match self.write_method {
+            WriteMethod::Copy => self.write_copy(points).await,
+            WriteMethod::Insert => self.write_unnest(points).await,
+        }
+    }
+
+    /// [`WriteMethod::Copy`]: `points` deduplicated and sorted ([`dedupe`]).
+    async fn write_copy(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(CREATE_STAGE_SQL).execute(&mut *tx).await?;
+        if points.len() >= self.copy_min_rows {
+            let payload = stage_payload(points);
+            let mut copy = tx.copy_in_raw(COPY_STAGE_SQL).await?;
+            if let Err(e) = copy.send(payload).await {
+                // The connection may be unusable; the transaction is rolled back on drop.
+                let _ = copy.abort("send failed").await;
+                return Err(e);
+            }
+            copy.finish().await?;
+        } else {
+            // Small batches: one message instead of COPY's data-then-done pair, which
+            // waits for the server's delayed ACK (~40 ms) on a connection without
+            // TCP_NODELAY (see `PgTsOptions::copy_min_rows`).
+            let cols = Columns::of(points.iter().copied());
+            let newest: Vec<bool> = (0..points.len()).map(|i| is_newest(points, i)).collect();
+            sqlx::query(STAGE_UNNEST_SQL)
+                .bind(cols.device)
+                .bind(cols.key)
+                .bind(cols.ts)
+                .bind(cols.values.tag)
+                .bind(cols.values.int)
+                .bind(cols.values.real)
+                .bind(cols.values.text)
+                .bind(newest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // New points are the rule and an upsert costs a third more than a plain
+        // insert, so try the plain one; a point already stored (a replay, a device
+        // resending) rolls it back and the batch merges instead.
+        match sqlx::raw_sql(INSERT_HISTORY_SQL).execute(&mut *tx).await {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                sqlx::raw_sql(MERGE_HISTORY_SQL).execute(&mut *tx).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        // Latest values: the series a node writes exist after their first batch, and
+        // updating them in place (a join, HOT updates: `ts_latest` leaves room on
+        // its pages) is twice as fast as an upsert per row. Only when some staged
+        // newest row changed nothing (a new series, or an older point) do the rows
+        // missing from `ts_latest` get inserted.
+        let newest = newest_count(points) as u64;
+        let updated = sqlx::query(UPDATE_LATEST_SQL)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated < newest {
+            sqlx::query(INSERT_LATEST_SQL).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// [`WriteMethod::Insert`]: `points` deduplicated and sorted ([`dedupe`]).
+    async fn write_unnest(
+        &self,
+        points: &[&TelemetryPoint],
+    ) -> std::result::Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for chunk in points.chunks(ROWS_PER_STATEMENT) {
             let cols = Columns::of(chunk.iter().copied());
@@ -327,6 +448,105 @@ impl PostgresTimeSeriesStore {
         }
         tx.commit().await
     }
+}
+
+/// The session's staging table, created on first use in every transaction that
+/// needs it (without a notice when it exists), emptied by every commit. Temporary
+/// tables are private to a connection and are not WAL-logged.
+const CREATE_STAGE_SQL: &str = "DO $$ BEGIN \
+     IF to_regclass('pg_temp.tp_stage_kv') IS NULL THEN \
+     CREATE TEMP TABLE tp_stage_kv (device_id uuid NOT NULL, key text COLLATE \"C\" NOT NULL, \
+     ts bigint NOT NULL, vtype smallint NOT NULL, v_int bigint, v_real double precision, \
+     v_text text, newest boolean NOT NULL) ON COMMIT DELETE ROWS; \
+     END IF; END $$";
+
+/// The staging rows as `UNNEST` arrays (small batches).
+const STAGE_UNNEST_SQL: &str = "INSERT INTO tp_stage_kv \
+     (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
+     $5::bigint[], $6::float8[], $7::text[], $8::bool[])";
+
+const COPY_STAGE_SQL: &str = "COPY tp_stage_kv (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     FROM STDIN (FORMAT binary)";
+
+/// History rows, when none of them is stored yet; in a savepoint, so a unique
+/// violation leaves the transaction usable ([`MERGE_HISTORY_SQL`] then).
+const INSERT_HISTORY_SQL: &str = "SAVEPOINT tp_history; \
+     INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
+     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv; \
+     RELEASE SAVEPOINT tp_history";
+
+/// History rows merged into what is stored: a point written again overwrites itself.
+/// The staged rows are unique on `(device_id, key, ts)` ([`dedupe`]), as
+/// `ON CONFLICT DO UPDATE` requires.
+const MERGE_HISTORY_SQL: &str = "ROLLBACK TO SAVEPOINT tp_history; \
+     INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
+     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv \
+     ON CONFLICT (device_id, key, ts) DO UPDATE SET vtype = excluded.vtype, \
+     v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text; \
+     RELEASE SAVEPOINT tp_history";
+
+/// Moves each stored series whose staged newest row is at least as new. One staged
+/// row per series is flagged `newest` ([`stage_payload`]).
+const UPDATE_LATEST_SQL: &str = "UPDATE ts_latest AS l SET ts = s.ts, vtype = s.vtype, \
+     v_int = s.v_int, v_real = s.v_real, v_text = s.v_text FROM tp_stage_kv AS s \
+     WHERE s.newest AND l.device_id = s.device_id AND l.key = s.key AND s.ts >= l.ts";
+
+/// Series `ts_latest` does not have yet; the upsert covers another writer adding
+/// the same series meanwhile.
+const INSERT_LATEST_SQL: &str = "INSERT INTO ts_latest (device_id, key, ts, vtype, v_int, v_real, v_text) \
+     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv AS s \
+     WHERE s.newest AND NOT EXISTS \
+     (SELECT 1 FROM ts_latest AS l WHERE l.device_id = s.device_id AND l.key = s.key) \
+     ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, \
+     vtype = excluded.vtype, v_int = excluded.v_int, v_real = excluded.v_real, \
+     v_text = excluded.v_text WHERE excluded.ts >= ts_latest.ts";
+
+/// Whether row `i` of a deduplicated batch sorted by `(device, key, ts)` is the
+/// newest of its series (the last of its `(device, key)` run).
+fn is_newest(sorted: &[&TelemetryPoint], i: usize) -> bool {
+    let p = sorted[i];
+    sorted
+        .get(i + 1)
+        .is_none_or(|n| n.device_id != p.device_id || n.key != p.key)
+}
+
+/// Series in a deduplicated batch sorted by `(device, key, ts)`.
+fn newest_count(sorted: &[&TelemetryPoint]) -> usize {
+    sorted
+        .windows(2)
+        .filter(|w| w[0].device_id != w[1].device_id || w[0].key != w[1].key)
+        .count()
+        + usize::from(!sorted.is_empty())
+}
+
+/// The binary `COPY` payload of [`COPY_STAGE_SQL`] for a deduplicated batch sorted
+/// by `(device, key, ts)`: the last row of each `(device, key)` run is its newest.
+fn stage_payload(sorted: &[&TelemetryPoint]) -> Vec<u8> {
+    // ~90 bytes a row for a float point with a short key.
+    let mut c = CopyBuffer::new(8, 64 + sorted.len() * 96);
+    for (i, p) in sorted.iter().enumerate() {
+        let newest = is_newest(sorted, i);
+        // Same columns and tags as `ValueArrays::push`.
+        let (int, real, text): (Option<i64>, Option<f64>, Option<std::borrow::Cow<'_, str>>) =
+            match &p.value {
+                Value::Bool(b) => (Some(i64::from(*b)), None, None),
+                Value::Integer(i) => (Some(*i), None, None),
+                Value::Float(f) => (None, Some(*f), None),
+                Value::String(s) => (None, None, Some(s.as_str().into())),
+                Value::Json(j) => (None, None, Some(j.to_string().into())),
+            };
+        c.row()
+            .uuid(&p.device_id.0)
+            .text(&p.key)
+            .int8(p.ts)
+            .int2(p.value.type_tag() as i16)
+            .opt(int, CopyBuffer::int8)
+            .opt(real, CopyBuffer::float8)
+            .opt(text.as_deref(), CopyBuffer::text)
+            .bool(newest);
+    }
+    c.finish()
 }
 
 /// Reads the recorded layout or creates `ts_kv` and records it.
@@ -799,6 +1019,34 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
         if events.is_empty() {
             return Ok(());
         }
+        if self.write_method == WriteMethod::Copy {
+            // Straight into the table (events are plain inserts): ids follow the order
+            // of the rows, as with the ordered `INSERT` below.
+            let mut c = CopyBuffer::new(5, 64 + events.len() * 128);
+            for e in events {
+                c.row()
+                    .uuid(&e.device_id.0)
+                    .int8(e.ts)
+                    .text(&e.message_id)
+                    .text(&e.method)
+                    .jsonb(&e.params.to_string());
+            }
+            let payload = c.finish();
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            let mut copy = conn
+                .copy_in_raw(
+                    "COPY ts_events (device_id, ts, message_id, method, params) \
+                     FROM STDIN (FORMAT binary)",
+                )
+                .await
+                .map_err(db)?;
+            if let Err(e) = copy.send(payload).await {
+                let _ = copy.abort("send failed").await;
+                return Err(db(e));
+            }
+            copy.finish().await.map_err(db)?;
+            return Ok(());
+        }
         let n = events.len();
         let (mut device, mut ts, mut message_id, mut method, mut params) = (
             Vec::with_capacity(n),
@@ -960,12 +1208,20 @@ mod unit_tests {
                 timescale: false,
                 compress_after_ms: None,
                 retention_ms: Some(DAY_MS),
+                write_method: WriteMethod::Copy,
+                copy_min_rows: DEFAULT_COPY_MIN_ROWS,
             }
         );
+        let o = PgTsOptions::default()
+            .apply(&params(&[("write_method", "insert")]))
+            .unwrap();
+        assert_eq!(o.write_method, WriteMethod::Insert);
         for bad in [
             ("partition_ms", "0"),
             ("partition_ms", "x"),
             ("timescale", "maybe"),
+            ("write_method", "bulk"),
+            ("copy_min_rows", "-1"),
             ("retention_ms", "-1"),
         ] {
             assert!(
