@@ -98,7 +98,7 @@ async fn gateway_placement_is_validated() {
     let gw = node.create_device("gw-v").await;
     // a parent that does not exist in the tenant
     let (status, body) = node.create_sub("s-a", &uuid_string(), "a").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // a parent without an address, an address without a parent
     let (status, body) = node
         .call(
@@ -107,7 +107,7 @@ async fn gateway_placement_is_validated() {
             Some(json!({"name": "s-b", "parent_id": gw.id})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body) = node
         .call(
             post(),
@@ -115,7 +115,7 @@ async fn gateway_placement_is_validated() {
             Some(json!({"name": "s-c", "sub_device_addr": "x"})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // one address per gateway
     let (status, first) = node.create_sub("s-d", &gw.id, "dup").await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
@@ -129,7 +129,7 @@ async fn gateway_placement_is_validated() {
             Some(json!({"parent_id": first["id"], "sub_device_addr": "loop"})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // PATCH: moving a sub-device out and back in
     let first_id = first["id"].as_str().unwrap();
     let (status, body) = node
@@ -330,6 +330,6 @@ async fn queued_commands_to_offline_sub_devices_go_out_when_the_gateway_reconnec
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     node.platform.shutdown().await.unwrap();
 }

@@ -648,7 +648,7 @@ async fn a_token_alone_cannot_change_its_users_password() {
             Some(json!({"password": "taken over by a thief"})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "password", "{body}");
     // The owner is not signed out, and the old password still works.
     let (status, _) = node

@@ -298,7 +298,8 @@ async fn users_set_and_import_credentials_and_profiles_choose_the_voucher_type()
         .expect("kept basic")
         .disconnect()
         .await;
-    // Taken, too short, contradictory: clear refusals naming the field.
+    // Taken, too short, contradictory: clear refusals naming the field (400 for what
+    // breaks the document, 422 for what contradicts another field or names nothing).
     for (body, want_status, field) in [
         (
             json!({"name": "x", "credentials": {"access_token": kept_token}}),
@@ -317,7 +318,7 @@ async fn users_set_and_import_credentials_and_profiles_choose_the_voucher_type()
         ),
         (
             json!({"name": "x", "voucher_type": "BASIC", "credentials": {"access_token": "0123456789abcdef0"}}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             Some("voucher_type"),
         ),
         (
@@ -327,7 +328,7 @@ async fn users_set_and_import_credentials_and_profiles_choose_the_voucher_type()
         ),
         (
             json!({"name": "x", "profile_id": "6f1c2a3b-0000-4000-8000-000000000000"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             Some("profile_id"),
         ),
     ] {
