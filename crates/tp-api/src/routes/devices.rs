@@ -352,12 +352,7 @@ pub(crate) struct ListQuery {
 }
 
 fn validate_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    let len = name.chars().count();
-    if len == 0 || len > 255 {
-        return Err(ApiError::invalid("name", "must be 1 to 255 characters"));
-    }
-    Ok(name.to_owned())
+    super::support::valid_name("name", name)
 }
 
 fn validate_label(label: Option<String>) -> ApiResult<Option<String>> {
@@ -517,7 +512,7 @@ async fn create_one(
     let mut credentials = req.credentials.unwrap_or_default();
     match (&req.voucher_type, &credentials.voucher_type) {
         (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::invalid(
+            return Err(ApiError::unprocessable(
                 "voucher_type",
                 "differs from credentials.voucher_type",
             ));
