@@ -19,6 +19,7 @@ served document itself is not changed.
 
 import base64
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -87,6 +88,15 @@ def rule_body(name):
 
 
 rule, rule_del = two("/api/v1/rules", rule_body)
+# Sign-in, token refresh and self-registration answer 401 to anything generated;
+# real credentials let them reach their logic too (scoped to those operations below).
+login_email, login_password = os.environ["FUZZ_EMAIL"], os.environ["FUZZ_PASSWORD"]
+refresh_tokens = [
+    call("POST", "/api/v1/auth/login", {"email": login_email, "password": login_password})["refresh_token"]
+    for _ in range(20)
+]
+provision_secret = call("POST", "/api/v1/profiles",
+                        {"name": "fuzz-provision", "device_type": "direct", "auto_register": True})["provision_secret"]
 tenant, tenant_del = two("/api/v1/tenants", lambda n: {"name": n})
 
 # The alarm: the device reports over the HTTP device API and the rule raises it.
@@ -237,14 +247,35 @@ for path, item in doc["paths"].items():
             # Seeded ids most of the time; generated ones (404) now and then, and
             # links in the stateful phase supply the ids of what that phase created.
             bindings.append(f'"path.{name}" = {{ dictionary = "{dictionary}", probability = 0.9 }}')
-        operations.append((path, method.upper(), bindings))
+        # A DELETE takes its ids from the pins only: Schemathesis would otherwise also
+        # feed it ids seen in earlier responses (its "extra data sources"), and delete
+        # the kept device or channel that every later request refers to.
+        phases = None
+        if method == "delete":
+            off = "{ extra-data-sources = { responses = false } }"
+            phases = f"{{ examples = {off}, coverage = {off}, fuzzing = {off} }}"
+        operations.append((path, method.upper(), bindings, phases))
+# Operations without path ids whose bodies need real secrets: (path, method, {field: values}).
+for path, method, fields in [
+    ("/api/v1/auth/login", "POST", {"email": [login_email], "password": [login_password]}),
+    ("/api/v1/auth/refresh", "POST", {"refresh_token": refresh_tokens}),
+    ("/api/v1/device/provision", "POST", {"profile_secret": [provision_secret]}),
+]:
+    bindings = []
+    for field, values in fields.items():
+        dictionary = f"secret_{field}"
+        dictionaries[dictionary] = values
+        bindings.append(f'"body.{field}" = {{ dictionary = "{dictionary}", probability = 0.8 }}')
+    operations.append((path, method, bindings, None))
 for name, ids in dictionaries.items():
     print()
     print(f"[dictionaries.{name}]")
     print("values = " + json.dumps(ids))
-for path, method, bindings in operations:
+for path, method, bindings, phases in operations:
     print()
     print("[[operations]]")
     print(f'include-path = "{path}"')
     print(f'include-method = "{method}"')
     print("parameters = { " + ", ".join(bindings) + " }")
+    if phases:
+        print(f"phases = {phases}")

@@ -6,6 +6,7 @@
 #
 #   scripts/api-fuzz.sh [seconds [schemathesis run options...]]
 #                                      # default 180; the documented long run is 600
+#   API_FUZZ_REPORTS=junit,vcr API_FUZZ_REPORT_DIR=dir   # also every request and answer (VCR)
 #
 # The operations that would end the run's own session (sign-out, password change)
 # are left out. Before the run, scripts/api-fuzz-seed.py creates one of every
@@ -42,7 +43,7 @@ token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 # One of every resource (and an alarm raised by a real device uplink), with the
 # path parameters of the run pinned to them: see api-fuzz-seed.py.
-python3 scripts/api-fuzz-seed.py "$base" "$token" "$dir/openapi.json" > "$dir/schemathesis.toml"
+FUZZ_EMAIL=$email FUZZ_PASSWORD=$password python3 scripts/api-fuzz-seed.py "$base" "$token" "$dir/openapi.json" > "$dir/schemathesis.toml"
 schemathesis --config-file "$dir/schemathesis.toml" run "$dir/openapi.json" --url "$base" \
   --header "Authorization: Bearer $token" \
   --checks all \
@@ -50,5 +51,5 @@ schemathesis --config-file "$dir/schemathesis.toml" run "$dir/openapi.json" --ur
   --workers 1 \
   --exclude-path /api/v1/auth/logout \
   --exclude-path /api/v1/auth/password \
-  --report junit --report-dir "${API_FUZZ_REPORT_DIR:-$dir/report}" \
+  --report "${API_FUZZ_REPORTS:-junit}" --report-dir "${API_FUZZ_REPORT_DIR:-$dir/report}" \
   "${@:2}"

@@ -26,7 +26,8 @@
 //! `TP_BENCH_BYTES_PER_POINT=1` also writes the same 1,000,000 float points (10,000
 //! series x 100 samples at 1 s, sensor-like values with two decimals) into a fresh
 //! store of each embedded engine, compacts it (fjall: flush + major compaction; SQLite:
-//! checkpoint + VACUUM) and prints the bytes on disk per point:
+//! checkpoint + VACUUM) and prints the bytes on disk per point; with `TP_TEST_POSTGRES_URL`
+//! also PostgreSQL's (a fresh schema, `VACUUM FULL`, tables with indexes and TOAST):
 //!
 //! ```text
 //! TP_BENCH_BYTES_PER_POINT=1 cargo bench -p tp-benches --bench storage_write -- 10k_series
@@ -236,6 +237,61 @@ fn bytes_per_point(_c: &mut Criterion) {
         space.journal,
         sqlite_bytes as f64 / points as f64,
     );
+    match postgres_bytes(&rt, &batches) {
+        Some(pg_bytes) => println!(
+            "postgres (same points, fresh schema, VACUUM FULL, tables + indexes + TOAST): \
+             {pg_bytes} B = {:.2} B/point",
+            pg_bytes as f64 / points as f64,
+        ),
+        None => eprintln!("postgres bytes per point skipped: TP_TEST_POSTGRES_URL is not set"),
+    }
+}
+
+/// Bytes PostgreSQL keeps for `batches` after `VACUUM FULL`: every relation of a fresh
+/// schema (history partitions, latest values, their indexes and TOAST).
+fn postgres_bytes(rt: &Runtime, batches: &[Vec<TelemetryPoint>]) -> Option<i64> {
+    let url = std::env::var("TP_TEST_POSTGRES_URL").ok()?;
+    let schema = format!("tp_bytes_{}", uuid::Uuid::new_v4().simple());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = rt
+        .block_on(tp_storage::postgres::PostgresTimeSeriesStore::connect(
+            &format!("{url}{sep}schema={schema}"),
+        ))
+        .unwrap();
+    rt.block_on(async {
+        for b in batches {
+            store.write(b).await.unwrap();
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+        )
+        .bind(&schema)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        for table in tables {
+            let vacuum = format!("VACUUM FULL \"{schema}\".\"{table}\"");
+            sqlx::query(sqlx::AssertSqlSafe(vacuum))
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+        )
+        .bind(&schema)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(drop_schema))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        Some(bytes)
+    })
 }
 
 fn postgres(c: &mut Criterion) {

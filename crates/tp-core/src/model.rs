@@ -984,6 +984,18 @@ pub enum StatusReason {
 }
 
 impl StatusReason {
+    /// Every reason, in declaration order (for documentation and exhaustive tests).
+    pub const ALL: [StatusReason; 8] = [
+        StatusReason::Connect,
+        StatusReason::Disconnect,
+        StatusReason::ConnectionLost,
+        StatusReason::Activity,
+        StatusReason::HeartbeatTimeout,
+        StatusReason::OnlineTimeout,
+        StatusReason::InactivityTimeout,
+        StatusReason::NodeLost,
+    ];
+
     /// Wire and storage name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1147,6 +1159,24 @@ mod tests {
         assert!(validate_device_number("dev-1").is_ok());
         for bad in ["", "a/b", "a+", "#", "$sys", "a b"] {
             assert!(validate_device_number(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_status_reason_round_trips_through_its_name() {
+        for reason in StatusReason::ALL {
+            assert_eq!(reason.as_str().parse::<StatusReason>().ok(), Some(reason));
+        }
+        // A new variant stops this match compiling: the reminder to add it to ALL.
+        match StatusReason::Connect {
+            StatusReason::Connect
+            | StatusReason::Disconnect
+            | StatusReason::ConnectionLost
+            | StatusReason::Activity
+            | StatusReason::HeartbeatTimeout
+            | StatusReason::OnlineTimeout
+            | StatusReason::InactivityTimeout
+            | StatusReason::NodeLost => {}
         }
     }
 }

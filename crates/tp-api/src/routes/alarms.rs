@@ -15,7 +15,7 @@ use tp_core::{DeviceId, now_ms};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{IdPath, Json, Query};
+use super::extract::{IdPath, Json, OptionalJson, Query};
 use super::rules::rule_store;
 use super::support::{audit, page_of};
 use crate::auth::Caller;
@@ -225,18 +225,6 @@ fn parse_severity(s: &str) -> ApiResult<AlarmSeverity> {
 }
 
 /// The optional JSON body of acknowledge/clear (an empty body is no note).
-fn transition(body: &[u8]) -> ApiResult<TransitionRequest> {
-    match body.iter().copied().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(TransitionRequest::default()),
-        Some(b'{' | b'n') => {}
-        Some(_) => return Err(ApiError::invalid("body", "must be a JSON object or null")),
-    }
-    // `null` is the document's "no note" (the body schema is nullable).
-    serde_json::from_slice::<Option<TransitionRequest>>(body)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| ApiError::invalid("text", e.to_string()))
-}
-
 fn note(text: Option<String>) -> ApiResult<Option<String>> {
     let Some(t) = text else { return Ok(None) };
     let t = t.trim();
@@ -412,10 +400,10 @@ pub(crate) async fn acknowledge_alarm(
     caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<TransitionRequest>,
 ) -> ApiResult<axum::Json<AlarmView>> {
     caller.require(Permission::AlarmAck)?;
-    let text = note(transition(&body)?.text)?;
+    let text = note(body.unwrap_or_default().text)?;
     let mut alarm = load_alarm(&state, &caller, id).await?;
     match alarm.status {
         AlarmStatus::Cleared => {
@@ -477,10 +465,10 @@ pub(crate) async fn clear_alarm(
     caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<TransitionRequest>,
 ) -> ApiResult<axum::Json<AlarmView>> {
     caller.require(Permission::AlarmAck)?;
-    let text = note(transition(&body)?.text)?;
+    let text = note(body.unwrap_or_default().text)?;
     let mut alarm = load_alarm(&state, &caller, id).await?;
     if alarm.status == AlarmStatus::Cleared {
         return Err(tp_core::Error::Conflict(format!("alarm {id} is already cleared")).into());

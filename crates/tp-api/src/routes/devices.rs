@@ -650,6 +650,31 @@ pub(crate) struct ImportResponse {
     errors: Vec<ImportRowError>,
 }
 
+/// The CSV form of an import: a header line naming the columns, then at least one line
+/// per device (a file without a device line is a 422; the pattern says so). It only
+/// documents the `text/csv` body, which the handler reads as bytes.
+pub(crate) struct CsvImport;
+
+impl utoipa::PartialSchema for CsvImport {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                r#"^[^\r\n"]*[^\s"][^\r\n"]*\r?\n[^\r\n"]*[^\s",][^\r\n"]*"#,
+            ))
+            .description(Some(
+                "CSV: a header line naming the columns, then one line per device",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CsvImport {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CsvImport".into()
+    }
+}
+
 /// Creates many devices at once from JSON (`{"devices":[...]}`) or CSV (`text/csv`
 /// with a header line naming the columns: `name`, `device_number`, `label`,
 /// `profile_id`, `parent_id`, `sub_device_addr`, `voucher_type`, `username`,
@@ -662,7 +687,7 @@ pub(crate) struct ImportResponse {
     tag = "devices",
     request_body(content(
         (ImportRequest = "application/json"),
-        (String = "text/csv", example = "name,device_number,voucher_type,access_token\nPump 1,pump-1,ACCESSTOKEN,3f6c0b1e-2c4d-4a8e-9"),
+        (CsvImport = "text/csv", example = "name,device_number,voucher_type,access_token\nPump 1,pump-1,ACCESSTOKEN,3f6c0b1e-2c4d-4a8e-9"),
     )),
     responses(
         (status = 200, description = "What was created and which rows were not", body = ImportResponse),
@@ -1058,10 +1083,21 @@ pub(crate) struct StatusEventResponse {
     /// The state the device went to.
     online: bool,
     /// Why: `connect`, `disconnect`, `connection_lost`, `activity`,
-    /// `heartbeat_timeout`, `online_timeout` or `inactivity_timeout`.
+    /// `heartbeat_timeout`, `online_timeout`, `inactivity_timeout` or `node_lost` (the
+    /// broker node holding the connection died; another node marked the device offline).
+    #[schema(schema_with = status_reasons)]
     reason: String,
     /// When (ms).
     at: i64,
+}
+
+/// The `reason` of a status event: one of [`tp_core::StatusReason::ALL`].
+fn status_reasons() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(tp_core::StatusReason::ALL.map(|r| r.as_str())))
+        .description(Some("Why the device went online or offline"))
+        .build()
 }
 
 /// A page of status history, newest first.

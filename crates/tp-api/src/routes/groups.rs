@@ -411,7 +411,8 @@ pub(crate) async fn add_group_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Takes a device out of a group.
+/// Takes a device out of a group (idempotent: a device of the tenant that is not in the
+/// group is answered like one just removed, as `PUT` answers one already in it).
 #[utoipa::path(
     delete,
     path = "/groups/{id}/devices/{device_id}",
@@ -421,10 +422,10 @@ pub(crate) async fn add_group_device(
         ("device_id" = Uuid, Path, description = "Device id"),
     ),
     responses(
-        (status = 204, description = "Removed"),
+        (status = 204, description = "The device is not in the group (removed now, or it was not a member)"),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing group:write", body = ErrorBody),
-        (status = 404, description = "No such group in the tenant, or the device is not in it", body = ErrorBody),
+        (status = 404, description = "No such group or device in the tenant", body = ErrorBody),
     ),
     security(("bearer" = ["group:write"]), ("api_key" = ["group:write"]))
 )]
@@ -440,7 +441,17 @@ pub(crate) async fn remove_group_device(
         .remove_group_device(caller.tenant_id, group.id, device)
         .await?
     {
-        return Err(tp_core::Error::not_found("group member", device).into());
+        // Not a member: nothing changed, so nothing to audit; only a device the tenant
+        // does not have is an error (a retried DELETE must not fail).
+        if state
+            .metadata
+            .get_device(caller.tenant_id, device)
+            .await?
+            .is_none()
+        {
+            return Err(tp_core::Error::not_found("device", device).into());
+        }
+        return Ok(StatusCode::NO_CONTENT);
     }
     audit(
         &state,

@@ -781,9 +781,15 @@ async fn group_trees_and_members() -> Result<()> {
     let (_, members) = h.get(&format!("/api/v1/groups/{floor_id}/devices")).await?;
     assert_eq!(members["total"], 1);
     assert_eq!(members["items"][0]["id"], device["id"]);
-    let (status, _) = h.call("DELETE", &member, Some(&h.token), None).await?;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let got = h.call("DELETE", &member, Some(&h.token), None).await?;
+    // Removal is idempotent like adding; only a device the tenant lacks is a 404.
+    for _ in 0..2 {
+        let (status, _) = h.call("DELETE", &member, Some(&h.token), None).await?;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (_, members) = h.get(&format!("/api/v1/groups/{floor_id}/devices")).await?;
+    assert_eq!(members["total"], 0);
+    let unknown = format!("/api/v1/groups/{floor_id}/devices/{}", uuid::Uuid::new_v4());
+    let got = h.call("DELETE", &unknown, Some(&h.token), None).await?;
     assert_error(&got, 404, "not_found", None);
     let (status, _) = h
         .call(
