@@ -188,11 +188,42 @@ for path, item in doc["paths"].items():
                     param["example"] = ids[name][0]
             elif param.get("in") == "query" and name in examples_by_name:
                 param["example"] = examples_by_name[name]
+# Ids that name other resources can only work when they exist: in this copy they are
+# limited to the seeded ones (generated requests with any other id are negative cases,
+# which the server rejects with 422). Only the run's copy changes, not the served doc.
+enum_by_name = {"role_id": [role], "profile_id": [profile], "channel": [channel], "scene": [scene]}
+for name, schema in schemas.items():
+    for prop, sub in (schema.get("properties") or {}).items():
+        if prop in enum_by_name and sub.get("type") == "string":
+            sub["enum"] = enum_by_name[prop]
+        if prop == "channels" and sub.get("type") == "array" and isinstance(sub.get("items"), dict):
+            sub["items"] = {"type": "string", "format": "uuid", "enum": [channel]}
+        if prop == "id" and name in ("DeviceSourceDevice", "ActionTargetDevice"):
+            sub["enum"] = [device]
+        if prop == "id" and name == "DeviceSourceProfile":
+            sub["enum"] = [profile]
+# Sign-in, token refresh and self-registration: their examples carry real secrets, so
+# at least those requests pass authentication (the rest stay 401 cases).
+for path, example in [
+    ("/api/v1/auth/login", {"email": login_email, "password": login_password}),
+    ("/api/v1/auth/refresh", {"refresh_token": refresh_tokens[0]}),
+    ("/api/v1/device/provision", {"profile_secret": provision_secret, "device_number": "fuzz-provisioned"}),
+]:
+    media = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    media.pop("examples", None)
+    media["example"] = example
 # The document's own request examples name a placeholder device; name the seeded one.
 text = json.dumps(doc).replace("00000000-0000-0000-0000-000000000001", device)
 with open(DOC_OUT, "w") as out:
     out.write(text)
 print("# Written by scripts/api-fuzz-seed.py for one run; ids are of that run's node.")
+# Ids seen in earlier responses (Schemathesis' "extra data sources") include deleted
+# resources and would stand in for the pinned ones (a DELETE fed the kept device's id
+# took it away from every later request); the pins and the stateful phase's links are
+# what reach every operation here.
+for phase in ("examples", "coverage", "fuzzing"):
+    print(f"[phases.{phase}.extra-data-sources]")
+    print("responses = false")
 print("[checks.positive_data_acceptance]")
 # 422: well-formed requests naming data the generator cannot know (an id of another
 # resource) or fields that contradict each other; the document lists them.
@@ -247,14 +278,7 @@ for path, item in doc["paths"].items():
             # Seeded ids most of the time; generated ones (404) now and then, and
             # links in the stateful phase supply the ids of what that phase created.
             bindings.append(f'"path.{name}" = {{ dictionary = "{dictionary}", probability = 0.9 }}')
-        # A DELETE takes its ids from the pins only: Schemathesis would otherwise also
-        # feed it ids seen in earlier responses (its "extra data sources"), and delete
-        # the kept device or channel that every later request refers to.
-        phases = None
-        if method == "delete":
-            off = "{ extra-data-sources = { responses = false } }"
-            phases = f"{{ examples = {off}, coverage = {off}, fuzzing = {off} }}"
-        operations.append((path, method.upper(), bindings, phases))
+        operations.append((path, method.upper(), bindings))
 # Operations without path ids whose bodies need real secrets: (path, method, {field: values}).
 for path, method, fields in [
     ("/api/v1/auth/login", "POST", {"email": [login_email], "password": [login_password]}),
@@ -266,16 +290,14 @@ for path, method, fields in [
         dictionary = f"secret_{field}"
         dictionaries[dictionary] = values
         bindings.append(f'"body.{field}" = {{ dictionary = "{dictionary}", probability = 0.8 }}')
-    operations.append((path, method, bindings, None))
+    operations.append((path, method, bindings))
 for name, ids in dictionaries.items():
     print()
     print(f"[dictionaries.{name}]")
     print("values = " + json.dumps(ids))
-for path, method, bindings, phases in operations:
+for path, method, bindings in operations:
     print()
     print("[[operations]]")
     print(f'include-path = "{path}"')
     print(f'include-method = "{method}"')
     print("parameters = { " + ", ".join(bindings) + " }")
-    if phases:
-        print(f"phases = {phases}")
