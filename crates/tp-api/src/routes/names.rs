@@ -66,6 +66,10 @@ pub(crate) enum PermissionName {
     RuleWrite,
     #[serde(rename = "alarm:read")]
     AlarmRead,
+    #[serde(rename = "ota:read")]
+    OtaRead,
+    #[serde(rename = "ota:write")]
+    OtaWrite,
 }
 
 /// An aggregation of a history query.
