@@ -60,8 +60,7 @@ pub(crate) async fn record_progress(
     };
     if apply_progress(&mut detail, &report, now) {
         store.update_detail(&detail).await?;
-        metrics::counter!("tp_ota_progress_total", "state" => detail.state.as_str())
-            .increment(1);
+        metrics::counter!("tp_ota_progress_total", "state" => detail.state.as_str()).increment(1);
         tracing::info!(device_id = %device.id, task_id = %detail.task_id, step = report.step,
             state = detail.state.as_str(), "OTA progress");
     }

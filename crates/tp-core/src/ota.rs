@@ -31,7 +31,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DeviceId, OtaPackageId, OtaTaskId, Page, Paged, ProfileId, TenantId, Timestamp};
+use crate::model::{
+    DeviceId, OtaPackageId, OtaTaskId, Page, Paged, ProfileId, TenantId, Timestamp,
+};
 use crate::{Error, Result};
 
 /// The module a package upgrades when none is named (ThingsPanel's default).
@@ -542,7 +544,12 @@ mod tests {
         let r = parse_progress(br#"{"step":"-1"}"#).unwrap();
         assert!(!apply_progress(&mut d, &r, 3));
         assert_eq!(d.state, OtaState::Succeeded);
-        for (step, reason) in [(-1, "upgrade"), (-2, "download"), (-3, "verif"), (-4, "flash")] {
+        for (step, reason) in [
+            (-1, "upgrade"),
+            (-2, "download"),
+            (-3, "verif"),
+            (-4, "flash"),
+        ] {
             let mut d = detail();
             let r = parse_progress(format!(r#"{{"step":"{step}"}}"#).as_bytes()).unwrap();
             apply_progress(&mut d, &r, 1);

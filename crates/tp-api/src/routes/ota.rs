@@ -380,7 +380,10 @@ pub(crate) struct TaskQuery {
 fn short(field: &str, v: &str, max: usize) -> ApiResult<String> {
     let v = v.trim_matches(super::support::is_blank);
     if v.is_empty() || v.chars().count() > max {
-        return Err(ApiError::invalid(field, format!("must be 1 to {max} characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     Ok(v.to_owned())
 }
@@ -690,7 +693,8 @@ where
     S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let io = |e: std::io::Error| ApiError::Core(tp_core::Error::backend("ota files", e.to_string()));
+    let io =
+        |e: std::io::Error| ApiError::Core(tp_core::Error::backend("ota files", e.to_string()));
     tokio::fs::create_dir_all(dir).await.map_err(io)?;
     let tmp = dir.join(format!(".upload-{}", Uuid::new_v4()));
     let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -785,7 +789,14 @@ pub(crate) async fn upload_package(
     let mut p = load_package(&state, &caller, id).await?;
     let used = svc
         .store
-        .list_tasks(caller.tenant_id, Some(p.id), Page { offset: 0, limit: 1 })
+        .list_tasks(
+            caller.tenant_id,
+            Some(p.id),
+            Page {
+                offset: 0,
+                limit: 1,
+            },
+        )
         .await?;
     if used.total > 0 {
         return Err(tp_core::Error::Conflict(format!(
@@ -820,7 +831,10 @@ pub(crate) async fn upload_package(
             .await
             .map_err(|e| multipart_error(&e, svc.max_package_bytes))?
         {
-            if let Some(n) = field.file_name().filter(|n| !n.is_empty() && n.len() <= 255) {
+            if let Some(n) = field
+                .file_name()
+                .filter(|n| !n.is_empty() && n.len() <= 255)
+            {
                 file_name = Some(n.to_owned());
             }
             written = Some(write_package(&svc.dir, &path, field, svc.max_package_bytes).await?);
@@ -1042,7 +1056,11 @@ pub(crate) async fn create_task(
                         format!("device {id} is listed twice"),
                     ));
                 }
-                match state.metadata.get_device(caller.tenant_id, DeviceId(*id)).await? {
+                match state
+                    .metadata
+                    .get_device(caller.tenant_id, DeviceId(*id))
+                    .await?
+                {
                     Some(d) => devices.push(d),
                     None => {
                         return Err(ApiError::unprocessable(
@@ -1102,7 +1120,17 @@ pub(crate) async fn create_task(
     let url = download_url(svc, &headers, &package);
     let lifetime_ms = i64::from(lifetime_secs) * 1000;
     for (device, mut detail) in devices.iter().zip(details) {
-        match inform(&state, &task, &package, &url, device, &mut detail, lifetime_ms).await {
+        match inform(
+            &state,
+            &task,
+            &package,
+            &url,
+            device,
+            &mut detail,
+            lifetime_ms,
+        )
+        .await
+        {
             Ok(()) => svc.store.update_detail(&detail).await?,
             Err(e) => {
                 tracing::warn!(device_id = %device.id, task_id = %task.id, error = ?e, "cannot send the OTA inform");
@@ -1206,7 +1234,9 @@ pub(crate) async fn delete_task(
             withdraw(&state, &mut d).await?;
         }
     }
-    store(&state)?.delete_task(caller.tenant_id, task.id).await?;
+    store(&state)?
+        .delete_task(caller.tenant_id, task.id)
+        .await?;
     audit(
         &state,
         &caller,
@@ -1287,8 +1317,8 @@ async fn refresh_pending(state: &AppState, caller: &Caller, task: OtaTaskId) -> 
         else {
             continue;
         };
-        let expired = row.status == CommandStatus::Expired
-            || tp_core::downlink::is_expired(&row, now_ms());
+        let expired =
+            row.status == CommandStatus::Expired || tp_core::downlink::is_expired(&row, now_ms());
         if matches!(row.status, CommandStatus::Sent | CommandStatus::Replied) {
             d.state = OtaState::Notified;
         } else if expired {
@@ -1404,7 +1434,11 @@ async fn retry(
         .await?
         .filter(OtaPackage::is_ready)
         .ok_or_else(|| ApiError::unprocessable("package_id", "the task's package has no file"))?;
-    let Some(device) = state.metadata.get_device(caller.tenant_id, d.device_id).await? else {
+    let Some(device) = state
+        .metadata
+        .get_device(caller.tenant_id, d.device_id)
+        .await?
+    else {
         return Ok(d);
     };
     let url = download_url(svc, headers, &package);
@@ -1545,7 +1579,12 @@ pub(crate) async fn retry_task_device(
         ))
         .into());
     }
-    if state.metadata.get_device(caller.tenant_id, device).await?.is_none() {
+    if state
+        .metadata
+        .get_device(caller.tenant_id, device)
+        .await?
+        .is_none()
+    {
         return Err(tp_core::Error::not_found("device", device).into());
     }
     let d = retry(&state, &caller, &headers, &task, d).await?;

@@ -86,7 +86,10 @@ pub async fn package_crud(store: &dyn OtaStore) {
     let tenant = TenantId::new();
     let mut p = sample_package(tenant, &format!("fw-{}", unique()));
     store.create_package(&p).await.unwrap();
-    assert_eq!(store.get_package(tenant, p.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(
+        store.get_package(tenant, p.id).await.unwrap(),
+        Some(p.clone())
+    );
     let mut q = sample_package(tenant, &format!("fw-{}", unique()));
     q.created_at = p.created_at + 1;
     q.url = Some("https://cdn.example.com/fw.bin".into());
@@ -103,7 +106,10 @@ pub async fn package_crud(store: &dyn OtaStore) {
     p.size = Some(u64::from(u32::MAX) + 7);
     p.updated_at += 5;
     store.update_package(&p).await.unwrap();
-    assert_eq!(store.get_package(tenant, p.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(
+        store.get_package(tenant, p.id).await.unwrap(),
+        Some(p.clone())
+    );
     store.delete_package(tenant, p.id).await.unwrap();
     assert_eq!(store.get_package(tenant, p.id).await.unwrap(), None);
     expect_not_found(store.delete_package(tenant, p.id).await);
@@ -153,7 +159,8 @@ pub async fn task_lifecycle(store: &dyn OtaStore) {
         .unwrap();
     assert_eq!(d, details[0]);
     let report = parse_progress(br#"{"step":"50","desc":"half"}"#).unwrap();
-    assert!(apply_progress(&mut d, &report, d.updated_at + 1));
+    let at = d.updated_at + 1;
+    assert!(apply_progress(&mut d, &report, at));
     d.message_id = Some("ab12cd34".into());
     store.update_detail(&d).await.unwrap();
     assert_eq!(
@@ -181,7 +188,13 @@ pub async fn task_lifecycle(store: &dyn OtaStore) {
         store.active_details(tenant, devices[0]).await.unwrap(),
         vec![d.clone()]
     );
-    assert!(store.active_details(tenant, devices[1]).await.unwrap().is_empty());
+    assert!(
+        store
+            .active_details(tenant, devices[1])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store
             .package_detail(tenant, devices[1], p.id)
@@ -194,7 +207,10 @@ pub async fn task_lifecycle(store: &dyn OtaStore) {
     cancelled.state = OtaState::Cancelled;
     store.update_detail(&cancelled).await.unwrap();
     assert_eq!(
-        store.package_detail(tenant, devices[2], p.id).await.unwrap(),
+        store
+            .package_detail(tenant, devices[2], p.id)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
@@ -216,7 +232,10 @@ pub async fn task_lifecycle(store: &dyn OtaStore) {
             .total,
         0
     );
-    assert_eq!(store.list_tasks(tenant, None, all()).await.unwrap().total, 1);
+    assert_eq!(
+        store.list_tasks(tenant, None, all()).await.unwrap().total,
+        1
+    );
 
     match store.delete_package(tenant, p.id).await {
         Err(Error::Conflict(_)) => {}
@@ -241,7 +260,10 @@ pub async fn task_creation_is_atomic(store: &dyn OtaStore) {
     let (mut task, details) = sample_task(&foreign, &[DeviceId::new()]);
     task.tenant_id = tenant;
     expect_not_found(store.create_task(&task, &details).await);
-    assert_eq!(store.list_tasks(tenant, None, all()).await.unwrap().total, 0);
+    assert_eq!(
+        store.list_tasks(tenant, None, all()).await.unwrap().total,
+        0
+    );
 
     let p = sample_package(tenant, &format!("fw-{}", unique()));
     store.create_package(&p).await.unwrap();
@@ -249,7 +271,13 @@ pub async fn task_creation_is_atomic(store: &dyn OtaStore) {
     let (task, details) = sample_task(&p, &[device, device]);
     assert!(store.create_task(&task, &details).await.is_err());
     assert_eq!(store.get_task(tenant, task.id).await.unwrap(), None);
-    assert!(store.active_details(tenant, device).await.unwrap().is_empty());
+    assert!(
+        store
+            .active_details(tenant, device)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Nothing of one tenant is visible to or changeable by another.
@@ -271,7 +299,10 @@ pub async fn tenant_isolation(store: &dyn OtaStore) {
     assert_eq!(store.get_task(b, task.id).await.unwrap(), None);
     assert_eq!(store.list_tasks(b, None, all()).await.unwrap().total, 0);
     expect_not_found(store.delete_task(b, task.id).await);
-    assert_eq!(store.list_details(b, task.id, all()).await.unwrap().total, 0);
+    assert_eq!(
+        store.list_details(b, task.id, all()).await.unwrap().total,
+        0
+    );
     assert_eq!(store.get_detail(b, task.id, device).await.unwrap(), None);
     let mut foreign = details[0].clone();
     foreign.tenant_id = b;

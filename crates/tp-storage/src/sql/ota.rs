@@ -8,9 +8,7 @@
 
 use async_trait::async_trait;
 use tp_core::ota::{OtaCounts, OtaPackage, OtaState, OtaStore, OtaTask, OtaTaskDetail};
-use tp_core::{
-    DeviceId, Error, OtaPackageId, OtaTaskId, Page, Paged, ProfileId, Result, TenantId,
-};
+use tp_core::{DeviceId, Error, OtaPackageId, OtaTaskId, Page, Paged, ProfileId, Result, TenantId};
 
 use super::{Dialect, SqlRow, SqlStore, Stmt, found, is_foreign_key_violation, paging, to_i64};
 
