@@ -153,6 +153,8 @@ mod tests {
             PermissionName::RuleRead,
             PermissionName::RuleWrite,
             PermissionName::AlarmRead,
+            PermissionName::OtaRead,
+            PermissionName::OtaWrite,
         ]
         .iter()
         .map(|p| {

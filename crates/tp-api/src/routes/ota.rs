@@ -799,9 +799,10 @@ pub(crate) async fn upload_package(
         )
         .await?;
     if used.total > 0 {
-        return Err(tp_core::Error::Conflict(format!(
-            "ota_package {id} is sent by a task; upload a new version instead"
-        ))
+        return Err(tp_core::Error::Conflict(
+            "the package is sent by a task, so its content cannot change: create a new version"
+                .to_owned(),
+        )
         .into());
     }
     let content_type = request

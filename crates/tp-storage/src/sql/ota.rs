@@ -219,9 +219,9 @@ impl<D: Dialect> OtaStore for SqlStore<D> {
             .bind(tenant);
         match self.exec_raw(stmt).await {
             Ok(n) => found(n, "ota_package", id),
-            Err(e) if is_foreign_key_violation(&e) => Err(Error::Conflict(format!(
-                "ota_package {id} is used by a task; delete its tasks first"
-            ))),
+            Err(e) if is_foreign_key_violation(&e) => Err(Error::Conflict(
+                "the package is sent by a task; delete its tasks first".to_owned(),
+            )),
             Err(e) => Err(D::error(e)),
         }
     }
