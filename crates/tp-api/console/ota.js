@@ -156,7 +156,7 @@ export async function otaTaskPage({ main, params, signal, navigate }) {
       get(`/ota/tasks/${id}/devices?page_size=1000`, { signal }),
     ]);
     clear(body,
-      h('p', {}, 'Status ', stateBadge(task.status), ` · ${task.counts.total} devices: `,
+      h('p', {}, 'Status ', stateBadge(task.status), ` · ${task.counts.total} ${task.counts.total === 1 ? 'device' : 'devices'}: `,
         Object.entries(task.counts).filter(([k, n]) => k !== 'total' && n > 0).map(([k, n]) => `${n} ${k}`).join(', ') || 'none'),
       h('div', { class: 'actions' },
         h('button', { type: 'button', id: 'ota-cancel-all', onclick: () => act('POST', `/ota/tasks/${id}/cancel`) }, 'Cancel all under way'),

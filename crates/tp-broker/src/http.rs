@@ -332,32 +332,6 @@ async fn command_response(
     Ok(success(StatusCode::OK, None))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_parse() {
-        let enc = base64::engine::general_purpose::STANDARD.encode("dev1:p:w");
-        assert_eq!(
-            basic_credentials(&format!("Basic {enc}")),
-            Some(("dev1".into(), "p:w".into()))
-        );
-        assert_eq!(
-            basic_credentials(&format!("basic  {enc}")),
-            Some(("dev1".into(), "p:w".into()))
-        );
-        assert_eq!(basic_credentials(&format!("Bearer {enc}")), None);
-        assert_eq!(basic_credentials("Basic !!!"), None);
-        let no_colon = base64::engine::general_purpose::STANDARD.encode("dev1");
-        // An access token alone, as some clients send it.
-        assert_eq!(
-            basic_credentials(&format!("Basic {no_colon}")),
-            Some(("dev1".into(), String::new()))
-        );
-    }
-}
-
 /// `GET /api/v1/device/ota/packages/{package_id}`: a package of one of the device's
 /// OTA tasks, with `Range` support (see [`crate::ota`]).
 async fn ota_package(
@@ -433,4 +407,30 @@ async fn serve_package(
     }
     metrics::counter!("tp_ota_downloads_total").increment(1);
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_parse() {
+        let enc = base64::engine::general_purpose::STANDARD.encode("dev1:p:w");
+        assert_eq!(
+            basic_credentials(&format!("Basic {enc}")),
+            Some(("dev1".into(), "p:w".into()))
+        );
+        assert_eq!(
+            basic_credentials(&format!("basic  {enc}")),
+            Some(("dev1".into(), "p:w".into()))
+        );
+        assert_eq!(basic_credentials(&format!("Bearer {enc}")), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("dev1");
+        // An access token alone, as some clients send it.
+        assert_eq!(
+            basic_credentials(&format!("Basic {no_colon}")),
+            Some(("dev1".into(), String::new()))
+        );
+    }
 }

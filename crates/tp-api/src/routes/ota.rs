@@ -665,7 +665,7 @@ pub(crate) async fn delete_package(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A multipart upload: the file in any field (the first one with data).
+/// A multipart upload: the file is the form's first part.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct UploadForm {
@@ -750,7 +750,7 @@ fn too_large(max: u64) -> ApiError {
 }
 
 /// Uploads (or replaces) a package's file: the raw bytes as
-/// `application/octet-stream`, or `multipart/form-data` with the file in one field.
+/// `application/octet-stream`, or `multipart/form-data` with the file as its first part.
 /// Size, SHA-256 and MD5 are computed while it streams to disk; an external `url`
 /// of the package is dropped. Refused while a task sends the package.
 #[utoipa::path(
@@ -826,22 +826,19 @@ pub(crate) async fn upload_package(
         let mut form = axum::extract::Multipart::from_request(request, &state)
             .await
             .map_err(|e| ApiError::invalid("body", e.body_text()))?;
-        let mut written = None;
-        while let Some(field) = form
+        // The file is the form's first part.
+        let field = form
             .next_field()
             .await
             .map_err(|e| multipart_error(&e, svc.max_package_bytes))?
+            .ok_or_else(|| ApiError::invalid("body", "the form holds no file"))?;
+        if let Some(n) = field
+            .file_name()
+            .filter(|n| !n.is_empty() && n.len() <= 255)
         {
-            if let Some(n) = field
-                .file_name()
-                .filter(|n| !n.is_empty() && n.len() <= 255)
-            {
-                file_name = Some(n.to_owned());
-            }
-            written = Some(write_package(&svc.dir, &path, field, svc.max_package_bytes).await?);
-            break;
+            file_name = Some(n.to_owned());
         }
-        written.ok_or_else(|| ApiError::invalid("body", "the form holds no file"))?
+        write_package(&svc.dir, &path, field, svc.max_package_bytes).await?
     } else if content_type.starts_with("application/octet-stream") {
         let stream = request.into_body().into_data_stream();
         write_package(&svc.dir, &path, stream, svc.max_package_bytes).await?
