@@ -291,8 +291,9 @@ pub(crate) struct CreatePackageRequest {
     #[serde(default)]
     #[schema(max_length = 1000)]
     description: Option<String>,
-    /// Handed to the device as `extData`.
+    /// Handed to the device as `extData` (an object).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     ext_data: Option<serde_json::Value>,
     /// A signature method of your own (`MD5`, `SHA256`, ...), with `sign`.
     #[serde(default)]
@@ -398,6 +399,14 @@ fn description(d: Option<String>) -> ApiResult<Option<String>> {
     }
 }
 
+/// `extData` is an object, as ThingsPanel's devices expect.
+fn ext_data(v: Option<serde_json::Value>) -> ApiResult<Option<serde_json::Value>> {
+    match v {
+        Some(v) if !v.is_object() => Err(ApiError::invalid("ext_data", "must be a JSON object")),
+        other => Ok(other),
+    }
+}
+
 fn sized(field: &str, v: Option<String>, max: usize) -> ApiResult<Option<String>> {
     match v {
         Some(v) if v.is_empty() || v.chars().count() > max => Err(ApiError::invalid(
@@ -491,7 +500,7 @@ pub(crate) async fn create_package(
         module,
         profile_id: req.profile_id.map(ProfileId),
         description,
-        ext_data: req.ext_data,
+        ext_data: ext_data(req.ext_data)?,
         sign_method,
         sign,
         url,
@@ -605,7 +614,7 @@ pub(crate) async fn update_package(
         p.description = description(d)?;
     }
     if let Some(e) = req.ext_data {
-        p.ext_data = e;
+        p.ext_data = ext_data(e)?;
     }
     p.updated_at = now_ms();
     store(&state)?.update_package(&p).await?;
