@@ -113,6 +113,34 @@ for _ in range(300):
 if alarm is None:
     sys.exit("seeding: the rule raised no alarm within 30 s")
 
+# OTA: a package with a file (uploaded as a raw body) sent by a task to the device,
+# and one with a file but no task, whose file the upload operation may replace (a
+# package a task sends cannot change). api-fuzz.sh keeps uploads small
+# (TP_OTA__MAX_PACKAGE_BYTES), and an upload replaces the package's one file.
+def upload(package_id, content):
+    req = urllib.request.Request(
+        f"{BASE}/api/v1/ota/packages/{package_id}/file?file_name=fuzz.bin",
+        data=content, method="PUT")
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    req.add_header("Content-Type", "application/octet-stream")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200, resp.status
+
+
+def package_body(name):
+    return {"name": name, "version": "1.0.0", "module": "MCU"}
+
+
+package, upload_package = two("/api/v1/ota/packages", package_body)
+upload(package, b"fuzz firmware " * 64)
+upload(upload_package, b"fuzz firmware " * 16)
+ota_task = make("/api/v1/ota/tasks", {"package_id": package, "device_ids": [device]})
+
+
+def ota_task_body(name):
+    return {"package_id": package, "device_ids": [device], "name": name}
+
+
 # path template -> {method or "*": {parameter: [ids]}}; deleting operations get
 # spares of their own (several, since each test phase may delete one).
 spares = {}
@@ -142,6 +170,12 @@ pins = {
     "/api/v1/rules/{id}": {"*": {"id": [rule]},
                            "DELETE": {"id": [rule_del] + spare("/api/v1/rules", rule_body)}},
     "/api/v1/alarms/{id}": {"*": {"id": [alarm]}},
+    "/api/v1/ota/packages/{id}": {"*": {"id": [package]},
+                                  "DELETE": {"id": spare("/api/v1/ota/packages", package_body)}},
+    "/api/v1/ota/packages/{id}/file": {"*": {"id": [upload_package]}},
+    "/api/v1/ota/tasks/{id}": {"*": {"id": [ota_task]},
+                               "DELETE": {"id": spare("/api/v1/ota/tasks", ota_task_body)}},
+    "/api/v1/ota/tasks/{id}/devices/{device_id}": {"*": {"id": [ota_task], "device_id": [device]}},
     "/api/v1/tenants/{id}": {"*": {"id": [tenant]},
                              "DELETE": {"id": [tenant_del] + spare("/api/v1/tenants", lambda n: {"name": n})}},
 }
@@ -156,6 +190,7 @@ examples_by_name = {
     "rule_id": rule,
     "channel": channel,
     "scene": scene,
+    "package_id": package,
     "url": "https://hooks.example.com/fuzz",
     "start": 0,
     "end": 4102444800000,
@@ -236,6 +271,7 @@ dictionaries = {
     "seed_role": [role],
     "seed_channel": [channel],
     "seed_scene": [scene],
+    "seed_package": [package],
     "seed_url": ["https://hooks.example.com/fuzz"],
     "seed_start": [0, 1000],
     "seed_end": [4102444800000],
@@ -249,6 +285,8 @@ global_bindings = {
     "body.actions[*].channels[*]": "seed_channel",
     "body.actions[*].channel": "seed_channel",
     "body.actions[*].scene": "seed_scene",
+    "body.package_id": "seed_package",
+    "body.device_ids[*]": "seed_device",
     "query.start": "seed_start",
     "query.end": "seed_end",
 }

@@ -26,6 +26,8 @@ email=fuzz-admin@example.com
 password=fuzz-admin-password-1
 # The sign-in throttle is tested on its own (crates/tp-node/tests/hardening.rs); here
 # it would answer most generated sign-ins with 429 and leave the rest untested.
+# OTA uploads are capped at 64 KiB here, so generated bodies cannot fill the disk.
+TP_OTA__MAX_PACKAGE_BYTES=65536 \
 TP_ADMIN_EMAIL=$email TP_ADMIN_PASSWORD=$password TP_AUTH__TOKEN_TTL_SECS=7200 \
   TP_AUTH__MAX_FAILED_LOGINS=1000000000 TP_AUTH__GLOBAL_FAILED_LOGINS=1000000000 \
   "${CARGO_TARGET_DIR:-target}/debug/thingspanel" --data-dir "$dir/data" \

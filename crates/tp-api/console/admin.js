@@ -16,6 +16,8 @@ export const PERMISSIONS = [
   ['rule:write', 'Change rules, scenes and channels; run scenes'],
   ['group:write', 'Change device groups'],
   ['profile:write', 'Change device profiles'],
+  ['ota:read', 'Read OTA packages, tasks and progress'],
+  ['ota:write', 'Upload OTA packages; create, cancel and retry OTA tasks'],
   ['user:manage', 'Manage users'],
   ['role:manage', 'Manage custom roles'],
   ['apikey:manage', 'Manage API keys'],

@@ -8,6 +8,7 @@ import * as pages from './pages.js';
 import { devicePage } from './device.js';
 import { channelsPage } from './admin.js';
 import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } from './manage.js';
+import { otaPage, otaTaskPage } from './ota.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -29,6 +30,8 @@ const ROUTES = [
   [/^\/rules\/scenes\/new$/, pages.sceneEditor, 'New scene'],
   [/^\/rules\/scenes\/([0-9a-fA-F-]{36})$/, pages.sceneEditor, 'Edit scene'],
   [/^\/rules\/([0-9a-fA-F-]{36})$/, pages.ruleEditor, 'Edit rule'],
+  [/^\/ota$/, otaPage, 'OTA upgrades'],
+  [/^\/ota\/tasks\/([0-9a-fA-F-]{36})$/, otaTaskPage, 'OTA task'],
   [/^\/admin$/, pages.admin, 'Administration'],
   [/^\/admin\/api-keys$/, apiKeysPage, 'API keys'],
   [/^\/admin\/audit$/, auditPage, 'Audit log'],
@@ -55,6 +58,7 @@ const isAdmin = m => m.role === 'SYS_ADMIN' || m.role === 'TENANT_ADMIN' || m.pe
 
 function renderNav(path) {
   const links = [['/', 'Dashboard'], ['/devices', 'Devices'], ['/alarms', 'Alarms'], ['/rules', 'Rules & scenes']];
+  if (me.permissions.includes('ota:read')) links.push(['/ota', 'OTA']);
   if (isAdmin(me)) links.push(['/admin', 'Admin']);
   clear(nav, links.map(([p, label]) => {
     const active = p === '/' ? path === '/' : path === p || path.startsWith(`${p}/`);

@@ -36,6 +36,7 @@ pub mod authz;
 mod console;
 pub mod error;
 pub mod openapi;
+pub mod ota;
 pub mod quota;
 mod routes;
 pub mod state;

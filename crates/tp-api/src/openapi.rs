@@ -21,7 +21,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     // Named only through a query parameter's `value_type`, so not collected by a route.
@@ -42,6 +42,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "scenes", description = "Manual scenes: named action lists run on demand"),
         (name = "alarms", description = "Alarms raised by rules: lifecycle, history, comments and counts"),
         (name = "notifications", description = "Notification channels (webhook, email) and the notification history"),
+        (name = "ota", description = "OTA upgrades: packages (uploaded or external), tasks that send them to devices over `ota/devices/inform/{device_number}`, and each device's progress"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]
@@ -203,6 +204,18 @@ const REQUEST_EXAMPLES: &[(&str, &str)] = &[
         r#"{"email": "ops@acme.example", "name": "Operator", "password": "a long passphrase", "role": "TENANT_USER"}"#,
     ),
     ("UpdateUserRequest", r#"{"name": "Night operator"}"#),
+    (
+        "CreatePackageRequest",
+        r#"{"name": "boiler firmware", "version": "1.2.0", "module": "MCU", "description": "fixes the pump relay", "ext_data": {"channel": "stable"}}"#,
+    ),
+    (
+        "UpdatePackageRequest",
+        r#"{"description": "fixes the pump relay and the display"}"#,
+    ),
+    (
+        "CreateTaskRequest",
+        r#"{"package_id": "00000000-0000-0000-0000-000000000001", "device_ids": ["00000000-0000-0000-0000-000000000002"], "name": "boilers to 1.2.0"}"#,
+    ),
 ];
 
 /// Puts [`REQUEST_EXAMPLES`] on their schemas.

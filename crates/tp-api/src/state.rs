@@ -48,6 +48,8 @@ pub struct AppState {
     pub(crate) limits: crate::quota::TenantLimits,
     /// Open live streams per tenant on this node.
     pub(crate) streams: Arc<crate::quota::StreamCounts>,
+    /// OTA packages and tasks; without it their routes answer 503.
+    pub(crate) ota: Option<crate::ota::OtaService>,
 }
 
 impl AppState {
@@ -77,7 +79,14 @@ impl AppState {
             live: None,
             limits: crate::quota::TenantLimits::default(),
             streams: Arc::default(),
+            ota: None,
         }
+    }
+
+    /// Adds the OTA store and package files behind the `/api/v1/ota` routes.
+    pub fn with_ota(mut self, ota: crate::ota::OtaService) -> Self {
+        self.ota = Some(ota);
+        self
     }
 
     /// Sets the per-tenant limits (default: [`crate::quota::TenantLimits::default`]).

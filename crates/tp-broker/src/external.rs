@@ -272,6 +272,7 @@ impl ExternalConsumer {
                 presence: None,
                 observer: None,
                 caches: Default::default(),
+                ota: None,
             },
             client,
             counters: counters.clone(),

@@ -27,6 +27,8 @@
 //! `message_id`), `413 payload_too_large` (over the broker's `max_payload_size`),
 //! `503 unavailable` (the node is draining or a store is down; retry).
 //!
+//! | `GET /api/v1/device/ota/packages/{package_id}` | - | `200` the package file (`206` for a `Range`), see [`crate::ota`] |
+//!
 //! `GET /api/v1/device/commands` returns the device's pending downlink (commands,
 //! attribute sets and gets, telemetry control), oldest first, and marks them `sent`;
 //! each item has `message_id`, `kind`, `topic` (the MQTT topic it would arrive on),
@@ -68,6 +70,7 @@ pub fn device_router(broker: &crate::EmbeddedBroker) -> Router {
             "/api/v1/device/commands/{message_id}/response",
             post(command_response),
         )
+        .route("/api/v1/device/ota/packages/{package_id}", get(ota_package))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(api)
 }
@@ -327,6 +330,83 @@ async fn command_response(
         .response(device.id, &message_id, &body, now_ms())
         .await?;
     Ok(success(StatusCode::OK, None))
+}
+
+/// `GET /api/v1/device/ota/packages/{package_id}`: a package of one of the device's
+/// OTA tasks, with `Range` support (see [`crate::ota`]).
+async fn ota_package(
+    State(api): State<DeviceApi>,
+    Path(package_id): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    match serve_package(&api, &package_id, request).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_package(
+    api: &DeviceApi,
+    package_id: &str,
+    request: axum::extract::Request,
+) -> Result<Response, DeviceError> {
+    use tower::ServiceExt;
+    let device = authenticate(api, request.headers()).await?;
+    let not_found = || {
+        DeviceError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such package among this device's OTA tasks",
+        )
+    };
+    let Some(ota) = &api.ota else {
+        return Err(not_found());
+    };
+    let id = uuid::Uuid::parse_str(package_id)
+        .map(tp_core::OtaPackageId)
+        .map_err(|_| not_found())?;
+    let detail = ota
+        .store
+        .package_detail(device.tenant_id, device.id, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let package = ota
+        .store
+        .get_package(device.tenant_id, id)
+        .await?
+        .filter(|p| p.stored)
+        .ok_or_else(not_found)?;
+    crate::ota::mark_downloading(ota.store.as_ref(), detail).await?;
+    let path = ota.dir.join(id.to_string());
+    let served = tower_http::services::ServeFile::new(&path)
+        .oneshot(request)
+        .await;
+    let mut resp = match served {
+        Ok(resp) => resp.map(axum::body::Body::new),
+        Err(e) => {
+            tracing::error!(package_id = %id, error = %e, "cannot serve an OTA package");
+            return Err(DeviceError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ));
+        }
+    };
+    if resp.status() == StatusCode::NOT_FOUND {
+        tracing::error!(package_id = %id, path = %path.display(), "a stored OTA package's file is missing");
+        return Err(not_found());
+    }
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        ("x-checksum-sha256", package.sha256.as_deref()),
+        ("x-checksum-md5", package.md5.as_deref()),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    metrics::counter!("tp_ota_downloads_total").increment(1);
+    Ok(resp)
 }
 
 #[cfg(test)]

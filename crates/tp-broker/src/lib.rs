@@ -64,6 +64,7 @@ pub mod http;
 mod https;
 mod ingest;
 mod listener;
+pub mod ota;
 pub mod presence;
 mod rate;
 mod session;
@@ -151,6 +152,10 @@ pub struct BrokerOptions {
     /// Filled in while the write-ahead log replays at start (before any listener
     /// accepts devices), for a readiness probe that says how far it is.
     pub replay_progress: Option<Arc<ReplayProgress>>,
+    /// OTA upgrades: `ota/devices/progress` reports update the device's task detail,
+    /// and the HTTP device API serves stored packages ([`ota::OtaDownloads`]).
+    /// Without it progress is stored as an event only.
+    pub ota: Option<ota::OtaDownloads>,
 }
 
 /// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
@@ -222,6 +227,9 @@ pub(crate) struct DeviceApi {
     pub(crate) shared: Arc<Shared>,
     pub(crate) uplinks: Uplinks,
     pub(crate) max_payload_size: usize,
+    /// Package downloads of OTA tasks.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) ota: Option<ota::OtaDownloads>,
 }
 
 /// A running embedded broker with its ingest loop.
@@ -353,6 +361,7 @@ impl EmbeddedBroker {
                     presence: Some(presence.clone()),
                     observer: options.observer.clone(),
                     caches: caches.clone(),
+                    ota: options.ota.as_ref().map(|o| o.store.clone()),
                 },
                 shared: shared.clone(),
             };
@@ -407,11 +416,13 @@ impl EmbeddedBroker {
             presence: Some(presence.clone()),
             observer: options.observer.clone(),
             caches,
+            ota: options.ota.as_ref().map(|o| o.store.clone()),
         };
         let device_api = DeviceApi {
             shared: shared.clone(),
             uplinks: uplinks.clone(),
             max_payload_size: config.max_payload_size,
+            ota: options.ota.clone(),
         };
         if let Some(socket) = coap_socket {
             listeners.push(tokio::spawn(coap::serve(

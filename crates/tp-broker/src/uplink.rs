@@ -45,6 +45,8 @@ pub(crate) struct Uplinks {
     pub(crate) observer: Option<UplinkObserverRef>,
     /// This node's device lookups ([`DeviceCaches`]).
     pub(crate) caches: Arc<DeviceCaches>,
+    /// OTA task details, which `ota/devices/progress` reports update.
+    pub(crate) ota: Option<tp_core::ota::OtaStoreRef>,
 }
 
 /// The acknowledgement ThingsPanel sends a device for an attribute or event report,
@@ -300,7 +302,8 @@ impl Uplinks {
         Err(not_below())
     }
 
-    /// An OTA progress report, stored as an `ota_progress` event.
+    /// An OTA progress report, stored as an `ota_progress` event and mapped onto the
+    /// device's OTA task detail ([`crate::ota::record_progress`]).
     async fn ota_progress(
         &self,
         device_id: DeviceId,
@@ -317,7 +320,14 @@ impl Uplinks {
                 method: "ota_progress".to_owned(),
                 params,
             }])
-            .await
+            .await?;
+        if let Some(ota) = &self.ota {
+            let Some(device) = self.device(device_id).await else {
+                return Ok(());
+            };
+            crate::ota::record_progress(ota.as_ref(), &device, payload, now).await?;
+        }
+        Ok(())
     }
 
     /// Gateway messages (ThingsPanel's envelope): `gateway_data` is stored for the

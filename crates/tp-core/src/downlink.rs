@@ -104,6 +104,16 @@ pub async fn route(
     message_id: &str,
     payload: &serde_json::Value,
 ) -> Result<Route> {
+    // ThingsPanel has no gateway form of the OTA inform: it goes to the device's own
+    // `ota/devices/inform/{device_number}` (a sub-device without a connection of its
+    // own gets it when it connects directly).
+    if kind == CommandKind::OtaInform {
+        return Ok(Route {
+            device_id: device.id,
+            topic: downlink_topic(kind, &device.device_number, message_id),
+            payload: payload.clone(),
+        });
+    }
     let mut addrs = Vec::new();
     let mut top = device.clone();
     while let Some(parent_id) = top.parent_id {
@@ -182,6 +192,7 @@ fn downlink_kind(kind: CommandKind) -> DownlinkKind {
         CommandKind::AttributeSet => DownlinkKind::AttributeSet,
         CommandKind::AttributeGet => DownlinkKind::AttributeGet,
         CommandKind::TelemetryControl => DownlinkKind::TelemetryControl,
+        CommandKind::OtaInform => DownlinkKind::OtaInform,
     }
 }
 

@@ -43,6 +43,7 @@ pub mod ingest;
 pub mod model;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod ota;
 pub mod protocol;
 pub mod provision;
 pub mod rules;

@@ -127,6 +127,16 @@ id_type!(
     "alarm"
 );
 id_type!(
+    /// Identifies an OTA upgrade package.
+    OtaPackageId,
+    "ota_package"
+);
+id_type!(
+    /// Identifies an OTA upgrade task.
+    OtaTaskId,
+    "ota_task"
+);
+id_type!(
     /// Identifies a notification channel.
     ChannelId,
     "channel"
@@ -809,6 +819,8 @@ pub enum CommandKind {
     AttributeGet,
     /// `devices/telemetry/control/{device_number}`.
     TelemetryControl,
+    /// `ota/devices/inform/{device_number}`: an OTA task's inform ([`crate::ota`]).
+    OtaInform,
 }
 
 /// Lifecycle of a downlink: pending -> sent -> replied, or failed / expired.
@@ -862,6 +874,7 @@ impl CommandKind {
             CommandKind::AttributeSet => "attribute_set",
             CommandKind::AttributeGet => "attribute_get",
             CommandKind::TelemetryControl => "telemetry_control",
+            CommandKind::OtaInform => "ota_inform",
         }
     }
 }
@@ -874,6 +887,7 @@ impl FromStr for CommandKind {
             "attribute_set" => CommandKind::AttributeSet,
             "attribute_get" => CommandKind::AttributeGet,
             "telemetry_control" => CommandKind::TelemetryControl,
+            "ota_inform" => CommandKind::OtaInform,
             other => return Err(Error::invalid("kind", format!("unknown {other:?}"))),
         })
     }

@@ -46,6 +46,30 @@ pub struct PlatformConfig {
     pub limits: tp_api::quota::TenantLimits,
     /// Log output (`[log]`): plain text or JSON lines.
     pub log: LogConfig,
+    /// OTA upgrades (`[ota]`): package size limit and the download URL devices get.
+    pub ota: OtaConfig,
+}
+
+/// `[ota]`: OTA packages are kept in `<data_dir>/ota`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtaConfig {
+    /// Largest package upload in bytes (default 256 MiB); larger uploads are refused
+    /// with 413 (`TP_OTA__MAX_PACKAGE_BYTES`).
+    pub max_package_bytes: u64,
+    /// The base URL devices download packages from, e.g. `https://iot.example.com`
+    /// (behind a load balancer or proxy); unset, the `Host` of the request that
+    /// created the task, with this node's scheme.
+    pub public_url: Option<String>,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            max_package_bytes: tp_api::ota::DEFAULT_MAX_PACKAGE_BYTES,
+            public_url: None,
+        }
+    }
 }
 
 /// `[log]`: how the node writes its log (to stdout; `RUST_LOG` filters it).
@@ -206,6 +230,7 @@ impl Default for PlatformConfig {
             cluster: ClusterConfig::default(),
             limits: tp_api::quota::TenantLimits::default(),
             log: LogConfig::default(),
+            ota: OtaConfig::default(),
         }
     }
 }
@@ -492,6 +517,11 @@ impl PlatformConfig {
         let mut toml = toml::to_string_pretty(&PlatformConfig::default()).unwrap_or_default();
         toml.push_str(OPTIONAL_TLS_TOML);
         toml
+    }
+
+    /// Where uploaded OTA packages are kept: `<data_dir>/ota`.
+    pub fn ota_dir(&self) -> PathBuf {
+        self.data_dir.join("ota")
     }
 
     /// The metadata URL with the data-dir default applied.

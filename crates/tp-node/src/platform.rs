@@ -293,6 +293,7 @@ struct Stores {
     metadata: MetadataStoreRef,
     access: AccessStoreRef,
     rules: RuleStoreRef,
+    ota: tp_core::ota::OtaStoreRef,
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     backplane: Option<BackplaneRef>,
@@ -303,8 +304,8 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         setting: "data_dir (--data-dir)",
         message: format!("cannot create {}: {e}", config.data_dir.display()),
     })?;
-    // One pool behind the metadata, access and rule stores.
-    let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
+    // One pool behind the metadata, access, rule and OTA stores.
+    let (metadata, access, rules, ota) = tp_storage::open_ota(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
     let timeseries = open_timeseries(config).await?;
@@ -324,6 +325,7 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         metadata,
         access,
         rules,
+        ota,
         timeseries,
         cache,
         backplane,
@@ -482,6 +484,7 @@ async fn start_services(
         metadata,
         access,
         rules,
+        ota: _,
         timeseries,
         cache,
         backplane,
@@ -617,6 +620,10 @@ async fn start_broker(
             ]))),
             leases,
             replay_progress: Some(progress),
+            ota: Some(tp_broker::ota::OtaDownloads {
+                store: stores.ota.clone(),
+                dir: config.ota_dir(),
+            }),
         },
     )
     .await?;
@@ -643,7 +650,14 @@ fn api_state(
     .with_rules(stores.rules.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
-    .with_limits(config.limits);
+    .with_limits(config.limits)
+    .with_ota(tp_api::ota::OtaService {
+        store: stores.ota.clone(),
+        dir: config.ota_dir(),
+        max_package_bytes: config.ota.max_package_bytes,
+        public_url: config.ota.public_url.clone(),
+        https: config.http.tls.is_some(),
+    });
     if let Some(t) = &services.transport {
         state = state.with_transport(t.clone());
     }

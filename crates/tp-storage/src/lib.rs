@@ -200,12 +200,31 @@ pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)
 /// # Errors
 /// As [`open_metadata`].
 pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, RuleStoreRef)> {
+    let (metadata, access, rules, _) = open_ota(url).await?;
+    Ok((metadata, access, rules))
+}
+
+/// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
+/// returns it four times: as the [`MetadataStore`], the [`AccessStore`], the
+/// [`RuleStore`] and the [`tp_core::ota::OtaStore`], one store with one connection
+/// pool behind all handles.
+///
+/// # Errors
+/// As [`open_metadata`].
+pub async fn open_ota(
+    url: &str,
+) -> Result<(
+    MetadataStoreRef,
+    AccessStoreRef,
+    RuleStoreRef,
+    tp_core::ota::OtaStoreRef,
+)> {
     const FIELD: &str = "storage.metadata";
     if is_postgres(url) {
         #[cfg(feature = "postgres")]
         {
             let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
-            return Ok((store.clone(), store.clone(), store));
+            return Ok((store.clone(), store.clone(), store.clone(), store));
         }
         #[cfg(not(feature = "postgres"))]
         return Err(not_enabled(FIELD, url, "postgres"));
@@ -217,7 +236,7 @@ pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, 
             SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
             SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
         });
-        Ok((store.clone(), store.clone(), store))
+        Ok((store.clone(), store.clone(), store.clone(), store))
     }
     #[cfg(not(feature = "sqlite"))]
     {

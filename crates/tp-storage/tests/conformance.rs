@@ -130,6 +130,28 @@ mod sqlite_url_rules {
     });
 }
 
+mod sqlite_memory_ota {
+    use super::*;
+    tp_core::ota_conformance!(async {
+        let store: tp_core::ota::OtaStoreRef =
+            Arc::new(SqliteMetadataStore::in_memory().await.expect("open"));
+        Some(store)
+    });
+}
+
+mod sqlite_file_ota {
+    use super::*;
+    tp_core::ota_conformance!(async {
+        let db = TempDb::new();
+        let store: tp_core::ota::OtaStoreRef =
+            Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    });
+}
+
 mod sqlite_file_metadata {
     tp_core::metadata_conformance!(super::sqlite_meta_file());
 }

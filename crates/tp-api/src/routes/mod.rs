@@ -22,6 +22,7 @@ pub(crate) mod downlink;
 mod extract;
 mod groups;
 mod names;
+mod ota;
 mod profiles;
 mod provision;
 mod roles;
@@ -128,13 +129,38 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             channels::update_channel,
             channels::delete_channel
         ))
-        .routes(routes!(channels::list_notifications));
+        .routes(routes!(channels::list_notifications))
+        .routes(routes!(ota::create_package, ota::list_packages))
+        .routes(routes!(
+            ota::get_package,
+            ota::update_package,
+            ota::delete_package
+        ))
+        .routes(ota_upload())
+        .routes(routes!(ota::create_task, ota::list_tasks))
+        .routes(routes!(ota::get_task, ota::delete_task))
+        .routes(routes!(ota::cancel_task))
+        .routes(routes!(ota::retry_task))
+        .routes(routes!(ota::list_task_devices))
+        .routes(routes!(ota::cancel_task_device))
+        .routes(routes!(ota::retry_task_device));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
+}
+
+/// The package upload route, without axum's default body limit: it streams to disk
+/// under its own limit (`ota.max_package_bytes`).
+fn ota_upload() -> utoipa_axum::router::UtoipaMethodRouter<AppState> {
+    let (schemas, paths, method) = routes!(ota::upload_package);
+    (
+        schemas,
+        paths,
+        method.layer(axum::extract::DefaultBodyLimit::disable()),
+    )
 }
 
 /// The complete application: every route, the Swagger UI at `/docs`, JSON fallbacks,

@@ -66,6 +66,10 @@ pub(crate) enum PermissionName {
     RuleWrite,
     #[serde(rename = "alarm:read")]
     AlarmRead,
+    #[serde(rename = "ota:read")]
+    OtaRead,
+    #[serde(rename = "ota:write")]
+    OtaWrite,
 }
 
 /// An aggregation of a history query.
@@ -149,6 +153,8 @@ mod tests {
             PermissionName::RuleRead,
             PermissionName::RuleWrite,
             PermissionName::AlarmRead,
+            PermissionName::OtaRead,
+            PermissionName::OtaWrite,
         ]
         .iter()
         .map(|p| {

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod cache;
 pub mod metadata;
+pub mod ota;
 pub mod rules;
 pub mod timeseries;
 pub mod tls;

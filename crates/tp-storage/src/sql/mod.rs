@@ -19,6 +19,7 @@
 
 mod access;
 mod meta;
+mod ota;
 mod rules;
 
 use std::borrow::Cow;
@@ -127,6 +128,8 @@ arg_from_id!(
     tp_core::AlarmId,
     tp_core::ChannelId,
     tp_core::NotificationId,
+    tp_core::OtaPackageId,
+    tp_core::OtaTaskId,
 );
 
 /// A statement and its parameters, `$1`.. in order of [`Stmt::bind`].

@@ -97,6 +97,8 @@ struct Fx {
     scene: Scene,
     alarm: Alarm,
     channel: NotificationChannel,
+    ota_package: tp_core::ota::OtaPackage,
+    ota_task: tp_core::ota::OtaTask,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -109,7 +111,7 @@ type BodyFn = fn(&Fx, &str) -> Json;
 struct Row {
     method: &'static str,
     /// With `{device}`, `{group}`, `{profile}`, `{role}`, `{user}`, `{key}`, `{tenant}`,
-    /// `{rule}`, `{scene}`, `{alarm}`, `{channel}`.
+    /// `{rule}`, `{scene}`, `{alarm}`, `{channel}`, `{package}`, `{task}`.
     path: &'static str,
     /// Body from the fixture and the caller's password.
     body: Option<BodyFn>,
@@ -429,6 +431,54 @@ fn table() -> Vec<Row> {
             manage_one(204),
         ),
         row("GET", "/api/v1/notifications", RULE_LIST),
+        // OTA: only the admins have ota:read / ota:write
+        with(
+            "POST",
+            "/api/v1/ota/packages",
+            |fx, _| json!({"name": format!("new-{}", fx.uniq), "version": "1.0.0"}),
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/ota/packages", MANAGE_LIST),
+        row("GET", "/api/v1/ota/packages/{package}", manage_one(200)),
+        with(
+            "PATCH",
+            "/api/v1/ota/packages/{package}",
+            |_, _| json!({"description": "changed"}),
+            manage_one(200),
+        ),
+        // The fixture's package is sent by its task.
+        row("DELETE", "/api/v1/ota/packages/{package}", manage_one(409)),
+        // The fixture's package is sent by its task, so its content cannot change
+        // (uploads themselves: tp-node tests/ota.rs).
+        row(
+            "PUT",
+            "/api/v1/ota/packages/{package}/file",
+            manage_one(409),
+        ),
+        with(
+            "POST",
+            "/api/v1/ota/tasks",
+            |fx, _| json!({"package_id": fx.ota_package.id, "device_ids": [fx.device.id]}),
+            [422, 201, 403, 403, 403, 401, 422],
+        ),
+        row("GET", "/api/v1/ota/tasks", MANAGE_LIST),
+        row("GET", "/api/v1/ota/tasks/{task}", manage_one(200)),
+        row("DELETE", "/api/v1/ota/tasks/{task}", manage_one(204)),
+        row("POST", "/api/v1/ota/tasks/{task}/cancel", manage_one(200)),
+        row("POST", "/api/v1/ota/tasks/{task}/retry", manage_one(200)),
+        row("GET", "/api/v1/ota/tasks/{task}/devices", manage_one(200)),
+        row(
+            "POST",
+            "/api/v1/ota/tasks/{task}/devices/{device}/cancel",
+            manage_one(200),
+        ),
+        // The fixture's device is still under way: only failed or cancelled ones retry
+        // (the retry itself: tp-node tests/ota.rs).
+        row(
+            "POST",
+            "/api/v1/ota/tasks/{task}/devices/{device}/retry",
+            manage_one(409),
+        ),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -743,6 +793,15 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         created_at: now_ms(),
     };
     rules.create_channel(&channel).await?;
+    let ota = &h.state.ota.as_ref().context("ota")?.store;
+    let mut ota_package = tp_core::testing::ota::sample_package(a, &format!("fxpackage-{uniq}"));
+    ota_package.profile_id = None;
+    ota_package.stored = false;
+    ota_package.url = Some(format!("https://cdn.example.com/fx-{uniq}.bin"));
+    ota.create_package(&ota_package).await?;
+    let (ota_task, mut details) = tp_core::testing::ota::sample_task(&ota_package, &[device.id]);
+    details[0].state = tp_core::ota::OtaState::Notified;
+    ota.create_task(&ota_task, &details).await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -754,6 +813,8 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         scene,
         alarm,
         channel,
+        ota_package,
+        ota_task,
         role,
         user,
         key,
@@ -787,6 +848,9 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.alarm.title.clone(),
         fx.channel.id.to_string(),
         fx.channel.name.clone(),
+        fx.ota_package.id.to_string(),
+        fx.ota_package.name.clone(),
+        fx.ota_task.id.to_string(),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -815,6 +879,7 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         .await?;
     let users = h.meta.list_users(a, all).await?;
     let rules = h.state.rules().context("rule store")?;
+    let ota = &h.state.ota.as_ref().context("ota")?.store;
     let mut user_roles = Vec::new();
     for u in &users.items {
         user_roles.push(h.access.get_user_role(a, u.id).await?);
@@ -838,6 +903,9 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "alarms": rules.list_alarms(a, &AlarmFilter { page: all, ..Default::default() }).await?,
         "alarm_events": rules.list_alarm_events(a, fx.alarm.id).await?,
         "notifications": rules.list_notifications(a, all).await?.total,
+        "ota_packages": ota.list_packages(a, all).await?,
+        "ota_tasks": ota.list_tasks(a, None, all).await?,
+        "ota_details": ota.list_details(a, fx.ota_task.id, all).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -858,6 +926,8 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{scene}", &fx.scene.id.to_string())
         .replace("{alarm}", &fx.alarm.id.to_string())
         .replace("{channel}", &fx.channel.id.to_string())
+        .replace("{package}", &fx.ota_package.id.to_string())
+        .replace("{task}", &fx.ota_task.id.to_string())
 }
 
 async fn call_as(

@@ -96,9 +96,13 @@ impl Harness {
         // One database behind the metadata, access and rule stores.
         let store = Arc::new(SqliteMetadataStore::in_memory().await?);
         let rules: tp_core::rules::RuleStoreRef = store.clone();
+        let ota = crate::ota::OtaService::new(
+            store.clone(),
+            std::env::temp_dir().join(format!("tp-api-test-ota-{}", uuid::Uuid::new_v4())),
+        );
         let stores: (MetadataStoreRef, AccessStoreRef) = (store.clone(), store);
         Self::over(stores, sqlite_ts().await?, cache, move |s| {
-            customize(s.with_rules(rules))
+            customize(s.with_rules(rules).with_ota(ota))
         })
         .await
     }
