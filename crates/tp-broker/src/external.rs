@@ -272,6 +272,8 @@ impl ExternalConsumer {
                 presence: None,
                 observer: None,
                 caches: Default::default(),
+                // The thing model is checked by embedded brokers only.
+                thing_models: None,
             },
             client,
             counters: counters.clone(),

@@ -67,6 +67,7 @@ mod listener;
 pub mod presence;
 mod rate;
 mod session;
+pub mod thing_model;
 pub mod tls;
 mod transport;
 mod uplink;
@@ -151,6 +152,10 @@ pub struct BrokerOptions {
     /// Filled in while the write-ahead log replays at start (before any listener
     /// accepts devices), for a readiness probe that says how far it is.
     pub replay_progress: Option<Arc<ReplayProgress>>,
+    /// Device templates: telemetry and attributes of devices whose profile's
+    /// template validates are checked against its thing model ([`thing_model`]).
+    /// The API invalidates the same cache when a template or profile changes.
+    pub thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
 }
 
 /// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
@@ -353,6 +358,7 @@ impl EmbeddedBroker {
                     presence: Some(presence.clone()),
                     observer: options.observer.clone(),
                     caches: caches.clone(),
+                    thing_models: options.thing_models.clone(),
                 },
                 shared: shared.clone(),
             };
@@ -407,6 +413,7 @@ impl EmbeddedBroker {
             presence: Some(presence.clone()),
             observer: options.observer.clone(),
             caches,
+            thing_models: options.thing_models.clone(),
         };
         let device_api = DeviceApi {
             shared: shared.clone(),

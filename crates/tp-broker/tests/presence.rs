@@ -66,6 +66,7 @@ async fn start(http_online_secs: u32) -> Node {
             observer: None,
             leases: None,
             replay_progress: None,
+            thing_models: None,
         },
     )
     .await
@@ -104,6 +105,7 @@ impl Node {
                 auto_register: false,
                 provision_secret_hash: None,
                 voucher_type: Default::default(),
+                template_id: None,
                 created_at: now_ms(),
             };
             self.access.create_profile(&profile).await.unwrap();

@@ -288,11 +288,18 @@ impl Platform {
     }
 }
 
+/// How long a node trusts a cached device template: a change made through another
+/// node's API reaches this node's ingest check within this time (this node's API
+/// invalidates the cache at once).
+const THING_MODEL_TTL: Duration = Duration::from_secs(10);
+
 /// Stage 1: the stores the configuration names, and the cluster backplane.
 struct Stores {
     metadata: MetadataStoreRef,
     access: AccessStoreRef,
     rules: RuleStoreRef,
+    /// Device templates, through the cache the broker and the API share.
+    thing_models: Arc<tp_core::thing_model::TemplateCache>,
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     backplane: Option<BackplaneRef>,
@@ -303,10 +310,15 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         setting: "data_dir (--data-dir)",
         message: format!("cannot create {}: {e}", config.data_dir.display()),
     })?;
-    // One pool behind the metadata, access and rule stores.
-    let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
+    // One pool behind the metadata, access, rule and template stores.
+    let meta = tp_storage::open_meta_stores(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
+    let (metadata, access, rules) = (meta.metadata, meta.access, meta.rules);
+    let thing_models = Arc::new(tp_core::thing_model::TemplateCache::new(
+        meta.thing_models,
+        THING_MODEL_TTL,
+    ));
     let timeseries = open_timeseries(config).await?;
     let cache = tp_storage::open_cache(&config.storage.cache)
         .await
@@ -324,6 +336,7 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         metadata,
         access,
         rules,
+        thing_models,
         timeseries,
         cache,
         backplane,
@@ -485,6 +498,7 @@ async fn start_services(
         timeseries,
         cache,
         backplane,
+        ..
     } = stores;
     let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
     let notifier = tp_rules::notify::Notifications::new(rules.clone(), &config.notify)
@@ -617,6 +631,7 @@ async fn start_broker(
             ]))),
             leases,
             replay_progress: Some(progress),
+            thing_models: Some(stores.thing_models.clone()),
         },
     )
     .await?;
@@ -641,6 +656,7 @@ fn api_state(
         config.auth.auth_config(jwt_secret),
     )
     .with_rules(stores.rules.clone())
+    .with_thing_models(stores.thing_models.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
     .with_limits(config.limits);

@@ -31,6 +31,7 @@ pub(crate) mod stream;
 mod support;
 mod system;
 mod telemetry;
+mod templates;
 mod users;
 
 /// Every documented route, with its OpenAPI description (state not yet applied).
@@ -128,7 +129,15 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             channels::update_channel,
             channels::delete_channel
         ))
-        .routes(routes!(channels::list_notifications));
+        .routes(routes!(channels::list_notifications))
+        .routes(routes!(templates::create_template, templates::list_templates))
+        .routes(routes!(
+            templates::get_template,
+            templates::update_template,
+            templates::delete_template
+        ))
+        .routes(routes!(templates::copy_template))
+        .routes(routes!(templates::device_thing_model));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -66,6 +66,10 @@ pub(crate) enum PermissionName {
     RuleWrite,
     #[serde(rename = "alarm:read")]
     AlarmRead,
+    #[serde(rename = "template:read")]
+    TemplateRead,
+    #[serde(rename = "template:write")]
+    TemplateWrite,
 }
 
 /// An aggregation of a history query.

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod metadata;
 pub mod rules;
 pub mod timeseries;
+pub mod thing_model;
 pub mod tls;
 pub mod transport;
 

@@ -20,6 +20,7 @@
 mod access;
 mod meta;
 mod rules;
+mod thing_model;
 
 use std::borrow::Cow;
 

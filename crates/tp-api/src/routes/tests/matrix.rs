@@ -97,6 +97,7 @@ struct Fx {
     scene: Scene,
     alarm: Alarm,
     channel: NotificationChannel,
+    template: tp_core::thing_model::DeviceTemplate,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -429,6 +430,29 @@ fn table() -> Vec<Row> {
             manage_one(204),
         ),
         row("GET", "/api/v1/notifications", RULE_LIST),
+        // device templates (thing model)
+        with(
+            "POST",
+            "/api/v1/templates",
+            |fx, _| json!({"name": format!("new-{}", fx.uniq), "telemetry": [{"identifier": "t", "name": "T", "data_type": "int", "unit": "K"}]}),
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/templates", MANAGE_LIST),
+        row("GET", "/api/v1/templates/{template}", manage_one(200)),
+        with(
+            "PUT",
+            "/api/v1/templates/{template}",
+            |fx, _| json!({"name": format!("fxtemplate-{}", fx.uniq), "validation": "record"}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/templates/{template}", manage_one(204)),
+        with(
+            "POST",
+            "/api/v1/templates/{template}/copy",
+            |_, _| json!({}),
+            manage_one(201),
+        ),
+        row("GET", "/api/v1/devices/{device}/thing-model", READ_ONE),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -666,6 +690,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         auto_register: false,
         provision_secret_hash: None,
         voucher_type: Default::default(),
+        template_id: None,
         created_at: now_ms(),
     };
     h.access.create_profile(&profile).await?;
@@ -743,6 +768,13 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         created_at: now_ms(),
     };
     rules.create_channel(&channel).await?;
+    let template = tp_core::testing::thing_model::sample_template(a, &format!("fxtemplate-{uniq}"));
+    h.state
+        .thing_models()
+        .context("template store")?
+        .store()
+        .create_template(&template)
+        .await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -754,6 +786,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         scene,
         alarm,
         channel,
+        template,
         role,
         user,
         key,
@@ -787,6 +820,8 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.alarm.title.clone(),
         fx.channel.id.to_string(),
         fx.channel.name.clone(),
+        fx.template.id.to_string(),
+        fx.template.name.clone(),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -838,6 +873,7 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "alarms": rules.list_alarms(a, &AlarmFilter { page: all, ..Default::default() }).await?,
         "alarm_events": rules.list_alarm_events(a, fx.alarm.id).await?,
         "notifications": rules.list_notifications(a, all).await?.total,
+        "templates": h.state.thing_models().context("template store")?.store().list_templates(a, all).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -858,6 +894,7 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{scene}", &fx.scene.id.to_string())
         .replace("{alarm}", &fx.alarm.id.to_string())
         .replace("{channel}", &fx.channel.id.to_string())
+        .replace("{template}", &fx.template.id.to_string())
 }
 
 async fn call_as(

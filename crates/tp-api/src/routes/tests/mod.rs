@@ -96,9 +96,13 @@ impl Harness {
         // One database behind the metadata, access and rule stores.
         let store = Arc::new(SqliteMetadataStore::in_memory().await?);
         let rules: tp_core::rules::RuleStoreRef = store.clone();
+        let templates = Arc::new(tp_core::thing_model::TemplateCache::new(
+            store.clone(),
+            std::time::Duration::from_secs(5),
+        ));
         let stores: (MetadataStoreRef, AccessStoreRef) = (store.clone(), store);
         Self::over(stores, sqlite_ts().await?, cache, move |s| {
-            customize(s.with_rules(rules))
+            customize(s.with_rules(rules).with_thing_models(templates))
         })
         .await
     }
