@@ -240,8 +240,14 @@ const UNPROCESSABLE: &[(&str, &str)] = &[
         "`profile_id` or `parent_id` is not a device/profile of the tenant, or the gateway placement does not hold (`sub_device_addr` without a parent, a cycle, too deep)",
     ),
     ("create_user", "`role_id` is not a role of the tenant"),
-    ("create_profile", "`template_id` is not a template of the tenant"),
-    ("update_profile", "`template_id` is not a template of the tenant"),
+    (
+        "create_profile",
+        "`template_id` is not a template of the tenant",
+    ),
+    (
+        "update_profile",
+        "`template_id` is not a template of the tenant",
+    ),
     (
         "update_user",
         "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)",

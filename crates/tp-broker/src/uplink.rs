@@ -676,7 +676,10 @@ impl Uplinks {
 
     /// A device's tenant and profile from its session or a short-lived cache, so a
     /// connected device costs no store lookup.
-    pub(crate) async fn identity(&self, device_id: DeviceId) -> Option<(TenantId, Option<ProfileId>)> {
+    pub(crate) async fn identity(
+        &self,
+        device_id: DeviceId,
+    ) -> Option<(TenantId, Option<ProfileId>)> {
         match self.session_device(device_id) {
             Some(d) => Some((d.tenant_id, d.profile_id)),
             None => match self.caches.identity_get(device_id) {

@@ -48,11 +48,18 @@ struct Setup {
 /// one device in that profile.
 async fn setup(validation: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with(dir.path(), &[("mqtt.coap_listen", "127.0.0.1:0".to_owned())]);
+    let config = config_with(
+        dir.path(),
+        &[("mqtt.coap_listen", "127.0.0.1:0".to_owned())],
+    );
     let platform = Platform::start(config).await.unwrap();
     let node = Node::signed_in(platform, dir).await;
     let (status, template) = node
-        .call(Method::POST, "/api/v1/templates", Some(thermostat(validation)))
+        .call(
+            Method::POST,
+            "/api/v1/templates",
+            Some(thermostat(validation)),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{template}");
     let template = template["id"].as_str().unwrap().to_owned();
@@ -119,7 +126,12 @@ async fn latest(s: &Setup) -> serde_json::Map<String, Value> {
         let value = row
             .get("value")
             .cloned()
-            .or_else(|| row["values"].as_array().and_then(|v| v.first()).map(|v| v["value"].clone()))
+            .or_else(|| {
+                row["values"]
+                    .as_array()
+                    .and_then(|v| v.first())
+                    .map(|v| v["value"].clone())
+            })
             .unwrap_or(Value::Null);
         out.insert(key, value);
     }
@@ -130,7 +142,11 @@ async fn latest(s: &Setup) -> serde_json::Map<String, Value> {
 async fn wait_latest(s: &Setup, key: &str, want: Value) -> serde_json::Map<String, Value> {
     tp_core::testing::eventually_ok(&format!("latest {key} = {want}"), || async {
         let l = latest(s).await;
-        if l.get(key) == Some(&want) { Ok(l) } else { Err(l) }
+        if l.get(key) == Some(&want) {
+            Ok(l)
+        } else {
+            Err(l)
+        }
     })
     .await
 }
@@ -161,20 +177,31 @@ async fn reject_mode_stores_nothing_of_a_bad_message() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errcode"], "thing_model_violation", "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("temp") && message.contains("maximum"), "{message}");
+    assert!(
+        message.contains("temp") && message.contains("maximum"),
+        "{message}"
+    );
     let (status, body) = http_uplink(&s, "telemetry", r#"{"temp": 21.5}"#).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let l = wait_latest(&s, "temp", json!(21.5)).await;
-    assert!(!l.contains_key("hum"), "nothing of the refused message: {l:?}");
+    assert!(
+        !l.contains_key("hum"),
+        "nothing of the refused message: {l:?}"
+    );
 
     // MQTT telemetry: acknowledged at the write-ahead log, refused at ingest. The
     // device's messages are processed in order, so once the good one that follows
     // is stored, the bad one has been refused.
     let mut mqtt = s.node.connect(&s.device, "thermo-1").await;
-    mqtt.publish("devices/telemetry", r#"{"temp": -80, "hum": 30, "pressure": 1000}"#)
+    mqtt.publish(
+        "devices/telemetry",
+        r#"{"temp": -80, "hum": 30, "pressure": 1000}"#,
+    )
+    .await
+    .unwrap();
+    mqtt.publish("devices/telemetry", r#"{"temp": 22}"#)
         .await
         .unwrap();
-    mqtt.publish("devices/telemetry", r#"{"temp": 22}"#).await.unwrap();
     let l = wait_latest(&s, "temp", json!(22)).await;
     assert!(
         !l.contains_key("hum") && !l.contains_key("pressure"),
@@ -192,7 +219,10 @@ async fn reject_mode_stores_nothing_of_a_bad_message() {
     assert_eq!(topic, "devices/attributes/response/thermo-1/7");
     let response: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(response["result"], 1, "{response}");
-    assert!(response["message"].as_str().unwrap().contains("mode"), "{response}");
+    assert!(
+        response["message"].as_str().unwrap().contains("mode"),
+        "{response}"
+    );
     mqtt.publish("devices/attributes/8", r#"{"mode": "auto"}"#)
         .await
         .unwrap();
@@ -201,10 +231,18 @@ async fn reject_mode_stores_nothing_of_a_bad_message() {
         if has_key(&a, "mode") { Ok(a) } else { Err(a) }
     })
     .await;
-    assert!(!has_key(&attrs, "fw"), "nothing of the refused attributes: {attrs}");
+    assert!(
+        !has_key(&attrs, "fw"),
+        "nothing of the refused attributes: {attrs}"
+    );
 
     // CoAP: 4.22 naming the key.
-    let coap = s.node.platform.broker().coap_addr().expect("coap listening");
+    let coap = s
+        .node
+        .platform
+        .broker()
+        .coap_addr()
+        .expect("coap listening");
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut p = Packet::new();
     p.header.set_version(1);
@@ -235,7 +273,11 @@ async fn reject_mode_stores_nothing_of_a_bad_message() {
     );
     assert!(String::from_utf8_lossy(&answer.payload).contains("hum"));
     let l = latest(&s).await;
-    assert_eq!(l.get("temp"), Some(&json!(22)), "the CoAP message stored nothing: {l:?}");
+    assert_eq!(
+        l.get("temp"),
+        Some(&json!(22)),
+        "the CoAP message stored nothing: {l:?}"
+    );
 
     // Counted.
     let metrics = s
@@ -249,7 +291,10 @@ async fn reject_mode_stores_nothing_of_a_bad_message() {
         .await
         .unwrap();
     if metrics.contains("tp_ingest_messages_total") {
-        assert!(metrics.contains("tp_thing_model_rejected_total"), "{metrics}");
+        assert!(
+            metrics.contains("tp_thing_model_rejected_total"),
+            "{metrics}"
+        );
     }
     s.node.platform.shutdown().await.unwrap();
 }
@@ -284,7 +329,11 @@ async fn record_mode_stores_and_records_the_violation() {
     let violations = &event["params"]["violations"];
     assert_eq!(violations[0]["key"], "temp", "{event}");
     assert_eq!(violations[0]["value"], 300, "{event}");
-    assert_eq!(violations.as_array().unwrap().len(), 1, "hum 41 is fine: {event}");
+    assert_eq!(
+        violations.as_array().unwrap().len(),
+        1,
+        "hum 41 is fine: {event}"
+    );
 
     // The typed latest values carry the definitions (units) and the violation.
     let (status, model) = s
@@ -301,7 +350,10 @@ async fn record_mode_stores_and_records_the_violation() {
     assert_eq!(temp["key"], "temp");
     assert_eq!(temp["definition"]["unit"], "°C");
     assert_eq!(temp["value"], 300);
-    assert!(temp["violation"].as_str().unwrap().contains("maximum"), "{temp}");
+    assert!(
+        temp["violation"].as_str().unwrap().contains("maximum"),
+        "{temp}"
+    );
     assert_eq!(model["telemetry"][1]["definition"]["unit"], "%");
     assert_eq!(model["commands"][0]["identifier"], "set_target");
 
@@ -364,7 +416,11 @@ async fn commands_and_attribute_sets_are_checked_against_the_template() {
     assert_eq!(body["error"]["field"], "values.fw", "{body}");
     let (status, body) = s
         .node
-        .call(Method::PUT, &attrs, Some(json!({"values": {"mode": "turbo"}})))
+        .call(
+            Method::PUT,
+            &attrs,
+            Some(json!({"values": {"mode": "turbo"}})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     s.node
@@ -384,7 +440,11 @@ async fn templates_are_tenant_scoped_and_copied() {
     let n = &s.node;
     // In use by a profile: no delete.
     let (status, body) = n
-        .call(Method::DELETE, &format!("/api/v1/templates/{}", s.template), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/templates/{}", s.template),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     // Contradicting definitions are 422 naming the definition.
@@ -407,7 +467,11 @@ async fn templates_are_tenant_scoped_and_copied() {
     assert_eq!(copy["telemetry"][0]["unit"], "°C");
     // Copy into another tenant (SYS_ADMIN).
     let (status, tenant) = n
-        .call(Method::POST, "/api/v1/tenants", Some(json!({"name": "other"})))
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(json!({"name": "other"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{tenant}");
     let (status, copy) = n
@@ -421,7 +485,11 @@ async fn templates_are_tenant_scoped_and_copied() {
     assert_eq!(copy["name"], "Thermostat");
     // Not visible in the caller's tenant.
     let (status, _) = n
-        .call(Method::GET, &format!("/api/v1/templates/{}", copy["id"].as_str().unwrap()), None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/templates/{}", copy["id"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, list) = n.call(Method::GET, "/api/v1/templates", None).await;

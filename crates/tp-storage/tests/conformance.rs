@@ -439,11 +439,8 @@ async fn tenant_delete_removes_rule_data() {
 }
 
 /// One SQLite metadata store as the thing-model store and the access store.
-async fn sqlite_thing_models_file() -> Option<(
-    tp_core::ThingModelStoreRef,
-    AccessStoreRef,
-    TempDb,
-)> {
+async fn sqlite_thing_models_file() -> Option<(tp_core::ThingModelStoreRef, AccessStoreRef, TempDb)>
+{
     let db = TempDb::new();
     let store = Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
     Some((store.clone(), store, db))

@@ -130,7 +130,10 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             channels::delete_channel
         ))
         .routes(routes!(channels::list_notifications))
-        .routes(routes!(templates::create_template, templates::list_templates))
+        .routes(routes!(
+            templates::create_template,
+            templates::list_templates
+        ))
         .routes(routes!(
             templates::get_template,
             templates::update_template,

@@ -153,6 +153,8 @@ mod tests {
             PermissionName::RuleRead,
             PermissionName::RuleWrite,
             PermissionName::AlarmRead,
+            PermissionName::TemplateRead,
+            PermissionName::TemplateWrite,
         ]
         .iter()
         .map(|p| {

@@ -527,8 +527,7 @@ pub(crate) async fn list_audit(
 fn template_reference(e: tp_core::Error) -> ApiError {
     match e {
         tp_core::Error::NotFound {
-            entity: "template",
-            ..
+            entity: "template", ..
         } => ApiError::unprocessable("template_id", "no such template in the tenant"),
         e => e.into(),
     }

@@ -383,7 +383,10 @@ pub(crate) async fn delete_template(
     caller.require(Permission::TemplateWrite)?;
     let cache = templates(&state)?;
     let t = load_template(&state, &caller, id).await?;
-    cache.store().delete_template(caller.tenant_id, t.id).await?;
+    cache
+        .store()
+        .delete_template(caller.tenant_id, t.id)
+        .await?;
     cache.invalidate();
     audit(
         &state,
@@ -425,7 +428,11 @@ pub(crate) async fn copy_template(
 ) -> ApiResult<(StatusCode, axum::Json<TemplateView>)> {
     caller.require(Permission::TemplateWrite)?;
     let cache = templates(&state)?;
-    let name = req.name.as_deref().map(|n| valid_name("name", n)).transpose()?;
+    let name = req
+        .name
+        .as_deref()
+        .map(|n| valid_name("name", n))
+        .transpose()?;
     let source = load_template(&state, &caller, id).await?;
     let target = match req.tenant_id.map(TenantId) {
         Some(t) if t != caller.tenant_id => {
@@ -460,9 +467,27 @@ pub(crate) async fn copy_template(
         "source": source.id,
         "source_tenant": source.tenant_id,
     });
-    audit(&state, &caller, target, "template.copy", "template", copy.id, detail.clone()).await;
+    audit(
+        &state,
+        &caller,
+        target,
+        "template.copy",
+        "template",
+        copy.id,
+        detail.clone(),
+    )
+    .await;
     if target != caller.tenant_id {
-        audit(&state, &caller, caller.tenant_id, "template.copy", "template", copy.id, detail).await;
+        audit(
+            &state,
+            &caller,
+            caller.tenant_id,
+            "template.copy",
+            "template",
+            copy.id,
+            detail,
+        )
+        .await;
     }
     Ok((StatusCode::CREATED, axum::Json(copy.into())))
 }
@@ -581,7 +606,9 @@ pub(crate) async fn device_thing_model(
         template_id: Some(t.id.0),
         template_name: Some(t.name.clone()),
         validation: Some(t.validation),
-        telemetry: typed(&t.telemetry, telemetry, |k, v| first(t.check_telemetry([(k, v)]))),
+        telemetry: typed(&t.telemetry, telemetry, |k, v| {
+            first(t.check_telemetry([(k, v)]))
+        }),
         attributes: typed(&t.attributes, attributes, |k, v| {
             first(t.check_attributes([(k, v)]))
         }),

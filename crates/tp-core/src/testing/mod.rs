@@ -15,8 +15,8 @@ pub mod access;
 pub mod cache;
 pub mod metadata;
 pub mod rules;
-pub mod timeseries;
 pub mod thing_model;
+pub mod timeseries;
 pub mod tls;
 pub mod transport;
 

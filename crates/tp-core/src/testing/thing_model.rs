@@ -104,7 +104,13 @@ pub async fn template_crud(store: &dyn ThingModelStore, _access: &dyn AccessStor
     let names: Vec<_> = listed.items.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a-meter", "b-thermostat"]);
     let one = store
-        .list_templates(tenant, Page { offset: 1, limit: 1 })
+        .list_templates(
+            tenant,
+            Page {
+                offset: 1,
+                limit: 1,
+            },
+        )
         .await
         .unwrap();
     assert_eq!((one.total, one.items[0].id), (2, t.id));
@@ -157,7 +163,9 @@ pub async fn template_names_unique_per_tenant(
     let a = sample_template(tenant, "a");
     store.create_template(&a).await.unwrap();
     match store.create_template(&sample_template(tenant, "a")).await {
-        Err(Error::AlreadyExists { entity, id }) => assert_eq!((entity, id.as_str()), ("template", "a")),
+        Err(Error::AlreadyExists { entity, id }) => {
+            assert_eq!((entity, id.as_str()), ("template", "a"))
+        }
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     let mut b = sample_template(tenant, "b");
@@ -165,7 +173,10 @@ pub async fn template_names_unique_per_tenant(
     b.name = "a".into();
     assert!(matches!(
         store.update_template(&b).await,
-        Err(Error::AlreadyExists { entity: "template", .. })
+        Err(Error::AlreadyExists {
+            entity: "template",
+            ..
+        })
     ));
 }
 
@@ -178,17 +189,41 @@ pub async fn profiles_refer_to_templates(store: &dyn ThingModelStore, access: &d
     let foreign = sample_template(other, "foreign");
     store.create_template(&foreign).await.unwrap();
 
-    expect_not_found(access.create_profile(&profile(tenant, "x", Some(foreign.id))).await);
-    expect_not_found(access.create_profile(&profile(tenant, "y", Some(TemplateId::new()))).await);
+    expect_not_found(
+        access
+            .create_profile(&profile(tenant, "x", Some(foreign.id)))
+            .await,
+    );
+    expect_not_found(
+        access
+            .create_profile(&profile(tenant, "y", Some(TemplateId::new())))
+            .await,
+    );
 
     let mut p = profile(tenant, "thermostats", Some(t.id));
     access.create_profile(&p).await.unwrap();
     let got = access.get_profile(tenant, p.id).await.unwrap().unwrap();
     assert_eq!(got.template_id, Some(t.id));
-    let via = store.template_of_profile(tenant, p.id).await.unwrap().unwrap();
+    let via = store
+        .template_of_profile(tenant, p.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(via, t);
-    assert!(store.template_of_profile(other, p.id).await.unwrap().is_none());
-    assert!(store.template_of_profile(tenant, ProfileId::new()).await.unwrap().is_none());
+    assert!(
+        store
+            .template_of_profile(other, p.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .template_of_profile(tenant, ProfileId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     match store.delete_template(tenant, t.id).await {
         Err(Error::Conflict(_)) => {}
@@ -197,13 +232,24 @@ pub async fn profiles_refer_to_templates(store: &dyn ThingModelStore, access: &d
     p.template_id = Some(foreign.id);
     expect_not_found(access.update_profile(&p).await);
     assert_eq!(
-        access.get_profile(tenant, p.id).await.unwrap().unwrap().template_id,
+        access
+            .get_profile(tenant, p.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .template_id,
         Some(t.id),
         "a refused update changes nothing"
     );
     p.template_id = None;
     access.update_profile(&p).await.unwrap();
-    assert!(store.template_of_profile(tenant, p.id).await.unwrap().is_none());
+    assert!(
+        store
+            .template_of_profile(tenant, p.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.delete_template(tenant, t.id).await.unwrap();
 }
 
@@ -214,14 +260,25 @@ pub async fn profile_lookup_sees_updates(store: &dyn ThingModelStore, access: &d
     store.create_template(&t).await.unwrap();
     let p = profile(tenant, "cached", Some(t.id));
     access.create_profile(&p).await.unwrap();
-    let got = store.template_of_profile(tenant, p.id).await.unwrap().unwrap();
+    let got = store
+        .template_of_profile(tenant, p.id)
+        .await
+        .unwrap()
+        .unwrap();
     let v = Value::Float(500.0);
     assert_eq!(got.check_telemetry([("temp", &v)]).len(), 1);
     t.telemetry[0].max = None;
     t.updated_at += 1;
     store.update_template(&t).await.unwrap();
-    let got = store.template_of_profile(tenant, p.id).await.unwrap().unwrap();
-    assert!(got.check_telemetry([("temp", &v)]).is_empty(), "reads see the update");
+    let got = store
+        .template_of_profile(tenant, p.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.check_telemetry([("temp", &v)]).is_empty(),
+        "reads see the update"
+    );
 }
 
 /// Runs every case against one store pair.

@@ -97,4 +97,3 @@ impl TemplateCache {
         map.clear();
     }
 }
-

@@ -192,7 +192,10 @@ impl FromStr for ValidationMode {
 #[serde(deny_unknown_fields)]
 pub struct EnumValue {
     /// The value as the device sends it (`"auto"`, or `"1"` for the number 1).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, example = "auto"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 128, example = "auto")
+    )]
     pub value: String,
     /// What it means, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,10 +210,21 @@ pub struct EnumValue {
 pub struct Property {
     /// The key the device reports (`temp`); unique among the template's
     /// definitions of the same kind.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = r"^[^\s]+$", example = "temp"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\s]+$",
+            example = "temp"
+        )
+    )]
     pub identifier: String,
     /// Display name.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, example = "Temperature"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, example = "Temperature")
+    )]
     pub name: String,
     /// Value type.
     pub data_type: DataType,
@@ -274,10 +288,21 @@ impl Property {
 #[serde(deny_unknown_fields)]
 pub struct Param {
     /// The key in `params` (`target`).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = r"^[^\s]+$", example = "target"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\s]+$",
+            example = "target"
+        )
+    )]
     pub identifier: String,
     /// Display name.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, example = "Target temperature"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, example = "Target temperature")
+    )]
     pub name: String,
     /// Value type.
     pub data_type: DataType,
@@ -336,10 +361,21 @@ impl Param {
 #[serde(deny_unknown_fields)]
 pub struct EventDef {
     /// The event's `method`.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = r"^[^\s]+$", example = "overheat"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\s]+$",
+            example = "overheat"
+        )
+    )]
     pub identifier: String,
     /// Display name.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, example = "Overheated"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, example = "Overheated")
+    )]
     pub name: String,
     /// What it means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,10 +393,21 @@ pub struct EventDef {
 #[serde(deny_unknown_fields)]
 pub struct CommandDef {
     /// The command's `method`.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = r"^[^\s]+$", example = "set_target"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\s]+$",
+            example = "set_target"
+        )
+    )]
     pub identifier: String,
     /// Display name.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, example = "Set target temperature"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, example = "Set target temperature")
+    )]
     pub name: String,
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -499,7 +546,10 @@ impl DeviceTemplate {
         check_unique("attributes", self.attributes.iter().map(|p| &p.identifier))?;
         check_unique("events", self.events.iter().map(|e| &e.identifier))?;
         check_unique("commands", self.commands.iter().map(|c| &c.identifier))?;
-        for (kind, props) in [("telemetry", &self.telemetry), ("attributes", &self.attributes)] {
+        for (kind, props) in [
+            ("telemetry", &self.telemetry),
+            ("attributes", &self.attributes),
+        ] {
             for (i, p) in props.iter().enumerate() {
                 check_spec(&format!("{kind}[{i}]"), &p.name, p.spec(), p.step)?;
             }
@@ -508,14 +558,21 @@ impl DeviceTemplate {
             .events
             .iter()
             .map(|e| ("events", &e.name, &e.params))
-            .chain(self.commands.iter().map(|c| ("commands", &c.name, &c.params)));
+            .chain(
+                self.commands
+                    .iter()
+                    .map(|c| ("commands", &c.name, &c.params)),
+            );
         let mut counters = std::collections::HashMap::new();
         for (kind, name, params) in calls {
             let i = counters.entry(kind).or_insert(0usize);
             let at = format!("{kind}[{i}]");
             *i += 1;
             check_text(&format!("{at}.name"), name, 255)?;
-            check_unique(&format!("{at}.params"), params.iter().map(|p| &p.identifier))?;
+            check_unique(
+                &format!("{at}.params"),
+                params.iter().map(|p| &p.identifier),
+            )?;
             for (j, p) in params.iter().enumerate() {
                 check_spec(&format!("{at}.params[{j}]"), &p.name, p.spec(), p.step)?;
             }
@@ -717,7 +774,10 @@ fn check_json(key: &str, spec: Spec<'_>, value: &Json) -> std::result::Result<()
 fn check_text(field: &str, s: &str, max: usize) -> Result<()> {
     let len = s.trim().chars().count();
     if len == 0 || s.chars().count() > max {
-        return Err(Error::invalid(field, format!("must be 1 to {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -726,7 +786,9 @@ fn check_unique<'a>(kind: &str, ids: impl Iterator<Item = &'a String>) -> Result
     let mut seen = HashSet::new();
     for (i, id) in ids.enumerate() {
         let field = format!("{kind}[{i}].identifier");
-        if id.is_empty() || id.chars().count() > MAX_IDENTIFIER || id.chars().any(char::is_whitespace)
+        if id.is_empty()
+            || id.chars().count() > MAX_IDENTIFIER
+            || id.chars().any(char::is_whitespace)
         {
             return Err(Error::invalid(
                 field,
@@ -753,7 +815,10 @@ fn check_spec(at: &str, name: &str, spec: Spec<'_>, step: Option<f64>) -> Result
     }
     for (field, v) in [("min", spec.min), ("max", spec.max), ("step", step)] {
         if v.is_some_and(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!("{at}.{field}"), "must be a finite number"));
+            return Err(Error::invalid(
+                format!("{at}.{field}"),
+                "must be a finite number",
+            ));
         }
     }
     if let (Some(min), Some(max)) = (spec.min, spec.max)
@@ -790,7 +855,10 @@ fn check_unique_values(at: &str, values: &[EnumValue]) -> Result<()> {
         let field = format!("{at}.enum_values[{i}].value");
         check_text(&field, &v.value, 128)?;
         if !seen.insert(v.value.as_str()) {
-            return Err(Error::unprocessable(field, format!("{:?} is listed twice", v.value)));
+            return Err(Error::unprocessable(
+                field,
+                format!("{:?} is listed twice", v.value),
+            ));
         }
     }
     Ok(())
@@ -806,8 +874,14 @@ mod tests {
         (temp.min, temp.max) = (Some(-40.0), Some(125.0));
         let mut mode = Property::new("mode", "Mode", DataType::Enum);
         mode.enum_values = vec![
-            EnumValue { value: "auto".into(), description: None },
-            EnumValue { value: "1".into(), description: None },
+            EnumValue {
+                value: "auto".into(),
+                description: None,
+            },
+            EnumValue {
+                value: "1".into(),
+                description: None,
+            },
         ];
         mode.access = Access::ReadWrite;
         t.telemetry = vec![temp, Property::new("on", "On", DataType::Bool)];
@@ -833,16 +907,28 @@ mod tests {
             ("on", Value::Bool(true)),
             ("other", Value::String("x".into())),
         ];
-        assert!(t.check_telemetry(ok.iter().map(|(k, v)| (*k, v))).is_empty());
+        assert!(
+            t.check_telemetry(ok.iter().map(|(k, v)| (*k, v)))
+                .is_empty()
+        );
         let bad = [("temp", Value::Float(125.5)), ("on", Value::Integer(1))];
         let v = t.check_telemetry(bad.iter().map(|(k, v)| (*k, v)));
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].key.as_str(), v[1].key.as_str()), ("temp", "on"));
         assert!(v[0].reason.contains("maximum"), "{}", v[0]);
-        let mode = [("mode", Value::Integer(1)), ("mode", Value::String("auto".into()))];
-        assert!(t.check_attributes(mode.iter().map(|(k, v)| (*k, v))).is_empty());
+        let mode = [
+            ("mode", Value::Integer(1)),
+            ("mode", Value::String("auto".into())),
+        ];
+        assert!(
+            t.check_attributes(mode.iter().map(|(k, v)| (*k, v)))
+                .is_empty()
+        );
         let mode = [("mode", Value::String("manual".into()))];
-        assert_eq!(t.check_attributes(mode.iter().map(|(k, v)| (*k, v))).len(), 1);
+        assert_eq!(
+            t.check_attributes(mode.iter().map(|(k, v)| (*k, v))).len(),
+            1
+        );
     }
 
     #[test]
@@ -857,33 +943,63 @@ mod tests {
     #[test]
     fn commands_take_their_defined_params() {
         let t = template();
-        assert!(t.check_command("set_target", &serde_json::json!({"target": 21})).is_ok());
-        let e = t.check_command("set_target", &serde_json::json!({"target": 40})).unwrap_err();
+        assert!(
+            t.check_command("set_target", &serde_json::json!({"target": 21}))
+                .is_ok()
+        );
+        let e = t
+            .check_command("set_target", &serde_json::json!({"target": 40}))
+            .unwrap_err();
         assert_eq!(e.key, "target");
-        let e = t.check_command("set_target", &serde_json::json!({"tagret": 21})).unwrap_err();
+        let e = t
+            .check_command("set_target", &serde_json::json!({"tagret": 21}))
+            .unwrap_err();
         assert_eq!(e.key, "tagret");
-        let e = t.check_command("set_target", &serde_json::json!({"target": "hot"})).unwrap_err();
+        let e = t
+            .check_command("set_target", &serde_json::json!({"target": "hot"}))
+            .unwrap_err();
         assert!(e.reason.contains("expected int"), "{e}");
         // undefined commands pass on a non-strict template
-        assert!(t.check_command("reboot", &serde_json::json!({"x": 1})).is_ok());
+        assert!(
+            t.check_command("reboot", &serde_json::json!({"x": 1}))
+                .is_ok()
+        );
     }
 
     #[test]
     fn attribute_sets_need_read_write() {
         let t = template();
-        assert!(t.check_attribute_set(&serde_json::json!({"mode": "auto"})).is_ok());
-        assert_eq!(t.check_attribute_set(&serde_json::json!({"fw": "2"})).unwrap_err().key, "fw");
-        assert_eq!(t.check_attribute_set(&serde_json::json!({"mode": "x"})).unwrap_err().key, "mode");
+        assert!(
+            t.check_attribute_set(&serde_json::json!({"mode": "auto"}))
+                .is_ok()
+        );
+        assert_eq!(
+            t.check_attribute_set(&serde_json::json!({"fw": "2"}))
+                .unwrap_err()
+                .key,
+            "fw"
+        );
+        assert_eq!(
+            t.check_attribute_set(&serde_json::json!({"mode": "x"}))
+                .unwrap_err()
+                .key,
+            "mode"
+        );
     }
 
     #[test]
     fn bad_definitions_are_refused() {
         let mut t = template();
-        t.telemetry.push(Property::new("temp", "Again", DataType::Int));
-        assert!(matches!(t.check_definitions(), Err(Error::Unprocessable { field, .. }) if field == "telemetry[2].identifier"));
+        t.telemetry
+            .push(Property::new("temp", "Again", DataType::Int));
+        assert!(
+            matches!(t.check_definitions(), Err(Error::Unprocessable { field, .. }) if field == "telemetry[2].identifier")
+        );
         let mut t = template();
         t.telemetry[0].min = Some(200.0);
-        assert!(matches!(t.check_definitions(), Err(Error::Unprocessable { field, .. }) if field == "telemetry[0].max"));
+        assert!(
+            matches!(t.check_definitions(), Err(Error::Unprocessable { field, .. }) if field == "telemetry[0].max")
+        );
         let mut t = template();
         t.attributes[0].enum_values.clear();
         assert!(t.check_definitions().is_err());
@@ -891,8 +1007,12 @@ mod tests {
         t.telemetry[1].min = Some(0.0);
         assert!(t.check_definitions().is_err());
         let mut t = template();
-        t.commands[0].params.push(Param::new("bad id", "x", DataType::Int));
-        assert!(matches!(t.check_definitions(), Err(Error::Invalid { field, .. }) if field == "commands[0].params[1].identifier"));
+        t.commands[0]
+            .params
+            .push(Param::new("bad id", "x", DataType::Int));
+        assert!(
+            matches!(t.check_definitions(), Err(Error::Invalid { field, .. }) if field == "commands[0].params[1].identifier")
+        );
     }
 
     #[test]

@@ -24,8 +24,11 @@ pub trait ThingModelStore: std::fmt::Debug + Send + Sync + 'static {
     /// Creates a template.
     async fn create_template(&self, template: &DeviceTemplate) -> Result<()>;
     /// Looks a template of a tenant up.
-    async fn get_template(&self, tenant: TenantId, id: TemplateId)
-    -> Result<Option<DeviceTemplate>>;
+    async fn get_template(
+        &self,
+        tenant: TenantId,
+        id: TemplateId,
+    ) -> Result<Option<DeviceTemplate>>;
     /// A tenant's templates by name (with their definitions).
     async fn list_templates(&self, tenant: TenantId, page: Page) -> Result<Paged<DeviceTemplate>>;
     /// Replaces a template's name, description, validation settings and

@@ -79,7 +79,9 @@ fn profile_from_row(row: &impl SqlRow) -> Result<DeviceProfile> {
         auto_register: row.bool("auto_register")?,
         provision_secret_hash: row.opt_text("provision_secret_hash")?,
         voucher_type: row.parsed("voucher_type", str::parse)?,
-        template_id: row.opt_uuid("template_id")?.map(tp_core::thing_model::TemplateId),
+        template_id: row
+            .opt_uuid("template_id")?
+            .map(tp_core::thing_model::TemplateId),
         created_at: row.int("created_at")?,
     })
 }
