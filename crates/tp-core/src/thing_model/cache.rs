@@ -97,3 +97,75 @@ impl TemplateCache {
         map.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::model::{Page, Paged};
+    use crate::thing_model::{TemplateId, ThingModelStore};
+
+    /// A store with one template for every profile, counting the lookups.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl ThingModelStore for Counting {
+        async fn create_template(&self, _: &DeviceTemplate) -> Result<()> {
+            Ok(())
+        }
+        async fn get_template(&self, _: TenantId, _: TemplateId) -> Result<Option<DeviceTemplate>> {
+            Ok(None)
+        }
+        async fn list_templates(&self, _: TenantId, _: Page) -> Result<Paged<DeviceTemplate>> {
+            Ok(Paged {
+                items: Vec::new(),
+                total: 0,
+            })
+        }
+        async fn update_template(&self, _: &DeviceTemplate) -> Result<()> {
+            Ok(())
+        }
+        async fn delete_template(&self, _: TenantId, _: TemplateId) -> Result<()> {
+            Ok(())
+        }
+        async fn template_of_profile(
+            &self,
+            tenant: TenantId,
+            _: ProfileId,
+        ) -> Result<Option<DeviceTemplate>> {
+            let n = self.0.fetch_add(1, Ordering::AcqRel);
+            Ok(Some(DeviceTemplate::new(tenant, &format!("v{n}"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_from_memory_until_invalidated() {
+        let store = Arc::new(Counting::default());
+        let cache = TemplateCache::new(store.clone(), Duration::from_secs(3600));
+        let (tenant, profile) = (TenantId::new(), ProfileId::new());
+        let first = cache.for_profile(tenant, profile).await.unwrap().unwrap();
+        let again = cache.for_profile(tenant, profile).await.unwrap().unwrap();
+        assert_eq!((first.name.as_str(), again.name.as_str()), ("v0", "v0"));
+        assert_eq!(store.0.load(Ordering::Acquire), 1, "one store lookup");
+        cache.invalidate();
+        let fresh = cache.for_profile(tenant, profile).await.unwrap().unwrap();
+        assert_eq!(fresh.name, "v1");
+        // Another profile is its own entry.
+        cache.for_profile(tenant, ProfileId::new()).await.unwrap();
+        assert_eq!(store.0.load(Ordering::Acquire), 3);
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let store = Arc::new(Counting::default());
+        let cache = TemplateCache::new(store.clone(), Duration::ZERO);
+        let (tenant, profile) = (TenantId::new(), ProfileId::new());
+        cache.for_profile(tenant, profile).await.unwrap();
+        cache.for_profile(tenant, profile).await.unwrap();
+        assert_eq!(store.0.load(Ordering::Acquire), 2);
+    }
+}
