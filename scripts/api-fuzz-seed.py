@@ -53,7 +53,20 @@ def two(path, body_of):
     return make(path, body_of("fuzz-a")), make(path, body_of("fuzz-b"))
 
 
-profile, profile_del = two("/api/v1/profiles", lambda n: {"name": n, "device_type": "direct"})
+def template_body(name):
+    return {
+        "name": name,
+        "telemetry": [{"identifier": "temp", "name": "Temperature", "data_type": "float",
+                       "unit": "°C", "min": -40, "max": 125}],
+        "commands": [{"identifier": "set_target", "name": "Set target", "params": [
+            {"identifier": "target", "name": "Target", "data_type": "int", "min": 5, "max": 30}]}],
+    }
+
+
+# A device template (thing model) the profile refers to, and one to delete.
+template, template_del = two("/api/v1/templates", template_body)
+profile = make("/api/v1/profiles", {"name": "fuzz-a", "device_type": "direct", "template_id": template})
+profile_del = make("/api/v1/profiles", {"name": "fuzz-b", "device_type": "direct"})
 created = call("POST", "/api/v1/devices", {"name": "fuzz-device", "profile_id": profile})
 device, credentials = created["id"], created["credentials"]
 group, group_del = two("/api/v1/groups", lambda n: {"name": n})
@@ -176,6 +189,8 @@ pins = {
     "/api/v1/ota/tasks/{id}": {"*": {"id": [ota_task]},
                                "DELETE": {"id": spare("/api/v1/ota/tasks", ota_task_body)}},
     "/api/v1/ota/tasks/{id}/devices/{device_id}": {"*": {"id": [ota_task], "device_id": [device]}},
+    "/api/v1/templates/{id}": {"*": {"id": [template]},
+                               "DELETE": {"id": [template_del] + spare("/api/v1/templates", template_body)}},
     "/api/v1/tenants/{id}": {"*": {"id": [tenant]},
                              "DELETE": {"id": [tenant_del] + spare("/api/v1/tenants", lambda n: {"name": n})}},
 }
@@ -186,6 +201,7 @@ doc = call("GET", "/api/v1/openapi.json")
 examples_by_name = {
     "role_id": role,
     "profile_id": profile,
+    "template_id": template,
     "device_id": device,
     "rule_id": rule,
     "channel": channel,
@@ -268,6 +284,7 @@ dictionaries = {
     # ids, and half of all random (start, end) pairs end before they start (422).
     "seed_device": [device],
     "seed_profile": [profile],
+    "seed_template": [template],
     "seed_role": [role],
     "seed_channel": [channel],
     "seed_scene": [scene],
@@ -278,6 +295,7 @@ dictionaries = {
 }
 global_bindings = {
     "body.profile_id": "seed_profile",
+    "body.template_id": "seed_template",
     "body.role_id": "seed_role",
     "body.url": "seed_url",
     "body.trigger_groups[*].conditions[*].source.id": "seed_device",

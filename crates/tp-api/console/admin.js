@@ -11,6 +11,8 @@ export const PERMISSIONS = [
   ['device:write', 'Create, change and delete devices'],
   ['device:command', 'Send commands and attribute changes'],
   ['alarm:read', 'Read alarms'],
+  ['template:read', 'Read device templates (thing model)'],
+  ['template:write', 'Change device templates'],
   ['alarm:ack', 'Acknowledge, clear and comment on alarms'],
   ['rule:read', 'Read rules, scenes and notification channels'],
   ['rule:write', 'Change rules, scenes and channels; run scenes'],

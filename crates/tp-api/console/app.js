@@ -9,6 +9,7 @@ import { devicePage } from './device.js';
 import { channelsPage } from './admin.js';
 import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } from './manage.js';
 import { otaPage, otaTaskPage } from './ota.js';
+import { templatesPage } from './templates.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -21,6 +22,7 @@ const ROUTES = [
   [/^\/devices$/, pages.devices, 'Devices'],
   [/^\/devices\/profiles$/, profilesPage, 'Device profiles'],
   [/^\/devices\/groups$/, groupsPage, 'Device groups'],
+  [/^\/devices\/templates$/, templatesPage, 'Device templates'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, devicePage, 'Device'],
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],

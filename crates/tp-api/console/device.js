@@ -9,6 +9,7 @@ import {
 } from './ui.js';
 import { LineChart, numeric } from './chart.js';
 import { statusHistory } from './manage.js';
+import { thingModelPanel, withUnit } from './templates.js';
 
 const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 24 * 3600e3], ['7d', 7 * 24 * 3600e3], ['30d', 30 * 24 * 3600e3]];
 const AGGS = [['', 'Raw values'], ['avg', 'Average'], ['min', 'Minimum'], ['max', 'Maximum'], ['sum', 'Sum'], ['count', 'Count']];
@@ -21,12 +22,16 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
     get(`/devices/${id}/telemetry/latest`, { signal }),
     get(`/devices/${id}/attributes`, { signal }),
   ]);
+  // The thing model of the device's template (units, command forms), if any.
+  let loadLogLater = async () => {};
+  const thing = await thingModelPanel(id, signal, () => loadLogLater());
+  const defs = new Map(((thing.model && thing.model.telemetry) || []).map(v => [v.key, v.definition]));
 
   // Latest values, kept current by the live stream.
   const latestMap = new Map(latest.items.map(i => [i.key, i]));
   const latestBox = h('div', { id: 'latest-values' });
   const renderLatest = () => clear(latestBox, table('Latest values', [
-    ['Key', i => h('code', {}, i.key)], ['Value', i => fmtValue(i.value)], ['Time', i => fmtTime(i.ts)],
+    ['Key', i => h('code', {}, i.key)], ['Value', i => withUnit(i.value, defs.get(i.key))], ['Time', i => fmtTime(i.ts)],
   ], [...latestMap.values()].sort((a, b) => a.key.localeCompare(b.key)), 'No telemetry yet.'));
   renderLatest();
 
@@ -93,6 +98,7 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
       ['Response', r => (r.response === null ? '—' : h('code', {}, fmtValue(r.response)))],
     ], log.items, 'Nothing sent yet.'));
   };
+  loadLogLater = loadLog;
   const cmdSlot = errorSlot();
   const cmdForm = h('form', { class: 'stack', id: 'command-form' },
     field('Method', h('input', { name: 'method', required: true, maxlength: 255, placeholder: 'e.g. reboot' })),
@@ -144,6 +150,7 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
       h('section', { class: 'panel' }, latestBox)),
     h('section', { class: 'panel', 'aria-labelledby': 'history-title' },
       h('h2', { id: 'history-title' }, 'History'), histForm, histSlot, history.el),
+    thing.el,
     h('div', { class: 'grid' },
       h('section', { class: 'panel', 'aria-labelledby': 'cmd-title' }, h('h2', { id: 'cmd-title' }, 'Send a command'), cmdForm),
       h('section', { class: 'panel', 'aria-labelledby': 'attr-title' }, h('h2', { id: 'attr-title' }, 'Set attributes'), attrForm)),

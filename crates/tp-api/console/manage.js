@@ -56,6 +56,7 @@ export async function notificationsPage({ main, query, signal, navigate }) {
 /** `#/devices/profiles`: device profiles with heartbeat, online timeout and auto-registration. */
 export async function profilesPage({ main, query, signal, navigate }) {
   const page = pageOf(query);
+  const templates = (await get('/templates?page_size=200', { signal }).catch(() => ({ items: [] }))).items;
   const listBox = h('div', { id: 'profile-list' });
   const listSlot = errorSlot();
   const formBox = h('div', { id: 'profile-editor' });
@@ -99,6 +100,11 @@ export async function profilesPage({ main, query, signal, navigate }) {
       [['BASIC', 'BASIC: username and password'], ['ACCESSTOKEN', 'ACCESSTOKEN: a token as the username']]
         .map(([v, label]) => h('option', { value: v }, label)));
     if (existing) voucher.value = existing.voucher_type;
+    // The current template stays selectable when the caller cannot list templates.
+    const choices = existing && existing.template_id && !templates.some(t => t.id === existing.template_id)
+      ? [...templates, { id: existing.template_id, name: 'current template' }] : templates;
+    const template = h('select', { name: 'template_id' }, h('option', { value: '' }, '— none —'),
+      choices.map(t => h('option', { value: t.id, selected: existing && existing.template_id === t.id }, t.name)));
     const form = h('form', { class: 'stack', id: 'profile-form', novalidate: true },
       field('Name', h('input', { name: 'name', required: true, maxlength: 255, value: existing ? existing.name : '' })),
       field('Device type', type),
@@ -107,6 +113,7 @@ export async function profilesPage({ main, query, signal, navigate }) {
       field('Online timeout (seconds)', h('input', { name: 'online_timeout_secs', type: 'number', min: 1, step: 1, value: existing && existing.online_timeout_secs ? existing.online_timeout_secs : '' }),
         'Connection state honoured, plus offline after this silence; empty for none'),
       field('Voucher type', voucher, 'How devices created in this profile log in unless told otherwise'),
+      field('Device template', template, 'The thing model that types (and may validate) the devices’ data'),
       h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'auto_register', checked: existing ? existing.auto_register : false }),
         'Devices may register themselves with the provisioning secret'),
       existing ? h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'rotate_provision_secret' }), 'Generate a new provisioning secret') : null,
@@ -122,6 +129,8 @@ export async function profilesPage({ main, query, signal, navigate }) {
         auto_register: data.get('auto_register') !== null,
         voucher_type: data.get('voucher_type'),
       };
+      const chosen = data.get('template_id') || null;
+      if (existing ? chosen !== (existing.template_id || null) : chosen) body.template_id = chosen;
       let saved;
       if (existing) {
         if (data.get('rotate_provision_secret') !== null) body.rotate_provision_secret = true;

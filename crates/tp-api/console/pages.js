@@ -180,7 +180,8 @@ export async function devices({ main, query, signal, navigate }) {
   clear(main,
     h('h1', {}, 'Devices'),
     h('p', {}, h('a', { href: '#/devices/profiles', id: 'profiles-link' }, 'Device profiles'), ' · ',
-      h('a', { href: '#/devices/groups', id: 'groups-link' }, 'Device groups')),
+      h('a', { href: '#/devices/groups', id: 'groups-link' }, 'Device groups'), ' · ',
+      h('a', { href: '#/devices/templates', id: 'templates-link' }, 'Device templates')),
     h('section', { class: 'panel' }, searchForm, listBox),
     h('section', { class: 'panel', 'aria-labelledby': 'add-device' },
       h('h2', { id: 'add-device' }, 'Add a device'), createForm, created));
@@ -667,25 +668,29 @@ function triggerEditor(groups, ctx, rerender) {
             field(m.sourceKind === 'device' ? 'Device' : 'Profile', select(`${p}.source`, options, m.sourceId, v => { m.sourceId = v; })),
             field('Data', select(`${p}.data`, DATA_KINDS, m.data, v => { m.data = v; rerender(`[name="${p}.data"]`); })),
             m.data === 'status' ? null
-              : field(m.data === 'event' ? 'Event method' : 'Key', h('input', { name: `${p}.key`, value: m.key, size: 12, oninput: set('key') })),
+              : field(m.data === 'event' ? 'Event method' : 'Key', h('input', { name: `${p}.key`, value: m.key, size: 12, list: 'template-keys', oninput: set('key') })),
             field('Operator', select(`${p}.operator`, OPERATORS, m.operator, v => { m.operator = v; rerender(`[name="${p}.operator"]`); })),
             field('Value', h('input', { name: `${p}.value`, value: m.valueText, size: 14, placeholder: hint, title: hint, oninput: set('valueText') })),
             field('For (s)', h('input', { name: `${p}.duration_secs`, type: 'number', min: 0, step: 1, value: m.duration, size: 6, placeholder: 'at once', oninput: set('duration') }))),
           remove);
       }),
       h('button', { type: 'button', class: 'add-condition', onclick: () => { g.conditions.push(newCondition()); rerender(`[name="trigger_groups[${gi}].conditions[${g.conditions.length - 1}].key"]`); } }, '+ Add condition'))),
-    h('button', { type: 'button', id: 'add-group', onclick: () => { groups.push({ conditions: [newCondition()] }); rerender(`[name="trigger_groups[${groups.length - 1}].conditions[0].key"]`); } }, '+ Add “or” group'));
+    h('button', { type: 'button', id: 'add-group', onclick: () => { groups.push({ conditions: [newCondition()] }); rerender(`[name="trigger_groups[${groups.length - 1}].conditions[0].key"]`); } }, '+ Add “or” group'),
+    // The keys the tenant's device templates define, offered in every key field.
+    h('datalist', { id: 'template-keys' }, (ctx.templateKeys || []).map(k => h('option', { value: k }))));
 }
 
 async function editorContext(signal, forScene) {
   const empty = { items: [] };
-  const [devices, profiles, channels, scenes] = await Promise.all([
+  const [devices, profiles, channels, scenes, templates] = await Promise.all([
     get('/devices?page_size=1000', { signal }),
     forScene ? empty : get('/profiles?page_size=200', { signal }).catch(() => empty),
     get('/notification-channels?page_size=200', { signal }).catch(() => empty),
     get('/scenes?page_size=200', { signal }).catch(() => empty),
+    forScene ? empty : get('/templates?page_size=200', { signal }).catch(() => empty),
   ]);
-  return { devices: devices.items, profiles: profiles.items, channels: channels.items, scenes: scenes.items, forScene };
+  const templateKeys = [...new Set(templates.items.flatMap(t => [...t.telemetry, ...t.attributes, ...t.events].map(d => d.identifier)))].sort();
+  return { devices: devices.items, profiles: profiles.items, channels: channels.items, scenes: scenes.items, templateKeys, forScene };
 }
 
 /** `#/rules/new`, `#/rules/{id}`, `#/rules/scenes/new`, `#/rules/scenes/{id}`. */

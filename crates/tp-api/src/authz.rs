@@ -46,11 +46,15 @@ pub enum Permission {
     OtaRead,
     /// Upload and change OTA packages; create, cancel and retry OTA tasks.
     OtaWrite,
+    /// Read device templates (the thing model).
+    TemplateRead,
+    /// Create, change, copy and delete device templates.
+    TemplateWrite,
 }
 
 impl Permission {
     /// Every permission, in wire-name order of declaration.
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 17] = [
         Permission::DeviceRead,
         Permission::DeviceWrite,
         Permission::DeviceCommand,
@@ -66,6 +70,8 @@ impl Permission {
         Permission::AlarmRead,
         Permission::OtaRead,
         Permission::OtaWrite,
+        Permission::TemplateRead,
+        Permission::TemplateWrite,
     ];
 
     /// The wire name, e.g. `device:read`.
@@ -86,6 +92,8 @@ impl Permission {
             Permission::AlarmRead => "alarm:read",
             Permission::OtaRead => "ota:read",
             Permission::OtaWrite => "ota:write",
+            Permission::TemplateRead => "template:read",
+            Permission::TemplateWrite => "template:write",
         }
     }
 

@@ -50,6 +50,7 @@ const ASSETS: &[Asset] = &[
     asset!("admin.js", JS),
     asset!("manage.js", JS),
     asset!("ota.js", JS),
+    asset!("templates.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -21,7 +21,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`, `template:read`, `template:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     // Named only through a query parameter's `value_type`, so not collected by a route.
@@ -43,6 +43,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "alarms", description = "Alarms raised by rules: lifecycle, history, comments and counts"),
         (name = "notifications", description = "Notification channels (webhook, email) and the notification history"),
         (name = "ota", description = "OTA upgrades: packages (uploaded or external), tasks that send them to devices over `ota/devices/inform/{device_number}`, and each device's progress"),
+        (name = "templates", description = "Device templates: the thing model (typed telemetry, attribute, event and command definitions) and its validation mode on ingest"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]
@@ -216,6 +217,11 @@ const REQUEST_EXAMPLES: &[(&str, &str)] = &[
         "CreateTaskRequest",
         r#"{"package_id": "00000000-0000-0000-0000-000000000001", "device_ids": ["00000000-0000-0000-0000-000000000002"], "name": "boilers to 1.2.0"}"#,
     ),
+    (
+        "TemplateRequest",
+        r#"{"name": "Thermostat", "validation": "reject", "telemetry": [{"identifier": "temp", "name": "Temperature", "data_type": "float", "unit": "°C", "min": -40, "max": 125, "step": 0.5}], "attributes": [{"identifier": "mode", "name": "Mode", "data_type": "enum", "enum_values": [{"value": "auto", "description": "Automatic"}, {"value": "off"}], "access": "read_write"}], "events": [{"identifier": "overheat", "name": "Overheated", "params": [{"identifier": "temp", "name": "Temperature", "data_type": "float", "unit": "°C"}]}], "commands": [{"identifier": "set_target", "name": "Set target", "params": [{"identifier": "target", "name": "Target", "data_type": "int", "unit": "°C", "min": 5, "max": 30}]}]}"#,
+    ),
+    ("CopyTemplateRequest", r#"{"name": "Thermostat v2"}"#),
 ];
 
 /// Puts [`REQUEST_EXAMPLES`] on their schemas.
@@ -248,6 +254,14 @@ const UNPROCESSABLE: &[(&str, &str)] = &[
     ),
     ("create_user", "`role_id` is not a role of the tenant"),
     (
+        "create_profile",
+        "`template_id` is not a template of the tenant",
+    ),
+    (
+        "update_profile",
+        "`template_id` is not a template of the tenant",
+    ),
+    (
         "update_user",
         "`role_id` is not a role of the tenant, or a new `password` for oneself (that is `PUT /api/v1/auth/password`)",
     ),
@@ -272,6 +286,14 @@ const UNPROCESSABLE: &[(&str, &str)] = &[
         "`end` is not after `start`, `agg` and `interval` come without each other, or the range has more than 100000 buckets",
     ),
     ("delete_telemetry", "`end` is not after `start`"),
+    (
+        "send_command",
+        "The device's template defines the command and `params` do not fit it: an unknown parameter, a wrong type, a value out of range or not among the enum values (the field names the parameter, `params.<identifier>`); with `strict_keys` also a command the template does not define",
+    ),
+    (
+        "set_attributes",
+        "The device's template defines an attribute as read-only, or the value does not fit its type, range or enum values (the field names it, `values.<identifier>`)",
+    ),
     ("events", "`end` is not after `start`"),
     ("status_history", "`end` is before `start`"),
 ];

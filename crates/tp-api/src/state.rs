@@ -50,6 +50,9 @@ pub struct AppState {
     pub(crate) streams: Arc<crate::quota::StreamCounts>,
     /// OTA packages and tasks; without it their routes answer 503.
     pub(crate) ota: Option<crate::ota::OtaService>,
+    /// Device templates (the thing model), behind the cache the broker reads too;
+    /// without it the template routes answer 503.
+    pub(crate) thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ impl AppState {
             limits: crate::quota::TenantLimits::default(),
             streams: Arc::default(),
             ota: None,
+            thing_models: None,
         }
     }
 
@@ -87,6 +91,19 @@ impl AppState {
     pub fn with_ota(mut self, ota: crate::ota::OtaService) -> Self {
         self.ota = Some(ota);
         self
+    }
+
+    /// Adds the device templates behind `/api/v1/templates` through `cache` (the same
+    /// one the broker checks ingest with, so a change reaches it at once), and the
+    /// thing-model checks of downlink.
+    pub fn with_thing_models(mut self, cache: Arc<tp_core::thing_model::TemplateCache>) -> Self {
+        self.thing_models = Some(cache);
+        self
+    }
+
+    /// The template cache, if one was added.
+    pub fn thing_models(&self) -> Option<&Arc<tp_core::thing_model::TemplateCache>> {
+        self.thing_models.as_ref()
     }
 
     /// Sets the per-tenant limits (default: [`crate::quota::TenantLimits::default`]).
@@ -187,6 +204,7 @@ impl fmt::Debug for AppState {
             .field("rules", &self.rules.as_ref().map(|r| r.backend()))
             .field("rule_engine", &self.rule_engine.is_some())
             .field("live", &self.live.is_some())
+            .field("thing_models", &self.thing_models.is_some())
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -35,7 +35,9 @@
 //! 4.01 Unauthorized (missing or wrong credentials), 4.02 Bad Option (an unsupported
 //! critical option), 4.04 Not Found (unknown resource or `message_id`), 4.05 Method
 //! Not Allowed, 4.13 Request Entity Too Large (over `max_payload_size`, or block-wise
-//! transfer, which is not supported: a request must fit one datagram), 5.03 Service
+//! transfer, which is not supported: a request must fit one datagram), 4.22
+//! Unprocessable Entity (the device template rejects a value, naming the key;
+//! nothing of the message was stored), 5.03 Service
 //! Unavailable (draining or a store down). A CoAP ping (empty confirmable message)
 //! gets a reset. Datagrams that are not CoAP requests are dropped with a log line.
 //!
@@ -183,6 +185,12 @@ impl From<tp_core::Error> for Refusal {
                 Refusal(ResponseType::BadRequest, "invalid_payload", e.to_string())
             }
             E::NotFound { .. } => Refusal(ResponseType::NotFound, "not_found", e.to_string()),
+            // The thing model refused a value (the message names the key).
+            E::Unprocessable { .. } => Refusal(
+                ResponseType::UnprocessableEntity,
+                "thing_model_violation",
+                e.to_string(),
+            ),
             e if e.is_retryable() => {
                 tracing::warn!(error = %e, "CoAP device API: backend unavailable");
                 Refusal(

@@ -273,6 +273,8 @@ impl ExternalConsumer {
                 observer: None,
                 caches: Default::default(),
                 ota: None,
+                // The thing model is checked by embedded brokers only.
+                thing_models: None,
             },
             client,
             counters: counters.clone(),

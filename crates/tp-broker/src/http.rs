@@ -25,6 +25,8 @@
 //! "ts":..}`); failures answer it with `result` 1, an `errcode` and a `message` naming
 //! the problem: `400 invalid_payload`, `401 unauthorized`, `404 not_found` (unknown
 //! `message_id`), `413 payload_too_large` (over the broker's `max_payload_size`),
+//! `422 thing_model_violation` (the device template rejects a value; the message
+//! names the key and nothing of the message was stored),
 //! `503 unavailable` (the node is draining or a store is down; retry).
 //!
 //! | `GET /api/v1/device/ota/packages/{package_id}` | - | `200` the package file (`206` for a `Range`), see [`crate::ota`] |
@@ -101,6 +103,12 @@ impl From<tp_core::Error> for DeviceError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_payload", e.to_string())
             }
             E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            // The thing model refused a value (the message names the key).
+            E::Unprocessable { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "thing_model_violation",
+                e.to_string(),
+            ),
             e if e.is_retryable() => {
                 tracing::warn!(error = %e, "device API: backend unavailable");
                 Self::new(

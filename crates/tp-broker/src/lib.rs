@@ -68,6 +68,7 @@ pub mod ota;
 pub mod presence;
 mod rate;
 mod session;
+pub mod thing_model;
 pub mod tls;
 mod transport;
 mod uplink;
@@ -156,6 +157,10 @@ pub struct BrokerOptions {
     /// and the HTTP device API serves stored packages ([`ota::OtaDownloads`]).
     /// Without it progress is stored as an event only.
     pub ota: Option<ota::OtaDownloads>,
+    /// Device templates: telemetry and attributes of devices whose profile's
+    /// template validates are checked against its thing model ([`thing_model`]).
+    /// The API invalidates the same cache when a template or profile changes.
+    pub thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
 }
 
 /// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
@@ -362,6 +367,7 @@ impl EmbeddedBroker {
                     observer: options.observer.clone(),
                     caches: caches.clone(),
                     ota: options.ota.as_ref().map(|o| o.store.clone()),
+                    thing_models: options.thing_models.clone(),
                 },
                 shared: shared.clone(),
             };
@@ -417,6 +423,7 @@ impl EmbeddedBroker {
             observer: options.observer.clone(),
             caches,
             ota: options.ota.as_ref().map(|o| o.store.clone()),
+            thing_models: options.thing_models.clone(),
         };
         let device_api = DeviceApi {
             shared: shared.clone(),

@@ -26,6 +26,7 @@ use tp_core::{
 use tp_core::{ProfileId, TenantId};
 
 use crate::session::Shared;
+use crate::thing_model::Checked;
 
 /// Decodes device messages and stores them: telemetry and events through the
 /// batching writer (which waits while its queue is full: backpressure), attributes
@@ -47,6 +48,9 @@ pub(crate) struct Uplinks {
     pub(crate) caches: Arc<DeviceCaches>,
     /// OTA task details, which `ota/devices/progress` reports update.
     pub(crate) ota: Option<tp_core::ota::OtaStoreRef>,
+    /// Device templates whose thing model checks telemetry and attributes
+    /// ([`crate::thing_model`]); `None`: nothing is checked.
+    pub(crate) thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
 }
 
 /// The acknowledgement ThingsPanel sends a device for an attribute or event report,
@@ -580,6 +584,11 @@ impl Uplinks {
                 value: s.value,
             })
             .collect();
+        let violations = self
+            .check_model(device_id, Checked::Telemetry, || {
+                points.iter().map(|p| (p.key.as_str(), &p.value))
+            })
+            .await?;
         let keys = || points.iter().map(|p| p.key.as_str());
         let admitted = match self.caches.admit_keys(device_id, keys()) {
             Some(admitted) => admitted,
@@ -619,6 +628,8 @@ impl Uplinks {
                 .collect(),
         });
         self.writer.write(points).await?;
+        self.record_violations(device_id, Checked::Telemetry, violations, now)
+            .await;
         if let Some(data) = observed {
             self.observe(device_id, now, data).await;
         }
@@ -640,7 +651,14 @@ impl Uplinks {
                 value,
             })
             .collect();
+        let violations = self
+            .check_model(device_id, Checked::Attributes, || {
+                attrs.iter().map(|a| (a.key.as_str(), &a.value))
+            })
+            .await?;
         self.metadata.upsert_attributes(device_id, &attrs).await?;
+        self.record_violations(device_id, Checked::Attributes, violations, now)
+            .await;
         if self.observer.is_some() {
             self.observe(device_id, now, RuleInputData::Attributes { values: attrs })
                 .await;
@@ -655,7 +673,24 @@ impl Uplinks {
         let Some(observer) = &self.observer else {
             return;
         };
-        let identity = match self.session_device(device_id) {
+        if let Some((tenant_id, profile_id)) = self.identity(device_id).await {
+            observer.observe(RuleInput {
+                device_id,
+                tenant_id,
+                profile_id,
+                ts: now,
+                data,
+            });
+        }
+    }
+
+    /// A device's tenant and profile from its session or a short-lived cache, so a
+    /// connected device costs no store lookup.
+    pub(crate) async fn identity(
+        &self,
+        device_id: DeviceId,
+    ) -> Option<(TenantId, Option<ProfileId>)> {
+        match self.session_device(device_id) {
             Some(d) => Some((d.tenant_id, d.profile_id)),
             None => match self.caches.identity_get(device_id) {
                 Some(i) => Some(i),
@@ -667,20 +702,11 @@ impl Uplinks {
                     }
                     Ok(None) => None,
                     Err(e) => {
-                        tracing::warn!(device_id = %device_id, error = %e, "cannot resolve the device for the rule engine; message not evaluated");
+                        tracing::warn!(device_id = %device_id, error = %e, "cannot resolve the device's tenant and profile");
                         None
                     }
                 },
             },
-        };
-        if let Some((tenant_id, profile_id)) = identity {
-            observer.observe(RuleInput {
-                device_id,
-                tenant_id,
-                profile_id,
-                ts: now,
-                data,
-            });
         }
     }
 

@@ -67,6 +67,7 @@ async fn start(http_online_secs: u32) -> Node {
             leases: None,
             replay_progress: None,
             ota: None,
+            thing_models: None,
         },
     )
     .await
@@ -105,6 +106,7 @@ impl Node {
                 auto_register: false,
                 provision_secret_hash: None,
                 voucher_type: Default::default(),
+                template_id: None,
                 created_at: now_ms(),
             };
             self.access.create_profile(&profile).await.unwrap();

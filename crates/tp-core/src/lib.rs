@@ -9,6 +9,8 @@
 //!   ACL, payload codecs (flat JSON, `{"ts":..,"values":{..}}` and arrays of those), the
 //!   response object and the gateway envelope.
 //! - [`provision`]: device self-registration with a profile secret (REST and MQTT).
+//! - [`thing_model`]: device templates with typed telemetry, attribute, event and
+//!   command definitions, the checks run against them and [`ThingModelStore`].
 //! - [`downlink`]: issuing a command, attribute set/get or telemetry control: the
 //!   command log protocol and the route through gateways (REST API and rules alike).
 //! - The async traits every backend implements: [`MetadataStore`], [`TimeSeriesStore`],
@@ -49,6 +51,7 @@ pub mod provision;
 pub mod rules;
 pub mod serde_int;
 pub mod store;
+pub mod thing_model;
 pub mod transport;
 
 #[cfg(feature = "testing")]
@@ -62,4 +65,5 @@ pub use store::{
     Aggregation, MetadataStore, MetadataStoreRef, Order, TimeSeriesStore, TimeSeriesStoreRef,
     TsQuery,
 };
+pub use thing_model::{ThingModelStore, ThingModelStoreRef};
 pub use transport::{DeviceTransport, DeviceTransportRef, Downlink};

@@ -349,6 +349,8 @@ pub struct DeviceProfile {
     pub provision_secret_hash: Option<String>,
     /// How devices created in this profile authenticate unless told otherwise.
     pub voucher_type: VoucherType,
+    /// The device template (thing model) of the profile's devices, if any.
+    pub template_id: Option<crate::thing_model::TemplateId>,
     /// Creation time.
     pub created_at: Timestamp,
 }

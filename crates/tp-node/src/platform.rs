@@ -288,12 +288,19 @@ impl Platform {
     }
 }
 
+/// How long a node trusts a cached device template: a change made through another
+/// node's API reaches this node's ingest check within this time (this node's API
+/// invalidates the cache at once).
+const THING_MODEL_TTL: Duration = Duration::from_secs(10);
+
 /// Stage 1: the stores the configuration names, and the cluster backplane.
 struct Stores {
     metadata: MetadataStoreRef,
     access: AccessStoreRef,
     rules: RuleStoreRef,
     ota: tp_core::ota::OtaStoreRef,
+    /// Device templates, through the cache the broker and the API share.
+    thing_models: Arc<tp_core::thing_model::TemplateCache>,
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     backplane: Option<BackplaneRef>,
@@ -304,10 +311,15 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         setting: "data_dir (--data-dir)",
         message: format!("cannot create {}: {e}", config.data_dir.display()),
     })?;
-    // One pool behind the metadata, access, rule and OTA stores.
-    let (metadata, access, rules, ota) = tp_storage::open_ota(&config.metadata_url())
+    // One pool behind the metadata, access, rule, template and OTA stores.
+    let meta = tp_storage::open_meta_stores(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
+    let (metadata, access, rules, ota) = (meta.metadata, meta.access, meta.rules, meta.ota);
+    let thing_models = Arc::new(tp_core::thing_model::TemplateCache::new(
+        meta.thing_models,
+        THING_MODEL_TTL,
+    ));
     let timeseries = open_timeseries(config).await?;
     let cache = tp_storage::open_cache(&config.storage.cache)
         .await
@@ -326,6 +338,7 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         access,
         rules,
         ota,
+        thing_models,
         timeseries,
         cache,
         backplane,
@@ -488,6 +501,7 @@ async fn start_services(
         timeseries,
         cache,
         backplane,
+        ..
     } = stores;
     let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
     let notifier = tp_rules::notify::Notifications::new(rules.clone(), &config.notify)
@@ -624,6 +638,7 @@ async fn start_broker(
                 store: stores.ota.clone(),
                 dir: config.ota_dir(),
             }),
+            thing_models: Some(stores.thing_models.clone()),
         },
     )
     .await?;
@@ -648,6 +663,7 @@ fn api_state(
         config.auth.auth_config(jwt_secret),
     )
     .with_rules(stores.rules.clone())
+    .with_thing_models(stores.thing_models.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
     .with_limits(config.limits)

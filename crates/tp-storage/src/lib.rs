@@ -200,31 +200,44 @@ pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)
 /// # Errors
 /// As [`open_metadata`].
 pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, RuleStoreRef)> {
-    let (metadata, access, rules, _) = open_ota(url).await?;
-    Ok((metadata, access, rules))
+    let stores = open_meta_stores(url).await?;
+    Ok((stores.metadata, stores.access, stores.rules))
+}
+
+/// Every view of one metadata database, sharing one connection pool (an in-memory
+/// SQLite database exists once per pool, so the views must share it).
+#[derive(Debug, Clone)]
+pub struct MetaStores {
+    /// Tenants, users, devices, attributes, the downlink log.
+    pub metadata: MetadataStoreRef,
+    /// Roles, API keys, groups, profiles, the audit log.
+    pub access: AccessStoreRef,
+    /// Rules, scenes, alarms, notification channels.
+    pub rules: RuleStoreRef,
+    /// Device templates (the thing model).
+    pub thing_models: tp_core::ThingModelStoreRef,
+    /// OTA packages, tasks and each device's progress.
+    pub ota: tp_core::ota::OtaStoreRef,
 }
 
 /// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
-/// returns it four times: as the [`MetadataStore`], the [`AccessStore`], the
-/// [`RuleStore`] and the [`tp_core::ota::OtaStore`], one store with one connection
-/// pool behind all handles.
+/// returns each of its views ([`MetaStores`]).
 ///
 /// # Errors
 /// As [`open_metadata`].
-pub async fn open_ota(
-    url: &str,
-) -> Result<(
-    MetadataStoreRef,
-    AccessStoreRef,
-    RuleStoreRef,
-    tp_core::ota::OtaStoreRef,
-)> {
+pub async fn open_meta_stores(url: &str) -> Result<MetaStores> {
     const FIELD: &str = "storage.metadata";
     if is_postgres(url) {
         #[cfg(feature = "postgres")]
         {
             let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
-            return Ok((store.clone(), store.clone(), store.clone(), store));
+            return Ok(MetaStores {
+                metadata: store.clone(),
+                access: store.clone(),
+                rules: store.clone(),
+                thing_models: store.clone(),
+                ota: store,
+            });
         }
         #[cfg(not(feature = "postgres"))]
         return Err(not_enabled(FIELD, url, "postgres"));
@@ -236,7 +249,13 @@ pub async fn open_ota(
             SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
             SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
         });
-        Ok((store.clone(), store.clone(), store.clone(), store))
+        Ok(MetaStores {
+            metadata: store.clone(),
+            access: store.clone(),
+            rules: store.clone(),
+            thing_models: store.clone(),
+            ota: store,
+        })
     }
     #[cfg(not(feature = "sqlite"))]
     {

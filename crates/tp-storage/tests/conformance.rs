@@ -459,3 +459,28 @@ async fn tenant_delete_removes_rule_data() {
         1
     );
 }
+
+/// One SQLite metadata store as the thing-model store and the access store.
+async fn sqlite_thing_models_file() -> Option<(tp_core::ThingModelStoreRef, AccessStoreRef, TempDb)>
+{
+    let db = TempDb::new();
+    let store = Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+    Some((store.clone(), store, db))
+}
+
+mod sqlite_file_thing_model {
+    tp_core::thing_model_conformance!(super::sqlite_thing_models_file());
+}
+
+/// Through URL dispatch: `open_meta_stores` on a file.
+mod sqlite_url_thing_model {
+    use super::*;
+    tp_core::thing_model_conformance!(async {
+        let db = TempDb::new();
+        let url = format!("sqlite://{}", db.path().display());
+        let stores = tp_storage::open_meta_stores(&url)
+            .await
+            .expect("open_meta_stores");
+        Some((stores.thing_models, stores.access, db))
+    });
+}

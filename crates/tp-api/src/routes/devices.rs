@@ -329,7 +329,7 @@ pub(crate) struct UpdateDeviceRequest {
     profile_id: Option<Option<Uuid>>,
 }
 
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

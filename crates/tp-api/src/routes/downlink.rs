@@ -266,6 +266,10 @@ pub(crate) async fn send_command(
     };
     let lifetime = expiry(req.expires_in_secs)?;
     let device = load_device(&state, &caller, id).await?;
+    if let Some(t) = super::templates::device_template(&state, &device).await? {
+        t.check_command(&req.method, &params)
+            .map_err(|v| super::templates::refused("params", v))?;
+    }
     // Exactly ThingsPanel's command payload (tp_core::protocol::MethodCall).
     let payload = serde_json::json!({ "method": req.method, "params": params });
     let row = issue(&state, &device, CommandKind::Command, payload, lifetime).await?;
@@ -298,6 +302,10 @@ pub(crate) async fn set_attributes(
     let payload = check_values(req.values)?;
     let lifetime = expiry(req.expires_in_secs)?;
     let device = load_device(&state, &caller, id).await?;
+    if let Some(t) = super::templates::device_template(&state, &device).await? {
+        t.check_attribute_set(&payload)
+            .map_err(|v| super::templates::refused("values", v))?;
+    }
     let row = issue(
         &state,
         &device,

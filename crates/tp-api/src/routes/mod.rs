@@ -32,6 +32,7 @@ pub(crate) mod stream;
 mod support;
 mod system;
 mod telemetry;
+mod templates;
 mod users;
 
 /// Every documented route, with its OpenAPI description (state not yet applied).
@@ -143,7 +144,18 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ota::retry_task))
         .routes(routes!(ota::list_task_devices))
         .routes(routes!(ota::cancel_task_device))
-        .routes(routes!(ota::retry_task_device));
+        .routes(routes!(ota::retry_task_device))
+        .routes(routes!(
+            templates::create_template,
+            templates::list_templates
+        ))
+        .routes(routes!(
+            templates::get_template,
+            templates::update_template,
+            templates::delete_template
+        ))
+        .routes(routes!(templates::copy_template))
+        .routes(routes!(templates::device_thing_model));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -70,6 +70,10 @@ pub(crate) enum PermissionName {
     OtaRead,
     #[serde(rename = "ota:write")]
     OtaWrite,
+    #[serde(rename = "template:read")]
+    TemplateRead,
+    #[serde(rename = "template:write")]
+    TemplateWrite,
 }
 
 /// An aggregation of a history query.
@@ -155,6 +159,8 @@ mod tests {
             PermissionName::AlarmRead,
             PermissionName::OtaRead,
             PermissionName::OtaWrite,
+            PermissionName::TemplateRead,
+            PermissionName::TemplateWrite,
         ]
         .iter()
         .map(|p| {

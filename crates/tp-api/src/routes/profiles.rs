@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use tp_core::thing_model::TemplateId;
 use tp_core::{
     AuditEntry, DeviceProfile, DeviceType, ProfileId, VoucherType, hash_secret, now_ms,
     random_token,
@@ -41,6 +42,8 @@ pub(crate) struct ProfileView {
     /// `BASIC` (username and password) or `ACCESSTOKEN` (a token as the username alone).
     #[schema(example = "BASIC")]
     voucher_type: String,
+    /// The device template (thing model) of the profile's devices.
+    template_id: Option<Uuid>,
     /// The provisioning secret, only in the response that generated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     provision_secret: Option<String>,
@@ -59,6 +62,7 @@ impl ProfileView {
             auto_register: p.auto_register,
             has_provision_secret: p.provision_secret_hash.is_some(),
             voucher_type: p.voucher_type.as_str().to_owned(),
+            template_id: p.template_id.map(|t| t.0),
             provision_secret: secret,
             created_at: p.created_at,
         }
@@ -130,6 +134,9 @@ pub(crate) struct CreateProfileRequest {
     #[serde(default)]
     #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
+    /// A device template of the tenant: its thing model types the devices' data.
+    #[serde(default)]
+    template_id: Option<Uuid>,
 }
 
 /// Changes to a profile; absent fields stay, `null` clears a timeout.
@@ -163,6 +170,10 @@ pub(crate) struct UpdateProfileRequest {
     #[serde(default)]
     #[schema(value_type = Option<super::names::VoucherTypeName>)]
     voucher_type: Option<String>,
+    /// A device template of the tenant; `null` detaches the template.
+    #[serde(default, deserialize_with = "super::devices::double_option")]
+    #[schema(value_type = Option<Uuid>, nullable)]
+    template_id: Option<Option<Uuid>>,
 }
 
 async fn load_profile(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<DeviceProfile> {
@@ -220,10 +231,15 @@ pub(crate) async fn create_profile(
             .map(parse_voucher_type)
             .transpose()?
             .unwrap_or_default(),
+        template_id: req.template_id.map(TemplateId),
         created_at: now_ms(),
     };
     let secret = req.auto_register.then(|| new_secret(&mut profile));
-    state.access.create_profile(&profile).await?;
+    state
+        .access
+        .create_profile(&profile)
+        .await
+        .map_err(template_reference)?;
     audit(
         &state,
         &caller,
@@ -356,6 +372,9 @@ pub(crate) async fn update_profile(
     if let Some(a) = req.auto_register {
         profile.auto_register = a;
     }
+    if let Some(t) = req.template_id {
+        profile.template_id = t.map(TemplateId);
+    }
     let secret = if req.rotate_provision_secret
         || (profile.auto_register && profile.provision_secret_hash.is_none())
     {
@@ -363,7 +382,14 @@ pub(crate) async fn update_profile(
     } else {
         None
     };
-    state.access.update_profile(&profile).await?;
+    state
+        .access
+        .update_profile(&profile)
+        .await
+        .map_err(template_reference)?;
+    if let Some(cache) = &state.thing_models {
+        cache.invalidate();
+    }
     audit(
         &state,
         &caller,
@@ -494,6 +520,17 @@ pub(crate) async fn list_audit(
         items: paged.items.into_iter().map(AuditView::from).collect(),
         total: paged.total,
     }))
+}
+
+/// A profile naming a template that is not in the tenant is a 422 (a reference
+/// the request cannot act on), not a 404 of the profile.
+fn template_reference(e: tp_core::Error) -> ApiError {
+    match e {
+        tp_core::Error::NotFound {
+            entity: "template", ..
+        } => ApiError::unprocessable("template_id", "no such template in the tenant"),
+        e => e.into(),
+    }
 }
 
 /// Longest heartbeat or online timeout a profile may set: 30 days (the document says

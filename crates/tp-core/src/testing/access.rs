@@ -150,6 +150,7 @@ fn profile(tenant: TenantId, name: &str, created_at: Timestamp) -> DeviceProfile
         auto_register: false,
         provision_secret_hash: None,
         voucher_type: Default::default(),
+        template_id: None,
         created_at,
     }
 }

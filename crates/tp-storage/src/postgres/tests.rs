@@ -132,6 +132,26 @@ async fn access_stores() -> Option<(
     Some((store.clone(), store, guard))
 }
 
+/// One metadata store in a fresh schema as the thing-model and the access store.
+async fn thing_model_stores() -> Option<(
+    tp_core::ThingModelStoreRef,
+    tp_core::AccessStoreRef,
+    InSchema<()>,
+)> {
+    let (url, schema) = target()?;
+    let store = std::sync::Arc::new(
+        PostgresMetadataStore::connect(&with_schema(&url, &schema))
+            .await
+            .expect("connect"),
+    );
+    let guard = InSchema {
+        store: Some(()),
+        base_url: url,
+        schema,
+    };
+    Some((store.clone(), store, guard))
+}
+
 mod access {
     tp_core::access_conformance!(super::access_stores());
 }
@@ -163,6 +183,10 @@ mod rules {
 
 mod ota {
     tp_core::ota_conformance!(super::metadata_store());
+}
+
+mod thing_model {
+    tp_core::thing_model_conformance!(super::thing_model_stores());
 }
 
 /// The rule suite through URL dispatch: `open_rules` hands out one pool for all three.

@@ -79,6 +79,9 @@ fn profile_from_row(row: &impl SqlRow) -> Result<DeviceProfile> {
         auto_register: row.bool("auto_register")?,
         provision_secret_hash: row.opt_text("provision_secret_hash")?,
         voucher_type: row.parsed("voucher_type", str::parse)?,
+        template_id: row
+            .opt_uuid("template_id")?
+            .map(tp_core::thing_model::TemplateId),
         created_at: row.int("created_at")?,
     })
 }
@@ -120,7 +123,7 @@ macro_rules! group_cols {
 macro_rules! profile_cols {
     () => {
         "id, tenant_id, name, device_type, heartbeat_secs, online_timeout_secs, auto_register, \
-         provision_secret_hash, created_at, voucher_type"
+         provision_secret_hash, created_at, voucher_type, template_id"
     };
 }
 
@@ -164,6 +167,17 @@ async fn group_in_tenant<D: Dialect>(
         Ok(())
     } else {
         Err(Error::not_found("group", group))
+    }
+}
+
+/// A profile's template, if it names one, must be a template of its tenant.
+async fn template_in_tenant<D: Dialect>(tx: &mut Tx<'_, D>, profile: &DeviceProfile) -> Result<()> {
+    const SQL: &str = "SELECT 1 AS one FROM device_templates WHERE id = $1 AND tenant_id = $2";
+    match profile.template_id {
+        Some(t) if !exists_in(tx, SQL, t.0, profile.tenant_id).await? => {
+            Err(Error::not_found("template", t))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -238,6 +252,7 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
             "DELETE FROM users WHERE tenant_id = $1",
             "DELETE FROM roles WHERE tenant_id = $1",
             "DELETE FROM device_profiles WHERE tenant_id = $1",
+            "DELETE FROM device_templates WHERE tenant_id = $1",
             "DELETE FROM audit_log WHERE tenant_id = $1",
             "DELETE FROM rules WHERE tenant_id = $1",
             "DELETE FROM scenes WHERE tenant_id = $1",
@@ -569,10 +584,12 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
     }
 
     async fn create_profile(&self, profile: &DeviceProfile) -> Result<()> {
+        let mut tx = self.begin(Some((LOCK, profile.tenant_id))).await?;
+        template_in_tenant(&mut tx, profile).await?;
         let stmt = Stmt::new(concat!(
             "INSERT INTO device_profiles (",
             profile_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(profile.id)
         .bind(profile.tenant_id)
@@ -583,10 +600,11 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
         .bind(profile.auto_register)
         .bind(&profile.provision_secret_hash)
         .bind(profile.created_at)
-        .bind(profile.voucher_type.as_str());
-        self.exec_unique(stmt, "profile", profile_conflict(profile))
+        .bind(profile.voucher_type.as_str())
+        .bind(profile.template_id.map(|t| t.0));
+        tx.exec_unique(stmt, "profile", profile_conflict(profile))
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn get_profile(&self, tenant: TenantId, id: ProfileId) -> Result<Option<DeviceProfile>> {
@@ -620,10 +638,12 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
     }
 
     async fn update_profile(&self, profile: &DeviceProfile) -> Result<()> {
+        let mut tx = self.begin(Some((LOCK, profile.tenant_id))).await?;
+        template_in_tenant(&mut tx, profile).await?;
         let stmt = Stmt::new(
             "UPDATE device_profiles SET name = $1, device_type = $2, heartbeat_secs = $3, \
              online_timeout_secs = $4, auto_register = $5, provision_secret_hash = $6, \
-             voucher_type = $7 WHERE id = $8 AND tenant_id = $9",
+             voucher_type = $7, template_id = $8 WHERE id = $9 AND tenant_id = $10",
         )
         .bind(&profile.name)
         .bind(device_type_str(profile.device_type))
@@ -632,12 +652,14 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
         .bind(profile.auto_register)
         .bind(&profile.provision_secret_hash)
         .bind(profile.voucher_type.as_str())
+        .bind(profile.template_id.map(|t| t.0))
         .bind(profile.id)
         .bind(profile.tenant_id);
-        let n = self
+        let n = tx
             .exec_unique(stmt, "profile", profile_conflict(profile))
             .await?;
-        found(n, "profile", profile.id)
+        found(n, "profile", profile.id)?;
+        tx.commit().await
     }
 
     async fn delete_profile(&self, tenant: TenantId, id: ProfileId) -> Result<()> {

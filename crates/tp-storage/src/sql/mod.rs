@@ -21,6 +21,7 @@ mod access;
 mod meta;
 mod ota;
 mod rules;
+mod thing_model;
 
 use std::borrow::Cow;
 

@@ -99,6 +99,7 @@ struct Fx {
     channel: NotificationChannel,
     ota_package: tp_core::ota::OtaPackage,
     ota_task: tp_core::ota::OtaTask,
+    template: tp_core::thing_model::DeviceTemplate,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -479,6 +480,29 @@ fn table() -> Vec<Row> {
             "/api/v1/ota/tasks/{task}/devices/{device}/retry",
             manage_one(409),
         ),
+        // device templates (thing model)
+        with(
+            "POST",
+            "/api/v1/templates",
+            |fx, _| json!({"name": format!("new-{}", fx.uniq), "telemetry": [{"identifier": "t", "name": "T", "data_type": "int", "unit": "K"}]}),
+            MANAGE_CREATE,
+        ),
+        row("GET", "/api/v1/templates", MANAGE_LIST),
+        row("GET", "/api/v1/templates/{template}", manage_one(200)),
+        with(
+            "PUT",
+            "/api/v1/templates/{template}",
+            |fx, _| json!({"name": format!("fxtemplate-{}", fx.uniq), "validation": "record"}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/templates/{template}", manage_one(204)),
+        with(
+            "POST",
+            "/api/v1/templates/{template}/copy",
+            |_, _| json!({}),
+            manage_one(201),
+        ),
+        row("GET", "/api/v1/devices/{device}/thing-model", READ_ONE),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -716,6 +740,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         auto_register: false,
         provision_secret_hash: None,
         voucher_type: Default::default(),
+        template_id: None,
         created_at: now_ms(),
     };
     h.access.create_profile(&profile).await?;
@@ -802,6 +827,13 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
     let (ota_task, mut details) = tp_core::testing::ota::sample_task(&ota_package, &[device.id]);
     details[0].state = tp_core::ota::OtaState::Notified;
     ota.create_task(&ota_task, &details).await?;
+    let template = tp_core::testing::thing_model::sample_template(a, &format!("fxtemplate-{uniq}"));
+    h.state
+        .thing_models()
+        .context("template store")?
+        .store()
+        .create_template(&template)
+        .await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -815,6 +847,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         channel,
         ota_package,
         ota_task,
+        template,
         role,
         user,
         key,
@@ -851,6 +884,8 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.ota_package.id.to_string(),
         fx.ota_package.name.clone(),
         fx.ota_task.id.to_string(),
+        fx.template.id.to_string(),
+        fx.template.name.clone(),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -906,6 +941,7 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "ota_packages": ota.list_packages(a, all).await?,
         "ota_tasks": ota.list_tasks(a, None, all).await?,
         "ota_details": ota.list_details(a, fx.ota_task.id, all).await?,
+        "templates": h.state.thing_models().context("template store")?.store().list_templates(a, all).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -928,6 +964,7 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{channel}", &fx.channel.id.to_string())
         .replace("{package}", &fx.ota_package.id.to_string())
         .replace("{task}", &fx.ota_task.id.to_string())
+        .replace("{template}", &fx.template.id.to_string())
 }
 
 async fn call_as(

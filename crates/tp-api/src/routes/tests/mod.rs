@@ -100,9 +100,17 @@ impl Harness {
             store.clone(),
             std::env::temp_dir().join(format!("tp-api-test-ota-{}", uuid::Uuid::new_v4())),
         );
+        let templates = Arc::new(tp_core::thing_model::TemplateCache::new(
+            store.clone(),
+            std::time::Duration::from_secs(5),
+        ));
         let stores: (MetadataStoreRef, AccessStoreRef) = (store.clone(), store);
         Self::over(stores, sqlite_ts().await?, cache, move |s| {
-            customize(s.with_rules(rules).with_ota(ota))
+            customize(
+                s.with_rules(rules)
+                    .with_ota(ota)
+                    .with_thing_models(templates),
+            )
         })
         .await
     }
