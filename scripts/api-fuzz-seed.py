@@ -242,17 +242,31 @@ for path, item in doc["paths"].items():
 # Ids that name other resources can only work when they exist: in this copy they are
 # limited to the seeded ones (generated requests with any other id are negative cases,
 # which the server rejects with 422). Only the run's copy changes, not the served doc.
-enum_by_name = {"role_id": [role], "profile_id": [profile], "channel": [channel], "scene": [scene]}
+enum_by_name = {"role_id": role, "profile_id": profile, "channel": channel, "scene": scene}
+# Schemas that carry such ids in requests (responses may name any id the run created).
+shared_parts = {"ActionNotify", "ActionRunScene", "ActionRaiseAlarm", "DeviceSourceDevice",
+                "ActionTargetDevice", "DeviceSourceProfile"}
+
+
+def only(value, sub):
+    """`sub` restricted to `value` (and null where the field was nullable)."""
+    nullable = sub.get("type") == ["string", "null"]
+    return {"type": ["string", "null"] if nullable else "string", "format": "uuid",
+            "enum": [value, None] if nullable else [value]}
+
+
 for name, schema in schemas.items():
-    for prop, sub in (schema.get("properties") or {}).items():
-        if prop in enum_by_name and sub.get("type") == "string":
-            sub["enum"] = enum_by_name[prop]
-        if prop == "channels" and sub.get("type") == "array" and isinstance(sub.get("items"), dict):
-            sub["items"] = {"type": "string", "format": "uuid", "enum": [channel]}
-        if prop == "id" and name in ("DeviceSourceDevice", "ActionTargetDevice"):
-            sub["enum"] = [device]
-        if prop == "id" and name == "DeviceSourceProfile":
-            sub["enum"] = [profile]
+    if not (name.endswith("Request") or name in shared_parts):
+        continue
+    for prop, sub in list((schema.get("properties") or {}).items()):
+        if prop in enum_by_name:
+            schema["properties"][prop] = only(enum_by_name[prop], sub)
+        elif prop == "channels" and sub.get("type") == "array":
+            sub["items"] = only(channel, {})
+        elif prop == "id" and name in ("DeviceSourceDevice", "ActionTargetDevice"):
+            schema["properties"][prop] = only(device, sub)
+        elif prop == "id" and name == "DeviceSourceProfile":
+            schema["properties"][prop] = only(profile, sub)
 # Sign-in, token refresh and self-registration: their examples carry real secrets, so
 # at least those requests pass authentication (the rest stay 401 cases).
 for path, example in [
