@@ -42,11 +42,15 @@ pub enum Permission {
     RuleWrite,
     /// Read alarms, their history and counts (changing them needs `alarm:ack`).
     AlarmRead,
+    /// Read data scripts.
+    ScriptRead,
+    /// Create, change, enable, delete and test-run data scripts.
+    ScriptWrite,
 }
 
 impl Permission {
     /// Every permission, in wire-name order of declaration.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::DeviceRead,
         Permission::DeviceWrite,
         Permission::DeviceCommand,
@@ -60,6 +64,8 @@ impl Permission {
         Permission::RuleRead,
         Permission::RuleWrite,
         Permission::AlarmRead,
+        Permission::ScriptRead,
+        Permission::ScriptWrite,
     ];
 
     /// The wire name, e.g. `device:read`.
@@ -78,11 +84,13 @@ impl Permission {
             Permission::RuleRead => "rule:read",
             Permission::RuleWrite => "rule:write",
             Permission::AlarmRead => "alarm:read",
+            Permission::ScriptRead => "script:read",
+            Permission::ScriptWrite => "script:write",
         }
     }
 
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
@@ -113,7 +121,7 @@ impl FromStr for Permission {
 /// A set of permissions.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Permissions(u16);
+pub struct Permissions(u32);
 
 impl Permissions {
     /// No permission.

@@ -21,7 +21,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `script:read`, `script:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     // Named only through a query parameter's `value_type`, so not collected by a route.
@@ -42,6 +42,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "scenes", description = "Manual scenes: named action lists run on demand"),
         (name = "alarms", description = "Alarms raised by rules: lifecycle, history, comments and counts"),
         (name = "notifications", description = "Notification channels (webhook, email) and the notification history"),
+        (name = "scripts", description = "Data scripts: ThingsPanel-compatible Lua run on a profile's uplink before decoding and downlink after encoding, and their test run"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]
@@ -203,6 +204,15 @@ const REQUEST_EXAMPLES: &[(&str, &str)] = &[
         r#"{"email": "ops@acme.example", "name": "Operator", "password": "a long passphrase", "role": "TENANT_USER"}"#,
     ),
     ("UpdateUserRequest", r#"{"name": "Night operator"}"#),
+    (
+        "CreateScriptRequest",
+        r#"{"profile_id": "5f0c2a6e-8d1b-4c3a-9e2f-0a1b2c3d4e5f", "script_type": "telemetry_up", "name": "decode packed frame", "content": "local json = require(\"json\")\nfunction encodeInp(msg, topic)\n  local hi, lo = string.byte(msg, 1, 2)\n  return json.encode({temperature = (hi * 256 + lo) / 10})\nend", "enabled": true}"#,
+    ),
+    ("UpdateScriptRequest", r#"{"enabled": false}"#),
+    (
+        "TestScriptRequest",
+        r#"{"payload_hex": "0105", "topic": "devices/telemetry"}"#,
+    ),
 ];
 
 /// Puts [`REQUEST_EXAMPLES`] on their schemas.

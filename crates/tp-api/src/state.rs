@@ -48,6 +48,10 @@ pub struct AppState {
     pub(crate) limits: crate::quota::TenantLimits,
     /// Open live streams per tenant on this node.
     pub(crate) streams: Arc<crate::quota::StreamCounts>,
+    /// Data scripts; without it their routes answer 503.
+    pub(crate) scripts: Option<tp_core::script::ScriptStoreRef>,
+    /// The engine that test-runs scripts and is told about changes.
+    pub(crate) script_runner: Option<tp_core::script::ScriptRunnerRef>,
 }
 
 impl AppState {
@@ -77,7 +81,24 @@ impl AppState {
             live: None,
             limits: crate::quota::TenantLimits::default(),
             streams: Arc::default(),
+            scripts: None,
+            script_runner: None,
         }
+    }
+
+    /// Adds the data script store behind `/api/v1/scripts` (the same database as
+    /// `metadata`, e.g. from `tp_storage::open_scripts`).
+    pub fn with_scripts(mut self, scripts: tp_core::script::ScriptStoreRef) -> Self {
+        self.scripts = Some(scripts);
+        self
+    }
+
+    /// Adds the data script engine: `POST /api/v1/scripts/{id}/test` runs scripts
+    /// through it, and script changes invalidate its cache (hand it the broker's
+    /// engine so changes reach ingest at once).
+    pub fn with_script_runner(mut self, runner: tp_core::script::ScriptRunnerRef) -> Self {
+        self.script_runner = Some(runner);
+        self
     }
 
     /// Sets the per-tenant limits (default: [`crate::quota::TenantLimits::default`]).
@@ -178,6 +199,8 @@ impl fmt::Debug for AppState {
             .field("rules", &self.rules.as_ref().map(|r| r.backend()))
             .field("rule_engine", &self.rule_engine.is_some())
             .field("live", &self.live.is_some())
+            .field("scripts", &self.scripts.is_some())
+            .field("script_runner", &self.script_runner.is_some())
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -272,6 +272,9 @@ impl ExternalConsumer {
                 presence: None,
                 observer: None,
                 caches: Default::default(),
+                // data scripts run where devices connect (the embedded broker)
+                #[cfg(feature = "lua")]
+                scripts: None,
             },
             client,
             counters: counters.clone(),

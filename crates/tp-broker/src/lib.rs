@@ -66,6 +66,8 @@ mod ingest;
 mod listener;
 pub mod presence;
 mod rate;
+#[cfg(feature = "lua")]
+pub mod script;
 mod session;
 pub mod tls;
 mod transport;
@@ -151,6 +153,12 @@ pub struct BrokerOptions {
     /// Filled in while the write-ahead log replays at start (before any listener
     /// accepts devices), for a readiness probe that says how far it is.
     pub replay_progress: Option<Arc<ReplayProgress>>,
+    /// The data script engine (feature `lua`): enabled scripts of a device's profile
+    /// run on its uplink telemetry and attributes before decoding, and on its
+    /// telemetry control and attribute sets after encoding. Hand the same engine to
+    /// the API (as its `ScriptRunner`) so script changes there take effect at once.
+    #[cfg(feature = "lua")]
+    pub scripts: Option<Arc<script::Scripts>>,
 }
 
 /// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
@@ -316,6 +324,10 @@ impl EmbeddedBroker {
             config.max_messages_per_second,
             wal.as_ref().map(|(w, _)| w.clone()),
         );
+        #[cfg(feature = "lua")]
+        if let Some(scripts) = &options.scripts {
+            let _ = shared.scripts.set(scripts.clone());
+        }
         let SharedReceivers {
             status: mut status_rx,
             subscribed: subscribed_rx,
@@ -353,6 +365,8 @@ impl EmbeddedBroker {
                     presence: Some(presence.clone()),
                     observer: options.observer.clone(),
                     caches: caches.clone(),
+                    #[cfg(feature = "lua")]
+                    scripts: options.scripts.clone(),
                 },
                 shared: shared.clone(),
             };
@@ -407,6 +421,8 @@ impl EmbeddedBroker {
             presence: Some(presence.clone()),
             observer: options.observer.clone(),
             caches,
+            #[cfg(feature = "lua")]
+            scripts: options.scripts.clone(),
         };
         let device_api = DeviceApi {
             shared: shared.clone(),

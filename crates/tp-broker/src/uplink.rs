@@ -9,6 +9,7 @@
 //! from, the write-ahead log, how a message is acknowledged to its broker, and how
 //! the acknowledgement of a report ([`Ack`]) reaches the device.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use tp_core::{
     CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, TelemetryPoint,
     now_ms,
 };
+use tp_core::script::ScriptType;
 use tp_core::{ProfileId, TenantId};
 
 use crate::session::Shared;
@@ -45,6 +47,9 @@ pub(crate) struct Uplinks {
     pub(crate) observer: Option<UplinkObserverRef>,
     /// This node's device lookups ([`DeviceCaches`]).
     pub(crate) caches: Arc<DeviceCaches>,
+    /// Data scripts run on telemetry and attributes before they are decoded.
+    #[cfg(feature = "lua")]
+    pub(crate) scripts: Option<Arc<crate::script::Scripts>>,
 }
 
 /// The acknowledgement ThingsPanel sends a device for an attribute or event report,
@@ -561,6 +566,9 @@ impl Uplinks {
         payload: &[u8],
         now: i64,
     ) -> tp_core::Result<()> {
+        let payload = &*self
+            .scripted(device_id, ScriptType::TelemetryUp, payload, "devices/telemetry")
+            .await?;
         let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
             .into_iter()
             .map(|s| TelemetryPoint {
@@ -622,6 +630,9 @@ impl Uplinks {
         payload: &[u8],
         now: i64,
     ) -> tp_core::Result<()> {
+        let payload = &*self
+            .scripted(device_id, ScriptType::AttributeUp, payload, "devices/attributes")
+            .await?;
         let attrs: Vec<KeyValue> = decode_attributes(payload)?
             .into_iter()
             .map(|(key, value)| KeyValue {
@@ -638,14 +649,46 @@ impl Uplinks {
         Ok(())
     }
 
-    /// Hands an accepted message to the observer (the rule engine), with the device's
-    /// tenant and profile from its session or a short-lived cache, so a connected
-    /// device costs no store lookup.
-    async fn observe(&self, device_id: DeviceId, now: i64, data: RuleInputData) {
-        let Some(observer) = &self.observer else {
-            return;
-        };
-        let identity = match self.session_device(device_id) {
+    /// Runs the enabled data script of `script_type` of the device's profile on an
+    /// uplink payload (what a device sent, any bytes): its output is what gets
+    /// decoded. Without a script the payload passes as it is.
+    ///
+    /// # Errors
+    /// [`tp_core::Error::Invalid`] (field `payload`) naming the script when it fails;
+    /// nothing of the message is stored.
+    async fn scripted<'a>(
+        &self,
+        device_id: DeviceId,
+        script_type: ScriptType,
+        payload: &'a [u8],
+        topic: &str,
+    ) -> tp_core::Result<Cow<'a, [u8]>> {
+        #[cfg(feature = "lua")]
+        if let Some(scripts) = &self.scripts {
+            let profile = self.identity(device_id).await.and_then(|(_, p)| p);
+            return match scripts
+                .transform(device_id, profile, script_type, payload, topic)
+                .await
+            {
+                Ok(Some(out)) => Ok(Cow::Owned(out)),
+                Ok(None) => Ok(Cow::Borrowed(payload)),
+                Err(rejected) => Err(tp_core::Error::invalid(
+                    "payload",
+                    format!(
+                        "data script {:?} ({}) failed: {}",
+                        rejected.script_name, rejected.script_id, rejected.failure
+                    ),
+                )),
+            };
+        }
+        let _ = (device_id, script_type, topic);
+        Ok(Cow::Borrowed(payload))
+    }
+
+    /// The device's tenant and profile from its session or a short-lived cache, so a
+    /// connected device costs no store lookup.
+    async fn identity(&self, device_id: DeviceId) -> Option<(TenantId, Option<ProfileId>)> {
+        match self.session_device(device_id) {
             Some(d) => Some((d.tenant_id, d.profile_id)),
             None => match self.caches.identity_get(device_id) {
                 Some(i) => Some(i),
@@ -657,13 +700,21 @@ impl Uplinks {
                     }
                     Ok(None) => None,
                     Err(e) => {
-                        tracing::warn!(device_id = %device_id, error = %e, "cannot resolve the device for the rule engine; message not evaluated");
+                        tracing::warn!(device_id = %device_id, error = %e, "cannot resolve the device's tenant and profile");
                         None
                     }
                 },
             },
+        }
+    }
+
+    /// Hands an accepted message to the observer (the rule engine), with the device's
+    /// tenant and profile ([`Self::identity`]).
+    async fn observe(&self, device_id: DeviceId, now: i64, data: RuleInputData) {
+        let Some(observer) = &self.observer else {
+            return;
         };
-        if let Some((tenant_id, profile_id)) = identity {
+        if let Some((tenant_id, profile_id)) = self.identity(device_id).await {
             observer.observe(RuleInput {
                 device_id,
                 tenant_id,

@@ -46,6 +46,7 @@ pub mod openapi;
 pub mod protocol;
 pub mod provision;
 pub mod rules;
+pub mod script;
 pub mod serde_int;
 pub mod store;
 pub mod transport;

@@ -200,12 +200,29 @@ pub async fn open_access(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef)
 /// # Errors
 /// As [`open_metadata`].
 pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, RuleStoreRef)> {
+    let (metadata, access, rules, _) = open_scripts(url).await?;
+    Ok((metadata, access, rules))
+}
+
+/// Like [`open_rules`], with a fourth handle on the same store: the
+/// [`ScriptStore`](tp_core::script::ScriptStore) of data scripts.
+///
+/// # Errors
+/// As [`open_metadata`].
+pub async fn open_scripts(
+    url: &str,
+) -> Result<(
+    MetadataStoreRef,
+    AccessStoreRef,
+    RuleStoreRef,
+    tp_core::script::ScriptStoreRef,
+)> {
     const FIELD: &str = "storage.metadata";
     if is_postgres(url) {
         #[cfg(feature = "postgres")]
         {
             let store = Arc::new(postgres::PostgresMetadataStore::connect(url.trim()).await?);
-            return Ok((store.clone(), store.clone(), store));
+            return Ok((store.clone(), store.clone(), store.clone(), store));
         }
         #[cfg(not(feature = "postgres"))]
         return Err(not_enabled(FIELD, url, "postgres"));
@@ -217,7 +234,7 @@ pub async fn open_rules(url: &str) -> Result<(MetadataStoreRef, AccessStoreRef, 
             SqliteTarget::Memory => sqlite::SqliteMetadataStore::in_memory().await?,
             SqliteTarget::File(path) => sqlite::SqliteMetadataStore::open(&path).await?,
         });
-        Ok((store.clone(), store.clone(), store))
+        Ok((store.clone(), store.clone(), store.clone(), store))
     }
     #[cfg(not(feature = "sqlite"))]
     {

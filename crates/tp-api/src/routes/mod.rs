@@ -27,6 +27,7 @@ mod provision;
 mod roles;
 mod rules;
 mod scenes;
+mod scripts;
 pub(crate) mod stream;
 mod support;
 mod system;
@@ -128,7 +129,14 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             channels::update_channel,
             channels::delete_channel
         ))
-        .routes(routes!(channels::list_notifications));
+        .routes(routes!(channels::list_notifications))
+        .routes(routes!(scripts::create_script, scripts::list_scripts))
+        .routes(routes!(
+            scripts::get_script,
+            scripts::update_script,
+            scripts::delete_script
+        ))
+        .routes(routes!(scripts::test_script));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -66,6 +66,10 @@ pub(crate) enum PermissionName {
     RuleWrite,
     #[serde(rename = "alarm:read")]
     AlarmRead,
+    #[serde(rename = "script:read")]
+    ScriptRead,
+    #[serde(rename = "script:write")]
+    ScriptWrite,
 }
 
 /// An aggregation of a history query.

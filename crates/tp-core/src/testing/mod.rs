@@ -15,6 +15,7 @@ pub mod access;
 pub mod cache;
 pub mod metadata;
 pub mod rules;
+pub mod script;
 pub mod timeseries;
 pub mod tls;
 pub mod transport;

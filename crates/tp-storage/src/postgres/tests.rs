@@ -161,6 +161,10 @@ mod rules {
     tp_core::rules_conformance!(super::metadata_store());
 }
 
+mod scripts {
+    tp_core::script_conformance!(super::metadata_store());
+}
+
 /// The rule suite through URL dispatch: `open_rules` hands out one pool for all three.
 mod rules_by_url {
     use super::*;

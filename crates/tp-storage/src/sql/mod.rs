@@ -20,6 +20,7 @@
 mod access;
 mod meta;
 mod rules;
+mod script;
 
 use std::borrow::Cow;
 
@@ -123,6 +124,7 @@ arg_from_id!(
     tp_core::GroupId,
     tp_core::AuditId,
     tp_core::RuleId,
+    tp_core::ScriptId,
     tp_core::SceneId,
     tp_core::AlarmId,
     tp_core::ChannelId,
