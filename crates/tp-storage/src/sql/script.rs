@@ -88,7 +88,7 @@ impl<D: Dialect> ScriptStore for SqlStore<D> {
         if rows == 0 {
             return Err(Error::unprocessable(
                 "profile_id",
-                format!("no device profile {} in this tenant", script.profile_id),
+                "is not a device profile of this tenant",
             ));
         }
         Ok(())

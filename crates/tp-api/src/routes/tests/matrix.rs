@@ -97,6 +97,7 @@ struct Fx {
     scene: Scene,
     alarm: Alarm,
     channel: NotificationChannel,
+    script: tp_core::script::DataScript,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -429,6 +430,37 @@ fn table() -> Vec<Row> {
             manage_one(204),
         ),
         row("GET", "/api/v1/notifications", RULE_LIST),
+        // data scripts (script:read / script:write: admins only here)
+        with(
+            "POST",
+            "/api/v1/scripts",
+            |fx, _| {
+                json!({
+                    "profile_id": fx.profile.id, "script_type": "attribute_up",
+                    "name": format!("new-{}", fx.uniq),
+                    "content": "function encodeInp(msg, topic) return msg end",
+                })
+            },
+            // tenant A's profile is not one of another tenant's
+            [422, 201, 403, 403, 403, 401, 422],
+        ),
+        row("GET", "/api/v1/scripts", MANAGE_LIST),
+        row("GET", "/api/v1/scripts/{script}", manage_one(200)),
+        with(
+            "PATCH",
+            "/api/v1/scripts/{script}",
+            |_, _| json!({"enabled": false}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/scripts/{script}", manage_one(204)),
+        // No script engine in this harness: an allowed run is 503 (runs:
+        // tp-node/tests/data_scripts.rs).
+        with(
+            "POST",
+            "/api/v1/scripts/{script}/test",
+            |_, _| json!({"payload": "{}"}),
+            manage_one(503),
+        ),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -743,6 +775,19 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         created_at: now_ms(),
     };
     rules.create_channel(&channel).await?;
+    let mut script = tp_core::testing::script::sample_script(
+        &profile,
+        tp_core::script::ScriptType::TelemetryUp,
+        &format!("fxscript-{uniq}"),
+        true,
+    );
+    script.content = format!("-- fxsource-{uniq}\nfunction encodeInp(msg) return msg end");
+    h.state
+        .scripts
+        .as_ref()
+        .context("script store")?
+        .create_script(&script)
+        .await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -754,6 +799,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         scene,
         alarm,
         channel,
+        script,
         role,
         user,
         key,
@@ -787,6 +833,9 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.alarm.title.clone(),
         fx.channel.id.to_string(),
         fx.channel.name.clone(),
+        fx.script.id.to_string(),
+        fx.script.name.clone(),
+        format!("fxsource-{}", fx.uniq),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -838,6 +887,8 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "alarms": rules.list_alarms(a, &AlarmFilter { page: all, ..Default::default() }).await?,
         "alarm_events": rules.list_alarm_events(a, fx.alarm.id).await?,
         "notifications": rules.list_notifications(a, all).await?.total,
+        "scripts": h.state.scripts.as_ref().context("script store")?
+            .list_scripts(a, Default::default()).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -858,6 +909,7 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{scene}", &fx.scene.id.to_string())
         .replace("{alarm}", &fx.alarm.id.to_string())
         .replace("{channel}", &fx.channel.id.to_string())
+        .replace("{script}", &fx.script.id.to_string())
 }
 
 async fn call_as(

@@ -96,9 +96,10 @@ impl Harness {
         // One database behind the metadata, access and rule stores.
         let store = Arc::new(SqliteMetadataStore::in_memory().await?);
         let rules: tp_core::rules::RuleStoreRef = store.clone();
+        let scripts: tp_core::script::ScriptStoreRef = store.clone();
         let stores: (MetadataStoreRef, AccessStoreRef) = (store.clone(), store);
         Self::over(stores, sqlite_ts().await?, cache, move |s| {
-            customize(s.with_rules(rules))
+            customize(s.with_rules(rules).with_scripts(scripts))
         })
         .await
     }
