@@ -83,9 +83,13 @@ impl DeviceTransport for MqttTransport {
     /// device matches the topic yet: nothing would receive the message, so the
     /// caller should queue it (queued downlink goes out when the device subscribes).
     async fn send(&self, message: Downlink) -> Result<()> {
-        let payload =
-            down_scripted(&self.shared, message.device_id, &message.topic, message.payload)
-                .await?;
+        let payload = down_scripted(
+            &self.shared,
+            message.device_id,
+            &message.topic,
+            message.payload,
+        )
+        .await?;
         self.shared
             .publish(message.device_id, &message.topic, payload)
             .map_err(|why| undelivered(message.device_id, &message.topic, why))?;

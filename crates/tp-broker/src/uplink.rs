@@ -20,11 +20,11 @@ use tp_core::protocol::{
     UplinkTopic, decode_attributes, decode_event, decode_telemetry,
 };
 use tp_core::rules::{RuleInput, RuleInputData, UplinkObserverRef};
+use tp_core::script::ScriptType;
 use tp_core::{
     CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, TelemetryPoint,
     now_ms,
 };
-use tp_core::script::ScriptType;
 use tp_core::{ProfileId, TenantId};
 
 use crate::session::Shared;
@@ -567,7 +567,12 @@ impl Uplinks {
         now: i64,
     ) -> tp_core::Result<()> {
         let payload = &*self
-            .scripted(device_id, ScriptType::TelemetryUp, payload, "devices/telemetry")
+            .scripted(
+                device_id,
+                ScriptType::TelemetryUp,
+                payload,
+                "devices/telemetry",
+            )
             .await?;
         let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
             .into_iter()
@@ -631,7 +636,12 @@ impl Uplinks {
         now: i64,
     ) -> tp_core::Result<()> {
         let payload = &*self
-            .scripted(device_id, ScriptType::AttributeUp, payload, "devices/attributes")
+            .scripted(
+                device_id,
+                ScriptType::AttributeUp,
+                payload,
+                "devices/attributes",
+            )
             .await?;
         let attrs: Vec<KeyValue> = decode_attributes(payload)?
             .into_iter()

@@ -66,6 +66,7 @@ async fn start(http_online_secs: u32) -> Node {
             observer: None,
             leases: None,
             replay_progress: None,
+            ..Default::default()
         },
     )
     .await

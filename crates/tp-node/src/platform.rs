@@ -293,6 +293,10 @@ struct Stores {
     metadata: MetadataStoreRef,
     access: AccessStoreRef,
     rules: RuleStoreRef,
+    /// Data scripts, and the engine that runs them for the broker and the API.
+    scripts: tp_core::script::ScriptStoreRef,
+    #[cfg(feature = "lua")]
+    script_engine: Arc<tp_broker::script::Scripts>,
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     backplane: Option<BackplaneRef>,
@@ -303,10 +307,15 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         setting: "data_dir (--data-dir)",
         message: format!("cannot create {}: {e}", config.data_dir.display()),
     })?;
-    // One pool behind the metadata, access and rule stores.
-    let (metadata, access, rules) = tp_storage::open_rules(&config.metadata_url())
+    // One pool behind the metadata, access, rule and script stores.
+    let (metadata, access, rules, scripts) = tp_storage::open_scripts(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
+    #[cfg(feature = "lua")]
+    let script_engine = Arc::new(tp_broker::script::Scripts::new(
+        Some(scripts.clone()),
+        tp_broker::script::ScriptLimits::default(),
+    ));
     let timeseries = open_timeseries(config).await?;
     let cache = tp_storage::open_cache(&config.storage.cache)
         .await
@@ -324,6 +333,9 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         metadata,
         access,
         rules,
+        scripts,
+        #[cfg(feature = "lua")]
+        script_engine,
         timeseries,
         cache,
         backplane,
@@ -485,6 +497,7 @@ async fn start_services(
         timeseries,
         cache,
         backplane,
+        ..
     } = stores;
     let writer = BatchWriter::spawn(timeseries.clone(), config.writer.clone());
     let notifier = tp_rules::notify::Notifications::new(rules.clone(), &config.notify)
@@ -617,6 +630,9 @@ async fn start_broker(
             ]))),
             leases,
             replay_progress: Some(progress),
+            // Data scripts on this node's devices' uplink and downlink.
+            #[cfg(feature = "lua")]
+            scripts: Some(stores.script_engine.clone()),
         },
     )
     .await?;
@@ -641,11 +657,17 @@ fn api_state(
         config.auth.auth_config(jwt_secret),
     )
     .with_rules(stores.rules.clone())
+    .with_scripts(stores.scripts.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
     .with_limits(config.limits);
     if let Some(t) = &services.transport {
         state = state.with_transport(t.clone());
+    }
+    // The broker's engine: a script change through the API reaches ingest at once.
+    #[cfg(feature = "lua")]
+    {
+        state = state.with_script_runner(stores.script_engine.clone());
     }
     if let Some(handle) = prometheus() {
         state = state.with_metrics(handle);

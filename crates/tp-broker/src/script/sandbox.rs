@@ -83,12 +83,9 @@ impl Budget {
 
     fn trip(&self, what: u8) -> mlua::Error {
         // keep the first limit hit
-        let _ = self.tripped.compare_exchange(
-            TRIPPED_NONE,
-            what,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.tripped
+                .compare_exchange(TRIPPED_NONE, what, Ordering::Relaxed, Ordering::Relaxed);
         mlua::Error::runtime(LIMIT_MESSAGE)
     }
 
@@ -297,7 +294,9 @@ fn install_sandbox(lua: &Lua, name: &str, budget: &Arc<Budget>) -> mlua::Result<
         let wrapper = lua.create_function(move |_, args: MultiValue| {
             let out: MultiValue = original.call(args)?;
             if budget.tripped() == TRIPPED_NONE
-                && out.front().is_some_and(|ok| matches!(ok, Value::Boolean(false)))
+                && out
+                    .front()
+                    .is_some_and(|ok| matches!(ok, Value::Boolean(false)))
                 && out.get(1).is_some_and(is_memory_message)
             {
                 return Err(budget.trip(TRIPPED_MEMORY));

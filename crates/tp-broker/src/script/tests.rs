@@ -88,9 +88,7 @@ async fn only_safe_libraries_are_reachable() {
         ("math.floor", false),
         ("utf8.char", false),
     ] {
-        let source = format!(
-            "function encodeInp(msg, topic) return tostring({probe} == nil) end"
-        );
+        let source = format!("function encodeInp(msg, topic) return tostring({probe} == nil) end");
         assert_eq!(
             text(run(&source, b"").await),
             absent.to_string(),
@@ -213,6 +211,9 @@ fn a_compiled_script_is_reused_and_its_limits_reset_per_call() {
     )
     .unwrap();
     for expected in 1..=50 {
-        assert_eq!(script.call(b"", "t").unwrap(), expected.to_string().as_bytes());
+        assert_eq!(
+            script.call(b"", "t").unwrap(),
+            expected.to_string().as_bytes()
+        );
     }
 }

@@ -43,7 +43,10 @@ async fn profile_of<S: AccessStore + ?Sized>(store: &S, tenant: TenantId) -> Dev
         voucher_type: Default::default(),
         created_at: now_ms(),
     };
-    store.create_profile(&profile).await.expect("create profile");
+    store
+        .create_profile(&profile)
+        .await
+        .expect("create profile");
     profile
 }
 
@@ -88,7 +91,10 @@ pub async fn script_crud<S: ScriptStore + AccessStore + ?Sized>(store: &S) {
         Some(s.clone())
     );
     assert_eq!(
-        store.list_scripts(p.tenant_id, ScriptFilter::default()).await.unwrap(),
+        store
+            .list_scripts(p.tenant_id, ScriptFilter::default())
+            .await
+            .unwrap(),
         vec![s.clone()]
     );
     let mut changed = s.clone();
@@ -144,7 +150,12 @@ pub async fn script_tenant_isolation<S: ScriptStore + AccessStore + ?Sized>(stor
     ));
     assert!(!store.delete_script(other, s.id).await.unwrap());
     assert_eq!(
-        store.get_script(p.tenant_id, s.id).await.unwrap().unwrap().name,
+        store
+            .get_script(p.tenant_id, s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
         "mine"
     );
 }
@@ -162,7 +173,12 @@ pub async fn one_enabled_script_per_type<S: ScriptStore + AccessStore + ?Sized>(
     let draft = sample_script(&p, ScriptType::TelemetryUp, "draft", false);
     store.create_script(&draft).await.unwrap();
     store
-        .create_script(&sample_script(&p, ScriptType::TelemetryUp, "draft 2", false))
+        .create_script(&sample_script(
+            &p,
+            ScriptType::TelemetryUp,
+            "draft 2",
+            false,
+        ))
         .await
         .unwrap();
     // another type, and another profile, are free
