@@ -87,6 +87,17 @@ def rule_body(name):
 
 
 rule, rule_del = two("/api/v1/rules", rule_body)
+
+
+def script_body(name):
+    # disabled: the fuzzer's own scripts may then be enabled without a 409 every time
+    return {
+        "profile_id": profile, "script_type": "telemetry_up", "name": name,
+        "content": 'local json = require("json")\nfunction encodeInp(msg, topic) return msg end',
+    }
+
+
+script, script_del = two("/api/v1/scripts", script_body)
 tenant, tenant_del = two("/api/v1/tenants", lambda n: {"name": n})
 
 # The alarm: the device reports over the HTTP device API and the rule raises it.
@@ -132,6 +143,8 @@ pins = {
     "/api/v1/rules/{id}": {"*": {"id": [rule]},
                            "DELETE": {"id": [rule_del] + spare("/api/v1/rules", rule_body)}},
     "/api/v1/alarms/{id}": {"*": {"id": [alarm]}},
+    "/api/v1/scripts/{id}": {"*": {"id": [script]},
+                             "DELETE": {"id": [script_del] + spare("/api/v1/scripts", script_body)}},
     "/api/v1/tenants/{id}": {"*": {"id": [tenant]},
                              "DELETE": {"id": [tenant_del] + spare("/api/v1/tenants", lambda n: {"name": n})}},
 }

@@ -8,6 +8,7 @@ import * as pages from './pages.js';
 import { devicePage } from './device.js';
 import { channelsPage } from './admin.js';
 import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } from './manage.js';
+import { scriptsPage } from './scripts.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -20,6 +21,7 @@ const ROUTES = [
   [/^\/devices$/, pages.devices, 'Devices'],
   [/^\/devices\/profiles$/, profilesPage, 'Device profiles'],
   [/^\/devices\/groups$/, groupsPage, 'Device groups'],
+  [/^\/devices\/scripts$/, scriptsPage, 'Data scripts'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, devicePage, 'Device'],
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],

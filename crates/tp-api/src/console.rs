@@ -49,6 +49,7 @@ const ASSETS: &[Asset] = &[
     asset!("device.js", JS),
     asset!("admin.js", JS),
     asset!("manage.js", JS),
+    asset!("scripts.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

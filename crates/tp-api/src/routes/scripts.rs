@@ -25,10 +25,10 @@ use crate::authz::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
-/// Longest script source accepted, in bytes.
-pub(crate) const MAX_CONTENT_BYTES: usize = 64 * 1024;
-/// Longest test sample accepted, in bytes (after hex decoding).
-const MAX_SAMPLE_BYTES: usize = 256 * 1024;
+/// Longest script source accepted, in characters.
+pub(crate) const MAX_CONTENT_CHARS: usize = 65_536;
+/// Longest test sample accepted, in characters of text (or of hex).
+const MAX_SAMPLE_CHARS: usize = 262_144;
 
 /// A data script.
 #[derive(Debug, Serialize, ToSchema)]
@@ -101,8 +101,8 @@ pub(crate) struct CreateScriptRequest {
     /// Display name.
     #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     name: String,
-    /// Lua source defining `encodeInp(msg, topic)`, at most 64 KiB.
-    #[schema(min_length = 1, max_length = 65536)]
+    /// Lua source defining `encodeInp(msg, topic)`, at most 65536 characters.
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     content: String,
     /// Run it on messages now (default false). A profile has at most one enabled
     /// script per type: another one is a 409.
@@ -125,9 +125,9 @@ pub(crate) struct UpdateScriptRequest {
     /// Which messages it handles.
     #[serde(default)]
     script_type: Option<ScriptType>,
-    /// New Lua source, at most 64 KiB.
+    /// New Lua source, at most 65536 characters.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     content: Option<String>,
     /// Enable (at most one enabled per profile and type: a 409 otherwise) or disable.
     #[serde(default)]
@@ -147,9 +147,9 @@ pub(crate) struct TestScriptRequest {
     #[schema(max_length = 262144)]
     payload: Option<String>,
     /// The sample payload as hex bytes (`01 05 ff`, `0x0105ff`), for binary frames;
-    /// instead of `payload`.
+    /// instead of `payload`. An odd number of digits is a 422.
     #[serde(default)]
-    #[schema(max_length = 524288, pattern = r"^(0x)?[0-9a-fA-F\s]*$")]
+    #[schema(max_length = 262144, pattern = r"^(0x)?[0-9a-fA-F\s]*$")]
     payload_hex: Option<String>,
     /// The topic passed as `topic` (default: the type's ThingsPanel topic, e.g.
     /// `devices/telemetry`).
@@ -158,7 +158,7 @@ pub(crate) struct TestScriptRequest {
     topic: Option<String>,
     /// Unsaved source to run instead of the stored one (the editor's current text).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     content: Option<String>,
 }
 
@@ -218,10 +218,10 @@ fn scripts_changed(state: &AppState, profile: ProfileId) {
 }
 
 fn valid_content(field: &str, content: &str) -> ApiResult<String> {
-    if content.trim().is_empty() || content.len() > MAX_CONTENT_BYTES {
+    if content.trim().is_empty() || content.chars().count() > MAX_CONTENT_CHARS {
         return Err(ApiError::invalid(
             field,
-            format!("must be 1 to {MAX_CONTENT_BYTES} bytes of Lua source"),
+            format!("must be 1 to {MAX_CONTENT_CHARS} characters of Lua source, not all blank"),
         ));
     }
     Ok(content.to_owned())
@@ -465,6 +465,17 @@ pub(crate) async fn delete_script(
 
 /// The sample's bytes: `payload_hex` decoded, else `payload`'s text.
 fn sample(req: &TestScriptRequest) -> ApiResult<Vec<u8>> {
+    for (field, text) in [("payload", &req.payload), ("payload_hex", &req.payload_hex)] {
+        if text
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_SAMPLE_CHARS)
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be at most {MAX_SAMPLE_CHARS} characters"),
+            ));
+        }
+    }
     let bytes = match (&req.payload, &req.payload_hex) {
         (Some(_), Some(_)) => {
             return Err(ApiError::unprocessable(
@@ -473,24 +484,25 @@ fn sample(req: &TestScriptRequest) -> ApiResult<Vec<u8>> {
             ));
         }
         (_, Some(hex_text)) => {
-            let digits: String = hex_text
-                .trim()
-                .trim_start_matches("0x")
+            let body = hex_text.strip_prefix("0x").unwrap_or(hex_text);
+            if !body
                 .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            hex::decode(&digits)
-                .map_err(|e| ApiError::invalid("payload_hex", format!("is not hex: {e}")))?
+                .all(|c| c.is_ascii_hexdigit() || c.is_whitespace())
+            {
+                return Err(ApiError::invalid(
+                    "payload_hex",
+                    "must be hex digits and blanks, with an optional 0x",
+                ));
+            }
+            let digits: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+            // the pattern allows any number of digits: pairing them is the 422
+            hex::decode(&digits).map_err(|e| {
+                ApiError::unprocessable("payload_hex", format!("is not whole bytes: {e}"))
+            })?
         }
         (Some(text), None) => text.clone().into_bytes(),
         (None, None) => Vec::new(),
     };
-    if bytes.len() > MAX_SAMPLE_BYTES {
-        return Err(ApiError::invalid(
-            "payload",
-            format!("must be at most {MAX_SAMPLE_BYTES} bytes"),
-        ));
-    }
     Ok(bytes)
 }
 
@@ -519,7 +531,7 @@ fn default_topic(script_type: ScriptType) -> &'static str {
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Missing script:write", body = ErrorBody),
         (status = 404, description = "No such script in the tenant", body = ErrorBody),
-        (status = 422, description = "Both `payload` and `payload_hex` were sent", body = ErrorBody),
+        (status = 422, description = "Both `payload` and `payload_hex` were sent, or `payload_hex` has an odd number of digits", body = ErrorBody),
         (status = 503, description = "No data script engine on this node", body = ErrorBody),
     ),
     security(("bearer" = ["script:write"]), ("api_key" = ["script:write"]))
