@@ -53,13 +53,16 @@ pub const LOOKUP_TTL: Duration = Duration::from_secs(5);
 /// A compiled script version; its state runs one call at a time.
 type Compiled = Arc<Mutex<Option<CompiledScript>>>;
 
+/// An enabled-script lookup: when it was read, and the script (or none).
+type Lookup = (Instant, Option<Arc<DataScript>>);
+
 /// The data script engine and the ingest's cached lookups.
 #[derive(Debug)]
 pub struct Scripts {
     store: Option<ScriptStoreRef>,
     limits: ScriptLimits,
     /// `(profile, type)` → the enabled script (or none) and when it was read.
-    lookups: Mutex<HashMap<(ProfileId, ScriptType), (Instant, Option<Arc<DataScript>>)>>,
+    lookups: Mutex<HashMap<(ProfileId, ScriptType), Lookup>>,
     /// Script id → the compiled version (`updated_at`) and its state.
     compiled: Mutex<HashMap<ScriptId, (Timestamp, Compiled)>>,
 }
