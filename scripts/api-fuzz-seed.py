@@ -110,6 +110,17 @@ refresh_tokens = [
 ]
 provision_secret = call("POST", "/api/v1/profiles",
                         {"name": "fuzz-provision", "device_type": "direct", "auto_register": True})["provision_secret"]
+
+
+def script_body(name):
+    # disabled: the fuzzer's own scripts may then be enabled without a 409 every time
+    return {
+        "profile_id": profile, "script_type": "telemetry_up", "name": name,
+        "content": 'local json = require("json")\nfunction encodeInp(msg, topic) return msg end',
+    }
+
+
+script, script_del = two("/api/v1/scripts", script_body)
 tenant, tenant_del = two("/api/v1/tenants", lambda n: {"name": n})
 
 # The alarm: the device reports over the HTTP device API and the rule raises it.
@@ -191,6 +202,8 @@ pins = {
     "/api/v1/ota/tasks/{id}/devices/{device_id}": {"*": {"id": [ota_task], "device_id": [device]}},
     "/api/v1/templates/{id}": {"*": {"id": [template]},
                                "DELETE": {"id": [template_del] + spare("/api/v1/templates", template_body)}},
+    "/api/v1/scripts/{id}": {"*": {"id": [script]},
+                             "DELETE": {"id": [script_del] + spare("/api/v1/scripts", script_body)}},
     "/api/v1/tenants/{id}": {"*": {"id": [tenant]},
                              "DELETE": {"id": [tenant_del] + spare("/api/v1/tenants", lambda n: {"name": n})}},
 }

@@ -24,6 +24,8 @@ export const PERMISSIONS = [
   ['role:manage', 'Manage custom roles'],
   ['apikey:manage', 'Manage API keys'],
   ['audit:read', 'Read the audit log'],
+  ['script:read', 'Read data scripts'],
+  ['script:write', 'Change, enable and test-run data scripts'],
 ];
 
 /** Recipients typed one per line or separated by commas. */

@@ -10,6 +10,7 @@ import { channelsPage } from './admin.js';
 import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } from './manage.js';
 import { otaPage, otaTaskPage } from './ota.js';
 import { templatesPage } from './templates.js';
+import { scriptsPage } from './scripts.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -23,6 +24,7 @@ const ROUTES = [
   [/^\/devices\/profiles$/, profilesPage, 'Device profiles'],
   [/^\/devices\/groups$/, groupsPage, 'Device groups'],
   [/^\/devices\/templates$/, templatesPage, 'Device templates'],
+  [/^\/devices\/scripts$/, scriptsPage, 'Data scripts'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, devicePage, 'Device'],
   [/^\/alarms$/, pages.alarms, 'Alarms'],
   [/^\/rules$/, pages.rules, 'Rules & scenes'],

@@ -151,7 +151,8 @@ export async function profilesPage({ main, query, signal, navigate }) {
   await reload();
   edit(null);
   clear(main, h('h1', {}, 'Device profiles'),
-    h('p', {}, h('a', { href: '#/devices' }, '← Devices'), ' · ', h('a', { href: '#/devices/groups' }, 'Groups')),
+    h('p', {}, h('a', { href: '#/devices' }, '← Devices'), ' · ', h('a', { href: '#/devices/groups' }, 'Groups'),
+      ' · ', h('a', { href: '#/devices/scripts' }, 'Data scripts')),
     h('section', { class: 'panel' }, listSlot, listBox),
     h('section', { class: 'panel', 'aria-labelledby': 'profile-form-title' }, formBox, secretBox));
 }

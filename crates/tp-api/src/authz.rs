@@ -50,11 +50,15 @@ pub enum Permission {
     TemplateRead,
     /// Create, change, copy and delete device templates.
     TemplateWrite,
+    /// Read data scripts.
+    ScriptRead,
+    /// Create, change, enable, delete and test-run data scripts.
+    ScriptWrite,
 }
 
 impl Permission {
     /// Every permission, in wire-name order of declaration.
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 19] = [
         Permission::DeviceRead,
         Permission::DeviceWrite,
         Permission::DeviceCommand,
@@ -72,6 +76,8 @@ impl Permission {
         Permission::OtaWrite,
         Permission::TemplateRead,
         Permission::TemplateWrite,
+        Permission::ScriptRead,
+        Permission::ScriptWrite,
     ];
 
     /// The wire name, e.g. `device:read`.
@@ -94,6 +100,8 @@ impl Permission {
             Permission::OtaWrite => "ota:write",
             Permission::TemplateRead => "template:read",
             Permission::TemplateWrite => "template:write",
+            Permission::ScriptRead => "script:read",
+            Permission::ScriptWrite => "script:write",
         }
     }
 

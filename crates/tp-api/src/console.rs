@@ -51,6 +51,7 @@ const ASSETS: &[Asset] = &[
     asset!("manage.js", JS),
     asset!("ota.js", JS),
     asset!("templates.js", JS),
+    asset!("scripts.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -21,7 +21,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`, `template:read`, `template:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`, `template:read`, `template:write`, `script:read`, `script:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     // Named only through a query parameter's `value_type`, so not collected by a route.
@@ -44,6 +44,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "notifications", description = "Notification channels (webhook, email) and the notification history"),
         (name = "ota", description = "OTA upgrades: packages (uploaded or external), tasks that send them to devices over `ota/devices/inform/{device_number}`, and each device's progress"),
         (name = "templates", description = "Device templates: the thing model (typed telemetry, attribute, event and command definitions) and its validation mode on ingest"),
+        (name = "scripts", description = "Data scripts: ThingsPanel-compatible Lua run on a profile's uplink before decoding and downlink after encoding, and their test run"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]
@@ -222,6 +223,15 @@ const REQUEST_EXAMPLES: &[(&str, &str)] = &[
         r#"{"name": "Thermostat", "validation": "reject", "telemetry": [{"identifier": "temp", "name": "Temperature", "data_type": "float", "unit": "°C", "min": -40, "max": 125, "step": 0.5}], "attributes": [{"identifier": "mode", "name": "Mode", "data_type": "enum", "enum_values": [{"value": "auto", "description": "Automatic"}, {"value": "off"}], "access": "read_write"}], "events": [{"identifier": "overheat", "name": "Overheated", "params": [{"identifier": "temp", "name": "Temperature", "data_type": "float", "unit": "°C"}]}], "commands": [{"identifier": "set_target", "name": "Set target", "params": [{"identifier": "target", "name": "Target", "data_type": "int", "unit": "°C", "min": 5, "max": 30}]}]}"#,
     ),
     ("CopyTemplateRequest", r#"{"name": "Thermostat v2"}"#),
+    (
+        "CreateScriptRequest",
+        r#"{"profile_id": "5f0c2a6e-8d1b-4c3a-9e2f-0a1b2c3d4e5f", "script_type": "telemetry_up", "name": "decode packed frame", "content": "local json = require(\"json\")\nfunction encodeInp(msg, topic)\n  local hi, lo = string.byte(msg, 1, 2)\n  return json.encode({temperature = (hi * 256 + lo) / 10})\nend", "enabled": true}"#,
+    ),
+    ("UpdateScriptRequest", r#"{"enabled": false}"#),
+    (
+        "TestScriptRequest",
+        r#"{"payload_hex": "0105", "topic": "devices/telemetry"}"#,
+    ),
 ];
 
 /// Puts [`REQUEST_EXAMPLES`] on their schemas.

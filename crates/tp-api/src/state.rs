@@ -53,6 +53,10 @@ pub struct AppState {
     /// Device templates (the thing model), behind the cache the broker reads too;
     /// without it the template routes answer 503.
     pub(crate) thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
+    /// Data scripts; without it their routes answer 503.
+    pub(crate) scripts: Option<tp_core::script::ScriptStoreRef>,
+    /// The engine that test-runs scripts and is told about changes.
+    pub(crate) script_runner: Option<tp_core::script::ScriptRunnerRef>,
 }
 
 impl AppState {
@@ -84,6 +88,8 @@ impl AppState {
             streams: Arc::default(),
             ota: None,
             thing_models: None,
+            scripts: None,
+            script_runner: None,
         }
     }
 
@@ -104,6 +110,21 @@ impl AppState {
     /// The template cache, if one was added.
     pub fn thing_models(&self) -> Option<&Arc<tp_core::thing_model::TemplateCache>> {
         self.thing_models.as_ref()
+    }
+
+    /// Adds the data script store behind `/api/v1/scripts` (the same database as
+    /// `metadata`, e.g. from `tp_storage::open_meta_stores`).
+    pub fn with_scripts(mut self, scripts: tp_core::script::ScriptStoreRef) -> Self {
+        self.scripts = Some(scripts);
+        self
+    }
+
+    /// Adds the data script engine: `POST /api/v1/scripts/{id}/test` runs scripts
+    /// through it, and script changes invalidate its cache (hand it the broker's
+    /// engine so changes reach ingest at once).
+    pub fn with_script_runner(mut self, runner: tp_core::script::ScriptRunnerRef) -> Self {
+        self.script_runner = Some(runner);
+        self
     }
 
     /// Sets the per-tenant limits (default: [`crate::quota::TenantLimits::default`]).
@@ -205,6 +226,8 @@ impl fmt::Debug for AppState {
             .field("rule_engine", &self.rule_engine.is_some())
             .field("live", &self.live.is_some())
             .field("thing_models", &self.thing_models.is_some())
+            .field("scripts", &self.scripts.is_some())
+            .field("script_runner", &self.script_runner.is_some())
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -214,11 +214,13 @@ impl Delivery {
         row.published = Some(route.published());
         metadata.update_command(&row).await?;
         let bytes = serde_json::to_vec(&route.payload).unwrap_or_default();
-        match self
-            .shared
-            .publish(device.id, &topic, bytes.into())
-            .map_err(|why| crate::transport::undelivered(device.id, &topic, why))
-        {
+        let scripted =
+            crate::transport::down_scripted(&self.shared, device.id, &topic, bytes.into()).await;
+        match scripted.and_then(|bytes| {
+            self.shared
+                .publish(device.id, &topic, bytes)
+                .map_err(|why| crate::transport::undelivered(device.id, &topic, why))
+        }) {
             Ok(()) => {
                 metrics::counter!("tp_downlink_sent_total").increment(1);
                 tracing::info!(device_id = %target.id, via = %device.id, message_id = %row.message_id, "queued downlink delivered");

@@ -275,6 +275,9 @@ impl ExternalConsumer {
                 ota: None,
                 // The thing model is checked by embedded brokers only.
                 thing_models: None,
+                // data scripts run where devices connect (the embedded broker)
+                #[cfg(feature = "lua")]
+                scripts: None,
             },
             client,
             counters: counters.clone(),

@@ -67,6 +67,8 @@ mod listener;
 pub mod ota;
 pub mod presence;
 mod rate;
+#[cfg(feature = "lua")]
+pub mod script;
 mod session;
 pub mod thing_model;
 pub mod tls;
@@ -161,6 +163,12 @@ pub struct BrokerOptions {
     /// template validates are checked against its thing model ([`thing_model`]).
     /// The API invalidates the same cache when a template or profile changes.
     pub thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
+    /// The data script engine (feature `lua`): enabled scripts of a device's profile
+    /// run on its uplink telemetry and attributes before decoding, and on its
+    /// telemetry control and attribute sets after encoding. Hand the same engine to
+    /// the API (as its `ScriptRunner`) so script changes there take effect at once.
+    #[cfg(feature = "lua")]
+    pub scripts: Option<Arc<script::Scripts>>,
 }
 
 /// How far the write-ahead log replay at start is ([`BrokerOptions::replay_progress`]).
@@ -329,6 +337,10 @@ impl EmbeddedBroker {
             config.max_messages_per_second,
             wal.as_ref().map(|(w, _)| w.clone()),
         );
+        #[cfg(feature = "lua")]
+        if let Some(scripts) = &options.scripts {
+            let _ = shared.scripts.set(scripts.clone());
+        }
         let SharedReceivers {
             status: mut status_rx,
             subscribed: subscribed_rx,
@@ -368,6 +380,8 @@ impl EmbeddedBroker {
                     caches: caches.clone(),
                     ota: options.ota.as_ref().map(|o| o.store.clone()),
                     thing_models: options.thing_models.clone(),
+                    #[cfg(feature = "lua")]
+                    scripts: options.scripts.clone(),
                 },
                 shared: shared.clone(),
             };
@@ -424,6 +438,8 @@ impl EmbeddedBroker {
             caches,
             ota: options.ota.as_ref().map(|o| o.store.clone()),
             thing_models: options.thing_models.clone(),
+            #[cfg(feature = "lua")]
+            scripts: options.scripts.clone(),
         };
         let device_api = DeviceApi {
             shared: shared.clone(),

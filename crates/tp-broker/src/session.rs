@@ -166,6 +166,9 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
     /// The write-ahead log, when enabled.
     pub(crate) wal: Option<Arc<Wal>>,
+    /// Data scripts for downlink (set once at start, feature `lua`).
+    #[cfg(feature = "lua")]
+    pub(crate) scripts: std::sync::OnceLock<Arc<crate::script::Scripts>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -223,6 +226,8 @@ impl Shared {
             ingest_tx,
             next_connection_id: AtomicU64::new(1),
             wal,
+            #[cfg(feature = "lua")]
+            scripts: std::sync::OnceLock::new(),
         });
         (
             shared,

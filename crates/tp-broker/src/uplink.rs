@@ -9,6 +9,7 @@
 //! from, the write-ahead log, how a message is acknowledged to its broker, and how
 //! the acknowledgement of a report ([`Ack`]) reaches the device.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tp_core::protocol::{
     UplinkTopic, decode_attributes, decode_event, decode_telemetry,
 };
 use tp_core::rules::{RuleInput, RuleInputData, UplinkObserverRef};
+use tp_core::script::ScriptType;
 use tp_core::{
     CommandStatus, Device, DeviceEvent, DeviceId, KeyValue, MetadataStoreRef, TelemetryPoint,
     now_ms,
@@ -51,6 +53,9 @@ pub(crate) struct Uplinks {
     /// Device templates whose thing model checks telemetry and attributes
     /// ([`crate::thing_model`]); `None`: nothing is checked.
     pub(crate) thing_models: Option<Arc<tp_core::thing_model::TemplateCache>>,
+    /// Data scripts run on telemetry and attributes before they are decoded.
+    #[cfg(feature = "lua")]
+    pub(crate) scripts: Option<Arc<crate::script::Scripts>>,
 }
 
 /// The acknowledgement ThingsPanel sends a device for an attribute or event report,
@@ -575,6 +580,14 @@ impl Uplinks {
         payload: &[u8],
         now: i64,
     ) -> tp_core::Result<()> {
+        let payload = &*self
+            .scripted(
+                device_id,
+                ScriptType::TelemetryUp,
+                payload,
+                "devices/telemetry",
+            )
+            .await?;
         let points: Vec<TelemetryPoint> = decode_telemetry(payload, now)?
             .into_iter()
             .map(|s| TelemetryPoint {
@@ -643,6 +656,14 @@ impl Uplinks {
         payload: &[u8],
         now: i64,
     ) -> tp_core::Result<()> {
+        let payload = &*self
+            .scripted(
+                device_id,
+                ScriptType::AttributeUp,
+                payload,
+                "devices/attributes",
+            )
+            .await?;
         let attrs: Vec<KeyValue> = decode_attributes(payload)?
             .into_iter()
             .map(|(key, value)| KeyValue {
@@ -664,6 +685,42 @@ impl Uplinks {
                 .await;
         }
         Ok(())
+    }
+
+    /// Runs the enabled data script of `script_type` of the device's profile on an
+    /// uplink payload (what a device sent, any bytes): its output is what gets
+    /// decoded. Without a script the payload passes as it is.
+    ///
+    /// # Errors
+    /// [`tp_core::Error::Invalid`] (field `payload`) naming the script when it fails;
+    /// nothing of the message is stored.
+    async fn scripted<'a>(
+        &self,
+        device_id: DeviceId,
+        script_type: ScriptType,
+        payload: &'a [u8],
+        topic: &str,
+    ) -> tp_core::Result<Cow<'a, [u8]>> {
+        #[cfg(feature = "lua")]
+        if let Some(scripts) = &self.scripts {
+            let profile = self.identity(device_id).await.and_then(|(_, p)| p);
+            return match scripts
+                .transform(device_id, profile, script_type, payload, topic)
+                .await
+            {
+                Ok(Some(out)) => Ok(Cow::Owned(out)),
+                Ok(None) => Ok(Cow::Borrowed(payload)),
+                Err(rejected) => Err(tp_core::Error::invalid(
+                    "payload",
+                    format!(
+                        "data script {:?} ({}) failed: {}",
+                        rejected.script_name, rejected.script_id, rejected.failure
+                    ),
+                )),
+            };
+        }
+        let _ = (device_id, script_type, topic);
+        Ok(Cow::Borrowed(payload))
     }
 
     /// Hands an accepted message to the observer (the rule engine), with the device's

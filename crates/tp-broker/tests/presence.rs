@@ -68,6 +68,7 @@ async fn start(http_online_secs: u32) -> Node {
             replay_progress: None,
             ota: None,
             thing_models: None,
+            ..Default::default()
         },
     )
     .await

@@ -49,6 +49,7 @@ pub mod ota;
 pub mod protocol;
 pub mod provision;
 pub mod rules;
+pub mod script;
 pub mod serde_int;
 pub mod store;
 pub mod thing_model;

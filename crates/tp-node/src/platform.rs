@@ -301,6 +301,10 @@ struct Stores {
     ota: tp_core::ota::OtaStoreRef,
     /// Device templates, through the cache the broker and the API share.
     thing_models: Arc<tp_core::thing_model::TemplateCache>,
+    /// Data scripts, and the engine that runs them for the broker and the API.
+    scripts: tp_core::script::ScriptStoreRef,
+    #[cfg(feature = "lua")]
+    script_engine: Arc<tp_broker::script::Scripts>,
     timeseries: TimeSeriesStoreRef,
     cache: CacheRef,
     backplane: Option<BackplaneRef>,
@@ -311,14 +315,25 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         setting: "data_dir (--data-dir)",
         message: format!("cannot create {}: {e}", config.data_dir.display()),
     })?;
-    // One pool behind the metadata, access, rule, template and OTA stores.
+    // One pool behind the metadata, access, rule, template, OTA and script stores.
     let meta = tp_storage::open_meta_stores(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
-    let (metadata, access, rules, ota) = (meta.metadata, meta.access, meta.rules, meta.ota);
+    let (metadata, access, rules, ota, scripts) = (
+        meta.metadata,
+        meta.access,
+        meta.rules,
+        meta.ota,
+        meta.scripts,
+    );
     let thing_models = Arc::new(tp_core::thing_model::TemplateCache::new(
         meta.thing_models,
         THING_MODEL_TTL,
+    ));
+    #[cfg(feature = "lua")]
+    let script_engine = Arc::new(tp_broker::script::Scripts::new(
+        Some(scripts.clone()),
+        tp_broker::script::ScriptLimits::default(),
     ));
     let timeseries = open_timeseries(config).await?;
     let cache = tp_storage::open_cache(&config.storage.cache)
@@ -339,6 +354,9 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         rules,
         ota,
         thing_models,
+        scripts,
+        #[cfg(feature = "lua")]
+        script_engine,
         timeseries,
         cache,
         backplane,
@@ -639,6 +657,9 @@ async fn start_broker(
                 dir: config.ota_dir(),
             }),
             thing_models: Some(stores.thing_models.clone()),
+            // Data scripts on this node's devices' uplink and downlink.
+            #[cfg(feature = "lua")]
+            scripts: Some(stores.script_engine.clone()),
         },
     )
     .await?;
@@ -664,6 +685,7 @@ fn api_state(
     )
     .with_rules(stores.rules.clone())
     .with_thing_models(stores.thing_models.clone())
+    .with_scripts(stores.scripts.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
     .with_limits(config.limits)
@@ -676,6 +698,11 @@ fn api_state(
     });
     if let Some(t) = &services.transport {
         state = state.with_transport(t.clone());
+    }
+    // The broker's engine: a script change through the API reaches ingest at once.
+    #[cfg(feature = "lua")]
+    {
+        state = state.with_script_runner(stores.script_engine.clone());
     }
     if let Some(handle) = prometheus() {
         state = state.with_metrics(handle);

@@ -1499,3 +1499,69 @@ async fn skip_link_by_keyboard(c: &Console) {
         json!("main")
     );
 }
+
+/// The data scripts page (issue #21): pick a profile, write a Lua decoder in the
+/// editor, enable it, and test-run it on a hex sample; the output shows in place.
+#[tokio::test]
+async fn data_scripts_page_in_headless_chromium() {
+    let Some(c) = Console::start().await else {
+        return;
+    };
+    sign_in(&c).await;
+    let (status, profile) = c
+        .node
+        .call(
+            post(),
+            "/api/v1/profiles",
+            Some(json!({"name": "packed sensors"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{profile}");
+    let profile_id = profile["id"].as_str().unwrap();
+    let b = &c.b;
+    c.open(
+        &format!("#/devices/scripts?profile={profile_id}"),
+        "the script form",
+        "#script-form",
+    )
+    .await;
+    b.fill(
+        "#script-form",
+        &[
+            ("name", "frame decoder"),
+            (
+                "content",
+                "local json = require(\"json\")\nfunction encodeInp(msg, topic)\n  local hi, lo = string.byte(msg, 1, 2)\n  return json.encode({temperature = (hi * 256 + lo) / 10})\nend\n",
+            ),
+        ],
+    )
+    .await;
+    b.choose("#script-form [name=\"script_type\"]", "telemetry_up")
+        .await;
+    b.click("#script-form [name=\"enabled\"]").await;
+    b.submit("#script-form").await;
+    b.wait_text("the script in the list", "#script-list", "frame decoder")
+        .await;
+    b.wait_for("the test form", "#script-test-form").await;
+    b.choose("#script-sample-format", "hex").await;
+    b.type_into("#script-sample", "01 05").await;
+    b.submit("#script-test-form").await;
+    b.wait_text("the test output", "#script-output", "26.1")
+        .await;
+    b.screenshot("20-data-scripts").await;
+    let scripts = c
+        .get(&format!("/api/v1/scripts?profile_id={profile_id}"))
+        .await;
+    let script = named(&scripts, "frame decoder");
+    assert_eq!(script["enabled"], true, "{script}");
+    assert_eq!(script["script_type"], "telemetry_up", "{script}");
+
+    // a failing sample shows the script's error in place
+    b.choose("#script-sample-format", "text").await;
+    b.type_into("#script-sample", "").await;
+    b.submit("#script-test-form").await;
+    b.wait_text("the failure", "#script-failure", "runtime")
+        .await;
+    b.screenshot("21-data-scripts-failure").await;
+    c.close().await;
+}

@@ -218,6 +218,8 @@ pub struct MetaStores {
     pub thing_models: tp_core::ThingModelStoreRef,
     /// OTA packages, tasks and each device's progress.
     pub ota: tp_core::ota::OtaStoreRef,
+    /// Data scripts of device profiles.
+    pub scripts: tp_core::script::ScriptStoreRef,
 }
 
 /// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
@@ -236,7 +238,8 @@ pub async fn open_meta_stores(url: &str) -> Result<MetaStores> {
                 access: store.clone(),
                 rules: store.clone(),
                 thing_models: store.clone(),
-                ota: store,
+                ota: store.clone(),
+                scripts: store,
             });
         }
         #[cfg(not(feature = "postgres"))]
@@ -254,7 +257,8 @@ pub async fn open_meta_stores(url: &str) -> Result<MetaStores> {
             access: store.clone(),
             rules: store.clone(),
             thing_models: store.clone(),
-            ota: store,
+            ota: store.clone(),
+            scripts: store,
         })
     }
     #[cfg(not(feature = "sqlite"))]

@@ -107,6 +107,29 @@ mod sqlite_file_rules {
     tp_core::rules_conformance!(super::sqlite_rules_file());
 }
 
+/// The data script suite on a SQLite file and in memory (the store is also the
+/// access store its profiles live in).
+mod sqlite_file_scripts {
+    use super::*;
+    tp_core::script_conformance!(async {
+        let db = TempDb::new();
+        let store = Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    });
+}
+
+mod sqlite_memory_scripts {
+    use super::*;
+    tp_core::script_conformance!(async {
+        Some(Arc::new(
+            SqliteMetadataStore::in_memory().await.expect("open"),
+        ))
+    });
+}
+
 mod sqlite_memory_rules {
     use super::*;
     tp_core::rules_conformance!(async {

@@ -28,6 +28,7 @@ mod provision;
 mod roles;
 mod rules;
 mod scenes;
+mod scripts;
 pub(crate) mod stream;
 mod support;
 mod system;
@@ -155,7 +156,14 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             templates::delete_template
         ))
         .routes(routes!(templates::copy_template))
-        .routes(routes!(templates::device_thing_model));
+        .routes(routes!(templates::device_thing_model))
+        .routes(routes!(scripts::create_script, scripts::list_scripts))
+        .routes(routes!(
+            scripts::get_script,
+            scripts::update_script,
+            scripts::delete_script
+        ))
+        .routes(routes!(scripts::test_script));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -74,6 +74,10 @@ pub(crate) enum PermissionName {
     TemplateRead,
     #[serde(rename = "template:write")]
     TemplateWrite,
+    #[serde(rename = "script:read")]
+    ScriptRead,
+    #[serde(rename = "script:write")]
+    ScriptWrite,
 }
 
 /// An aggregation of a history query.

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod metadata;
 pub mod ota;
 pub mod rules;
+pub mod script;
 pub mod thing_model;
 pub mod timeseries;
 pub mod tls;

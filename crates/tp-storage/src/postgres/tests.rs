@@ -189,6 +189,10 @@ mod thing_model {
     tp_core::thing_model_conformance!(super::thing_model_stores());
 }
 
+mod scripts {
+    tp_core::script_conformance!(super::metadata_store());
+}
+
 /// The rule suite through URL dispatch: `open_rules` hands out one pool for all three.
 mod rules_by_url {
     use super::*;

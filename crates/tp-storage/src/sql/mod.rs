@@ -21,6 +21,7 @@ mod access;
 mod meta;
 mod ota;
 mod rules;
+mod script;
 mod thing_model;
 
 use std::borrow::Cow;
@@ -125,6 +126,7 @@ arg_from_id!(
     tp_core::GroupId,
     tp_core::AuditId,
     tp_core::RuleId,
+    tp_core::ScriptId,
     tp_core::SceneId,
     tp_core::AlarmId,
     tp_core::ChannelId,

@@ -100,6 +100,7 @@ struct Fx {
     ota_package: tp_core::ota::OtaPackage,
     ota_task: tp_core::ota::OtaTask,
     template: tp_core::thing_model::DeviceTemplate,
+    script: tp_core::script::DataScript,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -503,6 +504,37 @@ fn table() -> Vec<Row> {
             manage_one(201),
         ),
         row("GET", "/api/v1/devices/{device}/thing-model", READ_ONE),
+        // data scripts (script:read / script:write: admins only here)
+        with(
+            "POST",
+            "/api/v1/scripts",
+            |fx, _| {
+                json!({
+                    "profile_id": fx.profile.id, "script_type": "attribute_up",
+                    "name": format!("new-{}", fx.uniq),
+                    "content": "function encodeInp(msg, topic) return msg end",
+                })
+            },
+            // tenant A's profile is not one of another tenant's
+            [422, 201, 403, 403, 403, 401, 422],
+        ),
+        row("GET", "/api/v1/scripts", MANAGE_LIST),
+        row("GET", "/api/v1/scripts/{script}", manage_one(200)),
+        with(
+            "PATCH",
+            "/api/v1/scripts/{script}",
+            |_, _| json!({"enabled": false}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/scripts/{script}", manage_one(204)),
+        // No script engine in this harness: an allowed run is 503 (runs:
+        // tp-node/tests/data_scripts.rs).
+        with(
+            "POST",
+            "/api/v1/scripts/{script}/test",
+            |_, _| json!({"payload": "{}"}),
+            manage_one(503),
+        ),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -834,6 +866,19 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         .store()
         .create_template(&template)
         .await?;
+    let mut script = tp_core::testing::script::sample_script(
+        &profile,
+        tp_core::script::ScriptType::TelemetryUp,
+        &format!("fxscript-{uniq}"),
+        true,
+    );
+    script.content = format!("-- fxsource-{uniq}\nfunction encodeInp(msg) return msg end");
+    h.state
+        .scripts
+        .as_ref()
+        .context("script store")?
+        .create_script(&script)
+        .await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -848,6 +893,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         ota_package,
         ota_task,
         template,
+        script,
         role,
         user,
         key,
@@ -886,6 +932,9 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.ota_task.id.to_string(),
         fx.template.id.to_string(),
         fx.template.name.clone(),
+        fx.script.id.to_string(),
+        fx.script.name.clone(),
+        format!("fxsource-{}", fx.uniq),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -942,6 +991,8 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "ota_tasks": ota.list_tasks(a, None, all).await?,
         "ota_details": ota.list_details(a, fx.ota_task.id, all).await?,
         "templates": h.state.thing_models().context("template store")?.store().list_templates(a, all).await?,
+        "scripts": h.state.scripts.as_ref().context("script store")?
+            .list_scripts(a, Default::default()).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -965,6 +1016,7 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{package}", &fx.ota_package.id.to_string())
         .replace("{task}", &fx.ota_task.id.to_string())
         .replace("{template}", &fx.template.id.to_string())
+        .replace("{script}", &fx.script.id.to_string())
 }
 
 async fn call_as(

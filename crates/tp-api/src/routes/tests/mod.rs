@@ -96,6 +96,7 @@ impl Harness {
         // One database behind the metadata, access and rule stores.
         let store = Arc::new(SqliteMetadataStore::in_memory().await?);
         let rules: tp_core::rules::RuleStoreRef = store.clone();
+        let scripts: tp_core::script::ScriptStoreRef = store.clone();
         let ota = crate::ota::OtaService::new(
             store.clone(),
             std::env::temp_dir().join(format!("tp-api-test-ota-{}", uuid::Uuid::new_v4())),
@@ -109,7 +110,8 @@ impl Harness {
             customize(
                 s.with_rules(rules)
                     .with_ota(ota)
-                    .with_thing_models(templates),
+                    .with_thing_models(templates)
+                    .with_scripts(scripts),
             )
         })
         .await

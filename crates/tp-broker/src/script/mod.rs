@@ -1,0 +1,266 @@
+//! Data scripts (feature `lua`, on by default): ThingsPanel-compatible Lua scripts a
+//! tenant attaches to a device profile ([`tp_core::script`]), run on a profile's
+//! uplink telemetry and attributes before they are decoded and on its telemetry
+//! control and attribute sets after they are encoded.
+//!
+//! [`Scripts`] is the engine ([`ScriptRunner`]) and the ingest's lookup: which
+//! script a profile has enabled for a message type is cached for
+//! [`LOOKUP_TTL`] (so a change made through another node's API arrives within it;
+//! this node's API invalidates at once), and each script version (id and
+//! `updated_at`) is compiled once into its own sandboxed Lua state ([`sandbox`]) and
+//! reused for every message. Calls run on the blocking pool, so a slow script holds a
+//! blocking thread, never an async worker; a script's state runs one call at a time.
+//!
+//! A failing call (error, limit, output that is not a string) rejects that message:
+//! it is logged with the script and device, and counted in
+//! `tp_script_failures_total{type,reason}`.
+//!
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> anyhow::Result<()> {
+//! use tp_broker::script::{ScriptLimits, Scripts};
+//! use tp_core::script::ScriptRunner;
+//!
+//! let scripts = Scripts::new(None, ScriptLimits::default());
+//! // ThingsPanel's signature: the raw payload as a string, the topic; a string back
+//! let source = r#"
+//!     local json = require("json")
+//!     function encodeInp(msg, topic)
+//!         local t = string.byte(msg, 1) * 256 + string.byte(msg, 2)
+//!         return json.encode({ temperature = t / 10 })
+//!     end"#;
+//! let out = scripts.run_source(source, &[0x01, 0x05], "devices/telemetry").await?;
+//! assert_eq!(out, br#"{"temperature":26.1}"#);
+//! # Ok(()) }
+//! ```
+
+mod json;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tp_core::script::{DataScript, ScriptFailure, ScriptRunner, ScriptStoreRef, ScriptType};
+use tp_core::{DeviceId, ProfileId, ScriptId, Timestamp};
+
+pub use sandbox::{CompiledScript, ScriptLimits};
+
+/// How long a profile's enabled-script lookup is reused.
+pub const LOOKUP_TTL: Duration = Duration::from_secs(5);
+
+/// A compiled script version; its state runs one call at a time.
+type Compiled = Arc<Mutex<Option<CompiledScript>>>;
+
+/// An enabled-script lookup: when it was read, and the script (or none).
+type Lookup = (Instant, Option<Arc<DataScript>>);
+
+/// The data script engine and the ingest's cached lookups.
+#[derive(Debug)]
+pub struct Scripts {
+    store: Option<ScriptStoreRef>,
+    limits: ScriptLimits,
+    /// `(profile, type)` → the enabled script (or none) and when it was read.
+    lookups: Mutex<HashMap<(ProfileId, ScriptType), Lookup>>,
+    /// Script id → the compiled version (`updated_at`) and its state.
+    compiled: Mutex<HashMap<ScriptId, (Timestamp, Compiled)>>,
+}
+
+/// A script that failed on a message: which one, and why.
+#[derive(Debug, Clone)]
+pub struct ScriptRejection {
+    /// The script's id.
+    pub script_id: ScriptId,
+    /// The script's name.
+    pub script_name: String,
+    /// What went wrong.
+    pub failure: ScriptFailure,
+}
+
+impl Scripts {
+    /// An engine reading enabled scripts from `store` (without one, only
+    /// [`ScriptRunner::run_source`] and [`ScriptRunner::run`] work).
+    pub fn new(store: Option<ScriptStoreRef>, limits: ScriptLimits) -> Self {
+        Self {
+            store,
+            limits,
+            lookups: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> ScriptLimits {
+        self.limits
+    }
+
+    /// The enabled script of `script_type` on `profile`, from the cache or the store.
+    /// A store error counts as "no script" for [`LOOKUP_TTL`], logged: ingest goes on.
+    pub async fn enabled(
+        &self,
+        profile: ProfileId,
+        script_type: ScriptType,
+    ) -> Option<Arc<DataScript>> {
+        let store = self.store.as_ref()?;
+        if let Some((at, script)) = self.lookups.lock().ok()?.get(&(profile, script_type))
+            && at.elapsed() < LOOKUP_TTL
+        {
+            return script.clone();
+        }
+        let script = match store.enabled_script(profile, script_type).await {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(profile_id = %profile, script_type = %script_type, error = %e,
+                    "cannot read the profile's data script; messages pass unchanged for now");
+                None
+            }
+        };
+        if let Ok(mut lookups) = self.lookups.lock() {
+            lookups.insert((profile, script_type), (Instant::now(), script.clone()));
+        }
+        script
+    }
+
+    /// Runs the profile's enabled script of `script_type` on a message of `device`:
+    /// `Ok(None)` when there is none (the message passes unchanged), the script's
+    /// output, or the rejection (logged and counted here).
+    pub async fn transform(
+        &self,
+        device: DeviceId,
+        profile: Option<ProfileId>,
+        script_type: ScriptType,
+        payload: &[u8],
+        topic: &str,
+    ) -> Result<Option<Vec<u8>>, ScriptRejection> {
+        let Some(profile) = profile else {
+            return Ok(None);
+        };
+        let Some(script) = self.enabled(profile, script_type).await else {
+            return Ok(None);
+        };
+        match self.run(&script, payload, topic).await {
+            Ok(out) => {
+                metrics::counter!("tp_script_runs_total", "type" => script_type.as_str())
+                    .increment(1);
+                Ok(Some(out))
+            }
+            Err(failure) => {
+                metrics::counter!("tp_script_failures_total",
+                    "type" => script_type.as_str(), "reason" => failure.reason())
+                .increment(1);
+                tracing::warn!(device_id = %device, script_id = %script.id,
+                    script = %script.name, script_type = %script_type, error = %failure,
+                    "data script failed; message rejected");
+                Err(ScriptRejection {
+                    script_id: script.id,
+                    script_name: script.name.clone(),
+                    failure,
+                })
+            }
+        }
+    }
+
+    /// The compiled state of this version of `script`, compiling it on first use (and
+    /// dropping older versions).
+    fn compiled(&self, script: &DataScript) -> Compiled {
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match compiled.get(&script.id) {
+            Some((version, state)) if *version == script.updated_at => state.clone(),
+            _ => {
+                let state: Compiled = Arc::new(Mutex::new(None));
+                compiled.insert(script.id, (script.updated_at, state.clone()));
+                state
+            }
+        }
+    }
+}
+
+/// Compiles (when `state` holds none) and calls, on the calling (blocking) thread.
+fn call_in(
+    state: &Mutex<Option<CompiledScript>>,
+    name: &str,
+    source: &str,
+    limits: ScriptLimits,
+    payload: &[u8],
+    topic: &str,
+) -> Result<Vec<u8>, ScriptFailure> {
+    let mut slot = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if slot.is_none() {
+        *slot = Some(CompiledScript::compile(name, source, limits)?);
+    }
+    let Some(script) = slot.as_ref() else {
+        return Err(ScriptFailure::Compile("not compiled".into()));
+    };
+    let out = script.call(payload, topic);
+    if let Err(failure) = &out
+        && CompiledScript::is_spent(failure)
+    {
+        // start the next message from a fresh state
+        *slot = None;
+    }
+    out
+}
+
+async fn on_blocking_pool(
+    work: impl FnOnce() -> Result<Vec<u8>, ScriptFailure> + Send + 'static,
+) -> Result<Vec<u8>, ScriptFailure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(ScriptFailure::Runtime(format!("script call panicked: {e}"))))
+}
+
+#[async_trait]
+impl ScriptRunner for Scripts {
+    async fn run(
+        &self,
+        script: &DataScript,
+        payload: &[u8],
+        topic: &str,
+    ) -> Result<Vec<u8>, ScriptFailure> {
+        let state = self.compiled(script);
+        let (name, source, limits) = (script.name.clone(), script.content.clone(), self.limits);
+        let (payload, topic) = (payload.to_vec(), topic.to_owned());
+        on_blocking_pool(move || call_in(&state, &name, &source, limits, &payload, &topic)).await
+    }
+
+    async fn run_source(
+        &self,
+        content: &str,
+        payload: &[u8],
+        topic: &str,
+    ) -> Result<Vec<u8>, ScriptFailure> {
+        let state = Mutex::new(None);
+        let (source, limits) = (content.to_owned(), self.limits);
+        let (payload, topic) = (payload.to_vec(), topic.to_owned());
+        on_blocking_pool(move || call_in(&state, "test", &source, limits, &payload, &topic)).await
+    }
+
+    fn invalidate(&self, profile: ProfileId) {
+        if let Ok(mut lookups) = self.lookups.lock() {
+            lookups.retain(|(p, _), _| *p != profile);
+        }
+    }
+}
+
+/// The down-script type of a downlink topic: a device's own telemetry control
+/// (`devices/telemetry/control/{number}`) or attribute set
+/// (`devices/attributes/set/{number}/{message_id}`); gateway envelopes and other
+/// kinds have none.
+pub(crate) fn downlink_script_type(topic: &str) -> Option<ScriptType> {
+    if topic.starts_with("devices/telemetry/control/") {
+        Some(ScriptType::TelemetryDown)
+    } else if topic.starts_with("devices/attributes/set/") {
+        Some(ScriptType::AttributeDown)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
