@@ -165,6 +165,8 @@ mod tests {
             PermissionName::OtaWrite,
             PermissionName::TemplateRead,
             PermissionName::TemplateWrite,
+            PermissionName::ScriptRead,
+            PermissionName::ScriptWrite,
         ]
         .iter()
         .map(|p| {

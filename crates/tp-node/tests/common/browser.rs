@@ -1,8 +1,6 @@
-//! A headless Chromium driven over W3C WebDriver (chromedriver), for the console's
-//! browser tests in their own files (tests/console_ota.rs, which includes it with
-//! `#[path]`). The same harness as
-//! tests/console.rs, which predates this module and keeps its own copy; new
-//! browser tests use this one.
+//! A headless Chromium driven over W3C WebDriver (chromedriver), shared by the
+//! console's browser tests (tests/console.rs, console_ota.rs, console_thing_model.rs
+//! include it with `#[path]`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -398,4 +396,14 @@ impl Console {
         drop(b);
         let _ = driver.kill().await;
     }
+}
+
+/// The item of a list response (`{"items": [...]}`) named `name`.
+pub(crate) fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("nothing named {name}: {list}"))
 }
