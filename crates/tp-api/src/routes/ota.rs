@@ -357,7 +357,7 @@ pub(crate) struct CreateTaskRequest {
     #[serde(default)]
     profile_id: Option<Uuid>,
     /// How long the inform waits for an offline device, 1 s to 30 days (default 7 days).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tp_core::serde_int::optional")]
     #[schema(minimum = 1, maximum = 2592000)]
     expires_in_secs: Option<u32>,
 }

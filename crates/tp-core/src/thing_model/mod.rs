@@ -215,7 +215,7 @@ pub struct Property {
         schema(
             min_length = 1,
             max_length = 128,
-            pattern = r"^[^\s]+$",
+            pattern = r"^[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
             example = "temp"
         )
     )]
@@ -293,7 +293,7 @@ pub struct Param {
         schema(
             min_length = 1,
             max_length = 128,
-            pattern = r"^[^\s]+$",
+            pattern = r"^[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
             example = "target"
         )
     )]
@@ -366,7 +366,7 @@ pub struct EventDef {
         schema(
             min_length = 1,
             max_length = 128,
-            pattern = r"^[^\s]+$",
+            pattern = r"^[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
             example = "overheat"
         )
     )]
@@ -398,7 +398,7 @@ pub struct CommandDef {
         schema(
             min_length = 1,
             max_length = 128,
-            pattern = r"^[^\s]+$",
+            pattern = r"^[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
             example = "set_target"
         )
     )]
