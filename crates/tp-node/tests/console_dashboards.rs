@@ -2,7 +2,8 @@
 //! `chromium-driver`): build a dashboard in the editor with a chart, a value card, a
 //! switch and an alarm list; a real MQTT device's value appears on the card and the
 //! chart without a reload (one stream per dashboard); the switch's command reaches a
-//! `mosquitto_sub` device; a second user of the tenant with `dashboard:read` sees the
+//! `mosquitto_sub` device; the home page shows the dashboard under the tenant's
+//! trends; a second user of the tenant with `dashboard:read` sees the
 //! dashboard read-only and cannot change it; another tenant gets 404. Screenshots go
 //! to `$TP_ARTIFACTS_DIR`, else `target/console-screenshots/` (`dashboards-*.png`).
 //!
@@ -239,6 +240,18 @@ async fn dashboard_editor_live_values_switch_and_sharing() {
     .await;
     b.wait_text("its card", "#home-dashboard #value-w2", "31.5 C")
         .await;
+    // ... below the tenant's trends: the sensor's two messages counted on ingest.
+    b.wait_text("the busiest device", "#trend-top", "dash-sensor")
+        .await;
+    b.wait(
+        "the messages chart",
+        "return Number(document.querySelector('#messages-chart')?.dataset.points) === 1440",
+    )
+    .await;
+    let top = c.get("/api/v1/stats/top-devices").await;
+    assert_eq!(top["items"][0]["name"], "dash-sensor", "{top}");
+    assert_eq!(top["items"][0]["messages"], 2, "{top}");
+    b.screenshot("dashboards-05-home").await;
     // On a phone the grid is one column and every widget spans it.
     b.cmd(
         post(),

@@ -18,7 +18,8 @@ CREATE INDEX dashboards_by_tenant ON dashboards (tenant_id, name, id);
 -- At most one home dashboard per tenant, for every writer and node.
 CREATE UNIQUE INDEX dashboards_one_home ON dashboards (tenant_id) WHERE home;
 
--- Trends: a tenant's status transitions and cleared alarms since a time.
-CREATE INDEX device_status_history_by_tenant ON device_status_history (tenant_id, at);
+-- Trends: a tenant's status transitions (covering: the per-hour aggregate reads no
+-- row) and cleared alarms since a time.
+CREATE INDEX device_status_history_by_tenant ON device_status_history (tenant_id, at, online);
 CREATE INDEX alarms_cleared_by_tenant ON alarms (tenant_id, cleared_at)
     WHERE cleared_at IS NOT NULL;
