@@ -97,15 +97,19 @@ pub struct Widget {
     #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub title: Option<String>,
     /// Grid column of the left edge, 0 to 11 (`x + w` at most 12).
+    #[serde(deserialize_with = "crate::serde_int::integer")]
     #[cfg_attr(feature = "openapi", schema(maximum = 11))]
     pub x: u32,
     /// Grid row of the top edge, 0 to 1000.
+    #[serde(deserialize_with = "crate::serde_int::integer")]
     #[cfg_attr(feature = "openapi", schema(maximum = 1000))]
     pub y: u32,
     /// Width in columns, 1 to 12.
+    #[serde(deserialize_with = "crate::serde_int::integer")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 12))]
     pub w: u32,
     /// Height in rows, 1 to 24.
+    #[serde(deserialize_with = "crate::serde_int::integer")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 24))]
     pub h: u32,
     /// What it shows, told apart by `type`.
@@ -180,6 +184,7 @@ pub enum WidgetConfig {
         #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::chart_keys))]
         keys: Vec<String>,
         /// How far back it looks, 60 s to 31 days.
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 2678400))]
         range_secs: u32,
         /// Aggregate into buckets (at most 500 per range); none draws raw points.
@@ -289,6 +294,7 @@ pub enum WidgetConfig {
         #[serde(default)]
         device_id: Option<DeviceId>,
         /// How many rows, 1 to 100.
+        #[serde(deserialize_with = "crate::serde_int::integer")]
         #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
         limit: u32,
     },
@@ -770,12 +776,17 @@ mod tests {
     #[test]
     fn widgets_parse_as_a_tagged_union() {
         let w: Widget = serde_json::from_value(serde_json::json!({
-            "id": "w1", "x": 0, "y": 0, "w": 6, "h": 4,
+            "id": "w1", "x": 0, "y": 0, "w": 6.0, "h": 4,
             "config": {"type": "chart", "device_id": DeviceId::new(), "keys": ["temp"],
-                       "range_secs": 3600, "aggregation": "avg"}
+                       "range_secs": 3600.0, "aggregation": "avg"}
         }))
         .unwrap();
         assert_eq!(w.config.kind(), "chart");
+        // JSON Schema's integers include `6.0`; a real fraction is still refused.
+        assert_eq!(w.w, 6);
+        let fraction = serde_json::json!({"id": "w", "x": 0.5, "y": 0, "w": 1, "h": 1,
+            "config": {"type": "markdown", "text": ""}});
+        assert!(serde_json::from_value::<Widget>(fraction).is_err());
         let map: WidgetConfig = serde_json::from_value(serde_json::json!({"type": "map"})).unwrap();
         assert!(matches!(map, WidgetConfig::Map { ref lat_key, .. } if lat_key == "latitude"));
         let unknown = serde_json::from_value::<WidgetConfig>(

@@ -267,7 +267,13 @@ async fn dashboard_editor_live_values_switch_and_sharing() {
          return g.gridTemplateColumns.split(' ').length === 1",
     )
     .await;
-    b.screenshot("dashboards-03-phone").await;
+    // At the phone's own size (the shared helper shoots at a laptop's width).
+    let png = b.cmd(reqwest::Method::GET, "/screenshot", None).await;
+    std::fs::write(
+        browser::artifacts_dir().join("dashboards-03-phone.png"),
+        browser::base64_decode(png.as_str().unwrap()),
+    )
+    .unwrap();
     b.cmd(
         post(),
         "/window/rect",
