@@ -383,6 +383,40 @@ function defaults(type, devices) {
   }
 }
 
+/** Pointer dragging on the editor's grid: dragging a widget moves it, dragging its
+ * corner handle resizes it, in whole grid cells (the buttons do the same by keyboard). */
+function dragToPlace(grid, cell, w, done) {
+  cell.addEventListener('pointerdown', ev => {
+    if (ev.button !== 0 || ev.target.closest('button, a, input, select, textarea')) return;
+    const resizing = ev.target.classList.contains('resize-handle');
+    const style = getComputedStyle(grid);
+    const gap = parseFloat(style.columnGap) || 0;
+    const colW = (grid.clientWidth + gap) / 12;
+    const rowH = (parseFloat(style.gridAutoRows) || 64) + (parseFloat(style.rowGap) || 0);
+    const start = { x: ev.clientX, y: ev.clientY, w: { ...w } };
+    cell.setPointerCapture(ev.pointerId);
+    cell.classList.add('dragging');
+    const end = up => {
+      cell.releasePointerCapture(up.pointerId);
+      cell.classList.remove('dragging');
+      cell.removeEventListener('pointerup', end);
+      const dx = Math.round((up.clientX - start.x) / colW);
+      const dy = Math.round((up.clientY - start.y) / rowH);
+      if (!dx && !dy) return;
+      if (resizing) {
+        w.w = Math.min(12 - w.x, Math.max(1, start.w.w + dx));
+        w.h = Math.min(24, Math.max(1, start.w.h + dy));
+      } else {
+        w.x = Math.min(12 - w.w, Math.max(0, start.w.x + dx));
+        w.y = Math.min(1000, Math.max(0, start.w.y + dy));
+      }
+      done();
+    };
+    cell.addEventListener('pointerup', end);
+    ev.preventDefault();
+  });
+}
+
 /** The editor: `#/dashboards/{id}/edit`. */
 export async function dashboardEditPage({ main, params: [id], signal, me, navigate }) {
   const [d, devices] = await Promise.all([
@@ -427,7 +461,9 @@ export async function dashboardEditPage({ main, params: [id], signal, me, naviga
         mv('−W', 'Narrower', w, () => { w.w = Math.max(1, w.w - 1); }),
         mv('+W', 'Wider', w, () => { w.w = Math.min(12 - w.x, w.w + 1); }),
         mv('−H', 'Shorter', w, () => { w.h = Math.max(1, w.h - 1); }),
-        mv('+H', 'Taller', w, () => { w.h = Math.min(24, w.h + 1); })));
+        mv('+H', 'Taller', w, () => { w.h = Math.min(24, w.h + 1); })),
+      h('span', { class: 'resize-handle', title: 'Drag to resize', 'aria-hidden': 'true' }));
+      dragToPlace(grid, cell, w, () => { selected = w.id; redraw(); });
       return place(cell, w);
     }));
     renderConfig();

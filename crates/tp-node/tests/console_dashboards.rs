@@ -150,10 +150,38 @@ async fn dashboard_editor_live_values_switch_and_sharing() {
     pick(&c, "#cfg-target", "command").await;
     b.wait_for("the method input", "#cfg-method").await;
     set_input(&c, "#cfg-method", "SetPower").await;
-    // w4: the open alarms; moved right and made wider with the buttons.
+    // w4: the open alarms, made wider with its button ...
     add_widget(&c, "alarms", "w4").await;
     b.click("#edit-w4 [data-action=wider]").await;
     b.wait_text("the wider alarm list", "#edit-w4", "7×4").await;
+    // ... and dragged three columns to the right with the pointer.
+    let column = b
+        .js(
+            "document.querySelector('#edit-w4').scrollIntoView({block: 'center'}); \
+             return document.querySelector('#editor-grid').clientWidth / 12",
+        )
+        .await
+        .as_f64()
+        .unwrap();
+    let cell = b.find("#edit-w4").await;
+    b.cmd(
+        post(),
+        "/actions",
+        Some(json!({"actions": [{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "x": 0, "y": 40,
+                 "origin": {"element-6066-11e4-a52e-4f735466cecf": cell}},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerMove", "duration": 100, "origin": "pointer",
+                 "x": (column * 3.0).round() as i64, "y": 0},
+                {"type": "pointerUp", "button": 0},
+            ],
+        }]})),
+    )
+    .await;
+    b.wait_text("the dragged alarm list", "#edit-w4", "7×4 at 3,8")
+        .await;
     b.screenshot("dashboards-01-editor").await;
     b.click("#save-dashboard").await;
     b.wait_for("the saved dashboard's view", "#dashboard-grid")
@@ -172,6 +200,7 @@ async fn dashboard_editor_live_values_switch_and_sharing() {
     assert_eq!(types, ["chart", "value", "switch", "alarms"], "{dash}");
     assert_eq!(dash["widgets"][0]["config"]["keys"], json!(["temperature"]));
     assert_eq!(dash["widgets"][3]["w"], json!(7));
+    assert_eq!(dash["widgets"][3]["x"], json!(3));
     assert_eq!(dash["widgets"][2]["config"]["method"], json!("SetPower"));
 
     // Live: the device's next value reaches the card and the chart without a reload.
