@@ -2,7 +2,8 @@
 //! `chromium-driver`): build a dashboard in the editor with a chart, a value card, a
 //! switch and an alarm list; a real MQTT device's value appears on the card and the
 //! chart without a reload (one stream per dashboard); the switch's command reaches a
-//! `mosquitto_sub` device; the home page shows the dashboard under the tenant's
+//! `mosquitto_sub` device; the device page exports the history as CSV; the home page
+//! shows the dashboard under the tenant's
 //! trends; a second user of the tenant with `dashboard:read` sees the
 //! dashboard read-only and cannot change it; another tenant gets 404. Screenshots go
 //! to `$TP_ARTIFACTS_DIR`, else `target/console-screenshots/` (`dashboards-*.png`).
@@ -259,6 +260,19 @@ async fn dashboard_editor_live_values_switch_and_sharing() {
     )
     .await;
     b.screenshot("dashboards-02-view").await;
+
+    // The device page exports the sensor's history (CSV, streamed by the server).
+    c.open(
+        &format!("#/devices/{}", sensor.id),
+        "the export form",
+        "#export-form",
+    )
+    .await;
+    b.click("#export-form input[value=temperature]").await;
+    b.submit("#export-form").await;
+    // "ts,temperature" and the two rows (13-digit times, 20.5 and 31.5).
+    b.wait_text("the download", "#export-done", "Downloaded 53 bytes")
+        .await;
 
     // The home page shows it.
     c.open(
