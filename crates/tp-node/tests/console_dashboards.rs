@@ -3,10 +3,10 @@
 //! switch and an alarm list; a real MQTT device's value appears on the card and the
 //! chart without a reload (one stream per dashboard); the switch's command reaches a
 //! `mosquitto_sub` device; the device page exports the history as CSV; the home page
-//! shows the dashboard under the tenant's
-//! trends; a second user of the tenant with `dashboard:read` sees the
-//! dashboard read-only and cannot change it; another tenant gets 404. Screenshots go
-//! to `$TP_ARTIFACTS_DIR`, else `target/console-screenshots/` (`dashboards-*.png`).
+//! shows the dashboard under the tenant's trends; a second user of the tenant with
+//! `dashboard:read` sees the dashboard read-only and cannot change it; another tenant
+//! gets 404. Screenshots go to `$TP_ARTIFACTS_DIR`, else
+//! `target/console-screenshots/` (`dashboards-*.png`, the phone one at 390 px).
 //!
 //! Skipped when Chromium, chromedriver or the mosquitto clients are missing, unless
 //! `TP_REQUIRE_SERVICES` is set (CI), where it fails instead.
