@@ -64,7 +64,10 @@ def template_body(name):
 
 
 # A device template (thing model) the profile refers to, and one to delete.
-template, template_del = two("/api/v1/templates", template_body)
+# The kept one carries the name of the document's template example, so replacing it
+# with that example (what the coverage phase's variants do) is not a name conflict.
+template = make("/api/v1/templates", template_body("Thermostat"))
+template_del = make("/api/v1/templates", template_body("fuzz-template-del"))
 profile = make("/api/v1/profiles", {"name": "fuzz-a", "device_type": "direct", "template_id": template})
 profile_del = make("/api/v1/profiles", {"name": "fuzz-b", "device_type": "direct"})
 created = call("POST", "/api/v1/devices", {"name": "fuzz-device", "profile_id": profile})
@@ -305,7 +308,12 @@ for path, example in [
     media.pop("examples", None)
     media["example"] = example
 # The document's own request examples name a placeholder device; name the seeded one.
-text = json.dumps(doc).replace("00000000-0000-0000-0000-000000000001", device)
+# The task example names a package too.
+doc["components"]["schemas"]["CreateTaskRequest"]["example"] = {
+    "package_id": package, "device_ids": [device], "name": "fuzz task"}
+text = json.dumps(doc)
+for placeholder in ("00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"):
+    text = text.replace(placeholder, device)
 with open(DOC_OUT, "w") as out:
     out.write(text)
 print("# Written by scripts/api-fuzz-seed.py for one run; ids are of that run's node.")
@@ -391,6 +399,10 @@ for path, method, fields in [
         dictionaries[dictionary] = values
         bindings.append(f'"body.{field}" = {{ dictionary = "{dictionary}", probability = 0.8 }}')
     operations.append((path, method, bindings))
+# Every positive coverage case of creating a rule reuses the example's name, which
+# rule names must not repeat in a tenant: only the first could succeed, and the
+# examples phase already created it. Its negative cases still run.
+operations.append(("/api/v1/rules", "POST", None))
 for name, ids in dictionaries.items():
     print()
     print(f"[dictionaries.{name}]")
@@ -400,4 +412,7 @@ for path, method, bindings in operations:
     print("[[operations]]")
     print(f'include-path = "{path}"')
     print(f'include-method = "{method}"')
-    print("parameters = { " + ", ".join(bindings) + " }")
+    if bindings is None:
+        print('phases.coverage.generation.modes = ["negative"]')
+    else:
+        print("parameters = { " + ", ".join(bindings) + " }")

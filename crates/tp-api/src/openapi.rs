@@ -112,6 +112,9 @@ pub fn openapi() -> serde_json::Value {
     // utoipa's document types are plain data; serializing them cannot fail.
     let mut value = serde_json::to_value(&doc).unwrap_or_default();
     add_discriminators(&mut value);
+    add_condition_value_rules(&mut value);
+    add_definition_rules(&mut value);
+    add_field_pairing_rules(&mut value);
     add_links(&mut value);
     add_request_examples(&mut value);
     value
@@ -297,10 +300,6 @@ const UNPROCESSABLE: &[(&str, &str)] = &[
         "import_devices",
         "The CSV holds no device rows, or more than 1000",
     ),
-    (
-        "telemetry_history",
-        "`end` is not after `start`, `agg` and `interval` come without each other, or the range has more than 100000 buckets",
-    ),
     ("delete_telemetry", "`end` is not after `start`"),
     (
         "send_command",
@@ -385,6 +384,189 @@ fn add_discriminators(doc: &mut serde_json::Value) {
     schemas.extend(added);
 }
 
+/// Request fields that go together or exclude each other (what the OTA routes
+/// check): a package's `sign` and `sign_method` both or neither; a task targets
+/// either `device_ids` or a `profile_id`.
+fn add_field_pairing_rules(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let rules = [
+        (
+            "CreatePackageRequest",
+            json!([
+                {"description": "unsigned",
+                 "properties": {"sign": {"type": "null"}, "sign_method": {"type": "null"}}},
+                {"description": "signed: `sign` with its `sign_method`",
+                 "required": ["sign", "sign_method"],
+                 "properties": {"sign": {"type": "string"}, "sign_method": {"type": "string"}}},
+            ]),
+        ),
+        (
+            "CreateTaskRequest",
+            json!([
+                {"description": "for devices",
+                 "required": ["device_ids"],
+                 "properties": {"device_ids": {"type": "array"}, "profile_id": {"type": "null"}}},
+                {"description": "for the devices of a profile",
+                 "required": ["profile_id"],
+                 "properties": {"profile_id": {"type": "string"}, "device_ids": {"type": "null"}}},
+            ]),
+        ),
+    ];
+    for (name, any_of) in rules {
+        if let Some(schema) = doc
+            .pointer_mut(&format!("/components/schemas/{name}"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert("anyOf".to_owned(), any_of);
+        }
+    }
+}
+
+/// A text with a character Rust's `trim` keeps (its white space spelled out, as the
+/// server checks it, rather than ECMA's `\s`).
+const RUST_NON_BLANK: &str =
+    r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
+/// What `tp_core::thing_model` checks on each telemetry, attribute or parameter
+/// definition beyond single fields: a range only on `int`/`float`, enum values
+/// required on `enum` and only there, names that are not blank.
+fn add_definition_rules(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let no_range = json!({"min": {"type": "null"}, "max": {"type": "null"}});
+    let typed = json!([
+        {
+            "description": "int and float: a range (min <= max), no enum values",
+            "properties": {
+                "data_type": {"enum": ["int", "float"]},
+                "enum_values": {"maxItems": 0},
+            },
+        },
+        {
+            "description": "enum: at least one value (each listed once), no range",
+            "properties": {
+                "data_type": {"enum": ["enum"]},
+                "enum_values": {"minItems": 1},
+                "min": no_range["min"],
+                "max": no_range["max"],
+            },
+            "required": ["enum_values"],
+        },
+        {
+            "description": "bool, string and json: neither a range nor enum values",
+            "properties": {
+                "data_type": {"enum": ["bool", "string", "json"]},
+                "enum_values": {"maxItems": 0},
+                "min": no_range["min"],
+                "max": no_range["max"],
+            },
+        },
+    ]);
+    for name in ["Property", "Param"] {
+        if let Some(schema) = schemas
+            .get_mut(name)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert("anyOf".to_owned(), typed.clone());
+        }
+    }
+    // Identifiers (and enum values) must not repeat, so neither may whole items.
+    for (name, field) in [
+        ("TemplateRequest", "telemetry"),
+        ("TemplateRequest", "attributes"),
+        ("TemplateRequest", "events"),
+        ("TemplateRequest", "commands"),
+        ("EventDef", "params"),
+        ("CommandDef", "params"),
+        ("Property", "enum_values"),
+        ("Param", "enum_values"),
+    ] {
+        if let Some(list) = schemas
+            .get_mut(name)
+            .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            list.insert("uniqueItems".to_owned(), json!(true));
+        }
+    }
+    for (name, field) in [
+        ("Property", "name"),
+        ("Param", "name"),
+        ("EventDef", "name"),
+        ("CommandDef", "name"),
+        ("EnumValue", "value"),
+    ] {
+        if let Some(text) = schemas
+            .get_mut(name)
+            .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            text.insert("pattern".to_owned(), json!(RUST_NON_BLANK));
+        }
+    }
+}
+
+/// A device condition's `value` depends on its `data` and `operator` (what
+/// `tp_core::rules::validate` checks): one `anyOf` member per fitting combination,
+/// so clients and testers can build a valid condition from the document alone.
+fn add_condition_value_rules(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(condition) = doc
+        .pointer_mut("/components/schemas/ConditionDevice")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let key = json!({"type": "string", "pattern": RUST_NON_BLANK});
+    let valued = |operators: serde_json::Value, value: serde_json::Value| {
+        json!({
+            "properties": {
+                "data": {"enum": ["telemetry", "attribute", "event"]},
+                "key": key,
+                "operator": {"enum": operators},
+                "value": value,
+            },
+            "required": ["key"],
+        })
+    };
+    let number = json!({"type": "number"});
+    condition.insert(
+        "anyOf".to_owned(),
+        json!([
+            {
+                "description": "Online state: = or != to \"online\", \"offline\", true or false",
+                "properties": {
+                    "data": {"enum": ["status"]},
+                    "operator": {"enum": ["=", "!="]},
+                    "value": {"anyOf": [{"type": "boolean"}, {"enum": ["online", "offline"]}]},
+                },
+            },
+            valued(json!(["=", "!="]), json!({"type": ["number", "string", "boolean"]})),
+            valued(json!([">", "<", ">=", "<="]), number.clone()),
+            valued(
+                json!(["between"]),
+                json!({"type": "array", "items": number, "minItems": 2, "maxItems": 2,
+                       "description": "[lo, hi] with lo <= hi"}),
+            ),
+            valued(json!(["in"]), json!({"type": "array", "minItems": 1})),
+            {
+                "description": "An event as the trigger itself (any operator, value null)",
+                "properties": {
+                    "data": {"enum": ["event"]},
+                    "key": key,
+                    "value": {"type": "null"},
+                },
+                "required": ["key"],
+            },
+        ]),
+    );
+}
+
 /// `raise_alarm` -> `RaiseAlarm`.
 fn pascal_case(snake: &str) -> String {
     snake
@@ -398,6 +580,14 @@ fn pascal_case(snake: &str) -> String {
         })
         .collect()
 }
+
+/// Second path ids of operations under a created resource that come from the create
+/// request: (collection, parameter, runtime expression).
+const LINKED_REQUEST_IDS: &[(&str, &str, &str)] = &[(
+    "/api/v1/ota/tasks",
+    "device_id",
+    "$request.body#/device_ids/0",
+)];
 
 /// Adds OpenAPI links from every create (`POST /x` answering 201 with the new
 /// resource's `id`) to the operations on that resource (`/x/{id}` and below), so
@@ -419,9 +609,21 @@ fn add_links(doc: &mut serde_json::Value) {
             if path != &item && !path.starts_with(&format!("{item}/")) {
                 continue;
             }
-            // Only paths whose sole parameter is the new resource's id.
-            if path.matches('{').count() != 1 {
-                continue;
+            // Paths whose sole parameter is the new resource's id, or whose second
+            // one the create request names ([`LINKED_REQUEST_IDS`]).
+            let mut parameters = json!({ "id": "$response.body#/id" });
+            match path.matches('{').count() {
+                1 => {}
+                2 => match LINKED_REQUEST_IDS
+                    .iter()
+                    .find(|(c, param, _)| c == collection && path.contains(&format!("{{{param}}}")))
+                {
+                    Some((_, param, expression)) => {
+                        parameters[*param] = json!(expression);
+                    }
+                    None => continue,
+                },
+                _ => continue,
             }
             for op in ops.as_object().into_iter().flat_map(|o| o.values()) {
                 if let Some(id) = op.get("operationId").and_then(Value::as_str) {
@@ -429,7 +631,7 @@ fn add_links(doc: &mut serde_json::Value) {
                         id.to_owned(),
                         json!({
                             "operationId": id,
-                            "parameters": { "id": "$response.body#/id" },
+                            "parameters": parameters,
                         }),
                     );
                 }

@@ -370,7 +370,7 @@ impl EmbeddedBroker {
         // Before any listener accepts devices, store what a killed node acknowledged
         // but had not committed.
         if let Some((wal, leftovers)) = &wal {
-            let replay = Ingest {
+            let replay = Arc::new(Ingest {
                 uplinks: Uplinks {
                     metadata: deps.metadata.clone(),
                     writer: deps.writer.clone(),
@@ -384,7 +384,7 @@ impl EmbeddedBroker {
                     scripts: options.scripts.clone(),
                 },
                 shared: shared.clone(),
-            };
+            });
             let progress = options.replay_progress.clone().unwrap_or_default();
             replay.replay(wal, leftovers, &progress).await;
             tokio::spawn(wal.clone().maintain(deps.writer.clone()));

@@ -66,7 +66,7 @@ pub use error::{BoxError, Error, Result};
 pub use model::*;
 pub use store::{
     Aggregation, MetadataStore, MetadataStoreRef, Order, TimeSeriesStore, TimeSeriesStoreRef,
-    TsQuery,
+    TsQuery, bucket_phase,
 };
 pub use thing_model::{ThingModelStore, ThingModelStoreRef};
 pub use transport::{DeviceTransport, DeviceTransportRef, Downlink};

@@ -187,6 +187,27 @@ impl std::str::FromStr for Aggregation {
     }
 }
 
+/// Where buckets of `interval` ms counted from `start` begin, expressed as the
+/// boundary in `(-interval, 0]`: buckets then start at `phase + k * interval`.
+/// SQL stores label a point `ts >= 0` as
+/// `phase + (ts / interval) * interval + (interval if ts % interval >= interval + phase)`,
+/// which never overflows 64-bit integers, where `start + ((ts - start) / interval) *
+/// interval` does for a `start` far below zero.
+///
+/// ```
+/// use tp_core::bucket_phase;
+/// assert_eq!(bucket_phase(1_000, 300), -200); // 1000 = -200 + 4 * 300
+/// assert_eq!(bucket_phase(600, 300), 0);
+/// assert_eq!(bucket_phase(i64::MIN, i64::MAX), -1);
+/// ```
+pub fn bucket_phase(start: Timestamp, interval: i64) -> i64 {
+    debug_assert!(interval > 0);
+    match start.rem_euclid(interval.max(1)) {
+        0 => 0,
+        r => r - interval,
+    }
+}
+
 /// Result order by time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

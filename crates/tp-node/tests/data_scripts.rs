@@ -50,6 +50,43 @@ const THINGSPANEL_TEMPLATE: &str = r#"function encodeInp(msg,topic)
  return newJsonString
  end"#;
 
+/// The script of ThingsPanel's tutorial on data processing scripts ("ThingsPanel编写数据
+/// 处理脚本,将电压从3000改成3", thingspanel.cn/posts/114), its steps put together in
+/// the order the tutorial gives them: `pcall` around `json.decode`, `print` of a
+/// concatenated float, `type`/`tostring`, millivolts to volts and a battery status.
+/// The stored copy of the page breaks off inside the battery thresholds; the branches
+/// after "很好" and the final `json.encode` are completed the way its text describes.
+const THINGSPANEL_TUTORIAL: &str = r#"-- 引入需要的工具箱
+local json = require("json")
+-- 创建我们的翻译官函数
+function encodeInp(msg, topic)
+    -- 尝试理解传感器发来的消息
+    local jsonData = {}
+    local status, err = pcall(function()
+        jsonData = json.decode(msg)
+    end)
+    -- 如果无法理解,记录下原因并原样返回
+    if not status or type(jsonData) ~= "table" then
+        print("无法理解消息: " .. tostring(err))
+        return msg
+    end
+    -- 检查是否有电压信息
+    if jsonData.voltage ~= nil then
+        -- 把毫伏转换为伏特
+        jsonData.voltage = jsonData.voltage / 1000
+        print("电压是: " .. jsonData.voltage .. "V")
+        -- 根据电压判断电池状态
+        if jsonData.voltage >= 3.0 then
+            jsonData.battery_status = "很好"
+        elseif jsonData.voltage >= 2.5 then
+            jsonData.battery_status = "一般"
+        else
+            jsonData.battery_status = "需要更换"
+        end
+    end
+    return json.encode(jsonData)
+end"#;
+
 async fn create_profile(node: &Node, name: &str) -> String {
     let (status, p) = node
         .call(post(), "/api/v1/profiles", Some(json!({"name": name})))
@@ -284,6 +321,62 @@ async fn a_thingspanel_script_runs_unchanged() {
     .await;
     let text = attrs.to_string();
     assert!(text.contains("10.0.0.7") && text.contains("1883"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thingspanel_tutorial_script_converts_millivolts() {
+    let node = Node::start().await;
+    let profile = create_profile(&node, "tp-tutorial").await;
+    let script = create_script(
+        &node,
+        &profile,
+        "telemetry_up",
+        "电压转换",
+        THINGSPANEL_TUTORIAL,
+    )
+    .await;
+    let d = device_in(&node, "tp-volt-1", Some(&profile)).await;
+    let mut dev = node.connect(&d, "mqtt_tp_volt_1").await;
+    // The tutorial's sample message.
+    dev.publish(
+        "devices/telemetry",
+        r#"{"temperature": 25.7, "humidity": 60.2, "voltage": 3000}"#,
+    )
+    .await
+    .unwrap();
+    let values = latest_when(&node, &d, |v| v.len() == 4).await;
+    assert_eq!(values["voltage"].as_f64(), Some(3.0), "{values:?}");
+    assert_eq!(values["battery_status"], json!("很好"), "{values:?}");
+    assert_eq!(values["temperature"], json!(25.7), "{values:?}");
+    assert_eq!(values["humidity"], json!(60.2), "{values:?}");
+
+    // A low battery takes the other branch.
+    dev.publish("devices/telemetry", r#"{"voltage": 2100}"#)
+        .await
+        .unwrap();
+    let values = latest_when(&node, &d, |v| v["voltage"] == json!(2.1)).await;
+    assert_eq!(values["battery_status"], json!("需要更换"), "{values:?}");
+
+    // What the script cannot parse it returns unchanged (after printing why), as
+    // ThingsPanel's quiz shows; our decoder then refuses it and stores nothing.
+    let id = script["id"].as_str().unwrap();
+    let (status, quiz) = node
+        .call(
+            post(),
+            &format!("/api/v1/scripts/{id}/test"),
+            Some(json!({"payload": "not json"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{quiz}");
+    assert_eq!(quiz["ok"], json!(true), "{quiz}");
+    assert_eq!(quiz["output"], json!("not json"), "{quiz}");
+    dev.publish("devices/telemetry", "not json").await.unwrap();
+    dev.publish("devices/telemetry", r#"{"voltage": 3300}"#)
+        .await
+        .unwrap();
+    let values = latest_when(&node, &d, |v| v["voltage"] == json!(3.3)).await;
+    assert_eq!(values["battery_status"], json!("很好"), "{values:?}");
+    assert_eq!(values.len(), 4, "{values:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,6 @@ use tp_core::{Aggregation, KeyValue, Order, TsQuery, now_ms};
 pub(crate) const MAX_LIMIT: u64 = 100_000;
 /// Default rows per key of a history query.
 pub(crate) const DEFAULT_LIMIT: u64 = 10_000;
-/// Most buckets an aggregation may produce.
-pub(crate) const MAX_BUCKETS: i64 = 100_000;
 /// Default number of events returned.
 pub(crate) const DEFAULT_EVENT_LIMIT: u64 = 100;
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -101,11 +99,12 @@ pub(crate) struct HistoryQuery {
     start: i64,
     /// Exclusive end (ms since the epoch); an `end` not after `start` is an empty range.
     end: i64,
-    /// Aggregate into buckets of `interval` ms (`interval` is then required: 422
-    /// without it, and for more than 100000 buckets).
+    /// Aggregate each key into buckets of `interval` ms counted from `start`; only
+    /// buckets holding data are returned. Without `interval`: one bucket over the
+    /// whole range.
     #[param(value_type = Option<super::names::AggregationName>, inline)]
     agg: Option<String>,
-    /// Bucket length in ms, at least 1; only with `agg`.
+    /// Bucket length in ms, at least 1. Without `agg`: averages.
     #[param(minimum = 1)]
     interval: Option<i64>,
     /// Rows in the whole response, 1 to 100000 (default 10000), filled key by key
@@ -249,27 +248,13 @@ pub(crate) async fn telemetry_history(
     let keys = parse_keys(q.keys.as_deref())?.unwrap_or_default();
     let aggregation = match (q.agg.as_deref(), q.interval) {
         (None, None) => None,
-        (None, Some(_)) => {
-            return Err(ApiError::unprocessable(
-                "agg",
-                "required when interval is given",
-            ));
-        }
-        (Some(_), None) => {
-            return Err(ApiError::unprocessable("interval", "required with agg"));
-        }
-        (Some(agg), Some(interval)) => {
-            let agg: Aggregation = agg.parse()?;
+        (agg, interval) => {
+            let agg: Aggregation = agg.unwrap_or("avg").parse()?;
+            // One bucket over the whole range when no length is given (an empty
+            // range answers no rows below, whatever the bucket).
+            let interval = interval.unwrap_or_else(|| q.end.saturating_sub(q.start).max(1));
             if interval <= 0 {
                 return Err(ApiError::invalid("interval", "must be greater than 0"));
-            }
-            let span = q.end.saturating_sub(q.start);
-            let buckets = span / interval + i64::from(span % interval != 0);
-            if buckets > MAX_BUCKETS {
-                return Err(ApiError::unprocessable(
-                    "interval",
-                    format!("too small: the range would have more than {MAX_BUCKETS} buckets"),
-                ));
             }
             Some((agg, interval))
         }

@@ -433,6 +433,24 @@ pub async fn aggregation_order_and_limit(store: &dyn TimeSeriesStore) {
         store.query(&q).await.expect("query"),
         vec![kv("x", s - 1, Value::Integer(10))]
     );
+    // Buckets counted from a start far below zero: labelled `start + k * interval`
+    // all the same, with no overflow on the way.
+    let q = TsQuery {
+        aggregation: Some((Aggregation::Count, i64::MAX)),
+        ..history(d, keys(&["x"]), i64::MIN, i64::MAX)
+    };
+    assert_eq!(
+        store.query(&q).await.expect("query"),
+        vec![kv("x", -1, Value::Integer(10))]
+    );
+    let q = TsQuery {
+        aggregation: Some((Aggregation::Count, 100)),
+        ..history(d, keys(&["y"]), s % 100 - 1_000_000_000, s + 400)
+    };
+    assert_eq!(
+        store.query(&q).await.expect("query"),
+        vec![kv("y", s + 100, Value::Integer(1))]
+    );
 }
 
 /// `delete_range` removes `[start, end)` (optionally for some keys), returns the

@@ -811,7 +811,8 @@ fn aggregate_sql(agg: Aggregation, order: Order) -> String {
         Aggregation::Count => ("count(*)", ""),
     };
     format!(
-        "WITH b AS (SELECT key, $2::bigint + ((ts - $2::bigint) / $5::bigint) * $5::bigint \
+        "WITH b AS (SELECT key, $7::bigint + (ts / $5::bigint) * $5::bigint \
+         + CASE WHEN ts % $5::bigint >= $5::bigint + $7::bigint THEN $5::bigint ELSE 0 END \
          AS bucket, {expr} AS v FROM (SELECT key, ts, \
          CASE WHEN vtype IN (0, 1) THEN v_int::float8 WHEN vtype = 2 THEN v_real END AS num \
          FROM ts_kv WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
@@ -935,6 +936,7 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
                     .bind(keys)
                     .bind(interval)
                     .bind(limit)
+                    .bind(tp_core::bucket_phase(q.start, interval))
                     .fetch_all(&self.pool)
                     .await
                     .map_err(db)?;

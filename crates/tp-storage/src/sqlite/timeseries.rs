@@ -246,10 +246,12 @@ fn aggregate_sql(agg: Aggregation, order: Order) -> String {
         Aggregation::Sum => ("SUM(num)", "HAVING COUNT(num) > 0"),
         Aggregation::Count => ("COUNT(*)", ""),
     };
-    // Binds: start, interval, series, end, limit.
+    // Binds: start, interval, series, end, limit, bucket phase (see
+    // `tp_core::bucket_phase`: no overflow for any start).
     format!(
         "SELECT bucket, {select} AS v FROM (\
-           SELECT ?1 + ((ts - ?1) / ?2) * ?2 AS bucket, {NUMERIC} AS num FROM ts_kv \
+           SELECT ?6 + (ts / ?2) * ?2 + CASE WHEN ts % ?2 >= ?2 + ?6 THEN ?2 ELSE 0 END \
+           AS bucket, {NUMERIC} AS num FROM ts_kv \
            WHERE series_id = ?3 AND ts >= ?1 AND ts < ?4) \
          GROUP BY bucket {having} ORDER BY bucket {} LIMIT ?5",
         order_sql(order)
@@ -533,6 +535,7 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
                         .bind(*id)
                         .bind(q.end)
                         .bind(limit)
+                        .bind(tp_core::bucket_phase(q.start, interval))
                         .fetch_all(&mut *conn)
                         .await
                         .map_err(db)?;
