@@ -473,7 +473,11 @@ export async function dashboardEditPage({ main, params: [id], signal, me, naviga
     onclick: () => { change(); selected = w.id; redraw(); },
   }, text);
 
+  // Renders overlap (the key picker waits for the API): only the newest one may
+  // draw, or a slow render of the previous widget would replace the current form.
+  let renderSeq = 0;
   const renderConfig = async () => {
+    const seq = ++renderSeq;
     const w = widgets.find(x => x.id === selected);
     if (!w) { clear(config, h('p', { class: 'muted' }, 'Add a widget, or pick one to configure it.')); return; }
     const c = w.config;
@@ -484,6 +488,7 @@ export async function dashboardEditPage({ main, params: [id], signal, me, naviga
     }, optional ? h('option', { value: '' }, '(any)') : null,
     devices.map(dev => h('option', { value: dev.id, selected: dev.id === c[k] }, `${dev.name} (${dev.device_number})`)));
     const keys = await keysOf(c.device_id);
+    if (seq !== renderSeq) return;
     const keyList = h('datalist', { id: 'cfg-keys' }, keys.map(k => h('option', { value: k })));
     const keyInput = (k = 'key') => h('input', { name: k, id: `cfg-${k}`, value: c[k] || '', list: 'cfg-keys', maxlength: 255, oninput: e => set(k, e.target.value.trim()) });
     const text = (k, attrs = {}) => h('input', { name: k, id: `cfg-${k}`, value: c[k] ?? '', maxlength: 255, ...attrs, oninput: e => set(k, e.target.value === '' ? undefined : e.target.value) });
