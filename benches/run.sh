@@ -29,14 +29,17 @@ DURATION=${DURATION:-30}
 export TP_ADMIN_EMAIL=bench@example.com TP_ADMIN_PASSWORD=bench-password-123
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q -p thingspanel -p tp-bench
 # Private copies, taken right after the build: with a shared CARGO_TARGET_DIR,
 # target/release/<name> is re-linked by every checkout's build (fresh or not), so
 # it can be another checkout's binary a moment later. On a busy shared target dir,
-# build, check and copy the binaries yourself and pass NODE_BIN and BENCH_BIN.
-target=${CARGO_TARGET_DIR:-target}
+# build, check and copy the binaries yourself and pass NODE_BIN and BENCH_BIN (then
+# nothing is built).
 bin=$(mktemp -d /tmp/tp-bench-bin.XXXX)
-cp "$target/release/thingspanel" "$target/release/tp-bench" "$bin/"
+if [ -z "${NODE_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release -q -p thingspanel -p tp-bench
+  target=${CARGO_TARGET_DIR:-target}
+  cp "$target/release/thingspanel" "$target/release/tp-bench" "$bin/"
+fi
 bench=${BENCH_BIN:-$bin/tp-bench}
 node_bin=${NODE_BIN:-$bin/thingspanel}
 server_cpu="" bench_cpu=""

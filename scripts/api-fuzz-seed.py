@@ -215,6 +215,9 @@ pins = {
     "/api/v1/ota/tasks/{id}": {"*": {"id": [ota_task]},
                                "DELETE": {"id": spare("/api/v1/ota/tasks", ota_task_body)}},
     "/api/v1/ota/tasks/{id}/devices/{device_id}": {"*": {"id": [ota_task], "device_id": [device]}},
+    # Cancelling the kept task cancels its device too; each phase may cancel one of these.
+    "/api/v1/ota/tasks/{id}/devices/{device_id}/cancel": {
+        "*": {"id": spare("/api/v1/ota/tasks", ota_task_body), "device_id": [device]}},
     "/api/v1/templates/{id}": {"*": {"id": [template]},
                                "DELETE": {"id": [template_del] + spare("/api/v1/templates", template_body)}},
     "/api/v1/scripts/{id}": {"*": {"id": [script]},
@@ -399,10 +402,11 @@ for path, method, fields in [
         dictionaries[dictionary] = values
         bindings.append(f'"body.{field}" = {{ dictionary = "{dictionary}", probability = 0.8 }}')
     operations.append((path, method, bindings))
-# Every positive coverage case of creating a rule reuses the example's name, which
-# rule names must not repeat in a tenant: only the first could succeed, and the
-# examples phase already created it. Its negative cases still run.
+# Every positive coverage case of creating a rule or template reuses the example's
+# name, which must not repeat in a tenant: only the first could succeed, and the
+# examples phase already took the name. Their negative cases still run.
 operations.append(("/api/v1/rules", "POST", None))
+operations.append(("/api/v1/templates", "POST", None))
 for name, ids in dictionaries.items():
     print()
     print(f"[dictionaries.{name}]")
@@ -413,6 +417,6 @@ for path, method, bindings in operations:
     print(f'include-path = "{path}"')
     print(f'include-method = "{method}"')
     if bindings is None:
-        print('phases.coverage.generation.modes = ["negative"]')
+        print('phases.coverage.generation.mode = "negative"')
     else:
         print("parameters = { " + ", ".join(bindings) + " }")

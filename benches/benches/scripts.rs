@@ -135,5 +135,66 @@ fn no_script(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, compiled_call, engine_run, no_script);
+/// Ingest's decode of 100 ten-key messages inside one async context, as an ingest
+/// worker runs it: without a script engine (the path before data scripts existed,
+/// and of a node built without the `lua` feature) and with an engine whose profile
+/// has no script. The difference is what the no-script case costs per message.
+fn ingest_decode_with_and_without_engine(c: &mut Criterion) {
+    const MESSAGES: usize = 100;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: ScriptStoreRef = Arc::new(
+        rt.block_on(tp_storage::sqlite::SqliteMetadataStore::in_memory())
+            .unwrap(),
+    );
+    let engine = Scripts::new(Some(store), ScriptLimits::default());
+    let device = DeviceId::new();
+    let profile = ProfileId::new();
+    let payload = ten_keys();
+    let mut g = c.benchmark_group("ingest_decode_100_messages");
+    g.throughput(Throughput::Elements(MESSAGES as u64));
+    g.bench_function("no_script_engine", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut points = 0;
+                for _ in 0..MESSAGES {
+                    points += tp_core::protocol::decode_telemetry(&payload, 1)
+                        .unwrap()
+                        .len();
+                }
+                points
+            })
+        })
+    });
+    g.bench_function("engine_profile_without_script", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut points = 0;
+                for _ in 0..MESSAGES {
+                    let out = engine
+                        .transform(
+                            device,
+                            Some(profile),
+                            ScriptType::TelemetryUp,
+                            &payload,
+                            "t",
+                        )
+                        .await
+                        .unwrap();
+                    let bytes = out.as_deref().unwrap_or(&payload);
+                    points += tp_core::protocol::decode_telemetry(bytes, 1).unwrap().len();
+                }
+                points
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    compiled_call,
+    engine_run,
+    no_script,
+    ingest_decode_with_and_without_engine
+);
 criterion_main!(benches);

@@ -1024,7 +1024,11 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
     // cell adds a user.
     let mut user_roles = Vec::new();
     for u in [&fx.user, &p.admin, &p.user, &p.custom] {
-        user_roles.push(h.access.get_user_role(a, u.id).await?);
+        if users.items.iter().any(|listed| listed.id == u.id) {
+            user_roles.push(Some(h.access.get_user_role(a, u.id).await?));
+        } else {
+            user_roles.push(None);
+        }
     }
     let state_a = json!({
         "tenant": h.meta.get_tenant(a).await?,
