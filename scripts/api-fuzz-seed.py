@@ -124,6 +124,18 @@ def script_body(name):
 
 
 script, script_del = two("/api/v1/scripts", script_body)
+
+
+def dashboard_body(name):
+    # not home: the fuzzer's own dashboards may take the home flag without a conflict
+    return {"name": name, "widgets": [
+        {"id": "v", "x": 0, "y": 0, "w": 4, "h": 2,
+         "config": {"type": "value", "device_id": device, "key": "temp"}},
+        {"id": "a", "x": 4, "y": 0, "w": 8, "h": 4, "config": {"type": "alarms", "limit": 5}},
+    ]}
+
+
+dashboard, dashboard_del = two("/api/v1/dashboards", dashboard_body)
 tenant, tenant_del = two("/api/v1/tenants", lambda n: {"name": n})
 
 # The alarm: the device reports over the HTTP device API and the rule raises it.
@@ -210,6 +222,8 @@ pins = {
                                "DELETE": {"id": [template_del] + spare("/api/v1/templates", template_body)}},
     "/api/v1/scripts/{id}": {"*": {"id": [script]},
                              "DELETE": {"id": [script_del] + spare("/api/v1/scripts", script_body)}},
+    "/api/v1/dashboards/{id}": {"*": {"id": [dashboard]},
+                                "DELETE": {"id": [dashboard_del] + spare("/api/v1/dashboards", dashboard_body)}},
     "/api/v1/tenants/{id}": {"*": {"id": [tenant]},
                              "DELETE": {"id": [tenant_del] + spare("/api/v1/tenants", lambda n: {"name": n})}},
 }
@@ -343,6 +357,9 @@ global_bindings = {
     "body.actions[*].scene": "seed_scene",
     "body.package_id": "seed_package",
     "body.device_ids[*]": "seed_device",
+    "body.widgets[*].config.device_id": "seed_device",
+    "body.widgets[*].config.device_ids[*]": "seed_device",
+    "body.widgets[*].config.profile_id": "seed_profile",
     "query.start": "seed_start",
     "query.end": "seed_end",
 }

@@ -104,14 +104,28 @@ export function qs(params) {
  * Reconnects with a growing delay until `signal` aborts; `onState` gets
  * 'connecting' | 'open' | 'error' (with a message).
  */
-export async function streamTelemetry(deviceId, { onSample, onLagged, onState, signal }) {
+export function streamTelemetry(deviceId, { onSample, onLagged, onState, signal }) {
+  return streamEvents(`/devices/${deviceId}/telemetry/stream`, {
+    onState, signal,
+    onEvent: (event, data) => {
+      if (event === 'telemetry') onSample(JSON.parse(data));
+      else if (event === 'lagged' && onLagged) onLagged(JSON.parse(data));
+    },
+  });
+}
+
+/**
+ * Any Server-Sent Events route of the API (`path` under /api/v1): `onEvent(event,
+ * data)` per event; reconnects like streamTelemetry.
+ */
+export async function streamEvents(path, { onEvent, onState, signal }) {
   let delay = 1000;
   while (!signal.aborted) {
     onState('connecting');
     try {
-      let res = await send('GET', `/devices/${deviceId}/telemetry/stream`, undefined, session.token, signal);
+      let res = await send('GET', path, undefined, session.token, signal);
       if (res.status === 401 && await refresh()) {
-        res = await send('GET', `/devices/${deviceId}/telemetry/stream`, undefined, session.token, signal);
+        res = await send('GET', path, undefined, session.token, signal);
       }
       if (!res.ok) {
         const err = await parse(res).catch(e => e);
@@ -120,10 +134,7 @@ export async function streamTelemetry(deviceId, { onSample, onLagged, onState, s
       } else {
         onState('open');
         delay = 1000;
-        await readEvents(res.body, signal, (event, data) => {
-          if (event === 'telemetry') onSample(JSON.parse(data));
-          else if (event === 'lagged' && onLagged) onLagged(JSON.parse(data));
-        });
+        await readEvents(res.body, signal, onEvent);
         // The server ends streams after one token lifetime: reconnect with the current token.
         if (!signal.aborted) onState('connecting');
       }
@@ -134,6 +145,26 @@ export async function streamTelemetry(deviceId, { onSample, onLagged, onState, s
     await new Promise(r => setTimeout(r, delay));
     delay = Math.min(delay * 2, 30000);
   }
+}
+
+/**
+ * Downloads `path` (under /api/v1) as a file named `filename`, with the session's
+ * token (a plain link could not send it).
+ */
+export async function download(path, filename) {
+  let res = await send('GET', path, undefined, session.token);
+  if (res.status === 401 && await refresh()) res = await send('GET', path, undefined, session.token);
+  if (!res.ok) await parse(res);
+  const blob = await res.blob();
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  return blob.size;
 }
 
 async function readEvents(body, signal, onEvent) {

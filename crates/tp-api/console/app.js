@@ -11,6 +11,7 @@ import { notificationsPage, profilesPage, groupsPage, apiKeysPage, auditPage } f
 import { otaPage, otaTaskPage } from './ota.js';
 import { templatesPage } from './templates.js';
 import { scriptsPage } from './scripts.js';
+import { dashboardsPage, dashboardViewPage, dashboardEditPage } from './dashboards.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -20,6 +21,9 @@ let current = null;
 
 const ROUTES = [
   [/^\/$/, pages.dashboard, 'Dashboard'],
+  [/^\/dashboards$/, dashboardsPage, 'Dashboards'],
+  [/^\/dashboards\/([0-9a-fA-F-]{36})$/, dashboardViewPage, 'Dashboard'],
+  [/^\/dashboards\/([0-9a-fA-F-]{36})\/edit$/, dashboardEditPage, 'Edit dashboard'],
   [/^\/devices$/, pages.devices, 'Devices'],
   [/^\/devices\/profiles$/, profilesPage, 'Device profiles'],
   [/^\/devices\/groups$/, groupsPage, 'Device groups'],
@@ -61,7 +65,8 @@ export function navigate(path, query = {}) {
 const isAdmin = m => m.role === 'SYS_ADMIN' || m.role === 'TENANT_ADMIN' || m.permissions.includes('user:manage');
 
 function renderNav(path) {
-  const links = [['/', 'Dashboard'], ['/devices', 'Devices'], ['/alarms', 'Alarms'], ['/rules', 'Rules & scenes']];
+  const links = [['/', 'Home'], ['/devices', 'Devices'], ['/alarms', 'Alarms'], ['/rules', 'Rules & scenes']];
+  if (me.permissions.includes('dashboard:read')) links.splice(1, 0, ['/dashboards', 'Dashboards']);
   if (me.permissions.includes('ota:read')) links.push(['/ota', 'OTA']);
   if (isAdmin(me)) links.push(['/admin', 'Admin']);
   clear(nav, links.map(([p, label]) => {

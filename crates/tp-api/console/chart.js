@@ -35,7 +35,9 @@ function timeLabel(ms, span) {
 
 export class LineChart {
   /** `maxPoints` bounds each series (live charts); `title` names the chart for screen readers. */
-  constructor({ id, title, maxPoints = Infinity, empty = 'No data yet.' }) {
+  /** `area` fills below each line. */
+  constructor({ id, title, maxPoints = Infinity, empty = 'No data yet.', area = false }) {
+    this.area = area;
     this.series = new Map();
     this.latest = {};
     this.maxPoints = maxPoints;
@@ -124,6 +126,11 @@ export class LineChart {
     [...this.series.entries()].sort((a, b) => a[0].localeCompare(b[0])).forEach(([key, pts], i) => {
       const cls = `s${i % 6}`;
       const d = pts.map((p, j) => `${j ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(' ');
+      if (this.area && pts.length > 1) {
+        const base = (H - B).toFixed(1);
+        const fill = `${d} L${sx(pts[pts.length - 1][0]).toFixed(1)},${base} L${sx(pts[0][0]).toFixed(1)},${base} Z`;
+        this.svg.append(svg('path', { class: `area ${cls}`, d: fill }));
+      }
       this.svg.append(svg('path', { class: `line ${cls}`, d }));
       const last = pts[pts.length - 1];
       this.svg.append(svg('circle', { class: `dot ${cls}`, cx: sx(last[0]), cy: sy(last[1]), r: 3.5 }));

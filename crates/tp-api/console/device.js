@@ -2,7 +2,7 @@
 // Events, no polling), history with range and aggregation, attributes, events, and
 // the command / attribute-set forms with the downlink log.
 
-import { api, get, qs, streamTelemetry } from './api.js';
+import { api, get, qs, streamTelemetry, download } from './api.js';
 import {
   h, clear, fmtTime, fmtValue, badge, onlineBadge, errorSlot, field, table, onSubmit,
   parseJson, announce,
@@ -85,6 +85,27 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
     history.setRows((await get(`/devices/${id}/telemetry${qs(q)}`, { signal })).items);
   });
 
+  // Export: the history of chosen keys and range as CSV or JSON lines (streamed by
+  // the server, whatever the range).
+  const allKeys = [...latestMap.keys()].sort();
+  const exportSlot = errorSlot();
+  const exportDone = h('p', { class: 'muted', id: 'export-done', 'aria-live': 'polite' });
+  const exportForm = h('form', { class: 'inline', id: 'export-form' },
+    h('fieldset', {}, h('legend', {}, 'Keys (none: all)'),
+      allKeys.length ? allKeys.map(k => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'keys', value: k }), k))
+        : h('span', { class: 'muted' }, 'No telemetry yet.')),
+    field('Range', h('select', { name: 'range' }, RANGES.map(([label], i) => h('option', { value: label, selected: i === 3 }, label)))),
+    field('Format', h('select', { name: 'format' }, h('option', { value: 'csv' }, 'CSV'), h('option', { value: 'ndjson' }, 'JSON lines'))),
+    h('button', { type: 'submit' }, 'Download'));
+  onSubmit(exportForm, exportSlot, async data => {
+    const span = RANGES.find(([l]) => l === data.get('range'))[1];
+    const end = Date.now() + 1;
+    const format = data.get('format');
+    const q = { keys: data.getAll('keys').join(','), start: end - span, end, format };
+    const bytes = await download(`/devices/${id}/telemetry/export${qs(q)}`, `${device.device_number}-${data.get('range')}.${format === 'csv' ? 'csv' : 'ndjson'}`);
+    exportDone.textContent = `Downloaded ${bytes} bytes.`;
+  });
+
   // Commands and attribute sets, with the downlink log.
   const logBox = h('div', { id: 'command-log' });
   const loadLog = async () => {
@@ -150,6 +171,8 @@ export async function devicePage({ main, params: [id], signal, navigate }) {
       h('section', { class: 'panel' }, latestBox)),
     h('section', { class: 'panel', 'aria-labelledby': 'history-title' },
       h('h2', { id: 'history-title' }, 'History'), histForm, histSlot, history.el),
+    h('section', { class: 'panel', 'aria-labelledby': 'export-title' },
+      h('h2', { id: 'export-title' }, 'Export history'), exportForm, exportSlot, exportDone),
     thing.el,
     h('div', { class: 'grid' },
       h('section', { class: 'panel', 'aria-labelledby': 'cmd-title' }, h('h2', { id: 'cmd-title' }, 'Send a command'), cmdForm),

@@ -8,6 +8,8 @@ import {
 } from './ui.js';
 import { rolesSection, tenantsSection } from './admin.js';
 import { usersSection } from './manage.js';
+import { homeDashboard } from './dashboards.js';
+import { LineChart } from './chart.js';
 
 const PAGE_SIZE = 20;
 
@@ -49,7 +51,7 @@ function card(label, value, extra, id) {
     h('div', { class: 'label' }, label), h('div', { class: 'big' }, value), extra ? h('div', { class: 'muted' }, extra) : null);
 }
 
-export async function dashboard({ main, signal }) {
+export async function dashboard({ main, signal, me }) {
   // Counts come from the list totals (page_size=1 with the online filter), so they
   // are exact however many devices the tenant has.
   const [devices, onlineDevices, counts, alarms] = await Promise.all([
@@ -83,6 +85,14 @@ export async function dashboard({ main, signal }) {
           ['Raised', a => fmtTime(a.created_at)],
         ], alarms.items, 'No open alarms.'),
       h('p', {}, h('a', { href: '#/alarms' }, 'All alarms'))));
+  // Trends of the tenant (not the node): four aggregate requests.
+  const trends = h('section', { class: 'trends', id: 'trends', 'aria-label': 'Trends of the last 24 hours' });
+  main.append(trends);
+  homeTrends(trends, signal).catch(e => { clear(trends, h('div', { class: 'error', role: 'alert' }, e.message)); });
+  // The tenant's home dashboard below the figures, if it has one.
+  const home = h('div', { id: 'home-dashboard' });
+  main.append(home);
+  homeDashboard(home, { signal, me }).catch(e => { clear(home, h('div', { class: 'error', role: 'alert' }, e.message)); });
 
   // Message rate from the ingest counter of /metrics: one request every 10 s.
   let prev = await ingestCount(signal).catch(() => null);
@@ -104,6 +114,32 @@ export async function dashboard({ main, signal }) {
   // A first figure after 3 s, then one request every 10 s.
   timer = setTimeout(sample, 3000);
   signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
+}
+
+/** Messages per minute, devices online and alarms per hour, the busiest devices. */
+async function homeTrends(box, signal) {
+  const [messages, online, alarms, top] = await Promise.all([
+    get('/stats/messages', { signal }).catch(e => e),
+    get('/stats/online', { signal }).catch(e => e),
+    get('/stats/alarms', { signal }).catch(e => e),
+    get('/stats/top-devices?limit=10', { signal }).catch(e => e),
+  ]);
+  const panel = (id, title, body) => h('section', { class: 'panel', id, 'aria-labelledby': `${id}-title` },
+    h('h2', { id: `${id}-title` }, title), body instanceof Error ? h('div', { class: 'error', role: 'alert' }, body.message) : body);
+  const chart = (id, title, rows) => { const c = new LineChart({ id, title, empty: 'Nothing in the last 24 hours.' }); c.setRows(rows); return c.el; };
+  clear(box,
+    panel('trend-messages', 'Messages per minute (24 h)', messages instanceof Error ? messages
+      : chart('messages-chart', 'Messages per minute', messages.counts.map((n, k) => ({ key: 'messages', ts: messages.start + k * messages.bucket_ms, value: n })))),
+    panel('trend-online', 'Devices online (24 h)', online instanceof Error ? online
+      : chart('online-chart', 'Devices online', online.items.map(p => ({ key: 'online', ts: p.ts, value: p.online })))),
+    panel('trend-alarms', 'Alarms per hour (24 h)', alarms instanceof Error ? alarms
+      : chart('alarms-chart', 'Alarms raised and cleared per hour', alarms.items.flatMap(p => [
+        { key: 'raised', ts: p.ts, value: p.raised }, { key: 'cleared', ts: p.ts, value: p.cleared }]))),
+    panel('trend-top', 'Busiest devices (24 h)', top instanceof Error ? top
+      : table('Devices by messages', [
+        ['Device', d => h('a', { href: `#/devices/${d.device_id}` }, d.name || d.device_id)],
+        ['Messages', d => String(d.messages)],
+      ], top.items, 'No messages in the last 24 hours.')));
 }
 
 export async function devices({ main, query, signal, navigate }) {

@@ -54,11 +54,15 @@ pub enum Permission {
     ScriptRead,
     /// Create, change, enable, delete and test-run data scripts.
     ScriptWrite,
+    /// View dashboards (and the home dashboard).
+    DashboardRead,
+    /// Create, change and delete dashboards; set the home dashboard.
+    DashboardWrite,
 }
 
 impl Permission {
     /// Every permission, in wire-name order of declaration.
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 21] = [
         Permission::DeviceRead,
         Permission::DeviceWrite,
         Permission::DeviceCommand,
@@ -78,6 +82,8 @@ impl Permission {
         Permission::TemplateWrite,
         Permission::ScriptRead,
         Permission::ScriptWrite,
+        Permission::DashboardRead,
+        Permission::DashboardWrite,
     ];
 
     /// The wire name, e.g. `device:read`.
@@ -102,6 +108,8 @@ impl Permission {
             Permission::TemplateWrite => "template:write",
             Permission::ScriptRead => "script:read",
             Permission::ScriptWrite => "script:write",
+            Permission::DashboardRead => "dashboard:read",
+            Permission::DashboardWrite => "dashboard:write",
         }
     }
 

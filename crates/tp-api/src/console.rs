@@ -52,6 +52,7 @@ const ASSETS: &[Asset] = &[
     asset!("ota.js", JS),
     asset!("templates.js", JS),
     asset!("scripts.js", JS),
+    asset!("dashboards.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -40,7 +40,9 @@ pub mod ota;
 pub mod quota;
 mod routes;
 pub mod state;
+pub mod traffic;
 
 pub use openapi::openapi;
 pub use routes::stream::{LiveTelemetry, ObserverFanout};
 pub use routes::{router, system_router};
+pub use traffic::TenantTraffic;

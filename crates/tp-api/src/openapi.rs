@@ -21,7 +21,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "ThingsPanel (Rust) API",
-        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`, `template:read`, `template:write`, `script:read`, `script:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
+        description = "Devices, telemetry and platform operations. Sign in with `POST /api/v1/auth/login` and send `Authorization: Bearer <token>`, or send an API key as `X-API-Key`. Each operation's security requirement lists, as its scopes, the permission it needs (`device:read`, `device:write`, `device:command`, `user:manage`, `role:manage`, `apikey:manage`, `group:write`, `profile:write`, `audit:read`, `rule:read`, `rule:write`, `alarm:read`, `ota:read`, `ota:write`, `template:read`, `template:write`, `script:read`, `script:write`, `dashboard:read`, `dashboard:write`) or `SYS_ADMIN`; an empty list means any authenticated caller. Another tenant's resources answer 404."
     ),
     modifiers(&SecurityAddon),
     // Named only through a query parameter's `value_type`, so not collected by a route.
@@ -45,6 +45,8 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "ota", description = "OTA upgrades: packages (uploaded or external), tasks that send them to devices over `ota/devices/inform/{device_number}`, and each device's progress"),
         (name = "templates", description = "Device templates: the thing model (typed telemetry, attribute, event and command definitions) and its validation mode on ingest"),
         (name = "scripts", description = "Data scripts: ThingsPanel-compatible Lua run on a profile's uplink before decoding and downlink after encoding, and their test run"),
+        (name = "dashboards", description = "Dashboards: grids of widgets (charts, value cards, gauges, switches, buttons, alarm lists, device status tables, maps, markdown) bound to the tenant's devices, the home dashboard and one live stream per dashboard"),
+        (name = "stats", description = "The tenant's trends for the home page: messages per minute, devices online per hour, alarms raised and cleared per hour, the busiest devices"),
         (name = "system", description = "Health, readiness, metrics and API documentation"),
     )
 )]
@@ -232,6 +234,10 @@ const REQUEST_EXAMPLES: &[(&str, &str)] = &[
     ),
     ("UpdateScriptRequest", r#"{"enabled": false}"#),
     (
+        "DashboardRequest",
+        r##"{"name": "Boiler room", "home": true, "widgets": [{"id": "temp-chart", "title": "Temperature", "x": 0, "y": 0, "w": 8, "h": 4, "config": {"type": "chart", "device_id": "00000000-0000-0000-0000-000000000001", "keys": ["temperature"], "range_secs": 86400, "aggregation": "avg", "style": "area"}}, {"id": "temp-now", "x": 8, "y": 0, "w": 4, "h": 2, "config": {"type": "value", "device_id": "00000000-0000-0000-0000-000000000001", "key": "temperature", "unit": "°C", "thresholds": [{"from": 60, "color": "#d9534f"}]}}, {"id": "power", "x": 8, "y": 2, "w": 4, "h": 2, "config": {"type": "switch", "device_id": "00000000-0000-0000-0000-000000000001", "key": "switch", "target": "telemetry_control"}}, {"id": "alarms", "x": 0, "y": 4, "w": 12, "h": 4, "config": {"type": "alarms", "limit": 10}}]}"##,
+    ),
+    (
         "TestScriptRequest",
         r#"{"payload_hex": "0105", "topic": "devices/telemetry"}"#,
     ),
@@ -310,7 +316,8 @@ const UNPROCESSABLE: &[(&str, &str)] = &[
 /// The tagged unions of the rule model and the property that names each member.
 /// The third element: the members refuse unknown fields (serde `deny_unknown_fields`),
 /// which the derive does not write for enum members.
-const TAGGED_UNIONS: [(&str, &str, bool); 6] = [
+const TAGGED_UNIONS: [(&str, &str, bool); 7] = [
+    ("WidgetConfig", "type", true),
     ("CreateChannelRequest", "type", true),
     ("Condition", "type", false),
     ("Action", "type", false),

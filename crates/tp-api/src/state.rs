@@ -57,6 +57,14 @@ pub struct AppState {
     pub(crate) scripts: Option<tp_core::script::ScriptStoreRef>,
     /// The engine that test-runs scripts and is told about changes.
     pub(crate) script_runner: Option<tp_core::script::ScriptRunnerRef>,
+    /// Dashboards; without it their routes answer 503.
+    pub(crate) dashboards: Option<tp_core::dashboard::DashboardStoreRef>,
+    /// The home page's aggregates; without it `/stats/online` and `/stats/alarms`
+    /// answer 503.
+    pub(crate) trends: Option<tp_core::trends::TrendStoreRef>,
+    /// Messages counted on ingest; without it `/stats/messages` and
+    /// `/stats/top-devices` answer 503.
+    pub(crate) traffic: Option<Arc<crate::TenantTraffic>>,
 }
 
 impl AppState {
@@ -90,6 +98,9 @@ impl AppState {
             thing_models: None,
             scripts: None,
             script_runner: None,
+            dashboards: None,
+            trends: None,
+            traffic: None,
         }
     }
 
@@ -124,6 +135,28 @@ impl AppState {
     /// engine so changes reach ingest at once).
     pub fn with_script_runner(mut self, runner: tp_core::script::ScriptRunnerRef) -> Self {
         self.script_runner = Some(runner);
+        self
+    }
+
+    /// Adds the dashboard store behind `/api/v1/dashboards` (the same database as
+    /// `metadata`, e.g. from `tp_storage::open_meta_stores`).
+    pub fn with_dashboards(mut self, dashboards: tp_core::dashboard::DashboardStoreRef) -> Self {
+        self.dashboards = Some(dashboards);
+        self
+    }
+
+    /// Adds the trend aggregates behind `/api/v1/stats/online` and `/stats/alarms`
+    /// (the same database as `metadata`).
+    pub fn with_trends(mut self, trends: tp_core::trends::TrendStoreRef) -> Self {
+        self.trends = Some(trends);
+        self
+    }
+
+    /// Adds the ingest counters behind `/api/v1/stats/messages` and
+    /// `/stats/top-devices` (the same [`crate::TenantTraffic`] the broker's uplink
+    /// observer feeds).
+    pub fn with_traffic(mut self, traffic: Arc<crate::TenantTraffic>) -> Self {
+        self.traffic = Some(traffic);
         self
     }
 

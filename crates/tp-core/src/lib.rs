@@ -39,6 +39,7 @@ pub mod access;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
+pub mod dashboard;
 pub mod downlink;
 mod error;
 pub mod ingest;
@@ -54,6 +55,7 @@ pub mod serde_int;
 pub mod store;
 pub mod thing_model;
 pub mod transport;
+pub mod trends;
 
 #[cfg(feature = "testing")]
 pub mod testing;

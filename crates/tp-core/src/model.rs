@@ -112,6 +112,11 @@ id_type!(
     "audit"
 );
 id_type!(
+    /// Identifies a dashboard (see [`crate::dashboard`]).
+    DashboardId,
+    "dashboard"
+);
+id_type!(
     /// Identifies a data script (ThingsPanel's `data_script`, see [`crate::script`]).
     ScriptId,
     "script"

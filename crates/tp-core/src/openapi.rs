@@ -49,3 +49,40 @@ pub fn key_list() -> Array {
         .description(Some("Keys, each 1 to 255 characters; empty means all"))
         .build()
 }
+
+/// A chart's keys: 1 to 8 distinct keys, each 1 to 255 characters.
+pub fn chart_keys() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_VALUE_KEY_CHARS))
+                .pattern(Some(r"\S")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(8))
+        .unique_items(true)
+        .description(Some(
+            "Telemetry keys, 1 to 8 distinct, each 1 to 255 characters",
+        ))
+        .build()
+}
+
+/// What a dashboard button sends: a boolean, a number or a string of at most 255
+/// characters.
+pub fn control_value() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(255)),
+        )
+        .description(Some(
+            "A boolean, a number or a string of at most 255 characters",
+        ))
+        .build()
+        .into()
+}

@@ -153,6 +153,7 @@ pub type MetadataStoreRef = Arc<dyn MetadataStore>;
 
 /// Aggregation functions over fixed intervals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
     /// Mean of numeric values.

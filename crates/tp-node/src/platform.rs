@@ -303,6 +303,10 @@ struct Stores {
     thing_models: Arc<tp_core::thing_model::TemplateCache>,
     /// Data scripts, and the engine that runs them for the broker and the API.
     scripts: tp_core::script::ScriptStoreRef,
+    /// Dashboards.
+    dashboards: tp_core::dashboard::DashboardStoreRef,
+    /// The home page's aggregates.
+    trends: tp_core::trends::TrendStoreRef,
     #[cfg(feature = "lua")]
     script_engine: Arc<tp_broker::script::Scripts>,
     timeseries: TimeSeriesStoreRef,
@@ -319,12 +323,14 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
     let meta = tp_storage::open_meta_stores(&config.metadata_url())
         .await
         .map_err(setting("storage.metadata"))?;
-    let (metadata, access, rules, ota, scripts) = (
+    let (metadata, access, rules, ota, scripts, dashboards, trends) = (
         meta.metadata,
         meta.access,
         meta.rules,
         meta.ota,
         meta.scripts,
+        meta.dashboards,
+        meta.trends,
     );
     let thing_models = Arc::new(tp_core::thing_model::TemplateCache::new(
         meta.thing_models,
@@ -355,6 +361,8 @@ async fn open_stores(config: &PlatformConfig) -> Result<Stores, PlatformError> {
         ota,
         thing_models,
         scripts,
+        dashboards,
+        trends,
         #[cfg(feature = "lua")]
         script_engine,
         timeseries,
@@ -498,6 +506,8 @@ struct Services {
     writer: WriterHandle,
     rule_engine: RuleEngine,
     live: Arc<tp_api::LiveTelemetry>,
+    /// Messages per tenant counted on this node's ingest (only with a broker).
+    traffic: Option<Arc<tp_api::TenantTraffic>>,
     broker: Option<Arc<EmbeddedBroker>>,
     transport: Option<DeviceTransportRef>,
     api_cache: CacheRef,
@@ -539,8 +549,19 @@ async fn start_services(
     .await
     .map_err(setting("storage.metadata (rules)"))?;
     let live = Arc::new(tp_api::LiveTelemetry::new());
+    let traffic = Arc::new(tp_api::TenantTraffic::new());
     let broker = if config.node.has(Role::Broker) {
-        Some(start_broker(config, stores, &writer, &rule_engine, &live, progress).await?)
+        Some(
+            start_broker(
+                config,
+                stores,
+                &writer,
+                &rule_engine,
+                &[live.clone(), traffic.clone()],
+                progress,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -581,6 +602,7 @@ async fn start_services(
         writer,
         rule_engine,
         live,
+        traffic: broker.is_some().then_some(traffic),
         broker,
         transport,
         api_cache,
@@ -594,7 +616,7 @@ async fn start_broker(
     stores: &Stores,
     writer: &WriterHandle,
     rule_engine: &RuleEngine,
-    live: &Arc<tp_api::LiveTelemetry>,
+    observers: &[tp_core::rules::UplinkObserverRef],
     progress: Arc<ReplayProgress>,
 ) -> Result<Arc<EmbeddedBroker>, PlatformError> {
     // The broker's write-ahead log lives in the data dir unless set elsewhere.
@@ -644,12 +666,13 @@ async fn start_broker(
         BrokerOptions {
             profiles: Some(stores.access.clone()),
             clock: None,
-            // The rule engine and the console's live telemetry both see every
-            // accepted message.
-            observer: Some(Arc::new(tp_api::ObserverFanout::new(vec![
-                rule_engine.observer(),
-                live.clone(),
-            ]))),
+            // The rule engine, the console's live telemetry and the home page's
+            // message counters all see every accepted message.
+            observer: Some(Arc::new(tp_api::ObserverFanout::new(
+                std::iter::once(rule_engine.observer())
+                    .chain(observers.iter().cloned())
+                    .collect(),
+            ))),
             leases,
             replay_progress: Some(progress),
             ota: Some(tp_broker::ota::OtaDownloads {
@@ -686,6 +709,8 @@ fn api_state(
     .with_rules(stores.rules.clone())
     .with_thing_models(stores.thing_models.clone())
     .with_scripts(stores.scripts.clone())
+    .with_dashboards(stores.dashboards.clone())
+    .with_trends(stores.trends.clone())
     .with_rule_engine(services.rule_control.clone())
     .with_live_telemetry(services.live.clone())
     .with_limits(config.limits)
@@ -698,6 +723,9 @@ fn api_state(
     });
     if let Some(t) = &services.transport {
         state = state.with_transport(t.clone());
+    }
+    if let Some(traffic) = &services.traffic {
+        state = state.with_traffic(traffic.clone());
     }
     // The broker's engine: a script change through the API reaches ingest at once.
     #[cfg(feature = "lua")]

@@ -220,6 +220,10 @@ pub struct MetaStores {
     pub ota: tp_core::ota::OtaStoreRef,
     /// Data scripts of device profiles.
     pub scripts: tp_core::script::ScriptStoreRef,
+    /// Dashboards and each tenant's home dashboard.
+    pub dashboards: tp_core::dashboard::DashboardStoreRef,
+    /// The home page's aggregates (online devices over time, alarms per hour).
+    pub trends: tp_core::trends::TrendStoreRef,
 }
 
 /// Opens the metadata store a URL names (the same URLs as [`open_metadata`]) and
@@ -239,7 +243,9 @@ pub async fn open_meta_stores(url: &str) -> Result<MetaStores> {
                 rules: store.clone(),
                 thing_models: store.clone(),
                 ota: store.clone(),
-                scripts: store,
+                scripts: store.clone(),
+                dashboards: store.clone(),
+                trends: store,
             });
         }
         #[cfg(not(feature = "postgres"))]
@@ -258,7 +264,9 @@ pub async fn open_meta_stores(url: &str) -> Result<MetaStores> {
             rules: store.clone(),
             thing_models: store.clone(),
             ota: store.clone(),
-            scripts: store,
+            scripts: store.clone(),
+            dashboards: store.clone(),
+            trends: store,
         })
     }
     #[cfg(not(feature = "sqlite"))]

@@ -130,6 +130,37 @@ mod sqlite_memory_scripts {
     });
 }
 
+/// The dashboard suite on a SQLite file and in memory.
+mod sqlite_file_dashboards {
+    use super::*;
+    tp_core::dashboard_conformance!(async {
+        let db = TempDb::new();
+        let store = Arc::new(SqliteMetadataStore::open(&db.path()).await.expect("open"));
+        Some(Held {
+            store,
+            _dir: Some(db),
+        })
+    });
+}
+
+mod sqlite_memory_trends {
+    use super::*;
+    tp_core::trends_conformance!(async {
+        Some(Arc::new(
+            SqliteMetadataStore::in_memory().await.expect("open"),
+        ))
+    });
+}
+
+mod sqlite_memory_dashboards {
+    use super::*;
+    tp_core::dashboard_conformance!(async {
+        Some(Arc::new(
+            SqliteMetadataStore::in_memory().await.expect("open"),
+        ))
+    });
+}
+
 mod sqlite_memory_rules {
     use super::*;
     tp_core::rules_conformance!(async {

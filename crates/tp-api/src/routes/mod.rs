@@ -17,6 +17,7 @@ use crate::state::AppState;
 mod alarms;
 mod auth;
 mod channels;
+mod dashboards;
 mod devices;
 pub(crate) mod downlink;
 mod extract;
@@ -29,6 +30,7 @@ mod roles;
 mod rules;
 mod scenes;
 mod scripts;
+mod stats;
 pub(crate) mod stream;
 mod support;
 mod system;
@@ -163,7 +165,23 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
             scripts::update_script,
             scripts::delete_script
         ))
-        .routes(routes!(scripts::test_script));
+        .routes(routes!(scripts::test_script))
+        .routes(routes!(
+            dashboards::create_dashboard,
+            dashboards::list_dashboards
+        ))
+        .routes(routes!(dashboards::home_dashboard))
+        .routes(routes!(
+            dashboards::get_dashboard,
+            dashboards::update_dashboard,
+            dashboards::delete_dashboard
+        ))
+        .routes(routes!(dashboards::dashboard_stream))
+        .routes(routes!(telemetry::export_telemetry))
+        .routes(routes!(stats::message_trend))
+        .routes(routes!(stats::online_trend))
+        .routes(routes!(stats::alarm_trend))
+        .routes(routes!(stats::top_devices));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(system::healthz))

@@ -78,6 +78,10 @@ pub(crate) enum PermissionName {
     ScriptRead,
     #[serde(rename = "script:write")]
     ScriptWrite,
+    #[serde(rename = "dashboard:read")]
+    DashboardRead,
+    #[serde(rename = "dashboard:write")]
+    DashboardWrite,
 }
 
 /// An aggregation of a history query.
@@ -167,6 +171,8 @@ mod tests {
             PermissionName::TemplateWrite,
             PermissionName::ScriptRead,
             PermissionName::ScriptWrite,
+            PermissionName::DashboardRead,
+            PermissionName::DashboardWrite,
         ]
         .iter()
         .map(|p| {

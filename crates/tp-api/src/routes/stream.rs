@@ -33,7 +33,7 @@ use crate::state::AppState;
 /// Messages buffered per device for its slowest listener before that listener lags.
 const CHANNEL_CAPACITY: usize = 256;
 /// Comment lines keep idle streams open through proxies that cut silent connections.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Several observers behind one: the broker takes a single [`UplinkObserver`], and
 /// both the rule engine and the live stream need every input.
@@ -108,7 +108,7 @@ impl LiveTelemetry {
 
     /// Listens to `device`'s telemetry from now on. Channels nobody listens to any
     /// more are dropped here, so the map only holds devices being watched.
-    fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<Arc<LiveSample>> {
+    pub(crate) fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<Arc<LiveSample>> {
         let mut channels = self
             .channels
             .write()
@@ -166,7 +166,7 @@ impl UplinkObserver for LiveTelemetry {
 /// The caller of the stream route: like [`Caller`], and also from an
 /// `access_token` query parameter when no header is sent, because browsers'
 /// `EventSource` cannot set headers. Only this route reads the parameter.
-pub(crate) struct StreamCaller(Caller);
+pub(crate) struct StreamCaller(pub(crate) Caller);
 
 impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = ApiError;
@@ -259,28 +259,54 @@ pub(crate) async fn telemetry_stream(
     // token lifetime, so a revoked session or deleted key stops receiving data by then
     // at the latest. Clients reconnect with their current token.
     let until = tokio::time::Instant::now() + Duration::from_secs(state.auth.ttl_secs);
-    // The slot lives as long as the stream: dropping the stream (end or client gone)
-    // gives it back.
-    let stream = futures_util::stream::unfold((rx, slot), move |(mut rx, slot)| async move {
+    let stream = live_events(vec![rx], slot, until);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// The events of live samples from `receivers`, merged, until `until`: `telemetry`
+/// per sample, `lagged` when a receiver fell behind. `slot` (the tenant's stream
+/// count) lives as long as the stream, so dropping the stream (end or client gone)
+/// gives it back. With no receiver the stream stays open, silent, until `until`; when
+/// the hub closes every receiver (node shutting down) it ends.
+pub(crate) fn live_events<S: Send + 'static>(
+    receivers: Vec<broadcast::Receiver<Arc<LiveSample>>>,
+    slot: S,
+    until: tokio::time::Instant,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    use futures_util::StreamExt;
+    let watching = !receivers.is_empty();
+    let merged = futures_util::stream::select_all(receivers.into_iter().map(|rx| {
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Err(broadcast::error::RecvError::Closed) => None,
+                received => Some((received, rx)),
+            }
+        }))
+    }));
+    futures_util::stream::unfold((merged, slot), move |(mut merged, slot)| async move {
         let received = tokio::select! {
-            r = rx.recv() => r,
+            r = merged.next() => r,
             () = tokio::time::sleep_until(until) => return None,
         };
         let event = match received {
-            Ok(sample) => Event::default()
+            Some(Ok(sample)) => Event::default()
                 .event("telemetry")
                 .json_data(&*sample)
                 .unwrap_or_else(|_| Event::default().comment("unserializable sample")),
-            Err(broadcast::error::RecvError::Lagged(skipped)) => Event::default()
+            Some(Err(broadcast::error::RecvError::Lagged(skipped))) => Event::default()
                 .event("lagged")
                 .json_data(LiveLagged { skipped })
                 .unwrap_or_else(|_| Event::default().comment("lagged")),
+            Some(Err(broadcast::error::RecvError::Closed)) => return None,
             // The hub is gone (node shutting down): end the stream.
-            Err(broadcast::error::RecvError::Closed) => return None,
+            None if watching => return None,
+            None => {
+                tokio::time::sleep_until(until).await;
+                return None;
+            }
         };
-        Some((Ok(event), (rx, slot)))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+        Some((Ok(event), (merged, slot)))
+    })
 }
 
 #[cfg(test)]

@@ -418,3 +418,349 @@ pub(crate) async fn events(
             .collect(),
     }))
 }
+
+/// Rows the export reads from the store per key and round trip: what it holds in
+/// memory per key at most, whatever the range.
+pub(crate) const EXPORT_CHUNK: u64 = 2_000;
+/// Most keys one export writes (one column each).
+pub(crate) const MAX_EXPORT_KEYS: usize = 64;
+/// Rows written per chunk of the response body.
+const EXPORT_ROWS_PER_WRITE: usize = 500;
+
+/// The format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ExportFormat {
+    /// `text/csv`: a header `ts,<key>,..`, then one row per timestamp.
+    #[default]
+    Csv,
+    /// `application/x-ndjson`: one `{"ts":..,"values":{..}}` per line.
+    Ndjson,
+}
+
+/// An export's keys, range and format.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExportQuery {
+    /// Comma-separated keys, at most 64 (one column each); absent or empty means
+    /// every key the device has a latest value of.
+    keys: Option<String>,
+    /// Inclusive start (ms since the epoch).
+    start: i64,
+    /// Exclusive end (ms since the epoch); an `end` not after `start` is an empty
+    /// export (the header only).
+    end: i64,
+    /// `csv` (default) or `ndjson`.
+    #[param(inline)]
+    #[serde(default)]
+    format: ExportFormat,
+}
+
+/// One line of an `ndjson` export (`application/x-ndjson`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExportLine {
+    /// Time (ms).
+    ts: i64,
+    /// The keys that have a value at `ts`: number, boolean, string or JSON.
+    values: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Downloads a device's telemetry history over `[start, end)` as CSV or JSON lines.
+///
+/// The body is streamed: the server reads the history in chunks of 2000 rows per
+/// key and writes rows as it goes, so its memory stays flat for any range. Rows are
+/// in time order, one per timestamp at which any chosen key has a value; in CSV a
+/// key without a value at that time is an empty cell, strings are quoted where
+/// needed (text a spreadsheet would run as a formula, starting with `=`, `+`, `@`
+/// or a non-numeric `-`, is prefixed with `'`) and JSON values are written as JSON
+/// text. At most 64 keys per export.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}/telemetry/export",
+    tag = "telemetry",
+    params(("id" = uuid::Uuid, Path, description = "Device id"), ExportQuery),
+    responses(
+        (status = 200, description = "The history, streamed, as an attachment", content(
+            (String = "text/csv", example = "ts,humidity,temperature\n1700000000000,41,21.5\n1700000001000,,21.6\n"),
+            (ExportLine = "application/x-ndjson"),
+        )),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing device:read", body = ErrorBody),
+        (status = 404, description = "No such device in the tenant", body = ErrorBody),
+        (status = 422, description = "More than 64 keys, or a key longer than 255 characters", body = ErrorBody),
+    ),
+    security(("bearer" = ["device:read"]), ("api_key" = ["device:read"]))
+)]
+pub(crate) async fn export_telemetry(
+    caller: Caller,
+    State(state): State<AppState>,
+    DeviceIdPath(id): DeviceIdPath,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::http::header;
+    caller.require(Permission::DeviceRead)?;
+    let keys = parse_keys(q.keys.as_deref())?;
+    let device = load_device(&state, &caller, id).await?;
+    let mut keys = match keys {
+        Some(keys) => keys,
+        None => state
+            .timeseries
+            .latest(id, None)
+            .await?
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect(),
+    };
+    keys.sort();
+    keys.dedup();
+    if keys.len() > MAX_EXPORT_KEYS {
+        return Err(ApiError::unprocessable(
+            "keys",
+            format!("at most {MAX_EXPORT_KEYS} keys per export (the device has more: name them)"),
+        ));
+    }
+    let (content_type, extension) = match q.format {
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        ExportFormat::Ndjson => ("application/x-ndjson", "ndjson"),
+    };
+    let filename: String = format!("{}-{}-{}.{extension}", device.device_number, q.start, q.end)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let export = export::Export::new(
+        state.timeseries.clone(),
+        id,
+        keys,
+        q.start,
+        q.end.max(q.start),
+        q.format,
+    );
+    let body = axum::body::Body::from_stream(export.into_stream());
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        )
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .map_err(|e| ApiError::from(tp_core::Error::backend("http", e)))
+}
+
+/// The streamed export: per key a cursor over the history, merged by time.
+pub(crate) mod export {
+    use std::collections::VecDeque;
+    use std::fmt::Write as _;
+
+    use axum::body::Bytes;
+    use futures_util::Stream;
+    use tp_core::{DeviceId, KeyValue, Order, TimeSeriesStoreRef, TsQuery, Value};
+
+    use super::{EXPORT_CHUNK, EXPORT_ROWS_PER_WRITE, ExportFormat};
+
+    /// One key's position in the history.
+    struct KeyCursor {
+        key: String,
+        /// Read but not yet written, oldest first (at most [`EXPORT_CHUNK`]).
+        buffered: VecDeque<KeyValue>,
+        /// Where the next read starts; `None` once the key's range is read.
+        next: Option<i64>,
+    }
+
+    /// An export in progress.
+    pub(crate) struct Export {
+        store: TimeSeriesStoreRef,
+        device: DeviceId,
+        cursors: Vec<KeyCursor>,
+        end: i64,
+        format: ExportFormat,
+        header_written: bool,
+    }
+
+    impl Export {
+        pub(crate) fn new(
+            store: TimeSeriesStoreRef,
+            device: DeviceId,
+            keys: Vec<String>,
+            start: i64,
+            end: i64,
+            format: ExportFormat,
+        ) -> Self {
+            Self {
+                store,
+                device,
+                cursors: keys
+                    .into_iter()
+                    .map(|key| KeyCursor {
+                        key,
+                        buffered: VecDeque::new(),
+                        next: Some(start),
+                    })
+                    .collect(),
+                end,
+                format,
+                header_written: false,
+            }
+        }
+
+        /// Refills every key whose buffer ran empty and that has more history.
+        async fn refill(&mut self) -> tp_core::Result<()> {
+            for c in &mut self.cursors {
+                let Some(start) = c.next.filter(|_| c.buffered.is_empty()) else {
+                    continue;
+                };
+                if start >= self.end {
+                    c.next = None;
+                    continue;
+                }
+                let rows = self
+                    .store
+                    .query(&TsQuery {
+                        device_id: self.device,
+                        keys: vec![c.key.clone()],
+                        start,
+                        end: self.end,
+                        aggregation: None,
+                        limit: Some(EXPORT_CHUNK),
+                        order: Order::Asc,
+                    })
+                    .await?;
+                c.next = match rows.last() {
+                    Some(last) if rows.len() as u64 >= EXPORT_CHUNK => Some(last.ts + 1),
+                    _ => None,
+                };
+                c.buffered.extend(rows);
+            }
+            Ok(())
+        }
+
+        /// The next part of the body, `None` at the end.
+        async fn next_chunk(&mut self) -> tp_core::Result<Option<Bytes>> {
+            let mut out = String::new();
+            if !self.header_written {
+                self.header_written = true;
+                if self.format == ExportFormat::Csv {
+                    out.push_str("ts");
+                    for c in &self.cursors {
+                        out.push(',');
+                        csv_field(&mut out, &c.key);
+                    }
+                    out.push('\n');
+                }
+            }
+            for _ in 0..EXPORT_ROWS_PER_WRITE {
+                self.refill().await?;
+                let Some(ts) = self
+                    .cursors
+                    .iter()
+                    .filter_map(|c| c.buffered.front().map(|kv| kv.ts))
+                    .min()
+                else {
+                    break;
+                };
+                // Each key's value at `ts`, if it has one (then taken off its buffer).
+                let row: Vec<Option<Value>> = self
+                    .cursors
+                    .iter_mut()
+                    .map(|c| {
+                        if c.buffered.front().is_some_and(|kv| kv.ts == ts) {
+                            c.buffered.pop_front().map(|kv| kv.value)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                self.write_row(&mut out, ts, row);
+            }
+            Ok((!out.is_empty()).then(|| Bytes::from(out)))
+        }
+
+        fn write_row(&self, out: &mut String, ts: i64, row: Vec<Option<Value>>) {
+            match self.format {
+                ExportFormat::Csv => {
+                    let _ = write!(out, "{ts}");
+                    for value in row {
+                        out.push(',');
+                        match value {
+                            Some(Value::String(s)) => csv_field(out, &s),
+                            Some(v) => csv_field(out, &v.to_json().to_string()),
+                            None => {}
+                        }
+                    }
+                    out.push('\n');
+                }
+                ExportFormat::Ndjson => {
+                    let values: serde_json::Map<String, serde_json::Value> = self
+                        .cursors
+                        .iter()
+                        .zip(row)
+                        .filter_map(|(c, v)| v.map(|v| (c.key.clone(), v.to_json())))
+                        .collect();
+                    let line = serde_json::json!({"ts": ts, "values": values});
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+
+        /// The body as a stream of chunks; a store error mid-way ends the body early
+        /// (the status line is sent already), and is logged.
+        pub(crate) fn into_stream(
+            self,
+        ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+            futures_util::stream::unfold(Some(self), |export| async move {
+                let mut export = export?;
+                match export.next_chunk().await {
+                    Ok(Some(bytes)) => Some((Ok(bytes), Some(export))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, device = %export.device, "Telemetry export failed mid-way.");
+                        Some((Err(std::io::Error::other(e.to_string())), None))
+                    }
+                }
+            })
+        }
+    }
+
+    /// Appends `s` as one CSV field: quoted (with quotes doubled) when it holds a
+    /// comma, quote or line break, or starts with a character spreadsheets read as a
+    /// formula.
+    fn csv_field(out: &mut String, s: &str) {
+        let formula =
+            s.starts_with(['=', '+', '@']) || (s.starts_with('-') && s.parse::<f64>().is_err());
+        if formula || s.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            if formula {
+                out.push('\'');
+            }
+            out.push_str(&s.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(s);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn csv_fields_are_quoted_where_needed() {
+            let mut out = String::new();
+            for s in ["21.5", "-3", "a,b", "say \"hi\"", "=cmd()", "two\nlines"] {
+                csv_field(&mut out, s);
+                out.push('|');
+            }
+            assert_eq!(
+                out,
+                "21.5|-3|\"a,b\"|\"say \"\"hi\"\"\"|\"'=cmd()\"|\"two\nlines\"|"
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod dashboard;
 pub mod metadata;
 pub mod ota;
 pub mod rules;
@@ -21,6 +22,7 @@ pub mod thing_model;
 pub mod timeseries;
 pub mod tls;
 pub mod transport;
+pub mod trends;
 
 /// The path of an external command-line tool the test drives (`mosquitto_pub`, ...),
 /// or `None` to skip the test when it is not on `PATH`. With `TP_REQUIRE_SERVICES`

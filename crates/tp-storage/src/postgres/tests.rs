@@ -193,6 +193,14 @@ mod scripts {
     tp_core::script_conformance!(super::metadata_store());
 }
 
+mod dashboards {
+    tp_core::dashboard_conformance!(super::metadata_store());
+}
+
+mod trends {
+    tp_core::trends_conformance!(super::metadata_store());
+}
+
 /// The rule suite through URL dispatch: `open_rules` hands out one pool for all three.
 mod rules_by_url {
     use super::*;

@@ -18,11 +18,13 @@
 //! costs one small allocation per statement, which a metadata write does not notice.
 
 mod access;
+mod dashboard;
 mod meta;
 mod ota;
 mod rules;
 mod script;
 mod thing_model;
+mod trends;
 
 use std::borrow::Cow;
 
@@ -127,6 +129,7 @@ arg_from_id!(
     tp_core::AuditId,
     tp_core::RuleId,
     tp_core::ScriptId,
+    tp_core::DashboardId,
     tp_core::SceneId,
     tp_core::AlarmId,
     tp_core::ChannelId,

@@ -101,6 +101,7 @@ struct Fx {
     ota_task: tp_core::ota::OtaTask,
     template: tp_core::thing_model::DeviceTemplate,
     script: tp_core::script::DataScript,
+    dashboard: tp_core::dashboard::Dashboard,
     role: CustomRole,
     user: User,
     key: ApiKey,
@@ -535,6 +536,48 @@ fn table() -> Vec<Row> {
             |_, _| json!({"payload": "{}"}),
             manage_one(503),
         ),
+        // dashboards (dashboard:read / dashboard:write: admins only here)
+        with(
+            "POST",
+            "/api/v1/dashboards",
+            |fx, _| {
+                json!({
+                    "name": format!("new-{}", fx.uniq),
+                    "widgets": [{"id": "v", "x": 0, "y": 0, "w": 4, "h": 2,
+                        "config": {"type": "value", "device_id": fx.device.id, "key": "t"}}],
+                })
+            },
+            // tenant A's device is not one of another tenant's
+            [422, 201, 403, 403, 403, 401, 422],
+        ),
+        row("GET", "/api/v1/dashboards", MANAGE_LIST),
+        // The fixture's dashboard is tenant A's home dashboard.
+        row("GET", "/api/v1/dashboards/home", manage_one(200)),
+        row("GET", "/api/v1/dashboards/{dashboard}", manage_one(200)),
+        with(
+            "PUT",
+            "/api/v1/dashboards/{dashboard}",
+            |fx, _| json!({"name": format!("fxdashboard-{}", fx.uniq), "home": true, "widgets": []}),
+            manage_one(200),
+        ),
+        row("DELETE", "/api/v1/dashboards/{dashboard}", manage_one(204)),
+        // No live telemetry in this harness: an allowed stream is 503 (streams:
+        // tp-node/tests/console_dashboards.rs).
+        row(
+            "GET",
+            "/api/v1/dashboards/{dashboard}/stream",
+            manage_one(503),
+        ),
+        row(
+            "GET",
+            "/api/v1/devices/{device}/telemetry/export?start=0&end=10&format=ndjson",
+            READ_ONE,
+        ),
+        // home page trends (device:read)
+        row("GET", "/api/v1/stats/messages", READ_LIST),
+        row("GET", "/api/v1/stats/online", READ_LIST),
+        row("GET", "/api/v1/stats/alarms", READ_LIST),
+        row("GET", "/api/v1/stats/top-devices?limit=5", READ_LIST),
         // system (public)
         row("GET", "/healthz", PUBLIC),
         row("GET", "/readyz", PUBLIC),
@@ -879,6 +922,15 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         .context("script store")?
         .create_script(&script)
         .await?;
+    let mut dashboard =
+        tp_core::testing::dashboard::sample_dashboard(a, &format!("fxdashboard-{uniq}"), true);
+    dashboard.widgets = tp_core::testing::dashboard::every_widget(device.id);
+    h.state
+        .dashboards
+        .as_ref()
+        .context("dashboard store")?
+        .create_dashboard(&dashboard)
+        .await?;
     let tenant = new_tenant(h, &format!("fxtenant-{uniq}")).await?;
     let refresh_token = start_session(&h.state, &user).await?.refresh_token;
     Ok(Fx {
@@ -894,6 +946,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
         ota_task,
         template,
         script,
+        dashboard,
         role,
         user,
         key,
@@ -935,6 +988,8 @@ fn markers(fx: &Fx) -> Vec<String> {
         fx.script.id.to_string(),
         fx.script.name.clone(),
         format!("fxsource-{}", fx.uniq),
+        fx.dashboard.id.to_string(),
+        fx.dashboard.name.clone(),
         // Never returned to anyone, not even tenant A.
         match &fx.channel.kind {
             ChannelKind::Webhook { secret, .. } => secret.clone(),
@@ -1000,6 +1055,8 @@ async fn snapshot(h: &Harness, p: &Principals, fx: &Fx) -> Result<(Json, Json)> 
         "templates": h.state.thing_models().context("template store")?.store().list_templates(a, all).await?,
         "scripts": h.state.scripts.as_ref().context("script store")?
             .list_scripts(a, Default::default()).await?,
+        "dashboards": h.state.dashboards.as_ref().context("dashboard store")?
+            .list_dashboards(a, all).await?,
     });
     let state_t = json!({
         "tenant": h.meta.get_tenant(fx.tenant.id).await?,
@@ -1024,6 +1081,7 @@ fn substitute(path: &str, fx: &Fx) -> String {
         .replace("{task}", &fx.ota_task.id.to_string())
         .replace("{template}", &fx.template.id.to_string())
         .replace("{script}", &fx.script.id.to_string())
+        .replace("{dashboard}", &fx.dashboard.id.to_string())
 }
 
 async fn call_as(

@@ -21,6 +21,7 @@ mod matrix;
 mod mem;
 mod rules;
 mod sessions;
+mod trends;
 use mem::SwitchableCache;
 use tp_storage::memory::MemoryCache;
 use tp_storage::sqlite::{SqliteMetadataStore, SqliteTimeSeriesStore};
@@ -97,6 +98,8 @@ impl Harness {
         let store = Arc::new(SqliteMetadataStore::in_memory().await?);
         let rules: tp_core::rules::RuleStoreRef = store.clone();
         let scripts: tp_core::script::ScriptStoreRef = store.clone();
+        let dashboards: tp_core::dashboard::DashboardStoreRef = store.clone();
+        let trends: tp_core::trends::TrendStoreRef = store.clone();
         let ota = crate::ota::OtaService::new(
             store.clone(),
             std::env::temp_dir().join(format!("tp-api-test-ota-{}", uuid::Uuid::new_v4())),
@@ -111,7 +114,10 @@ impl Harness {
                 s.with_rules(rules)
                     .with_ota(ota)
                     .with_thing_models(templates)
-                    .with_scripts(scripts),
+                    .with_scripts(scripts)
+                    .with_dashboards(dashboards)
+                    .with_trends(trends)
+                    .with_traffic(Arc::new(crate::TenantTraffic::new())),
             )
         })
         .await
