@@ -311,6 +311,11 @@ for path, example in [
     media.pop("examples", None)
     media["example"] = example
 # The document's own request examples name a placeholder device; name the seeded one.
+# The document lists cross-field rules under `x-valid-combinations` (client generators
+# cannot model `anyOf` beside `properties`); the tester reads them as the `anyOf` they are.
+for schema in doc["components"]["schemas"].values():
+    if "x-valid-combinations" in schema:
+        schema["anyOf"] = schema.pop("x-valid-combinations")
 # The task example names a package too.
 doc["components"]["schemas"]["CreateTaskRequest"]["example"] = {
     "package_id": package, "device_ids": [device], "name": "fuzz task"}
@@ -343,6 +348,11 @@ dictionaries = {
     "seed_package": [package],
     "seed_url": ["https://hooks.example.com/fuzz"],
     "seed_start": [0, 1000],
+    # Expiry times that are in the future (an API key must not expire before it exists).
+    "seed_future": [4102444800000, 4102444800001, 4133980800000],
+    # Fresh names: names of rules and templates must not repeat in a tenant, and the
+    # generator's favourite ("0") is taken after its first use.
+    "seed_fresh_name": [f"fuzz-name-{i:05d}" for i in range(20000)],
     "seed_end": [4102444800000],
 }
 global_bindings = {
@@ -361,6 +371,7 @@ global_bindings = {
     "body.widgets[*].config.device_ids[*]": "seed_device",
     "body.widgets[*].config.profile_id": "seed_profile",
     "query.start": "seed_start",
+    "body.expires_at": "seed_future",
     "query.end": "seed_end",
 }
 print()
@@ -405,6 +416,7 @@ for path, method, fields in [
 # Every positive coverage case of creating a rule or template reuses the example's
 # name, which must not repeat in a tenant: only the first could succeed, and the
 # examples phase already took the name. Their negative cases still run.
+fresh_name = ['"body.name" = { dictionary = "seed_fresh_name", probability = 0.9 }']
 operations.append(("/api/v1/rules", "POST", None))
 operations.append(("/api/v1/templates", "POST", None))
 for name, ids in dictionaries.items():
@@ -418,5 +430,5 @@ for path, method, bindings in operations:
     print(f'include-method = "{method}"')
     if bindings is None:
         print('phases.coverage.generation.mode = "negative"')
-    else:
-        print("parameters = { " + ", ".join(bindings) + " }")
+        bindings = fresh_name
+    print("parameters = { " + ", ".join(bindings) + " }")

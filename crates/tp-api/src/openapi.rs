@@ -384,6 +384,15 @@ fn add_discriminators(doc: &mut serde_json::Value) {
     schemas.extend(added);
 }
 
+/// Where a schema lists the combinations of its fields the server accepts (cross-field
+/// rules: a condition's value by operator, a definition's range by data type): an
+/// array of JSON Schemas of which the request must match at least one, i.e. an
+/// `anyOf`. Kept under an extension because client generators (openapi-python-client)
+/// cannot model an object that carries `anyOf` beside its `properties` and drop the
+/// whole operation; property-based testers read it as `anyOf` (scripts/api-fuzz-seed.py
+/// lifts it).
+const VALID_COMBINATIONS: &str = "x-valid-combinations";
+
 /// Request fields that go together or exclude each other (what the OTA routes
 /// check): a package's `sign` and `sign_method` both or neither; a task targets
 /// either `device_ids` or a `profile_id`.
@@ -417,7 +426,7 @@ fn add_field_pairing_rules(doc: &mut serde_json::Value) {
             .pointer_mut(&format!("/components/schemas/{name}"))
             .and_then(serde_json::Value::as_object_mut)
         {
-            schema.insert("anyOf".to_owned(), any_of);
+            schema.insert(VALID_COMBINATIONS.to_owned(), any_of);
         }
     }
 }
@@ -472,7 +481,7 @@ fn add_definition_rules(doc: &mut serde_json::Value) {
             .get_mut(name)
             .and_then(serde_json::Value::as_object_mut)
         {
-            schema.insert("anyOf".to_owned(), typed.clone());
+            schema.insert(VALID_COMBINATIONS.to_owned(), typed.clone());
         }
     }
     // Identifiers (and enum values) must not repeat, so neither may whole items.
@@ -536,7 +545,7 @@ fn add_condition_value_rules(doc: &mut serde_json::Value) {
     };
     let number = json!({"type": "number"});
     condition.insert(
-        "anyOf".to_owned(),
+        VALID_COMBINATIONS.to_owned(),
         json!([
             {
                 "description": "Online state: = or != to \"online\", \"offline\", true or false",
