@@ -48,29 +48,23 @@ impl<D: Dialect> TrendStore for SqlStore<D> {
     ) -> Result<Vec<AlarmBucket>> {
         let bucket_ms = bucket_ms.max(1);
         let raised = self
-            .all(
-                Stmt::new(
-                    "SELECT (created_at - $2) / $3 AS bucket, COUNT(*) AS n FROM alarms \
-                     WHERE tenant_id = $1 AND created_at >= $2 \
-                     GROUP BY (created_at - $2) / $3",
-                )
-                .bind(tenant)
-                .bind(since)
-                .bind(bucket_ms),
-                |r| Ok((r.int("bucket")?, r.int("n")?)),
+            .alarms_by_bucket(
+                "SELECT (created_at - $2) / $3 AS bucket, COUNT(*) AS n FROM alarms \
+                 WHERE tenant_id = $1 AND created_at >= $2 \
+                 GROUP BY (created_at - $2) / $3",
+                tenant,
+                since,
+                bucket_ms,
             )
             .await?;
         let cleared = self
-            .all(
-                Stmt::new(
-                    "SELECT (cleared_at - $2) / $3 AS bucket, COUNT(*) AS n FROM alarms \
-                     WHERE tenant_id = $1 AND cleared_at >= $2 \
-                     GROUP BY (cleared_at - $2) / $3",
-                )
-                .bind(tenant)
-                .bind(since)
-                .bind(bucket_ms),
-                |r| Ok((r.int("bucket")?, r.int("n")?)),
+            .alarms_by_bucket(
+                "SELECT (cleared_at - $2) / $3 AS bucket, COUNT(*) AS n FROM alarms \
+                 WHERE tenant_id = $1 AND cleared_at >= $2 \
+                 GROUP BY (cleared_at - $2) / $3",
+                tenant,
+                since,
+                bucket_ms,
             )
             .await?;
         let mut out: std::collections::BTreeMap<i64, AlarmBucket> = Default::default();
@@ -91,5 +85,23 @@ impl<D: Dialect> TrendStore for SqlStore<D> {
                 .cleared = n.unsigned_abs();
         }
         Ok(out.into_values().collect())
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// `(bucket, count)` rows of an alarm query binding tenant, since and bucket length
+    /// (`$1`..`$3`): the raised and the cleared counts per bucket.
+    async fn alarms_by_bucket(
+        &self,
+        sql: &'static str,
+        tenant: TenantId,
+        since: Timestamp,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        self.all(
+            Stmt::new(sql).bind(tenant).bind(since).bind(bucket_ms),
+            |r| Ok((r.int("bucket")?, r.int("n")?)),
+        )
+        .await
     }
 }

@@ -969,26 +969,21 @@ async fn telemetry_queries_are_validated() -> Result<()> {
     // What breaks the documented parameters is a 400. No combination of valid
     // parameters is refused: a range that ends before it starts is empty, `agg`
     // and `interval` each have a meaning alone, and only buckets with data count.
-    for (q, field, status) in [
-        ("end=10", "start", 400),
-        ("start=0", "end", 400),
-        ("start=x&end=10", "start", 400),
-        ("start=0&end=10&agg=median&interval=5", "agg", 400),
-        ("start=0&end=10&agg=avg&interval=0", "interval", 400),
-        ("start=0&end=10&agg=avg&interval=-5", "interval", 400),
-        ("start=0&end=10&limit=0", "limit", 400),
-        ("start=0&end=10&limit=100001", "limit", 400),
-        ("start=0&end=10&order=up", "order", 400),
+    for (q, field) in [
+        ("end=10", "start"),
+        ("start=0", "end"),
+        ("start=x&end=10", "start"),
+        ("start=0&end=10&agg=median&interval=5", "agg"),
+        ("start=0&end=10&agg=avg&interval=0", "interval"),
+        ("start=0&end=10&agg=avg&interval=-5", "interval"),
+        ("start=0&end=10&limit=0", "limit"),
+        ("start=0&end=10&limit=100001", "limit"),
+        ("start=0&end=10&order=up", "order"),
     ] {
-        let code = if status == 400 {
-            "invalid_input"
-        } else {
-            "unprocessable"
-        };
         assert_error(
             &h.get(&format!("{base}?{q}")).await?,
-            status,
-            code,
+            400,
+            "invalid_input",
             Some(field),
         );
     }
