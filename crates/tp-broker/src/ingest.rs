@@ -101,10 +101,9 @@ impl Ingest {
         // runs behind the connections under load, and a message processed after its
         // session closed would bring the device back online with no connection,
         // until the inactivity window ran out (minutes of a wrong "online"). The
-        // close already recorded the device's state.
-        if self.shared.session_device(device_id).is_some() {
-            self.uplinks.activity(device_id);
-        }
+        // close already recorded the device's state. It travels with the session's
+        // open and close, so it is never seen before the open either.
+        self.shared.session_activity(device_id);
         let Ok(uplink) = UplinkTopic::parse(topic) else {
             return;
         };

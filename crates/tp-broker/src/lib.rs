@@ -117,7 +117,7 @@ use tp_core::ingest::IngestSinkRef;
 use tp_core::{CacheRef, DeviceTransportRef, MetadataStoreRef};
 
 use crate::ingest::Ingest;
-use crate::session::{Shared, SharedReceivers};
+use crate::session::{Shared, SharedReceivers, StatusChange};
 use crate::uplink::Uplinks;
 
 /// What the broker needs from the rest of the platform.
@@ -482,10 +482,13 @@ impl EmbeddedBroker {
         let sessions = presence.clone();
         tokio::spawn(async move {
             while let Some(change) = status_rx.recv().await {
-                if change.online {
-                    sessions.connected(change.device_id);
-                } else {
-                    sessions.disconnected(change.device_id, change.graceful);
+                match change {
+                    StatusChange::Opened(id) => sessions.connected(id),
+                    StatusChange::Closed {
+                        device_id,
+                        graceful,
+                    } => sessions.disconnected(device_id, graceful),
+                    StatusChange::Active(id) => sessions.activity(id),
                 }
             }
         });

@@ -38,13 +38,19 @@ use crate::wal::Wal;
 /// longer travels through a router, but the backlog limit is counted the same way).
 pub(crate) const INGEST_TOPIC: &str = "tp-internal/ingest";
 
-/// A session opened or closed.
-#[derive(Debug, Clone)]
-pub(crate) struct StatusChange {
-    pub(crate) device_id: DeviceId,
-    pub(crate) online: bool,
-    /// A close after the device sent DISCONNECT (not a lost connection).
-    pub(crate) graceful: bool,
+/// A session opened or closed, or its device showed a sign of life. All three
+/// travel one channel, each sent under the sessions lock, so presence sees them in
+/// the order they happened: a message ingested late (ingest runs behind the
+/// connections) is never counted before its session's open or after its close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusChange {
+    /// The device's first session on this node opened.
+    Opened(DeviceId),
+    /// The device's last session on this node closed; `graceful` after the device
+    /// sent DISCONNECT (not a lost connection).
+    Closed { device_id: DeviceId, graceful: bool },
+    /// A message of the device was ingested while its session was open.
+    Active(DeviceId),
 }
 
 /// What a connection task is told from outside (boxed in its queue: the queue's
@@ -361,11 +367,7 @@ impl Shared {
         });
         metrics::gauge!("tp_mqtt_sessions").increment(1.0);
         if entry.connections.len() == 1 {
-            let _ = self.status_tx.send(StatusChange {
-                device_id: device.id,
-                online: true,
-                graceful: false,
-            });
+            let _ = self.status_tx.send(StatusChange::Opened(device.id));
         }
         drop(sessions);
         Ok(Registered { took_over, gone })
@@ -434,9 +436,8 @@ impl Shared {
             }
             if entry.connections.is_empty() {
                 sessions.remove(&device_id);
-                let _ = self.status_tx.send(StatusChange {
+                let _ = self.status_tx.send(StatusChange::Closed {
                     device_id,
-                    online: false,
                     graceful,
                 });
             }
@@ -527,6 +528,15 @@ impl Shared {
     pub(crate) fn session_device(&self, device_id: DeviceId) -> Option<Arc<Device>> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.get(&device_id).map(|e| e.device.clone())
+    }
+
+    /// A message of `device_id` was ingested: a sign of life only while the device
+    /// still has a session here (see [`StatusChange`] for why under the lock).
+    pub(crate) fn session_activity(&self, device_id: DeviceId) {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.contains_key(&device_id) {
+            let _ = self.status_tx.send(StatusChange::Active(device_id));
+        }
     }
 
     /// A connection of the device was granted `filters`: remember them and wake
