@@ -46,7 +46,9 @@ token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
 # One of every resource (and an alarm raised by a real device uplink), with the
 # path parameters of the run pinned to them: see api-fuzz-seed.py.
 FUZZ_EMAIL=$email FUZZ_PASSWORD=$password python3 scripts/api-fuzz-seed.py "$base" "$token" "$dir/openapi.json" > "$dir/schemathesis.toml"
-schemathesis --config-file "$dir/schemathesis.toml" run "$dir/openapi.json" --url "$base" \
+# Unique names for generated creates (see scripts/api_fuzz_hooks.py).
+PYTHONPATH="scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=api_fuzz_hooks \
+  schemathesis --config-file "$dir/schemathesis.toml" run "$dir/openapi.json" --url "$base" \
   --header "Authorization: Bearer $token" \
   --checks all \
   --max-time "$budget" \

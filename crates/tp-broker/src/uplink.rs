@@ -702,7 +702,9 @@ impl Uplinks {
         topic: &str,
     ) -> tp_core::Result<Cow<'a, [u8]>> {
         #[cfg(feature = "lua")]
-        if let Some(scripts) = &self.scripts {
+        if let Some(scripts) = &self.scripts
+            && scripts.any_enabled().await
+        {
             let profile = self.identity(device_id).await.and_then(|(_, p)| p);
             return match scripts
                 .transform(device_id, profile, script_type, payload, topic)

@@ -167,6 +167,11 @@ pub trait ScriptStore: Send + Sync + fmt::Debug {
         profile: ProfileId,
         script_type: ScriptType,
     ) -> Result<Option<DataScript>>;
+
+    /// Every profile and type with an enabled script, across tenants: the index
+    /// ingest checks before it looks a script up, so a message of a profile without
+    /// scripts (the common case) costs no lookup.
+    async fn enabled_script_keys(&self) -> Result<Vec<(ProfileId, ScriptType)>>;
 }
 
 /// Shared handle to a [`ScriptStore`].

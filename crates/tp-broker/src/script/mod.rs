@@ -3,10 +3,13 @@
 //! uplink telemetry and attributes before they are decoded and on its telemetry
 //! control and attribute sets after they are encoded.
 //!
-//! [`Scripts`] is the engine ([`ScriptRunner`]) and the ingest's lookup: which
-//! script a profile has enabled for a message type is cached for
-//! [`LOOKUP_TTL`] (so a change made through another node's API arrives within it;
-//! this node's API invalidates at once), and each script version (id and
+//! [`Scripts`] is the engine ([`ScriptRunner`]) and the ingest's lookup. An index of
+//! which profiles and types have an enabled script is read at the first message and
+//! again every [`LOOKUP_TTL`] in the background, so a message of a profile without
+//! scripts (the common case) costs an atomic load or a set lookup, no clock read and
+//! no store query. Which script a scripted profile has enabled for a message type is
+//! cached for [`LOOKUP_TTL`] (so a change made through another node's API arrives
+//! within it; this node's API invalidates both at once), and each script version (id and
 //! `updated_at`) is compiled once into its own sandboxed Lua state ([`sandbox`]) and
 //! reused for every message. Calls run on the blocking pool, so a slow script holds a
 //! blocking thread, never an async worker; a script's state runs one call at a time.
@@ -37,8 +40,9 @@
 mod json;
 pub mod sandbox;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -56,11 +60,85 @@ type Compiled = Arc<Mutex<Option<CompiledScript>>>;
 /// An enabled-script lookup: when it was read, and the script (or none).
 type Lookup = (Instant, Option<Arc<DataScript>>);
 
+/// Which profiles and types have an enabled script, as last read from the store.
+#[derive(Debug, Default)]
+struct ScriptIndex {
+    /// Bumped by every invalidation.
+    generation: AtomicU64,
+    /// The generation the keys were read at (`u64::MAX`: never read).
+    loaded: AtomicU64,
+    /// Whether `keys` holds anything: the one load a message costs on a node where no
+    /// profile has a script.
+    any: AtomicBool,
+    keys: RwLock<HashSet<(ProfileId, ScriptType)>>,
+    /// One reader of the store at a time (the first message's workers wait for it).
+    reading: tokio::sync::Mutex<()>,
+    /// The background re-read, started with the first read.
+    refresher: OnceLock<()>,
+}
+
+impl ScriptIndex {
+    fn new() -> Self {
+        Self {
+            loaded: AtomicU64::new(u64::MAX),
+            ..Self::default()
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire)
+    }
+
+    /// Reads the keys from `store`. A store error keeps every message on the
+    /// per-profile lookup (which treats the error as "no script") until the next read.
+    async fn read(&self, store: &ScriptStoreRef) {
+        let generation = self.generation.load(Ordering::Acquire);
+        match store.enabled_script_keys().await {
+            Ok(keys) => {
+                let keys: HashSet<_> = keys.into_iter().collect();
+                self.any.store(!keys.is_empty(), Ordering::Release);
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which profiles have data scripts");
+                self.any.store(true, Ordering::Release);
+                self.keys.write().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+        }
+        // an invalidation during the read leaves it stale: the next message reads again
+        self.loaded.store(generation, Ordering::Release);
+    }
+
+    /// Whether a message of `profile` and `script_type` may have a script: the index
+    /// says so, or it could not be read.
+    fn covers(&self, profile: ProfileId, script_type: ScriptType) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.is_empty() || keys.contains(&(profile, script_type))
+    }
+}
+
+/// Re-reads the index every [`LOOKUP_TTL`] while the engine lives.
+async fn refresh_index(index: Weak<ScriptIndex>, store: ScriptStoreRef) {
+    loop {
+        tokio::time::sleep(LOOKUP_TTL).await;
+        let Some(index) = index.upgrade() else {
+            return;
+        };
+        let _reading = index.reading.lock().await;
+        index.read(&store).await;
+    }
+}
+
 /// The data script engine and the ingest's cached lookups.
 #[derive(Debug)]
 pub struct Scripts {
     store: Option<ScriptStoreRef>,
     limits: ScriptLimits,
+    /// Which profiles and types have a script at all.
+    index: Arc<ScriptIndex>,
     /// `(profile, type)` → the enabled script (or none) and when it was read.
     lookups: Mutex<HashMap<(ProfileId, ScriptType), Lookup>>,
     /// Script id → the compiled version (`updated_at`) and its state.
@@ -85,6 +163,7 @@ impl Scripts {
         Self {
             store,
             limits,
+            index: Arc::new(ScriptIndex::new()),
             lookups: Mutex::new(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
         }
@@ -93,6 +172,25 @@ impl Scripts {
     /// The limits every call runs under.
     pub fn limits(&self) -> ScriptLimits {
         self.limits
+    }
+
+    /// Whether any profile has an enabled script (reading the index first when it is
+    /// stale): ingest skips everything script-related, the device's profile lookup
+    /// included, when none has. `false` without a store.
+    pub async fn any_enabled(&self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        if !self.index.is_current() {
+            let _reading = self.index.reading.lock().await;
+            if !self.index.is_current() {
+                self.index.read(store).await;
+            }
+            self.index.refresher.get_or_init(|| {
+                tokio::spawn(refresh_index(Arc::downgrade(&self.index), store.clone()));
+            });
+        }
+        self.index.any.load(Ordering::Acquire)
     }
 
     /// The enabled script of `script_type` on `profile`, from the cache or the store.
@@ -136,6 +234,9 @@ impl Scripts {
         let Some(profile) = profile else {
             return Ok(None);
         };
+        if !self.any_enabled().await || !self.index.covers(profile, script_type) {
+            return Ok(None);
+        }
         let Some(script) = self.enabled(profile, script_type).await else {
             return Ok(None);
         };
@@ -245,6 +346,7 @@ impl ScriptRunner for Scripts {
         if let Ok(mut lookups) = self.lookups.lock() {
             lookups.retain(|(p, _), _| *p != profile);
         }
+        self.index.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -217,3 +217,73 @@ fn a_compiled_script_is_reused_and_its_limits_reset_per_call() {
         );
     }
 }
+
+/// The ingest index: no lookup for a profile without scripts, a script created
+/// through this node's API (which invalidates) runs on the next message, and a
+/// script on another profile does not make this one's messages run anything.
+#[tokio::test]
+async fn the_index_skips_profiles_without_scripts_and_follows_invalidation() {
+    use std::sync::Arc;
+    use tp_core::access::AccessStore;
+    use tp_core::script::{ScriptStore, ScriptStoreRef, ScriptType};
+    use tp_core::testing::script::sample_script;
+    use tp_core::{DeviceId, DeviceProfile, DeviceType, ProfileId, TenantId, now_ms};
+
+    let store = Arc::new(
+        tp_storage::sqlite::SqliteMetadataStore::in_memory()
+            .await
+            .unwrap(),
+    );
+    let tenant = TenantId::new();
+    let mut profiles = Vec::new();
+    for name in ["scripted", "plain"] {
+        let p = DeviceProfile {
+            id: ProfileId::new(),
+            tenant_id: tenant,
+            name: name.into(),
+            device_type: DeviceType::Direct,
+            heartbeat_secs: None,
+            online_timeout_secs: None,
+            auto_register: false,
+            provision_secret_hash: None,
+            voucher_type: Default::default(),
+            template_id: None,
+            created_at: now_ms(),
+        };
+        store.create_profile(&p).await.unwrap();
+        profiles.push(p);
+    }
+    let (scripted, plain) = (&profiles[0], &profiles[1]);
+    let engine = Scripts::new(Some(store.clone() as ScriptStoreRef), untimed());
+    let device = DeviceId::new();
+    let up = |profile: &DeviceProfile| {
+        engine.transform(
+            device,
+            Some(profile.id),
+            ScriptType::TelemetryUp,
+            b"{}",
+            "devices/telemetry",
+        )
+    };
+    assert!(!engine.any_enabled().await, "no script anywhere");
+    assert_eq!(up(scripted).await.unwrap(), None);
+
+    let mut script = sample_script(scripted, ScriptType::TelemetryUp, "mark", true);
+    script.content = r#"function encodeInp(msg, topic) return '{"scripted":1}' end"#.into();
+    store.create_script(&script).await.unwrap();
+    engine.invalidate(scripted.id);
+    assert!(engine.any_enabled().await);
+    assert_eq!(
+        up(scripted).await.unwrap().as_deref(),
+        Some(&br#"{"scripted":1}"#[..])
+    );
+    assert_eq!(up(plain).await.unwrap(), None, "another profile's script");
+    assert!(!engine.index.covers(plain.id, ScriptType::TelemetryUp));
+    assert!(!engine.index.covers(scripted.id, ScriptType::AttributeUp));
+
+    script.enabled = false;
+    store.update_script(&script).await.unwrap();
+    engine.invalidate(scripted.id);
+    assert!(!engine.any_enabled().await, "the only script was disabled");
+    assert_eq!(up(scripted).await.unwrap(), None);
+}

@@ -223,6 +223,28 @@ pub async fn one_enabled_script_per_type<S: ScriptStore + AccessStore + ?Sized>(
             .unwrap(),
         None
     );
+    // the ingest index: enabled scripts only (the store may hold other tests' rows)
+    let keys = store.enabled_script_keys().await.unwrap();
+    for key in [
+        (p.id, ScriptType::TelemetryUp),
+        (p.id, ScriptType::AttributeUp),
+        (q.id, ScriptType::TelemetryUp),
+    ] {
+        assert!(keys.contains(&key), "{key:?} missing from {keys:?}");
+    }
+    assert!(!keys.contains(&(p.id, ScriptType::TelemetryDown)));
+    assert_eq!(
+        keys.iter()
+            .filter(|k| **k == (p.id, ScriptType::TelemetryUp))
+            .count(),
+        1,
+        "one entry per enabled script"
+    );
+    let mut off = enable.clone();
+    off.enabled = false;
+    store.update_script(&off).await.unwrap();
+    let keys = store.enabled_script_keys().await.unwrap();
+    assert!(!keys.contains(&(p.id, ScriptType::TelemetryUp)));
 }
 
 /// Filters and order of `list_scripts`.

@@ -169,4 +169,17 @@ impl<D: Dialect> ScriptStore for SqlStore<D> {
         )
         .await
     }
+
+    async fn enabled_script_keys(&self) -> Result<Vec<(ProfileId, ScriptType)>> {
+        self.all(
+            Stmt::new("SELECT profile_id, script_type FROM data_scripts WHERE enabled"),
+            |row| {
+                Ok((
+                    ProfileId(row.uuid("profile_id")?),
+                    row.parsed("script_type", ScriptType::parse)?,
+                ))
+            },
+        )
+        .await
+    }
 }

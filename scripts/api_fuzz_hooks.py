@@ -1,0 +1,32 @@
+"""Schemathesis hooks for scripts/api-fuzz.sh (loaded through SCHEMATHESIS_HOOKS).
+
+Rule, scene, template, profile, role, group and notification-channel names are
+unique per tenant (a second create with a taken name is a documented 409). Hypothesis draws the same few short
+strings again and again ("0", "00", ...), so without help nearly every generated
+create after the first collides, and the run cannot tell a 409 for a taken name from
+a schema the server does not accept. A valid name gets a run-unique suffix; an
+invalid one (blank, too long, not a string) is left alone, so negative cases stay
+negative.
+"""
+
+import itertools
+
+import schemathesis
+
+# Names are at most 255 characters; the suffix is at most 10 more.
+_MAX_NAME_CHARS = 255
+_SUFFIX_ROOM = 12
+_counter = itertools.count(1)
+
+
+@schemathesis.hook
+def map_body(ctx, body):
+    if isinstance(body, dict):
+        name = body.get("name")
+        if (
+            isinstance(name, str)
+            and name.strip()
+            and len(name) <= _MAX_NAME_CHARS - _SUFFIX_ROOM
+        ):
+            body["name"] = f"{name} #{next(_counter)}"
+    return body
