@@ -83,6 +83,7 @@ const OWN_PARAMS: &[&str] = &[
     "retention_ms",
     "write_method",
     "copy_min_rows",
+    "write_connections",
 ];
 
 fn invalid_url(reason: impl Into<String>) -> Error {

@@ -101,9 +101,13 @@ mod timeseries {
     tp_core::timeseries_conformance!(super::timeseries_store());
 }
 
-/// Every batch through binary `COPY` (the default stages small ones with `UNNEST`).
+/// Every batch through binary `COPY` (the default stages small ones with `UNNEST`),
+/// split over up to 4 connections (a part needs `copy_min_rows` points, here 1), so
+/// the suite's batches take the parallel path.
 mod timeseries_copy {
-    tp_core::timeseries_conformance!(super::timeseries_store_with("&copy_min_rows=0"));
+    tp_core::timeseries_conformance!(super::timeseries_store_with(
+        "&copy_min_rows=0&write_connections=4"
+    ));
 }
 
 /// The `UNNEST` write path passes the same suite as the default `COPY` one.

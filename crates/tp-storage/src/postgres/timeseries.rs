@@ -26,7 +26,7 @@ const ROWS_PER_STATEMENT: usize = 10_000;
 /// Options of [`PostgresTimeSeriesStore`]; each can also be set by a URL query
 /// parameter of the same name (`partition_ms`, `timescale=auto|off`,
 /// `compress_after_ms` (`0` = off), `retention_ms` (`0` = off),
-/// `write_method=copy|insert`, `copy_min_rows`).
+/// `write_method=copy|insert`, `copy_min_rows`, `write_connections`).
 ///
 /// The layout options take effect when the store first creates `ts_kv` in a schema;
 /// later connections use the layout and partition width recorded then.
@@ -52,6 +52,15 @@ pub struct PgTsOptions {
     /// for the server's delayed ACK, ~40 ms on Linux: a constant that only large
     /// batches amortize (in the storage_write bench it hit 500-point batches, not 2,000-point ones). Default: 2,000. `0` = always `COPY`.
     pub copy_min_rows: usize,
+    /// Connections one batch is written over: a batch is split by device into at
+    /// most this many parts of at least `copy_min_rows` points (at least 1), each
+    /// written in its own transaction at the same time. One PostgreSQL backend uses
+    /// one core, so a single transaction leaves the others idle. The parts touch
+    /// disjoint rows (a device's points stay in one part, so its latest values are
+    /// decided in one place); when one fails the batch is reported failed and
+    /// written again whole, which the merge makes harmless. Default: 2. `1` = one
+    /// transaction per batch.
+    pub write_connections: usize,
 }
 
 /// How [`PostgresTimeSeriesStore`] writes a batch (URL: `write_method=copy|insert`).
@@ -78,9 +87,13 @@ impl Default for PgTsOptions {
             retention_ms: None,
             write_method: WriteMethod::Copy,
             copy_min_rows: DEFAULT_COPY_MIN_ROWS,
+            write_connections: DEFAULT_WRITE_CONNECTIONS,
         }
     }
 }
+
+/// Default of [`PgTsOptions::write_connections`].
+const DEFAULT_WRITE_CONNECTIONS: usize = 2;
 
 /// Default of [`PgTsOptions::copy_min_rows`].
 const DEFAULT_COPY_MIN_ROWS: usize = 2_000;
@@ -99,6 +112,12 @@ impl PgTsOptions {
                 "partition_ms" => self.partition_ms = ms(k, v)?,
                 "compress_after_ms" => self.compress_after_ms = Some(ms(k, v)?).filter(|n| *n > 0),
                 "retention_ms" => self.retention_ms = Some(ms(k, v)?).filter(|n| *n > 0),
+                "write_connections" => {
+                    self.write_connections =
+                        v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            invalid_url("write_connections must be a positive integer")
+                        })?;
+                }
                 "copy_min_rows" => {
                     self.copy_min_rows = v
                         .parse()
@@ -172,6 +191,7 @@ pub struct PostgresTimeSeriesStore {
     partitions: Mutex<HashSet<i64>>,
     write_method: WriteMethod,
     copy_min_rows: usize,
+    write_connections: usize,
 }
 
 /// Serializes DDL on this schema's `ts_kv` across processes.
@@ -215,6 +235,7 @@ impl PostgresTimeSeriesStore {
             partitions: Mutex::new(HashSet::new()),
             write_method: options.write_method,
             copy_min_rows: options.copy_min_rows,
+            write_connections: options.write_connections,
         })
     }
 
@@ -334,6 +355,20 @@ impl PostgresTimeSeriesStore {
         tx.commit().await.map_err(db)?;
         self.known().extend(missing);
         Ok(())
+    }
+
+    /// Writes one part of a batch (the whole batch when it is not split); a
+    /// partition we cached but someone else dropped is created again, once.
+    async fn write_part(&self, points: &[&TelemetryPoint]) -> Result<()> {
+        match self.write_once(points).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_partition(&e) => {
+                self.known().clear();
+                self.ensure_partitions(points).await?;
+                self.write_once(points).await.map_err(db)
+            }
+            Err(e) => Err(db(e)),
+        }
     }
 
     async fn write_once(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
@@ -749,6 +784,35 @@ fn dedupe(points: &[TelemetryPoint]) -> Vec<&TelemetryPoint> {
     out
 }
 
+/// Splits a deduplicated, sorted batch into at most `parts` runs of about equal size,
+/// each at least `min_rows` points long, never cutting through a device's points.
+fn split_by_device<'p, 'a>(
+    sorted: &'p [&'a TelemetryPoint],
+    parts: usize,
+    min_rows: usize,
+) -> Vec<&'p [&'a TelemetryPoint]> {
+    let parts = parts.min(sorted.len() / min_rows.max(1)).max(1);
+    let target = sorted.len().div_ceil(parts);
+    let mut out = Vec::with_capacity(parts);
+    let mut rest = sorted;
+    while out.len() + 1 < parts && rest.len() > target {
+        let mut cut = target;
+        while cut < rest.len() && rest[cut].device_id == rest[cut - 1].device_id {
+            cut += 1;
+        }
+        if rest.len() - cut < min_rows {
+            break;
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
 /// From a deduplicated, sorted batch: the newest point of each `(device, key)`.
 fn newest_per_series<'a>(sorted: &[&'a TelemetryPoint]) -> Vec<&'a TelemetryPoint> {
     let mut out: Vec<&TelemetryPoint> = Vec::new();
@@ -862,16 +926,15 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
         }
         let points = dedupe(points);
         self.ensure_partitions(&points).await?;
-        match self.write_once(&points).await {
-            Ok(()) => Ok(()),
-            // A partition we cached was dropped by someone else: forget and retry once.
-            Err(e) if is_missing_partition(&e) => {
-                self.known().clear();
-                self.ensure_partitions(&points).await?;
-                self.write_once(&points).await.map_err(db)
-            }
-            Err(e) => Err(db(e)),
+        let parts = split_by_device(&points, self.write_connections, self.copy_min_rows.max(1));
+        if let [whole] = parts.as_slice() {
+            return self.write_part(whole).await;
         }
+        // Every part runs to its end (no cancellation mid-transaction); the first
+        // error is the batch's.
+        let results =
+            futures_util::future::join_all(parts.iter().map(|p| self.write_part(p))).await;
+        results.into_iter().collect()
     }
 
     async fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> Result<Vec<KeyValue>> {
@@ -1212,6 +1275,7 @@ mod unit_tests {
                 retention_ms: Some(DAY_MS),
                 write_method: WriteMethod::Copy,
                 copy_min_rows: DEFAULT_COPY_MIN_ROWS,
+                write_connections: DEFAULT_WRITE_CONNECTIONS,
             }
         );
         let o = PgTsOptions::default()
@@ -1224,12 +1288,50 @@ mod unit_tests {
             ("timescale", "maybe"),
             ("write_method", "bulk"),
             ("copy_min_rows", "-1"),
+            ("write_connections", "0"),
             ("retention_ms", "-1"),
         ] {
             assert!(
                 PgTsOptions::default().apply(&params(&[bad])).is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Every point lands in exactly one part, in order; no device straddles two
+        /// parts; there are at most `parts` parts, each at least `min_rows` long
+        /// unless the batch is one part.
+        #[test]
+        fn a_split_keeps_devices_whole(
+            devices in proptest::collection::vec(0u8..20, 0..300),
+            parts in 1usize..6,
+            min_rows in 1usize..50,
+        ) {
+            let ids: Vec<DeviceId> = (0..20u128).map(|i| DeviceId(uuid::Uuid::from_u128(i))).collect();
+            let mut points: Vec<TelemetryPoint> = devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| TelemetryPoint {
+                    device_id: ids[usize::from(*d)],
+                    key: "k".into(),
+                    ts: i as i64,
+                    value: Value::Integer(1),
+                })
+                .collect();
+            points.sort_by_key(|p| (p.device_id, p.ts));
+            let sorted: Vec<&TelemetryPoint> = points.iter().collect();
+            let split = split_by_device(&sorted, parts, min_rows);
+            proptest::prop_assert!(!split.is_empty() && split.len() <= parts);
+            let joined: Vec<&TelemetryPoint> = split.iter().flat_map(|p| p.iter().copied()).collect();
+            proptest::prop_assert_eq!(joined.len(), sorted.len());
+            proptest::prop_assert!(joined.iter().zip(&sorted).all(|(a, b)| std::ptr::eq(*a, *b)));
+            for pair in split.windows(2) {
+                proptest::prop_assert!(pair[0].last().unwrap().device_id != pair[1][0].device_id);
+            }
+            if split.len() > 1 {
+                proptest::prop_assert!(split.iter().all(|p| p.len() >= min_rows));
+            }
         }
     }
 
