@@ -703,26 +703,45 @@ impl Uplinks {
     ) -> tp_core::Result<Cow<'a, [u8]>> {
         #[cfg(feature = "lua")]
         if let Some(scripts) = &self.scripts
-            && scripts.any_enabled().await
+            && !scripts.none_enabled()
         {
-            let profile = self.identity(device_id).await.and_then(|(_, p)| p);
-            return match scripts
-                .transform(device_id, profile, script_type, payload, topic)
-                .await
-            {
-                Ok(Some(out)) => Ok(Cow::Owned(out)),
-                Ok(None) => Ok(Cow::Borrowed(payload)),
-                Err(rejected) => Err(tp_core::Error::invalid(
+            // Boxed: the script path's future is large, and inline it would make
+            // every message's future (the no-script ones too) carry its size.
+            let out =
+                Box::pin(self.run_script(scripts, device_id, script_type, payload, topic)).await?;
+            return Ok(out.map_or(Cow::Borrowed(payload), Cow::Owned));
+        }
+        let _ = (device_id, script_type, topic);
+        Ok(Cow::Borrowed(payload))
+    }
+
+    /// The script path of [`Self::scripted`]: the device's profile, then its script
+    /// when the profile has one (`None`: the payload passes as it is).
+    #[cfg(feature = "lua")]
+    async fn run_script(
+        &self,
+        scripts: &crate::script::Scripts,
+        device_id: DeviceId,
+        script_type: ScriptType,
+        payload: &[u8],
+        topic: &str,
+    ) -> tp_core::Result<Option<Vec<u8>>> {
+        if !scripts.any_enabled().await {
+            return Ok(None);
+        }
+        let profile = self.identity(device_id).await.and_then(|(_, p)| p);
+        scripts
+            .transform(device_id, profile, script_type, payload, topic)
+            .await
+            .map_err(|rejected| {
+                tp_core::Error::invalid(
                     "payload",
                     format!(
                         "data script {:?} ({}) failed: {}",
                         rejected.script_name, rejected.script_id, rejected.failure
                     ),
-                )),
-            };
-        }
-        let _ = (device_id, script_type, topic);
-        Ok(Cow::Borrowed(payload))
+                )
+            })
     }
 
     /// Hands an accepted message to the observer (the rule engine), with the device's

@@ -174,6 +174,14 @@ impl Scripts {
         self.limits
     }
 
+    /// `true` when the index, read and current, says no profile has an enabled
+    /// script (or there is no store): no await, no lock, two atomic loads. Ingest asks
+    /// this first and skips everything script-related, the device's profile lookup
+    /// included; `false` means "maybe", and [`Self::any_enabled`] decides.
+    pub fn none_enabled(&self) -> bool {
+        self.store.is_none() || (self.index.is_current() && !self.index.any.load(Ordering::Acquire))
+    }
+
     /// Whether any profile has an enabled script (reading the index first when it is
     /// stale): ingest skips everything script-related, the device's profile lookup
     /// included, when none has. `false` without a store.
