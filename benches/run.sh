@@ -14,7 +14,8 @@
 #                                acknowledged on per-message topics) for 30 min, RSS sampled
 #
 # Knobs: STORE=postgres (metadata and time series on the local PostgreSQL, a fresh schema;
-# default the embedded stores), RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
+# default the embedded stores; TS_PARAMS appends time-series URL parameters such as
+# `&write_connections=4`), RATE, DURATION, DEVICES, CONNS, CONNECT_RATE, SOAK_SECS, WARMUP, MOSQ_PORT, MQTT_PORT (default 1884; Mosquitto holds 1883),
 # LATENCY_SAMPLES (ingest: publish-to-stored samples to aim for, default 1200),
 # NODE_BIN, BENCH_BIN (run these binaries instead of the ones just built: an older node for a
 # before/after, or copies checked to be this checkout's on a shared target dir),
@@ -52,7 +53,8 @@ if [ "${STORE:-sqlite}" = postgres ]; then
   pg=${TP_TEST_POSTGRES_URL:?PostgreSQL is not available}
   case "$pg" in *\?*) pg="$pg&" ;; *) pg="$pg?" ;; esac
   export TP_STORAGE__METADATA="${pg}schema=tp_bench_$(date +%s)"
-  export TP_STORAGE__TIMESERIES=$TP_STORAGE__METADATA
+  # TS_PARAMS: extra time-series URL parameters (e.g. `&write_connections=4`)
+  export TP_STORAGE__TIMESERIES="$TP_STORAGE__METADATA${TS_PARAMS:-}"
 fi
 node_cmd="$server_cpu $node_bin --data-dir $data --http-listen 127.0.0.1:$HTTP_PORT --mqtt-listen 0.0.0.0:$MQTT_PORT"
 echo "+ $node_cmd"

@@ -15,8 +15,10 @@
 //! keys (the ingest target: nearly every point of a batch is a distinct series).
 //! PostgreSQL also runs `.../10k_series`: 10,000-point batches over 1,000 devices x
 //! 10 keys (10,000 series, one point each per batch), and every PostgreSQL group
-//! three times: `storage_write/postgres/..` (the default: binary `COPY` staging from
-//! 2,000 points, `UNNEST` staging below), `storage_write/postgres_copy_always/..`
+//! four times: `storage_write/postgres/..` (the default: binary `COPY` staging from
+//! 2,000 points, `UNNEST` staging below, batches of 4,000 points or more split by
+//! device over 2 connections), `storage_write/postgres_one_connection/..`
+//! (`write_connections=1`), `storage_write/postgres_copy_always/..`
 //! (`copy_min_rows=0`) and `storage_write/postgres_insert/..` (`write_method=insert`,
 //! the previous `UNNEST` upsert path).
 //! Criterion reports the throughput in elements/s = points/s. The `.../10k_series`
@@ -300,10 +302,12 @@ fn postgres(c: &mut Criterion) {
         return;
     };
     let rt = Runtime::new().unwrap();
-    // The default write path, COPY for every batch, and the previous path (UNNEST
-    // upserts, `write_method=insert`) for comparison, each in a fresh schema.
+    // The default write path (batches split over 2 connections), the same on one
+    // connection, COPY for every batch, and the previous path (UNNEST upserts,
+    // `write_method=insert`) for comparison, each in a fresh schema.
     for (group, params) in [
         ("postgres", ""),
+        ("postgres_one_connection", "&write_connections=1"),
         ("postgres_copy_always", "&copy_min_rows=0"),
         ("postgres_insert", "&write_method=insert"),
     ] {

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tp_broker::testing::MqttTestClient;
 use tp_broker::{BrokerConfig, BrokerDeps, BrokerOptions, EmbeddedBroker, ManualClock};
 use tp_core::{
-    AccessStoreRef, Device, DeviceProfile, DeviceStatusEvent, DeviceType, MetadataStoreRef,
-    ProfileId, StatusHistoryQuery, StatusReason, Tenant, TenantId, now_ms,
+    AccessStoreRef, Device, DeviceProfile, DeviceStatusEvent, MetadataStoreRef, StatusHistoryQuery,
+    StatusReason, Tenant, TenantId, now_ms,
 };
 
 /// How long a test waits for the broker to reach a state before failing.
@@ -98,17 +98,9 @@ impl Node {
         let (mut device, password) = Device::new(self.tenant, "presence device".into(), None);
         if heartbeat.is_some() || online_timeout.is_some() {
             let profile = DeviceProfile {
-                id: ProfileId::new(),
-                tenant_id: self.tenant,
-                name: format!("profile-{}", device.device_number),
-                device_type: DeviceType::Direct,
                 heartbeat_secs: heartbeat,
                 online_timeout_secs: online_timeout,
-                auto_register: false,
-                provision_secret_hash: None,
-                voucher_type: Default::default(),
-                template_id: None,
-                created_at: now_ms(),
+                ..DeviceProfile::new(self.tenant, format!("profile-{}", device.device_number))
             };
             self.access.create_profile(&profile).await.unwrap();
             device.profile_id = Some(profile.id);

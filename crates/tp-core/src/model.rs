@@ -365,6 +365,27 @@ pub struct DeviceProfile {
     pub created_at: Timestamp,
 }
 
+impl DeviceProfile {
+    /// A new profile of direct devices named `name` in `tenant_id`, created now: no
+    /// heartbeat or online timeout (connection state decides), no self-registration,
+    /// password vouchers, no template. Set the fields that differ.
+    pub fn new(tenant_id: TenantId, name: impl Into<String>) -> Self {
+        Self {
+            id: ProfileId::new(),
+            tenant_id,
+            name: name.into(),
+            device_type: DeviceType::Direct,
+            heartbeat_secs: None,
+            online_timeout_secs: None,
+            auto_register: false,
+            provision_secret_hash: None,
+            voucher_type: VoucherType::default(),
+            template_id: None,
+            created_at: now_ms(),
+        }
+    }
+}
+
 impl fmt::Debug for DeviceProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceProfile")

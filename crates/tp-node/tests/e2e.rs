@@ -189,8 +189,13 @@ async fn device_data_flows(backends: &[(&'static str, String)]) {
         .unwrap();
 
     let base = format!("/api/v1/devices/{id}");
+    // Wait for the last of the three telemetry messages: the first two may be stored
+    // in an earlier batch, and then the three keys show with the series' 60 as `temp`.
     let latest = items_when(&api, &format!("{base}/telemetry/latest"), |items| {
         items.len() == 3
+            && items
+                .iter()
+                .any(|i| i["key"] == "temp" && i["ts"] == json!(t0 + 10_000))
     })
     .await;
     let latest = kv(&latest);

@@ -227,7 +227,7 @@ async fn the_index_skips_profiles_without_scripts_and_follows_invalidation() {
     use tp_core::access::AccessStore;
     use tp_core::script::{ScriptStore, ScriptStoreRef, ScriptType};
     use tp_core::testing::script::sample_script;
-    use tp_core::{DeviceId, DeviceProfile, DeviceType, ProfileId, TenantId, now_ms};
+    use tp_core::{DeviceId, DeviceProfile, TenantId};
 
     let store = Arc::new(
         tp_storage::sqlite::SqliteMetadataStore::in_memory()
@@ -237,19 +237,7 @@ async fn the_index_skips_profiles_without_scripts_and_follows_invalidation() {
     let tenant = TenantId::new();
     let mut profiles = Vec::new();
     for name in ["scripted", "plain"] {
-        let p = DeviceProfile {
-            id: ProfileId::new(),
-            tenant_id: tenant,
-            name: name.into(),
-            device_type: DeviceType::Direct,
-            heartbeat_secs: None,
-            online_timeout_secs: None,
-            auto_register: false,
-            provision_secret_hash: None,
-            voucher_type: Default::default(),
-            template_id: None,
-            created_at: now_ms(),
-        };
+        let p = DeviceProfile::new(tenant, name);
         store.create_profile(&p).await.unwrap();
         profiles.push(p);
     }

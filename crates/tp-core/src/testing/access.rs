@@ -141,17 +141,8 @@ fn group(
 
 fn profile(tenant: TenantId, name: &str, created_at: Timestamp) -> DeviceProfile {
     DeviceProfile {
-        id: ProfileId::new(),
-        tenant_id: tenant,
-        name: name.into(),
-        device_type: DeviceType::Direct,
-        heartbeat_secs: None,
-        online_timeout_secs: None,
-        auto_register: false,
-        provision_secret_hash: None,
-        voucher_type: Default::default(),
-        template_id: None,
         created_at,
+        ..DeviceProfile::new(tenant, name)
     }
 }
 

@@ -20,7 +20,7 @@
 use uuid::Uuid;
 
 use crate::access::AccessStore;
-use crate::model::{DeviceProfile, DeviceType, ProfileId, ScriptId, TenantId, now_ms};
+use crate::model::{DeviceProfile, ProfileId, ScriptId, TenantId, now_ms};
 use crate::script::{DataScript, ScriptFilter, ScriptStore, ScriptType};
 use crate::{Error, Result};
 
@@ -31,19 +31,7 @@ async fn profile<S: AccessStore + ?Sized>(store: &S) -> DeviceProfile {
 
 /// A new profile of `tenant`, stored.
 async fn profile_of<S: AccessStore + ?Sized>(store: &S, tenant: TenantId) -> DeviceProfile {
-    let profile = DeviceProfile {
-        id: ProfileId::new(),
-        tenant_id: tenant,
-        name: format!("scripted-{}", Uuid::new_v4().simple()),
-        device_type: DeviceType::Direct,
-        heartbeat_secs: None,
-        online_timeout_secs: None,
-        auto_register: false,
-        provision_secret_hash: None,
-        voucher_type: Default::default(),
-        template_id: None,
-        created_at: now_ms(),
-    };
+    let profile = DeviceProfile::new(tenant, format!("scripted-{}", Uuid::new_v4().simple()));
     store
         .create_profile(&profile)
         .await

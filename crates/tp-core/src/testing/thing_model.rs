@@ -16,7 +16,7 @@
 
 use std::fmt::Debug;
 
-use crate::model::{DeviceProfile, DeviceType, Page, ProfileId, TenantId, now_ms};
+use crate::model::{DeviceProfile, Page, ProfileId, TenantId};
 use crate::thing_model::*;
 use crate::{AccessStore, Error, Result, Value};
 
@@ -76,17 +76,8 @@ pub fn sample_template(tenant: TenantId, name: &str) -> DeviceTemplate {
 
 fn profile(tenant: TenantId, name: &str, template: Option<TemplateId>) -> DeviceProfile {
     DeviceProfile {
-        id: ProfileId::new(),
-        tenant_id: tenant,
-        name: name.into(),
-        device_type: DeviceType::Direct,
-        heartbeat_secs: None,
-        online_timeout_secs: None,
-        auto_register: false,
-        provision_secret_hash: None,
-        voucher_type: Default::default(),
         template_id: template,
-        created_at: now_ms(),
+        ..DeviceProfile::new(tenant, name)
     }
 }
 

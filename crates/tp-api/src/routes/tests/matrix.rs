@@ -11,8 +11,8 @@ use tp_core::rules::{
     TriggerGroup,
 };
 use tp_core::{
-    ApiKey, ApiKeyId, CustomRole, Device, DeviceGroup, DeviceProfile, DeviceType, GroupId, Page,
-    ProfileId, RoleId, hash_secret,
+    ApiKey, ApiKeyId, CustomRole, Device, DeviceGroup, DeviceProfile, GroupId, Page, RoleId,
+    hash_secret,
 };
 
 use super::*;
@@ -805,19 +805,7 @@ async fn fixture(h: &Harness, p: &Principals, n: usize) -> Result<Fx> {
     };
     h.access.create_group(&group).await?;
     h.access.add_group_device(a, group.id, device.id).await?;
-    let profile = DeviceProfile {
-        id: ProfileId::new(),
-        tenant_id: a,
-        name: format!("fxprofile-{uniq}"),
-        device_type: DeviceType::Direct,
-        heartbeat_secs: None,
-        online_timeout_secs: None,
-        auto_register: false,
-        provision_secret_hash: None,
-        voucher_type: Default::default(),
-        template_id: None,
-        created_at: now_ms(),
-    };
+    let profile = DeviceProfile::new(a, format!("fxprofile-{uniq}"));
     h.access.create_profile(&profile).await?;
     let role = new_role(h, a, &format!("fxrole-{uniq}"), &["device:read"]).await?;
     let user = new_user(
