@@ -154,19 +154,19 @@ fn ingest_decode_with_and_without_engine(c: &mut Criterion) {
     let payload = ten_keys();
     let mut g = c.benchmark_group("ingest_decode_100_messages");
     g.throughput(Throughput::Elements(MESSAGES as u64));
-    g.bench_function("no_script_engine", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut points = 0;
-                for _ in 0..MESSAGES {
-                    points += tp_core::protocol::decode_telemetry(&payload, 1)
-                        .unwrap()
-                        .len();
-                }
-                points
-            })
+    // the path before data scripts existed
+    let no_engine = || {
+        rt.block_on(async {
+            let mut points = 0;
+            for _ in 0..MESSAGES {
+                points += tp_core::protocol::decode_telemetry(&payload, 1)
+                    .unwrap()
+                    .len();
+            }
+            points
         })
-    });
+    };
+    g.bench_function("no_script_engine", |b| b.iter(no_engine));
     g.bench_function("engine_profile_without_script", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -188,19 +188,7 @@ fn ingest_decode_with_and_without_engine(c: &mut Criterion) {
             })
         })
     });
-    g.bench_function("no_script_engine_repeat", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut points = 0;
-                for _ in 0..MESSAGES {
-                    points += tp_core::protocol::decode_telemetry(&payload, 1)
-                        .unwrap()
-                        .len();
-                }
-                points
-            })
-        })
-    });
+    g.bench_function("no_script_engine_repeat", |b| b.iter(no_engine));
     g.finish();
 }
 
