@@ -100,15 +100,20 @@ fn engine_run(c: &mut Criterion) {
     g.finish();
 }
 
-/// The no-script path: a device without a profile, and a profile without a script
-/// (the cached lookup ingest does for every message).
-fn no_script(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// An engine reading scripts from an empty metadata store: no profile has a script.
+fn engine_over_empty_store(rt: &tokio::runtime::Runtime) -> Scripts {
     let store: ScriptStoreRef = Arc::new(
         rt.block_on(tp_storage::sqlite::SqliteMetadataStore::in_memory())
             .unwrap(),
     );
-    let engine = Scripts::new(Some(store), ScriptLimits::default());
+    Scripts::new(Some(store), ScriptLimits::default())
+}
+
+/// The no-script path: a device without a profile, and a profile without a script
+/// (the cached lookup ingest does for every message).
+fn no_script(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = engine_over_empty_store(&rt);
     let device = DeviceId::new();
     let profile = ProfileId::new();
     let payload = ten_keys();
@@ -144,11 +149,7 @@ fn no_script(c: &mut Criterion) {
 fn ingest_decode_with_and_without_engine(c: &mut Criterion) {
     const MESSAGES: usize = 100;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store: ScriptStoreRef = Arc::new(
-        rt.block_on(tp_storage::sqlite::SqliteMetadataStore::in_memory())
-            .unwrap(),
-    );
-    let engine = Scripts::new(Some(store), ScriptLimits::default());
+    let engine = engine_over_empty_store(&rt);
     let device = DeviceId::new();
     let profile = ProfileId::new();
     let payload = ten_keys();

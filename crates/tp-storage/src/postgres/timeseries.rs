@@ -926,7 +926,7 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
         }
         let points = dedupe(points);
         self.ensure_partitions(&points).await?;
-        let parts = split_by_device(&points, self.write_connections, self.copy_min_rows.max(1));
+        let parts = split_by_device(&points, self.write_connections, self.copy_min_rows);
         if let [whole] = parts.as_slice() {
             return self.write_part(whole).await;
         }
