@@ -282,13 +282,26 @@ mod fjall_memory_timeseries {
     });
 }
 
+/// Every write flushed into chunks at once (in the background, racing the reads that
+/// follow): the chunk path and the head/chunk hand-over.
+mod fjall_chunks_timeseries {
+    use super::*;
+    tp_core::timeseries_conformance!(async {
+        let store: TimeSeriesStoreRef =
+            tp_storage::open_timeseries("fjall::memory:?flush_points=1")
+                .await
+                .expect("open");
+        Some(store)
+    });
+}
+
 /// Small partitions (10 s): queries, deletes and aggregates cross partition borders.
 mod fjall_small_partitions_timeseries {
     use super::*;
     tp_core::timeseries_conformance!(async {
         let db = TempDb::new();
         let url = format!(
-            "fjall://{}?partition_ms=10000&fsync=true",
+            "fjall://{}?partition_ms=10000&fsync=true&flush_points=7",
             db.dir.path().join("ts").display()
         );
         let store = tp_storage::open_timeseries(&url).await.expect("open");

@@ -1,6 +1,6 @@
 //! [`FjallTimeSeriesStore`]: the keyspaces, the write path and the scans.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 
@@ -22,6 +22,27 @@ const PARTITION_PREFIX: &str = "ts.";
 /// `meta` keys.
 const META_PARTITION_MS: &str = "partition_ms";
 const META_EVENT_SEQ: &str = "event_seq";
+/// The newest head record a flush wrote into chunks (chunk generations never repeat,
+/// even after the head records are gone).
+const META_FLUSHED_RECORD: &str = "flushed_record";
+
+/// A chunk holds points of one series less than this far apart (and never crosses a
+/// partition), so a range read starts at most this far before the range.
+const CHUNK_SPAN_MS: i64 = 600_000;
+/// At most this many points per chunk (bounds what a narrow read decodes).
+const CHUNK_MAX_POINTS: usize = 1_024;
+/// When the active head holds this many times `flush_points` (the background flush
+/// is behind), a write flushes before it returns.
+const HEAD_HARD_LIMIT: usize = 4;
+
+/// Which copy of a timestamp wins when several exist: rows of the older per-point
+/// layout lose to chunks, chunks to a later generation, every chunk to the head.
+const OLD_ROW: u64 = 0;
+const FLUSHING: u64 = u64::MAX - 1;
+const ACTIVE: u64 = u64::MAX;
+
+/// A point found by a read, with its precedence.
+type Candidate = (Timestamp, u64, Value);
 
 type FjallResult<T> = std::result::Result<T, FjallError>;
 
@@ -52,7 +73,7 @@ static OPEN: Mutex<Vec<(PathBuf, Weak<Inner>)>> = Mutex::new(Vec::new());
 /// How long an open waits for this process to release a database it is closing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn shared(path: &Path, partition_ms: i64) -> FjallResult<Arc<Inner>> {
+fn shared(path: &Path, partition_ms: i64, flush_points: usize) -> FjallResult<Arc<Inner>> {
     std::fs::create_dir_all(path).map_err(|source| FjallError::CreateDir {
         path: path.display().to_string(),
         source,
@@ -76,7 +97,7 @@ fn shared(path: &Path, partition_ms: i64) -> FjallResult<Arc<Inner>> {
     // fjall's threads, then unlocks): wait for that, boundedly.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let inner = loop {
-        match Inner::open(&key, false, partition_ms) {
+        match Inner::open(&key, false, partition_ms, flush_points) {
             Err(FjallError::Fjall(::fjall::Error::Locked))
                 if std::time::Instant::now() < deadline =>
             {
@@ -96,11 +117,19 @@ struct Inner {
     meta: Keyspace,
     /// `device ‖ key` → series id.
     series: Keyspace,
-    /// series id → `ts ‖ value` of its newest point.
+    /// series id → `ts ‖ value` of its newest flushed point.
     latest: Keyspace,
+    /// record number → one write's points (the head's journal until they are flushed).
+    head_records: Keyspace,
     partition_ms: i64,
+    /// Flush the head when it holds this many points.
+    flush_points: usize,
     /// What readers need: series ids and open partitions.
     catalog: RwLock<Catalog>,
+    /// Points written but not yet in chunks (see the module docs).
+    head: RwLock<Head>,
+    /// Flushes one at a time; taken before `writer` by those that need both.
+    flusher: Mutex<FlushState>,
     /// Writers (`write`, `write_events`, `delete_range`, retention) one at a time.
     writer: Mutex<WriterState>,
     /// Where the database lives (for logs and the size report).
@@ -126,10 +155,103 @@ struct Catalog {
 
 struct WriterState {
     next_series: u64,
-    /// Newest timestamp per series (the `latest` keyspace's, in memory), so a write
-    /// decides without a read whether a point replaces the latest value.
-    latest: HashMap<u64, Timestamp>,
     next_event: u64,
+    /// Number of the next head record.
+    next_record: u64,
+}
+
+struct FlushState {
+    /// Newest timestamp per series (the `latest` keyspace's, in memory), so a flush
+    /// decides without a read whether a point replaces the stored latest value.
+    stored_latest: HashMap<u64, Timestamp>,
+}
+
+/// Points of some writes, by series.
+#[derive(Default)]
+struct Layer {
+    /// Each series' points in write order (of equal timestamps the last one wins).
+    series: HashMap<u64, Vec<(Timestamp, Value)>>,
+    points: usize,
+    /// The head records holding these points, ascending.
+    records: Vec<u64>,
+}
+
+impl Layer {
+    fn push(&mut self, series: u64, ts: Timestamp, value: Value) {
+        self.series.entry(series).or_default().push((ts, value));
+        self.points += 1;
+    }
+
+    /// The newest point of a series (the last written of equal timestamps).
+    fn newest(&self, series: u64) -> Option<&(Timestamp, Value)> {
+        self.series
+            .get(&series)?
+            .iter()
+            .reduce(|best, p| if p.0 >= best.0 { p } else { best })
+    }
+
+    fn points_in(
+        &self,
+        series: u64,
+        start: Timestamp,
+        end: Timestamp,
+        rank: u64,
+        out: &mut Vec<Candidate>,
+    ) {
+        if let Some(points) = self.series.get(&series) {
+            out.extend(
+                points
+                    .iter()
+                    .filter(|p| (start..end).contains(&p.0))
+                    .map(|(ts, v)| (*ts, rank, v.clone())),
+            );
+        }
+    }
+}
+
+/// The head: what the last writes added, kept in memory and in `head_records` until a
+/// flush writes it into chunks.
+#[derive(Default)]
+struct Head {
+    /// Where writes go.
+    active: Layer,
+    /// What a flush is writing (or failed to write, to be retried).
+    flushing: Option<Arc<Layer>>,
+}
+
+impl Head {
+    fn newest(&self, series: u64) -> Option<(Timestamp, Value)> {
+        let active = self.active.newest(series);
+        let flushing = self.flushing.as_ref().and_then(|l| l.newest(series));
+        match (active, flushing) {
+            (Some(a), Some(f)) if f.0 > a.0 => Some(f.clone()),
+            (a, f) => a.or(f).cloned(),
+        }
+    }
+}
+
+/// Sorts candidates by timestamp and keeps, of equal timestamps, the one that wins.
+fn settle(items: &mut Vec<Candidate>) {
+    // Stable: of equal rank, the later written stays later.
+    items.sort_by_key(|c| (c.0, c.1));
+    let mut kept = 0;
+    for i in 0..items.len() {
+        if i + 1 < items.len() && items[i + 1].0 == items[i].0 {
+            continue;
+        }
+        items.swap(kept, i);
+        kept += 1;
+    }
+    items.truncate(kept);
+}
+
+/// `[start, end)` of partition `bucket`, clamped to the timestamps that exist.
+fn bucket_bounds(bucket: i64, partition_ms: i64) -> (Timestamp, Timestamp) {
+    let at = |b: i64| {
+        (i128::from(b) * i128::from(partition_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+            as Timestamp
+    };
+    (at(bucket), at(bucket.saturating_add(1)))
 }
 
 fn partition_options() -> KeyspaceCreateOptions {
@@ -151,7 +273,12 @@ fn bucket_span(start: Timestamp, end: Timestamp, partition_ms: i64) -> (i64, i64
 }
 
 impl Inner {
-    fn open(path: &Path, temporary: bool, requested_partition_ms: i64) -> FjallResult<Self> {
+    fn open(
+        path: &Path,
+        temporary: bool,
+        requested_partition_ms: i64,
+        flush_points: usize,
+    ) -> FjallResult<Self> {
         std::fs::create_dir_all(path).map_err(|source| FjallError::CreateDir {
             path: path.display().to_string(),
             source,
@@ -165,6 +292,9 @@ impl Inner {
             .map_err(fj)?;
         let series = db.keyspace("series", partition_options).map_err(fj)?;
         let latest = db.keyspace("latest", partition_options).map_err(fj)?;
+        let head_records = db
+            .keyspace("head", KeyspaceCreateOptions::default)
+            .map_err(fj)?;
 
         // The partition width is part of the layout: the stored one wins.
         let partition_ms = match meta.get(META_PARTITION_MS).map_err(fj)? {
@@ -201,6 +331,21 @@ impl Inner {
                 .or_default()
                 .insert(key.into(), id);
         }
+        // The head: every record not yet flushed, in write order.
+        let mut active = Layer::default();
+        let mut next_record = match meta.get(META_FLUSHED_RECORD).map_err(fj)? {
+            Some(v) => codec::u64_from(&v, META_FLUSHED_RECORD)? + 1,
+            None => 1,
+        };
+        for kv in head_records.iter() {
+            let (number, record) = kv.into_inner().map_err(fj)?;
+            let number = codec::u64_from(&number, "head record number")?;
+            codec::decode_head(&record, |series, ts, value| {
+                active.push(series, ts, value);
+            })?;
+            active.records.push(number);
+            next_record = next_record.max(number + 1);
+        }
         let mut latest_ts = HashMap::new();
         for kv in latest.iter() {
             let (id, value) = kv.into_inner().map_err(fj)?;
@@ -224,12 +369,21 @@ impl Inner {
             meta,
             series,
             latest,
+            head_records,
             partition_ms,
+            flush_points: flush_points.max(1),
             catalog: RwLock::new(catalog),
+            head: RwLock::new(Head {
+                active,
+                flushing: None,
+            }),
+            flusher: Mutex::new(FlushState {
+                stored_latest: latest_ts,
+            }),
             writer: Mutex::new(WriterState {
                 next_series,
-                latest: latest_ts,
                 next_event,
+                next_record,
             }),
             path: path.to_owned(),
         })
@@ -238,6 +392,15 @@ impl Inner {
     fn writer(&self) -> MutexGuard<'_, WriterState> {
         // Writer state is only updated after a successful commit.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn flusher(&self) -> MutexGuard<'_, FlushState> {
+        // Flush state is only updated after a successful commit.
+        self.flusher.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn head(&self) -> RwLockReadGuard<'_, Head> {
+        self.head.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
@@ -263,7 +426,7 @@ impl Inner {
     }
 
     /// The partitions overlapping `[start, end)`, oldest first.
-    fn partitions_in(&self, start: Timestamp, end: Timestamp) -> Vec<Keyspace> {
+    fn partitions_in(&self, start: Timestamp, end: Timestamp) -> Vec<(i64, Keyspace)> {
         if start >= end {
             return Vec::new();
         }
@@ -271,7 +434,7 @@ impl Inner {
         self.catalog()
             .partitions
             .range(first..=last)
-            .map(|(_, ks)| ks.clone())
+            .map(|(b, ks)| (*b, ks.clone()))
             .collect()
     }
 
@@ -295,25 +458,39 @@ impl Inner {
         }
     }
 
+    /// Stores one write: a head record (one journal entry for the whole batch) and the
+    /// points in the in-memory head. Returns whether a background flush should start.
     fn write(
         &self,
-        points: &[TelemetryPoint],
+        points: Vec<TelemetryPoint>,
         persist: PersistMode,
         retention_ms: Option<i64>,
-    ) -> FjallResult<()> {
+    ) -> FjallResult<bool> {
+        // Retention drops whole partitions that ended before `now - retention_ms`;
+        // points that would land in one are dropped here rather than stored and
+        // dropped on the next pass.
+        let cutoff = retention_ms.map(|keep| tp_core::now_ms().saturating_sub(keep));
+        let kept_from = cutoff.map_or(Timestamp::MIN, |c| {
+            bucket_bounds(c.div_euclid(self.partition_ms), self.partition_ms).0
+        });
+        let points: Vec<TelemetryPoint> = if kept_from == Timestamp::MIN {
+            points
+        } else {
+            points.into_iter().filter(|p| p.ts >= kept_from).collect()
+        };
         if points.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut w = self.writer();
         let state = &mut *w;
 
-        // Series ids; new series get the next ids and are stored with the points.
+        // Series ids; new series get the next ids and are stored with the record.
         let mut ids = Vec::with_capacity(points.len());
-        let mut created: Vec<(DeviceId, &str, u64)> = Vec::new();
+        let mut created: Vec<(DeviceId, String, u64)> = Vec::new();
         {
             let catalog = self.catalog();
             let mut fresh: HashMap<(DeviceId, &str), u64> = HashMap::new();
-            for p in points {
+            for p in &points {
                 let known = catalog
                     .series
                     .get(&p.device_id)
@@ -325,7 +502,7 @@ impl Inner {
                         .or_insert_with(|| {
                             let id = state.next_series;
                             state.next_series += 1;
-                            created.push((p.device_id, p.key.as_str(), id));
+                            created.push((p.device_id, p.key.clone(), id));
                             id
                         }),
                 };
@@ -333,42 +510,13 @@ impl Inner {
             }
         }
 
-        // (series, ts) order, stable: of equal points the last one written comes last.
-        let mut order: Vec<usize> = (0..points.len()).collect();
-        order.sort_by_key(|&i| (ids[i], points[i].ts));
-
-        let mut batch = ::fjall::OwnedWriteBatch::with_capacity(self.db.clone(), points.len() * 2)
-            .durability(Some(persist));
-        let mut current: Option<(i64, Keyspace)> = None;
-        let mut value = Vec::with_capacity(16);
-        let mut latest_updates = Vec::new();
-        for (pos, &i) in order.iter().enumerate() {
-            let p = &points[i];
-            let id = ids[i];
-            let next = order.get(pos + 1).map(|&n| (ids[n], points[n].ts));
-            if next == Some((id, p.ts)) {
-                // Overwritten by a later point of this batch.
-                continue;
-            }
-            let bucket = p.ts.div_euclid(self.partition_ms);
-            let ks = match &current {
-                Some((b, ks)) if *b == bucket => ks,
-                _ => &current.insert(self.partition(p.ts)?).1,
-            };
-            value.clear();
-            codec::encode_value(&p.value, &mut value);
-            batch.insert(ks, codec::point_key(id, p.ts), value.as_slice());
-            // The last point of a series in the batch is its newest.
-            let last_of_series = next.is_none_or(|(n, _)| n != id);
-            if last_of_series && state.latest.get(&id).is_none_or(|&t| p.ts >= t) {
-                batch.insert(
-                    &self.latest,
-                    id.to_be_bytes(),
-                    codec::encode_latest(p.ts, &p.value),
-                );
-                latest_updates.push((id, p.ts));
-            }
+        let mut record = Vec::with_capacity(points.len() * 20);
+        for (p, id) in points.iter().zip(&ids) {
+            codec::put_head_point(*id, p.ts, &p.value, &mut record);
         }
+        let number = state.next_record;
+        let mut batch = self.db.batch().durability(Some(persist));
+        batch.insert(&self.head_records, number.to_be_bytes(), record);
         for (device, key, id) in &created {
             batch.insert(
                 &self.series,
@@ -379,7 +527,7 @@ impl Inner {
         batch.commit().map_err(fj)?;
 
         // Only now: a failed commit must not leave state that claims otherwise.
-        state.latest.extend(latest_updates);
+        state.next_record += 1;
         if !created.is_empty() {
             let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
             for (device, key, id) in created {
@@ -390,46 +538,268 @@ impl Inner {
                     .insert(key.into(), id);
             }
         }
-        if let Some(keep) = retention_ms {
-            self.drop_before_locked(tp_core::now_ms().saturating_sub(keep))?;
+        let (held, flushing) = {
+            let mut head = self.head.write().unwrap_or_else(PoisonError::into_inner);
+            for (p, id) in points.into_iter().zip(ids) {
+                head.active.push(id, p.ts, p.value);
+            }
+            head.active.records.push(number);
+            (head.active.points, head.flushing.is_some())
+        };
+        if let Some(cutoff) = cutoff {
+            // A flush may be writing into a partition retention would drop: then the
+            // drop waits for the next write.
+            if let Ok(_flush) = self.flusher.try_lock() {
+                self.drop_before_locked(cutoff)?;
+            }
         }
+        drop(w);
+        if held >= self.flush_points.saturating_mul(HEAD_HARD_LIMIT) {
+            // The background flush is behind: this write waits for it.
+            let mut flush = self.flusher();
+            while self.head().active.points >= self.flush_points {
+                self.flush_once(&mut flush)?;
+            }
+            return Ok(false);
+        }
+        Ok(held >= self.flush_points && !flushing)
+    }
+
+    /// Writes one layer of the head into chunks: the one a failed flush left, or else
+    /// the active one. Returns false when the head was empty.
+    fn flush_once(&self, flush: &mut FlushState) -> FjallResult<bool> {
+        let layer = {
+            let mut head = self.head.write().unwrap_or_else(PoisonError::into_inner);
+            match &head.flushing {
+                Some(layer) => layer.clone(),
+                None if head.active.points == 0 => return Ok(false),
+                None => {
+                    let layer = Arc::new(std::mem::take(&mut head.active));
+                    head.flushing = Some(layer.clone());
+                    layer
+                }
+            }
+        };
+        let Some(&generation) = layer.records.last() else {
+            return Ok(false);
+        };
+        // The head records are durable already; the flush batch replaces them
+        // atomically, so it needs no fsync of its own.
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut latest_updates = Vec::new();
+        let mut current: Option<(i64, Keyspace)> = None;
+        let mut chunk = Vec::new();
+        let mut order: Vec<usize> = Vec::new();
+        for (&id, points) in &layer.series {
+            // Timestamp order, stable: of equal ones the last written comes last and wins.
+            order.clear();
+            order.extend(0..points.len());
+            order.sort_by_key(|&i| points[i].0);
+            order.dedup_by(|later, earlier| {
+                let same = points[*later].0 == points[*earlier].0;
+                if same {
+                    *earlier = *later;
+                }
+                same
+            });
+            let mut rest = order.as_slice();
+            while let Some(&first) = rest.first() {
+                let first_ts = points[first].0;
+                let bucket = first_ts.div_euclid(self.partition_ms);
+                let len = rest
+                    .iter()
+                    .take(CHUNK_MAX_POINTS)
+                    .take_while(|&&i| {
+                        let ts = points[i].0;
+                        ts.div_euclid(self.partition_ms) == bucket
+                            && i128::from(ts) - i128::from(first_ts) < i128::from(CHUNK_SPAN_MS)
+                    })
+                    .count();
+                let (these, later) = rest.split_at(len);
+                rest = later;
+                chunk.clear();
+                codec::encode_chunk(
+                    first_ts,
+                    these.iter().map(|&i| (points[i].0, &points[i].1)),
+                    &mut chunk,
+                );
+                let ks = match &current {
+                    Some((b, ks)) if *b == bucket => ks,
+                    _ => &current.insert(self.partition(first_ts)?).1,
+                };
+                batch.insert(
+                    ks,
+                    codec::chunk_key(id, first_ts, generation),
+                    chunk.as_slice(),
+                );
+            }
+            if let Some(&newest) = order.last() {
+                let (ts, value) = &points[newest];
+                if flush.stored_latest.get(&id).is_none_or(|&t| *ts >= t) {
+                    batch.insert(
+                        &self.latest,
+                        id.to_be_bytes(),
+                        codec::encode_latest(*ts, value),
+                    );
+                    latest_updates.push((id, *ts));
+                }
+            }
+        }
+        for number in &layer.records {
+            batch.remove(&self.head_records, number.to_be_bytes());
+        }
+        batch.insert(&self.meta, META_FLUSHED_RECORD, generation.to_be_bytes());
+        batch.commit().map_err(fj)?;
+        flush.stored_latest.extend(latest_updates);
+        // After the commit: a reader that copied the head before this line has these
+        // points from the head, one after it finds them in the chunks.
+        self.head
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flushing = None;
+        Ok(true)
+    }
+
+    /// Flushes the whole head. Callers hold the flusher and writer locks, so nothing
+    /// is added meanwhile.
+    fn flush_all(&self, flush: &mut FlushState) -> FjallResult<()> {
+        while self.flush_once(flush)? {}
         Ok(())
     }
 
+    /// The background flush a write asked for; skipped when one is running already.
+    fn flush_in_background(&self) {
+        let mut flush = match self.flusher.try_lock() {
+            Ok(flush) => flush,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        loop {
+            match self.flush_once(&mut flush) {
+                Ok(true) if self.head().active.points >= self.flush_points => {}
+                Ok(_) => return,
+                Err(error) => {
+                    // The points stay in the head (memory and head records) and the
+                    // next flush retries them.
+                    tracing::error!(path = %self.path.display(), %error, "flushing the time-series head failed");
+                    return;
+                }
+            }
+        }
+    }
+
     fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> FjallResult<Vec<KeyValue>> {
+        let series = self.device_series(device, keys);
+        // The head first, then the table: a flush finishing in between moves a value
+        // from the head into the table, never out of both.
+        let head: Vec<Option<(Timestamp, Value)>> = {
+            let head = self.head();
+            series.iter().map(|(_, id)| head.newest(*id)).collect()
+        };
         let mut out = Vec::new();
-        for (key, id) in self.device_series(device, keys) {
-            if let Some(v) = self.latest.get(id.to_be_bytes()).map_err(fj)? {
-                let (ts, value) = codec::decode_latest(&v)?;
+        for ((key, id), in_head) in series.into_iter().zip(head) {
+            let stored = match self.latest.get(id.to_be_bytes()).map_err(fj)? {
+                Some(v) => Some(codec::decode_latest(&v)?),
+                None => None,
+            };
+            let newest = match (stored, in_head) {
+                (Some(s), Some(h)) => Some(if h.0 >= s.0 { h } else { s }),
+                (s, h) => s.or(h),
+            };
+            if let Some((ts, value)) = newest {
                 out.push(KeyValue { key, ts, value });
             }
         }
         Ok(out)
     }
 
-    /// Each row of series `id` in `[start, end)` in `order`, until `f` returns false.
+    /// The points of series `id` in `[lo, hi)` (within partition `ks`, which starts at
+    /// `bucket_start`), from chunks and rows of the older per-point layout.
+    fn read_partition(
+        &self,
+        ks: &Keyspace,
+        id: u64,
+        (lo, hi): (Timestamp, Timestamp),
+        bucket_start: Timestamp,
+        out: &mut Vec<Candidate>,
+    ) -> FjallResult<()> {
+        let from = lo.saturating_sub(CHUNK_SPAN_MS - 1).max(bucket_start);
+        for row in ks.range(codec::chunk_key(id, from, 0)..codec::chunk_key(id, hi, 0)) {
+            let (key, value) = row.into_inner().map_err(fj)?;
+            let (first_ts, generation) = codec::chunk_key_parts(&key)?;
+            codec::decode_chunk(first_ts, &value, |ts, v| {
+                if (lo..hi).contains(&ts) {
+                    out.push((ts, generation, v));
+                }
+            })?;
+        }
+        for row in ks.range(codec::point_key(id, lo)..codec::point_key(id, hi)) {
+            let (key, value) = row.into_inner().map_err(fj)?;
+            out.push((
+                codec::point_key_ts(&key)?,
+                OLD_ROW,
+                codec::decode_value(&value)?,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each point of series `id` in `[start, end)` in `order`, until `f` returns false.
+    /// Works partition by partition: what one partition holds of the series in the
+    /// range is collected, merged (the winning copy of each timestamp) and handed out.
     fn scan(
         &self,
         id: u64,
         start: Timestamp,
         end: Timestamp,
         order: Order,
-        mut f: impl FnMut(Timestamp, &[u8]) -> FjallResult<bool>,
+        mut f: impl FnMut(Timestamp, &Value) -> FjallResult<bool>,
     ) -> FjallResult<()> {
-        let mut partitions = self.partitions_in(start, end);
-        if order == Order::Desc {
-            partitions.reverse();
+        if start >= end {
+            return Ok(());
         }
-        let range = codec::point_key(id, start)..codec::point_key(id, end);
-        for ks in partitions {
-            let rows = ks.range(range.clone());
-            let rows: Box<dyn Iterator<Item = ::fjall::Guard>> = match order {
-                Order::Asc => Box::new(rows),
-                Order::Desc => Box::new(rows.rev()),
+        // The head before the partitions (see `latest`).
+        let mut head = Vec::new();
+        {
+            let h = self.head();
+            if let Some(layer) = &h.flushing {
+                layer.points_in(id, start, end, FLUSHING, &mut head);
+            }
+            h.active.points_in(id, start, end, ACTIVE, &mut head);
+        }
+        head.sort_by_key(|c| c.0);
+        let mut buckets: BTreeMap<i64, Option<Keyspace>> = self
+            .partitions_in(start, end)
+            .into_iter()
+            .map(|(b, ks)| (b, Some(ks)))
+            .collect();
+        for c in &head {
+            buckets
+                .entry(c.0.div_euclid(self.partition_ms))
+                .or_insert(None);
+        }
+        let mut buckets: Vec<(i64, Option<Keyspace>)> = buckets.into_iter().collect();
+        if order == Order::Desc {
+            buckets.reverse();
+        }
+        let mut items = Vec::new();
+        for (bucket, ks) in buckets {
+            let (bucket_start, bucket_end) = bucket_bounds(bucket, self.partition_ms);
+            let (lo, hi) = (start.max(bucket_start), end.min(bucket_end));
+            items.clear();
+            if let Some(ks) = &ks {
+                self.read_partition(ks, id, (lo, hi), bucket_start, &mut items)?;
+            }
+            let from = head.partition_point(|c| c.0 < lo);
+            let to = head.partition_point(|c| c.0 < hi);
+            items.extend(head[from..to].iter().cloned());
+            settle(&mut items);
+            let points: Box<dyn Iterator<Item = &Candidate>> = match order {
+                Order::Asc => Box::new(items.iter()),
+                Order::Desc => Box::new(items.iter().rev()),
             };
-            for row in rows {
-                let (key, value) = row.into_inner().map_err(fj)?;
-                if !f(codec::point_key_ts(&key)?, &value)? {
+            for (ts, _, value) in points {
+                if !f(*ts, value)? {
                     return Ok(());
                 }
             }
@@ -451,7 +821,7 @@ impl Inner {
                     out.push(KeyValue {
                         key: key.clone(),
                         ts,
-                        value: codec::decode_value(value)?,
+                        value: value.clone(),
                     });
                     rows += 1;
                     Ok(rows < limit)
@@ -480,7 +850,7 @@ impl Inner {
                             acc = Bucket::default();
                         }
                         acc.start = bucket;
-                        acc.add(codec::numeric(value)?);
+                        acc.add(codec::numeric(value));
                         Ok(true)
                     })?;
                     if more && acc.count > 0 {
@@ -503,27 +873,73 @@ impl Inner {
         if start >= end {
             return Ok(0);
         }
-        let mut w = self.writer();
+        let mut flush = self.flusher();
+        let _w = self.writer();
+        // Deletes are rare: flushing first leaves every point in a partition.
+        self.flush_all(&mut flush)?;
         let partitions = self.partitions_in(start, end);
         let mut batch = self.db.batch().durability(Some(persist));
         let mut deleted = 0;
         let mut latest_changes = Vec::new();
+        let mut kept: Vec<(Timestamp, Value)> = Vec::new();
+        let mut chunk = Vec::new();
         for (_, id) in self.device_series(device, keys) {
-            let range = codec::point_key(id, start)..codec::point_key(id, end);
-            for ks in &partitions {
-                for row in ks.range(range.clone()) {
-                    batch.remove(ks, row.key().map_err(fj)?);
-                    deleted += 1;
+            // Timestamps removed; a timestamp in several chunks is one point.
+            let mut gone = BTreeSet::new();
+            for (bucket, ks) in &partitions {
+                let (bucket_start, bucket_end) = bucket_bounds(*bucket, self.partition_ms);
+                let (lo, hi) = (start.max(bucket_start), end.min(bucket_end));
+                let from = lo.saturating_sub(CHUNK_SPAN_MS - 1).max(bucket_start);
+                for row in ks.range(codec::chunk_key(id, from, 0)..codec::chunk_key(id, hi, 0)) {
+                    let (key, value) = row.into_inner().map_err(fj)?;
+                    let (first_ts, _) = codec::chunk_key_parts(&key)?;
+                    kept.clear();
+                    let mut hit = false;
+                    codec::decode_chunk(first_ts, &value, |ts, v| {
+                        if (lo..hi).contains(&ts) {
+                            gone.insert(ts);
+                            hit = true;
+                        } else {
+                            kept.push((ts, v));
+                        }
+                    })?;
+                    if !hit {
+                        continue;
+                    }
+                    if kept.is_empty() {
+                        batch.remove(ks, key);
+                    } else {
+                        // Same key: the rest keeps its generation (its precedence).
+                        chunk.clear();
+                        codec::encode_chunk(
+                            first_ts,
+                            kept.iter().map(|(t, v)| (*t, v)),
+                            &mut chunk,
+                        );
+                        batch.insert(ks, key, chunk.as_slice());
+                    }
+                }
+                for row in ks.range(codec::point_key(id, lo)..codec::point_key(id, hi)) {
+                    let key = row.key().map_err(fj)?;
+                    gone.insert(codec::point_key_ts(&key)?);
+                    batch.remove(ks, key);
                 }
             }
+            deleted += gone.len() as u64;
             // Nothing newer than the latest point exists, so when it is deleted the
             // new latest is the newest point before `start`.
-            if w.latest.get(&id).is_some_and(|t| (start..end).contains(t)) {
+            if flush
+                .stored_latest
+                .get(&id)
+                .is_some_and(|t| (start..end).contains(t))
+            {
                 match self.newest_before(id, start)? {
                     Some((ts, value)) => {
-                        let mut v = codec::ts_bytes(ts).to_vec();
-                        v.extend_from_slice(&value);
-                        batch.insert(&self.latest, id.to_be_bytes(), v);
+                        batch.insert(
+                            &self.latest,
+                            id.to_be_bytes(),
+                            codec::encode_latest(ts, &value),
+                        );
                         latest_changes.push((id, Some(ts)));
                     }
                     None => {
@@ -536,18 +952,18 @@ impl Inner {
         batch.commit().map_err(fj)?;
         for (id, ts) in latest_changes {
             match ts {
-                Some(ts) => w.latest.insert(id, ts),
-                None => w.latest.remove(&id),
+                Some(ts) => flush.stored_latest.insert(id, ts),
+                None => flush.stored_latest.remove(&id),
             };
         }
         Ok(deleted)
     }
 
-    /// The newest point of series `id` before `end`, as `(ts, encoded value)`.
-    fn newest_before(&self, id: u64, end: Timestamp) -> FjallResult<Option<(Timestamp, Vec<u8>)>> {
+    /// The newest point of series `id` before `end`.
+    fn newest_before(&self, id: u64, end: Timestamp) -> FjallResult<Option<(Timestamp, Value)>> {
         let mut found = None;
         self.scan(id, Timestamp::MIN, end, Order::Desc, |ts, value| {
-            found = Some((ts, value.to_vec()));
+            found = Some((ts, value.clone()));
             Ok(false)
         })?;
         Ok(found)
@@ -605,7 +1021,7 @@ impl Inner {
             partitions.reverse();
         }
         let range = codec::event_key(device, start, 0)..codec::event_key(device, end, 0);
-        for ks in partitions {
+        for (_, ks) in partitions {
             let rows = ks.range(range.clone());
             let rows: Box<dyn Iterator<Item = ::fjall::Guard>> = match order {
                 Order::Asc => Box::new(rows),
@@ -730,12 +1146,12 @@ impl FjallTimeSeriesStore {
 
     async fn open_at(path: PathBuf, temporary: bool, options: FjallOptions) -> Result<Self> {
         options.validate()?;
-        let partition_ms = options.partition_ms;
+        let (partition_ms, flush_points) = (options.partition_ms, options.flush_points);
         let inner = tokio::task::spawn_blocking(move || {
             if temporary {
-                Inner::open(&path, true, partition_ms).map(Arc::new)
+                Inner::open(&path, true, partition_ms, flush_points).map(Arc::new)
             } else {
-                shared(&path, partition_ms)
+                shared(&path, partition_ms, flush_points)
             }
         })
         .await
@@ -770,7 +1186,10 @@ impl FjallTimeSeriesStore {
     /// [`Error::Backend`] when a keyspace cannot be removed.
     pub async fn drop_partitions_before(&self, ts: Timestamp) -> Result<u64> {
         self.blocking(move |inner| {
+            let mut flush = inner.flusher();
             let _w = inner.writer();
+            // Points still in the head belong to their partitions too.
+            inner.flush_all(&mut flush)?;
             inner.drop_before_locked(ts)
         })
         .await
@@ -799,8 +1218,14 @@ impl FjallTimeSeriesStore {
     /// [`Error::Backend`] on I/O errors.
     pub async fn compact(&self) -> Result<()> {
         self.blocking(|inner| {
+            let mut flush = inner.flusher();
             let _w = inner.writer();
-            let mut all = vec![inner.series.clone(), inner.latest.clone()];
+            inner.flush_all(&mut flush)?;
+            let mut all = vec![
+                inner.series.clone(),
+                inner.latest.clone(),
+                inner.head_records.clone(),
+            ];
             all.extend(inner.catalog().partitions.values().cloned());
             for ks in all {
                 ks.rotate_memtable_and_wait().map_err(fj)?;
@@ -880,8 +1305,15 @@ impl TimeSeriesStore for FjallTimeSeriesStore {
         }
         let points = points.to_vec();
         let (persist, retention) = (self.persist, self.retention_ms);
-        self.blocking(move |inner| inner.write(&points, persist, retention))
-            .await
+        let flush = self
+            .blocking(move |inner| inner.write(points, persist, retention))
+            .await?;
+        if flush {
+            let inner = self.inner.clone();
+            // Not awaited: the write is durable in the head already.
+            tokio::task::spawn_blocking(move || inner.flush_in_background());
+        }
+        Ok(())
     }
 
     async fn latest(&self, device: DeviceId, keys: Option<&[String]>) -> Result<Vec<KeyValue>> {
@@ -1213,6 +1645,175 @@ mod tests {
     }
 }
 
+/// The store against a model (a sorted map) under random writes, rewrites, deletes,
+/// flushes and reopens: history, ranges, order and latest values always match.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// (key, timestamp index, value)
+        Write(Vec<(u8, i64, i32)>),
+        Delete {
+            key: Option<u8>,
+            from: i64,
+            len: i64,
+        },
+        Flush,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => proptest::collection::vec((0u8..3, 0i64..40, any::<i32>()), 1..12).prop_map(Op::Write),
+            2 => (proptest::option::of(0u8..3), 0i64..40, 0i64..15)
+                .prop_map(|(key, from, len)| Op::Delete { key, from, len }),
+            1 => Just(Op::Flush),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    type Model = BTreeMap<(String, Timestamp), f64>;
+
+    async fn check(store: &FjallTimeSeriesStore, d: DeviceId, model: &Model, step: i64) {
+        let rows = store
+            .query(&TsQuery {
+                device_id: d,
+                keys: vec![],
+                start: i64::MIN,
+                end: i64::MAX,
+                aggregation: None,
+                limit: None,
+                order: Order::Asc,
+            })
+            .await
+            .expect("query");
+        let got: Vec<(String, Timestamp, Value)> =
+            rows.into_iter().map(|r| (r.key, r.ts, r.value)).collect();
+        let want: Vec<(String, Timestamp, Value)> = model
+            .iter()
+            .map(|((k, t), v)| (k.clone(), *t, Value::Float(*v)))
+            .collect();
+        assert_eq!(got, want, "history");
+        // A middle range, newest first, two per key.
+        let (start, end) = (10 * step, 30 * step);
+        let rows = store
+            .query(&TsQuery {
+                device_id: d,
+                keys: vec![],
+                start,
+                end,
+                aggregation: None,
+                limit: Some(2),
+                order: Order::Desc,
+            })
+            .await
+            .expect("query");
+        let mut want = Vec::new();
+        for key in ["k0", "k1", "k2"] {
+            want.extend(
+                model
+                    .range((key.to_owned(), start)..(key.to_owned(), end))
+                    .rev()
+                    .take(2)
+                    .map(|((k, t), _)| (k.clone(), *t)),
+            );
+        }
+        let got: Vec<(String, Timestamp)> = rows.into_iter().map(|r| (r.key, r.ts)).collect();
+        assert_eq!(got, want, "range");
+        let latest: Vec<(String, Timestamp, Value)> = store
+            .latest(d, None)
+            .await
+            .expect("latest")
+            .into_iter()
+            .map(|kv| (kv.key, kv.ts, kv.value))
+            .collect();
+        let mut want = Vec::new();
+        for key in ["k0", "k1", "k2"] {
+            if let Some(((k, t), v)) = model
+                .range((key.to_owned(), i64::MIN)..=(key.to_owned(), i64::MAX))
+                .next_back()
+            {
+                want.push((k.clone(), *t, Value::Float(*v)));
+            }
+        }
+        assert_eq!(latest, want, "latest");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_store_matches_a_model(
+            ops in proptest::collection::vec(op(), 1..25),
+            flush_points in 1usize..20,
+            small_partitions in any::<bool>(),
+            step in prop_oneof![Just(1i64), Just(250_000i64)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("ts");
+                let options = FjallOptions {
+                    partition_ms: if small_partitions { 16 * step } else { 86_400_000 },
+                    flush_points,
+                    ..FjallOptions::default()
+                };
+                let mut store = FjallTimeSeriesStore::open(&path, options.clone()).await.expect("open");
+                let d = DeviceId::new();
+                let mut model = Model::new();
+                for op in ops {
+                    match op {
+                        Op::Write(points) => {
+                            let batch: Vec<TelemetryPoint> = points
+                                .iter()
+                                .map(|(k, t, v)| TelemetryPoint {
+                                    device_id: d,
+                                    key: format!("k{k}"),
+                                    ts: t * step,
+                                    value: Value::Float(f64::from(*v)),
+                                })
+                                .collect();
+                            store.write(&batch).await.expect("write");
+                            for p in batch {
+                                let Value::Float(v) = p.value else { unreachable!() };
+                                model.insert((p.key, p.ts), v);
+                            }
+                        }
+                        Op::Delete { key, from, len } => {
+                            let keys = key.map(|k| vec![format!("k{k}")]);
+                            let (start, end) = (from * step, (from + len) * step);
+                            let n = store
+                                .delete_range(d, keys.as_deref(), start, end)
+                                .await
+                                .expect("delete");
+                            let doomed: Vec<(String, Timestamp)> = model
+                                .keys()
+                                .filter(|(k, t)| {
+                                    (start..end).contains(t)
+                                        && keys.as_ref().is_none_or(|ks| ks.contains(k))
+                                })
+                                .cloned()
+                                .collect();
+                            assert_eq!(n, doomed.len() as u64, "deleted count");
+                            for k in doomed {
+                                model.remove(&k);
+                            }
+                        }
+                        Op::Flush => store.compact().await.expect("flush"),
+                        Op::Reopen => {
+                            drop(store);
+                            store = FjallTimeSeriesStore::open(&path, options.clone()).await.expect("reopen");
+                        }
+                    }
+                    check(&store, d, &model, step).await;
+                }
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod speed_probe {
     use super::*;
@@ -1250,7 +1851,7 @@ mod speed_probe {
         let t0 = std::time::Instant::now();
         for (n, b) in batches.iter().enumerate() {
             let t = std::time::Instant::now();
-            inner.write(b, PersistMode::Buffer, None).unwrap();
+            inner.write(b.clone(), PersistMode::Buffer, None).unwrap();
             if n % 20 == 0 {
                 eprintln!("  one batch: {:?}", t.elapsed());
             }
