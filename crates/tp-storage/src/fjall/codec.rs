@@ -303,21 +303,33 @@ fn take_value(input: &mut &[u8], what: &'static str) -> Result<Value, FjallError
     })
 }
 
-/// A chunk: `count`, then per point the distance to the previous timestamp (the first
-/// one's to `first_ts`, the chunk key's) and the value. `points` ascend by timestamp,
-/// none before `first_ts`.
+/// A chunk: `count`, the distance from `first_ts` to the last timestamp (so a read
+/// can skip a chunk without decoding it), then per point the distance to the previous
+/// timestamp (the first one's to `first_ts`, the chunk key's) and the value. `points`
+/// ascend by timestamp, none before `first_ts`.
 pub(super) fn encode_chunk<'a>(
     first_ts: Timestamp,
-    points: impl ExactSizeIterator<Item = (Timestamp, &'a Value)>,
+    points: impl ExactSizeIterator<Item = (Timestamp, &'a Value)> + Clone,
     out: &mut Vec<u8>,
 ) {
     put_varint(out, points.len() as u64);
+    let last = points.clone().last().map_or(first_ts, |p| p.0);
+    put_varint(out, last.wrapping_sub(first_ts) as u64);
     let mut prev = first_ts;
     for (ts, v) in points {
         put_varint(out, ts.wrapping_sub(prev) as u64);
         prev = ts;
         put_value(v, out);
     }
+}
+
+/// The last timestamp of a chunk, read from its header.
+pub(super) fn chunk_last_ts(
+    first_ts: Timestamp,
+    mut bytes: &[u8],
+) -> Result<Timestamp, FjallError> {
+    take_varint(&mut bytes, "chunk")?;
+    Ok(first_ts.wrapping_add(take_varint(&mut bytes, "chunk")? as i64))
 }
 
 /// The inverse of [`encode_chunk`]: `f` gets each point in order.
@@ -328,6 +340,7 @@ pub(super) fn decode_chunk(
 ) -> Result<(), FjallError> {
     const WHAT: &str = "chunk";
     let n = take_varint(&mut bytes, WHAT)?;
+    take_varint(&mut bytes, WHAT)?;
     let mut ts = first_ts;
     for _ in 0..n {
         ts = ts.wrapping_add(take_varint(&mut bytes, WHAT)? as i64);
@@ -495,6 +508,10 @@ mod tests {
             let mut back = Vec::new();
             decode_chunk(first, &buf, |t, v| back.push((t, v))).unwrap();
             proptest::prop_assert_eq!(&back, &points);
+            proptest::prop_assert_eq!(
+                chunk_last_ts(first, &buf).unwrap(),
+                points.last().map_or(first, |p| p.0)
+            );
 
             let mut record = Vec::new();
             for (t, v) in &points {
@@ -511,6 +528,7 @@ mod tests {
         fn damaged_chunks_are_errors(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let _ = decode_chunk(0, &bytes, |_, _| {});
             let _ = decode_head(&bytes, |_, _, _| {});
+            let _ = chunk_last_ts(0, &bytes);
             let _ = chunk_key_parts(&bytes);
         }
     }

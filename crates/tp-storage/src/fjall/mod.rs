@@ -38,9 +38,10 @@
 //!   batch, while new writes go to a fresh head; if the flush falls 4× behind, writes
 //!   wait for it. Reads merge the head with the chunks. On open, the records not yet
 //!   flushed are read back into the head.
-//! - **Chunks.** A chunk holds points of one series less than 10 minutes apart (at
-//!   most 1,024), inside one partition: the distance to the previous timestamp as a
-//!   varint, then the value (tag and payload; a float is 9 bytes). Its key carries the
+//! - **Chunks.** A chunk holds points of one series less than 6 hours apart (at
+//!   most 1,024), inside one partition: a header with the count and the time span
+//!   (a read skips chunks that end before its range), then per point the distance to
+//!   the previous timestamp as a varint and the value (tag and payload; a float is 9 bytes). Its key carries the
 //!   flush's *generation*: when two chunks hold the same timestamp (a point written
 //!   again, or late), the later generation wins, and the head wins over every chunk.
 //! - **Time partitions.** `ts.<n>` holds `[n·partition_ms, (n+1)·partition_ms)`
