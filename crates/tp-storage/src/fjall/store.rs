@@ -409,7 +409,8 @@ impl Inner {
         self.catalog.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The partition holding `ts`, created if missing. Callers hold the writer lock.
+    /// The partition holding `ts`, created if missing (by a flush or an event write;
+    /// opening a keyspace twice gives the same one).
     fn partition(&self, ts: Timestamp) -> FjallResult<(i64, Keyspace)> {
         let bucket = ts.div_euclid(self.partition_ms);
         if let Some(ks) = self.catalog().partitions.get(&bucket) {
@@ -1396,7 +1397,7 @@ mod tests {
         }
     }
 
-    fn all(d: DeviceId) -> TsQuery {
+    pub(super) fn all(d: DeviceId) -> TsQuery {
         TsQuery {
             device_id: d,
             keys: vec![],
@@ -1686,18 +1687,7 @@ mod model {
     type Model = BTreeMap<(String, Timestamp), f64>;
 
     async fn check(store: &FjallTimeSeriesStore, d: DeviceId, model: &Model, step: i64) {
-        let rows = store
-            .query(&TsQuery {
-                device_id: d,
-                keys: vec![],
-                start: i64::MIN,
-                end: i64::MAX,
-                aggregation: None,
-                limit: None,
-                order: Order::Asc,
-            })
-            .await
-            .expect("query");
+        let rows = store.query(&super::tests::all(d)).await.expect("query");
         let got: Vec<(String, Timestamp, Value)> =
             rows.into_iter().map(|r| (r.key, r.ts, r.value)).collect();
         let want: Vec<(String, Timestamp, Value)> = model
@@ -1709,13 +1699,11 @@ mod model {
         let (start, end) = (10 * step, 30 * step);
         let rows = store
             .query(&TsQuery {
-                device_id: d,
-                keys: vec![],
                 start,
                 end,
-                aggregation: None,
                 limit: Some(2),
                 order: Order::Desc,
+                ..super::tests::all(d)
             })
             .await
             .expect("query");
