@@ -171,8 +171,8 @@ struct FlushState {
 /// Points of some writes, by series.
 #[derive(Default)]
 struct Layer {
-    /// Each series' points in write order (of equal timestamps the last one wins).
-    series: HashMap<u64, Vec<(Timestamp, Value)>>,
+    /// Each series' points.
+    series: HashMap<u64, SeriesHead>,
     points: usize,
     /// The head records holding these points, ascending.
     records: Vec<u64>,
@@ -180,16 +180,18 @@ struct Layer {
 
 impl Layer {
     fn push(&mut self, series: u64, ts: Timestamp, value: Value) {
-        self.series.entry(series).or_default().push((ts, value));
+        let head = self.series.entry(series).or_default();
+        if head.points.get(head.newest).is_none_or(|n| ts >= n.0) {
+            head.newest = head.points.len();
+        }
+        head.points.push((ts, value));
         self.points += 1;
     }
 
     /// The newest point of a series (the last written of equal timestamps).
     fn newest(&self, series: u64) -> Option<&(Timestamp, Value)> {
-        self.series
-            .get(&series)?
-            .iter()
-            .reduce(|best, p| if p.0 >= best.0 { p } else { best })
+        let head = self.series.get(&series)?;
+        head.points.get(head.newest)
     }
 
     fn points_in(
@@ -200,15 +202,24 @@ impl Layer {
         rank: u64,
         out: &mut Vec<Candidate>,
     ) {
-        if let Some(points) = self.series.get(&series) {
+        if let Some(head) = self.series.get(&series) {
             out.extend(
-                points
+                head.points
                     .iter()
                     .filter(|p| (start..end).contains(&p.0))
                     .map(|(ts, v)| (*ts, rank, v.clone())),
             );
         }
     }
+}
+
+/// One series' points in a [`Layer`].
+#[derive(Default)]
+struct SeriesHead {
+    /// In write order (of equal timestamps the last one wins).
+    points: Vec<(Timestamp, Value)>,
+    /// Index of the newest point (kept on push: latest-value reads are frequent).
+    newest: usize,
 }
 
 /// The head: what the last writes added, kept in memory and in `head_records` until a
@@ -593,7 +604,7 @@ impl Inner {
         let mut current: Option<(i64, Keyspace)> = None;
         let mut chunk = Vec::new();
         let mut order: Vec<usize> = Vec::new();
-        for (&id, points) in &layer.series {
+        for (&id, SeriesHead { points, .. }) in &layer.series {
             // Timestamp order, stable: of equal ones the last written comes last and wins.
             order.clear();
             order.extend(0..points.len());
