@@ -727,6 +727,27 @@ impl Inner {
         Ok(out)
     }
 
+    /// Each chunk of series `id` in partition `ks` (which starts at `bucket_start`)
+    /// that may hold points in `[lo, hi)`: `f` gets its key, value, first
+    /// timestamp and generation. Chunks ending before `lo` are skipped by their header.
+    fn for_each_chunk(
+        ks: &Keyspace,
+        id: u64,
+        (lo, hi): (Timestamp, Timestamp),
+        bucket_start: Timestamp,
+        mut f: impl FnMut(::fjall::Slice, &[u8], Timestamp, u64) -> FjallResult<()>,
+    ) -> FjallResult<()> {
+        let from = lo.saturating_sub(CHUNK_SPAN_MS - 1).max(bucket_start);
+        for row in ks.range(codec::chunk_key(id, from, 0)..codec::chunk_key(id, hi, 0)) {
+            let (key, value) = row.into_inner().map_err(fj)?;
+            let (first_ts, generation) = codec::chunk_key_parts(&key)?;
+            if codec::chunk_last_ts(first_ts, &value)? >= lo {
+                f(key, &value, first_ts, generation)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The points of series `id` in `[lo, hi)` (within partition `ks`, which starts at
     /// `bucket_start`), from chunks and rows of the older per-point layout.
     fn read_partition(
@@ -737,19 +758,19 @@ impl Inner {
         bucket_start: Timestamp,
         out: &mut Vec<Candidate>,
     ) -> FjallResult<()> {
-        let from = lo.saturating_sub(CHUNK_SPAN_MS - 1).max(bucket_start);
-        for row in ks.range(codec::chunk_key(id, from, 0)..codec::chunk_key(id, hi, 0)) {
-            let (key, value) = row.into_inner().map_err(fj)?;
-            let (first_ts, generation) = codec::chunk_key_parts(&key)?;
-            if codec::chunk_last_ts(first_ts, &value)? < lo {
-                continue;
-            }
-            codec::decode_chunk(first_ts, &value, |ts, v| {
-                if (lo..hi).contains(&ts) {
-                    out.push((ts, generation, v));
-                }
-            })?;
-        }
+        Self::for_each_chunk(
+            ks,
+            id,
+            (lo, hi),
+            bucket_start,
+            |_, value, first_ts, generation| {
+                codec::decode_chunk(first_ts, value, |ts, v| {
+                    if (lo..hi).contains(&ts) {
+                        out.push((ts, generation, v));
+                    }
+                })
+            },
+        )?;
         for row in ks.range(codec::point_key(id, lo)..codec::point_key(id, hi)) {
             let (key, value) = row.into_inner().map_err(fj)?;
             out.push((
@@ -906,16 +927,10 @@ impl Inner {
             for (bucket, ks) in &partitions {
                 let (bucket_start, bucket_end) = bucket_bounds(*bucket, self.partition_ms);
                 let (lo, hi) = (start.max(bucket_start), end.min(bucket_end));
-                let from = lo.saturating_sub(CHUNK_SPAN_MS - 1).max(bucket_start);
-                for row in ks.range(codec::chunk_key(id, from, 0)..codec::chunk_key(id, hi, 0)) {
-                    let (key, value) = row.into_inner().map_err(fj)?;
-                    let (first_ts, _) = codec::chunk_key_parts(&key)?;
-                    if codec::chunk_last_ts(first_ts, &value)? < lo {
-                        continue;
-                    }
+                Self::for_each_chunk(ks, id, (lo, hi), bucket_start, |key, value, first_ts, _| {
                     kept.clear();
                     let mut hit = false;
-                    codec::decode_chunk(first_ts, &value, |ts, v| {
+                    codec::decode_chunk(first_ts, value, |ts, v| {
                         if (lo..hi).contains(&ts) {
                             gone.insert(ts);
                             hit = true;
@@ -924,7 +939,7 @@ impl Inner {
                         }
                     })?;
                     if !hit {
-                        continue;
+                        return Ok(());
                     }
                     if kept.is_empty() {
                         batch.remove(ks, key);
@@ -938,7 +953,8 @@ impl Inner {
                         );
                         batch.insert(ks, key, chunk.as_slice());
                     }
-                }
+                    Ok(())
+                })?;
                 for row in ks.range(codec::point_key(id, lo)..codec::point_key(id, hi)) {
                     let key = row.key().map_err(fj)?;
                     gone.insert(codec::point_key_ts(&key)?);
