@@ -1101,13 +1101,54 @@ async fn call_as(
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_as_every_caller() -> Result<()> {
+/// Shards of the matrix: rows `n` with `n % MATRIX_SHARDS == shard` run in one test
+/// with its own harness. Every cell adds a fixture and every snapshot lists the
+/// tenant, so one harness for all cells made the test quadratic (13 of the gate's
+/// 37 minutes); shards divide that by their number and run in parallel.
+const MATRIX_SHARDS: usize = 8;
+
+macro_rules! matrix_shards {
+    ($($name:ident = $shard:expr),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> Result<()> {
+                every_endpoint_as_every_caller($shard).await
+            }
+        )+
+        /// The shards above are all of them, so every row runs.
+        #[test]
+        fn matrix_shards_cover_every_row() {
+            let shards: Vec<usize> = vec![$($shard),+];
+            assert_eq!(shards, (0..MATRIX_SHARDS).collect::<Vec<_>>());
+        }
+    };
+}
+
+matrix_shards! {
+    every_endpoint_as_every_caller_0 = 0,
+    every_endpoint_as_every_caller_1 = 1,
+    every_endpoint_as_every_caller_2 = 2,
+    every_endpoint_as_every_caller_3 = 3,
+    every_endpoint_as_every_caller_4 = 4,
+    every_endpoint_as_every_caller_5 = 5,
+    every_endpoint_as_every_caller_6 = 6,
+    every_endpoint_as_every_caller_7 = 7,
+}
+
+/// Every row of [`table`] in `shard` as every caller of [`WHO`].
+async fn every_endpoint_as_every_caller(shard: usize) -> Result<()> {
     let h = Harness::new().await?;
     let p = principals(&h).await?;
+    let table = table();
+    let rows: Vec<(usize, &Row)> = table
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % MATRIX_SHARDS == shard)
+        .collect();
+    assert!(!rows.is_empty(), "shard {shard} has rows");
     let mut calls = 0;
     let mut failures = Vec::new();
-    for (n, row) in table().iter().enumerate() {
+    for &(n, row) in &rows {
         for (i, who) in WHO.iter().copied().enumerate() {
             let fx = fixture(&h, &p, n * 10 + i).await?;
             let uri = substitute(row.path, &fx);
@@ -1174,10 +1215,11 @@ async fn every_endpoint_as_every_caller() -> Result<()> {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(calls, table().len() * WHO.len());
+    assert_eq!(calls, rows.len() * WHO.len());
     eprintln!(
-        "authorization matrix: {} rows x {} callers = {calls} calls",
-        table().len(),
+        "authorization matrix shard {shard}: {} of {} rows x {} callers = {calls} calls",
+        rows.len(),
+        table.len(),
         WHO.len()
     );
     // The principals of other tenants are untouched.
