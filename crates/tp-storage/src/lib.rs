@@ -78,6 +78,8 @@ pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod rules_common;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod series_cache;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

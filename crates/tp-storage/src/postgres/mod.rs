@@ -4,7 +4,8 @@
 //!   also the [`tp_core::AccessStore`] (roles, API keys, device groups, profiles, audit
 //!   log) on the same schema and pool, and the [`tp_core::rules::RuleStore`] (rules,
 //!   scenes, alarms, notification channels and history, rule state).
-//! - [`PostgresTimeSeriesStore`]: telemetry history (`ts_kv`), latest values
+//! - [`PostgresTimeSeriesStore`]: telemetry history (`ts_kv`, keyed by an integer
+//!   series id that `ts_series` maps to device and key), latest values
 //!   (`ts_latest`) and events (`ts_events`). History is range-partitioned on `ts` with
 //!   partitions created on demand, so retention drops whole partitions
 //!   ([`PostgresTimeSeriesStore::drop_partitions_before`]); when the `timescaledb`
@@ -33,6 +34,7 @@ mod error;
 mod meta;
 mod timescale;
 mod timeseries;
+mod upgrade;
 mod value;
 
 #[cfg(test)]

@@ -734,3 +734,172 @@ async fn copy_and_insert_store_the_same_rows() {
         assert_eq!((&a.0, &a.1), (&b.0, &b.1), "replay is idempotent");
     }
 }
+
+/// The history table of earlier releases, keyed by `(device_id, key, ts)`.
+const OLD_TS_KV_SQL: &str = "DROP TABLE ts_kv; CREATE TABLE ts_kv (device_id uuid NOT NULL, \
+     key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, vtype smallint NOT NULL, \
+     v_int bigint, v_real double precision, v_text text, PRIMARY KEY (device_id, key, ts)) \
+     PARTITION BY RANGE (ts)";
+
+/// A schema an earlier release wrote, with history keyed by `(device_id, key, ts)`,
+/// is converted to the series-keyed layout when a store connects: every point,
+/// latest value and event reads back as before, partitions keep their names and
+/// ranges, and writing on continues with the converted series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_layout_is_converted_on_connect() {
+    let Some(reference) = timeseries_store().await else {
+        return;
+    };
+    let old = timeseries_store().await.expect("second schema");
+    let devices: Vec<tp_core::DeviceId> = (0..5).map(|_| tp_core::DeviceId::new()).collect();
+    let batches = mixed_batches(&devices);
+    for b in &batches {
+        reference.write(b).await.expect("write");
+    }
+    let events: Vec<tp_core::DeviceEvent> = (0..20)
+        .map(|i| tp_core::DeviceEvent {
+            device_id: devices[i % devices.len()],
+            ts: 19_675 * DAY + i as i64,
+            message_id: format!("m{i}"),
+            method: "alarm".into(),
+            params: serde_json::json!({ "i": i }),
+        })
+        .collect();
+    reference.write_events(&events).await.expect("events");
+    let expected = dump(&reference, &devices).await;
+    assert!(expected.iter().map(|(h, ..)| h.len()).sum::<usize>() > 1_000);
+
+    // The same data in the earlier layout, in partitions named as that release named
+    // them (one of them before 1970, empty).
+    let r = quote_ident(&reference.schema);
+    let mut setup = vec![OLD_TS_KV_SQL.to_owned()];
+    for k in 19_675..19_680 {
+        setup.push(create_old_partition(k));
+    }
+    setup.push(create_old_partition(-1));
+    setup.push(format!(
+        "INSERT INTO ts_kv SELECT s.device_id, s.key, t.ts, t.vtype, t.v_int, t.v_real, \
+         t.v_text FROM {r}.ts_kv t JOIN {r}.ts_series s ON s.id = t.series"
+    ));
+    setup.push(format!("INSERT INTO ts_latest SELECT * FROM {r}.ts_latest"));
+    setup.push(format!(
+        "INSERT INTO ts_events (device_id, ts, message_id, method, params) \
+         SELECT device_id, ts, message_id, method, params FROM {r}.ts_events ORDER BY id"
+    ));
+    for sql in setup {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(old.pool())
+            .await
+            .expect("earlier layout");
+    }
+
+    let url = with_schema(&old.base_url, &old.schema);
+    let converted = PostgresTimeSeriesStore::connect(&url)
+        .await
+        .expect("connect converts");
+    assert_eq!(
+        dump(&converted, &devices).await,
+        expected,
+        "same rows after"
+    );
+    let pool = converted.pool();
+    let leftover: Option<String> = sqlx::query_scalar("SELECT to_regclass('ts_kv_v1')::text")
+        .fetch_one(pool)
+        .await
+        .expect("old table");
+    assert_eq!(leftover, None, "the old table is dropped");
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'ts_kv'::regclass ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("partitions");
+    assert_eq!(
+        partitions,
+        [
+            "ts_kv_m1",
+            "ts_kv_p19675",
+            "ts_kv_p19676",
+            "ts_kv_p19677",
+            "ts_kv_p19678",
+            "ts_kv_p19679"
+        ]
+    );
+    let series = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ts_series")
+                .fetch_one(&pool)
+                .await
+                .expect("series")
+        }
+    };
+    assert_eq!(series(pool).await, series(reference.pool()).await);
+
+    // Writing on: a replay of every batch changes nothing, on either store.
+    for b in &batches {
+        converted.write(b).await.expect("write after");
+    }
+    assert_eq!(dump(&converted, &devices).await, expected, "replay after");
+    // A later connection finds nothing to convert.
+    let again = PostgresTimeSeriesStore::connect(&url)
+        .await
+        .expect("reconnect");
+    assert_eq!(again.layout(), converted.layout());
+    assert_eq!(dump(&again, &devices).await, expected);
+}
+
+fn create_old_partition(k: i64) -> String {
+    let name = if k >= 0 {
+        format!("ts_kv_p{k}")
+    } else {
+        format!("ts_kv_m{}", -k)
+    };
+    format!(
+        "CREATE TABLE {name} PARTITION OF ts_kv FOR VALUES FROM ({}) TO ({})",
+        k * DAY,
+        (k + 1) * DAY
+    )
+}
+
+/// Two stores (two nodes) writing the same new series at the same time both
+/// succeed and name each series once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_create_each_series_once() {
+    let Some(first) = timeseries_store_with("&write_connections=4&copy_min_rows=1").await else {
+        return;
+    };
+    let second = PostgresTimeSeriesStore::connect(&format!(
+        "{}&write_connections=4&copy_min_rows=1",
+        with_schema(&first.base_url, &first.schema)
+    ))
+    .await
+    .expect("second store");
+    let devices: Vec<tp_core::DeviceId> = (0..40).map(|_| tp_core::DeviceId::new()).collect();
+    let batch: Vec<TelemetryPoint> = devices
+        .iter()
+        .flat_map(|d| {
+            (0..25).map(move |k| TelemetryPoint {
+                device_id: *d,
+                key: format!("k{k}"),
+                ts: 19_675 * DAY + k,
+                value: Value::Integer(k),
+            })
+        })
+        .collect();
+    let mut reversed = batch.clone();
+    reversed.reverse();
+    let (a, b) = tokio::join!(first.write(&batch), second.write(&reversed));
+    a.expect("first writer");
+    b.expect("second writer");
+    let (series, rows): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM ts_series), (SELECT count(*) FROM ts_kv)")
+            .fetch_one(first.pool())
+            .await
+            .expect("counts");
+    assert_eq!((series, rows), (1_000, 1_000));
+    for d in &devices {
+        assert_eq!(second.latest(*d, None).await.expect("latest").len(), 25);
+    }
+}

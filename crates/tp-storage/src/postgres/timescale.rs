@@ -16,6 +16,8 @@ pub struct TimescaleSettings {
     pub retention_ms: Option<i64>,
 }
 
+use super::timeseries::TS_KV_COLUMNS;
+
 /// Whether the server offers the extension (it may still fail to load when it is not
 /// in `shared_preload_libraries`; the caller falls back then).
 pub(crate) const AVAILABLE_SQL: &str =
@@ -40,11 +42,7 @@ fn ident(name: &str) -> String {
 pub(crate) fn setup_sql(ext_schema: &str, s: &TimescaleSettings) -> Vec<String> {
     let ext = ident(ext_schema);
     let mut sql = vec![
-        "CREATE TABLE IF NOT EXISTS ts_kv (\
-         device_id uuid NOT NULL, key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, \
-         vtype smallint NOT NULL, v_int bigint, v_real double precision, v_text text, \
-         PRIMARY KEY (device_id, key, ts))"
-            .to_owned(),
+        format!("CREATE TABLE IF NOT EXISTS ts_kv ({TS_KV_COLUMNS})"),
         "CREATE OR REPLACE FUNCTION ts_kv_now_ms() RETURNS bigint LANGUAGE sql STABLE \
          AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
             .to_owned(),
@@ -61,7 +59,7 @@ pub(crate) fn setup_sql(ext_schema: &str, s: &TimescaleSettings) -> Vec<String> 
     if let Some(after) = s.compress_after_ms {
         sql.push(
             "ALTER TABLE ts_kv SET (timescaledb.compress, \
-             timescaledb.compress_segmentby = 'device_id, key', \
+             timescaledb.compress_segmentby = 'series', \
              timescaledb.compress_orderby = 'ts DESC')"
                 .to_owned(),
         );
@@ -105,7 +103,7 @@ mod tests {
         );
         assert_eq!(sql.len(), 7, "{sql:#?}");
         assert!(sql[0].starts_with("CREATE TABLE IF NOT EXISTS ts_kv ("));
-        assert!(sql[0].contains("PRIMARY KEY (device_id, key, ts)"));
+        assert!(sql[0].contains("PRIMARY KEY (series, ts)"));
         assert!(sql[1].contains("FUNCTION ts_kv_now_ms() RETURNS bigint"));
         assert_eq!(
             sql[2],
@@ -117,7 +115,7 @@ mod tests {
             "SELECT \"public\".set_integer_now_func('ts_kv', 'ts_kv_now_ms', \
              replace_if_exists => TRUE)"
         );
-        assert!(sql[4].contains("timescaledb.compress_segmentby = 'device_id, key'"));
+        assert!(sql[4].contains("timescaledb.compress_segmentby = 'series'"));
         assert!(sql[4].contains("timescaledb.compress_orderby = 'ts DESC'"));
         assert_eq!(
             sql[5],

@@ -1,6 +1,7 @@
 //! [`PostgresTimeSeriesStore`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -16,7 +17,8 @@ use super::copy::CopyBuffer;
 use super::error::{self, PgError, db, is_missing_partition, is_unique_violation};
 use super::timescale::{self, TimescaleSettings};
 use super::value::{self, ValueArrays};
-use super::{Target, healthcheck, invalid_url, migrator, to_i64};
+use super::{Target, healthcheck, invalid_url, migrator, to_i64, upgrade};
+use crate::series_cache::SeriesCache;
 
 /// One day in milliseconds.
 const DAY_MS: i64 = 86_400_000;
@@ -165,14 +167,22 @@ pub enum TsLayout {
 
 /// [`TimeSeriesStore`] on PostgreSQL (optionally TimescaleDB).
 ///
+/// - History is keyed by `(series, ts)`: `ts_series` names each `(device_id, key)`
+///   once with an integer id, which the store caches. An 8-byte key instead of a
+///   uuid and a text in every row and index entry halves the table and its primary
+///   key and nearly doubles the insert rate (benches/RESULTS.md). Reads join
+///   `ts_series` first, so a device's query is one index range scan per series.
+///   A schema written by an earlier release, keyed by `(device_id, key, ts)`, is
+///   converted on connect (see `upgrade.rs`).
 /// - A batch is deduplicated first (the last occurrence of a `(device, key, ts)`
-///   wins, so a batch holding one point twice stores its later value) and sorted.
-///   Then, in one transaction ([`WriteMethod::Copy`], the default): binary `COPY`
-///   into the session's temporary staging table `tp_stage_kv` (`ON COMMIT DELETE
-///   ROWS`), `INSERT INTO ts_kv .. SELECT .. ON CONFLICT (device_id, key, ts) DO
-///   UPDATE` (a replayed point overwrites itself: idempotent) and the same into
-///   `ts_latest` for the rows flagged newest of their series, guarded by
-///   `excluded.ts >= ts`. [`WriteMethod::Insert`] sends the same rows as `UNNEST`
+///   wins, so a batch holding one point twice stores its later value) and sorted;
+///   series it is the first to write are created in `ts_series`. Then, in one
+///   transaction ([`WriteMethod::Copy`], the default): binary `COPY` into the
+///   session's temporary staging table `tp_stage_series` (`ON COMMIT DELETE ROWS`),
+///   `INSERT INTO ts_kv .. SELECT` (on a conflict, the same with `ON CONFLICT
+///   (series, ts) DO UPDATE`: a replayed point overwrites itself, idempotent) and an
+///   update of `ts_latest` for the rows flagged newest of their series, guarded by
+///   `ts >= ts_latest.ts`. [`WriteMethod::Insert`] sends the same rows as `UNNEST`
 ///   arrays instead.
 /// - In the partitioned layout, partitions are created on demand before a write
 ///   (known ones are cached; creation is serialized by an advisory lock). A batch with
@@ -192,16 +202,23 @@ pub struct PostgresTimeSeriesStore {
     write_method: WriteMethod,
     copy_min_rows: usize,
     write_connections: usize,
+    /// Ids of the series this store has written (`ts_series`).
+    series: SeriesCache,
 }
 
 /// Serializes DDL on this schema's `ts_kv` across processes.
 const DDL_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.ts_kv'))";
 
-/// The partitioned parent table.
-const CREATE_PARTITIONED_SQL: &str = "CREATE TABLE IF NOT EXISTS ts_kv (\
-     device_id uuid NOT NULL, key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, \
+/// The history table's columns and key, on both layouts: a row names its series by
+/// the id in `ts_series`.
+pub(super) const TS_KV_COLUMNS: &str = "series bigint NOT NULL, ts bigint NOT NULL, \
      vtype smallint NOT NULL, v_int bigint, v_real double precision, v_text text, \
-     PRIMARY KEY (device_id, key, ts)) PARTITION BY RANGE (ts)";
+     PRIMARY KEY (series, ts)";
+
+/// The partitioned parent table.
+pub(super) fn create_partitioned_sql() -> String {
+    format!("CREATE TABLE IF NOT EXISTS ts_kv ({TS_KV_COLUMNS}) PARTITION BY RANGE (ts)")
+}
 
 impl PostgresTimeSeriesStore {
     /// Connects to `url` with [`PgTsOptions::default`] overridden by the URL's query
@@ -236,6 +253,7 @@ impl PostgresTimeSeriesStore {
             write_method: options.write_method,
             copy_min_rows: options.copy_min_rows,
             write_connections: options.write_connections,
+            series: SeriesCache::default(),
         })
     }
 
@@ -357,33 +375,88 @@ impl PostgresTimeSeriesStore {
         Ok(())
     }
 
-    /// Writes one part of a batch (the whole batch when it is not split); a
-    /// partition we cached but someone else dropped is created again, once.
-    async fn write_part(&self, points: &[&TelemetryPoint]) -> Result<()> {
-        match self.write_once(points).await {
+    /// The series id of each point of a deduplicated, sorted batch: from the cache,
+    /// or, for series it does not hold, created if new and read from `ts_series`.
+    async fn series_ids(&self, sorted: &[&TelemetryPoint]) -> Result<Vec<i64>> {
+        let (ids, missing) = self.series.ids(sorted.iter().copied());
+        if missing.is_empty() {
+            return Ok(ids);
+        }
+        let (devices, keys): (Vec<Uuid>, Vec<&str>) =
+            missing.iter().map(|(d, k)| (d.0, *k)).unzip();
+        // Committed on its own before the read, which then sees the series another
+        // writer created meanwhile as well (this insert skips those). Every writer
+        // inserts in (device, key) order, so two cannot deadlock on each other's rows.
+        sqlx::query(
+            "INSERT INTO ts_series (device_id, key) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT (device_id, key) DO NOTHING",
+        )
+        .bind(&devices)
+        .bind(&keys)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let rows: Vec<(i64, Uuid, String)> = sqlx::query_as(
+            "SELECT s.id, s.device_id, s.key FROM ts_series AS s \
+             JOIN UNNEST($1::uuid[], $2::text[]) AS u(d, k) ON s.device_id = u.d AND s.key = u.k",
+        )
+        .bind(&devices)
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        for (id, device, key) in rows {
+            self.series
+                .extend(DeviceId(device), [(key.into_boxed_str(), id)]);
+        }
+        let (ids, missing) = self.series.ids(sorted.iter().copied());
+        if let Some((device, key)) = missing.first() {
+            return Err(PgError::decode(
+                "series",
+                format!("no ts_series row for device {device} key {key:?} after creating it"),
+            )
+            .into());
+        }
+        Ok(ids)
+    }
+
+    /// Writes one part of a batch (the whole batch when it is not split) with its
+    /// series ids; a partition we cached but someone else dropped is created again,
+    /// once.
+    async fn write_part(&self, points: &[&TelemetryPoint], series: &[i64]) -> Result<()> {
+        match self.write_once(points, series).await {
             Ok(()) => Ok(()),
             Err(e) if is_missing_partition(&e) => {
                 self.known().clear();
                 self.ensure_partitions(points).await?;
-                self.write_once(points).await.map_err(db)
+                self.write_once(points, series).await.map_err(db)
             }
             Err(e) => Err(db(e)),
         }
     }
 
-    async fn write_once(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
+    async fn write_once(
+        &self,
+        points: &[&TelemetryPoint],
+        series: &[i64],
+    ) -> std::result::Result<(), sqlx::Error> {
         match self.write_method {
-            WriteMethod::Copy => self.write_copy(points).await,
-            WriteMethod::Insert => self.write_unnest(points).await,
+            WriteMethod::Copy => self.write_copy(points, series).await,
+            WriteMethod::Insert => self.write_unnest(points, series).await,
         }
     }
 
-    /// [`WriteMethod::Copy`]: `points` deduplicated and sorted ([`dedupe`]).
-    async fn write_copy(&self, points: &[&TelemetryPoint]) -> std::result::Result<(), sqlx::Error> {
+    /// [`WriteMethod::Copy`]: `points` deduplicated and sorted ([`dedupe`]), `series`
+    /// their series ids.
+    async fn write_copy(
+        &self,
+        points: &[&TelemetryPoint],
+        series: &[i64],
+    ) -> std::result::Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(CREATE_STAGE_SQL).execute(&mut *tx).await?;
         if points.len() >= self.copy_min_rows {
-            let payload = stage_payload(points);
+            let payload = stage_payload(points, series);
             let mut copy = tx.copy_in_raw(COPY_STAGE_SQL).await?;
             if let Err(e) = copy.send(payload).await {
                 // The connection may be unusable; the transaction is rolled back on drop.
@@ -395,9 +468,10 @@ impl PostgresTimeSeriesStore {
             // Small batches: one message instead of COPY's data-then-done pair, which
             // waits for the server's delayed ACK (~40 ms) on a connection without
             // TCP_NODELAY (see `PgTsOptions::copy_min_rows`).
-            let cols = Columns::of(points.iter().copied());
+            let cols = Columns::of(points, series, 0..points.len());
             let newest: Vec<bool> = (0..points.len()).map(|i| is_newest(points, i)).collect();
             sqlx::query(STAGE_UNNEST_SQL)
+                .bind(cols.series)
                 .bind(cols.device)
                 .bind(cols.key)
                 .bind(cols.ts)
@@ -435,23 +509,25 @@ impl PostgresTimeSeriesStore {
         tx.commit().await
     }
 
-    /// [`WriteMethod::Insert`]: `points` deduplicated and sorted ([`dedupe`]).
+    /// [`WriteMethod::Insert`]: `points` deduplicated and sorted ([`dedupe`]), `series`
+    /// their series ids.
     async fn write_unnest(
         &self,
         points: &[&TelemetryPoint],
+        series: &[i64],
     ) -> std::result::Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        for chunk in points.chunks(ROWS_PER_STATEMENT) {
-            let cols = Columns::of(chunk.iter().copied());
+        for start in (0..points.len()).step_by(ROWS_PER_STATEMENT) {
+            let rows = start..(start + ROWS_PER_STATEMENT).min(points.len());
+            let cols = Columns::of(points, series, rows);
             sqlx::query(
-                "INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
-                 $5::bigint[], $6::float8[], $7::text[]) \
-                 ON CONFLICT (device_id, key, ts) DO UPDATE SET vtype = excluded.vtype, \
+                "INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::smallint[], \
+                 $4::bigint[], $5::float8[], $6::text[]) \
+                 ON CONFLICT (series, ts) DO UPDATE SET vtype = excluded.vtype, \
                  v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text",
             )
-            .bind(cols.device)
-            .bind(cols.key)
+            .bind(cols.series)
             .bind(cols.ts)
             .bind(cols.values.tag)
             .bind(cols.values.int)
@@ -460,9 +536,11 @@ impl PostgresTimeSeriesStore {
             .execute(&mut *tx)
             .await?;
         }
-        let latest = newest_per_series(points);
+        let latest: Vec<usize> = (0..points.len())
+            .filter(|&i| is_newest(points, i))
+            .collect();
         for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            let cols = Columns::of(chunk.iter().copied());
+            let cols = Columns::of(points, series, chunk.iter().copied());
             sqlx::query(
                 "INSERT INTO ts_latest (device_id, key, ts, vtype, v_int, v_real, v_text) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
@@ -487,50 +565,53 @@ impl PostgresTimeSeriesStore {
 
 /// The session's staging table, created on first use in every transaction that
 /// needs it (without a notice when it exists), emptied by every commit. Temporary
-/// tables are private to a connection and are not WAL-logged.
+/// tables are private to a connection and are not WAL-logged. (Named for its
+/// columns: a pooled server connection may still hold an older binary's table.)
 const CREATE_STAGE_SQL: &str = "DO $$ BEGIN \
-     IF to_regclass('pg_temp.tp_stage_kv') IS NULL THEN \
-     CREATE TEMP TABLE tp_stage_kv (device_id uuid NOT NULL, key text COLLATE \"C\" NOT NULL, \
-     ts bigint NOT NULL, vtype smallint NOT NULL, v_int bigint, v_real double precision, \
-     v_text text, newest boolean NOT NULL) ON COMMIT DELETE ROWS; \
+     IF to_regclass('pg_temp.tp_stage_series') IS NULL THEN \
+     CREATE TEMP TABLE tp_stage_series (series bigint NOT NULL, device_id uuid NOT NULL, \
+     key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, vtype smallint NOT NULL, \
+     v_int bigint, v_real double precision, v_text text, newest boolean NOT NULL) \
+     ON COMMIT DELETE ROWS; \
      END IF; END $$";
 
 /// The staging rows as `UNNEST` arrays (small batches).
-const STAGE_UNNEST_SQL: &str = "INSERT INTO tp_stage_kv \
-     (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
-     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::smallint[], \
-     $5::bigint[], $6::float8[], $7::text[], $8::bool[])";
+const STAGE_UNNEST_SQL: &str = "INSERT INTO tp_stage_series \
+     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
+     $5::smallint[], $6::bigint[], $7::float8[], $8::text[], $9::bool[])";
 
-const COPY_STAGE_SQL: &str = "COPY tp_stage_kv (device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+const COPY_STAGE_SQL: &str = "COPY tp_stage_series \
+     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
      FROM STDIN (FORMAT binary)";
 
 /// History rows, when none of them is stored yet; in a savepoint, so a unique
 /// violation leaves the transaction usable ([`MERGE_HISTORY_SQL`] then).
 const INSERT_HISTORY_SQL: &str = "SAVEPOINT tp_history; \
-     INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
-     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv; \
+     INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
+     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series; \
      RELEASE SAVEPOINT tp_history";
 
 /// History rows merged into what is stored: a point written again overwrites itself.
-/// The staged rows are unique on `(device_id, key, ts)` ([`dedupe`]), as
+/// The staged rows are unique on `(series, ts)` ([`dedupe`]), as
 /// `ON CONFLICT DO UPDATE` requires.
 const MERGE_HISTORY_SQL: &str = "ROLLBACK TO SAVEPOINT tp_history; \
-     INSERT INTO ts_kv (device_id, key, ts, vtype, v_int, v_real, v_text) \
-     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv \
-     ON CONFLICT (device_id, key, ts) DO UPDATE SET vtype = excluded.vtype, \
+     INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
+     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series \
+     ON CONFLICT (series, ts) DO UPDATE SET vtype = excluded.vtype, \
      v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text; \
      RELEASE SAVEPOINT tp_history";
 
 /// Moves each stored series whose staged newest row is at least as new. One staged
 /// row per series is flagged `newest` ([`stage_payload`]).
 const UPDATE_LATEST_SQL: &str = "UPDATE ts_latest AS l SET ts = s.ts, vtype = s.vtype, \
-     v_int = s.v_int, v_real = s.v_real, v_text = s.v_text FROM tp_stage_kv AS s \
+     v_int = s.v_int, v_real = s.v_real, v_text = s.v_text FROM tp_stage_series AS s \
      WHERE s.newest AND l.device_id = s.device_id AND l.key = s.key AND s.ts >= l.ts";
 
 /// Series `ts_latest` does not have yet; the upsert covers another writer adding
 /// the same series meanwhile.
 const INSERT_LATEST_SQL: &str = "INSERT INTO ts_latest (device_id, key, ts, vtype, v_int, v_real, v_text) \
-     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_kv AS s \
+     SELECT device_id, key, ts, vtype, v_int, v_real, v_text FROM tp_stage_series AS s \
      WHERE s.newest AND NOT EXISTS \
      (SELECT 1 FROM ts_latest AS l WHERE l.device_id = s.device_id AND l.key = s.key) \
      ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, \
@@ -556,11 +637,12 @@ fn newest_count(sorted: &[&TelemetryPoint]) -> usize {
 }
 
 /// The binary `COPY` payload of [`COPY_STAGE_SQL`] for a deduplicated batch sorted
-/// by `(device, key, ts)`: the last row of each `(device, key)` run is its newest.
-fn stage_payload(sorted: &[&TelemetryPoint]) -> Vec<u8> {
-    // ~90 bytes a row for a float point with a short key.
-    let mut c = CopyBuffer::new(8, 64 + sorted.len() * 96);
-    for (i, p) in sorted.iter().enumerate() {
+/// by `(device, key, ts)` and its series ids: the last row of each `(device, key)`
+/// run is its newest.
+fn stage_payload(sorted: &[&TelemetryPoint], series: &[i64]) -> Vec<u8> {
+    // ~100 bytes a row for a float point with a short key.
+    let mut c = CopyBuffer::new(9, 64 + sorted.len() * 108);
+    for (i, (p, id)) in sorted.iter().zip(series).enumerate() {
         let newest = is_newest(sorted, i);
         // Same columns and tags as `ValueArrays::push`.
         let (int, real, text): (Option<i64>, Option<f64>, Option<std::borrow::Cow<'_, str>>) =
@@ -572,6 +654,7 @@ fn stage_payload(sorted: &[&TelemetryPoint]) -> Vec<u8> {
                 Value::Json(j) => (None, None, Some(j.to_string().into())),
             };
         c.row()
+            .int8(*id)
             .uuid(&p.device_id.0)
             .text(&p.key)
             .int8(p.ts)
@@ -595,20 +678,27 @@ async fn init_layout(pool: &PgPool, options: &PgTsOptions) -> Result<(TsLayout, 
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-    let (layout, ext) = match row {
+    let existing = match row {
         Some((kind, width)) if kind == "timescale" => {
             let ext: Option<String> = sqlx::query_scalar(timescale::EXTENSION_SCHEMA_SQL)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db)?;
-            (TsLayout::Timescale { chunk_ms: width }, ext)
+            Some((TsLayout::Timescale { chunk_ms: width }, ext))
         }
-        Some((_, width)) => (
+        Some((_, width)) => Some((
             TsLayout::Partitioned {
                 partition_ms: width,
             },
             None,
-        ),
+        )),
+        None => None,
+    };
+    let (layout, ext) = match existing {
+        Some((layout, ext)) => {
+            upgrade::to_series_key(&mut tx, layout, ext.as_deref(), options).await?;
+            (layout, ext)
+        }
         None => {
             let ext = if options.timescale {
                 try_timescale(&mut tx, options).await?
@@ -623,7 +713,7 @@ async fn init_layout(pool: &PgPool, options: &PgTsOptions) -> Result<(TsLayout, 
                     "timescale",
                 ),
                 None => {
-                    sqlx::query(CREATE_PARTITIONED_SQL)
+                    sqlx::query(AssertSqlSafe(create_partitioned_sql()))
                         .execute(&mut *tx)
                         .await
                         .map_err(db)?;
@@ -704,7 +794,7 @@ fn partition_name(k: i64) -> String {
 }
 
 /// Inverse of [`partition_name`]; `None` for other tables.
-fn partition_index(name: &str) -> Option<i64> {
+pub(super) fn partition_index(name: &str) -> Option<i64> {
     if let Some(n) = name.strip_prefix("ts_kv_p") {
         n.parse::<i64>().ok().filter(|k| *k >= 0)
     } else if let Some(n) = name.strip_prefix("ts_kv_m") {
@@ -725,7 +815,7 @@ fn partition_bounds(k: i64, width: i64) -> (Option<i64>, Option<i64>) {
     )
 }
 
-fn create_partition_sql(k: i64, width: i64) -> String {
+pub(super) fn create_partition_sql(k: i64, width: i64) -> String {
     let (lo, hi) = partition_bounds(k, width);
     let lo = lo.map_or_else(|| "MINVALUE".to_owned(), |v| v.to_string());
     let hi = hi.map_or_else(|| "MAXVALUE".to_owned(), |v| v.to_string());
@@ -735,8 +825,9 @@ fn create_partition_sql(k: i64, width: i64) -> String {
     )
 }
 
-/// A batch as `UNNEST`-ready arrays.
+/// Rows of a batch as `UNNEST`-ready arrays.
 struct Columns {
+    series: Vec<i64>,
     device: Vec<Uuid>,
     key: Vec<String>,
     ts: Vec<i64>,
@@ -744,15 +835,23 @@ struct Columns {
 }
 
 impl Columns {
-    fn of<'a>(points: impl ExactSizeIterator<Item = &'a TelemetryPoint>) -> Self {
-        let n = points.len();
+    /// Rows `rows` of `points`, whose series ids are `series`.
+    fn of(
+        points: &[&TelemetryPoint],
+        series: &[i64],
+        rows: impl ExactSizeIterator<Item = usize>,
+    ) -> Self {
+        let n = rows.len();
         let mut c = Columns {
+            series: Vec::with_capacity(n),
             device: Vec::with_capacity(n),
             key: Vec::with_capacity(n),
             ts: Vec::with_capacity(n),
             values: ValueArrays::with_capacity(n),
         };
-        for p in points {
+        for i in rows {
+            let p = points[i];
+            c.series.push(series[i]);
             c.device.push(p.device_id.0);
             c.key.push(p.key.clone());
             c.ts.push(p.ts);
@@ -785,42 +884,26 @@ fn dedupe(points: &[TelemetryPoint]) -> Vec<&TelemetryPoint> {
 }
 
 /// Splits a deduplicated, sorted batch into at most `parts` runs of about equal size,
-/// each at least `min_rows` points long, never cutting through a device's points.
-fn split_by_device<'p, 'a>(
-    sorted: &'p [&'a TelemetryPoint],
-    parts: usize,
-    min_rows: usize,
-) -> Vec<&'p [&'a TelemetryPoint]> {
+/// each at least `min_rows` points long, never cutting through a device's points;
+/// yields the runs' index ranges.
+fn split_by_device(sorted: &[&TelemetryPoint], parts: usize, min_rows: usize) -> Vec<Range<usize>> {
     let parts = parts.min(sorted.len() / min_rows.max(1)).max(1);
     let target = sorted.len().div_ceil(parts);
     let mut out = Vec::with_capacity(parts);
-    let mut rest = sorted;
-    while out.len() + 1 < parts && rest.len() > target {
-        let mut cut = target;
-        while cut < rest.len() && rest[cut].device_id == rest[cut - 1].device_id {
+    let mut start = 0;
+    while out.len() + 1 < parts && sorted.len() - start > target {
+        let mut cut = start + target;
+        while cut < sorted.len() && sorted[cut].device_id == sorted[cut - 1].device_id {
             cut += 1;
         }
-        if rest.len() - cut < min_rows {
+        if sorted.len() - cut < min_rows {
             break;
         }
-        let (head, tail) = rest.split_at(cut);
-        out.push(head);
-        rest = tail;
+        out.push(start..cut);
+        start = cut;
     }
-    if !rest.is_empty() || out.is_empty() {
-        out.push(rest);
-    }
-    out
-}
-
-/// From a deduplicated, sorted batch: the newest point of each `(device, key)`.
-fn newest_per_series<'a>(sorted: &[&'a TelemetryPoint]) -> Vec<&'a TelemetryPoint> {
-    let mut out: Vec<&TelemetryPoint> = Vec::new();
-    for p in sorted {
-        match out.last_mut() {
-            Some(last) if last.device_id == p.device_id && last.key == p.key => *last = p,
-            _ => out.push(p),
-        }
+    if start < sorted.len() || out.is_empty() {
+        out.push(start..sorted.len());
     }
     out
 }
@@ -837,28 +920,27 @@ fn key_filter(keys: &[String]) -> Option<Vec<String>> {
     (!keys.is_empty()).then(|| keys.to_vec())
 }
 
-/// History rows without a limit.
+/// Selects the device's series (`$1`): all of them, or those of the keys `$4`.
+const DEVICE_SERIES: &str = "s.device_id = $1 AND ($4::text[] IS NULL OR s.key = ANY($4))";
+
+/// History rows without a limit: an index range scan per series.
 fn history_sql(order: Order) -> String {
     format!(
-        "SELECT key, ts, vtype, v_int, v_real, v_text FROM ts_kv \
-         WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
-         AND ($4::text[] IS NULL OR key = ANY($4)) ORDER BY key, ts {}",
+        "SELECT s.key, t.ts, t.vtype, t.v_int, t.v_real, t.v_text FROM ts_series AS s \
+         JOIN ts_kv AS t ON t.series = s.id AND t.ts >= $2 AND t.ts < $3 \
+         WHERE {DEVICE_SERIES} ORDER BY s.key, t.ts {}",
         direction(order)
     )
 }
 
-/// History rows, at most `$5` per key: one index range scan per key. "All keys" are
-/// the device's keys in `ts_latest`, which holds a row for every key with history.
+/// History rows, at most `$5` per key: an index range scan per series.
 fn history_limited_sql(order: Order) -> String {
     let dir = direction(order);
     format!(
-        "SELECT k.key, t.ts, t.vtype, t.v_int, t.v_real, t.v_text FROM (\
-         SELECT key FROM ts_latest WHERE device_id = $1 AND $4::text[] IS NULL \
-         UNION SELECT unnest($4::text[])) AS k \
+        "SELECT s.key, t.ts, t.vtype, t.v_int, t.v_real, t.v_text FROM ts_series AS s \
          CROSS JOIN LATERAL (SELECT ts, vtype, v_int, v_real, v_text FROM ts_kv \
-         WHERE device_id = $1 AND key = k.key AND ts >= $2 AND ts < $3 \
-         ORDER BY ts {dir} LIMIT $5) AS t \
-         ORDER BY k.key, t.ts {dir}"
+         WHERE series = s.id AND ts >= $2 AND ts < $3 ORDER BY ts {dir} LIMIT $5) AS t \
+         WHERE {DEVICE_SERIES} ORDER BY s.key, t.ts {dir}"
     )
 }
 
@@ -877,10 +959,10 @@ fn aggregate_sql(agg: Aggregation, order: Order) -> String {
     format!(
         "WITH b AS (SELECT key, $7::bigint + (ts / $5::bigint) * $5::bigint \
          + CASE WHEN ts % $5::bigint >= $5::bigint + $7::bigint THEN $5::bigint ELSE 0 END \
-         AS bucket, {expr} AS v FROM (SELECT key, ts, \
-         CASE WHEN vtype IN (0, 1) THEN v_int::float8 WHEN vtype = 2 THEN v_real END AS num \
-         FROM ts_kv WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
-         AND ($4::text[] IS NULL OR key = ANY($4))) AS s GROUP BY 1, 2 {having}), \
+         AS bucket, {expr} AS v FROM (SELECT s.key, t.ts, CASE WHEN t.vtype IN (0, 1) \
+         THEN t.v_int::float8 WHEN t.vtype = 2 THEN t.v_real END AS num \
+         FROM ts_series AS s JOIN ts_kv AS t ON t.series = s.id \
+         AND t.ts >= $2 AND t.ts < $3 WHERE {DEVICE_SERIES}) AS s GROUP BY 1, 2 {having}), \
          r AS (SELECT key, bucket, v, \
          row_number() OVER (PARTITION BY key ORDER BY bucket {dir}) AS rn FROM b) \
          SELECT key, bucket, v FROM r WHERE ($6::bigint IS NULL OR rn <= $6) \
@@ -925,15 +1007,20 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
             return Ok(());
         }
         let points = dedupe(points);
+        let series = self.series_ids(&points).await?;
         self.ensure_partitions(&points).await?;
         let parts = split_by_device(&points, self.write_connections, self.copy_min_rows);
-        if let [whole] = parts.as_slice() {
-            return self.write_part(whole).await;
+        if parts.len() == 1 {
+            return self.write_part(&points, &series).await;
         }
         // Every part runs to its end (no cancellation mid-transaction); the first
         // error is the batch's.
-        let results =
-            futures_util::future::join_all(parts.iter().map(|p| self.write_part(p))).await;
+        let results = futures_util::future::join_all(
+            parts
+                .iter()
+                .map(|r| self.write_part(&points[r.clone()], &series[r.clone()])),
+        )
+        .await;
         results.into_iter().collect()
     }
 
@@ -1035,8 +1122,9 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
         let keys = keys.map(<[String]>::to_vec);
         let mut tx = self.pool.begin().await.map_err(db)?;
         let deleted = sqlx::query(
-            "DELETE FROM ts_kv WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
-             AND ($4::text[] IS NULL OR key = ANY($4))",
+            "DELETE FROM ts_kv AS t USING ts_series AS s \
+             WHERE t.series = s.id AND t.ts >= $2 AND t.ts < $3 \
+             AND s.device_id = $1 AND ($4::text[] IS NULL OR s.key = ANY($4))",
         )
         .bind(device.0)
         .bind(start)
@@ -1051,9 +1139,10 @@ impl TimeSeriesStore for PostgresTimeSeriesStore {
         sqlx::query(
             "UPDATE ts_latest AS l SET ts = n.ts, vtype = n.vtype, v_int = n.v_int, \
              v_real = n.v_real, v_text = n.v_text \
-             FROM ts_latest AS s CROSS JOIN LATERAL (\
+             FROM ts_latest AS s JOIN ts_series AS r ON r.device_id = s.device_id \
+             AND r.key = s.key CROSS JOIN LATERAL (\
              SELECT ts, vtype, v_int, v_real, v_text FROM ts_kv \
-             WHERE device_id = s.device_id AND key = s.key ORDER BY ts DESC LIMIT 1) AS n \
+             WHERE series = r.id ORDER BY ts DESC LIMIT 1) AS n \
              WHERE s.device_id = $1 AND s.ts >= $2 AND s.ts < $3 \
              AND ($4::text[] IS NULL OR s.key = ANY($4)) \
              AND l.device_id = s.device_id AND l.key = s.key",
@@ -1215,11 +1304,13 @@ mod unit_tests {
                 (e, "a", 5, Value::Integer(1)),
             ]
         );
-        let newest: Vec<(DeviceId, &str, i64)> = newest_per_series(&dedupe(&points))
-            .into_iter()
-            .map(|p| (p.device_id, p.key.as_str(), p.ts))
+        let sorted = dedupe(&points);
+        let newest: Vec<(DeviceId, &str, i64)> = (0..sorted.len())
+            .filter(|&i| is_newest(&sorted, i))
+            .map(|i| (sorted[i].device_id, sorted[i].key.as_str(), sorted[i].ts))
             .collect();
         assert_eq!(newest, vec![(d, "a", 9), (d, "b", 2), (e, "a", 5)]);
+        assert_eq!(newest_count(&sorted), 3);
     }
 
     #[test]
@@ -1323,11 +1414,14 @@ mod unit_tests {
             let sorted: Vec<&TelemetryPoint> = points.iter().collect();
             let split = split_by_device(&sorted, parts, min_rows);
             proptest::prop_assert!(!split.is_empty() && split.len() <= parts);
-            let joined: Vec<&TelemetryPoint> = split.iter().flat_map(|p| p.iter().copied()).collect();
-            proptest::prop_assert_eq!(joined.len(), sorted.len());
-            proptest::prop_assert!(joined.iter().zip(&sorted).all(|(a, b)| std::ptr::eq(*a, *b)));
+            // Consecutive ranges covering the whole batch.
+            proptest::prop_assert_eq!(split[0].start, 0);
+            proptest::prop_assert_eq!(split.last().unwrap().end, sorted.len());
             for pair in split.windows(2) {
-                proptest::prop_assert!(pair[0].last().unwrap().device_id != pair[1][0].device_id);
+                proptest::prop_assert_eq!(pair[0].end, pair[1].start);
+                proptest::prop_assert!(
+                    sorted[pair[0].end - 1].device_id != sorted[pair[1].start].device_id
+                );
             }
             if split.len() > 1 {
                 proptest::prop_assert!(split.iter().all(|p| p.len() >= min_rows));

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
@@ -41,6 +41,7 @@ use tp_core::{
 
 use super::error::{self, SqliteError, db};
 use super::{Pools, ROWS_PER_INSERT, migrator, to_i64};
+use crate::series_cache::{MISSING, SeriesCache};
 
 /// [`TimeSeriesStore`] on SQLite.
 ///
@@ -53,18 +54,7 @@ use super::{Pools, ROWS_PER_INSERT, migrator, to_i64};
 #[derive(Debug)]
 pub struct SqliteTimeSeriesStore {
     pools: Pools,
-    series: Mutex<SeriesCache>,
-}
-
-/// Committed `series_id`s by device and key. Only ever grows: series rows are never
-/// deleted, so an entry cannot go stale. A lookup miss is resolved in the database.
-#[derive(Debug, Default)]
-struct SeriesCache(HashMap<DeviceId, HashMap<Box<str>, i64>>);
-
-impl SeriesCache {
-    fn get(&self, device: DeviceId, key: &str) -> Option<i64> {
-        self.0.get(&device)?.get(key).copied()
-    }
+    series: SeriesCache,
 }
 
 /// Largest number of rows in one history `INSERT` (4 binds per row: 16 384 variables,
@@ -122,7 +112,7 @@ impl SqliteTimeSeriesStore {
         let m = migrator(sqlx::migrate!("./migrations/sqlite_ts"));
         Ok(Self {
             pools: Pools::open_file(path, &m).await?,
-            series: Mutex::default(),
+            series: SeriesCache::default(),
         })
     }
 
@@ -134,14 +124,8 @@ impl SqliteTimeSeriesStore {
         let m = migrator(sqlx::migrate!("./migrations/sqlite_ts"));
         Ok(Self {
             pools: Pools::open_memory(&m).await?,
-            series: Mutex::default(),
+            series: SeriesCache::default(),
         })
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, SeriesCache> {
-        // The cache is only ever extended with committed ids: a panic elsewhere cannot
-        // leave it inconsistent.
-        self.series.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -401,29 +385,17 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
         if points.is_empty() {
             return Ok(());
         }
-        // Series ids from the cache; 0 (never a rowid SQLite assigns here) marks a miss.
-        let mut ids = Vec::with_capacity(points.len());
-        let mut missing: Vec<(DeviceId, &str)> = Vec::new();
-        {
-            let cache = self.cache();
-            for p in points {
-                let id = cache.get(p.device_id, &p.key).unwrap_or_else(|| {
-                    missing.push((p.device_id, p.key.as_str()));
-                    0
-                });
-                ids.push(id);
-            }
-        }
+        // Series ids from the cache (SQLite numbers rowids from 1, so `MISSING` is
+        // never one).
+        let (mut ids, missing) = self.series.ids(points.iter());
 
         let mut tx = self.pools.begin_write().await?;
         let created = if missing.is_empty() {
             HashMap::new()
         } else {
-            missing.sort_unstable();
-            missing.dedup();
             let created = create_series(&mut tx, &missing).await?;
             for (id, p) in ids.iter_mut().zip(points) {
-                if *id == 0 {
+                if *id == MISSING {
                     *id = created
                         .get(&p.device_id)
                         .and_then(|keys| keys.get(p.key.as_str()))
@@ -443,11 +415,8 @@ impl TimeSeriesStore for SqliteTimeSeriesStore {
         tx.commit().await.map_err(db)?;
 
         // Only now: a rolled-back transaction must not leave ids in the cache.
-        if !created.is_empty() {
-            let mut cache = self.cache();
-            for (device, keys) in created {
-                cache.0.entry(device).or_default().extend(keys);
-            }
+        for (device, keys) in created {
+            self.series.extend(device, keys);
         }
         Ok(())
     }
