@@ -34,15 +34,22 @@ impl SeriesCache {
         let mut missing = Vec::new();
         {
             let map = self.map();
+            let mut previous: Option<(&TelemetryPoint, i64)> = None;
             for p in points {
-                let id = map
-                    .get(&p.device_id)
-                    .and_then(|keys| keys.get(p.key.as_str()))
-                    .copied()
-                    .unwrap_or_else(|| {
-                        missing.push((p.device_id, p.key.as_str()));
-                        MISSING
-                    });
+                // Batches come sorted by series (or in runs of a device's keys): a
+                // point of the same series as the one before needs no lookup.
+                let id = match previous {
+                    Some((q, id)) if q.device_id == p.device_id && q.key == p.key => id,
+                    _ => map
+                        .get(&p.device_id)
+                        .and_then(|keys| keys.get(p.key.as_str()))
+                        .copied()
+                        .unwrap_or_else(|| {
+                            missing.push((p.device_id, p.key.as_str()));
+                            MISSING
+                        }),
+                };
+                previous = Some((p, id));
                 ids.push(id);
             }
         }

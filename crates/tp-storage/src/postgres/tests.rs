@@ -903,3 +903,107 @@ async fn concurrent_writers_create_each_series_once() {
         assert_eq!(second.latest(*d, None).await.expect("latest").len(), 25);
     }
 }
+
+/// Batches with several points per series are copied straight into history; one
+/// that holds only stored points (a replay) is staged and merged, and its values
+/// win; one whose points another writer committed without the store seeing it falls
+/// back to merging; a direct copy into a partition dropped behind the store's back
+/// recreates it; one overlapping the stored points merges the older ones and copies
+/// the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_copies_fall_back_to_merging_on_stored_points() {
+    let Some(store) = timeseries_store_with("&copy_min_rows=1").await else {
+        return;
+    };
+    let d = tp_core::DeviceId::new();
+    let day0 = 19_675 * DAY;
+    let batch = |from: i64, v: i64| -> Vec<TelemetryPoint> {
+        (from..from + 6)
+            .map(|i| point(d, day0 + i, v + i))
+            .collect()
+    };
+    let all = TsQuery {
+        device_id: d,
+        keys: vec![],
+        start: 0,
+        end: i64::MAX,
+        aggregation: None,
+        limit: None,
+        order: tp_core::Order::Asc,
+    };
+    let values = |rows: Vec<tp_core::KeyValue>| -> Vec<Value> {
+        rows.into_iter().map(|r| r.value).collect()
+    };
+    let ints = |r: std::ops::Range<i64>| -> Vec<Value> { r.map(Value::Integer).collect() };
+
+    store.write(&batch(0, 0)).await.expect("direct copy");
+    assert_eq!(store.history_paths(), [1, 0, 0], "direct, staged, merged");
+    assert_eq!(values(store.query(&all).await.expect("query")), ints(0..6));
+
+    // The same points again with other values: merged, the later values win.
+    store.write(&batch(0, 100)).await.expect("merge");
+    assert_eq!(store.history_paths(), [1, 0, 1]);
+    assert_eq!(
+        values(store.query(&all).await.expect("query")),
+        ints(100..106)
+    );
+    let latest = store.latest(d, None).await.expect("latest");
+    assert_eq!(
+        (latest[0].ts, &latest[0].value),
+        (day0 + 5, &Value::Integer(105))
+    );
+
+    // A point stored behind `ts_latest`'s back (as by a writer whose commit came
+    // after the check): the copy meets it, rolls back and merges.
+    sqlx::query(
+        "INSERT INTO ts_kv (series, ts, vtype, v_int) \
+         SELECT id, $1, 1, -1 FROM ts_series WHERE device_id = $2",
+    )
+    .bind(day0 + 8)
+    .bind(d.0)
+    .execute(store.pool())
+    .await
+    .expect("insert behind the store");
+    store.write(&batch(6, 0)).await.expect("copy falls back");
+    assert_eq!(store.history_paths(), [1, 0, 2]);
+    assert_eq!(
+        values(store.query(&all).await.expect("query")),
+        [ints(100..106), ints(6..12)].concat()
+    );
+
+    // One point per series: staged and inserted.
+    store
+        .write(&[point(d, day0 + 20, 20)])
+        .await
+        .expect("staged");
+    assert_eq!(store.history_paths(), [1, 1, 2]);
+    assert_eq!(
+        store.latest(d, None).await.expect("latest")[0].ts,
+        day0 + 20
+    );
+
+    // A direct copy into a partition another process dropped.
+    sqlx::query("DROP TABLE ts_kv_p19675")
+        .execute(store.pool())
+        .await
+        .expect("drop");
+    store.write(&batch(30, 30)).await.expect("recreated");
+    assert_eq!(store.history_paths(), [2, 1, 2]);
+    assert_eq!(
+        values(store.query(&all).await.expect("query")),
+        ints(60..66)
+    );
+
+    // Overlapping the stored points: the older part merged, the rest copied.
+    store.write(&batch(33, 1_000)).await.expect("split");
+    assert_eq!(store.history_paths(), [3, 1, 2]);
+    assert_eq!(
+        values(store.query(&all).await.expect("query")),
+        [ints(60..63), ints(1_033..1_039)].concat()
+    );
+    let latest = store.latest(d, None).await.expect("latest");
+    assert_eq!(
+        (latest[0].ts, &latest[0].value),
+        (day0 + 38, &Value::Integer(1_038))
+    );
+}

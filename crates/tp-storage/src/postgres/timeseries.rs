@@ -1,8 +1,10 @@
 //! [`PostgresTimeSeriesStore`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
@@ -63,6 +65,17 @@ pub struct PgTsOptions {
     /// written again whole, which the merge makes harmless. Default: 2. `1` = one
     /// transaction per batch.
     pub write_connections: usize,
+}
+
+/// How a batch part reached history in [`WriteMethod::Copy`].
+#[derive(Debug, Clone, Copy)]
+enum HistoryPath {
+    /// Copied straight into `ts_kv`.
+    Direct = 0,
+    /// Staged, then inserted.
+    Staged = 1,
+    /// Staged, then merged (`ON CONFLICT DO UPDATE`).
+    Merged = 2,
 }
 
 /// How [`PostgresTimeSeriesStore`] writes a batch (URL: `write_method=copy|insert`).
@@ -204,6 +217,8 @@ pub struct PostgresTimeSeriesStore {
     write_connections: usize,
     /// Ids of the series this store has written (`ts_series`).
     series: SeriesCache,
+    /// Batch parts committed per [`HistoryPath`].
+    history_paths: [AtomicU64; 3],
 }
 
 /// Serializes DDL on this schema's `ts_kv` across processes.
@@ -254,6 +269,7 @@ impl PostgresTimeSeriesStore {
             copy_min_rows: options.copy_min_rows,
             write_connections: options.write_connections,
             series: SeriesCache::default(),
+            history_paths: Default::default(),
         })
     }
 
@@ -448,65 +464,142 @@ impl PostgresTimeSeriesStore {
 
     /// [`WriteMethod::Copy`]: `points` deduplicated and sorted ([`dedupe`]), `series`
     /// their series ids.
+    ///
+    /// A batch of at least `copy_min_rows` points with several points per series
+    /// (what a backlog or a replay brings) is copied straight into history, except
+    /// for the points not newer than their series' latest value, which may be
+    /// stored already: `COPY` inserts a page of rows at a time and logs one WAL
+    /// record per heap page, against a row at a time for `INSERT .. SELECT`. Those
+    /// older points and the newest row of each series (for the latest values) are
+    /// staged; the older ones are then merged into history. Should a copied point
+    /// be stored after all (another writer committed it meanwhile), the copy is
+    /// rolled back and the whole batch is staged and merged. Other batches are
+    /// staged whole and inserted, or merged when some of their points are stored.
     async fn write_copy(
         &self,
         points: &[&TelemetryPoint],
         series: &[i64],
     ) -> std::result::Result<(), sqlx::Error> {
+        let newest = newest_count(points);
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(CREATE_STAGE_SQL).execute(&mut *tx).await?;
-        if points.len() >= self.copy_min_rows {
-            let payload = stage_payload(points, series);
-            let mut copy = tx.copy_in_raw(COPY_STAGE_SQL).await?;
-            if let Err(e) = copy.send(payload).await {
-                // The connection may be unusable; the transaction is rolled back on drop.
-                let _ = copy.abort("send failed").await;
-                return Err(e);
-            }
-            copy.finish().await?;
-        } else {
-            // Small batches: one message instead of COPY's data-then-done pair, which
-            // waits for the server's delayed ACK (~40 ms) on a connection without
-            // TCP_NODELAY (see `PgTsOptions::copy_min_rows`).
-            let cols = Columns::of(points, series, 0..points.len());
-            let newest: Vec<bool> = (0..points.len()).map(|i| is_newest(points, i)).collect();
-            sqlx::query(STAGE_UNNEST_SQL)
-                .bind(cols.series)
-                .bind(cols.device)
-                .bind(cols.key)
-                .bind(cols.ts)
-                .bind(cols.values.tag)
-                .bind(cols.values.int)
-                .bind(cols.values.real)
-                .bind(cols.values.text)
-                .bind(newest)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // New points are the rule and an upsert costs a third more than a plain
-        // insert, so try the plain one; a point already stored (a replay, a device
-        // resending) rolls it back and the batch merges instead.
-        match sqlx::raw_sql(INSERT_HISTORY_SQL).execute(&mut *tx).await {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
+        let all_rows = || (0..points.len()).map(|i| (i, true)).collect::<Vec<_>>();
+        let copyable = points.len() >= self.copy_min_rows.max(1) && points.len() >= 2 * newest;
+        let path = if copyable {
+            let maybe_stored = not_newer_than_latest(&mut tx, points).await?;
+            let to_copy = maybe_stored.iter().filter(|m| !**m).count();
+            if to_copy == 0 {
+                self.stage(&mut tx, points, series, all_rows()).await?;
                 sqlx::raw_sql(MERGE_HISTORY_SQL).execute(&mut *tx).await?;
+                HistoryPath::Merged
+            } else {
+                sqlx::raw_sql("SAVEPOINT tp_history")
+                    .execute(&mut *tx)
+                    .await?;
+                let copy_rows = (0..points.len()).filter(|&i| !maybe_stored[i]);
+                let payload = history_payload(points, series, copy_rows);
+                match copy_in(&mut tx, COPY_HISTORY_SQL, payload).await {
+                    Ok(()) => {
+                        sqlx::raw_sql("RELEASE SAVEPOINT tp_history")
+                            .execute(&mut *tx)
+                            .await?;
+                        let staged: Vec<(usize, bool)> = (0..points.len())
+                            .filter(|&i| maybe_stored[i] || is_newest(points, i))
+                            .map(|i| (i, maybe_stored[i]))
+                            .collect();
+                        self.stage(&mut tx, points, series, staged).await?;
+                        if to_copy < points.len() {
+                            sqlx::raw_sql(MERGE_HISTORY_SQL).execute(&mut *tx).await?;
+                        }
+                        HistoryPath::Direct
+                    }
+                    Err(e) if is_unique_violation(&e) => {
+                        sqlx::raw_sql(ROLLBACK_HISTORY_SQL)
+                            .execute(&mut *tx)
+                            .await?;
+                        self.stage(&mut tx, points, series, all_rows()).await?;
+                        sqlx::raw_sql(MERGE_HISTORY_SQL).execute(&mut *tx).await?;
+                        HistoryPath::Merged
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => return Err(e),
-        }
+        } else {
+            self.stage(&mut tx, points, series, all_rows()).await?;
+            // New points are the rule and an upsert costs a third more than a plain
+            // insert, so try the plain one; a point already stored (a replay, a
+            // device resending) rolls it back and the batch merges instead.
+            match sqlx::raw_sql(INSERT_HISTORY_SQL).execute(&mut *tx).await {
+                Ok(_) => HistoryPath::Staged,
+                Err(e) if is_unique_violation(&e) => {
+                    sqlx::raw_sql(ROLLBACK_HISTORY_SQL)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::raw_sql(MERGE_HISTORY_SQL).execute(&mut *tx).await?;
+                    HistoryPath::Merged
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // Latest values: the series a node writes exist after their first batch, and
         // updating them in place (a join, HOT updates: `ts_latest` leaves room on
         // its pages) is twice as fast as an upsert per row. Only when some staged
         // newest row changed nothing (a new series, or an older point) do the rows
         // missing from `ts_latest` get inserted.
-        let newest = newest_count(points) as u64;
         let updated = sqlx::query(UPDATE_LATEST_SQL)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if updated < newest {
+        if updated < newest as u64 {
             sqlx::query(INSERT_LATEST_SQL).execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.history_paths[path as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many batch parts reached history copied straight in, staged and
+    /// inserted, and merged ([`Self::write_copy`]).
+    #[cfg(test)]
+    pub(super) fn history_paths(&self) -> [u64; 3] {
+        self.history_paths
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Fills the staging table with rows `rows` (ascending, each with whether it
+    /// goes to history from there) of `points`: by `COPY` from `copy_min_rows` rows
+    /// on, else by one `INSERT .. SELECT FROM UNNEST`.
+    async fn stage(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        points: &[&TelemetryPoint],
+        series: &[i64],
+        rows: Vec<(usize, bool)>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if rows.len() >= self.copy_min_rows {
+            return copy_in(tx, COPY_STAGE_SQL, stage_payload(points, series, &rows)).await;
+        }
+        // Small batches: one message instead of COPY's data-then-done pair, which
+        // waits for the server's delayed ACK (~40 ms) on a connection without
+        // TCP_NODELAY (see `PgTsOptions::copy_min_rows`).
+        let newest: Vec<bool> = rows.iter().map(|&(i, _)| is_newest(points, i)).collect();
+        let history: Vec<bool> = rows.iter().map(|&(_, h)| h).collect();
+        let cols = Columns::of(points, series, rows.into_iter().map(|(i, _)| i));
+        sqlx::query(STAGE_UNNEST_SQL)
+            .bind(cols.series)
+            .bind(cols.device)
+            .bind(cols.key)
+            .bind(cols.ts)
+            .bind(cols.values.tag)
+            .bind(cols.values.int)
+            .bind(cols.values.real)
+            .bind(cols.values.text)
+            .bind(newest)
+            .bind(history)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// [`WriteMethod::Insert`]: `points` deduplicated and sorted ([`dedupe`]), `series`
@@ -567,40 +660,47 @@ impl PostgresTimeSeriesStore {
 /// needs it (without a notice when it exists), emptied by every commit. Temporary
 /// tables are private to a connection and are not WAL-logged. (Named for its
 /// columns: a pooled server connection may still hold an older binary's table.)
+/// `newest` flags the row of each series that moves its latest value, `history`
+/// the rows that go to history from here (the others were copied there directly).
 const CREATE_STAGE_SQL: &str = "DO $$ BEGIN \
      IF to_regclass('pg_temp.tp_stage_series') IS NULL THEN \
      CREATE TEMP TABLE tp_stage_series (series bigint NOT NULL, device_id uuid NOT NULL, \
      key text COLLATE \"C\" NOT NULL, ts bigint NOT NULL, vtype smallint NOT NULL, \
-     v_int bigint, v_real double precision, v_text text, newest boolean NOT NULL) \
-     ON COMMIT DELETE ROWS; \
+     v_int bigint, v_real double precision, v_text text, newest boolean NOT NULL, \
+     history boolean NOT NULL) ON COMMIT DELETE ROWS; \
      END IF; END $$";
 
 /// The staging rows as `UNNEST` arrays (small batches).
 const STAGE_UNNEST_SQL: &str = "INSERT INTO tp_stage_series \
-     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest, history) \
      SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
-     $5::smallint[], $6::bigint[], $7::float8[], $8::text[], $9::bool[])";
+     $5::smallint[], $6::bigint[], $7::float8[], $8::text[], $9::bool[], $10::bool[])";
 
 const COPY_STAGE_SQL: &str = "COPY tp_stage_series \
-     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest) \
+     (series, device_id, key, ts, vtype, v_int, v_real, v_text, newest, history) \
      FROM STDIN (FORMAT binary)";
 
 /// History rows, when none of them is stored yet; in a savepoint, so a unique
 /// violation leaves the transaction usable ([`MERGE_HISTORY_SQL`] then).
 const INSERT_HISTORY_SQL: &str = "SAVEPOINT tp_history; \
      INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
-     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series; \
+     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series WHERE history; \
      RELEASE SAVEPOINT tp_history";
 
 /// History rows merged into what is stored: a point written again overwrites itself.
 /// The staged rows are unique on `(series, ts)` ([`dedupe`]), as
 /// `ON CONFLICT DO UPDATE` requires.
-const MERGE_HISTORY_SQL: &str = "ROLLBACK TO SAVEPOINT tp_history; \
-     INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
-     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series \
+const MERGE_HISTORY_SQL: &str = "INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
+     SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series WHERE history \
      ON CONFLICT (series, ts) DO UPDATE SET vtype = excluded.vtype, \
-     v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text; \
-     RELEASE SAVEPOINT tp_history";
+     v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text";
+
+/// Undoes a failed history insert ([`MERGE_HISTORY_SQL`] follows).
+const ROLLBACK_HISTORY_SQL: &str = "ROLLBACK TO SAVEPOINT tp_history; RELEASE SAVEPOINT tp_history";
+
+/// History rows straight from the client ([`PostgresTimeSeriesStore::write_copy`]).
+const COPY_HISTORY_SQL: &str = "COPY ts_kv (series, ts, vtype, v_int, v_real, v_text) \
+     FROM STDIN (FORMAT binary)";
 
 /// Moves each stored series whose staged newest row is at least as new. One staged
 /// row per series is flagged `newest` ([`stage_payload`]).
@@ -636,25 +736,89 @@ fn newest_count(sorted: &[&TelemetryPoint]) -> usize {
         + usize::from(!sorted.is_empty())
 }
 
-/// The binary `COPY` payload of [`COPY_STAGE_SQL`] for a deduplicated batch sorted
-/// by `(device, key, ts)` and its series ids: the last row of each `(device, key)`
-/// run is its newest.
-fn stage_payload(sorted: &[&TelemetryPoint], series: &[i64]) -> Vec<u8> {
+/// For each point of a deduplicated, sorted batch: whether it is not newer than its
+/// series' latest value, so that it may be stored already. One index probe of
+/// `ts_latest` per series (its `ts` is the newest of the series' history).
+async fn not_newer_than_latest(
+    tx: &mut Transaction<'static, Postgres>,
+    sorted: &[&TelemetryPoint],
+) -> std::result::Result<Vec<bool>, sqlx::Error> {
+    // Each series' run: its first row (the oldest point) and where it ends.
+    let (mut device, mut key, mut oldest, mut runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut start = 0;
+    for (i, p) in sorted.iter().enumerate() {
+        if is_newest(sorted, i) {
+            device.push(p.device_id.0);
+            key.push(p.key.as_str());
+            oldest.push(sorted[start].ts);
+            runs.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    let latest: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT u.n, l.ts FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) \
+         WITH ORDINALITY AS u(d, k, t, n) \
+         JOIN ts_latest AS l ON l.device_id = u.d AND l.key = u.k WHERE l.ts >= u.t",
+    )
+    .bind(device)
+    .bind(key)
+    .bind(oldest)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut maybe_stored = vec![false; sorted.len()];
+    for (n, ts) in latest {
+        // `n` counts from 1.
+        let run = usize::try_from(n - 1)
+            .ok()
+            .and_then(|n| runs.get(n))
+            .cloned()
+            .unwrap_or_default();
+        for i in run {
+            maybe_stored[i] = sorted[i].ts <= ts;
+        }
+    }
+    Ok(maybe_stored)
+}
+
+/// Sends one binary `COPY .. FROM STDIN` payload.
+async fn copy_in(
+    tx: &mut Transaction<'static, Postgres>,
+    sql: &'static str,
+    payload: Vec<u8>,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut copy = tx.copy_in_raw(sql).await?;
+    if let Err(e) = copy.send(payload).await {
+        // The connection may be unusable; the transaction is rolled back on drop.
+        let _ = copy.abort("send failed").await;
+        return Err(e);
+    }
+    copy.finish().await.map(drop)
+}
+
+/// A value's `v_int`, `v_real` and `v_text` columns (the tag is `type_tag`), as
+/// `ValueArrays::push` stores them.
+fn value_columns(v: &Value) -> (Option<i64>, Option<f64>, Option<Cow<'_, str>>) {
+    match v {
+        Value::Bool(b) => (Some(i64::from(*b)), None, None),
+        Value::Integer(i) => (Some(*i), None, None),
+        Value::Float(f) => (None, Some(*f), None),
+        Value::String(s) => (None, None, Some(s.as_str().into())),
+        Value::Json(j) => (None, None, Some(j.to_string().into())),
+    }
+}
+
+/// The binary `COPY` payload of [`COPY_STAGE_SQL`]: rows `rows` of a deduplicated
+/// batch sorted by `(device, key, ts)`, with their series ids and whether each goes
+/// to history; the last row of each `(device, key)` run is flagged newest.
+fn stage_payload(sorted: &[&TelemetryPoint], series: &[i64], rows: &[(usize, bool)]) -> Vec<u8> {
     // ~100 bytes a row for a float point with a short key.
-    let mut c = CopyBuffer::new(9, 64 + sorted.len() * 108);
-    for (i, (p, id)) in sorted.iter().zip(series).enumerate() {
-        let newest = is_newest(sorted, i);
-        // Same columns and tags as `ValueArrays::push`.
-        let (int, real, text): (Option<i64>, Option<f64>, Option<std::borrow::Cow<'_, str>>) =
-            match &p.value {
-                Value::Bool(b) => (Some(i64::from(*b)), None, None),
-                Value::Integer(i) => (Some(*i), None, None),
-                Value::Float(f) => (None, Some(*f), None),
-                Value::String(s) => (None, None, Some(s.as_str().into())),
-                Value::Json(j) => (None, None, Some(j.to_string().into())),
-            };
+    let mut c = CopyBuffer::new(10, 64 + rows.len() * 110);
+    for &(i, history) in rows {
+        let p = sorted[i];
+        let (int, real, text) = value_columns(&p.value);
         c.row()
-            .int8(*id)
+            .int8(series[i])
             .uuid(&p.device_id.0)
             .text(&p.key)
             .int8(p.ts)
@@ -662,7 +826,30 @@ fn stage_payload(sorted: &[&TelemetryPoint], series: &[i64]) -> Vec<u8> {
             .opt(int, CopyBuffer::int8)
             .opt(real, CopyBuffer::float8)
             .opt(text.as_deref(), CopyBuffer::text)
-            .bool(newest);
+            .bool(is_newest(sorted, i))
+            .bool(history);
+    }
+    c.finish()
+}
+
+/// The binary `COPY` payload of [`COPY_HISTORY_SQL`]: rows `rows` of a batch.
+fn history_payload(
+    points: &[&TelemetryPoint],
+    series: &[i64],
+    rows: impl Iterator<Item = usize>,
+) -> Vec<u8> {
+    // ~60 bytes a row for a float point.
+    let mut c = CopyBuffer::new(6, 64 + points.len() * 64);
+    for i in rows {
+        let p = points[i];
+        let (int, real, text) = value_columns(&p.value);
+        c.row()
+            .int8(series[i])
+            .int8(p.ts)
+            .int2(p.value.type_tag() as i16)
+            .opt(int, CopyBuffer::int8)
+            .opt(real, CopyBuffer::float8)
+            .opt(text.as_deref(), CopyBuffer::text);
     }
     c.finish()
 }
@@ -865,21 +1052,21 @@ impl Columns {
 /// by `(device, key, ts)` so concurrent writers lock rows in one order. Postgres
 /// rejects an `INSERT .. ON CONFLICT DO UPDATE` that touches one row twice.
 fn dedupe(points: &[TelemetryPoint]) -> Vec<&TelemetryPoint> {
-    let mut last: HashMap<(DeviceId, &str, Timestamp), usize> =
-        HashMap::with_capacity(points.len());
-    for (i, p) in points.iter().enumerate() {
-        last.insert((p.device_id, p.key.as_str(), p.ts), i);
-    }
-    let mut out: Vec<&TelemetryPoint> = if last.len() == points.len() {
-        points.iter().collect()
-    } else {
-        let mut idx: Vec<usize> = last.into_values().collect();
-        idx.sort_unstable();
-        idx.into_iter().map(|i| &points[i]).collect()
-    };
-    out.sort_by(|a, b| {
+    // A stable sort keeps repeated points in batch order: the last of each run of
+    // equal keys is the last occurrence. (Cheaper than hashing every point.)
+    let mut sorted: Vec<&TelemetryPoint> = points.iter().collect();
+    sorted.sort_by(|a, b| {
         (a.device_id, a.key.as_str(), a.ts).cmp(&(b.device_id, b.key.as_str(), b.ts))
     });
+    let mut out: Vec<&TelemetryPoint> = Vec::with_capacity(sorted.len());
+    for p in sorted {
+        match out.last_mut() {
+            Some(last) if last.ts == p.ts && last.device_id == p.device_id && last.key == p.key => {
+                *last = p;
+            }
+            _ => out.push(p),
+        }
+    }
     out
 }
 
