@@ -1007,3 +1007,51 @@ async fn direct_copies_fall_back_to_merging_on_stored_points() {
         (day0 + 38, &Value::Integer(1_038))
     );
 }
+
+/// A merge leaves a stored point with the same value alone and overwrites one with
+/// another value, bit for bit (-0.0 after 0.0), on both write methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_overwrite_only_changed_values() {
+    for params in ["&copy_min_rows=1", "&write_method=insert"] {
+        let Some(store) = timeseries_store_with(params).await else {
+            return;
+        };
+        let d = tp_core::DeviceId::new();
+        let day0 = 19_675 * DAY;
+        let floats = |v: [f64; 3]| -> Vec<TelemetryPoint> {
+            (0..3)
+                .map(|i| TelemetryPoint {
+                    device_id: d,
+                    key: "f".into(),
+                    ts: day0 + i as i64,
+                    value: Value::Float(v[i]),
+                })
+                .collect()
+        };
+        store.write(&floats([0.0, 1.5, 2.5])).await.expect("first");
+        store.write(&floats([-0.0, 1.5, 9.0])).await.expect("merge");
+        let stored: Vec<u64> = store
+            .query(&TsQuery {
+                device_id: d,
+                keys: vec![],
+                start: 0,
+                end: i64::MAX,
+                aggregation: None,
+                limit: None,
+                order: tp_core::Order::Asc,
+            })
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|kv| match kv.value {
+                Value::Float(f) => f.to_bits(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [(-0.0f64).to_bits(), 1.5f64.to_bits(), 9.0f64.to_bits()],
+            "{params}"
+        );
+    }
+}

@@ -618,7 +618,10 @@ impl PostgresTimeSeriesStore {
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::smallint[], \
                  $4::bigint[], $5::float8[], $6::text[]) \
                  ON CONFLICT (series, ts) DO UPDATE SET vtype = excluded.vtype, \
-                 v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text",
+                 v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text \
+                 WHERE (ts_kv.vtype, ts_kv.v_int, float8send(ts_kv.v_real), ts_kv.v_text) \
+                 IS DISTINCT FROM \
+                 (excluded.vtype, excluded.v_int, float8send(excluded.v_real), excluded.v_text)",
             )
             .bind(cols.series)
             .bind(cols.ts)
@@ -689,11 +692,16 @@ const INSERT_HISTORY_SQL: &str = "SAVEPOINT tp_history; \
 
 /// History rows merged into what is stored: a point written again overwrites itself.
 /// The staged rows are unique on `(series, ts)` ([`dedupe`]), as
-/// `ON CONFLICT DO UPDATE` requires.
+/// `ON CONFLICT DO UPDATE` requires. A stored point whose value is the same (what
+/// a replay brings) is left alone: that is 3-4x cheaper than writing a new row
+/// version (100,000 rows: 0.18-0.23 s against 0.63-1.03 s in `psql`). `v_real` is
+/// compared bit for bit, so -0.0 replaces 0.0.
 const MERGE_HISTORY_SQL: &str = "INSERT INTO ts_kv (series, ts, vtype, v_int, v_real, v_text) \
      SELECT series, ts, vtype, v_int, v_real, v_text FROM tp_stage_series WHERE history \
      ON CONFLICT (series, ts) DO UPDATE SET vtype = excluded.vtype, \
-     v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text";
+     v_int = excluded.v_int, v_real = excluded.v_real, v_text = excluded.v_text \
+     WHERE (ts_kv.vtype, ts_kv.v_int, float8send(ts_kv.v_real), ts_kv.v_text) \
+     IS DISTINCT FROM (excluded.vtype, excluded.v_int, float8send(excluded.v_real), excluded.v_text)";
 
 /// Undoes a failed history insert ([`MERGE_HISTORY_SQL`] follows).
 const ROLLBACK_HISTORY_SQL: &str = "ROLLBACK TO SAVEPOINT tp_history; RELEASE SAVEPOINT tp_history";
