@@ -301,6 +301,19 @@ async fn unreachable_server_is_unavailable_naming_host_and_port() {
 
 const DAY: i64 = 86_400_000;
 
+/// Every history row of `device`, oldest first.
+fn all_history(device: tp_core::DeviceId) -> TsQuery {
+    TsQuery {
+        device_id: device,
+        keys: vec![],
+        start: 0,
+        end: i64::MAX,
+        aggregation: None,
+        limit: None,
+        order: tp_core::Order::Asc,
+    }
+}
+
 fn point(device: tp_core::DeviceId, ts: i64, v: i64) -> TelemetryPoint {
     TelemetryPoint {
         device_id: device,
@@ -343,15 +356,7 @@ async fn retention_drops_whole_partitions() {
             .expect("drop"),
         1
     );
-    let all = TsQuery {
-        device_id: d,
-        keys: vec![],
-        start: 0,
-        end: i64::MAX,
-        aggregation: None,
-        limit: None,
-        order: tp_core::Order::Asc,
-    };
+    let all = all_history(d);
     let ts: Vec<i64> = store
         .query(&all)
         .await
@@ -642,18 +647,7 @@ async fn dump(
 )> {
     let mut out = Vec::new();
     for d in devices {
-        let history = store
-            .query(&TsQuery {
-                device_id: *d,
-                keys: Vec::new(),
-                start: 0,
-                end: i64::MAX,
-                aggregation: None,
-                limit: None,
-                order: tp_core::Order::Asc,
-            })
-            .await
-            .expect("query");
+        let history = store.query(&all_history(*d)).await.expect("query");
         let latest = store.latest(*d, None).await.expect("latest");
         let events = store
             .query_events(*d, 0, i64::MAX, 10_000, tp_core::Order::Asc)
@@ -922,15 +916,7 @@ async fn direct_copies_fall_back_to_merging_on_stored_points() {
             .map(|i| point(d, day0 + i, v + i))
             .collect()
     };
-    let all = TsQuery {
-        device_id: d,
-        keys: vec![],
-        start: 0,
-        end: i64::MAX,
-        aggregation: None,
-        limit: None,
-        order: tp_core::Order::Asc,
-    };
+    let all = all_history(d);
     let values = |rows: Vec<tp_core::KeyValue>| -> Vec<Value> {
         rows.into_iter().map(|r| r.value).collect()
     };
@@ -1031,15 +1017,7 @@ async fn merges_overwrite_only_changed_values() {
         store.write(&floats([0.0, 1.5, 2.5])).await.expect("first");
         store.write(&floats([-0.0, 1.5, 9.0])).await.expect("merge");
         let stored: Vec<u64> = store
-            .query(&TsQuery {
-                device_id: d,
-                keys: vec![],
-                start: 0,
-                end: i64::MAX,
-                aggregation: None,
-                limit: None,
-                order: tp_core::Order::Asc,
-            })
+            .query(&all_history(d))
             .await
             .expect("query")
             .into_iter()
