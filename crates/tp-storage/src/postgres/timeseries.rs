@@ -50,7 +50,9 @@ pub struct PgTsOptions {
     /// How a batch of points reaches the tables. Default: [`WriteMethod::Copy`].
     pub write_method: WriteMethod,
     /// [`WriteMethod::Copy`] only: batches with fewer (deduplicated) points fill the
-    /// staging table with one `INSERT .. SELECT FROM UNNEST` instead of `COPY`.
+    /// staging table with one `INSERT .. SELECT FROM UNNEST` instead of `COPY`, and
+    /// only batches of at least this many points (and at least 1) with several
+    /// points per series are copied straight into history.
     /// `COPY` sends its data and its end as two writes, and sqlx 0.9.0 leaves
     /// Nagle's algorithm on (sqlx issue #4335, fixed after 0.9.0), so the end waits
     /// for the server's delayed ACK, ~40 ms on Linux: a constant that only large
