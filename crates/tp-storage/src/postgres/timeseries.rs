@@ -1,6 +1,5 @@
 //! [`PostgresTimeSeriesStore`].
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
 use std::sync::Mutex;
@@ -18,7 +17,7 @@ use uuid::Uuid;
 use super::copy::CopyBuffer;
 use super::error::{self, PgError, db, is_missing_partition, is_unique_violation};
 use super::timescale::{self, TimescaleSettings};
-use super::value::{self, ValueArrays};
+use super::value::{self, BindValues, ValueArrays};
 use super::{Target, healthcheck, invalid_url, migrator, to_i64, upgrade};
 use crate::series_cache::SeriesCache;
 
@@ -223,6 +222,10 @@ pub struct PostgresTimeSeriesStore {
     history_paths: [AtomicU64; 3],
 }
 
+/// The partitions of `ts_kv` (partitioned layout), by name.
+pub(super) const PARTITIONS_SQL: &str = "SELECT c.relname::text FROM pg_inherits i \
+     JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'ts_kv'::regclass";
+
 /// Serializes DDL on this schema's `ts_kv` across processes.
 const DDL_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.ts_kv'))";
 
@@ -308,14 +311,10 @@ impl PostgresTimeSeriesStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                let names: Vec<String> = sqlx::query_scalar(
-                    "SELECT c.relname::text FROM pg_inherits i \
-                     JOIN pg_class c ON c.oid = i.inhrelid \
-                     WHERE i.inhparent = 'ts_kv'::regclass",
-                )
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?;
+                let names: Vec<String> = sqlx::query_scalar(PARTITIONS_SQL)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db)?;
                 let mut dropped = Vec::new();
                 for name in names {
                     let Some(k) = partition_index(&name) else {
@@ -593,10 +592,7 @@ impl PostgresTimeSeriesStore {
             .bind(cols.device)
             .bind(cols.key)
             .bind(cols.ts)
-            .bind(cols.values.tag)
-            .bind(cols.values.int)
-            .bind(cols.values.real)
-            .bind(cols.values.text)
+            .bind_values(cols.values)
             .bind(newest)
             .bind(history)
             .execute(&mut **tx)
@@ -627,10 +623,7 @@ impl PostgresTimeSeriesStore {
             )
             .bind(cols.series)
             .bind(cols.ts)
-            .bind(cols.values.tag)
-            .bind(cols.values.int)
-            .bind(cols.values.real)
-            .bind(cols.values.text)
+            .bind_values(cols.values)
             .execute(&mut *tx)
             .await?;
         }
@@ -650,10 +643,7 @@ impl PostgresTimeSeriesStore {
             .bind(cols.device)
             .bind(cols.key)
             .bind(cols.ts)
-            .bind(cols.values.tag)
-            .bind(cols.values.int)
-            .bind(cols.values.real)
-            .bind(cols.values.text)
+            .bind_values(cols.values)
             .execute(&mut *tx)
             .await?;
         }
@@ -806,18 +796,6 @@ async fn copy_in(
     copy.finish().await.map(drop)
 }
 
-/// A value's `v_int`, `v_real` and `v_text` columns (the tag is `type_tag`), as
-/// `ValueArrays::push` stores them.
-fn value_columns(v: &Value) -> (Option<i64>, Option<f64>, Option<Cow<'_, str>>) {
-    match v {
-        Value::Bool(b) => (Some(i64::from(*b)), None, None),
-        Value::Integer(i) => (Some(*i), None, None),
-        Value::Float(f) => (None, Some(*f), None),
-        Value::String(s) => (None, None, Some(s.as_str().into())),
-        Value::Json(j) => (None, None, Some(j.to_string().into())),
-    }
-}
-
 /// The binary `COPY` payload of [`COPY_STAGE_SQL`]: rows `rows` of a deduplicated
 /// batch sorted by `(device, key, ts)`, with their series ids and whether each goes
 /// to history; the last row of each `(device, key)` run is flagged newest.
@@ -826,7 +804,7 @@ fn stage_payload(sorted: &[&TelemetryPoint], series: &[i64], rows: &[(usize, boo
     let mut c = CopyBuffer::new(10, 64 + rows.len() * 110);
     for &(i, history) in rows {
         let p = sorted[i];
-        let (int, real, text) = value_columns(&p.value);
+        let (int, real, text) = value::columns(&p.value);
         c.row()
             .int8(series[i])
             .uuid(&p.device_id.0)
@@ -852,7 +830,7 @@ fn history_payload(
     let mut c = CopyBuffer::new(6, 64 + points.len() * 64);
     for i in rows {
         let p = points[i];
-        let (int, real, text) = value_columns(&p.value);
+        let (int, real, text) = value::columns(&p.value);
         c.row()
             .int8(series[i])
             .int8(p.ts)

@@ -10,19 +10,15 @@ use tp_core::Result;
 use super::error::db;
 use super::timescale::{self, TimescaleSettings};
 use super::timeseries::{
-    PgTsOptions, TsLayout, create_partition_sql, create_partitioned_sql, partition_index,
+    PARTITIONS_SQL, PgTsOptions, TsLayout, create_partition_sql, create_partitioned_sql,
+    partition_index,
 };
 
 /// Whether the schema's `ts_kv` still has the earlier layout.
 const OLD_LAYOUT_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute \
      WHERE attrelid = to_regclass('ts_kv') AND attname = 'device_id' AND NOT attisdropped)";
 
-/// The partitions of `ts_kv` (partitioned layout).
-const PARTITIONS_SQL: &str = "SELECT c.relname::text FROM pg_inherits i \
-     JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'ts_kv'::regclass";
-
-/// Converts `ts_kv` when it has the earlier layout; returns how many history rows
-/// were moved (`None`: nothing to convert).
+/// Converts `ts_kv` when it has the earlier layout (and logs how many rows moved).
 ///
 /// The old table is renamed away (with its partitions), every `(device_id, key)` it
 /// holds becomes a `ts_series` row, the new table is created in the same layout
@@ -34,13 +30,13 @@ pub(super) async fn to_series_key(
     layout: TsLayout,
     ext_schema: Option<&str>,
     options: &PgTsOptions,
-) -> Result<Option<u64>> {
+) -> Result<()> {
     let old: bool = sqlx::query_scalar(OLD_LAYOUT_SQL)
         .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
     if !old {
-        return Ok(None);
+        return Ok(());
     }
     let estimate: f32 = sqlx::query_scalar(
         "SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::real \
@@ -125,5 +121,5 @@ pub(super) async fn to_series_key(
         .await
         .map_err(db)?;
     tracing::info!(rows = moved, "history converted to the series-keyed layout");
-    Ok(Some(moved))
+    Ok(())
 }

@@ -1,8 +1,11 @@
 //! [`Value`] <-> the `(vtype, v_int, v_real, v_text)` columns shared by attributes and
 //! time series, one value at a time or as `UNNEST`-ready column arrays.
 
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use std::borrow::Cow;
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row};
 use tp_core::Value;
 
 use super::error::PgError;
@@ -28,18 +31,38 @@ impl ValueArrays {
     }
 
     pub(super) fn push(&mut self, v: &Value) {
-        let (int, real, text) = match v {
-            Value::Bool(b) => (Some(i64::from(*b)), None, None),
-            Value::Integer(i) => (Some(*i), None, None),
-            Value::Float(f) => (None, Some(*f), None),
-            Value::String(s) => (None, None, Some(s.clone())),
-            Value::Json(j) => (None, None, Some(j.to_string())),
-        };
+        let (int, real, text) = columns(v);
         // Tags are 0..=4 by definition of `Value::type_tag`.
         self.tag.push(v.type_tag() as i16);
         self.int.push(int);
         self.real.push(real);
-        self.text.push(text);
+        self.text.push(text.map(Cow::into_owned));
+    }
+}
+
+/// Binds [`ValueArrays`] on a query.
+pub(super) trait BindValues {
+    /// Binds the arrays as the next four parameters, in column order.
+    fn bind_values(self, values: ValueArrays) -> Self;
+}
+
+impl BindValues for Query<'_, Postgres, PgArguments> {
+    fn bind_values(self, values: ValueArrays) -> Self {
+        self.bind(values.tag)
+            .bind(values.int)
+            .bind(values.real)
+            .bind(values.text)
+    }
+}
+
+/// A value's `v_int`, `v_real` and `v_text` columns (its tag is `type_tag`).
+pub(super) fn columns(v: &Value) -> (Option<i64>, Option<f64>, Option<Cow<'_, str>>) {
+    match v {
+        Value::Bool(b) => (Some(i64::from(*b)), None, None),
+        Value::Integer(i) => (Some(*i), None, None),
+        Value::Float(f) => (None, Some(*f), None),
+        Value::String(s) => (None, None, Some(s.as_str().into())),
+        Value::Json(j) => (None, None, Some(j.to_string().into())),
     }
 }
 
